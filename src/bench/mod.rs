@@ -1,0 +1,200 @@
+//! Benchmarks: trained architectures with their ground truth, read from a data directory.
+//!
+//! A [`Benchmark`] is a list of [`Entry`] values, one per architecture, each with a key, the
+//! architecture description of its family and its ground truth oriented so that higher is
+//! better everywhere in the tool. Families sit side by side in [`Arch`].
+
+pub mod flexibert;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// The benchmark families lpzero knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchKind {
+    /// 500 FlexiBERT encoders with GLUE scores (`flexibert/BERT_benchmark.json`).
+    Flexibert,
+}
+
+impl BenchKind {
+    /// The name used on the command line and in outputs.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchKind::Flexibert => "flexibert",
+        }
+    }
+}
+
+impl fmt::Display for BenchKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One architecture's description, by family.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arch {
+    /// A FlexiBERT encoder record.
+    Flexibert(flexibert::Record),
+}
+
+/// One benchmark architecture with its ground truth.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Stable key of the architecture (the record id for FlexiBERT, the file stem for GPT-2).
+    pub key: String,
+    /// Ground truth oriented so that higher is better (GLUE as is).
+    pub truth: f64,
+    /// The architecture itself.
+    pub arch: Arch,
+}
+
+/// A loaded benchmark: its family, where it came from and its architectures in file order.
+#[derive(Clone, Debug)]
+pub struct Benchmark {
+    /// Which family this is.
+    pub kind: BenchKind,
+    /// The file or folder it was read from (for messages).
+    pub source: PathBuf,
+    /// Architectures in benchmark order.
+    pub entries: Vec<Entry>,
+    /// What the ground truth is, in words (e.g. "GLUE average, higher is better").
+    pub truth_name: &'static str,
+}
+
+impl Benchmark {
+    /// Loads the benchmark of `kind` from the data directory `data_dir`.
+    pub fn load(kind: BenchKind, data_dir: &Path) -> Result<Self> {
+        match kind {
+            BenchKind::Flexibert => flexibert::load(&data_dir.join(flexibert::FILE)),
+        }
+    }
+
+    /// Number of architectures.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the benchmark holds no architecture.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Ground truth of the selected architectures, in selection order.
+    pub fn truths(&self, selection: &[usize]) -> Vec<f64> {
+        selection.iter().map(|&i| self.entries[i].truth).collect()
+    }
+}
+
+/// Environment variable naming the data directory when `--data-dir` is absent.
+pub const DATA_ENV: &str = "LPZERO_DATA";
+
+/// Finds the data directory: `explicit` (from `--data-dir`), else `$LPZERO_DATA`, else
+/// `../shared/benchmarks` next to the project root (the source checkout, then the current
+/// directory), else an error that says how to provide the data.
+pub fn resolve_data_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        if !dir.is_dir() {
+            bail!("--data-dir {}: not a directory", dir.display());
+        }
+        return Ok(dir.to_path_buf());
+    }
+    if let Some(dir) = std::env::var_os(DATA_ENV) {
+        let dir = PathBuf::from(dir);
+        if !dir.is_dir() {
+            bail!("{DATA_ENV}={}: not a directory", dir.display());
+        }
+        return Ok(dir);
+    }
+    let candidates = [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/benchmarks"),
+        PathBuf::from("../shared/benchmarks"),
+    ];
+    for c in candidates {
+        if c.is_dir() {
+            return Ok(c);
+        }
+    }
+    bail!(
+        "no benchmark data found: pass --data-dir DIR or set {DATA_ENV}=DIR, where DIR holds \
+         flexibert/BERT_benchmark.json (the public FlexiBERT benchmark of Serianni & Kalita, \
+         also shipped with pprp/LPZero); by default lpzero looks in ../shared/benchmarks \
+         beside the project root"
+    )
+}
+
+/// A selection of architectures by position, parsed from `--archs`.
+///
+/// Accepted forms: `all`, `A..B` (half-open), `A..=B`, `N` (one), and comma-separated lists
+/// of these (`0..10,42`).
+pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
+    let text = text.trim();
+    if text.is_empty() || text == "all" {
+        return Ok((0..n).collect());
+    }
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (lo, hi) = if let Some((a, b)) = part.split_once("..=") {
+            (parse_index(a, part)?, parse_index(b, part)? + 1)
+        } else if let Some((a, b)) = part.split_once("..") {
+            let lo = if a.is_empty() {
+                0
+            } else {
+                parse_index(a, part)?
+            };
+            let hi = if b.is_empty() {
+                n
+            } else {
+                parse_index(b, part)?
+            };
+            (lo, hi)
+        } else {
+            let i = parse_index(part, part)?;
+            (i, i + 1)
+        };
+        if lo >= hi {
+            bail!("--archs {text}: range `{part}` is empty");
+        }
+        if hi > n {
+            bail!("--archs {text}: range `{part}` reaches past the {n} architectures of the benchmark");
+        }
+        out.extend(lo..hi);
+    }
+    Ok(out)
+}
+
+fn parse_index(s: &str, part: &str) -> Result<usize> {
+    s.trim()
+        .parse::<usize>()
+        .with_context(|| format!("--archs: `{part}` is not a range like 0..50, 7, or all"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selections() {
+        assert_eq!(parse_selection("all", 3).unwrap(), vec![0, 1, 2]);
+        assert_eq!(parse_selection("1..3", 5).unwrap(), vec![1, 2]);
+        assert_eq!(parse_selection("1..=3", 5).unwrap(), vec![1, 2, 3]);
+        assert_eq!(parse_selection("0..2,4", 5).unwrap(), vec![0, 1, 4]);
+        assert_eq!(parse_selection("3..", 5).unwrap(), vec![3, 4]);
+        assert!(parse_selection("0..9", 5)
+            .unwrap_err()
+            .to_string()
+            .contains("past"));
+        assert!(parse_selection("x", 5)
+            .unwrap_err()
+            .to_string()
+            .contains("not a range"));
+        assert!(parse_selection("3..3", 5)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+    }
+}

@@ -1,0 +1,17 @@
+//! lpzero: discover zero-cost proxies for language-model architecture search (LPZero) and use them.
+//!
+//! The library is organised after the data flow: `bench` loads benchmarks and ground truth,
+//! `models` builds randomly initialised networks, `probe` runs them once and keeps plain arrays,
+//! `proxy` turns probes into scores, `stats` compares scores with ground truth.
+
+pub mod array;
+pub mod bench;
+pub mod linalg;
+pub mod models;
+pub mod params;
+pub mod probe;
+pub mod proxy;
+pub mod report;
+pub mod rng;
+pub mod scoring;
+pub mod stats;

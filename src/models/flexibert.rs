@@ -1,0 +1,868 @@
+//! FlexiBERT: the ELECTRA-style encoder of the FlexiBERT benchmark (spec §1).
+//!
+//! Embeddings (word + position + type, LayerNorm, projection to the hidden size), then one
+//! layer per benchmark entry: a token mixer (SA-SDP, SA-WMA, LT-DFT, LT-DCT or DSC) and a
+//! stack of GELU FFN denses. SA and DSC mixers get an output dense with a residual and
+//! LayerNorm; LT mixers have none (their raw transform feeds the FFN, as in the reference).
+
+use candle_core::{Device, Tensor, Var, D};
+
+use super::{dropout, layer_norm, Init, Linear, LinearRole, Params};
+use crate::bench::flexibert::{Mixer, Record};
+use crate::rng::Rng;
+
+/// How the hidden and FFN sizes are chosen from a record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeMode {
+    /// H = 256 and FFN width 1024 for every record: how the reference built its proxy models
+    /// (reproduces the reference parameter counts).
+    #[default]
+    Faithful,
+    /// The record's `hidden_size` and per-layer `feed_forward_dimension`.
+    Intended,
+}
+
+/// Global constants and per-layer shapes of one encoder.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Config {
+    /// Vocabulary size (BERT uncased WordPiece).
+    pub vocab_size: usize,
+    /// Width of the embedding tables.
+    pub embedding_size: usize,
+    /// Hidden size H.
+    pub hidden_size: usize,
+    /// Size of the position table.
+    pub max_positions: usize,
+    /// Number of token types.
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Standard deviation of every weight at initialisation.
+    pub init_std: f64,
+    /// Dropout probability (hidden and attention) when dropout is on.
+    pub dropout: f64,
+    /// Encoder layers.
+    pub layers: Vec<LayerConfig>,
+}
+
+/// Shape of one encoder layer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LayerConfig {
+    /// Token mixer.
+    pub mixer: Mixer,
+    /// Number of heads.
+    pub heads: usize,
+    /// Width of the FFN hidden layers.
+    pub ffn_width: usize,
+    /// Number of GELU-activated FFN layers.
+    pub ffn_layers: usize,
+}
+
+impl Config {
+    /// The encoder for a benchmark record under the given size mode; fails with a message
+    /// naming the record and layer when the shapes are inconsistent (heads not dividing H,
+    /// odd head count for DSC).
+    pub fn from_record(record: &Record, sizes: SizeMode) -> anyhow::Result<Self> {
+        let hidden = match sizes {
+            SizeMode::Faithful => 256,
+            SizeMode::Intended => record.hidden_size,
+        };
+        let mut layers = Vec::with_capacity(record.layers.len());
+        for (l, layer) in record.layers.iter().enumerate() {
+            if hidden % layer.heads != 0 {
+                anyhow::bail!(
+                    "record id {}: layer {l}: {} heads do not divide the hidden size {hidden}",
+                    record.id,
+                    layer.heads
+                );
+            }
+            if matches!(layer.mixer, Mixer::Dsc { .. }) && layer.heads % 2 != 0 {
+                anyhow::bail!(
+                    "record id {}: layer {l}: DSC needs an even head count (conv head ratio 2), found {}",
+                    record.id,
+                    layer.heads
+                );
+            }
+            layers.push(LayerConfig {
+                mixer: layer.mixer,
+                heads: layer.heads,
+                ffn_width: match sizes {
+                    SizeMode::Faithful => 1024,
+                    SizeMode::Intended => layer.ffn_width,
+                },
+                ffn_layers: layer.ffn_layers,
+            });
+        }
+        Ok(Self {
+            vocab_size: 30522,
+            embedding_size: 128,
+            hidden_size: hidden,
+            max_positions: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            init_std: 0.02,
+            dropout: 0.1,
+            layers,
+        })
+    }
+}
+
+/// Token mixer parameters of one layer.
+enum MixerParams {
+    /// SA-SDP and SA-WMA (`ww` present for WMA).
+    Attention {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+        ww: Option<Linear>,
+    },
+    /// LT-DFT / LT-DCT: one input dense, then a fixed transform.
+    Transform { input: Linear, dct: bool },
+    /// DSC: ConvBERT-style mixed attention.
+    Dsc {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+        depthwise: Var,
+        pointwise: Var,
+        sep_bias: Var,
+        kernel_layer: Linear,
+        conv_out: Linear,
+        kernel: usize,
+    },
+}
+
+struct EncoderLayer {
+    heads: usize,
+    mixer: MixerParams,
+    /// Output dense and its LayerNorm (SA and DSC only).
+    output: Option<(Linear, Var, Var)>,
+    ffn: Vec<Linear>,
+    ffn_out: Linear,
+    ffn_ln: (Var, Var),
+}
+
+/// A randomly initialised FlexiBERT encoder.
+pub struct FlexiBert {
+    config: Config,
+    params: Params,
+    word: Var,
+    position: Var,
+    token_type: Var,
+    emb_ln: (Var, Var),
+    projection: Option<Linear>,
+    layers: Vec<EncoderLayer>,
+}
+
+/// What one forward pass exposes to a probe (engine tensors; the probe converts them).
+pub struct Forward {
+    /// `last_hidden_state`, B × T × H.
+    pub last_hidden: Tensor,
+    /// Every GELU output in execution order, B × T × FFN width.
+    pub act: Vec<Tensor>,
+    /// Per layer, the first projection of the mixer (q for SA/DSC, the input dense for LT).
+    pub head: Vec<Tensor>,
+    /// Per layer, the mixer's softmax output (attention probabilities; for LT the discarded
+    /// softmax over the last (within-head) axis of the transform, B × h × T × d).
+    pub softmax: Vec<Tensor>,
+    /// Outputs of the mixer linears named q, k, v, in and Ww (DSC: q, k, v), execution order.
+    pub mixer_outputs: Vec<Tensor>,
+}
+
+fn ln_pair(
+    params: &mut Params,
+    name: &str,
+    dim: usize,
+    device: &Device,
+) -> candle_core::Result<(Var, Var)> {
+    Ok((
+        params.constant(&format!("{name}.gamma"), &[dim], 1.0, device)?,
+        params.constant(&format!("{name}.beta"), &[dim], 0.0, device)?,
+    ))
+}
+
+impl FlexiBert {
+    /// Builds the encoder with weights drawn from `rng` (N(0, 0.02²), zero biases, padding row
+    /// of the word table zero, LayerNorm γ = 1, β = 0).
+    pub fn new(config: &Config, rng: &mut Rng, device: &Device) -> candle_core::Result<Self> {
+        Self::with_params(config, Params::default(), rng, device)
+    }
+
+    /// Builds the encoder with every tensor zero: the real shapes without the cost of drawing
+    /// weights (for parameter counts).
+    pub fn shapes_only(config: &Config) -> candle_core::Result<Self> {
+        Self::with_params(
+            config,
+            Params::shapes_only(),
+            &mut Rng::new(0),
+            &Device::Cpu,
+        )
+    }
+
+    fn with_params(
+        config: &Config,
+        mut params: Params,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let (e, h) = (config.embedding_size, config.hidden_size);
+        let word = params.normal(
+            "embeddings.word",
+            &[config.vocab_size, e],
+            config.init_std,
+            rng,
+            device,
+        )?;
+        // Padding row (id 0) starts at zero.
+        let word = {
+            let t = word.as_tensor();
+            let rest = t.narrow(0, 1, config.vocab_size - 1)?;
+            let zero = Tensor::zeros((1, e), t.dtype(), device)?;
+            let fixed = Tensor::cat(&[&zero, &rest], 0)?;
+            word.set(&fixed)?;
+            word
+        };
+        let position = params.normal(
+            "embeddings.position",
+            &[config.max_positions, e],
+            config.init_std,
+            rng,
+            device,
+        )?;
+        let token_type = params.normal(
+            "embeddings.token_type",
+            &[config.type_vocab_size, e],
+            config.init_std,
+            rng,
+            device,
+        )?;
+        let emb_ln = ln_pair(&mut params, "embeddings.layer_norm", e, device)?;
+        let mut init = Init {
+            params: &mut params,
+            rng,
+            device,
+            std: config.init_std,
+        };
+        let projection = if e != h {
+            Some(Linear::new(
+                &mut init,
+                "embeddings.project",
+                None,
+                LinearRole::EmbeddingProjection,
+                e,
+                h,
+                true,
+            )?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(config.layers.len());
+        for (l, lc) in config.layers.iter().enumerate() {
+            layers.push(Self::new_layer(&mut init, l, lc, h)?);
+        }
+        Ok(Self {
+            config: config.clone(),
+            params,
+            word,
+            position,
+            token_type,
+            emb_ln,
+            projection,
+            layers,
+        })
+    }
+
+    fn new_layer(
+        init: &mut Init<'_>,
+        l: usize,
+        lc: &LayerConfig,
+        h: usize,
+    ) -> candle_core::Result<EncoderLayer> {
+        let p = format!("layer.{l}");
+        let mixer_lin = |init: &mut Init<'_>, name: &str, i: usize, o: usize, bias: bool| {
+            Linear::new(
+                init,
+                &format!("{p}.mixer.{name}"),
+                Some(l),
+                LinearRole::Mixer,
+                i,
+                o,
+                bias,
+            )
+        };
+        let mixer = match lc.mixer {
+            Mixer::Sdp | Mixer::Wma => {
+                let q = mixer_lin(init, "query", h, h, true)?;
+                let k = mixer_lin(init, "key", h, h, true)?;
+                let v = mixer_lin(init, "value", h, h, true)?;
+                let ww = if lc.mixer == Mixer::Wma {
+                    Some(mixer_lin(init, "wma", h, h, false)?)
+                } else {
+                    None
+                };
+                MixerParams::Attention { q, k, v, ww }
+            }
+            Mixer::Dft | Mixer::Dct => MixerParams::Transform {
+                input: mixer_lin(init, "input", h, h, true)?,
+                dct: lc.mixer == Mixer::Dct,
+            },
+            Mixer::Dsc { kernel } => {
+                let heads_a = (lc.heads / 2).max(1);
+                let a = heads_a * (h / lc.heads);
+                let q = mixer_lin(init, "query", h, a, true)?;
+                let k = mixer_lin(init, "key", h, a, true)?;
+                let v = mixer_lin(init, "value", h, a, true)?;
+                let std = init.std;
+                let depthwise = init.params.normal(
+                    &format!("{p}.mixer.depthwise"),
+                    &[h, kernel],
+                    std,
+                    init.rng,
+                    init.device,
+                )?;
+                let pointwise = init.params.normal(
+                    &format!("{p}.mixer.pointwise"),
+                    &[a, h],
+                    std,
+                    init.rng,
+                    init.device,
+                )?;
+                let sep_bias = init.params.constant(
+                    &format!("{p}.mixer.separable_bias"),
+                    &[a],
+                    0.0,
+                    init.device,
+                )?;
+                let kernel_layer = mixer_lin(init, "conv_kernel", a, heads_a * kernel, true)?;
+                let conv_out = mixer_lin(init, "conv_out", h, a, true)?;
+                MixerParams::Dsc {
+                    q,
+                    k,
+                    v,
+                    depthwise,
+                    pointwise,
+                    sep_bias,
+                    kernel_layer,
+                    conv_out,
+                    kernel,
+                }
+            }
+        };
+        let output = if lc.mixer.has_output_block() {
+            let dense = Linear::new(
+                init,
+                &format!("{p}.output.dense"),
+                Some(l),
+                LinearRole::MixerOutput,
+                h,
+                h,
+                true,
+            )?;
+            let (g, b) = ln_pair(
+                init.params,
+                &format!("{p}.output.layer_norm"),
+                h,
+                init.device,
+            )?;
+            Some((dense, g, b))
+        } else {
+            None
+        };
+        let mut ffn = Vec::with_capacity(lc.ffn_layers);
+        for i in 0..lc.ffn_layers {
+            let (role, in_dim) = if i == 0 {
+                (LinearRole::FfnIn, h)
+            } else {
+                (LinearRole::FfnHidden, lc.ffn_width)
+            };
+            ffn.push(Linear::new(
+                init,
+                &format!("{p}.ffn.{i}"),
+                Some(l),
+                role,
+                in_dim,
+                lc.ffn_width,
+                true,
+            )?);
+        }
+        let ffn_out = Linear::new(
+            init,
+            &format!("{p}.ffn.out"),
+            Some(l),
+            LinearRole::FfnOut,
+            lc.ffn_width,
+            h,
+            true,
+        )?;
+        let ffn_ln = ln_pair(init.params, &format!("{p}.ffn.layer_norm"), h, init.device)?;
+        Ok(EncoderLayer {
+            heads: lc.heads,
+            mixer,
+            output,
+            ffn,
+            ffn_out,
+            ffn_ln,
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every trainable tensor.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The position-embedding table (its gradient feeds the Jacobian proxies).
+    pub fn position_table(&self) -> &Var {
+        &self.position
+    }
+
+    /// Every linear layer in module order: embedding projection, then per layer the mixer
+    /// linears in registration order (SDP q,k,v; WMA q,k,v,Ww; LT in; DSC q,k,v,kernel,conv-out),
+    /// the output dense, the FFN denses.
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut out: Vec<&Linear> = self.projection.iter().collect();
+        for layer in &self.layers {
+            match &layer.mixer {
+                MixerParams::Attention { q, k, v, ww } => {
+                    out.extend([q, k, v]);
+                    out.extend(ww.iter());
+                }
+                MixerParams::Transform { input, .. } => out.push(input),
+                MixerParams::Dsc {
+                    q,
+                    k,
+                    v,
+                    kernel_layer,
+                    conv_out,
+                    ..
+                } => out.extend([q, k, v, kernel_layer, conv_out]),
+            }
+            if let Some((dense, _, _)) = &layer.output {
+                out.push(dense);
+            }
+            out.extend(layer.ffn.iter());
+            out.push(&layer.ffn_out);
+        }
+        out
+    }
+
+    /// One forward pass over token ids `ids` (B × T, u32; token types 0, no mask, as the
+    /// reference). `dropout_rng` switches dropout on (p = 0.1) with masks from that stream.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mut dropout_rng: Option<&mut Rng>,
+    ) -> candle_core::Result<Forward> {
+        let (b, t) = ids.dims2()?;
+        let c = &self.config;
+        let p = c.dropout;
+        let words = self
+            .word
+            .as_tensor()
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c.embedding_size))?;
+        let pos = self.position.as_tensor().narrow(0, 0, t)?;
+        let typ = self.token_type.as_tensor().narrow(0, 0, 1)?;
+        let e = words.broadcast_add(&pos.broadcast_add(&typ)?)?;
+        let e = layer_norm(&e, &self.emb_ln.0, &self.emb_ln.1, c.layer_norm_eps)?;
+        let e = dropout(&e, p, dropout_rng.as_deref_mut())?;
+        let mut x = match &self.projection {
+            Some(proj) => proj.forward(&e)?,
+            None => e,
+        };
+        let mut fwd = Forward {
+            last_hidden: x.clone(),
+            act: Vec::new(),
+            head: Vec::new(),
+            softmax: Vec::new(),
+            mixer_outputs: Vec::new(),
+        };
+        for layer in &self.layers {
+            let mixed = self.mixer_forward(layer, &x, &mut fwd, dropout_rng.as_deref_mut())?;
+            let a = match &layer.output {
+                Some((dense, g, beta)) => {
+                    let y = dropout(&dense.forward(&mixed)?, p, dropout_rng.as_deref_mut())?;
+                    layer_norm(&(y + &x)?, g, beta, c.layer_norm_eps)?
+                }
+                None => mixed,
+            };
+            let mut z = a.clone();
+            for dense in &layer.ffn {
+                z = dense.forward(&z)?.gelu_erf()?;
+                fwd.act.push(z.clone());
+            }
+            let y = dropout(&layer.ffn_out.forward(&z)?, p, dropout_rng.as_deref_mut())?;
+            x = layer_norm(
+                &(y + &a)?,
+                &layer.ffn_ln.0,
+                &layer.ffn_ln.1,
+                c.layer_norm_eps,
+            )?;
+        }
+        fwd.last_hidden = x;
+        Ok(fwd)
+    }
+
+    fn mixer_forward(
+        &self,
+        layer: &EncoderLayer,
+        x: &Tensor,
+        fwd: &mut Forward,
+        mut dropout_rng: Option<&mut Rng>,
+    ) -> candle_core::Result<Tensor> {
+        let p = self.config.dropout;
+        let heads = layer.heads;
+        match &layer.mixer {
+            MixerParams::Attention { q, k, v, ww } => {
+                let qo = q.forward(x)?;
+                fwd.head.push(qo.clone());
+                fwd.mixer_outputs.push(qo.clone());
+                let query = match ww {
+                    Some(ww) => {
+                        let w = ww.forward(&qo)?;
+                        fwd.mixer_outputs.push(w.clone());
+                        w
+                    }
+                    None => qo,
+                };
+                let ko = k.forward(x)?;
+                let vo = v.forward(x)?;
+                fwd.mixer_outputs.push(ko.clone());
+                fwd.mixer_outputs.push(vo.clone());
+                let (ctx, probs) =
+                    attention(&query, &ko, &vo, heads, p, dropout_rng.as_deref_mut())?;
+                fwd.softmax.push(probs);
+                Ok(ctx)
+            }
+            MixerParams::Transform { input, dct } => {
+                let u = input.forward(x)?;
+                fwd.head.push(u.clone());
+                fwd.mixer_outputs.push(u.clone());
+                let (b, t, h) = u.dims3()?;
+                let d = h / heads;
+                // B×T×h×d → B×h×T×d
+                let u = u.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?;
+                let f = if *dct { dct2(&u)? } else { dft2_real(&u)? };
+                fwd.softmax
+                    .push(candle_nn::ops::softmax(&f.detach(), D::Minus1)?);
+                f.transpose(1, 2)?.reshape((b, t, h))
+            }
+            MixerParams::Dsc {
+                q,
+                k,
+                v,
+                depthwise,
+                pointwise,
+                sep_bias,
+                kernel_layer,
+                conv_out,
+                kernel,
+            } => {
+                let (b, t, h) = x.dims3()?;
+                let heads_a = (heads / 2).max(1);
+                let d_a = h / heads;
+                let a = heads_a * d_a;
+                let pad = (kernel - 1) / 2;
+                let qo = q.forward(x)?;
+                let ko = k.forward(x)?;
+                let vo = v.forward(x)?;
+                fwd.head.push(qo.clone());
+                fwd.mixer_outputs
+                    .extend([qo.clone(), ko.clone(), vo.clone()]);
+                // Span-aware key: depthwise conv over T, then pointwise to A channels.
+                let xpad = x.pad_with_zeros(1, pad, pad)?;
+                let mut kd = Tensor::zeros((b, t, h), x.dtype(), x.device())?;
+                for u in 0..*kernel {
+                    let tap = depthwise.as_tensor().narrow(1, u, 1)?.reshape(h)?;
+                    kd = (kd + xpad.narrow(1, u, t)?.broadcast_mul(&tap)?)?;
+                }
+                let ks = kd
+                    .reshape((b * t, h))?
+                    .matmul(&pointwise.as_tensor().t()?)?
+                    .broadcast_add(sep_bias.as_tensor())?
+                    .reshape((b, t, a))?;
+                let gate = (ks * &qo)?;
+                let cw = kernel_layer
+                    .forward(&gate)?
+                    .reshape((b, t, heads_a, *kernel))?;
+                let cw = candle_nn::ops::softmax(&cw, D::Minus1)?;
+                let o = conv_out.forward(x)?;
+                let opad = o.pad_with_zeros(1, pad, pad)?;
+                let mut conv = Tensor::zeros((b, t, heads_a, d_a), x.dtype(), x.device())?;
+                for u in 0..*kernel {
+                    let window = opad.narrow(1, u, t)?.reshape((b, t, heads_a, d_a))?;
+                    conv = (conv + window.broadcast_mul(&cw.narrow(3, u, 1)?)?)?;
+                }
+                let conv = conv.reshape((b, t, a))?;
+                let (ctx, probs) = attention(&qo, &ko, &vo, heads_a, p, dropout_rng)?;
+                fwd.softmax.push(probs);
+                Tensor::cat(&[&ctx, &conv], 2)
+            }
+        }
+    }
+}
+
+/// Multi-head scaled dot-product attention without mask; returns the merged context
+/// (B × T × width) and the attention probabilities before dropout (B × h × T × T).
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    p: f64,
+    dropout_rng: Option<&mut Rng>,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (b, t, w) = q.dims3()?;
+    let d = w / heads;
+    let split = |x: &Tensor| -> candle_core::Result<Tensor> {
+        x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
+    };
+    let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
+    let scores = (qh.matmul(&kh.t()?)? / (d as f64).sqrt())?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let dropped = dropout(&probs, p, dropout_rng)?;
+    let ctx = dropped.matmul(&vh)?.transpose(1, 2)?.reshape((b, t, w))?;
+    Ok((ctx, probs))
+}
+
+/// Applies `m` (n × n, as `out[a] = Σ_i m[a,i] x[i]`) along axis 2 (T) and `md` along axis 3
+/// (d) of a B × h × T × d tensor.
+fn separable(u: &Tensor, mt: &Tensor, md: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, t, d) = u.dims4()?;
+    // Along d: rows (B·h·T) × d times mdᵀ.
+    let y = u
+        .reshape((b * h * t, d))?
+        .matmul(&md.t()?)?
+        .reshape((b, h, t, d))?;
+    // Along T: move T last.
+    let y = y.transpose(2, 3)?.contiguous()?.reshape((b * h * d, t))?;
+    let y = y.matmul(&mt.t()?)?.reshape((b, h, d, t))?;
+    y.transpose(2, 3)?.contiguous()
+}
+
+fn matrix(
+    n: usize,
+    f: impl Fn(usize, usize) -> f64,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let data: Vec<f32> = (0..n * n).map(|i| f(i / n, i % n) as f32).collect();
+    Tensor::from_vec(data, (n, n), device)
+}
+
+/// Real part of the 2-D DFT over (T, d) of a B × h × T × d tensor:
+/// `Σ_t Σ_j U[t,j] cos(2π(a·t/T + c·j/d))` = C_T U C_d − S_T U S_d.
+pub fn dft2_real(u: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, t, d) = u.dims4()?;
+    let dev = u.device();
+    let tau = std::f64::consts::TAU;
+    let ct = matrix(t, |a, i| (tau * ((a * i) % t) as f64 / t as f64).cos(), dev)?;
+    let st = matrix(t, |a, i| (tau * ((a * i) % t) as f64 / t as f64).sin(), dev)?;
+    let cd = matrix(d, |a, i| (tau * ((a * i) % d) as f64 / d as f64).cos(), dev)?;
+    let sd = matrix(d, |a, i| (tau * ((a * i) % d) as f64 / d as f64).sin(), dev)?;
+    separable(u, &ct, &cd)? - separable(u, &st, &sd)?
+}
+
+/// Unnormalised 2-D DCT-II over (T, d) (scipy `norm=None`, factor 2 per axis):
+/// `4 Σ_t Σ_j U[t,j] cos(πa(2t+1)/2T) cos(πc(2j+1)/2d)`.
+pub fn dct2(u: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, t, d) = u.dims4()?;
+    let dev = u.device();
+    let pi = std::f64::consts::PI;
+    let at = matrix(
+        t,
+        |a, i| 2.0 * (pi * a as f64 * (2 * i + 1) as f64 / (2 * t) as f64).cos(),
+        dev,
+    )?;
+    let ad = matrix(
+        d,
+        |a, i| 2.0 * (pi * a as f64 * (2 * i + 1) as f64 / (2 * d) as f64).cos(),
+        dev,
+    )?;
+    separable(u, &at, &ad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::flexibert::Layer;
+
+    fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+    }
+
+    fn test_vector() -> Tensor {
+        let u = [
+            1.0f32, 2.0, 3.0, 4.0, 0.0, -1.0, 2.0, 1.0, 3.0, 0.0, 0.0, 1.0,
+        ];
+        Tensor::from_vec(u.to_vec(), (1, 1, 3, 4), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn dft_matches_spec_test_vector() {
+        let f = dft2_real(&test_vector())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let expected = [
+            16.0, -1.0, 2.0, -1.0, 7.0, -1.6340, -4.0, -3.3660, 7.0, -3.3660, -4.0, -1.6340,
+        ];
+        assert!(close(&f, &expected, 1e-4), "{f:?}");
+    }
+
+    #[test]
+    fn dct_matches_spec_test_vector() {
+        let f = dct2(&test_vector())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let expected = [
+            64.0, -13.5140, 11.3137, 11.7206, 20.7846, -17.3277, -9.7980, -3.4279, 20.0, 5.6746,
+            5.6569, -8.4734,
+        ];
+        assert!(close(&f, &expected, 1e-3), "{f:?}");
+    }
+
+    #[test]
+    fn gelu_is_the_erf_form() {
+        let x = Tensor::new(&[-2.0f32, -0.5, 0.5, 2.0], &Device::Cpu).unwrap();
+        let y = x.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            close(&y, &[-0.0455, -0.154269, 0.345731, 1.9545], 1e-5),
+            "{y:?}"
+        );
+    }
+
+    fn every_mixer() -> Record {
+        let layer = |mixer, heads, ffn_layers| Layer {
+            mixer,
+            heads,
+            ffn_width: 64,
+            ffn_layers,
+        };
+        Record {
+            id: 0,
+            hidden_size: 64,
+            layers: vec![
+                layer(Mixer::Sdp, 4, 1),
+                layer(Mixer::Wma, 2, 2),
+                layer(Mixer::Dsc { kernel: 3 }, 4, 1),
+                layer(Mixer::Dft, 2, 1),
+                layer(Mixer::Dsc { kernel: 5 }, 2, 3),
+                layer(Mixer::Dct, 4, 1),
+                layer(Mixer::Sdp, 2, 1),
+            ],
+            scores: Default::default(),
+        }
+    }
+
+    /// Every trainable tensor receives a non-zero gradient from the projection signal, except
+    /// key biases, which softmax attention makes exactly gradient-free (shift invariance).
+    /// Guards against candle ops without backward silently cutting the graph.
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        let config = Config::from_record(&every_mixer(), SizeMode::Intended).unwrap();
+        let model = FlexiBert::new(&config, &mut Rng::new(5), &Device::Cpu).unwrap();
+        let ids = Tensor::from_vec(
+            (0..2 * 12)
+                .map(|i| 1000 + 37 * i as u32)
+                .collect::<Vec<_>>(),
+            (2, 12),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let fwd = model.forward(&ids, Some(&mut Rng::new(1))).unwrap();
+        let r = Tensor::randn(0f32, 1.0, fwd.last_hidden.dims(), &Device::Cpu).unwrap();
+        let grads = (&fwd.last_hidden * r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let mut missing = Vec::new();
+        for (name, var) in model.params().vars() {
+            let norm = grads
+                .get(var.as_tensor())
+                .map(|g| {
+                    g.sqr()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                })
+                .unwrap_or(0.0);
+            let key_bias = name.ends_with("key.bias");
+            if key_bias {
+                assert!(
+                    norm < 1e-12,
+                    "{name}: key bias gradient should vanish, got {norm}"
+                );
+            } else if norm <= 0.0 {
+                missing.push(name.clone());
+            }
+        }
+        assert!(missing.is_empty(), "no gradient reached: {missing:?}");
+        assert_eq!(fwd.act.len(), 1 + 2 + 1 + 1 + 3 + 1 + 1);
+        assert_eq!(fwd.head.len(), 7);
+        assert_eq!(fwd.softmax.len(), 7);
+        // q,k,v | q,Ww,k,v | q,k,v | in | q,k,v | in | q,k,v
+        assert_eq!(fwd.mixer_outputs.len(), 3 + 4 + 3 + 1 + 3 + 1 + 3);
+    }
+
+    /// The reference's backward signal (sum of the last hidden state) is constant after the
+    /// final LayerNorm, so its gradients are rounding noise far below the projection signal's.
+    #[test]
+    fn faithful_signal_is_degenerate() {
+        let config = Config::from_record(&every_mixer(), SizeMode::Intended).unwrap();
+        let model = FlexiBert::new(&config, &mut Rng::new(5), &Device::Cpu).unwrap();
+        let ids = Tensor::from_vec(
+            (0..24).map(|i| 1000 + 37 * i as u32).collect::<Vec<_>>(),
+            (2, 12),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let fwd = model.forward(&ids, None).unwrap();
+        let total = |loss: Tensor| -> f32 {
+            let grads = loss.backward().unwrap();
+            let w = model.linears()[1].weight.as_tensor().clone();
+            grads
+                .get(&w)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let faithful = total(fwd.last_hidden.sum_all().unwrap());
+        let r = Tensor::randn(0f32, 1.0, fwd.last_hidden.dims(), &Device::Cpu).unwrap();
+        let projected = total((&fwd.last_hidden * r).unwrap().sum_all().unwrap());
+        assert!(
+            faithful < projected * 1e-6,
+            "faithful {faithful} vs projection {projected}"
+        );
+    }
+
+    #[test]
+    fn config_rejects_inconsistent_heads() {
+        let mut rec = every_mixer();
+        rec.layers[0].heads = 3;
+        let err = Config::from_record(&rec, SizeMode::Faithful)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("record id 0") && err.contains("layer 0"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! Model families: benchmark configs turned into randomly initialised candle networks.
+//!
+//! One file per family with plain structs and an explicit `forward` that returns what a probe
+//! needs. The engine (candle) stays inside `models` and `probe`; the shared building blocks
+//! below (parameters, linear layers, LayerNorm, dropout) are used by every family.
+
+pub mod flexibert;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use crate::array::Array;
+use crate::rng::Rng;
+
+/// What a linear layer does in its network; proxies select linears by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum LinearRole {
+    /// A projection inside a token mixer (q, k, v, WMA's Ww, LT's input, DSC's kernel and
+    /// conv-out layers).
+    Mixer,
+    /// The dense of the output block after an SA or DSC mixer.
+    MixerOutput,
+    /// The first FFN dense (hidden → FFN width).
+    FfnIn,
+    /// A square FFN dense between two GELUs (only with more than one FFN layer).
+    FfnHidden,
+    /// The last FFN dense (FFN width → hidden).
+    FfnOut,
+    /// The embedding projection (embedding width → hidden).
+    EmbeddingProjection,
+}
+
+impl LinearRole {
+    /// True for the FFN denses.
+    pub fn is_ffn(self) -> bool {
+        matches!(
+            self,
+            LinearRole::FfnIn | LinearRole::FfnHidden | LinearRole::FfnOut
+        )
+    }
+}
+
+/// Every trainable tensor of a model, by name, in creation order.
+#[derive(Default)]
+pub struct Params {
+    vars: Vec<(String, Var)>,
+    shapes_only: bool,
+}
+
+impl Params {
+    /// A registry whose random tensors are filled with zeros instead of drawn: the model has
+    /// every tensor with its real shape (for counting parameters) at a fraction of the cost.
+    pub fn shapes_only() -> Self {
+        Self {
+            vars: Vec::new(),
+            shapes_only: true,
+        }
+    }
+
+    /// Registers a tensor drawn from N(0, std²) with the given shape.
+    pub fn normal(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        std: f64,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> candle_core::Result<Var> {
+        if self.shapes_only {
+            return self.register(name, Tensor::zeros(shape, DType::F32, device)?);
+        }
+        let n = shape.iter().product();
+        let data = rng.normal_vec(n, std);
+        self.register(name, Tensor::from_vec(data, shape, device)?)
+    }
+
+    /// Registers a tensor filled with `value`.
+    pub fn constant(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        value: f32,
+        device: &Device,
+    ) -> candle_core::Result<Var> {
+        let n = shape.iter().product();
+        self.register(name, Tensor::from_vec(vec![value; n], shape, device)?)
+    }
+
+    /// Registers an existing tensor as a trainable variable.
+    pub fn register(&mut self, name: &str, t: Tensor) -> candle_core::Result<Var> {
+        let var = Var::from_tensor(&t)?;
+        self.vars.push((name.to_string(), var.clone()));
+        Ok(var)
+    }
+
+    /// All variables with their names.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// Total number of trainable scalars (each tensor counted once).
+    pub fn count(&self) -> usize {
+        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+}
+
+/// A dense layer `y = x Wᵀ + b` with `W` stored as out × in (PyTorch `Linear` layout).
+pub struct Linear {
+    /// Name for reports, e.g. `layer.2.mixer.query`.
+    pub name: String,
+    /// Encoder layer index, or `None` outside the layers.
+    pub layer: Option<usize>,
+    /// What the layer does.
+    pub role: LinearRole,
+    /// Weight, out × in.
+    pub weight: Var,
+    /// Bias, out (absent for bias-free layers such as WMA's Ww).
+    pub bias: Option<Var>,
+}
+
+/// Arguments shared by every linear created for one model.
+pub struct Init<'a> {
+    /// Parameter registry.
+    pub params: &'a mut Params,
+    /// Weight stream.
+    pub rng: &'a mut Rng,
+    /// Device holding the tensors.
+    pub device: &'a Device,
+    /// Standard deviation of weight initialisation.
+    pub std: f64,
+}
+
+impl Linear {
+    /// A new linear layer with N(0, std²) weights and zero bias, registered in `init.params`.
+    pub fn new(
+        init: &mut Init<'_>,
+        name: &str,
+        layer: Option<usize>,
+        role: LinearRole,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> candle_core::Result<Self> {
+        let weight = init.params.normal(
+            &format!("{name}.weight"),
+            &[out_dim, in_dim],
+            init.std,
+            init.rng,
+            init.device,
+        )?;
+        let bias = if bias {
+            Some(
+                init.params
+                    .constant(&format!("{name}.bias"), &[out_dim], 0.0, init.device)?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            name: name.to_string(),
+            layer,
+            role,
+            weight,
+            bias,
+        })
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Applies the layer over the last axis of `x` (any leading shape).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has at least one axis");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let flat = x.reshape((rows, in_dim))?;
+        let mut y = flat.matmul(&self.weight.as_tensor().t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b.as_tensor())?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.out_dim();
+        y.reshape(out_dims)
+    }
+}
+
+/// LayerNorm over the last axis, written with differentiable primitives (candle's fused
+/// `layer_norm` has no backward and would silently cut the gradient).
+pub fn layer_norm(x: &Tensor, gamma: &Var, beta: &Var, eps: f64) -> candle_core::Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed
+        .broadcast_mul(gamma.as_tensor())?
+        .broadcast_add(beta.as_tensor())
+}
+
+/// Inverted dropout with a seeded mask; identity when `rng` is `None` or `p` is 0.
+pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
+    let Some(rng) = rng else {
+        return Ok(x.clone());
+    };
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.bernoulli(p) { 0.0 } else { keep })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.dims(), x.device())?;
+    x.mul(&mask)
+}
+
+/// Copies a tensor into a plain [`Array`] (f32, row-major).
+pub fn to_array(t: &Tensor) -> candle_core::Result<Array> {
+    let t = t.to_dtype(DType::F32)?;
+    let shape = t.dims().to_vec();
+    let data = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Array::new(shape, data).expect("tensor element count matches its shape"))
+}

@@ -1,0 +1,1042 @@
+//! The LPZero operation table: the unary and binary operations a proxy expression is built from.
+//!
+//! Every operation is a pure function of [`Array`] values: it never mutates its argument (the
+//! reference mutates some arguments in place; see spec §4.1/§4.2, this implementation always
+//! works on copies). NaN and ±inf are ordinary values here: they flow through the operations and
+//! never cause a panic; judging them is the job of the search's pruning rules.
+//!
+//! * [`UnaryOp`] lists the 21 unary operations of the reference HEAD table (spec §4.2) in HEAD
+//!   index order, so [`UnaryOp::from_index`] / [`UnaryOp::index`] translate the published integer
+//!   genotypes. Expressions and files store operations by *name* ([`UnaryOp::name`]) because the
+//!   reference index table changed over the project history.
+//! * [`apply`] evaluates a unary operation on one array. `disconnect` has no value: [`apply`]
+//!   returns `None` for it, and a binary operation with one disconnected operand returns the
+//!   other operand unchanged (both disconnected ⇒ the expression is invalid). The expression
+//!   evaluator in `proxy::expr` implements that rule.
+//! * [`BinaryOp`] and [`apply_binary`] are the four binary operations (spec §4.3).
+//! * [`UNARY_SAMPLING_WEIGHTS`] and [`BINARY_SAMPLING_WEIGHTS`] are the reference sampling
+//!   weights (spec §4.5), indexed like [`UnaryOp::ALL`] and [`BinaryOp::ALL`].
+//!
+//! Numerics: element-wise operations run in `f32` like the reference tensors; reductions and the
+//! statistics inside `normalize`, `min_max`, `softmax` and `logsoftmax` accumulate in `f64` and
+//! round once to `f32` at the end.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::array::Array;
+
+/// A name that is not in an operation or input table.
+///
+/// Returned by the `FromStr` implementations of [`UnaryOp`], [`BinaryOp`] and the expression
+/// inputs, so callers can report which kind of name was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} `{name}`")]
+pub struct UnknownName {
+    /// What was being looked up: "unary op", "binary op" or "input".
+    pub kind: &'static str,
+    /// The text that matched nothing.
+    pub name: String,
+}
+
+/// A unary operation of the LPZero search space (reference HEAD table, spec §4.2).
+///
+/// The declaration order is the HEAD index order: `Log` is index 0, `Disconnect` index 20.
+/// Element-wise operations keep the shape of their argument; the reductions
+/// (`frobenius_norm`, `normalized_sum`, `l1_norm`, `mean`, `std`) return a 0-d scalar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UnaryOp {
+    /// `log` (idx 0): entries `≤ 0` become 1, then `ln(x + 1e-9)`.
+    Log,
+    /// `abslog` (idx 1): entries `== 0` become 1, then `ln|x|`.
+    AbsLog,
+    /// `abs` (idx 2): `|x|`.
+    Abs,
+    /// `pow2` (idx 3): `x²` (overflows to +inf).
+    Pow2,
+    /// `exp` (idx 4): `eˣ` (overflows to +inf).
+    Exp,
+    /// `normalize` (idx 5): `(A − mean)/std` with the unbiased std; NaN results become 0
+    /// (so a scalar or a constant array gives 0).
+    Normalize,
+    /// `relu` (idx 6): `max(x, 0)` (NaN stays NaN).
+    Relu,
+    /// `invert` (idx 7): `1/(x + 1e-9)` (no absolute value: values near −1e-9 explode).
+    Invert,
+    /// `frobenius_norm` (idx 8): `sqrt(Σ x²)` as a 0-d scalar.
+    FrobeniusNorm,
+    /// `normalized_sum` (idx 9): `Σ x / (numel + 1e-9)` as a 0-d scalar.
+    NormalizedSum,
+    /// `l1_norm` (idx 10): `Σ |x| / (numel + 1e-9)` as a 0-d scalar (a mean absolute value).
+    L1Norm,
+    /// `softmax` (idx 11): softmax along axis 0 (the first axis); 1 on a finite 0-d scalar.
+    Softmax,
+    /// `sigmoid` (idx 12): the logistic function.
+    Sigmoid,
+    /// `logsoftmax` (idx 13): log-softmax along axis 0; 0 on a finite 0-d scalar.
+    LogSoftmax,
+    /// `sqrt` (idx 14): `sqrt(max(x, 0))` (NaN stays NaN).
+    Sqrt,
+    /// `neg` (idx 15, reference "revert"): `−x`.
+    Neg,
+    /// `min_max` (idx 16): `(A − min)/(max − min + 1e-9)`; 0 on a finite 0-d scalar.
+    MinMax,
+    /// `mean` (idx 17): the arithmetic mean as a 0-d scalar.
+    Mean,
+    /// `std` (idx 18): the unbiased (n − 1) standard deviation as a 0-d scalar; NaN for fewer
+    /// than two elements (in particular for a 0-d scalar).
+    Std,
+    /// `no_op` (idx 19): identity.
+    NoOp,
+    /// `disconnect` (idx 20): "no value". A binary operation with one disconnected operand
+    /// returns the other operand; [`apply`] returns `None`.
+    Disconnect,
+}
+
+impl UnaryOp {
+    /// All unary operations in reference HEAD index order (`ALL[i].index() == i`).
+    pub const ALL: [UnaryOp; 21] = [
+        UnaryOp::Log,
+        UnaryOp::AbsLog,
+        UnaryOp::Abs,
+        UnaryOp::Pow2,
+        UnaryOp::Exp,
+        UnaryOp::Normalize,
+        UnaryOp::Relu,
+        UnaryOp::Invert,
+        UnaryOp::FrobeniusNorm,
+        UnaryOp::NormalizedSum,
+        UnaryOp::L1Norm,
+        UnaryOp::Softmax,
+        UnaryOp::Sigmoid,
+        UnaryOp::LogSoftmax,
+        UnaryOp::Sqrt,
+        UnaryOp::Neg,
+        UnaryOp::MinMax,
+        UnaryOp::Mean,
+        UnaryOp::Std,
+        UnaryOp::NoOp,
+        UnaryOp::Disconnect,
+    ];
+
+    /// The reference HEAD index (the integer used in published genotypes).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The operation with HEAD index `i`, or `None` when `i > 20`.
+    pub fn from_index(i: usize) -> Option<Self> {
+        Self::ALL.get(i).copied()
+    }
+
+    /// The canonical snake_case name used in expressions, files and serde.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Log => "log",
+            UnaryOp::AbsLog => "abslog",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Pow2 => "pow2",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Normalize => "normalize",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Invert => "invert",
+            UnaryOp::FrobeniusNorm => "frobenius_norm",
+            UnaryOp::NormalizedSum => "normalized_sum",
+            UnaryOp::L1Norm => "l1_norm",
+            UnaryOp::Softmax => "softmax",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::LogSoftmax => "logsoftmax",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Neg => "neg",
+            UnaryOp::MinMax => "min_max",
+            UnaryOp::Mean => "mean",
+            UnaryOp::Std => "std",
+            UnaryOp::NoOp => "no_op",
+            UnaryOp::Disconnect => "disconnect",
+        }
+    }
+
+    /// The name of the operation in the reference Python code (`UNARY_KEYS`), accepted as an
+    /// alias by `FromStr` so reference logs can be pasted in.
+    pub fn reference_name(self) -> &'static str {
+        match self {
+            UnaryOp::Log => "element_wise_log",
+            UnaryOp::AbsLog => "element_wise_abslog",
+            UnaryOp::Abs => "element_wise_abs",
+            UnaryOp::Pow2 => "element_wise_pow",
+            UnaryOp::Exp => "element_wise_exp",
+            UnaryOp::Normalize => "normalize",
+            UnaryOp::Relu => "element_wise_relu",
+            UnaryOp::Invert => "element_wise_invert",
+            UnaryOp::FrobeniusNorm => "frobenius_norm",
+            UnaryOp::NormalizedSum => "element_wise_normalized_sum",
+            UnaryOp::L1Norm => "l1_norm",
+            UnaryOp::Softmax => "softmax",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::LogSoftmax => "logsoftmax",
+            UnaryOp::Sqrt => "element_wise_sqrt",
+            UnaryOp::Neg => "element_wise_revert",
+            UnaryOp::MinMax => "min_max_normalize",
+            UnaryOp::Mean => "to_mean_scalar",
+            UnaryOp::Std => "to_std_scalar",
+            UnaryOp::NoOp => "no_op",
+            UnaryOp::Disconnect => "disconnect",
+        }
+    }
+
+    /// The reference sampling weight of this operation (spec §4.5).
+    pub fn sampling_weight(self) -> f64 {
+        UNARY_SAMPLING_WEIGHTS[self.index()]
+    }
+
+    /// True for the operations that reduce any array to a 0-d scalar
+    /// (`frobenius_norm`, `normalized_sum`, `l1_norm`, `mean`, `std`).
+    pub fn is_reduction(self) -> bool {
+        matches!(
+            self,
+            UnaryOp::FrobeniusNorm
+                | UnaryOp::NormalizedSum
+                | UnaryOp::L1Norm
+                | UnaryOp::Mean
+                | UnaryOp::Std
+        )
+    }
+
+    /// True when every entry of the result is `≥ 0` (or NaN) whatever the argument.
+    ///
+    /// Used by the canonical form: `abs` and `relu` are the identity on such results.
+    pub fn is_nonnegative(self) -> bool {
+        matches!(
+            self,
+            UnaryOp::Abs
+                | UnaryOp::Pow2
+                | UnaryOp::Exp
+                | UnaryOp::Relu
+                | UnaryOp::FrobeniusNorm
+                | UnaryOp::L1Norm
+                | UnaryOp::Softmax
+                | UnaryOp::Sigmoid
+                | UnaryOp::Sqrt
+                | UnaryOp::MinMax
+                | UnaryOp::Std
+        )
+    }
+}
+
+impl fmt::Display for UnaryOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for UnaryOp {
+    type Err = UnknownName;
+
+    /// Accepts the canonical name or the reference name, ASCII case-insensitively.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|op| {
+                s.eq_ignore_ascii_case(op.name()) || s.eq_ignore_ascii_case(op.reference_name())
+            })
+            .ok_or_else(|| UnknownName {
+                kind: "unary op",
+                name: s.to_string(),
+            })
+    }
+}
+
+impl Serialize for UnaryOp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for UnaryOp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reference sampling weights of the unary operations, indexed like [`UnaryOp::ALL`]:
+/// 0.1 for each of the first 20 and 0.2 for `disconnect` (spec §4.5). Not normalised.
+pub const UNARY_SAMPLING_WEIGHTS: [f64; 21] = [
+    0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1,
+    0.1, 0.2,
+];
+
+/// Applies a unary operation to one array and returns a new array; the argument is untouched.
+///
+/// Returns `None` exactly for [`UnaryOp::Disconnect`], which has no value: the caller drops a
+/// disconnected branch (a binary operation then returns its other operand). Every other
+/// operation returns `Some`, whatever the values (NaN and ±inf propagate, nothing panics).
+pub fn apply(op: UnaryOp, a: &Array) -> Option<Array> {
+    let out = match op {
+        UnaryOp::Log => a.map(|x| {
+            let y = if x <= 0.0 { 1.0 } else { x };
+            (y + 1e-9_f32).ln()
+        }),
+        UnaryOp::AbsLog => a.map(|x| {
+            let y = if x == 0.0 { 1.0 } else { x };
+            y.abs().ln()
+        }),
+        UnaryOp::Abs => a.map(f32::abs),
+        UnaryOp::Pow2 => a.map(|x| x * x),
+        UnaryOp::Exp => a.map(f32::exp),
+        UnaryOp::Normalize => normalize(a),
+        // `x <= 0` is false for NaN, so NaN passes through (like torch's relu).
+        UnaryOp::Relu => a.map(|x| if x <= 0.0 { 0.0 } else { x }),
+        UnaryOp::Invert => a.map(|x| 1.0 / (x + 1e-9_f32)),
+        UnaryOp::FrobeniusNorm => {
+            let ss: f64 = a.data().iter().map(|&x| (x as f64) * (x as f64)).sum();
+            scalar(ss.sqrt())
+        }
+        UnaryOp::NormalizedSum => scalar(a.sum_f64() / (a.len() as f64 + 1e-9)),
+        UnaryOp::L1Norm => {
+            let s: f64 = a.data().iter().map(|&x| (x as f64).abs()).sum();
+            scalar(s / (a.len() as f64 + 1e-9))
+        }
+        UnaryOp::Softmax => softmax_axis0(a, false),
+        UnaryOp::Sigmoid => a.map(sigmoid),
+        UnaryOp::LogSoftmax => softmax_axis0(a, true),
+        UnaryOp::Sqrt => a.map(|x| if x <= 0.0 { 0.0 } else { x.sqrt() }),
+        UnaryOp::Neg => a.map(|x| -x),
+        UnaryOp::MinMax => min_max(a),
+        UnaryOp::Mean => scalar(a.mean_f64()),
+        UnaryOp::Std => scalar(std_unbiased(a)),
+        UnaryOp::NoOp => a.clone(),
+        UnaryOp::Disconnect => return None,
+    };
+    Some(out)
+}
+
+/// A 0-d array holding `v` rounded to `f32`.
+fn scalar(v: f64) -> Array {
+    Array::scalar(v as f32)
+}
+
+/// Numerically stable logistic function in `f32` (NaN stays NaN).
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Unbiased standard deviation accumulated in `f64` (two passes); NaN for fewer than 2 values.
+fn std_unbiased(a: &Array) -> f64 {
+    let n = a.len();
+    if n < 2 {
+        return f64::NAN;
+    }
+    let m = a.mean_f64();
+    let ss: f64 = a
+        .data()
+        .iter()
+        .map(|&x| {
+            let d = x as f64 - m;
+            d * d
+        })
+        .sum();
+    (ss / (n - 1) as f64).sqrt()
+}
+
+/// `(A − mean)/std` with the unbiased std; NaN results (0/0, scalar, NaN inputs) become 0.
+fn normalize(a: &Array) -> Array {
+    let m = a.mean_f64();
+    let s = std_unbiased(a);
+    a.map(|x| {
+        let c = ((x as f64 - m) / s) as f32;
+        if c.is_nan() {
+            0.0
+        } else {
+            c
+        }
+    })
+}
+
+/// `(A − min)/(max − min + 1e-9)` computed in `f64`; any NaN entry makes every entry NaN
+/// (min and max propagate NaN, as in torch).
+fn min_max(a: &Array) -> Array {
+    let data = a.data();
+    if data.iter().any(|x| x.is_nan()) {
+        return a.map(|_| f32::NAN);
+    }
+    let mut lo = f64::INFINITY;
+    let mut hi = f64::NEG_INFINITY;
+    for &x in data {
+        lo = lo.min(x as f64);
+        hi = hi.max(x as f64);
+    }
+    let denom = hi - lo + 1e-9;
+    a.map(|x| ((x as f64 - lo) / denom) as f32)
+}
+
+/// Softmax (or log-softmax) along the first axis, stabilised by subtracting the per-column max.
+///
+/// A 0-d array is treated as one row of one column (so a finite scalar gives 1, or 0 for the
+/// log version). A column holding NaN or +inf gives NaN in that column; an all −inf column gives
+/// NaN too, as in torch.
+fn softmax_axis0(a: &Array, log: bool) -> Array {
+    let data = a.data();
+    let rows = a.shape().first().copied().unwrap_or(1);
+    let cols = data.len().checked_div(rows).unwrap_or(0);
+    if cols == 0 {
+        return a.clone();
+    }
+    let mut max = vec![f64::NEG_INFINITY; cols];
+    for row in data.chunks_exact(cols) {
+        for (m, &x) in max.iter_mut().zip(row) {
+            let x = x as f64;
+            if x > *m {
+                *m = x;
+            }
+        }
+    }
+    let mut sum = vec![0.0_f64; cols];
+    for row in data.chunks_exact(cols) {
+        for ((s, &m), &x) in sum.iter_mut().zip(&max).zip(row) {
+            *s += (x as f64 - m).exp();
+        }
+    }
+    let mut out = Vec::with_capacity(data.len());
+    if log {
+        let log_sum: Vec<f64> = sum.iter().map(|s| s.ln()).collect();
+        for row in data.chunks_exact(cols) {
+            for ((&x, &m), &ls) in row.iter().zip(&max).zip(&log_sum) {
+                out.push((x as f64 - m - ls) as f32);
+            }
+        }
+    } else {
+        for row in data.chunks_exact(cols) {
+            for ((&x, &m), &s) in row.iter().zip(&max).zip(&sum) {
+                out.push(((x as f64 - m).exp() / s) as f32);
+            }
+        }
+    }
+    Array::new(a.shape().to_vec(), out).expect("softmax keeps the element count")
+}
+
+/// A binary operation of the LPZero search space (spec §4.3), in reference index order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BinaryOp {
+    /// `add` (idx 0, reference `element_wise_sum`): `a + b`.
+    Add,
+    /// `sub` (idx 1, reference `element_wise_difference`): `a − b`.
+    Sub,
+    /// `mul` (idx 2, reference `element_wise_product`): `a · b` element-wise.
+    Mul,
+    /// `matmul` (idx 3, reference `matrix_multiplication`): the matrix product of 2-D arrays;
+    /// a one-element operand multiplies like a scalar.
+    Matmul,
+}
+
+impl BinaryOp {
+    /// All binary operations in reference index order (`ALL[i].index() == i`).
+    pub const ALL: [BinaryOp; 4] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Matmul,
+    ];
+
+    /// The reference index (the integer used in published genotypes).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The operation with reference index `i`, or `None` when `i > 3`.
+    pub fn from_index(i: usize) -> Option<Self> {
+        Self::ALL.get(i).copied()
+    }
+
+    /// The canonical name used in expressions, files and serde.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Matmul => "matmul",
+        }
+    }
+
+    /// The name in the reference Python code (`BINARY_KEYS`), accepted as an alias by `FromStr`.
+    pub fn reference_name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "element_wise_sum",
+            BinaryOp::Sub => "element_wise_difference",
+            BinaryOp::Mul => "element_wise_product",
+            BinaryOp::Matmul => "matrix_multiplication",
+        }
+    }
+
+    /// The reference sampling weight of this operation (spec §4.5).
+    pub fn sampling_weight(self) -> f64 {
+        BINARY_SAMPLING_WEIGHTS[self.index()]
+    }
+
+    /// True when `op(a, b)` equals `op(b, a)` exactly (`add` and `mul`).
+    pub fn is_commutative(self) -> bool {
+        matches!(self, BinaryOp::Add | BinaryOp::Mul)
+    }
+}
+
+impl fmt::Display for BinaryOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BinaryOp {
+    type Err = UnknownName;
+
+    /// Accepts the canonical name or the reference name, ASCII case-insensitively.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|op| {
+                s.eq_ignore_ascii_case(op.name()) || s.eq_ignore_ascii_case(op.reference_name())
+            })
+            .ok_or_else(|| UnknownName {
+                kind: "binary op",
+                name: s.to_string(),
+            })
+    }
+}
+
+impl Serialize for BinaryOp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for BinaryOp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reference sampling weights of the binary operations, indexed like [`BinaryOp::ALL`]
+/// (add 0.6, sub 0.3, mul 0.05, matmul 0.05; spec §4.5).
+pub const BINARY_SAMPLING_WEIGHTS: [f64; 4] = [0.6, 0.3, 0.05, 0.05];
+
+/// Why a binary operation could not combine its operands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// Element-wise operation on arrays whose shapes differ and neither has one element.
+    #[error("`{op}` needs equal shapes or a one-element operand, got {left:?} and {right:?}")]
+    Shapes {
+        /// The operation that failed.
+        op: BinaryOp,
+        /// Shape of the left operand.
+        left: Vec<usize>,
+        /// Shape of the right operand.
+        right: Vec<usize>,
+    },
+    /// Matrix product of operands that are not (m×k)·(k×n) and not one-element.
+    #[error("`matmul` needs 2-D operands (m×k)·(k×n) or a one-element operand, got {left:?} and {right:?}")]
+    Matmul {
+        /// Shape of the left operand.
+        left: Vec<usize>,
+        /// Shape of the right operand.
+        right: Vec<usize>,
+    },
+}
+
+/// Applies a binary operation to two arrays and returns a new array.
+///
+/// * `add`, `sub`, `mul`: element-wise when the shapes are equal; when one operand has exactly
+///   one element (0-d or any all-ones shape) it is broadcast over the other, and the result has
+///   the other operand's shape (two one-element operands give the shape with more dimensions).
+///   Computed in `f32`.
+/// * `matmul`: the matrix product of a `m×k` and a `k×n` array, accumulated in `f64`; when that
+///   does not apply and one operand has one element, a scalar product as above.
+///
+/// Anything else is an [`OpError`]; nothing panics.
+pub fn apply_binary(op: BinaryOp, a: &Array, b: &Array) -> Result<Array, OpError> {
+    match op {
+        BinaryOp::Add => broadcast(op, a, b, |x, y| x + y),
+        BinaryOp::Sub => broadcast(op, a, b, |x, y| x - y),
+        BinaryOp::Mul => broadcast(op, a, b, |x, y| x * y),
+        BinaryOp::Matmul => {
+            if let (Some((m, k)), Some((k2, n))) = (a.dims2(), b.dims2()) {
+                if k == k2 {
+                    return Ok(matmul(a.data(), b.data(), m, k, n));
+                }
+            }
+            if a.len() == 1 || b.len() == 1 {
+                return broadcast(op, a, b, |x, y| x * y);
+            }
+            Err(OpError::Matmul {
+                left: a.shape().to_vec(),
+                right: b.shape().to_vec(),
+            })
+        }
+    }
+}
+
+/// Element-wise combination with one-element broadcasting (see [`apply_binary`]).
+fn broadcast(
+    op: BinaryOp,
+    a: &Array,
+    b: &Array,
+    f: impl Fn(f32, f32) -> f32,
+) -> Result<Array, OpError> {
+    if a.shape() == b.shape() {
+        let data = a
+            .data()
+            .iter()
+            .zip(b.data())
+            .map(|(&x, &y)| f(x, y))
+            .collect();
+        return Ok(Array::new(a.shape().to_vec(), data).expect("same shape"));
+    }
+    if a.len() == 1 && b.len() == 1 {
+        let shape = if a.ndim() >= b.ndim() {
+            a.shape()
+        } else {
+            b.shape()
+        };
+        let data = vec![f(a.data()[0], b.data()[0])];
+        return Ok(Array::new(shape.to_vec(), data).expect("one element"));
+    }
+    if a.len() == 1 {
+        let x = a.data()[0];
+        return Ok(b.map(|y| f(x, y)));
+    }
+    if b.len() == 1 {
+        let y = b.data()[0];
+        return Ok(a.map(|x| f(x, y)));
+    }
+    Err(OpError::Shapes {
+        op,
+        left: a.shape().to_vec(),
+        right: b.shape().to_vec(),
+    })
+}
+
+/// Row-major `(m×k)·(k×n)` product accumulated in `f64`.
+fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Array {
+    let mut out = Vec::with_capacity(m * n);
+    let mut acc = vec![0.0_f64; n];
+    for i in 0..m {
+        acc.iter_mut().for_each(|v| *v = 0.0);
+        for p in 0..k {
+            let x = a[i * k + p] as f64;
+            for (v, &y) in acc.iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                *v += x * y as f64;
+            }
+        }
+        out.extend(acc.iter().map(|&v| v as f32));
+    }
+    Array::new(vec![m, n], out).expect("m×n values")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arr(shape: &[usize], data: &[f32]) -> Array {
+        Array::new(shape.to_vec(), data.to_vec()).unwrap()
+    }
+
+    fn un(op: UnaryOp, a: &Array) -> Array {
+        apply(op, a).expect("connected op")
+    }
+
+    fn close(a: f32, b: f32, tol: f32) -> bool {
+        (a - b).abs() <= tol * (1.0 + b.abs())
+    }
+
+    fn assert_all_close(got: &Array, want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (&g, &w) in got.data().iter().zip(want) {
+            assert!(close(g, w, 1e-6), "{got:?} vs {want:?}");
+        }
+    }
+
+    /// Inputs every op is run on: scalars, vectors, matrices, zeros, negatives, huge, NaN, inf,
+    /// and empty arrays.
+    fn zoo() -> Vec<Array> {
+        vec![
+            Array::scalar(0.0),
+            Array::scalar(2.5),
+            Array::scalar(-3.0),
+            Array::scalar(1e30),
+            Array::scalar(-1e30),
+            Array::scalar(f32::NAN),
+            Array::scalar(f32::INFINITY),
+            arr(&[4], &[1.0, -2.0, 0.0, 3.5]),
+            arr(&[3], &[0.0, 0.0, 0.0]),
+            arr(&[3], &[-1.0, -2.0, -3.0]),
+            arr(&[2], &[1e30, -1e30]),
+            arr(&[3], &[1.0, f32::NAN, 2.0]),
+            arr(&[2, 3], &[1.0, 2.0, 3.0, -4.0, 5.0, -6.0]),
+            arr(&[2, 2], &[f32::NEG_INFINITY, 1.0, f32::INFINITY, 2.0]),
+            arr(&[1], &[7.0]),
+            arr(&[1, 1], &[-7.0]),
+            arr(&[2, 2, 2], &[0.5; 8]),
+            arr(&[0], &[]),
+            arr(&[2, 0], &[]),
+        ]
+    }
+
+    #[test]
+    fn index_tables_match_reference_order() {
+        for (i, op) in UnaryOp::ALL.iter().enumerate() {
+            assert_eq!(op.index(), i);
+            assert_eq!(UnaryOp::from_index(i), Some(*op));
+        }
+        assert_eq!(UnaryOp::from_index(0), Some(UnaryOp::Log));
+        assert_eq!(UnaryOp::from_index(3), Some(UnaryOp::Pow2));
+        assert_eq!(UnaryOp::from_index(8), Some(UnaryOp::FrobeniusNorm));
+        assert_eq!(UnaryOp::from_index(13), Some(UnaryOp::LogSoftmax));
+        assert_eq!(UnaryOp::from_index(15), Some(UnaryOp::Neg));
+        assert_eq!(UnaryOp::from_index(19), Some(UnaryOp::NoOp));
+        assert_eq!(UnaryOp::from_index(20), Some(UnaryOp::Disconnect));
+        assert_eq!(UnaryOp::from_index(21), None);
+        for (i, op) in BinaryOp::ALL.iter().enumerate() {
+            assert_eq!(op.index(), i);
+            assert_eq!(BinaryOp::from_index(i), Some(*op));
+        }
+        assert_eq!(BinaryOp::from_index(4), None);
+    }
+
+    #[test]
+    fn names_parse_and_serialize() {
+        for op in UnaryOp::ALL {
+            assert_eq!(op.name().parse::<UnaryOp>(), Ok(op));
+            assert_eq!(op.reference_name().parse::<UnaryOp>(), Ok(op));
+            assert_eq!(op.to_string(), op.name());
+            let json = serde_json::to_string(&op).unwrap();
+            assert_eq!(json, format!("\"{}\"", op.name()));
+            assert_eq!(serde_json::from_str::<UnaryOp>(&json).unwrap(), op);
+        }
+        for op in BinaryOp::ALL {
+            assert_eq!(op.name().parse::<BinaryOp>(), Ok(op));
+            assert_eq!(op.reference_name().parse::<BinaryOp>(), Ok(op));
+            let json = serde_json::to_string(&op).unwrap();
+            assert_eq!(serde_json::from_str::<BinaryOp>(&json).unwrap(), op);
+        }
+        assert_eq!("MEAN".parse::<UnaryOp>(), Ok(UnaryOp::Mean));
+        let err = "bogus".parse::<UnaryOp>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown unary op `bogus`");
+        assert!("add".parse::<UnaryOp>().is_err());
+        assert!("neg".parse::<BinaryOp>().is_err());
+        assert!(serde_json::from_str::<UnaryOp>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn sampling_weights() {
+        assert_eq!(UNARY_SAMPLING_WEIGHTS.len(), UnaryOp::ALL.len());
+        assert_eq!(UnaryOp::Disconnect.sampling_weight(), 0.2);
+        assert_eq!(UnaryOp::Log.sampling_weight(), 0.1);
+        let total: f64 = UNARY_SAMPLING_WEIGHTS.iter().sum();
+        assert!((total - 2.2).abs() < 1e-12);
+        assert_eq!(BINARY_SAMPLING_WEIGHTS, [0.6, 0.3, 0.05, 0.05]);
+        assert_eq!(BinaryOp::Sub.sampling_weight(), 0.3);
+    }
+
+    #[test]
+    fn every_op_on_every_input_is_pure_and_total() {
+        for a in zoo() {
+            let before = a.clone();
+            for op in UnaryOp::ALL {
+                let out = apply(op, &a);
+                // The input is never mutated (compare bit patterns so NaN counts as equal).
+                let same = a.shape() == before.shape()
+                    && a.data()
+                        .iter()
+                        .zip(before.data())
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{op} mutated its input");
+                match out {
+                    None => assert_eq!(op, UnaryOp::Disconnect),
+                    Some(out) => {
+                        assert_ne!(op, UnaryOp::Disconnect);
+                        if op.is_reduction() {
+                            assert!(out.is_scalar(), "{op} on {a:?} gave {out:?}");
+                        } else {
+                            assert_eq!(out.shape(), a.shape(), "{op} on {a:?}");
+                        }
+                        if op.is_nonnegative() {
+                            assert!(
+                                out.data().iter().all(|&x| x.is_nan() || x >= 0.0),
+                                "{op} on {a:?} gave {out:?}"
+                            );
+                        }
+                    }
+                }
+            }
+            for b in zoo() {
+                for op in BinaryOp::ALL {
+                    // Must not panic; errors are fine.
+                    let _ = apply_binary(op, &a, &b);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn element_wise_known_values() {
+        let v = arr(&[4], &[1.0, -2.0, 0.0, 3.5]);
+        assert_all_close(
+            &un(UnaryOp::Log, &v),
+            &[1e-9_f32.ln_1p(), 0.0, 0.0, 3.5_f32.ln()],
+        );
+        assert_all_close(
+            &un(UnaryOp::AbsLog, &v),
+            &[0.0, 2.0_f32.ln(), 0.0, 3.5_f32.ln()],
+        );
+        assert_all_close(&un(UnaryOp::Abs, &v), &[1.0, 2.0, 0.0, 3.5]);
+        assert_all_close(&un(UnaryOp::Pow2, &v), &[1.0, 4.0, 0.0, 12.25]);
+        assert_all_close(
+            &un(UnaryOp::Exp, &v),
+            &[1.0_f32.exp(), (-2.0_f32).exp(), 1.0, 3.5_f32.exp()],
+        );
+        assert_all_close(&un(UnaryOp::Relu, &v), &[1.0, 0.0, 0.0, 3.5]);
+        assert_all_close(&un(UnaryOp::Invert, &v), &[1.0, -0.5, 1e9, 1.0 / 3.5]);
+        assert_all_close(&un(UnaryOp::Sqrt, &v), &[1.0, 0.0, 0.0, 3.5_f32.sqrt()]);
+        assert_all_close(&un(UnaryOp::Neg, &v), &[-1.0, 2.0, 0.0, -3.5]);
+        let s = |x: f32| 1.0 / (1.0 + (-x).exp());
+        assert_all_close(&un(UnaryOp::Sigmoid, &v), &[s(1.0), s(-2.0), 0.5, s(3.5)]);
+        assert_all_close(&un(UnaryOp::MinMax, &v), &[3.0 / 5.5, 0.0, 2.0 / 5.5, 1.0]);
+        assert_eq!(un(UnaryOp::NoOp, &v), v);
+        // Normalize: mean 0.625, unbiased std.
+        let m = 0.625_f64;
+        let sd = ((0.375f64.powi(2) + 2.625f64.powi(2) + 0.625f64.powi(2) + 2.875f64.powi(2))
+            / 3.0)
+            .sqrt();
+        let want: Vec<f32> = [1.0, -2.0, 0.0, 3.5]
+            .iter()
+            .map(|&x: &f64| ((x - m) / sd) as f32)
+            .collect();
+        assert_all_close(&un(UnaryOp::Normalize, &v), &want);
+    }
+
+    #[test]
+    fn reductions_known_values() {
+        let v = arr(&[2, 2], &[3.0, -4.0, 0.0, 0.0]);
+        assert_eq!(un(UnaryOp::FrobeniusNorm, &v), Array::scalar(5.0));
+        assert!(close(un(UnaryOp::NormalizedSum, &v).data()[0], -0.25, 1e-7));
+        assert!(close(un(UnaryOp::L1Norm, &v).data()[0], 1.75, 1e-7));
+        assert_eq!(un(UnaryOp::Mean, &v), Array::scalar(-0.25));
+        let sd = ((3.25f64.powi(2) + 3.75f64.powi(2) + 2.0 * 0.25f64.powi(2)) / 3.0).sqrt() as f32;
+        assert!(close(un(UnaryOp::Std, &v).data()[0], sd, 1e-6));
+        // Huge values do not overflow the f64 accumulators.
+        let h = arr(&[2], &[1e30, -1e30]);
+        assert!(close(
+            un(UnaryOp::FrobeniusNorm, &h).data()[0],
+            2f32.sqrt() * 1e30,
+            1e-6
+        ));
+        assert_eq!(un(UnaryOp::Mean, &h), Array::scalar(0.0));
+        assert!(close(
+            un(UnaryOp::Std, &h).data()[0],
+            2f32.sqrt() * 1e30,
+            1e-6
+        ));
+        assert_eq!(
+            un(UnaryOp::Pow2, &h).data(),
+            &[f32::INFINITY, f32::INFINITY]
+        );
+        // Empty arrays.
+        let e = arr(&[0], &[]);
+        assert_eq!(un(UnaryOp::FrobeniusNorm, &e), Array::scalar(0.0));
+        assert_eq!(un(UnaryOp::L1Norm, &e), Array::scalar(0.0));
+        assert!(un(UnaryOp::Mean, &e).data()[0].is_nan());
+        assert!(un(UnaryOp::Std, &e).data()[0].is_nan());
+    }
+
+    #[test]
+    fn scalar_behaviour() {
+        for x in [0.0_f32, 2.5, -3.0, 1e30, -1e30] {
+            let s = Array::scalar(x);
+            assert_eq!(un(UnaryOp::Softmax, &s), Array::scalar(1.0), "{x}");
+            assert_eq!(un(UnaryOp::LogSoftmax, &s), Array::scalar(0.0), "{x}");
+            assert_eq!(un(UnaryOp::Normalize, &s), Array::scalar(0.0), "{x}");
+            assert_eq!(un(UnaryOp::MinMax, &s), Array::scalar(0.0), "{x}");
+            assert!(un(UnaryOp::Std, &s).data()[0].is_nan(), "{x}");
+            assert_eq!(un(UnaryOp::Mean, &s), s);
+            assert_eq!(un(UnaryOp::NormalizedSum, &s), s, "{x}");
+            assert_eq!(un(UnaryOp::L1Norm, &s), Array::scalar(x.abs()), "{x}");
+            assert_eq!(
+                un(UnaryOp::FrobeniusNorm, &s),
+                Array::scalar(x.abs()),
+                "{x}"
+            );
+            assert!(un(UnaryOp::Pow2, &s).is_scalar());
+        }
+        // One element is not enough for an unbiased std either.
+        assert!(un(UnaryOp::Std, &arr(&[1], &[4.0])).data()[0].is_nan());
+        // Extreme finite scalars survive the 1e-9 in the reductions' denominators.
+        for x in [f32::MAX, f32::MIN, f32::MIN_POSITIVE, 1e-45, -1e-45] {
+            let s = Array::scalar(x);
+            assert_eq!(un(UnaryOp::NormalizedSum, &s), s, "{x}");
+            assert_eq!(un(UnaryOp::L1Norm, &s), Array::scalar(x.abs()), "{x}");
+            assert_eq!(
+                un(UnaryOp::FrobeniusNorm, &s),
+                Array::scalar(x.abs()),
+                "{x}"
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_along_first_axis() {
+        // Columns are (1, 3) and (2, 4): each column sums to one.
+        let m = arr(&[2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let lo = 1.0 / (1.0 + 2f32.exp());
+        let hi = 1.0 - lo;
+        assert_all_close(&un(UnaryOp::Softmax, &m), &[lo, lo, hi, hi]);
+        assert_all_close(
+            &un(UnaryOp::LogSoftmax, &m),
+            &[lo.ln(), lo.ln(), hi.ln(), hi.ln()],
+        );
+        // A vector is one column.
+        let v = arr(&[3], &[0.0, 0.0, 0.0]);
+        assert_all_close(&un(UnaryOp::Softmax, &v), &[1.0 / 3.0; 3]);
+        // Stable for huge values.
+        let h = arr(&[2], &[1e30, -1e30]);
+        assert_eq!(un(UnaryOp::Softmax, &h).data(), &[1.0, 0.0]);
+        assert_eq!(un(UnaryOp::LogSoftmax, &h).data(), &[0.0, -2e30]);
+        let big = arr(&[2], &[1000.0, 1000.0]);
+        assert_all_close(&un(UnaryOp::Softmax, &big), &[0.5, 0.5]);
+        // 3-D: axis 0 has length 2, every one of the 4 columns sums to one.
+        let t = arr(&[2, 2, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+        let out = un(UnaryOp::Softmax, &t);
+        for c in 0..4 {
+            assert!(close(out.data()[c] + out.data()[4 + c], 1.0, 1e-6));
+        }
+        // NaN poisons its column only.
+        let n = arr(&[2, 2], &[f32::NAN, 1.0, 0.0, 1.0]);
+        let out = un(UnaryOp::Softmax, &n);
+        assert!(out.data()[0].is_nan() && out.data()[2].is_nan());
+        assert_all_close(
+            &Array::new(vec![2], vec![out.data()[1], out.data()[3]]).unwrap(),
+            &[0.5, 0.5],
+        );
+    }
+
+    #[test]
+    fn nan_and_infinity_are_values() {
+        let n = arr(&[3], &[1.0, f32::NAN, 2.0]);
+        for op in [
+            UnaryOp::Log,
+            UnaryOp::AbsLog,
+            UnaryOp::Abs,
+            UnaryOp::Relu,
+            UnaryOp::Sqrt,
+            UnaryOp::Sigmoid,
+        ] {
+            assert!(un(op, &n).data()[1].is_nan(), "{op}");
+        }
+        assert!(un(UnaryOp::Mean, &n).data()[0].is_nan());
+        assert!(un(UnaryOp::MinMax, &n).data().iter().all(|x| x.is_nan()));
+        // Normalize maps NaN results to 0.
+        assert_eq!(un(UnaryOp::Normalize, &n).data(), &[0.0, 0.0, 0.0]);
+        assert!(un(UnaryOp::Softmax, &Array::scalar(f32::NAN)).data()[0].is_nan());
+        assert_eq!(
+            un(UnaryOp::Exp, &Array::scalar(1e30)),
+            Array::scalar(f32::INFINITY)
+        );
+        assert_eq!(un(UnaryOp::Exp, &Array::scalar(-1e30)), Array::scalar(0.0));
+        assert_eq!(
+            un(UnaryOp::Sigmoid, &Array::scalar(-1e30)),
+            Array::scalar(0.0)
+        );
+        assert_eq!(
+            un(UnaryOp::Sigmoid, &Array::scalar(1e30)),
+            Array::scalar(1.0)
+        );
+        assert_eq!(
+            un(UnaryOp::Invert, &Array::scalar(-1e-9)),
+            Array::scalar(f32::INFINITY)
+        );
+        assert!(close(
+            un(UnaryOp::Log, &Array::scalar(1e30)).data()[0],
+            69.07755,
+            1e-6
+        ));
+    }
+
+    #[test]
+    fn disconnect_has_no_value() {
+        assert!(apply(UnaryOp::Disconnect, &Array::scalar(1.0)).is_none());
+    }
+
+    #[test]
+    fn binary_element_wise_and_broadcast() {
+        let a = arr(&[2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let b = arr(&[2, 2], &[10.0, 20.0, 30.0, 40.0]);
+        assert_eq!(
+            apply_binary(BinaryOp::Add, &a, &b).unwrap().data(),
+            &[11.0, 22.0, 33.0, 44.0]
+        );
+        assert_eq!(
+            apply_binary(BinaryOp::Sub, &a, &b).unwrap().data(),
+            &[-9.0, -18.0, -27.0, -36.0]
+        );
+        assert_eq!(
+            apply_binary(BinaryOp::Mul, &a, &b).unwrap().data(),
+            &[10.0, 40.0, 90.0, 160.0]
+        );
+        let s = Array::scalar(2.0);
+        let left = apply_binary(BinaryOp::Sub, &s, &a).unwrap();
+        assert_eq!(left.shape(), &[2, 2]);
+        assert_eq!(left.data(), &[1.0, 0.0, -1.0, -2.0]);
+        let right = apply_binary(BinaryOp::Sub, &a, &arr(&[1, 1], &[2.0])).unwrap();
+        assert_eq!(right.data(), &[-1.0, 0.0, 1.0, 2.0]);
+        let ss = apply_binary(BinaryOp::Add, &Array::scalar(1.0), &Array::scalar(2.0)).unwrap();
+        assert_eq!(ss, Array::scalar(3.0));
+        let mixed =
+            apply_binary(BinaryOp::Add, &Array::scalar(1.0), &arr(&[1, 1], &[2.0])).unwrap();
+        assert_eq!(mixed.shape(), &[1, 1]);
+        let err = apply_binary(BinaryOp::Add, &a, &arr(&[3], &[1.0, 2.0, 3.0])).unwrap_err();
+        assert_eq!(
+            err,
+            OpError::Shapes {
+                op: BinaryOp::Add,
+                left: vec![2, 2],
+                right: vec![3]
+            }
+        );
+        assert!(err.to_string().contains("`add`"), "{err}");
+        // NaN and overflow are values.
+        let n = apply_binary(BinaryOp::Mul, &Array::scalar(f32::NAN), &a).unwrap();
+        assert!(n.data().iter().all(|x| x.is_nan()));
+        let o = apply_binary(BinaryOp::Mul, &Array::scalar(1e30), &Array::scalar(1e30)).unwrap();
+        assert_eq!(o, Array::scalar(f32::INFINITY));
+    }
+
+    #[test]
+    fn binary_matmul() {
+        let a = arr(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b = arr(&[3, 2], &[7.0, 8.0, 9.0, 10.0, 11.0, 12.0]);
+        let c = apply_binary(BinaryOp::Matmul, &a, &b).unwrap();
+        assert_eq!(c.shape(), &[2, 2]);
+        assert_eq!(c.data(), &[58.0, 64.0, 139.0, 154.0]);
+        let s = apply_binary(BinaryOp::Matmul, &Array::scalar(2.0), &a).unwrap();
+        assert_eq!(s.data(), &[2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
+        let s = apply_binary(BinaryOp::Matmul, &Array::scalar(2.0), &Array::scalar(3.0)).unwrap();
+        assert_eq!(s, Array::scalar(6.0));
+        assert!(matches!(
+            apply_binary(BinaryOp::Matmul, &a, &a),
+            Err(OpError::Matmul { .. })
+        ));
+        let v = arr(&[3], &[1.0, 2.0, 3.0]);
+        assert!(apply_binary(BinaryOp::Matmul, &v, &v).is_err());
+        let e = apply_binary(BinaryOp::Matmul, &arr(&[2, 0], &[]), &arr(&[0, 3], &[])).unwrap();
+        assert_eq!(e.data(), &[0.0; 6]);
+    }
+}

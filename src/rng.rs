@@ -1,0 +1,172 @@
+//! Seeded pseudo-random numbers: the one source of randomness in lpzero.
+//!
+//! Weights, batches, dropout masks and the search all draw from [`Rng`], seeded explicitly, so
+//! a run is a pure function of its `--seed` (independent of thread scheduling, because every
+//! architecture gets its own stream derived from the seed and its index).
+
+/// A xoshiro256++ generator seeded through SplitMix64.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Rng {
+    /// A generator whose whole stream is determined by `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut st = seed;
+        let s = [
+            splitmix64(&mut st),
+            splitmix64(&mut st),
+            splitmix64(&mut st),
+            splitmix64(&mut st),
+        ];
+        Self { s }
+    }
+
+    /// An independent stream for a sub-task (an architecture, a purpose), derived from a base
+    /// seed and labels, so that results do not depend on the order tasks run in.
+    pub fn derive(seed: u64, labels: &[u64]) -> Self {
+        let mut st = seed ^ 0x5851_F42D_4C95_7F2D;
+        let mut acc = splitmix64(&mut st);
+        for &l in labels {
+            st ^= l.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(acc);
+            acc = splitmix64(&mut st);
+        }
+        Self::new(acc)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let result = (self.s[0].wrapping_add(self.s[3]))
+            .rotate_left(23)
+            .wrapping_add(self.s[0]);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform integer in `lo..hi` (requires `lo < hi`).
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        assert!(lo < hi, "empty range {lo}..{hi}");
+        let span = (hi - lo) as u64;
+        // Rejection sampling to avoid modulo bias.
+        let zone = u64::MAX - (u64::MAX % span);
+        loop {
+            let v = self.next_u64();
+            if v < zone {
+                return lo + (v % span) as usize;
+            }
+        }
+    }
+
+    /// True with probability `p`.
+    pub fn bernoulli(&mut self, p: f64) -> bool {
+        self.uniform() < p
+    }
+
+    /// A standard normal sample (Box–Muller, both halves used).
+    pub fn normal(&mut self) -> f64 {
+        loop {
+            let u1 = self.uniform();
+            if u1 > 0.0 {
+                let u2 = self.uniform();
+                return (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            }
+        }
+    }
+
+    /// `n` samples of N(0, std²) as f32.
+    pub fn normal_vec(&mut self, n: usize, std: f64) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let u1 = self.uniform();
+            if u1 <= 0.0 {
+                continue;
+            }
+            let u2 = self.uniform();
+            let r = (-2.0 * u1.ln()).sqrt() * std;
+            let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+            out.push((r * c) as f32);
+            if out.len() < n {
+                out.push((r * s) as f32);
+            }
+        }
+        out
+    }
+
+    /// An index drawn with probability proportional to `weights` (non-negative, not all 0).
+    pub fn weighted(&mut self, weights: &[f64]) -> usize {
+        let total: f64 = weights.iter().sum();
+        let mut x = self.uniform() * total;
+        for (i, &w) in weights.iter().enumerate() {
+            if x < w {
+                return i;
+            }
+            x -= w;
+        }
+        weights.len() - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_stream() {
+        let a: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(7);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(7);
+                move |_| r.next_u64()
+            })
+            .collect();
+        assert_eq!(a, b);
+        assert_ne!(
+            Rng::derive(7, &[1]).next_u64(),
+            Rng::derive(7, &[2]).next_u64()
+        );
+    }
+
+    #[test]
+    fn normal_moments() {
+        let v = Rng::new(1).normal_vec(200_000, 0.02);
+        let mean: f64 = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let var: f64 = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 2e-4, "{mean}");
+        assert!((var.sqrt() - 0.02).abs() < 2e-4, "{}", var.sqrt());
+    }
+
+    #[test]
+    fn range_and_weighted_stay_in_bounds() {
+        let mut r = Rng::new(3);
+        for _ in 0..1000 {
+            let x = r.range(5, 9);
+            assert!((5..9).contains(&x));
+            assert!(r.weighted(&[0.0, 1.0, 0.0]) == 1);
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Scoring: probe each selected architecture once, compute every requested proxy from that
+//! probe, and correlate each proxy with the ground truth.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::bench::Benchmark;
+use crate::probe::{probe_map, Probe, ProbeOptions};
+use crate::proxy::builtin::{self, Builtin, Orientation};
+use crate::proxy::expr::{builtin_genotype, eval, Expr, BUILTIN_GENOTYPES};
+use crate::stats;
+
+/// A proxy the scorer can compute from a probe.
+pub enum Proxy {
+    /// A human-designed proxy.
+    Builtin(&'static Builtin),
+    /// A symbolic expression (a published LPZero genotype or any expression text).
+    Expr {
+        /// The name it was requested by (the genotype name or the expression text).
+        name: String,
+        /// The expression.
+        expr: Expr,
+        /// What a higher value means (published genotypes carry theirs; searched
+        /// expressions are higher-is-better by construction of the fitness).
+        orientation: Orientation,
+    },
+}
+
+impl Proxy {
+    /// Resolves a proxy: a built-in name, a published genotype name (`lpzero_bert`,
+    /// `lpzero_csv_bert`, `lpzero_gpt2`) or an expression in text form.
+    pub fn parse(name: &str) -> Result<Self> {
+        if let Some(b) = builtin::find(name) {
+            return Ok(Proxy::Builtin(b));
+        }
+        if let Some(expr) = builtin_genotype(name) {
+            // The published GPT-2 proxy is inversely oriented (spec §4.8).
+            let orientation = if name == "lpzero_gpt2" {
+                Orientation::LowerIsBetter
+            } else {
+                Orientation::HigherIsBetter
+            };
+            return Ok(Proxy::Expr {
+                name: name.to_string(),
+                expr,
+                orientation,
+            });
+        }
+        if name.contains('(') {
+            let expr = Expr::parse(name).map_err(|e| anyhow::anyhow!("--proxy `{name}`: {e}"))?;
+            return Ok(Proxy::Expr {
+                name: name.to_string(),
+                expr,
+                orientation: Orientation::HigherIsBetter,
+            });
+        }
+        let mut names: Vec<&str> = builtin::BUILTINS.iter().map(|b| b.name).collect();
+        names.extend(BUILTIN_GENOTYPES);
+        bail!(
+            "--proxy: unknown proxy `{name}`; expected one of: {}, or an expression such as \
+             `add(mean(pow2(head)), mean(abs(act)))`",
+            names.join(", ")
+        )
+    }
+
+    /// Parses a `;`-separated list, or a `,`-separated list of names (`all` = every built-in
+    /// proxy and the published BERT genotypes).
+    pub fn parse_list(text: &str) -> Result<Vec<Self>> {
+        if text.trim() == "all" {
+            let mut all: Vec<Self> = builtin::BUILTINS.iter().map(Proxy::Builtin).collect();
+            for name in ["lpzero_bert", "lpzero_csv_bert"] {
+                all.push(Self::parse(name)?);
+            }
+            return Ok(all);
+        }
+        let sep = if text.contains('(') { ';' } else { ',' };
+        text.split(sep)
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Self::parse(s.trim()))
+            .collect()
+    }
+
+    /// The proxy's name.
+    pub fn name(&self) -> String {
+        match self {
+            Proxy::Builtin(b) => b.name.to_string(),
+            Proxy::Expr { name, .. } => name.clone(),
+        }
+    }
+
+    /// What a higher value means.
+    pub fn orientation(&self) -> Orientation {
+        match self {
+            Proxy::Builtin(b) => b.orientation,
+            Proxy::Expr { orientation, .. } => *orientation,
+        }
+    }
+
+    /// The proxy's value on a probe (may be NaN or infinite: a handled outcome).
+    pub fn compute(&self, probe: &Probe) -> f64 {
+        match self {
+            Proxy::Builtin(b) => (b.compute)(probe),
+            // No value (empty input, invalid shapes) is a NaN: ranked last, never a crash.
+            Proxy::Expr { expr, .. } => eval(expr, probe).unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Correlation of one proxy with the ground truth over the scored architectures.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProxySummary {
+    /// Proxy name.
+    pub proxy: String,
+    /// What a higher value means.
+    pub orientation: Orientation,
+    /// Architectures scored.
+    pub n: usize,
+    /// Number of NaN/±Inf values (ranked last before correlating).
+    pub non_finite: usize,
+    /// Spearman ρ between ground truth (higher = better) and the raw proxy value.
+    pub spearman: f64,
+    /// Kendall τ-b, same convention.
+    pub kendall: f64,
+    /// Overlap of the top-10 % sets by ground truth and by proxy.
+    pub top10_overlap: f64,
+}
+
+/// Per-architecture values of every requested proxy, with the ground truth.
+pub struct ScoreTable {
+    /// Keys of the scored architectures, in selection order.
+    pub keys: Vec<String>,
+    /// Ground truth of each scored architecture.
+    pub truth: Vec<f64>,
+    /// `values[p][a]`: proxy `p` on architecture `a`.
+    pub values: Vec<Vec<f64>>,
+    /// Proxy names, parallel to `values`.
+    pub names: Vec<String>,
+    /// Correlations, parallel to `values`.
+    pub summaries: Vec<ProxySummary>,
+    /// Seconds spent probing (sum over architectures, all threads).
+    pub probe_seconds: f64,
+    /// Wall-clock seconds of the whole scoring.
+    pub seconds: f64,
+}
+
+/// Probes the selected architectures once each and computes every proxy in `proxies`.
+pub fn score(
+    bench: &Benchmark,
+    selection: &[usize],
+    proxies: &[Proxy],
+    opts: &ProbeOptions,
+    threads: usize,
+    on_done: impl Fn() + Sync,
+) -> Result<ScoreTable> {
+    let start = Instant::now();
+    // Validate the batch options even when no probe runs, so bad input always errors.
+    crate::probe::Batch::for_options(opts)?;
+    if proxies
+        .iter()
+        .all(|p| matches!(p, Proxy::Builtin(b) if b.name == "params"))
+    {
+        // Parameter counts need the model's tensors but no forward pass.
+        let counts = crate::params::count(bench, selection, opts.sizes)?;
+        let truth = bench.truths(selection);
+        let vals: Vec<f64> = counts.iter().map(|(_, c)| *c as f64).collect();
+        let summaries = proxies
+            .iter()
+            .map(|p| summarize(&p.name(), p.orientation(), &truth, &vals))
+            .collect();
+        return Ok(ScoreTable {
+            keys: counts.into_iter().map(|(k, _)| k).collect(),
+            truth,
+            names: proxies.iter().map(|p| p.name()).collect(),
+            values: vec![vals; proxies.len()],
+            summaries,
+            probe_seconds: 0.0,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    let rows = probe_map(
+        bench,
+        selection,
+        opts,
+        threads,
+        |_, probe| {
+            Ok((
+                probe.seconds,
+                proxies
+                    .iter()
+                    .map(|p| p.compute(&probe))
+                    .collect::<Vec<f64>>(),
+            ))
+        },
+        on_done,
+    )?;
+    let truth = bench.truths(selection);
+    let mut values = vec![Vec::with_capacity(rows.len()); proxies.len()];
+    let mut probe_seconds = 0.0;
+    for (secs, row) in &rows {
+        probe_seconds += secs;
+        for (p, v) in row.iter().enumerate() {
+            values[p].push(*v);
+        }
+    }
+    let summaries = proxies
+        .iter()
+        .zip(&values)
+        .map(|(proxy, vals)| summarize(&proxy.name(), proxy.orientation(), &truth, vals))
+        .collect();
+    Ok(ScoreTable {
+        keys: selection
+            .iter()
+            .map(|&i| bench.entries[i].key.clone())
+            .collect(),
+        truth,
+        names: proxies.iter().map(|p| p.name()).collect(),
+        values,
+        summaries,
+        probe_seconds,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Correlates one proxy's values with the ground truth. Values are first oriented (negated
+/// for lower-is-better proxies) so that NaN/Inf rank last, as the worst architectures; the
+/// reported correlations are those of the raw values.
+pub fn summarize(
+    name: &str,
+    orientation: Orientation,
+    truth: &[f64],
+    values: &[f64],
+) -> ProxySummary {
+    let sign = match orientation {
+        Orientation::HigherIsBetter => 1.0,
+        Orientation::LowerIsBetter => -1.0,
+    };
+    let oriented: Vec<f64> = values.iter().map(|v| sign * v).collect();
+    let (oriented, non_finite) = stats::sanitize(&oriented);
+    let clean: Vec<f64> = oriented.iter().map(|v| sign * v).collect();
+    let c = stats::correlate(truth, &clean);
+    let top = stats::top_k(truth, &oriented, 10.0);
+    ProxySummary {
+        proxy: name.to_string(),
+        orientation,
+        n: values.len(),
+        non_finite,
+        spearman: c.spearman,
+        kendall: c.kendall,
+        top10_overlap: top.overlap,
+    }
+}

@@ -1,0 +1,197 @@
+//! End-to-end runs of the `lpzero` binary on a small fixture benchmark.
+
+mod common;
+
+use std::process::Command;
+
+fn lpzero(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lpzero"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn params_csv_and_json() {
+    let dir = common::fixture_data_dir("params", &common::fixture_records());
+    let d = dir.to_str().unwrap();
+    let out = lpzero(&["params", "--bench", "flexibert", "--data-dir", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "id,total");
+    assert_eq!(lines[1], "0,13330176");
+    assert_eq!(lines.len(), 5);
+    let out = lpzero(&[
+        "params",
+        "--data-dir",
+        d,
+        "--format",
+        "json",
+        "--archs",
+        "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!([{"id": "1", "total": 11106199}]));
+}
+
+#[test]
+fn score_json_is_one_object_and_deterministic() {
+    let dir = common::fixture_data_dir("score", &common::fixture_records());
+    let d = dir.to_str().unwrap();
+    let csv = dir.join("scores.csv");
+    let args = [
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        "head_confidence",
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--json",
+        "--out",
+        csv.to_str().unwrap(),
+    ];
+    let out = lpzero(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.trim().lines().count(),
+        1,
+        "exactly one line on stdout: {text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in ["bench", "proxy", "n", "kendall", "spearman", "seconds"] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    assert_eq!(v["n"], 4);
+    assert_eq!(v["bench"], "flexibert");
+    let first = std::fs::read_to_string(&csv).unwrap();
+    assert!(first.starts_with("id,truth,head_confidence\n"), "{first}");
+    assert_eq!(first.lines().count(), 5);
+    // Same seed, same values; another seed, other values.
+    assert!(lpzero(&args).status.success());
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), first);
+    let mut other = args.to_vec();
+    other.extend(["--seed", "1"]);
+    assert!(lpzero(&other).status.success());
+    assert_ne!(std::fs::read_to_string(&csv).unwrap(), first);
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = common::fixture_data_dir("errors", &common::fixture_records());
+    let d = dir.to_str().unwrap();
+    let out = lpzero(&["score", "--data-dir", d, "--proxy", "nonsense"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown proxy `nonsense`") && err.contains("head_confidence"),
+        "{err}"
+    );
+
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        "add(mean(head)",
+        "--archs",
+        "0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("byte"), "{err}");
+
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        "params",
+        "--archs",
+        "0..9",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("past the 4 architectures"),
+        "{err}"
+    );
+
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        "/nonexistent/dir",
+        "--proxy",
+        "params",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/dir"),
+        "{err}"
+    );
+
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        "params",
+        "--seq-len",
+        "600",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("512"), "{err}");
+
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, "101 2000 abc").unwrap();
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        "head_confidence",
+        "--corpus",
+        corpus.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("corpus.txt") && err.contains("abc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn expressions_and_genotypes_score() {
+    let dir = common::fixture_data_dir("expr", &common::fixture_records());
+    let d = dir.to_str().unwrap();
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        "lpzero_bert;add(mean(pow2(head)), mean(abs(act)))",
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["proxies"].as_array().unwrap().len(), 2);
+    assert_eq!(v["proxies"][0]["non_finite"], 0);
+}

@@ -1,0 +1,86 @@
+//! Shared fixtures for the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// One FlexiBERT record as benchmark JSON, with the given layers (`(type, param, heads, n)`).
+pub fn record_json(
+    id: usize,
+    glue: f64,
+    layers: &[(&str, serde_json::Value, usize, usize)],
+) -> serde_json::Value {
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|(t, p, h, n)| {
+            serde_json::json!({
+                "operation_type": t, "operation_parameter": p, "num_operation_heads": h,
+                "feed_forward_dimension": 1024, "num_feed_forward": n
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": id, "is_running": false, "completed": true, "time_to_train": 1.0,
+        "scores": {"cola": 1.0, "glue": glue},
+        "hparams": {"use_tpu": true, "model_hparam_overrides": {
+            "hidden_size": 128, "nas_config": {"encoder_layers": layers}}}
+    })
+}
+
+/// Records 0, 1 and 35 of the real benchmark (architectures only; spec §1.10 worked
+/// examples with parameter counts 13 330 176, 11 106 199 and 9 557 650) plus a small
+/// two-layer record, with made-up GLUE scores.
+pub fn fixture_records() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    vec![
+        record_json(
+            0,
+            74.7,
+            &[
+                ("SA", json!("WMA"), 4, 3),
+                ("LT", json!("DCT"), 2, 3),
+                ("SA", json!("SDP"), 4, 3),
+                ("SA", json!("SDP"), 4, 1),
+            ],
+        ),
+        record_json(
+            1,
+            73.4,
+            &[
+                ("LT", json!("DFT"), 4, 3),
+                ("SA", json!("SDP"), 2, 1),
+                ("DSC", json!(9), 4, 3),
+                ("DSC", json!(5), 2, 1),
+            ],
+        ),
+        record_json(
+            2,
+            60.0,
+            &[("LT", json!("DFT"), 2, 3), ("DSC", json!(9), 4, 3)],
+        ),
+        record_json(
+            3,
+            65.0,
+            &[("SA", json!("SDP"), 2, 1), ("LT", json!("DCT"), 4, 1)],
+        ),
+    ]
+}
+
+/// Writes a data directory holding `records` as the FlexiBERT benchmark; returns its path.
+pub fn fixture_data_dir(name: &str, records: &[serde_json::Value]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lpzero-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(dir.join("flexibert")).unwrap();
+    std::fs::write(
+        dir.join("flexibert/BERT_benchmark.json"),
+        serde_json::to_string(records).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+/// The shared benchmark folder when this checkout has it.
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/benchmarks");
+    dir.join("flexibert/BERT_benchmark.json")
+        .is_file()
+        .then_some(dir)
+}
