@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lpzero::bench::{self, BenchKind, Benchmark};
 use lpzero::models::flexibert::SizeMode;
-use lpzero::probe::{GradSignal, ProbeOptions, DEFAULT_BATCH, DEFAULT_SEQ_LEN};
+use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
 
@@ -27,6 +27,9 @@ enum Command {
     Params(ParamsArgs),
     /// Score architectures with one or more proxies and correlate with the ground truth.
     Score(ScoreArgs),
+    /// Search for a proxy with genetic programming (LPZero) and evaluate it on held-out
+    /// architectures.
+    Search(SearchArgs),
     /// Measure probe speed and memory (a benchmark, not a test).
     Bench(BenchArgs),
 }
@@ -45,12 +48,12 @@ struct DataArgs {
 /// How each architecture is probed.
 #[derive(Args, Clone)]
 struct ProbeArgs {
-    /// Rows of the probe batch.
-    #[arg(long, default_value_t = DEFAULT_BATCH)]
-    batch: usize,
-    /// Tokens per row.
-    #[arg(long, default_value_t = DEFAULT_SEQ_LEN)]
-    seq_len: usize,
+    /// Rows of the probe batch [default: flexibert 2, gpt2 16].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per row [default: flexibert 512, gpt2 192].
+    #[arg(long)]
+    seq_len: Option<usize>,
     /// Seed of weights, batch, dropout and projection vector.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -78,13 +81,20 @@ enum OnOff {
 }
 
 impl ProbeArgs {
-    fn options(&self) -> Result<ProbeOptions> {
-        if self.batch == 0 {
+    fn options(&self, kind: BenchKind) -> Result<ProbeOptions> {
+        let (batch, seq_len) = default_batch_shape(kind);
+        let batch = self.batch.unwrap_or(batch);
+        if batch == 0 {
             bail!("--batch must be at least 1");
         }
+        if kind == BenchKind::Gpt2
+            && (self.grad_signal != GradSignal::Projection || self.sizes != SizeMode::Faithful)
+        {
+            eprintln!("warning: --grad-signal and --sizes apply to flexibert only; gpt2 always back-propagates the mean next-token loss");
+        }
         Ok(ProbeOptions {
-            batch: self.batch,
-            seq_len: self.seq_len,
+            batch,
+            seq_len: self.seq_len.unwrap_or(seq_len),
             seed: self.seed,
             grad_signal: self.grad_signal,
             sizes: self.sizes,
@@ -142,6 +152,51 @@ struct ScoreArgs {
 }
 
 #[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    /// Population size.
+    #[arg(long, default_value_t = 80)]
+    population: usize,
+    /// Iterations (one child per iteration).
+    #[arg(long, default_value_t = 1000)]
+    iterations: usize,
+    /// Fitness architectures: a range (`0..50`) or `random:N` (drawn with --seed); every
+    /// other architecture is held out.
+    #[arg(long, default_value = "0..50")]
+    fitness_archs: String,
+    /// Proxy structure.
+    #[arg(long, default_value = "tree")]
+    structure: String,
+    /// Unary operations per branch (tree) .
+    #[arg(long, default_value_t = 2)]
+    n_unary: usize,
+    /// Rule-based pruning on or off.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    rps: OnOff,
+    /// Pruning rules to switch off, comma separated (e.g. `predictive,duplicate`).
+    #[arg(long, default_value = "")]
+    rps_disable: String,
+    /// Held-out evaluation of the hall of fame after the search.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    heldout: OnOff,
+    /// Checkpoint every N iterations (with --out).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Run directory: config, log, hall of fame, curves, plots, checkpoints, summary.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue an interrupted run from its directory (results equal an uninterrupted run).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
     data: DataArgs,
@@ -163,6 +218,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Params(a) => params(a),
         Command::Score(a) => score(a),
+        Command::Search(a) => search(a),
         Command::Bench(a) => bench_cmd(a),
     }
 }
@@ -174,20 +230,35 @@ fn load(data: &DataArgs) -> Result<Benchmark> {
 
 fn params(a: ParamsArgs) -> Result<()> {
     let bench = load(&a.data)?;
-    let selection = bench::parse_selection(&a.archs, bench.len())?;
-    let counts = lpzero::params::count(&bench, &selection, a.sizes)?;
+    let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
+    let counts = lpzero::params::count_columns(&bench, &selection, a.sizes)?;
     let mut out = std::io::stdout().lock();
     match a.format {
         Format::Csv => {
-            writeln!(out, "id,total")?;
-            for (key, total) in &counts {
-                writeln!(out, "{},{total}", report::csv_field(key))?;
+            let mut header = vec!["id".to_string(), "total".to_string()];
+            if let Some(first) = counts.first() {
+                header.extend(first.columns.iter().map(|(name, _)| name.to_string()));
             }
+            let rows: Vec<Vec<String>> = counts
+                .iter()
+                .map(|c| {
+                    let mut row = vec![c.key.clone(), c.total.to_string()];
+                    row.extend(c.columns.iter().map(|(_, v)| v.to_string()));
+                    row
+                })
+                .collect();
+            report::write_csv(&mut out, &header, &rows)?;
         }
         Format::Json => {
             let rows: Vec<_> = counts
                 .iter()
-                .map(|(k, t)| serde_json::json!({"id": k, "total": t}))
+                .map(|c| {
+                    let mut o = serde_json::json!({"id": c.key, "total": c.total});
+                    for (name, v) in &c.columns {
+                        o[*name] = serde_json::json!(v);
+                    }
+                    o
+                })
                 .collect();
             writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         }
@@ -205,9 +276,9 @@ fn set_engine_threads(workers: usize) {
 
 fn score(a: ScoreArgs) -> Result<()> {
     let bench = load(&a.data)?;
-    let selection = bench::parse_selection(&a.archs, bench.len())?;
-    let proxies = Proxy::parse_list(&a.proxy)?;
-    let opts = a.probe.options()?;
+    let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
+    let proxies = Proxy::parse_list(&a.proxy, bench.kind)?;
+    let opts = a.probe.options(bench.kind)?;
     let threads = a.probe.threads();
     set_engine_threads(threads);
     let bar = report::progress(selection.len(), "probing", a.json);
@@ -269,8 +340,8 @@ fn score(a: ScoreArgs) -> Result<()> {
 
 fn bench_cmd(a: BenchArgs) -> Result<()> {
     let bench = load(&a.data)?;
-    let selection = bench::parse_selection(&a.archs, bench.len())?;
-    let opts = a.probe.options()?;
+    let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
+    let opts = a.probe.options(bench.kind)?;
     let threads = a.probe.threads();
     let mut result = serde_json::json!({
         "bench": bench.kind.name(), "n": selection.len(), "threads": threads,
@@ -287,7 +358,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     // The calibration above uses every core inside one model; the sweep below parallelises
     // across architectures.
     set_engine_threads(threads);
-    let proxies = Proxy::parse_list("all")?;
+    let proxies = Proxy::parse_list("all", bench.kind)?;
     let bar = report::progress(selection.len(), "probing", a.json);
     let start = Instant::now();
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
@@ -302,6 +373,85 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         println!("{}", serde_json::to_string_pretty(&result).context("json")?);
+    }
+    Ok(())
+}
+
+fn search(a: SearchArgs) -> Result<()> {
+    use lpzero::search::{pipeline, Rule, SearchOptions, Structure};
+    let bench = load(&a.data)?;
+    let probe = a.probe.options(bench.kind)?;
+    let fitness = bench::parse_sample(&a.fitness_archs, bench.len(), probe.seed)
+        .with_context(|| "--fitness-archs".to_string())?;
+    let heldout: Vec<usize> = match a.heldout {
+        OnOff::On => (0..bench.len()).filter(|i| !fitness.contains(i)).collect(),
+        OnOff::Off => Vec::new(),
+    };
+    let structure: Structure = a
+        .structure
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--structure: {e}"))?;
+    let mut opts = SearchOptions {
+        population: a.population,
+        iterations: a.iterations,
+        structure,
+        n_unary: a.n_unary,
+        seed: probe.seed,
+        checkpoint_every: a.checkpoint_every,
+        ..SearchOptions::default()
+    };
+    opts.rps.enabled = a.rps == OnOff::On;
+    for name in a
+        .rps_disable
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let rule: Rule = name
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--rps-disable: {e}"))?;
+        opts.rps.disabled_rules.push(rule);
+    }
+    opts.validate()?;
+    let threads = a.probe.threads();
+    set_engine_threads(threads);
+    let out = a.out.clone().or_else(|| a.resume.clone());
+    let bars = [
+        report::progress(fitness.len(), "probing fitness set", a.json),
+        report::progress(a.iterations, "searching", a.json),
+        report::progress(heldout.len(), "held-out evaluation", a.json),
+    ];
+    let job = pipeline::SearchJob {
+        bench: &bench,
+        fitness,
+        heldout,
+        probe,
+        threads,
+        out,
+        resume: a.resume.clone(),
+    };
+    let summary = pipeline::search_benchmark(&job, &opts, &|phase, done, _total| {
+        let bar = match phase {
+            "probe" => &bars[0],
+            "search" => &bars[1],
+            _ => &bars[2],
+        };
+        bar.set_position(done as u64);
+    })?;
+    bars.iter().for_each(|b| b.finish_and_clear());
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("best proxy: {}", summary["best"].as_str().unwrap_or(""));
+        println!(
+            "fitness ρ {:.4} on {} architectures; held-out ρ {} τ {} on {}; {:.1} s",
+            summary["fitness_spearman"].as_f64().unwrap_or(f64::NAN),
+            summary["fitness_n"],
+            summary["heldout_spearman"],
+            summary["heldout_kendall"],
+            summary["heldout_n"],
+            summary["seconds"].as_f64().unwrap_or(0.0)
+        );
     }
     Ok(())
 }

@@ -14,4 +14,5 @@ pub mod proxy;
 pub mod report;
 pub mod rng;
 pub mod scoring;
+pub mod search;
 pub mod stats;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::bench::Benchmark;
+use crate::bench::{BenchKind, Benchmark};
 use crate::probe::{probe_map, Probe, ProbeOptions};
 use crate::proxy::builtin::{self, Builtin, Orientation};
 use crate::proxy::expr::{builtin_genotype, eval, Expr, BUILTIN_GENOTYPES};
@@ -65,11 +65,15 @@ impl Proxy {
     }
 
     /// Parses a `;`-separated list, or a `,`-separated list of names (`all` = every built-in
-    /// proxy and the published BERT genotypes).
-    pub fn parse_list(text: &str) -> Result<Vec<Self>> {
+    /// proxy of the family and its published LPZero genotypes).
+    pub fn parse_list(text: &str, kind: BenchKind) -> Result<Vec<Self>> {
         if text.trim() == "all" {
-            let mut all: Vec<Self> = builtin::BUILTINS.iter().map(Proxy::Builtin).collect();
-            for name in ["lpzero_bert", "lpzero_csv_bert"] {
+            let mut all: Vec<Self> = builtin::for_family(kind).map(Proxy::Builtin).collect();
+            let genotypes: &[&str] = match kind {
+                BenchKind::Flexibert => &["lpzero_bert", "lpzero_csv_bert"],
+                BenchKind::Gpt2 => &["lpzero_gpt2"],
+            };
+            for name in genotypes {
                 all.push(Self::parse(name)?);
             }
             return Ok(all);
@@ -155,7 +159,7 @@ pub fn score(
 ) -> Result<ScoreTable> {
     let start = Instant::now();
     // Validate the batch options even when no probe runs, so bad input always errors.
-    crate::probe::Batch::for_options(opts)?;
+    crate::probe::Batch::for_bench(bench.kind, opts)?;
     if proxies
         .iter()
         .all(|p| matches!(p, Proxy::Builtin(b) if b.name == "params"))

@@ -25,7 +25,9 @@ fn valid_fixture_loads() {
     assert_eq!(bench.len(), 4);
     assert_eq!(bench.entries[1].key, "1");
     assert_eq!(bench.entries[1].truth, 73.4);
-    let lpzero::bench::Arch::Flexibert(rec) = &bench.entries[1].arch;
+    let lpzero::bench::Arch::Flexibert(rec) = &bench.entries[1].arch else {
+        panic!("expected a FlexiBERT record");
+    };
     assert_eq!(rec.layers[2].mixer, Mixer::Dsc { kernel: 9 });
     assert_eq!(rec.scores["cola"], 1.0);
 }

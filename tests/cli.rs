@@ -195,3 +195,125 @@ fn expressions_and_genotypes_score() {
     assert_eq!(v["proxies"].as_array().unwrap().len(), 2);
     assert_eq!(v["proxies"][0]["non_finite"], 0);
 }
+
+/// Eight small records: the fixture's four plus variations, for searches.
+fn search_fixture() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let mut recs = common::fixture_records();
+    let extra = [
+        (62.0, vec![("SA", json!("WMA"), 2, 1)]),
+        (
+            70.0,
+            vec![("SA", json!("SDP"), 4, 3), ("DSC", json!(5), 4, 1)],
+        ),
+        (58.0, vec![("LT", json!("DCT"), 2, 1)]),
+        (
+            68.0,
+            vec![
+                ("DSC", json!(9), 2, 3),
+                ("SA", json!("WMA"), 4, 1),
+                ("LT", json!("DFT"), 4, 1),
+            ],
+        ),
+    ];
+    for (i, (glue, layers)) in extra.into_iter().enumerate() {
+        recs.push(common::record_json(4 + i, glue, &layers));
+    }
+    recs
+}
+
+#[test]
+fn search_writes_run_directory_and_summary() {
+    let dir = common::fixture_data_dir("search", &search_fixture());
+    let d = dir.to_str().unwrap();
+    let run = dir.join("run");
+    let out = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--fitness-archs",
+        "0..6",
+        "--population",
+        "6",
+        "--iterations",
+        "15",
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--checkpoint-every",
+        "5",
+        "--json",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.trim().lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in [
+        "best",
+        "fitness_spearman",
+        "heldout_spearman",
+        "heldout_kendall",
+        "heldout_n",
+        "seconds",
+        "evaluated",
+        "rejected_by_rule",
+    ] {
+        assert!(v.get(key).is_some(), "summary lacks {key}: {v}");
+    }
+    assert_eq!(v["heldout_n"], 2);
+    lpzero::proxy::expr::parse(v["best"].as_str().unwrap()).unwrap();
+    for file in [
+        "config.json",
+        "log.jsonl",
+        "hall_of_fame.json",
+        "curve.csv",
+        "curve.svg",
+        "scatter.svg",
+        "summary.json",
+        "checkpoint.json",
+    ] {
+        assert!(run.join(file).is_file(), "missing {file}");
+    }
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 15);
+
+    let out = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--fitness-archs",
+        "0..6",
+        "--structure",
+        "tree2",
+        "--iterations",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--structure"),
+        "{err}"
+    );
+    let out = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--fitness-archs",
+        "0..6",
+        "--rps-disable",
+        "nonsense",
+        "--iterations",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--rps-disable"),
+        "{err}"
+    );
+}

@@ -208,44 +208,45 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
     for (l, raw_layer) in overrides.nas_config.encoder_layers.iter().enumerate() {
         let f = |name: &str| format!("{layers_field}[{l}].{name}");
         let param = &raw_layer.operation_parameter;
-        let mixer =
-            match raw_layer.operation_type.as_str() {
-                "SA" => match param.as_str() {
-                    Some("SDP") => Mixer::Sdp,
-                    Some("WMA") => Mixer::Wma,
-                    _ => {
-                        return Err(field_err(
-                            &f("operation_parameter"),
-                            format!("expected \"SDP\" or \"WMA\" for SA, found {param}"),
-                        ))
-                    }
-                },
-                "LT" => match param.as_str() {
-                    Some("DFT") => Mixer::Dft,
-                    Some("DCT") => Mixer::Dct,
-                    _ => {
-                        return Err(field_err(
-                            &f("operation_parameter"),
-                            format!("expected \"DFT\" or \"DCT\" for LT, found {param}"),
-                        ))
-                    }
-                },
-                "DSC" => match param.as_u64() {
-                    Some(k) if k % 2 == 1 => Mixer::Dsc { kernel: k as usize },
-                    _ => return Err(field_err(
+        let mixer = match raw_layer.operation_type.as_str() {
+            "SA" => match param.as_str() {
+                Some("SDP") => Mixer::Sdp,
+                Some("WMA") => Mixer::Wma,
+                _ => {
+                    return Err(field_err(
+                        &f("operation_parameter"),
+                        format!("expected \"SDP\" or \"WMA\" for SA, found {param}"),
+                    ))
+                }
+            },
+            "LT" => match param.as_str() {
+                Some("DFT") => Mixer::Dft,
+                Some("DCT") => Mixer::Dct,
+                _ => {
+                    return Err(field_err(
+                        &f("operation_parameter"),
+                        format!("expected \"DFT\" or \"DCT\" for LT, found {param}"),
+                    ))
+                }
+            },
+            "DSC" => match param.as_u64() {
+                Some(k) if k % 2 == 1 => Mixer::Dsc { kernel: k as usize },
+                _ => {
+                    return Err(field_err(
                         &f("operation_parameter"),
                         format!(
                             "expected an odd positive integer kernel size for DSC, found {param}"
                         ),
-                    )),
-                },
-                other => {
-                    return Err(field_err(
-                        &f("operation_type"),
-                        format!("expected \"SA\", \"LT\" or \"DSC\", found \"{other}\""),
                     ))
                 }
-            };
+            },
+            other => {
+                return Err(field_err(
+                    &f("operation_type"),
+                    format!("expected \"SA\", \"LT\" or \"DSC\", found \"{other}\""),
+                ))
+            }
+        };
         for (name, v) in [
             ("num_operation_heads", raw_layer.num_operation_heads),
             ("feed_forward_dimension", raw_layer.feed_forward_dimension),

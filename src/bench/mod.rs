@@ -5,6 +5,7 @@
 //! better everywhere in the tool. Families sit side by side in [`Arch`].
 
 pub mod flexibert;
+pub mod gpt2;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,8 @@ use anyhow::{bail, Context, Result};
 pub enum BenchKind {
     /// 500 FlexiBERT encoders with GLUE scores (`flexibert/BERT_benchmark.json`).
     Flexibert,
+    /// 200 GPT-2 decoders with WikiText-103 perplexities (`gpt2_wt103/`).
+    Gpt2,
 }
 
 impl BenchKind {
@@ -24,6 +27,7 @@ impl BenchKind {
     pub fn name(self) -> &'static str {
         match self {
             BenchKind::Flexibert => "flexibert",
+            BenchKind::Gpt2 => "gpt2",
         }
     }
 }
@@ -39,6 +43,9 @@ impl fmt::Display for BenchKind {
 pub enum Arch {
     /// A FlexiBERT encoder record.
     Flexibert(flexibert::Record),
+    /// A GPT-2 decoder config with its perplexities and parameter counts (boxed: much larger
+    /// than a FlexiBERT record).
+    Gpt2(Box<gpt2::Record>),
 }
 
 /// One benchmark architecture with its ground truth.
@@ -46,13 +53,14 @@ pub enum Arch {
 pub struct Entry {
     /// Stable key of the architecture (the record id for FlexiBERT, the file stem for GPT-2).
     pub key: String,
-    /// Ground truth oriented so that higher is better (GLUE as is).
+    /// Ground truth oriented so that higher is better (GLUE as is, GPT-2 `-valid_ppl`).
     pub truth: f64,
     /// The architecture itself.
     pub arch: Arch,
 }
 
-/// A loaded benchmark: its family, where it came from and its architectures in file order.
+/// A loaded benchmark: its family, where it came from and its architectures in benchmark order
+/// (file order for FlexiBERT, keys sorted lexicographically for GPT-2).
 #[derive(Clone, Debug)]
 pub struct Benchmark {
     /// Which family this is.
@@ -70,6 +78,7 @@ impl Benchmark {
     pub fn load(kind: BenchKind, data_dir: &Path) -> Result<Self> {
         match kind {
             BenchKind::Flexibert => flexibert::load(&data_dir.join(flexibert::FILE)),
+            BenchKind::Gpt2 => gpt2::load(&data_dir.join(gpt2::DIR)),
         }
     }
 
@@ -121,7 +130,8 @@ pub fn resolve_data_dir(explicit: Option<&Path>) -> Result<PathBuf> {
     bail!(
         "no benchmark data found: pass --data-dir DIR or set {DATA_ENV}=DIR, where DIR holds \
          flexibert/BERT_benchmark.json (the public FlexiBERT benchmark of Serianni & Kalita, \
-         also shipped with pprp/LPZero); by default lpzero looks in ../shared/benchmarks \
+         also shipped with pprp/LPZero) and/or gpt2_wt103/ (the GPT-2 benchmark of \
+         LiteTransformerSearch); by default lpzero looks in ../shared/benchmarks \
          beside the project root"
     )
 }
@@ -157,20 +167,55 @@ pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
             (i, i + 1)
         };
         if lo >= hi {
-            bail!("--archs {text}: range `{part}` is empty");
+            bail!("`{text}`: range `{part}` is empty");
         }
         if hi > n {
-            bail!("--archs {text}: range `{part}` reaches past the {n} architectures of the benchmark");
+            bail!("`{text}`: range `{part}` reaches past the {n} architectures of the benchmark");
         }
         out.extend(lo..hi);
     }
     Ok(out)
 }
 
+/// Like [`parse_selection`], plus `random:N`: `N` distinct architectures drawn with `seed`
+/// (returned in benchmark order).
+pub fn parse_sample(text: &str, n: usize, seed: u64) -> Result<Vec<usize>> {
+    let Some(count) = text.trim().strip_prefix("random:") else {
+        return parse_selection(text, n);
+    };
+    let count: usize = count
+        .trim()
+        .parse()
+        .with_context(|| format!("`{text}`: expected random:N with N a count"))?;
+    if count == 0 || count > n {
+        bail!("`{text}`: N must be within 1..={n}");
+    }
+    let mut rng = crate::rng::Rng::derive(seed, &[10]);
+    let mut all: Vec<usize> = (0..n).collect();
+    for i in 0..count {
+        let j = rng.range(i, n);
+        all.swap(i, j);
+    }
+    let mut picked = all[..count].to_vec();
+    picked.sort_unstable();
+    Ok(picked)
+}
+
+#[cfg(test)]
+#[test]
+fn random_samples_are_seeded_and_distinct() {
+    let a = parse_sample("random:3", 10, 1).unwrap();
+    assert_eq!(a.len(), 3);
+    assert!(a.windows(2).all(|w| w[0] < w[1]) && a[2] < 10);
+    assert_eq!(a, parse_sample("random:3", 10, 1).unwrap());
+    assert_eq!(parse_sample("0..2", 10, 1).unwrap(), vec![0, 1]);
+    assert!(parse_sample("random:11", 10, 1).is_err());
+}
+
 fn parse_index(s: &str, part: &str) -> Result<usize> {
     s.trim()
         .parse::<usize>()
-        .with_context(|| format!("--archs: `{part}` is not a range like 0..50, 7, or all"))
+        .with_context(|| format!("`{part}` is not a range like 0..50, 7, or all"))
 }
 
 #[cfg(test)]

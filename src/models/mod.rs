@@ -5,6 +5,7 @@
 //! below (parameters, linear layers, LayerNorm, dropout) are used by every family.
 
 pub mod flexibert;
+pub mod gpt2_flex;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
@@ -27,22 +28,48 @@ pub enum LinearRole {
     FfnOut,
     /// The embedding projection (embedding width → hidden).
     EmbeddingProjection,
+    /// GPT-2 `attn.c_attn`: the fused q|k|v Conv1D (D → 3D).
+    AttnQkv,
+    /// GPT-2 `attn.c_proj`: the attention output Conv1D (D → D).
+    AttnProj,
+    /// GPT-2 `mlp.c_fc`: the first MLP Conv1D (D → d_inner).
+    MlpFc,
+    /// GPT-2 `mlp.c_proj`: the second MLP Conv1D (d_inner → D).
+    MlpProj,
 }
 
 impl LinearRole {
-    /// True for the FFN denses.
+    /// True for the FFN denses (GPT-2: the two MLP Conv1Ds).
     pub fn is_ffn(self) -> bool {
         matches!(
             self,
-            LinearRole::FfnIn | LinearRole::FfnHidden | LinearRole::FfnOut
+            LinearRole::FfnIn
+                | LinearRole::FfnHidden
+                | LinearRole::FfnOut
+                | LinearRole::MlpFc
+                | LinearRole::MlpProj
+        )
+    }
+
+    /// True for the GPT-2 Conv1D layers, whose weights are stored in × out.
+    pub fn is_conv1d(self) -> bool {
+        matches!(
+            self,
+            LinearRole::AttnQkv | LinearRole::AttnProj | LinearRole::MlpFc | LinearRole::MlpProj
         )
     }
 }
 
 /// Every trainable tensor of a model, by name, in creation order.
+///
+/// Each tensor also carries a group label (the group current when it was registered, see
+/// [`Params::set_group`]; empty unless a model sets one), so that a model can report its
+/// parameter count by kind, counted from the tensors themselves.
 #[derive(Default)]
 pub struct Params {
     vars: Vec<(String, Var)>,
+    groups: Vec<&'static str>,
+    group: &'static str,
     shapes_only: bool,
 }
 
@@ -51,9 +78,26 @@ impl Params {
     /// every tensor with its real shape (for counting parameters) at a fraction of the cost.
     pub fn shapes_only() -> Self {
         Self {
-            vars: Vec::new(),
             shapes_only: true,
+            ..Self::default()
         }
+    }
+
+    /// Labels every tensor registered from now on with `group` (e.g. `Attn`).
+    pub fn set_group(&mut self, group: &'static str) {
+        self.group = group;
+    }
+
+    /// Number of trainable scalars per group label, groups in order of first registration.
+    pub fn count_by_group(&self) -> Vec<(&'static str, usize)> {
+        let mut out: Vec<(&'static str, usize)> = Vec::new();
+        for ((_, var), &g) in self.vars.iter().zip(&self.groups) {
+            match out.iter_mut().find(|(name, _)| *name == g) {
+                Some((_, n)) => *n += var.elem_count(),
+                None => out.push((g, var.elem_count())),
+            }
+        }
+        out
     }
 
     /// Registers a tensor drawn from N(0, std²) with the given shape.
@@ -66,11 +110,12 @@ impl Params {
         device: &Device,
     ) -> candle_core::Result<Var> {
         if self.shapes_only {
-            return self.register(name, Tensor::zeros(shape, DType::F32, device)?);
+            // Zero pages are mapped lazily: counting parameters touches no memory.
+            return self.push(name, Var::zeros(shape, DType::F32, device)?);
         }
         let n = shape.iter().product();
         let data = rng.normal_vec(n, std);
-        self.register(name, Tensor::from_vec(data, shape, device)?)
+        self.push(name, Var::from_vec(data, shape, device)?)
     }
 
     /// Registers a tensor filled with `value`.
@@ -81,14 +126,21 @@ impl Params {
         value: f32,
         device: &Device,
     ) -> candle_core::Result<Var> {
+        if value == 0.0 {
+            return self.push(name, Var::zeros(shape, DType::F32, device)?);
+        }
         let n = shape.iter().product();
-        self.register(name, Tensor::from_vec(vec![value; n], shape, device)?)
+        self.push(name, Var::from_vec(vec![value; n], shape, device)?)
     }
 
-    /// Registers an existing tensor as a trainable variable.
+    /// Registers an existing tensor as a trainable variable (a copy of it).
     pub fn register(&mut self, name: &str, t: Tensor) -> candle_core::Result<Var> {
-        let var = Var::from_tensor(&t)?;
+        self.push(name, Var::from_tensor(&t)?)
+    }
+
+    fn push(&mut self, name: &str, var: Var) -> candle_core::Result<Var> {
         self.vars.push((name.to_string(), var.clone()));
+        self.groups.push(self.group);
         Ok(var)
     }
 

@@ -8,20 +8,22 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 use crate::array::Array;
-use crate::bench::{Arch, Benchmark, Entry};
+use crate::bench::{Arch, BenchKind, Benchmark, Entry};
 use crate::models::flexibert::{Config, FlexiBert, SizeMode};
+use crate::models::gpt2_flex::{self, Gpt2Flex};
 use crate::models::{to_array, LinearRole};
 use crate::proxy::expr::{Input, InputSource};
 use crate::rng::Rng;
 
-/// Which scalar is back-propagated to obtain gradients.
+/// Which scalar is back-propagated to obtain gradients (FlexiBERT; GPT-2 always
+/// back-propagates the mean next-token NLL, as the reference does).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum GradSignal {
@@ -34,17 +36,21 @@ pub enum GradSignal {
 }
 
 /// Everything that determines a probe besides the architecture.
+///
+/// [`ProbeOptions::default`] holds the FlexiBERT defaults; [`ProbeOptions::for_bench`] gives
+/// each family's own (GPT-2: 16 rows of 192 tokens).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ProbeOptions {
     /// Rows of the batch.
     pub batch: usize,
-    /// Tokens per row.
+    /// Tokens per row (GPT-2: input tokens per row; the batch holds one more for the
+    /// shifted targets).
     pub seq_len: usize,
     /// Seed of weights, synthetic batch, dropout masks and the projection vector.
     pub seed: u64,
     /// Backward signal.
     pub grad_signal: GradSignal,
-    /// FlexiBERT size mode.
+    /// FlexiBERT size mode (ignored by GPT-2).
     pub sizes: SizeMode,
     /// Dropout on (p = 0.1, as the reference's training-mode models) or off.
     pub dropout: bool,
@@ -66,12 +72,52 @@ impl Default for ProbeOptions {
     }
 }
 
-/// Default batch rows (proxies that are means do not depend on it; sums scale with it).
+impl ProbeOptions {
+    /// The defaults of a benchmark family: FlexiBERT 2 × 512 ([`DEFAULT_BATCH`],
+    /// [`DEFAULT_SEQ_LEN`]), GPT-2 16 × 192 ([`GPT2_DEFAULT_BATCH`], [`GPT2_DEFAULT_SEQ_LEN`],
+    /// the reference's first training batch).
+    pub fn for_bench(kind: BenchKind) -> Self {
+        let (batch, seq_len) = default_batch_shape(kind);
+        Self {
+            batch,
+            seq_len,
+            ..Self::default()
+        }
+    }
+}
+
+/// Default FlexiBERT batch rows (proxies that are means do not depend on it; sums scale with
+/// it).
 pub const DEFAULT_BATCH: usize = 2;
-/// Default tokens per row (the reference's 512).
+/// Default FlexiBERT tokens per row (the reference's 512).
 pub const DEFAULT_SEQ_LEN: usize = 512;
+/// Default GPT-2 batch rows (the reference's batch of 16).
+pub const GPT2_DEFAULT_BATCH: usize = 16;
+/// Default GPT-2 input tokens per row (the benchmark's `tgt_len`).
+pub const GPT2_DEFAULT_SEQ_LEN: usize = 192;
+/// GPT-2 vocabulary size (ids must stay below it).
+pub const GPT2_VOCAB: u32 = 50264;
+
+/// `(batch rows, tokens per row)` defaults of a family.
+pub fn default_batch_shape(kind: BenchKind) -> (usize, usize) {
+    match kind {
+        BenchKind::Flexibert => (DEFAULT_BATCH, DEFAULT_SEQ_LEN),
+        BenchKind::Gpt2 => (GPT2_DEFAULT_BATCH, GPT2_DEFAULT_SEQ_LEN),
+    }
+}
+
+/// The largest `--seq-len` of a family (its position table): FlexiBERT 512, GPT-2 192.
+pub fn max_seq_len(kind: BenchKind) -> usize {
+    match kind {
+        BenchKind::Flexibert => 512,
+        BenchKind::Gpt2 => GPT2_DEFAULT_SEQ_LEN,
+    }
+}
 
 /// A fixed batch of token ids, `rows × cols`, row-major.
+///
+/// For GPT-2 each row holds `seq_len + 1` tokens: the inputs are the first `seq_len`, the
+/// targets the last `seq_len` (see [`Batch::shifted`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     /// Token ids.
@@ -137,18 +183,79 @@ impl Batch {
         Ok(Self { ids, rows, cols })
     }
 
-    /// The batch for a benchmark under `opts` (corpus when given, else synthetic).
+    /// The synthetic GPT-2 batch of spec §5.4: `rows × cols` ids drawn i.i.d. from a Zipf(1)
+    /// law over `0..vocab` (probability ∝ 1/(id + 1)); the vocabulary is sorted by corpus
+    /// frequency, so this mimics real text's cluster occupancy in the adaptive softmax.
+    pub fn synthetic_zipf(rows: usize, cols: usize, vocab: u32, seed: u64) -> Result<Self> {
+        if rows == 0 || cols < 2 || vocab == 0 {
+            bail!("the Zipf batch needs ≥ 1 row, ≥ 2 tokens per row and a vocabulary, got {rows} × {cols} over {vocab}");
+        }
+        let mut cdf = Vec::with_capacity(vocab as usize);
+        let mut acc = 0f64;
+        for id in 0..vocab {
+            acc += 1.0 / (id as f64 + 1.0);
+            cdf.push(acc);
+        }
+        let mut rng = Rng::derive(seed, &[0]);
+        let ids = (0..rows * cols)
+            .map(|_| {
+                let u = rng.uniform() * acc;
+                cdf.partition_point(|&c| c <= u).min(vocab as usize - 1) as u32
+            })
+            .collect();
+        Ok(Self { ids, rows, cols })
+    }
+
+    /// The FlexiBERT batch under `opts`; the same as
+    /// `Batch::for_bench(BenchKind::Flexibert, opts)` (kept for callers that predate GPT-2).
     pub fn for_options(opts: &ProbeOptions) -> Result<Self> {
-        if opts.seq_len > 512 {
+        Self::for_bench(BenchKind::Flexibert, opts)
+    }
+
+    /// The batch for a benchmark family under `opts` (corpus when given, else synthetic):
+    /// FlexiBERT `batch × seq_len` ids (seq_len ≤ 512); GPT-2 `batch × (seq_len + 1)` ids
+    /// (seq_len ≤ 192), Zipf-distributed or the first ids of the corpus.
+    pub fn for_bench(kind: BenchKind, opts: &ProbeOptions) -> Result<Self> {
+        let max = max_seq_len(kind);
+        if opts.seq_len > max {
             bail!(
-                "--seq-len {} exceeds the 512 positions of the FlexiBERT models",
+                "--seq-len {} exceeds the {max} positions of the {kind} models",
                 opts.seq_len
             );
         }
-        match &opts.corpus {
-            Some(path) => Self::from_corpus(path, opts.batch, opts.seq_len, BERT_VOCAB),
-            None => Self::synthetic_bert(opts.batch, opts.seq_len, opts.seed),
+        match kind {
+            BenchKind::Flexibert => match &opts.corpus {
+                Some(path) => Self::from_corpus(path, opts.batch, opts.seq_len, BERT_VOCAB),
+                None => Self::synthetic_bert(opts.batch, opts.seq_len, opts.seed),
+            },
+            BenchKind::Gpt2 => {
+                if opts.batch == 0 || opts.seq_len == 0 {
+                    bail!(
+                        "--batch and --seq-len must be at least 1, got {} × {}",
+                        opts.batch,
+                        opts.seq_len
+                    );
+                }
+                let cols = opts.seq_len + 1;
+                match &opts.corpus {
+                    Some(path) => Self::from_corpus(path, opts.batch, cols, GPT2_VOCAB),
+                    None => Self::synthetic_zipf(opts.batch, cols, GPT2_VOCAB, opts.seed),
+                }
+            }
         }
+    }
+
+    /// Next-token inputs and targets, each `rows × (cols − 1)` row-major: inputs are the first
+    /// `cols − 1` ids of each row, targets the last `cols − 1`.
+    pub fn shifted(&self) -> (Vec<u32>, Vec<u32>) {
+        let t = self.cols.saturating_sub(1);
+        let mut inputs = Vec::with_capacity(self.rows * t);
+        let mut targets = Vec::with_capacity(self.rows * t);
+        for row in self.ids.chunks_exact(self.cols) {
+            inputs.extend_from_slice(&row[..t]);
+            targets.extend_from_slice(&row[1..]);
+        }
+        (inputs, targets)
     }
 
     fn tensor(&self, device: &Device) -> candle_core::Result<Tensor> {
@@ -159,46 +266,78 @@ impl Batch {
 /// One linear layer's weight and gradient.
 #[derive(Clone, Debug)]
 pub struct LinearProbe {
-    /// Module name, e.g. `layer.0.mixer.query`.
+    /// Module name, e.g. `layer.0.mixer.query` or `h.0.attn.c_attn`.
     pub name: String,
-    /// Encoder layer (None outside the layers).
+    /// Encoder/decoder layer (None outside the layers).
     pub layer: Option<usize>,
     /// What the layer does.
     pub role: LinearRole,
-    /// Weight, out × in.
+    /// Weight as the model stores it: out × in for FlexiBERT's linears; **in × out** for
+    /// GPT-2's Conv1D layers (roles with [`LinearRole::is_conv1d`]), as in the reference.
     pub weight: Array,
     /// Gradient of the backward signal with respect to the weight.
     pub grad: Array,
 }
 
 /// What one forward + backward of one architecture exposes to proxies.
+///
+/// Per family:
+///
+/// | field | FlexiBERT | GPT-2 |
+/// |---|---|---|
+/// | `act` | every GELU output, B × T × FFN | every Conv1D output (per block `c_attn`, attention `c_proj`, `c_fc` before GELU, MLP `c_proj`), B × T × out |
+/// | `head` | per layer the first mixer projection | the same list as `act` (shared, not copied) |
+/// | `softmax` | per layer the mixer softmax | per layer the attention probabilities, B × h × T × T |
+/// | `mixer_outputs` | q/k/v/in/Ww outputs | the same list as `act` (shared) |
+/// | `linears` | every linear, out × in | the 4L Conv1Ds, in × out |
+/// | `weight`, `grad` | mixer linears | the 4L Conv1Ds (block order, in × out) |
+/// | `position_grad` | position table (512 × 128) | `wpe` (192 × D) |
+/// | backward signal | `--grad-signal` | mean next-token NLL |
 #[derive(Clone, Debug)]
 pub struct Probe {
     /// Architecture key.
     pub key: String,
+    /// Benchmark family of the probed model (proxies whose definition differs by family
+    /// dispatch on it).
+    pub family: BenchKind,
     /// Number of trainable parameters of the built model.
     pub params: usize,
-    /// Every GELU output in execution order (B × T × FFN width).
-    pub act: Vec<Array>,
-    /// Per layer, the first projection of the mixer (q for SA/DSC, input dense for LT).
-    pub head: Vec<Array>,
-    /// Per layer, the mixer's softmax output.
+    /// Trainable parameters by group (GPT-2: `AdaEmb`, `Attn`, `FFN`, `LayerNorm`,
+    /// `AdaSoftmax`; empty for FlexiBERT).
+    pub param_groups: Vec<(&'static str, usize)>,
+    /// The expression input `act` (see the table above).
+    pub act: Arc<Vec<Array>>,
+    /// The expression input `head`.
+    pub head: Arc<Vec<Array>>,
+    /// The expression input `softmax`.
     pub softmax: Vec<Array>,
-    /// Outputs of the mixer linears q, k, v, in, Ww (DSC: q, k, v), execution order.
-    pub mixer_outputs: Vec<Array>,
+    /// Outputs read by `head_confidence`: FlexiBERT q, k, v, in, Ww (DSC: q, k, v), GPT-2
+    /// every Conv1D; execution order.
+    pub mixer_outputs: Arc<Vec<Array>>,
     /// Every linear layer with weight and gradient, module order.
     pub linears: Vec<LinearProbe>,
-    /// The expression input `weight`: mixer-linear weights in module order.
+    /// The expression input `weight`, module order.
     pub weight: Vec<Array>,
-    /// The expression input `grad`: mixer-linear gradients in module order.
+    /// The expression input `grad`, module order.
     pub grad: Vec<Array>,
-    /// Gradient of the position-embedding table (max positions × embedding width).
+    /// Gradient of the position-embedding table (positions × width).
     pub position_grad: Array,
+    /// Value of the back-propagated scalar (GPT-2: the mean NLL).
+    pub loss: f64,
     /// Seconds spent building and running the model.
     pub seconds: f64,
 }
 
 impl Probe {
+    /// Trainable parameters of the group `name` (0 when the family has no such group).
+    pub fn param_group(&self, name: &str) -> usize {
+        self.param_groups
+            .iter()
+            .filter(|(g, _)| *g == name)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Linears of the given roles, in module order.
     pub fn linears_with<'a>(
         &'a self,
@@ -225,7 +364,7 @@ pub fn probe_flexibert(
     let ids = batch.tensor(&device)?;
     let mut dropout_rng = Rng::derive(opts.seed, &[2, index as u64]);
     let fwd = model.forward(&ids, opts.dropout.then_some(&mut dropout_rng))?;
-    let loss = match opts.grad_signal {
+    let loss: Tensor = match opts.grad_signal {
         GradSignal::Faithful => fwd.last_hidden.sum_all()?,
         GradSignal::Projection => {
             let dims = fwd.last_hidden.dims().to_vec();
@@ -259,15 +398,97 @@ pub fn probe_flexibert(
     let grad = mixers().map(|l| l.grad.clone()).collect();
     Ok(Probe {
         key: record.id.to_string(),
+        family: BenchKind::Flexibert,
         weight,
         grad,
         params: model.params().count(),
-        act: convert(&fwd.act)?,
-        head: convert(&fwd.head)?,
+        param_groups: Vec::new(),
+        act: Arc::new(convert(&fwd.act)?),
+        head: Arc::new(convert(&fwd.head)?),
         softmax: convert(&fwd.softmax)?,
-        mixer_outputs: convert(&fwd.mixer_outputs)?,
+        mixer_outputs: Arc::new(convert(&fwd.mixer_outputs)?),
         linears,
         position_grad: grad_of(model.position_table().as_tensor())?,
+        loss: loss.to_scalar::<f32>()? as f64,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Builds and probes one GPT-2 config: one forward of the mean next-token NLL over
+/// `batch.shifted()` and one backward. `index` selects the weight and dropout streams, as for
+/// FlexiBERT. `opts.grad_signal` and `opts.sizes` do not apply (the signal is the NLL).
+pub fn probe_gpt2(
+    record: &crate::bench::gpt2::Record,
+    index: usize,
+    opts: &ProbeOptions,
+    batch: &Batch,
+) -> Result<Probe> {
+    let start = Instant::now();
+    let device = Device::Cpu;
+    let config = gpt2_flex::Config::from_record(record)?;
+    if batch.cols < 2 {
+        bail!(
+            "a GPT-2 batch needs at least 2 tokens per row (inputs and shifted targets), got {}",
+            batch.cols
+        );
+    }
+    let (inputs, targets) = batch.shifted();
+    let mut weight_rng = Rng::derive(opts.seed, &[1, index as u64]);
+    let model = Gpt2Flex::new(&config, &mut weight_rng, &device)?;
+    let mut dropout_rng = Rng::derive(opts.seed, &[2, index as u64]);
+    let fwd = model.forward(
+        &inputs,
+        &targets,
+        (batch.rows, batch.cols - 1),
+        opts.dropout.then_some(&mut dropout_rng),
+    )?;
+    let loss = fwd.loss.to_scalar::<f32>()? as f64;
+    let grads = fwd.loss.backward()?;
+    let grad_of = |t: &Tensor| -> Result<Array> {
+        match grads.get(t) {
+            Some(g) => Ok(to_array(g)?),
+            None => Ok(Array::full(t.dims().to_vec(), 0.0)),
+        }
+    };
+    let mut linears = Vec::new();
+    for conv in model.conv1ds() {
+        linears.push(LinearProbe {
+            name: conv.name.clone(),
+            layer: Some(conv.layer),
+            role: conv.role,
+            weight: to_array(conv.weight.as_tensor())?,
+            grad: grad_of(conv.weight.as_tensor())?,
+        });
+    }
+    let position_grad = grad_of(model.position_table().as_tensor())?;
+    drop(grads);
+    // The captured outputs are detached: dropping the loss and the hidden state frees the
+    // autograd graph before the captures are converted.
+    let gpt2_flex::Forward {
+        loss: loss_tensor,
+        hidden,
+        conv_outputs,
+        attention,
+    } = fwd;
+    drop((loss_tensor, hidden));
+    let convert = |v: Vec<Tensor>| -> Result<Vec<Array>> {
+        v.into_iter().map(|t| Ok(to_array(&t)?)).collect()
+    };
+    let outputs = Arc::new(convert(conv_outputs)?);
+    Ok(Probe {
+        key: record.key.clone(),
+        family: BenchKind::Gpt2,
+        params: model.params().count(),
+        param_groups: model.param_groups(),
+        act: outputs.clone(),
+        head: outputs.clone(),
+        mixer_outputs: outputs,
+        softmax: convert(attention)?,
+        weight: linears.iter().map(|l| l.weight.clone()).collect(),
+        grad: linears.iter().map(|l| l.grad.clone()).collect(),
+        linears,
+        position_grad,
+        loss,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -284,7 +505,8 @@ impl InputSource for Probe {
     }
 }
 
-/// Probes one benchmark entry (dispatch on its family).
+/// Probes one benchmark entry (dispatch on its family). `batch` must come from
+/// [`Batch::for_bench`] with the entry's family.
 pub fn probe_entry(
     entry: &Entry,
     index: usize,
@@ -293,6 +515,7 @@ pub fn probe_entry(
 ) -> Result<Probe> {
     match &entry.arch {
         Arch::Flexibert(record) => probe_flexibert(record, index, opts, batch),
+        Arch::Gpt2(record) => probe_gpt2(record, index, opts, batch),
     }
 }
 
@@ -308,7 +531,7 @@ pub fn probe_map<T: Send>(
     f: impl Fn(usize, Probe) -> Result<T> + Sync,
     on_done: impl Fn() + Sync,
 ) -> Result<Vec<T>> {
-    let batch = Batch::for_options(opts)?;
+    let batch = Batch::for_bench(bench.kind, opts)?;
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel();
     let threads = threads.clamp(1, selection.len().max(1));

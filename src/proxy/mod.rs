@@ -5,5 +5,6 @@
 //! human-designed ones).
 
 pub mod builtin;
+pub mod eval;
 pub mod expr;
 pub mod ops;

@@ -276,43 +276,73 @@ pub const UNARY_SAMPLING_WEIGHTS: [f64; 21] = [
 /// disconnected branch (a binary operation then returns its other operand). Every other
 /// operation returns `Some`, whatever the values (NaN and ±inf propagate, nothing panics).
 pub fn apply(op: UnaryOp, a: &Array) -> Option<Array> {
+    if let Some(f) = elementwise_fn(op) {
+        return Some(a.map(f));
+    }
+    if is_stream_reduction(op) {
+        return Some(scalar(reduce_stream(op, a.len(), a.data().iter().copied())));
+    }
     let out = match op {
-        UnaryOp::Log => a.map(|x| {
-            let y = if x <= 0.0 { 1.0 } else { x };
-            (y + 1e-9_f32).ln()
-        }),
-        UnaryOp::AbsLog => a.map(|x| {
-            let y = if x == 0.0 { 1.0 } else { x };
-            y.abs().ln()
-        }),
-        UnaryOp::Abs => a.map(f32::abs),
-        UnaryOp::Pow2 => a.map(|x| x * x),
-        UnaryOp::Exp => a.map(f32::exp),
         UnaryOp::Normalize => normalize(a),
-        // `x <= 0` is false for NaN, so NaN passes through (like torch's relu).
-        UnaryOp::Relu => a.map(|x| if x <= 0.0 { 0.0 } else { x }),
-        UnaryOp::Invert => a.map(|x| 1.0 / (x + 1e-9_f32)),
-        UnaryOp::FrobeniusNorm => {
-            let ss: f64 = a.data().iter().map(|&x| (x as f64) * (x as f64)).sum();
-            scalar(ss.sqrt())
-        }
-        UnaryOp::NormalizedSum => scalar(a.sum_f64() / (a.len() as f64 + 1e-9)),
-        UnaryOp::L1Norm => {
-            let s: f64 = a.data().iter().map(|&x| (x as f64).abs()).sum();
-            scalar(s / (a.len() as f64 + 1e-9))
-        }
         UnaryOp::Softmax => softmax_axis0(a, false),
-        UnaryOp::Sigmoid => a.map(sigmoid),
         UnaryOp::LogSoftmax => softmax_axis0(a, true),
-        UnaryOp::Sqrt => a.map(|x| if x <= 0.0 { 0.0 } else { x.sqrt() }),
-        UnaryOp::Neg => a.map(|x| -x),
         UnaryOp::MinMax => min_max(a),
-        UnaryOp::Mean => scalar(a.mean_f64()),
         UnaryOp::Std => scalar(std_unbiased(a)),
-        UnaryOp::NoOp => a.clone(),
         UnaryOp::Disconnect => return None,
+        _ => unreachable!("element-wise ops and stream reductions are handled above"),
     };
     Some(out)
+}
+
+/// The per-element function of an element-wise operation (`None` for the others).
+///
+/// Element-wise chains can be fused into one pass over an array (see `proxy::eval`), with
+/// results identical to applying the ops one by one.
+pub fn elementwise_fn(op: UnaryOp) -> Option<fn(f32) -> f32> {
+    Some(match op {
+        UnaryOp::Log => |x: f32| {
+            let y = if x <= 0.0 { 1.0 } else { x };
+            (y + 1e-9_f32).ln()
+        },
+        UnaryOp::AbsLog => |x: f32| {
+            let y = if x == 0.0 { 1.0 } else { x };
+            y.abs().ln()
+        },
+        UnaryOp::Abs => f32::abs,
+        UnaryOp::Pow2 => |x: f32| x * x,
+        UnaryOp::Exp => f32::exp,
+        // `x <= 0` is false for NaN, so NaN passes through (like torch's relu).
+        UnaryOp::Relu => |x: f32| if x <= 0.0 { 0.0 } else { x },
+        UnaryOp::Invert => |x: f32| 1.0 / (x + 1e-9_f32),
+        UnaryOp::Sigmoid => sigmoid,
+        UnaryOp::Sqrt => |x: f32| if x <= 0.0 { 0.0 } else { x.sqrt() },
+        UnaryOp::Neg => |x: f32| -x,
+        UnaryOp::NoOp => |x: f32| x,
+        _ => return None,
+    })
+}
+
+/// True for the reductions computable in one streaming pass: `mean`, `l1_norm`,
+/// `normalized_sum`, `frobenius_norm`.
+pub fn is_stream_reduction(op: UnaryOp) -> bool {
+    matches!(
+        op,
+        UnaryOp::Mean | UnaryOp::L1Norm | UnaryOp::NormalizedSum | UnaryOp::FrobeniusNorm
+    )
+}
+
+/// A streaming reduction (see [`is_stream_reduction`]) of `n` values, accumulated in f64 in
+/// order (`mean` of nothing is NaN). Panics for other operations.
+pub fn reduce_stream(op: UnaryOp, n: usize, values: impl Iterator<Item = f32>) -> f64 {
+    let values = values.map(|x| x as f64);
+    match op {
+        UnaryOp::Mean if n == 0 => f64::NAN,
+        UnaryOp::Mean => values.sum::<f64>() / n as f64,
+        UnaryOp::NormalizedSum => values.sum::<f64>() / (n as f64 + 1e-9),
+        UnaryOp::L1Norm => values.map(f64::abs).sum::<f64>() / (n as f64 + 1e-9),
+        UnaryOp::FrobeniusNorm => values.map(|x| x * x).sum::<f64>().sqrt(),
+        _ => panic!("{op} is not a streaming reduction"),
+    }
 }
 
 /// A 0-d array holding `v` rounded to `f32`.

@@ -1,0 +1,218 @@
+//! Fitness: the Spearman rank correlation between a proxy's values and the ground truth over a
+//! fixed set of architectures (spec §4.6), with the numeric and predictive pruning rules applied
+//! while the values are computed.
+//!
+//! The set is a slice of probes (anything that is an [`InputSource`]) and the ground truth per
+//! probe, oriented so that higher is better. Architecture `i` is `probes[i]`; values are memoised
+//! per architecture index in a [`Memo`], so one memo must only ever be used with one set.
+//! A fitness is `Some(ρ)` for a valid candidate, `None` for an invalid one (the reference's −1).
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use super::rps::{RpsOptions, Rule};
+use crate::proxy::eval::Memo;
+use crate::proxy::expr::{EvalError, Expr, InputSource};
+use crate::stats::spearman;
+
+/// The architectures a search ranks, with their ground truth (higher = better).
+#[derive(Clone, Copy)]
+pub struct FitnessSet<'a> {
+    probes: &'a [&'a dyn InputSource],
+    truth: &'a [f64],
+}
+
+/// The result of evaluating one candidate on a [`FitnessSet`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Spearman over the whole set, or `None` when a rule rejected the candidate.
+    pub fitness: Option<f64>,
+    /// The rule that rejected it (`None` when valid).
+    pub rule: Option<Rule>,
+    /// Number of architectures it was evaluated on (all of them when valid).
+    pub archs_evaluated: usize,
+    /// Wall-clock seconds spent (not deterministic; for time-saved estimates only).
+    pub seconds: f64,
+}
+
+impl<'a> FitnessSet<'a> {
+    /// A set of probes and their ground truth; fails when the lengths differ, there are fewer
+    /// than two architectures, or a truth value is not finite.
+    pub fn new(probes: &'a [&'a dyn InputSource], truth: &'a [f64]) -> Result<Self> {
+        if probes.len() != truth.len() {
+            bail!(
+                "fitness set: {} probes but {} ground-truth values",
+                probes.len(),
+                truth.len()
+            );
+        }
+        if probes.len() < 2 {
+            bail!(
+                "fitness set: need at least 2 architectures, got {}",
+                probes.len()
+            );
+        }
+        if let Some(i) = truth.iter().position(|t| !t.is_finite()) {
+            bail!(
+                "fitness set: ground truth of architecture {i} is {}",
+                truth[i]
+            );
+        }
+        Ok(Self { probes, truth })
+    }
+
+    /// Number of architectures.
+    pub fn len(&self) -> usize {
+        self.probes.len()
+    }
+
+    /// Always false (a set has at least two architectures).
+    pub fn is_empty(&self) -> bool {
+        self.probes.is_empty()
+    }
+
+    /// The ground truth.
+    pub fn truth(&self) -> &'a [f64] {
+        self.truth
+    }
+
+    /// The probes.
+    pub fn probes(&self) -> &'a [&'a dyn InputSource] {
+        self.probes
+    }
+
+    /// The proxy's value on every architecture, through the memo (no pruning).
+    pub fn values(&self, expr: &Expr, memo: &mut Memo) -> Vec<Result<f64, EvalError>> {
+        self.probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| memo.value(i, expr, *p))
+            .collect()
+    }
+
+    /// The fitness with the mandatory rules only: `Some(ρ)` when the proxy has a value on every
+    /// architecture and the Spearman is defined.
+    pub fn fitness(&self, expr: &Expr, memo: &mut Memo) -> Option<f64> {
+        self.evaluate(expr, memo, &RpsOptions::off(), None).fitness
+    }
+
+    /// Evaluates a candidate architecture by architecture (in set order), applying the numeric
+    /// rules that `rps` switches on and, when `predictive_threshold` is given and the set is
+    /// larger than `rps.predictive_k`, the predictive rule after the first `predictive_k`
+    /// architectures. `expr` should be canonical (it is evaluated as given; see
+    /// [`Memo::value_as_given`]).
+    pub fn evaluate(
+        &self,
+        expr: &Expr,
+        memo: &mut Memo,
+        rps: &RpsOptions,
+        predictive_threshold: Option<f64>,
+    ) -> Evaluation {
+        let start = Instant::now();
+        let n = self.len();
+        let k = rps.predictive_k;
+        let predictive = predictive_threshold.filter(|_| rps.is_on(Rule::Predictive) && k < n);
+        let mut values = Vec::with_capacity(n);
+        let reject = |rule: Rule, done: usize| Evaluation {
+            fitness: None,
+            rule: Some(rule),
+            archs_evaluated: done,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        for (i, probe) in self.probes.iter().enumerate() {
+            let v = match memo.value_as_given(i, expr, *probe) {
+                Ok(v) => v,
+                Err(_) => return reject(Rule::EvalError, i + 1),
+            };
+            if !v.is_finite() && rps.is_on(Rule::NonFinite) {
+                return reject(Rule::NonFinite, i + 1);
+            }
+            if v == 0.0 && rps.is_on(Rule::ZeroValue) {
+                return reject(Rule::ZeroValue, i + 1);
+            }
+            values.push(v);
+            if values.len() > 3
+                && rps.is_on(Rule::ConstantOutput)
+                && values.iter().all(|x| x.to_bits() == values[0].to_bits())
+            {
+                return reject(Rule::ConstantOutput, i + 1);
+            }
+            if let Some(threshold) = predictive {
+                if values.len() == k {
+                    let rho = spearman(&self.truth[..k], &values);
+                    if rho.is_nan() || rho < threshold {
+                        return reject(Rule::Predictive, k);
+                    }
+                }
+            }
+        }
+        let rho = spearman(self.truth, &values);
+        if rho.is_nan() {
+            return reject(Rule::DegenerateCorrelation, n);
+        }
+        Evaluation {
+            fitness: Some(rho),
+            rule: None,
+            archs_evaluated: n,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::expr::{canonical, parse};
+    use crate::search::testutil::Synthetic;
+
+    fn c(t: &str) -> Expr {
+        canonical(&parse(t).unwrap())
+    }
+
+    #[test]
+    fn numeric_rules() {
+        let s = Synthetic::new(30, 1);
+        let probes = s.sources();
+        let set = FitnessSet::new(&probes, &s.truth).unwrap();
+        let mut memo = Memo::new();
+        let on = RpsOptions::default();
+        let good = set.evaluate(&c("mean(pow2(head))"), &mut memo, &on, None);
+        assert!(good.fitness.unwrap() > 0.8, "{good:?}");
+        assert_eq!(good.archs_evaluated, 30);
+        let cases = [
+            ("mean(softmax)", Rule::EvalError),
+            ("mean(add(head, weight))", Rule::EvalError),
+            ("std(mean(head))", Rule::NonFinite),
+            ("mean(sub(mean(head), mean(head)))", Rule::ZeroValue),
+            ("mean(softmax(mean(head)))", Rule::ConstantOutput),
+        ];
+        for (t, rule) in cases {
+            let e = set.evaluate(&c(t), &mut memo, &on, None);
+            assert_eq!(e.rule, Some(rule), "{t}: {e:?}");
+            assert_eq!(e.fitness, None);
+        }
+        // Constant on more than three architectures: stops at the fourth.
+        let e = set.evaluate(&c("mean(softmax(mean(head)))"), &mut memo, &on, None);
+        assert_eq!(e.archs_evaluated, 4);
+        // With pruning off the constant proxy is evaluated everywhere and then has no Spearman.
+        let off = RpsOptions::off();
+        let e = set.evaluate(&c("mean(softmax(mean(head)))"), &mut memo, &off, None);
+        assert_eq!(
+            (e.rule, e.archs_evaluated),
+            (Some(Rule::DegenerateCorrelation), 30)
+        );
+        // Predictive: a good proxy passes a fixed threshold, an anti-correlated one does not.
+        let pass = set.evaluate(&c("mean(pow2(head))"), &mut memo, &on, Some(0.0));
+        assert!(pass.fitness.is_some());
+        let fail = set.evaluate(&c("neg(mean(pow2(head)))"), &mut memo, &on, Some(0.0));
+        assert_eq!(
+            (fail.rule, fail.archs_evaluated),
+            (Some(Rule::Predictive), 10)
+        );
+        let neg = set.fitness(&c("neg(mean(pow2(head)))"), &mut memo).unwrap();
+        assert!((neg + good.fitness.unwrap()).abs() < 1e-12);
+        assert!(FitnessSet::new(&probes[..1], &s.truth[..1]).is_err());
+        assert!(FitnessSet::new(&probes, &s.truth[..3]).is_err());
+    }
+}

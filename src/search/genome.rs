@@ -1,0 +1,316 @@
+//! Genomes: what the search mutates, one representation per [`Structure`], and their expressions.
+//!
+//! The GP loop never evaluates a genome directly: it converts it to an [`Expr`]
+//! ([`Genome::to_expr`]) and evaluates that, so all structures share the evaluator, the memo,
+//! the canonical form and the pruning rules.
+//!
+//! * **Tree** (the LPZero template, spec §4.4): a [`TreeGenotype`] with two inputs, `n_unary`
+//!   ops per branch and one binary op; the expression is
+//!   `bin(mean(u_n(…u_1(x))), mean(v_n(…v_1(y))))` ([`crate::proxy::expr::from_tree_genotype`]).
+//! * **Linear**: one input and a chain of `linear_length` (4) unary ops; the expression is
+//!   `mean(u_4(u_3(u_2(u_1(x)))))`. The final `mean` reduces every item in `f32` like the
+//!   reference's `convert_to_float` on a tensor; the mean over items is the usual final
+//!   reduction.
+//! * **Graph**: two inputs (states `s0 = x`, `s1 = y`) and three DAG nodes. Node `i` (0, 1, 2)
+//!   has one unary op per edge from every earlier state `s0 … s(1+i)`, so 2 + 3 + 4 = 9 edge
+//!   ops in total (stored flat, node by node, edge by source state). The node value is the sum of
+//!   its transformed inputs: `n_i = add(add(e_0(s0), e_1(s1)), …)`, and `s(2+i) = n_i`. The
+//!   result is `add(add(mean(n_0), mean(n_1)), mean(n_2))`. Mapping notes:
+//!   - there is no constant node, so the result is the *sum* of the node means, i.e. 3 × the
+//!     reference's mean over nodes (the same ranking, so the same Spearman fitness);
+//!   - an edge whose op is `disconnect` contributes nothing (it is left out of the sum); a node
+//!     with no contributing edge has no value: its outgoing edges and its term of the result are
+//!     left out too; when no node has a value the expression is `add(disconnect(x),
+//!     disconnect(y))`, which has no value (and the pruning rule `both_disconnected` rejects);
+//!   - later nodes contain earlier ones as sub-trees, so the expression repeats them; the memo
+//!     evaluates each repeated node once per architecture.
+//! * **Free**: any [`Expr`] of depth at most `max_depth` (an input has depth 1).
+//!
+//! Random sampling uses the reference weights (spec §4.5): inputs uniformly over [`Input::ALL`],
+//! unary ops by [`UNARY_SAMPLING_WEIGHTS`], binary ops by [`BINARY_SAMPLING_WEIGHTS`].
+
+use serde::{Deserialize, Serialize};
+
+use super::options::Structure;
+use crate::proxy::expr::{Expr, Input, TreeGenotype};
+use crate::proxy::ops::{BinaryOp, UnaryOp, BINARY_SAMPLING_WEIGHTS, UNARY_SAMPLING_WEIGHTS};
+use crate::rng::Rng;
+
+/// Number of DAG nodes in the graph structure.
+pub const GRAPH_NODES: usize = 3;
+
+/// Number of edge ops in the graph structure: node `i` has `2 + i` incoming edges.
+pub const GRAPH_EDGES: usize = 2 + 3 + 4;
+
+/// Probabilities of a leaf, a unary node and a binary node when growing a free tree below the
+/// depth limit (the root is never a leaf).
+pub const FREE_NODE_WEIGHTS: [f64; 3] = [0.25, 0.5, 0.25];
+
+/// The sizes that shape genomes (taken from [`super::SearchOptions::genome_spec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenomeSpec {
+    /// Which representation.
+    pub structure: Structure,
+    /// Unary ops per tree branch.
+    pub n_unary: usize,
+    /// Unary ops in the linear chain.
+    pub linear_length: usize,
+    /// Maximum depth of a free tree (≥ 2).
+    pub max_depth: usize,
+}
+
+/// One individual's heritable material (serde: tagged by `structure`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "structure", rename_all = "snake_case")]
+pub enum Genome {
+    /// The LPZero tree template.
+    Tree(TreeGenotype),
+    /// One input and a chain of unary ops (applied first to last).
+    Linear {
+        /// The input list.
+        input: Input,
+        /// The chain, in application order.
+        ops: Vec<UnaryOp>,
+    },
+    /// Two inputs and [`GRAPH_EDGES`] edge ops of a 3-node DAG (layout in the module docs).
+    Graph {
+        /// States `s0` and `s1`.
+        inputs: [Input; 2],
+        /// Edge ops: node 0's edges from s0, s1; node 1's from s0, s1, s2; node 2's from s0 … s3.
+        edges: Vec<UnaryOp>,
+    },
+    /// A general expression tree.
+    Free {
+        /// The expression itself.
+        expr: Expr,
+    },
+}
+
+/// An input drawn uniformly from [`Input::ALL`].
+pub fn sample_input(rng: &mut Rng) -> Input {
+    Input::ALL[rng.range(0, Input::ALL.len())]
+}
+
+/// A unary op drawn with the reference weights ([`UNARY_SAMPLING_WEIGHTS`]).
+pub fn sample_unary(rng: &mut Rng) -> UnaryOp {
+    UnaryOp::ALL[rng.weighted(&UNARY_SAMPLING_WEIGHTS)]
+}
+
+/// A binary op drawn with the reference weights ([`BINARY_SAMPLING_WEIGHTS`]).
+pub fn sample_binary(rng: &mut Rng) -> BinaryOp {
+    BinaryOp::ALL[rng.weighted(&BINARY_SAMPLING_WEIGHTS)]
+}
+
+/// A random tree of depth at most `max_depth` ("grow" method): below the limit a node is a
+/// leaf, a unary op or a binary op with [`FREE_NODE_WEIGHTS`] (never a leaf when `root`); at
+/// the limit it is a leaf.
+pub fn grow_expr(max_depth: usize, root: bool, rng: &mut Rng) -> Expr {
+    if max_depth <= 1 {
+        return Expr::Input(sample_input(rng));
+    }
+    let kind = if root {
+        1 + rng.weighted(&FREE_NODE_WEIGHTS[1..])
+    } else {
+        rng.weighted(&FREE_NODE_WEIGHTS)
+    };
+    match kind {
+        0 => Expr::Input(sample_input(rng)),
+        1 => {
+            let op = sample_unary(rng);
+            Expr::unary(op, grow_expr(max_depth - 1, false, rng))
+        }
+        _ => {
+            let op = sample_binary(rng);
+            let a = grow_expr(max_depth - 1, false, rng);
+            let b = grow_expr(max_depth - 1, false, rng);
+            Expr::binary(op, a, b)
+        }
+    }
+}
+
+impl Genome {
+    /// A random genome of the spec's structure (reference sampling weights).
+    pub fn random(spec: &GenomeSpec, rng: &mut Rng) -> Self {
+        match spec.structure {
+            Structure::Tree => {
+                let inputs = [sample_input(rng), sample_input(rng)];
+                let first = (0..spec.n_unary).map(|_| sample_unary(rng)).collect();
+                let second = (0..spec.n_unary).map(|_| sample_unary(rng)).collect();
+                Genome::Tree(TreeGenotype {
+                    inputs,
+                    unary: [first, second],
+                    binary: sample_binary(rng),
+                })
+            }
+            Structure::Linear => Genome::Linear {
+                input: sample_input(rng),
+                ops: (0..spec.linear_length).map(|_| sample_unary(rng)).collect(),
+            },
+            Structure::Graph => Genome::Graph {
+                inputs: [sample_input(rng), sample_input(rng)],
+                edges: (0..GRAPH_EDGES).map(|_| sample_unary(rng)).collect(),
+            },
+            Structure::Free => Genome::Free {
+                expr: grow_expr(spec.max_depth, true, rng),
+            },
+        }
+    }
+
+    /// The structure this genome belongs to.
+    pub fn structure(&self) -> Structure {
+        match self {
+            Genome::Tree(_) => Structure::Tree,
+            Genome::Linear { .. } => Structure::Linear,
+            Genome::Graph { .. } => Structure::Graph,
+            Genome::Free { .. } => Structure::Free,
+        }
+    }
+
+    /// The proxy expression of this genome (mappings in the module docs).
+    pub fn to_expr(&self) -> Expr {
+        match self {
+            Genome::Tree(g) => g.to_expr(),
+            Genome::Linear { input, ops } => {
+                let chain = ops
+                    .iter()
+                    .fold(Expr::Input(*input), |e, &op| Expr::unary(op, e));
+                Expr::unary(UnaryOp::Mean, chain)
+            }
+            Genome::Graph { inputs, edges } => graph_expr(*inputs, edges),
+            Genome::Free { expr } => expr.clone(),
+        }
+    }
+}
+
+/// Sum of the present terms with `add`, left to right; `None` when there is none.
+fn sum(terms: Vec<Expr>) -> Option<Expr> {
+    terms
+        .into_iter()
+        .reduce(|acc, t| Expr::binary(BinaryOp::Add, acc, t))
+}
+
+/// The graph structure's expression (see the module docs). Missing edge ops (a short `edges`
+/// vector) count as `disconnect`.
+fn graph_expr(inputs: [Input; 2], edges: &[UnaryOp]) -> Expr {
+    let mut states: Vec<Option<Expr>> =
+        vec![Some(Expr::Input(inputs[0])), Some(Expr::Input(inputs[1]))];
+    let mut nodes = Vec::with_capacity(GRAPH_NODES);
+    let mut edge = 0;
+    for _ in 0..GRAPH_NODES {
+        let mut terms = Vec::new();
+        for state in &states {
+            let op = edges.get(edge).copied().unwrap_or(UnaryOp::Disconnect);
+            edge += 1;
+            if op == UnaryOp::Disconnect {
+                continue;
+            }
+            if let Some(s) = state {
+                terms.push(Expr::unary(op, s.clone()));
+            }
+        }
+        let node = sum(terms);
+        nodes.push(node.clone());
+        states.push(node);
+    }
+    let means = nodes
+        .into_iter()
+        .flatten()
+        .map(|n| Expr::unary(UnaryOp::Mean, n))
+        .collect();
+    sum(means).unwrap_or_else(|| {
+        Expr::binary(
+            BinaryOp::Add,
+            Expr::unary(UnaryOp::Disconnect, Expr::Input(inputs[0])),
+            Expr::unary(UnaryOp::Disconnect, Expr::Input(inputs[1])),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::expr::parse;
+
+    fn spec(structure: Structure) -> GenomeSpec {
+        GenomeSpec {
+            structure,
+            n_unary: 2,
+            linear_length: 4,
+            max_depth: 5,
+        }
+    }
+
+    #[test]
+    fn random_genomes_round_trip() {
+        let mut rng = Rng::new(11);
+        for s in Structure::ALL {
+            for _ in 0..200 {
+                let g = Genome::random(&spec(s), &mut rng);
+                assert_eq!(g.structure(), s);
+                let e = g.to_expr();
+                let text = e.to_string();
+                assert_eq!(parse(&text).unwrap(), e, "{text}");
+                if s == Structure::Free {
+                    assert!(e.depth() <= 5, "{text}");
+                    assert!(!matches!(e, Expr::Input(_)));
+                }
+                let json = serde_json::to_string(&g).unwrap();
+                assert_eq!(serde_json::from_str::<Genome>(&json).unwrap(), g, "{json}");
+            }
+        }
+    }
+
+    #[test]
+    fn tree_and_linear_mapping() {
+        let g = Genome::Tree(TreeGenotype::builtin("lpzero_bert").unwrap());
+        assert_eq!(
+            g.to_expr().to_string(),
+            "add(mean(pow2(neg(head))), mean(logsoftmax(frobenius_norm(act))))"
+        );
+        let l = Genome::Linear {
+            input: Input::Weight,
+            ops: vec![UnaryOp::Abs, UnaryOp::Pow2, UnaryOp::Log, UnaryOp::NoOp],
+        };
+        assert_eq!(
+            l.to_expr().to_string(),
+            "mean(no_op(log(pow2(abs(weight)))))"
+        );
+    }
+
+    #[test]
+    fn graph_mapping() {
+        use UnaryOp::*;
+        let g = Genome::Graph {
+            inputs: [Input::Head, Input::Act],
+            edges: vec![
+                Abs, Neg, Disconnect, Pow2, NoOp, Disconnect, Disconnect, Disconnect, Exp,
+            ],
+        };
+        // n0 = abs(head) + neg(act); n1 = pow2(act) + no_op(n0); n2 = exp(n1).
+        let n0 = "add(abs(head), neg(act))";
+        let n1 = format!("add(pow2(act), no_op({n0}))");
+        let n2 = format!("exp({n1})");
+        let want = format!("add(add(mean({n0}), mean({n1})), mean({n2}))");
+        assert_eq!(g.to_expr().to_string(), want);
+        // All edges into node 0 disconnected: node 0 has no value and is left out everywhere.
+        let h = Genome::Graph {
+            inputs: [Input::Head, Input::Act],
+            edges: vec![
+                Disconnect, Disconnect, Abs, Neg, Sigmoid, Disconnect, Disconnect, Exp, Exp,
+            ],
+        };
+        assert_eq!(
+            h.to_expr().to_string(),
+            "add(mean(add(abs(head), neg(act))), mean(exp(add(abs(head), neg(act)))))"
+        );
+        // Nothing connected: no value.
+        let none = Genome::Graph {
+            inputs: [Input::Head, Input::Act],
+            edges: vec![Disconnect; GRAPH_EDGES],
+        };
+        assert_eq!(
+            none.to_expr().to_string(),
+            "add(disconnect(head), disconnect(act))"
+        );
+    }
+}

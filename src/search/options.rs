@@ -1,0 +1,256 @@
+//! Search options: what the GP loop does, with the reference values as defaults.
+//!
+//! Defaults follow the reference BERT search (spec §4.5–4.6): population 80, 1 000 iterations,
+//! parents drawn uniformly from the top half, crossover and mutation each with probability ½,
+//! the worst member replaced, the tree structure with two unary ops per branch. Unlike the
+//! reference, `n_unary` is respected by offspring (the reference rebuilt children with the
+//! default 2) and the seed is really used (the reference never seeded its RNG).
+//!
+//! The whole struct is serde (de)serialisable; missing fields take their defaults, unknown
+//! fields are an error (typos should not silently fall back to a default).
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use super::genome::GenomeSpec;
+use super::rps::RpsOptions;
+
+/// The shape of the proxies the search builds (spec §4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Structure {
+    /// The LPZero template `BIN(mean(U..U(x)), mean(U..U(y)))` (the structure of all results).
+    #[default]
+    Tree,
+    /// One input, a chain of unary ops, then the mean.
+    Linear,
+    /// Two inputs and three DAG nodes, each summing unary-transformed earlier states.
+    Graph,
+    /// General expression trees up to a maximum depth.
+    Free,
+}
+
+impl Structure {
+    /// All structures, in documentation order.
+    pub const ALL: [Structure; 4] = [
+        Structure::Tree,
+        Structure::Linear,
+        Structure::Graph,
+        Structure::Free,
+    ];
+
+    /// The lower-case name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Structure::Tree => "tree",
+            Structure::Linear => "linear",
+            Structure::Graph => "graph",
+            Structure::Free => "free",
+        }
+    }
+}
+
+impl fmt::Display for Structure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Structure {
+    type Err = String;
+
+    /// Accepts `tree`, `linear`, `graph` or `free` (ASCII case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|x| s.eq_ignore_ascii_case(x.name()))
+            .ok_or_else(|| format!("unknown structure `{s}`: expected tree, linear, graph or free"))
+    }
+}
+
+/// Everything that controls one search run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchOptions {
+    /// Population size (reference 80).
+    pub population: usize,
+    /// Number of GP iterations after the initial population (reference 1 000).
+    pub iterations: usize,
+    /// Share of the population, best first, that parents are drawn from uniformly
+    /// (reference ½: `int(0.5 · 80) = 40`).
+    pub parent_fraction: f64,
+    /// Probability that a child is the crossover of its two parents (reference ½).
+    pub p_crossover: f64,
+    /// Probability that a child is then mutated (reference ½).
+    pub p_mutation: f64,
+    /// The proxy structure searched.
+    pub structure: Structure,
+    /// Unary ops per branch in the tree structure (reference 2), respected in offspring.
+    pub n_unary: usize,
+    /// Length of the unary chain in the linear structure (reference 4).
+    pub linear_length: usize,
+    /// Maximum depth (nodes on the longest root-to-leaf path) in the free structure.
+    pub max_depth: usize,
+    /// Seed of the one RNG that drives sampling, selection and variation.
+    pub seed: u64,
+    /// Number of best distinct proxies (by canonical key) kept in the hall of fame.
+    pub hall_of_fame: usize,
+    /// Write `checkpoint.json` every this many iterations (0: only at the end). Needs an output
+    /// folder.
+    pub checkpoint_every: usize,
+    /// Attempts allowed per member when building the initial population: the search fails
+    /// after `population × init_attempts_per_member` candidates without a full population.
+    pub init_attempts_per_member: usize,
+    /// Byte budget of the sub-expression memo for non-scalar lists (a cache: results never
+    /// depend on it).
+    pub memo_budget_bytes: u64,
+    /// The rule-based pruning strategy.
+    pub rps: RpsOptions,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        Self {
+            population: 80,
+            iterations: 1000,
+            parent_fraction: 0.5,
+            p_crossover: 0.5,
+            p_mutation: 0.5,
+            structure: Structure::Tree,
+            n_unary: 2,
+            linear_length: 4,
+            max_depth: 5,
+            seed: 0,
+            hall_of_fame: 10,
+            checkpoint_every: 50,
+            init_attempts_per_member: 500,
+            memo_budget_bytes: crate::proxy::eval::DEFAULT_BUDGET_BYTES,
+            rps: RpsOptions::default(),
+        }
+    }
+}
+
+/// Options that do not change a run's results: they may differ between a run and its resume.
+pub(crate) const RESULT_NEUTRAL_OPTIONS: [&str; 4] = [
+    "iterations",
+    "checkpoint_every",
+    "init_attempts_per_member",
+    "memo_budget_bytes",
+];
+
+impl SearchOptions {
+    /// Checks ranges: population ≥ 2, probabilities and the parent fraction in [0, 1] (the
+    /// fraction > 0), max depth ≥ 2, hall of fame ≥ 1, attempts ≥ 1, and the RPS options.
+    pub fn validate(&self) -> Result<()> {
+        if self.population < 2 {
+            bail!("population must be at least 2, got {}", self.population);
+        }
+        if !(self.parent_fraction > 0.0 && self.parent_fraction <= 1.0) {
+            bail!(
+                "parent_fraction must be in (0, 1], got {}",
+                self.parent_fraction
+            );
+        }
+        for (name, p) in [
+            ("p_crossover", self.p_crossover),
+            ("p_mutation", self.p_mutation),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("{name} must be in [0, 1], got {p}");
+            }
+        }
+        if self.max_depth < 2 {
+            bail!("max_depth must be at least 2, got {}", self.max_depth);
+        }
+        if self.hall_of_fame == 0 {
+            bail!("hall_of_fame must be at least 1");
+        }
+        if self.init_attempts_per_member == 0 {
+            bail!("init_attempts_per_member must be at least 1");
+        }
+        self.rps.validate()
+    }
+
+    /// Number of parents candidates: `int(parent_fraction · population)`, at least 1.
+    pub fn parent_pool(&self) -> usize {
+        ((self.parent_fraction * self.population as f64) as usize).clamp(1, self.population)
+    }
+
+    /// The part of the options that shapes genomes (structure and sizes).
+    pub fn genome_spec(&self) -> GenomeSpec {
+        GenomeSpec {
+            structure: self.structure,
+            n_unary: self.n_unary,
+            linear_length: self.linear_length,
+            max_depth: self.max_depth,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_reference() {
+        let o = SearchOptions::default();
+        assert_eq!(o.population, 80);
+        assert_eq!(o.iterations, 1000);
+        assert_eq!(o.parent_pool(), 40);
+        assert_eq!((o.p_crossover, o.p_mutation), (0.5, 0.5));
+        assert_eq!(o.structure, Structure::Tree);
+        assert_eq!(o.n_unary, 2);
+        assert_eq!(o.rps.predictive_k, 10);
+        o.validate().unwrap();
+    }
+
+    #[test]
+    fn serde_round_trip_and_partial() {
+        let o = SearchOptions {
+            structure: Structure::Graph,
+            seed: 7,
+            ..SearchOptions::default()
+        };
+        let json = serde_json::to_string(&o).unwrap();
+        assert_eq!(serde_json::from_str::<SearchOptions>(&json).unwrap(), o);
+        let p: SearchOptions =
+            serde_json::from_str(r#"{"population": 12, "structure": "free"}"#).unwrap();
+        assert_eq!(p.population, 12);
+        assert_eq!(p.structure, Structure::Free);
+        assert_eq!(p.iterations, 1000);
+        assert!(serde_json::from_str::<SearchOptions>(r#"{"popul": 3}"#).is_err());
+        for s in Structure::ALL {
+            assert_eq!(s.name().parse::<Structure>(), Ok(s));
+        }
+        assert!("bush".parse::<Structure>().is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let bad = [
+            SearchOptions {
+                population: 1,
+                ..Default::default()
+            },
+            SearchOptions {
+                p_mutation: 1.5,
+                ..Default::default()
+            },
+            SearchOptions {
+                parent_fraction: 0.0,
+                ..Default::default()
+            },
+            SearchOptions {
+                max_depth: 1,
+                ..Default::default()
+            },
+        ];
+        for o in bad {
+            assert!(o.validate().is_err(), "{o:?}");
+        }
+    }
+}

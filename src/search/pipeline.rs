@@ -1,0 +1,191 @@
+//! A whole search on a benchmark: probe the fitness set, run the GP loop, then score the hall
+//! of fame on the held-out architectures and write the summary.
+//!
+//! This is what `lpzero search` runs; it glues probing (`probe`), the loop (`search::run`) and
+//! the statistics (`stats`) together and owns `summary.json` and `scatter.svg`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::{run, rundir, SearchOptions};
+use crate::bench::Benchmark;
+use crate::probe::{probe_map, Probe, ProbeOptions};
+use crate::proxy::expr::{self, Expr, InputSource};
+use crate::report::json_number;
+use crate::stats;
+
+/// What a search on a benchmark needs besides the GP options.
+pub struct SearchJob<'a> {
+    /// The benchmark.
+    pub bench: &'a Benchmark,
+    /// Architectures whose Spearman is the fitness.
+    pub fitness: Vec<usize>,
+    /// Architectures held out for the final evaluation (empty: skip it).
+    pub heldout: Vec<usize>,
+    /// How each architecture is probed.
+    pub probe: ProbeOptions,
+    /// Worker threads for probing.
+    pub threads: usize,
+    /// Run directory (written when given).
+    pub out: Option<PathBuf>,
+    /// Run directory or checkpoint to resume from.
+    pub resume: Option<PathBuf>,
+}
+
+/// Progress callbacks: `(phase, done, total)` with phases `probe`, `search`, `heldout`.
+pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
+
+/// Keeps only what expressions read, so a fitness set of many architectures fits in memory.
+fn slim(mut p: Probe) -> Probe {
+    p.linears = Default::default();
+    p.mixer_outputs = Default::default();
+    p
+}
+
+/// Runs the job and returns the summary (also written to `summary.json` in the run folder).
+pub fn search_benchmark(
+    job: &SearchJob<'_>,
+    opts: &SearchOptions,
+    progress: Progress<'_>,
+) -> Result<serde_json::Value> {
+    let start = Instant::now();
+    let bench = job.bench;
+    let total = job.fitness.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let tick = |phase: &str, total: usize| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress(phase, n, total);
+    };
+    let probes = probe_map(
+        bench,
+        &job.fitness,
+        &job.probe,
+        job.threads,
+        |_, p| Ok(slim(p)),
+        || tick("probe", total),
+    )?;
+    let probe_seconds = start.elapsed().as_secs_f64();
+    let sources: Vec<&dyn InputSource> = probes.iter().map(|p| p as &dyn InputSource).collect();
+    let truth = bench.truths(&job.fitness);
+    let iterations = opts.iterations;
+    let outcome = run(
+        opts,
+        &sources,
+        &truth,
+        job.out.as_deref(),
+        job.resume.as_deref(),
+        &|i| progress("search", i, iterations),
+    )?;
+    drop(sources);
+    drop(probes);
+    let search_seconds = start.elapsed().as_secs_f64() - probe_seconds;
+
+    // Held-out evaluation of every hall-of-fame proxy from one probe per architecture.
+    let hall: Vec<Expr> = outcome
+        .hall_of_fame
+        .iter()
+        .map(|h| expr::parse(&h.expr).with_context(|| format!("hall of fame entry `{}`", h.expr)))
+        .collect::<Result<_>>()?;
+    let heldout_start = Instant::now();
+    done.store(0, std::sync::atomic::Ordering::Relaxed);
+    let n_held = job.heldout.len();
+    let rows: Vec<Vec<f64>> = if n_held == 0 {
+        Vec::new()
+    } else {
+        probe_map(
+            bench,
+            &job.heldout,
+            &job.probe,
+            job.threads,
+            |_, p| {
+                Ok(hall
+                    .iter()
+                    .map(|e| expr::eval(e, &p).unwrap_or(f64::NAN))
+                    .collect())
+            },
+            || tick("heldout", n_held),
+        )?
+    };
+    let heldout_seconds = heldout_start.elapsed().as_secs_f64();
+    let held_truth = bench.truths(&job.heldout);
+    let column = |k: usize| -> Vec<f64> { rows.iter().map(|r| r[k]).collect() };
+    let correlate = |values: &[f64]| {
+        let (clean, bad) = stats::sanitize(values);
+        (stats::correlate(&held_truth, &clean), bad)
+    };
+    let mut hall_json = Vec::new();
+    for (k, h) in outcome.hall_of_fame.iter().enumerate() {
+        let mut entry = json!({"expr": h.expr, "key": h.key, "fitness_spearman": json_number(h.fitness), "iteration": h.iteration});
+        if n_held > 0 {
+            let (c, bad) = correlate(&column(k));
+            entry["heldout_spearman"] = json_number(c.spearman);
+            entry["heldout_kendall"] = json_number(c.kendall);
+            entry["heldout_non_finite"] = json!(bad);
+        }
+        hall_json.push(entry);
+    }
+    let best_text = outcome.best.to_string();
+    let best_index = outcome
+        .hall_of_fame
+        .iter()
+        .position(|h| h.key == outcome.best_key);
+    let (held_rho, held_tau) = match (n_held, best_index) {
+        (0, _) | (_, None) => (f64::NAN, f64::NAN),
+        (_, Some(k)) => {
+            let values = column(k);
+            let (c, _) = correlate(&values);
+            if let Some(dir) = &job.out {
+                let title = format!(
+                    "{best_text} on {n_held} held-out {} architectures",
+                    bench.kind
+                );
+                write(
+                    &dir.join("scatter.svg"),
+                    &rundir::scatter_svg(&held_truth, &values, &title),
+                )?;
+            }
+            (c.spearman, c.kendall)
+        }
+    };
+    let summary = json!({
+        "bench": bench.kind.name(),
+        "best": best_text,
+        "fitness_spearman": json_number(outcome.fitness_spearman),
+        "heldout_spearman": json_number(held_rho),
+        "heldout_kendall": json_number(held_tau),
+        "heldout_n": n_held,
+        "fitness_n": job.fitness.len(),
+        "fitness_archs": job.fitness.iter().map(|&i| bench.entries[i].key.clone()).collect::<Vec<_>>(),
+        "seconds": start.elapsed().as_secs_f64(),
+        "probe_seconds": probe_seconds,
+        "search_seconds": search_seconds,
+        "heldout_seconds": heldout_seconds,
+        "evaluated": outcome.evaluated,
+        "candidates": outcome.candidates,
+        "valid": outcome.valid,
+        "rejected_by_rule": outcome.rejected_by_rule,
+        "seconds_saved_by_rule": outcome.seconds_saved_by_rule,
+        "hall_of_fame": hall_json,
+        "seed": opts.seed,
+        "structure": opts.structure.name(),
+        "iterations": opts.iterations,
+        "population": opts.population,
+        "rps": opts.rps.enabled,
+        "probe": job.probe,
+        "peak_rss_mib": crate::report::peak_rss_mib(),
+    });
+    if let Some(dir) = &job.out {
+        write(
+            &dir.join("summary.json"),
+            &serde_json::to_string_pretty(&summary)?,
+        )?;
+    }
+    Ok(summary)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+}

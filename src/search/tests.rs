@@ -1,0 +1,235 @@
+//! Whole-search tests on the synthetic benchmark of [`super::testutil`].
+
+use std::cell::Cell;
+use std::path::PathBuf;
+
+use super::testutil::Synthetic;
+use super::*;
+use crate::proxy::expr::{eval, parse};
+
+/// A fresh, empty temporary folder for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("lpzero-search-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn small(structure: Structure, seed: u64, iterations: usize) -> SearchOptions {
+    SearchOptions {
+        population: 16,
+        iterations,
+        structure,
+        seed,
+        hall_of_fame: 5,
+        checkpoint_every: 10,
+        ..SearchOptions::default()
+    }
+}
+
+fn run_quiet(opts: &SearchOptions, s: &Synthetic) -> SearchOutcome {
+    let probes = s.sources();
+    run(opts, &probes, &s.truth, None, None, &|_| {}).unwrap()
+}
+
+#[test]
+fn same_seed_same_outcome_and_seeds_differ() {
+    let s = Synthetic::new(30, 1);
+    let opts = small(Structure::Tree, 3, 40);
+    let a = run_quiet(&opts, &s);
+    let b = run_quiet(&opts, &s);
+    assert_eq!(a.reproducible_summary(), b.reproducible_summary());
+    assert_eq!(a.best, b.best);
+    assert_eq!(a.curve, b.curve);
+    assert_eq!(a.curve.len(), 41);
+    let c = run_quiet(&small(Structure::Tree, 4, 40), &s);
+    assert_ne!(
+        serde_json::to_string(&a.population).unwrap(),
+        serde_json::to_string(&c.population).unwrap()
+    );
+}
+
+#[test]
+fn resumed_run_ends_like_uninterrupted_run() {
+    let s = Synthetic::new(30, 2);
+    let probes = s.sources();
+    let full_dir = temp_dir("full");
+    let part_dir = temp_dir("part");
+    let full_opts = small(Structure::Tree, 9, 40);
+    let calls = Cell::new(0);
+    let full = run(
+        &full_opts,
+        &probes,
+        &s.truth,
+        Some(&full_dir),
+        None,
+        &|_| calls.set(calls.get() + 1),
+    )
+    .unwrap();
+    assert_eq!(calls.get(), 40);
+    let part_opts = SearchOptions {
+        iterations: 20,
+        ..full_opts.clone()
+    };
+    let part = run(
+        &part_opts,
+        &probes,
+        &s.truth,
+        Some(&part_dir),
+        None,
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(part.iterations, 20);
+    // Simulate a crash after the checkpoint: a stray log line past iteration 20.
+    let log = part_dir.join("log.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("{\"iteration\":21,\"child\":\"stray\"}\n");
+    std::fs::write(&log, text).unwrap();
+    let resumed = run(
+        &full_opts,
+        &probes,
+        &s.truth,
+        Some(&part_dir),
+        Some(&part_dir),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(resumed.resumed_from, Some(20));
+    assert_eq!(resumed.reproducible_summary(), full.reproducible_summary());
+    assert_eq!(resumed.curve, full.curve);
+    assert_eq!(resumed.hall_of_fame, full.hall_of_fame);
+    // The logs and run files agree too.
+    for f in ["log.jsonl", "curve.csv", "hall_of_fame.json", "curve.svg"] {
+        let a = std::fs::read_to_string(full_dir.join(f)).unwrap();
+        let b = std::fs::read_to_string(part_dir.join(f)).unwrap();
+        assert_eq!(a, b, "{f} differs");
+    }
+    assert_eq!(
+        std::fs::read_to_string(full_dir.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        40
+    );
+    for f in ["config.json", "checkpoint.json"] {
+        assert!(full_dir.join(f).is_file(), "{f}");
+    }
+    // Resuming with result-changing options is refused.
+    let other = SearchOptions {
+        p_mutation: 0.9,
+        ..full_opts.clone()
+    };
+    let err = run(&other, &probes, &s.truth, None, Some(&part_dir), &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("p_mutation"), "{err}");
+    let err = run(
+        &full_opts,
+        &probes[..29],
+        &s.truth[..29],
+        None,
+        Some(&part_dir),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("fitness set"), "{err}");
+    let _ = std::fs::remove_dir_all(&full_dir);
+    let _ = std::fs::remove_dir_all(&part_dir);
+}
+
+#[test]
+fn finds_a_good_proxy() {
+    let s = Synthetic::new(30, 5);
+    let out = run_quiet(&small(Structure::Tree, 1, 60), &s);
+    assert!(out.fitness_spearman > 0.8, "{}", out.fitness_spearman);
+    // The reported fitness is the best expression's real Spearman.
+    let probes = s.sources();
+    let values: Vec<f64> = probes
+        .iter()
+        .map(|p| eval(&out.best, *p).unwrap())
+        .collect();
+    let rho = crate::stats::spearman(&s.truth, &values);
+    assert!((rho - out.fitness_spearman).abs() < 1e-12);
+    // The curve never gets worse at the top (the best member is never replaced).
+    for w in out.curve.windows(2) {
+        assert!(w[1].best >= w[0].best);
+    }
+    assert_eq!(out.hall_of_fame[0].fitness, out.fitness_spearman);
+    assert!(out.rejected > 0);
+    assert_eq!(
+        out.rejected,
+        out.rejected_by_rule.values().sum::<u64>(),
+        "{:?}",
+        out.rejected_by_rule
+    );
+    assert_eq!(out.candidates, out.valid + out.rejected);
+}
+
+#[test]
+fn every_structure_runs_and_round_trips() {
+    let s = Synthetic::new(20, 7);
+    for st in Structure::ALL {
+        let out = run_quiet(&small(st, 2, 25), &s);
+        assert_eq!(out.best_genome.structure(), st);
+        assert!(out.fitness_spearman.is_finite());
+        for e in out
+            .hall_of_fame
+            .iter()
+            .map(|h| h.expr.clone())
+            .chain([out.best.to_string()])
+        {
+            let parsed = parse(&e).unwrap_or_else(|err| panic!("{st}: {e}: {err}"));
+            assert_eq!(parsed.to_string(), e);
+        }
+        for m in &out.population {
+            assert_eq!(m.genome.to_expr().to_string(), m.expr);
+        }
+    }
+}
+
+#[test]
+fn rps_off_evaluates_everything() {
+    let s = Synthetic::new(20, 8);
+    let on = run_quiet(&small(Structure::Tree, 5, 30), &s);
+    let mut opts = small(Structure::Tree, 5, 30);
+    opts.rps = RpsOptions::off();
+    let off = run_quiet(&opts, &s);
+    // No candidate is stopped before evaluation or pruned on the way.
+    assert_eq!(off.evaluated, off.candidates);
+    for (rule, count) in &off.rejected_by_rule {
+        let r: Rule = rule.parse().unwrap();
+        if !r.is_mandatory() {
+            assert_eq!(*count, 0, "{rule}");
+        }
+    }
+    // Without early exits only an evaluation error stops before the last architecture.
+    assert!(off.fully_evaluated + off.rejected_by_rule["eval_error"] >= off.evaluated);
+    // With pruning on, rules fire and save work.
+    assert!(on.evaluated < on.candidates);
+    let saved: f64 = on.saved_evaluations_by_rule.values().sum();
+    assert!(saved > 0.0);
+    assert!(
+        on.rejected_by_rule["duplicate"] > 0,
+        "{:?}",
+        on.rejected_by_rule
+    );
+}
+
+#[test]
+fn hopeless_configuration_errors_out() {
+    // Every input list is empty, so no candidate ever has a value.
+    struct Empty;
+    impl InputSource for Empty {
+        fn input(&self, _: crate::proxy::expr::Input) -> Option<&[crate::array::Array]> {
+            Some(&[])
+        }
+    }
+    let probes: Vec<&dyn InputSource> = vec![&Empty, &Empty, &Empty];
+    let opts = SearchOptions {
+        population: 4,
+        init_attempts_per_member: 5,
+        ..SearchOptions::default()
+    };
+    let err = run(&opts, &probes, &[1.0, 2.0, 3.0], None, None, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("initial population"), "{err}");
+}
