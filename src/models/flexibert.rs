@@ -170,17 +170,8 @@ pub struct Forward {
     pub mixer_outputs: Vec<Tensor>,
 }
 
-fn ln_pair(
-    params: &mut Params,
-    name: &str,
-    dim: usize,
-    device: &Device,
-) -> candle_core::Result<(Var, Var)> {
-    Ok((
-        params.constant(&format!("{name}.gamma"), &[dim], 1.0, device)?,
-        params.constant(&format!("{name}.beta"), &[dim], 0.0, device)?,
-    ))
-}
+/// Name suffixes of a LayerNorm's γ and β.
+const LN_SUFFIXES: (&str, &str) = ("gamma", "beta");
 
 impl FlexiBert {
     /// Builds the encoder with weights drawn from `rng` (N(0, 0.02²), zero biases, padding row
@@ -192,12 +183,9 @@ impl FlexiBert {
     /// Builds the encoder with every tensor zero: the real shapes without the cost of drawing
     /// weights (for parameter counts).
     pub fn shapes_only(config: &Config) -> candle_core::Result<Self> {
-        Self::with_params(
-            config,
-            Params::shapes_only(),
-            &mut Rng::new(0),
-            &Device::Cpu,
-        )
+        super::build_shapes_only(|params, rng, device| {
+            Self::with_params(config, params, rng, device)
+        })
     }
 
     fn with_params(
@@ -237,7 +225,7 @@ impl FlexiBert {
             rng,
             device,
         )?;
-        let emb_ln = ln_pair(&mut params, "embeddings.layer_norm", e, device)?;
+        let emb_ln = params.layer_norm_pair("embeddings.layer_norm", LN_SUFFIXES, e, device)?;
         let mut init = Init {
             params: &mut params,
             rng,
@@ -359,9 +347,9 @@ impl FlexiBert {
                 h,
                 true,
             )?;
-            let (g, b) = ln_pair(
-                init.params,
+            let (g, b) = init.params.layer_norm_pair(
                 &format!("{p}.output.layer_norm"),
+                LN_SUFFIXES,
                 h,
                 init.device,
             )?;
@@ -395,7 +383,12 @@ impl FlexiBert {
             h,
             true,
         )?;
-        let ffn_ln = ln_pair(init.params, &format!("{p}.ffn.layer_norm"), h, init.device)?;
+        let ffn_ln = init.params.layer_norm_pair(
+            &format!("{p}.ffn.layer_norm"),
+            LN_SUFFIXES,
+            h,
+            init.device,
+        )?;
         Ok(EncoderLayer {
             heads: lc.heads,
             mixer,

@@ -239,10 +239,8 @@ impl Builder<'_> {
     }
 
     fn layer_norm(&mut self, name: &str, dim: usize) -> candle_core::Result<(Var, Var)> {
-        Ok((
-            self.constant(&format!("{name}.weight"), &[dim], 1.0)?,
-            self.constant(&format!("{name}.bias"), &[dim], 0.0)?,
-        ))
+        self.params
+            .layer_norm_pair(name, ("weight", "bias"), dim, self.device)
     }
 }
 
@@ -325,12 +323,9 @@ impl Gpt2Flex {
     /// Builds the decoder with every tensor zero: the real shapes without the cost of drawing
     /// weights (for parameter counts).
     pub fn shapes_only(config: &Config) -> candle_core::Result<Self> {
-        Self::with_params(
-            config,
-            Params::shapes_only(),
-            &mut Rng::new(0),
-            &Device::Cpu,
-        )
+        super::build_shapes_only(|params, rng, device| {
+            Self::with_params(config, params, rng, device)
+        })
     }
 
     fn with_params(
@@ -366,16 +361,19 @@ impl Gpt2Flex {
                 format!(".{i}")
             }
         };
+        // One table per entry of `table_shapes`, named `{name}` (k = 1) or `{name}.{i}`.
+        let tables = |b: &mut Builder, name: &str| -> candle_core::Result<Vec<Var>> {
+            table_shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(rows, width))| {
+                    b.normal(&format!("{name}{}", suffix(i)), &[rows, width], c.init_std)
+                })
+                .collect()
+        };
 
         b.params.set_group(GROUP_ADA_EMB);
-        let mut emb_tables = Vec::new();
-        for (i, &(rows, width)) in table_shapes.iter().enumerate() {
-            emb_tables.push(b.normal(
-                &format!("word_emb.table{}", suffix(i)),
-                &[rows, width],
-                c.init_std,
-            )?);
-        }
+        let emb_tables = tables(&mut b, "word_emb.table")?;
         let mut emb_projs = Vec::new();
         for (i, &(_, width)) in table_shapes.iter().enumerate() {
             emb_projs.push(if k > 1 || width != d {
@@ -450,16 +448,11 @@ impl Gpt2Flex {
         } else {
             None
         };
-        let mut out_tables = Vec::new();
-        if !c.tie_weight {
-            for (i, &(rows, width)) in table_shapes.iter().enumerate() {
-                out_tables.push(b.normal(
-                    &format!("crit.out_table{}", suffix(i)),
-                    &[rows, width],
-                    c.init_std,
-                )?);
-            }
-        }
+        let out_tables = if c.tie_weight {
+            Vec::new()
+        } else {
+            tables(&mut b, "crit.out_table")?
+        };
         let mut out_biases = Vec::new();
         for (i, &(rows, _)) in table_shapes.iter().enumerate() {
             out_biases.push(b.constant(&format!("crit.out_bias{}", suffix(i)), &[rows], 0.0)?);
@@ -805,6 +798,29 @@ fn contiguous_f32<'a>(
     }
 }
 
+/// The f32 data of each of a custom op's inputs `(storage, layout)`, in order; fails (naming
+/// `op`) on the first one that is not contiguous f32.
+fn f32_inputs<'a, const N: usize>(
+    op: &'static str,
+    inputs: [(&'a CpuStorage, &Layout); N],
+) -> candle_core::Result<[&'a [f32]; N]> {
+    let mut out: [&[f32]; N] = [&[]; N];
+    for (slot, (s, l)) in out.iter_mut().zip(inputs) {
+        *slot = contiguous_f32(s, l, op)?;
+    }
+    Ok(out)
+}
+
+/// Contiguous versions of the tensors a backward pass hands to its gradient op (the op reads
+/// them with [`contiguous_f32`]).
+fn contiguous_all<const N: usize>(ts: [&Tensor; N]) -> candle_core::Result<[Tensor; N]> {
+    let mut out = ts.map(Tensor::clone);
+    for t in &mut out {
+        *t = t.contiguous()?;
+    }
+    Ok(out)
+}
+
 /// LayerNorm over the last axis of `x` (biased variance, `eps` inside the square root) with
 /// the `(γ, β)` pair, as one custom op.
 fn layer_norm(x: &Tensor, (gamma, beta): &(Var, Var), eps: f64) -> candle_core::Result<Tensor> {
@@ -850,9 +866,7 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let gamma = contiguous_f32(s2, l2, self.name())?;
-        let beta = contiguous_f32(s3, l3, self.name())?;
+        let [x, gamma, beta] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let d = gamma.len();
         if d == 0 || beta.len() != d || l1.dims().last() != Some(&d) {
             return Err(candle_core::Error::Msg(format!(
@@ -1009,8 +1023,7 @@ impl CustomOp1 for CausalSoftmax {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let res = res.contiguous()?;
-        let grad = grad.contiguous()?;
+        let [res, grad] = contiguous_all([res, grad])?;
         Ok(Some(res.apply_op2_no_bwd(
             &grad,
             &SoftmaxGrad { scale: self.scale },
@@ -1035,8 +1048,7 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
+        let [p, g] = f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         let t = *l1.dims().last().unwrap_or(&1);
         let mut out = vec![0f32; p.len()];
         for ((pr, gr), o) in p
@@ -1079,9 +1091,7 @@ impl CustomOp1 for LogSumExpRows {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let arg = arg.contiguous()?;
-        let res = res.contiguous()?;
-        let grad = grad.contiguous()?;
+        let [arg, res, grad] = contiguous_all([arg, res, grad])?;
         Ok(Some(arg.apply_op3_no_bwd(&res, &grad, &LogSumExpGrad)?))
     }
 }
@@ -1103,9 +1113,7 @@ impl CustomOp3 for LogSumExpGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let lse = contiguous_f32(s2, l2, self.name())?;
-        let g = contiguous_f32(s3, l3, self.name())?;
+        let [x, lse, g] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (_, cols) = l1.shape().dims2()?;
         let mut out = vec![0f32; x.len()];
         for (((row, o), &m), &gn) in x

@@ -133,6 +133,22 @@ impl Params {
         self.push(name, Var::from_vec(vec![value; n], shape, device)?)
     }
 
+    /// Registers a LayerNorm's `(γ, β)` pair of width `dim` at its initial values (γ = 1,
+    /// β = 0), named `{name}.{gamma}` and `{name}.{beta}` with the family's `(gamma, beta)`
+    /// suffixes.
+    pub fn layer_norm_pair(
+        &mut self,
+        name: &str,
+        (gamma, beta): (&str, &str),
+        dim: usize,
+        device: &Device,
+    ) -> candle_core::Result<(Var, Var)> {
+        Ok((
+            self.constant(&format!("{name}.{gamma}"), &[dim], 1.0, device)?,
+            self.constant(&format!("{name}.{beta}"), &[dim], 0.0, device)?,
+        ))
+    }
+
     /// Registers an existing tensor as a trainable variable (a copy of it).
     pub fn register(&mut self, name: &str, t: Tensor) -> candle_core::Result<Var> {
         self.push(name, Var::from_tensor(&t)?)
@@ -153,6 +169,15 @@ impl Params {
     pub fn count(&self) -> usize {
         self.vars.iter().map(|(_, v)| v.elem_count()).sum()
     }
+}
+
+/// Builds a model with every tensor zero: `with_params` gets a [`Params::shapes_only`]
+/// registry, a fixed stream and the CPU, so the model has its real shapes without the cost of
+/// drawing weights (for parameter counts).
+pub(crate) fn build_shapes_only<M>(
+    with_params: impl FnOnce(Params, &mut Rng, &Device) -> candle_core::Result<M>,
+) -> candle_core::Result<M> {
+    with_params(Params::shapes_only(), &mut Rng::new(0), &Device::Cpu)
 }
 
 /// A dense layer `y = x Wᵀ + b` with `W` stored as out × in (PyTorch `Linear` layout).

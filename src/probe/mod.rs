@@ -6,13 +6,15 @@
 //! is built and probed once per batch configuration; every proxy is then computed from the
 //! probe.
 
+use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
 
 use crate::array::Array;
 use crate::bench::{Arch, BenchKind, Benchmark, Entry};
@@ -279,6 +281,42 @@ pub struct LinearProbe {
     pub grad: Array,
 }
 
+impl LinearProbe {
+    /// The probe of one linear layer: its weight and that weight's gradient in `grads`.
+    fn new(
+        grads: &GradStore,
+        name: &str,
+        layer: Option<usize>,
+        role: LinearRole,
+        weight: &Var,
+    ) -> Result<Self> {
+        Ok(Self {
+            name: name.to_string(),
+            layer,
+            role,
+            weight: to_array(weight.as_tensor())?,
+            grad: grad_array(grads, weight.as_tensor())?,
+        })
+    }
+}
+
+/// The gradient of `t` in `grads` as an array; zeros of `t`'s shape when none reached it.
+fn grad_array(grads: &GradStore, t: &Tensor) -> Result<Array> {
+    match grads.get(t) {
+        Some(g) => Ok(to_array(g)?),
+        None => Ok(Array::full(t.dims().to_vec(), 0.0)),
+    }
+}
+
+/// Engine tensors as arrays, converted one at a time (owned tensors are freed as soon as they
+/// are converted).
+fn to_arrays<T: Borrow<Tensor>>(tensors: impl IntoIterator<Item = T>) -> Result<Vec<Array>> {
+    tensors
+        .into_iter()
+        .map(|t| Ok(to_array(t.borrow())?))
+        .collect()
+}
+
 /// What one forward + backward of one architecture exposes to proxies.
 ///
 /// Per family:
@@ -347,6 +385,13 @@ impl Probe {
     }
 }
 
+/// The weight and dropout streams of the architecture at `index`: derived from the seed and
+/// the index alone, so a probe never depends on which other architectures run.
+fn arch_streams(opts: &ProbeOptions, index: usize) -> (Rng, Rng) {
+    let stream = |label: u64| Rng::derive(opts.seed, &[label, index as u64]);
+    (stream(1), stream(2))
+}
+
 /// Builds and probes one FlexiBERT record. `index` (the architecture's position in the
 /// benchmark) selects the weight and dropout streams, so a result never depends on which
 /// other architectures run.
@@ -359,10 +404,9 @@ pub fn probe_flexibert(
     let start = Instant::now();
     let device = Device::Cpu;
     let config = Config::from_record(record, opts.sizes)?;
-    let mut weight_rng = Rng::derive(opts.seed, &[1, index as u64]);
+    let (mut weight_rng, mut dropout_rng) = arch_streams(opts, index);
     let model = FlexiBert::new(&config, &mut weight_rng, &device)?;
     let ids = batch.tensor(&device)?;
-    let mut dropout_rng = Rng::derive(opts.seed, &[2, index as u64]);
     let fwd = model.forward(&ids, opts.dropout.then_some(&mut dropout_rng))?;
     let loss: Tensor = match opts.grad_signal {
         GradSignal::Faithful => fwd.last_hidden.sum_all()?,
@@ -375,23 +419,15 @@ pub fn probe_flexibert(
         }
     };
     let grads = loss.backward()?;
-    let grad_of = |t: &Tensor| -> Result<Array> {
-        match grads.get(t) {
-            Some(g) => Ok(to_array(g)?),
-            None => Ok(Array::full(t.dims().to_vec(), 0.0)),
-        }
-    };
-    let convert =
-        |v: &[Tensor]| -> Result<Vec<Array>> { v.iter().map(|t| Ok(to_array(t)?)).collect() };
     let mut linears = Vec::new();
     for lin in model.linears() {
-        linears.push(LinearProbe {
-            name: lin.name.clone(),
-            layer: lin.layer,
-            role: lin.role,
-            weight: to_array(lin.weight.as_tensor())?,
-            grad: grad_of(lin.weight.as_tensor())?,
-        });
+        linears.push(LinearProbe::new(
+            &grads,
+            &lin.name,
+            lin.layer,
+            lin.role,
+            &lin.weight,
+        )?);
     }
     let mixers = || linears.iter().filter(|l| l.role == LinearRole::Mixer);
     let weight = mixers().map(|l| l.weight.clone()).collect();
@@ -403,12 +439,12 @@ pub fn probe_flexibert(
         grad,
         params: model.params().count(),
         param_groups: Vec::new(),
-        act: Arc::new(convert(&fwd.act)?),
-        head: Arc::new(convert(&fwd.head)?),
-        softmax: convert(&fwd.softmax)?,
-        mixer_outputs: Arc::new(convert(&fwd.mixer_outputs)?),
+        act: Arc::new(to_arrays(&fwd.act)?),
+        head: Arc::new(to_arrays(&fwd.head)?),
+        softmax: to_arrays(&fwd.softmax)?,
+        mixer_outputs: Arc::new(to_arrays(&fwd.mixer_outputs)?),
         linears,
-        position_grad: grad_of(model.position_table().as_tensor())?,
+        position_grad: grad_array(&grads, model.position_table().as_tensor())?,
         loss: loss.to_scalar::<f32>()? as f64,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -433,9 +469,8 @@ pub fn probe_gpt2(
         );
     }
     let (inputs, targets) = batch.shifted();
-    let mut weight_rng = Rng::derive(opts.seed, &[1, index as u64]);
+    let (mut weight_rng, mut dropout_rng) = arch_streams(opts, index);
     let model = Gpt2Flex::new(&config, &mut weight_rng, &device)?;
-    let mut dropout_rng = Rng::derive(opts.seed, &[2, index as u64]);
     let fwd = model.forward(
         &inputs,
         &targets,
@@ -444,23 +479,17 @@ pub fn probe_gpt2(
     )?;
     let loss = fwd.loss.to_scalar::<f32>()? as f64;
     let grads = fwd.loss.backward()?;
-    let grad_of = |t: &Tensor| -> Result<Array> {
-        match grads.get(t) {
-            Some(g) => Ok(to_array(g)?),
-            None => Ok(Array::full(t.dims().to_vec(), 0.0)),
-        }
-    };
     let mut linears = Vec::new();
     for conv in model.conv1ds() {
-        linears.push(LinearProbe {
-            name: conv.name.clone(),
-            layer: Some(conv.layer),
-            role: conv.role,
-            weight: to_array(conv.weight.as_tensor())?,
-            grad: grad_of(conv.weight.as_tensor())?,
-        });
+        linears.push(LinearProbe::new(
+            &grads,
+            &conv.name,
+            Some(conv.layer),
+            conv.role,
+            &conv.weight,
+        )?);
     }
-    let position_grad = grad_of(model.position_table().as_tensor())?;
+    let position_grad = grad_array(&grads, model.position_table().as_tensor())?;
     drop(grads);
     // The captured outputs are detached: dropping the loss and the hidden state frees the
     // autograd graph before the captures are converted.
@@ -471,10 +500,7 @@ pub fn probe_gpt2(
         attention,
     } = fwd;
     drop((loss_tensor, hidden));
-    let convert = |v: Vec<Tensor>| -> Result<Vec<Array>> {
-        v.into_iter().map(|t| Ok(to_array(&t)?)).collect()
-    };
-    let outputs = Arc::new(convert(conv_outputs)?);
+    let outputs = Arc::new(to_arrays(conv_outputs)?);
     Ok(Probe {
         key: record.key.clone(),
         family: BenchKind::Gpt2,
@@ -483,7 +509,7 @@ pub fn probe_gpt2(
         act: outputs.clone(),
         head: outputs.clone(),
         mixer_outputs: outputs,
-        softmax: convert(attention)?,
+        softmax: to_arrays(attention)?,
         weight: linears.iter().map(|l| l.weight.clone()).collect(),
         grad: linears.iter().map(|l| l.grad.clone()).collect(),
         linears,
