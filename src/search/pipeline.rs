@@ -139,7 +139,7 @@ pub fn search_benchmark(
             let (c, _) = correlate(&values);
             if let Some(dir) = &job.out {
                 let title = format!(
-                    "{best_text} on {n_held} held-out {} architectures",
+                    "best proxy on {n_held} held-out {} architectures",
                     bench.kind
                 );
                 write(
