@@ -170,7 +170,7 @@ struct SearchArgs {
     /// Proxy structure.
     #[arg(long, default_value = "tree")]
     structure: String,
-    /// Unary operations per branch (tree) .
+    /// Unary operations per branch (tree structure).
     #[arg(long, default_value_t = 2)]
     n_unary: usize,
     /// Rule-based pruning on or off.
