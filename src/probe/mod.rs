@@ -208,12 +208,6 @@ impl Batch {
         Ok(Self { ids, rows, cols })
     }
 
-    /// The FlexiBERT batch under `opts`; the same as
-    /// `Batch::for_bench(BenchKind::Flexibert, opts)` (kept for callers that predate GPT-2).
-    pub fn for_options(opts: &ProbeOptions) -> Result<Self> {
-        Self::for_bench(BenchKind::Flexibert, opts)
-    }
-
     /// The batch for a benchmark family under `opts` (corpus when given, else synthetic):
     /// FlexiBERT `batch × seq_len` ids (seq_len ≤ 512); GPT-2 `batch × (seq_len + 1)` ids
     /// (seq_len ≤ 192), Zipf-distributed or the first ids of the corpus.
@@ -617,7 +611,7 @@ pub fn calibration_seconds(reps: usize) -> Result<f64> {
         seq_len: 128,
         ..ProbeOptions::default()
     };
-    let batch = Batch::for_options(&opts)?;
+    let batch = Batch::for_bench(BenchKind::Flexibert, &opts)?;
     let mut times: Vec<f64> = Vec::new();
     for _ in 0..reps.max(1) {
         times.push(probe_flexibert(&record, 0, &opts, &batch)?.seconds);
