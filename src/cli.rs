@@ -30,6 +30,9 @@ enum Command {
     /// Search for a proxy with genetic programming (LPZero) and evaluate it on held-out
     /// architectures.
     Search(SearchArgs),
+    /// Every published human-designed proxy on a benchmark in one table (Markdown, JSON, CSV,
+    /// SVG), from one probe per architecture plus the extra passes some proxies need.
+    Baselines(BaselinesArgs),
     /// Measure probe speed and memory (a benchmark, not a test).
     Bench(BenchArgs),
 }
@@ -100,6 +103,7 @@ impl ProbeArgs {
             sizes: self.sizes,
             dropout: self.dropout == OnOff::On,
             corpus: self.corpus.clone(),
+            extra_passes: false,
         })
     }
 
@@ -147,6 +151,30 @@ struct ScoreArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print exactly one JSON object (the summary) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BaselinesArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    /// Architectures (e.g. `0..50`, `0..10,42`, `all`).
+    #[arg(long, default_value = "all")]
+    archs: String,
+    /// Output folder for baselines.{md,json,csv,svg} [default: baselines-<bench>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Comma-separated proxies of the suite to leave out (e.g. `synaptic_diversity`).
+    #[arg(long, default_value = "")]
+    skip: String,
+    /// More proxies to rank alongside the suite, as for `score --proxy`: genotype names or
+    /// expressions (e.g. `lpzero_gpt2`, or a discovered proxy's text).
+    #[arg(long = "with")]
+    with: Option<String>,
+    /// Print the summary (baselines.json) on stdout instead of the table.
     #[arg(long)]
     json: bool,
 }
@@ -219,6 +247,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Params(a) => params(a),
         Command::Score(a) => score(a),
         Command::Search(a) => search(a),
+        Command::Baselines(a) => baselines(a),
         Command::Bench(a) => bench_cmd(a),
     }
 }
@@ -297,22 +326,29 @@ fn score(a: ScoreArgs) -> Result<()> {
         report::write_csv_file(path, &header, &rows)?;
     }
     if a.json {
-        let value = if table.summaries.len() == 1 {
-            let s = &table.summaries[0];
+        // Besides the oriented correlations, the raw ones against the benchmark's own column
+        // (GPT-2: `valid_ppl`, so the sign flips).
+        let (raw_name, sign) = bench.kind.raw_truth();
+        let proxy_json = |s: &scoring::ProxySummary| {
             serde_json::json!({
-                "bench": bench.kind.name(), "proxy": s.proxy, "n": s.n,
-                "kendall": report::json_number(s.kendall), "spearman": report::json_number(s.spearman),
-                "seconds": table.seconds, "non_finite": s.non_finite, "top10_overlap": report::json_number(s.top10_overlap),
-                "orientation": s.orientation,
+                "proxy": s.proxy, "kendall": report::json_number(s.kendall),
+                "spearman": report::json_number(s.spearman), "non_finite": s.non_finite,
+                "top10_overlap": report::json_number(s.top10_overlap), "orientation": s.orientation,
+                "raw_truth": raw_name,
+                "spearman_raw": report::json_number(sign * s.spearman),
+                "kendall_raw": report::json_number(sign * s.kendall),
             })
+        };
+        let value = if table.summaries.len() == 1 {
+            let mut v = proxy_json(&table.summaries[0]);
+            v["bench"] = serde_json::json!(bench.kind.name());
+            v["n"] = serde_json::json!(table.summaries[0].n);
+            v["seconds"] = serde_json::json!(table.seconds);
+            v
         } else {
             serde_json::json!({
                 "bench": bench.kind.name(), "n": table.keys.len(), "seconds": table.seconds,
-                "proxies": table.summaries.iter().map(|s| serde_json::json!({
-                    "proxy": s.proxy, "kendall": report::json_number(s.kendall),
-                    "spearman": report::json_number(s.spearman), "non_finite": s.non_finite,
-                    "top10_overlap": report::json_number(s.top10_overlap), "orientation": s.orientation,
-                })).collect::<Vec<_>>(),
+                "proxies": table.summaries.iter().map(proxy_json).collect::<Vec<_>>(),
             })
         };
         println!("{}", serde_json::to_string(&value)?);
@@ -334,6 +370,47 @@ fn score(a: ScoreArgs) -> Result<()> {
                 s.proxy, s.spearman, s.kendall, s.top10_overlap, s.non_finite
             );
         }
+    }
+    Ok(())
+}
+
+fn baselines(a: BaselinesArgs) -> Result<()> {
+    let bench = load(&a.data)?;
+    let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
+    let skip: Vec<String> = a
+        .skip
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut proxies = lpzero::baselines::suite(bench.kind, &skip)?;
+    if let Some(extra) = &a.with {
+        proxies.extend(Proxy::parse_list(extra, bench.kind).context("--with")?);
+    }
+    let opts = ProbeOptions {
+        extra_passes: true,
+        ..a.probe.options(bench.kind)?
+    };
+    let threads = a.probe.threads();
+    set_engine_threads(threads);
+    let bar = report::progress(selection.len(), "probing", a.json);
+    let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let agreement = lpzero::baselines::reference_agreement(&bench, &table)?;
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("baselines-{}", bench.kind.name())));
+    lpzero::baselines::write(&dir, &bench, &table, &agreement, threads)?;
+    if a.json {
+        let text = std::fs::read_to_string(dir.join("baselines.json"))
+            .with_context(|| format!("{}: cannot read back baselines.json", dir.display()))?;
+        println!("{}", text.trim_end());
+    } else {
+        let md = std::fs::read_to_string(dir.join("baselines.md"))
+            .with_context(|| format!("{}: cannot read back baselines.md", dir.display()))?;
+        println!("{}", md.trim_end());
+        eprintln!("wrote {}/baselines.{{md,json,csv,svg}}", dir.display());
     }
     Ok(())
 }

@@ -2,9 +2,11 @@
 //!
 //! The library is organised after the data flow: `bench` loads benchmarks and ground truth,
 //! `models` builds randomly initialised networks, `probe` runs them once and keeps plain arrays,
-//! `proxy` turns probes into scores, `stats` compares scores with ground truth.
+//! `proxy` turns probes into scores, `stats` compares scores with ground truth; `scoring`,
+//! `baselines` and `search` are the jobs built from these.
 
 pub mod array;
+pub mod baselines;
 pub mod bench;
 pub mod linalg;
 pub mod models;

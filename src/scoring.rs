@@ -65,10 +65,14 @@ impl Proxy {
     }
 
     /// Parses a `;`-separated list, or a `,`-separated list of names (`all` = every built-in
-    /// proxy of the family and its published LPZero genotypes).
+    /// proxy of the family computed from the probe's single pass, and the family's published
+    /// LPZero genotypes; `lpzero baselines` adds the extra-pass baselines).
     pub fn parse_list(text: &str, kind: BenchKind) -> Result<Vec<Self>> {
         if text.trim() == "all" {
-            let mut all: Vec<Self> = builtin::for_family(kind).map(Proxy::Builtin).collect();
+            let mut all: Vec<Self> = builtin::for_family(kind)
+                .filter(|b| !b.extra_passes)
+                .map(Proxy::Builtin)
+                .collect();
             let genotypes: &[&str] = match kind {
                 BenchKind::Flexibert => &["lpzero_bert", "lpzero_csv_bert"],
                 BenchKind::Gpt2 => &["lpzero_gpt2"],
@@ -99,6 +103,11 @@ impl Proxy {
             Proxy::Builtin(b) => b.orientation,
             Proxy::Expr { orientation, .. } => *orientation,
         }
+    }
+
+    /// True when the proxy needs the probe's extra passes.
+    pub fn needs_extra_passes(&self) -> bool {
+        matches!(self, Proxy::Builtin(b) if b.extra_passes)
     }
 
     /// The proxy's value on a probe (may be NaN or infinite: a handled outcome).
@@ -142,8 +151,12 @@ pub struct ScoreTable {
     pub names: Vec<String>,
     /// Correlations, parallel to `values`.
     pub summaries: Vec<ProxySummary>,
-    /// Seconds spent probing (sum over architectures, all threads).
+    /// Seconds spent probing (sum over architectures, all threads), extra passes excluded.
     pub probe_seconds: f64,
+    /// Seconds spent computing each proxy (sum over architectures), parallel to `values`;
+    /// a proxy's extra pass counts here (Synflow's pass is split between `synflow` and
+    /// `logsynflow`).
+    pub proxy_seconds: Vec<f64>,
     /// Wall-clock seconds of the whole scoring.
     pub seconds: f64,
 }
@@ -179,32 +192,52 @@ pub fn score(
             values: vec![vals; proxies.len()],
             summaries,
             probe_seconds: 0.0,
+            proxy_seconds: vec![0.0; proxies.len()],
             seconds: start.elapsed().as_secs_f64(),
         });
     }
+    let opts = &ProbeOptions {
+        extra_passes: opts.extra_passes || proxies.iter().any(Proxy::needs_extra_passes),
+        ..opts.clone()
+    };
     let rows = probe_map(
         bench,
         selection,
         opts,
         threads,
         |_, probe| {
-            Ok((
-                probe.seconds,
-                proxies
-                    .iter()
-                    .map(|p| p.compute(&probe))
-                    .collect::<Vec<f64>>(),
-            ))
+            let mut probe_secs = probe.seconds;
+            let timed: Vec<(f64, f64)> = proxies
+                .iter()
+                .map(|p| {
+                    let start = Instant::now();
+                    let v = p.compute(&probe);
+                    let mut secs = start.elapsed().as_secs_f64();
+                    if let (Some(ex), Proxy::Builtin(b)) = (&probe.extras, p) {
+                        let pass = match b.name {
+                            "grasp" => ex.grasp_seconds,
+                            "synflow" | "logsynflow" => ex.synflow_seconds / 2.0,
+                            _ => 0.0,
+                        };
+                        secs += pass;
+                        probe_secs -= pass;
+                    }
+                    (v, secs)
+                })
+                .collect();
+            Ok((probe_secs.max(0.0), timed))
         },
         on_done,
     )?;
     let truth = bench.truths(selection);
     let mut values = vec![Vec::with_capacity(rows.len()); proxies.len()];
+    let mut proxy_seconds = vec![0.0; proxies.len()];
     let mut probe_seconds = 0.0;
     for (secs, row) in &rows {
         probe_seconds += secs;
-        for (p, v) in row.iter().enumerate() {
+        for (p, (v, t)) in row.iter().enumerate() {
             values[p].push(*v);
+            proxy_seconds[p] += t;
         }
     }
     let summaries = proxies
@@ -222,6 +255,7 @@ pub fn score(
         values,
         summaries,
         probe_seconds,
+        proxy_seconds,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -317,3 +317,141 @@ fn search_writes_run_directory_and_summary() {
         "{err}"
     );
 }
+
+#[test]
+fn baselines_write_every_file_and_check_the_reference() {
+    let dir = common::fixture_data_dir("baselines", &common::fixture_records());
+    let d = dir.to_str().unwrap();
+    // A reference file whose parameter column holds our own counts: agreement must be 1.
+    let out = lpzero(&["params", "--data-dir", d]);
+    let counts = String::from_utf8(out.stdout).unwrap();
+    let columns = [
+        "Synaptic Diversity",
+        "Synaptic Saliency",
+        "Activation Distance Normalized",
+        "Jacobian Score",
+        "Jacobian Score Normalized",
+        "Number of Parameters",
+        "Head Importance",
+        "Head Confidence",
+        "Head Softmax Confidence",
+    ];
+    let mut reference = format!("ID,GLUE Score,{}\n", columns.join(","));
+    for line in counts.lines().skip(1) {
+        let (id, total) = line.split_once(',').unwrap();
+        let mut row = vec![id.to_string(), "70".to_string()];
+        for c in columns {
+            row.push(if c == "Number of Parameters" {
+                total.to_string()
+            } else {
+                id.to_string()
+            });
+        }
+        reference.push_str(&(row.join(",") + "\n"));
+    }
+    std::fs::write(dir.join("flexibert/reference_proxy_scores.csv"), reference).unwrap();
+    let out_dir = dir.join("bl");
+    let o = out_dir.to_str().unwrap();
+    let args = [
+        "baselines",
+        "--data-dir",
+        d,
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--out",
+        o,
+        "--json",
+        "--with",
+        "lpzero_bert",
+    ];
+    let out = lpzero(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["n"], 4);
+    let proxies = v["proxies"].as_array().unwrap();
+    let names: Vec<&str> = proxies
+        .iter()
+        .map(|p| p["proxy"].as_str().unwrap())
+        .collect();
+    for name in [
+        "grasp",
+        "synflow",
+        "fisher",
+        "jacob_cov_relu",
+        "eznas",
+        "w_pca",
+        "lpzero_bert",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    assert!(!names.contains(&"decoder_params"));
+    let params = proxies.iter().find(|p| p["proxy"] == "params").unwrap();
+    let agreement = params["reference_spearman"].as_f64().unwrap();
+    assert!((agreement - 1.0).abs() < 1e-12, "{agreement}");
+    assert_eq!(params["reference_column"], "Number of Parameters");
+    let grasp = proxies.iter().find(|p| p["proxy"] == "grasp").unwrap();
+    assert!(grasp["reference_spearman"].is_null());
+    assert_eq!(grasp["orientation"], "lower_is_better");
+    // Extra-pass proxies got real values on every architecture.
+    let csv = std::fs::read_to_string(out_dir.join("baselines.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(header[0], "id");
+    assert_eq!(header[1..], names[..]);
+    assert_eq!(csv.lines().count(), 5);
+    let col = header.iter().position(|&h| h == "synflow").unwrap();
+    for line in csv.lines().skip(1) {
+        let x: f64 = line.split(',').nth(col).unwrap().parse().unwrap();
+        assert!(x.is_finite() && x > 0.0, "synflow {x}");
+    }
+    // The extra passes (which leave the weights absolute) do not leak into the single-pass
+    // proxies: `score` without them gives the same values.
+    let single = dir.join("single.csv");
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--proxy",
+        "snip,synaptic_diversity,head_confidence",
+        "--out",
+        single.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let single = std::fs::read_to_string(&single).unwrap();
+    let single_header: Vec<&str> = single.lines().next().unwrap().split(',').collect();
+    for name in ["snip", "synaptic_diversity", "head_confidence"] {
+        let a = header.iter().position(|h| *h == name).unwrap();
+        let b = single_header.iter().position(|h| *h == name).unwrap();
+        for (x, y) in csv.lines().zip(single.lines()).skip(1) {
+            assert_eq!(x.split(',').nth(a), y.split(',').nth(b), "{name}");
+        }
+    }
+    let md = std::fs::read_to_string(out_dir.join("baselines.md")).unwrap();
+    assert!(md.contains("| grasp | lower |"), "{md}");
+    let svg = std::fs::read_to_string(out_dir.join("baselines.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("synflow"));
+    // Same seed, same table.
+    let again = lpzero(&args);
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("baselines.csv")).unwrap(),
+        csv
+    );
+    // An unknown --skip name is an error that names it.
+    let bad = lpzero(&["baselines", "--data-dir", d, "--skip", "nope", "--out", o]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("`nope`"));
+}

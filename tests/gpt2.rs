@@ -550,3 +550,37 @@ fn zipf_batch_and_corpus() {
     assert!(err.contains("50264"), "{err}");
     let _ = std::fs::remove_file(Path::new(&path));
 }
+
+#[test]
+fn score_json_reports_the_raw_correlation_with_perplexity() {
+    let data = write("cli-raw", &fixture());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lpzero"))
+        .args([
+            "score",
+            "--bench",
+            "gpt2",
+            "--proxy",
+            "params",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["raw_truth"], "valid_ppl");
+    let (rho, raw) = (
+        v["spearman"].as_f64().unwrap(),
+        v["spearman_raw"].as_f64().unwrap(),
+    );
+    assert!(rho.abs() > 0.0 && raw == -rho, "{v}");
+    assert_eq!(
+        v["kendall_raw"].as_f64().unwrap(),
+        -v["kendall"].as_f64().unwrap()
+    );
+}

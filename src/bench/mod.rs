@@ -23,6 +23,16 @@ pub enum BenchKind {
 }
 
 impl BenchKind {
+    /// The benchmark's own ground-truth column and the sign that orients it (higher = better):
+    /// `("glue", 1)` or `("valid_ppl", −1)`. A correlation against the oriented truth times the
+    /// sign is the raw correlation against that column.
+    pub fn raw_truth(self) -> (&'static str, f64) {
+        match self {
+            BenchKind::Flexibert => ("glue", 1.0),
+            BenchKind::Gpt2 => ("valid_ppl", -1.0),
+        }
+    }
+
     /// The name used on the command line and in outputs.
     pub fn name(self) -> &'static str {
         match self {

@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor, Var, D};
 
-use super::{dropout, layer_norm, Init, Linear, LinearRole, Params};
+use super::{dropout, layer_norm, Init, Linear, LinearRole, Params, TapSite, Taps};
 use crate::bench::flexibert::{Mixer, Record};
 use crate::rng::Rng;
 
@@ -153,6 +153,7 @@ pub struct FlexiBert {
     emb_ln: (Var, Var),
     projection: Option<Linear>,
     layers: Vec<EncoderLayer>,
+    taps: Taps,
 }
 
 /// What one forward pass exposes to a probe (engine tensors; the probe converts them).
@@ -258,6 +259,7 @@ impl FlexiBert {
             emb_ln,
             projection,
             layers,
+            taps: Taps::default(),
         })
     }
 
@@ -409,6 +411,16 @@ impl FlexiBert {
         &self.params
     }
 
+    /// Gradient taps on every linear output and on the word embeddings (off by default).
+    pub fn taps(&self) -> &Taps {
+        &self.taps
+    }
+
+    /// `lin` applied to `x`, through a tap.
+    fn lin(&self, lin: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.taps.tap(lin.tap_site(), lin.forward(x)?)
+    }
+
     /// The position-embedding table (its gradient feeds the Jacobian proxies).
     pub fn position_table(&self) -> &Var {
         &self.position
@@ -449,23 +461,35 @@ impl FlexiBert {
     pub fn forward(
         &self,
         ids: &Tensor,
-        mut dropout_rng: Option<&mut Rng>,
+        dropout_rng: Option<&mut Rng>,
     ) -> candle_core::Result<Forward> {
         let (b, t) = ids.dims2()?;
-        let c = &self.config;
-        let p = c.dropout;
         let words = self
             .word
             .as_tensor()
             .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, c.embedding_size))?;
+            .reshape((b, t, self.config.embedding_size))?;
+        self.forward_words(words, dropout_rng)
+    }
+
+    /// The forward pass from word embeddings `words` (B × T × embedding width) instead of
+    /// ids: position and token-type embeddings are added as usual (Synflow feeds all ones).
+    pub fn forward_words(
+        &self,
+        words: Tensor,
+        mut dropout_rng: Option<&mut Rng>,
+    ) -> candle_core::Result<Forward> {
+        let (_, t, _) = words.dims3()?;
+        let c = &self.config;
+        let p = c.dropout;
+        let words = self.taps.tap(TapSite::Embedding, words)?;
         let pos = self.position.as_tensor().narrow(0, 0, t)?;
         let typ = self.token_type.as_tensor().narrow(0, 0, 1)?;
         let e = words.broadcast_add(&pos.broadcast_add(&typ)?)?;
         let e = layer_norm(&e, &self.emb_ln.0, &self.emb_ln.1, c.layer_norm_eps)?;
         let e = dropout(&e, p, dropout_rng.as_deref_mut())?;
         let mut x = match &self.projection {
-            Some(proj) => proj.forward(&e)?,
+            Some(proj) => self.lin(proj, &e)?,
             None => e,
         };
         let mut fwd = Forward {
@@ -479,17 +503,21 @@ impl FlexiBert {
             let mixed = self.mixer_forward(layer, &x, &mut fwd, dropout_rng.as_deref_mut())?;
             let a = match &layer.output {
                 Some((dense, g, beta)) => {
-                    let y = dropout(&dense.forward(&mixed)?, p, dropout_rng.as_deref_mut())?;
+                    let y = dropout(&self.lin(dense, &mixed)?, p, dropout_rng.as_deref_mut())?;
                     layer_norm(&(y + &x)?, g, beta, c.layer_norm_eps)?
                 }
                 None => mixed,
             };
             let mut z = a.clone();
             for dense in &layer.ffn {
-                z = dense.forward(&z)?.gelu_erf()?;
+                z = self.lin(dense, &z)?.gelu_erf()?;
                 fwd.act.push(z.clone());
             }
-            let y = dropout(&layer.ffn_out.forward(&z)?, p, dropout_rng.as_deref_mut())?;
+            let y = dropout(
+                &self.lin(&layer.ffn_out, &z)?,
+                p,
+                dropout_rng.as_deref_mut(),
+            )?;
             x = layer_norm(
                 &(y + &a)?,
                 &layer.ffn_ln.0,
@@ -512,19 +540,19 @@ impl FlexiBert {
         let heads = layer.heads;
         match &layer.mixer {
             MixerParams::Attention { q, k, v, ww } => {
-                let qo = q.forward(x)?;
+                let qo = self.lin(q, x)?;
                 fwd.head.push(qo.clone());
                 fwd.mixer_outputs.push(qo.clone());
                 let query = match ww {
                     Some(ww) => {
-                        let w = ww.forward(&qo)?;
+                        let w = self.lin(ww, &qo)?;
                         fwd.mixer_outputs.push(w.clone());
                         w
                     }
                     None => qo,
                 };
-                let ko = k.forward(x)?;
-                let vo = v.forward(x)?;
+                let ko = self.lin(k, x)?;
+                let vo = self.lin(v, x)?;
                 fwd.mixer_outputs.push(ko.clone());
                 fwd.mixer_outputs.push(vo.clone());
                 let (ctx, probs) =
@@ -533,7 +561,7 @@ impl FlexiBert {
                 Ok(ctx)
             }
             MixerParams::Transform { input, dct } => {
-                let u = input.forward(x)?;
+                let u = self.lin(input, x)?;
                 fwd.head.push(u.clone());
                 fwd.mixer_outputs.push(u.clone());
                 let (b, t, h) = u.dims3()?;
@@ -561,9 +589,9 @@ impl FlexiBert {
                 let d_a = h / heads;
                 let a = heads_a * d_a;
                 let pad = (kernel - 1) / 2;
-                let qo = q.forward(x)?;
-                let ko = k.forward(x)?;
-                let vo = v.forward(x)?;
+                let qo = self.lin(q, x)?;
+                let ko = self.lin(k, x)?;
+                let vo = self.lin(v, x)?;
                 fwd.head.push(qo.clone());
                 fwd.mixer_outputs
                     .extend([qo.clone(), ko.clone(), vo.clone()]);
@@ -580,11 +608,11 @@ impl FlexiBert {
                     .broadcast_add(sep_bias.as_tensor())?
                     .reshape((b, t, a))?;
                 let gate = (ks * &qo)?;
-                let cw = kernel_layer
-                    .forward(&gate)?
+                let cw = self
+                    .lin(kernel_layer, &gate)?
                     .reshape((b, t, heads_a, *kernel))?;
                 let cw = candle_nn::ops::softmax(&cw, D::Minus1)?;
-                let o = conv_out.forward(x)?;
+                let o = self.lin(conv_out, x)?;
                 let opad = o.pad_with_zeros(1, pad, pad)?;
                 let mut conv = Tensor::zeros((b, t, heads_a, d_a), x.dtype(), x.device())?;
                 for u in 0..*kernel {

@@ -23,7 +23,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor, Var,
 };
 
-use super::{dropout, LinearRole, Params};
+use super::{dropout, LinearRole, Params, TapSite, Taps};
 use crate::bench::gpt2::{clean_cutoffs, Record};
 use crate::rng::Rng;
 
@@ -255,6 +255,15 @@ impl Conv1D {
         self.weight.dims()[1]
     }
 
+    /// Where a tap on this layer's output sits.
+    pub fn tap_site(&self) -> TapSite {
+        TapSite::Linear {
+            role: self.role,
+            in_dim: self.in_dim(),
+            out_dim: self.out_dim(),
+        }
+    }
+
     /// Applies the layer over the last axis of `x` (any leading shape).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut dims = x.dims().to_vec();
@@ -297,6 +306,7 @@ pub struct Gpt2Flex {
     out_biases: Vec<Var>,
     /// Per cluster, an output projection of its own (untied clusters that need one).
     out_projs: Vec<Option<Var>>,
+    taps: Taps,
 }
 
 /// What one forward pass exposes to a probe (engine tensors; the probe converts them).
@@ -479,6 +489,7 @@ impl Gpt2Flex {
             out_tables,
             out_biases,
             out_projs,
+            taps: Taps::default(),
         })
     }
 
@@ -490,6 +501,25 @@ impl Gpt2Flex {
     /// Every trainable tensor (tied tensors once).
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// Gradient taps on every Conv1D output and on the scaled word embeddings (off by
+    /// default).
+    pub fn taps(&self) -> &Taps {
+        &self.taps
+    }
+
+    /// `conv` applied to `x`, through a tap.
+    fn conv(&self, conv: &Conv1D, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.taps.tap(conv.tap_site(), conv.forward(x)?)
+    }
+
+    /// Σ over rows of the head-cluster logits (shortlist and cluster columns, projection and
+    /// bias, no log-softmax) of final hidden states `z` (N × D): Synflow's readout.
+    pub fn head_logits_sum(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        let (w_head, b_head) = self.head_weight()?;
+        let hp = self.project_out(z, 0)?;
+        hp.matmul(&w_head.t()?)?.broadcast_add(&b_head)?.sum_all()
     }
 
     /// The position table `wpe` (n_positions × D).
@@ -681,7 +711,7 @@ impl Gpt2Flex {
         inputs: &[u32],
         targets: &[u32],
         (rows, cols): (usize, usize),
-        mut dropout_rng: Option<&mut Rng>,
+        dropout_rng: Option<&mut Rng>,
     ) -> candle_core::Result<Forward> {
         let c = &self.config;
         let device = self.wpe.device().clone();
@@ -691,12 +721,6 @@ impl Gpt2Flex {
                 "expected {rows} × {cols} inputs and targets, got {} and {}",
                 inputs.len(),
                 targets.len()
-            )));
-        }
-        if cols > c.n_positions {
-            return Err(candle_core::Error::Msg(format!(
-                "sequence length {cols} exceeds the {} positions of the model",
-                c.n_positions
             )));
         }
         if let Some(&bad) = inputs
@@ -709,31 +733,15 @@ impl Gpt2Flex {
                 c.n_token
             )));
         }
-        let d = c.d_model;
-        let p = c.dropout;
-        let emb = self.embed(inputs, &device)?.reshape((rows, cols, d))?;
-        let pos = self.wpe.as_tensor().narrow(0, 0, cols)?;
-        let mut h = emb.broadcast_add(&pos)?;
-        let mut conv_outputs = Vec::with_capacity(4 * self.blocks.len());
-        let mut attention = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
-            let u = layer_norm(&h, &block.ln_1, c.layer_norm_eps)?;
-            let qkv = block.c_attn.forward(&u)?;
-            let (ctx, probs) = causal_attention(&qkv, block.heads)?;
-            let a = block.attn_proj.forward(&ctx)?;
-            conv_outputs.push(qkv.detach());
-            attention.push(probs.detach());
-            conv_outputs.push(a.detach());
-            h = (h + dropout(&a, p, dropout_rng.as_deref_mut())?)?;
-            let m = layer_norm(&h, &block.ln_2, c.layer_norm_eps)?;
-            let f = block.c_fc.forward(&m)?;
-            let o = block.mlp_proj.forward(&gelu_new(&f)?)?;
-            conv_outputs.push(f.detach());
-            conv_outputs.push(o.detach());
-            h = (h + dropout(&o, p, dropout_rng.as_deref_mut())?)?;
-        }
-        let hidden = layer_norm(&h, &self.ln_f, c.layer_norm_eps)?;
-        let z = hidden.reshape((n, d))?;
+        let emb = self
+            .embed(inputs, &device)?
+            .reshape((rows, cols, c.d_model))?;
+        let Decoded {
+            hidden,
+            conv_outputs,
+            attention,
+        } = self.decode(emb, dropout_rng)?;
+        let z = hidden.reshape((n, c.d_model))?;
         let loss = self.nll_sum(&z, targets)?.affine(1.0 / n as f64, 0.0)?;
         Ok(Forward {
             loss,
@@ -742,6 +750,61 @@ impl Gpt2Flex {
             attention,
         })
     }
+
+    /// The blocks and the final LayerNorm on word embeddings `emb` (B × T × D, already scaled
+    /// by √D); positions are added here. Synflow feeds all ones.
+    pub fn decode(
+        &self,
+        emb: Tensor,
+        mut dropout_rng: Option<&mut Rng>,
+    ) -> candle_core::Result<Decoded> {
+        let c = &self.config;
+        let (_, cols, _) = emb.dims3()?;
+        if cols > c.n_positions {
+            return Err(candle_core::Error::Msg(format!(
+                "sequence length {cols} exceeds the {} positions of the model",
+                c.n_positions
+            )));
+        }
+        let p = c.dropout;
+        let emb = self.taps.tap(TapSite::Embedding, emb)?;
+        let pos = self.wpe.as_tensor().narrow(0, 0, cols)?;
+        let mut h = emb.broadcast_add(&pos)?;
+        let mut conv_outputs = Vec::with_capacity(4 * self.blocks.len());
+        let mut attention = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let u = layer_norm(&h, &block.ln_1, c.layer_norm_eps)?;
+            let qkv = self.conv(&block.c_attn, &u)?;
+            let (ctx, probs) = causal_attention(&qkv, block.heads)?;
+            let a = self.conv(&block.attn_proj, &ctx)?;
+            conv_outputs.push(qkv.detach());
+            attention.push(probs.detach());
+            conv_outputs.push(a.detach());
+            h = (h + dropout(&a, p, dropout_rng.as_deref_mut())?)?;
+            let m = layer_norm(&h, &block.ln_2, c.layer_norm_eps)?;
+            let f = self.conv(&block.c_fc, &m)?;
+            let o = self.conv(&block.mlp_proj, &gelu_new(&f)?)?;
+            conv_outputs.push(f.detach());
+            conv_outputs.push(o.detach());
+            h = (h + dropout(&o, p, dropout_rng.as_deref_mut())?)?;
+        }
+        let hidden = layer_norm(&h, &self.ln_f, c.layer_norm_eps)?;
+        Ok(Decoded {
+            hidden,
+            conv_outputs,
+            attention,
+        })
+    }
+}
+
+/// The decoder's output before the softmax (see [`Gpt2Flex::decode`]).
+pub struct Decoded {
+    /// Output of the final LayerNorm, B × T × D.
+    pub hidden: Tensor,
+    /// As [`Forward::conv_outputs`].
+    pub conv_outputs: Vec<Tensor>,
+    /// As [`Forward::attention`].
+    pub attention: Vec<Tensor>,
 }
 
 /// `Σ_e x[n,e] w[c_n,e] + b[c_n]` for each row n: the logit of column `c_n`, without

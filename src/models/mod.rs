@@ -246,6 +246,20 @@ impl Linear {
         self.weight.dims()[0]
     }
 
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// Where a tap on this layer's output sits.
+    pub fn tap_site(&self) -> TapSite {
+        TapSite::Linear {
+            role: self.role,
+            in_dim: self.in_dim(),
+            out_dim: self.out_dim(),
+        }
+    }
+
     /// Applies the layer over the last axis of `x` (any leading shape).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -259,6 +273,72 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.out_dim();
         y.reshape(out_dims)
+    }
+}
+
+/// What a gradient tap sits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapSite {
+    /// The output of a linear layer (FlexiBERT `Linear` or GPT-2 `Conv1D`).
+    Linear {
+        /// The layer's role.
+        role: LinearRole,
+        /// Input width.
+        in_dim: usize,
+        /// Output width.
+        out_dim: usize,
+    },
+    /// The word-embedding output that enters the network (B × T × width).
+    Embedding,
+}
+
+/// One tapped activation: its value and the zero variable added to it, whose gradient after
+/// a backward pass is ∂ℒ/∂(activation).
+pub struct Tap {
+    /// Where the tap sits.
+    pub site: TapSite,
+    /// The activation (detached).
+    pub value: Tensor,
+    /// The zero-valued variable added to the activation.
+    pub var: Var,
+}
+
+/// Gradient taps on intermediate activations.
+///
+/// candle keeps gradients for variables only, so to read ∂ℒ/∂a for an activation `a` (Fisher,
+/// the input Jacobian) a model adds a zero-valued variable to `a` when taps are on. Off by
+/// default: then a tap is the identity and costs nothing.
+#[derive(Default)]
+pub struct Taps {
+    on: std::sync::atomic::AtomicBool,
+    taps: std::sync::Mutex<Vec<Tap>>,
+}
+
+impl Taps {
+    /// Switches tapping on or off for the following forward passes.
+    pub fn set_enabled(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns `x` (plus a recorded zero variable when taps are on).
+    pub fn tap(&self, site: TapSite, x: Tensor) -> candle_core::Result<Tensor> {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(x);
+        }
+        let var = Var::zeros(x.dims(), x.dtype(), x.device())?;
+        let y = (&x + var.as_tensor())?;
+        let mut taps = self.taps.lock().unwrap_or_else(|e| e.into_inner());
+        taps.push(Tap {
+            site,
+            value: x.detach(),
+            var,
+        });
+        Ok(y)
+    }
+
+    /// Takes the taps recorded so far (execution order), leaving none.
+    pub fn take(&self) -> Vec<Tap> {
+        std::mem::take(&mut *self.taps.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

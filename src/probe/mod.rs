@@ -6,6 +6,8 @@
 //! is built and probed once per batch configuration; every proxy is then computed from the
 //! probe.
 
+pub mod passes;
+
 use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,6 +60,9 @@ pub struct ProbeOptions {
     pub dropout: bool,
     /// Token ids from a file instead of the synthetic batch.
     pub corpus: Option<PathBuf>,
+    /// Also run the extra passes of the baselines that need them (Fisher, GraSP, Synflow, ...;
+    /// see [`passes`]); off for `score` unless such a proxy is requested.
+    pub extra_passes: bool,
 }
 
 impl Default for ProbeOptions {
@@ -70,6 +75,7 @@ impl Default for ProbeOptions {
             sizes: SizeMode::default(),
             dropout: false,
             corpus: None,
+            extra_passes: false,
         }
     }
 }
@@ -356,7 +362,9 @@ pub struct Probe {
     pub position_grad: Array,
     /// Value of the back-propagated scalar (GPT-2: the mean NLL).
     pub loss: f64,
-    /// Seconds spent building and running the model.
+    /// Values of the extra-pass baselines (when [`ProbeOptions::extra_passes`] is on).
+    pub extras: Option<passes::Extras>,
+    /// Seconds spent building and running the model (extra passes included).
     pub seconds: f64,
 }
 
@@ -401,18 +409,12 @@ pub fn probe_flexibert(
     let (mut weight_rng, mut dropout_rng) = arch_streams(opts, index);
     let model = FlexiBert::new(&config, &mut weight_rng, &device)?;
     let ids = batch.tensor(&device)?;
+    model.taps().set_enabled(opts.extra_passes);
+    let masks = dropout_rng.clone();
     let fwd = model.forward(&ids, opts.dropout.then_some(&mut dropout_rng))?;
-    let loss: Tensor = match opts.grad_signal {
-        GradSignal::Faithful => fwd.last_hidden.sum_all()?,
-        GradSignal::Projection => {
-            let dims = fwd.last_hidden.dims().to_vec();
-            let n = dims.iter().product();
-            let r = Rng::derive(opts.seed, &[3, config.hidden_size as u64]).normal_vec(n, 1.0);
-            let r = Tensor::from_vec(r, dims, &device)?;
-            (&fwd.last_hidden * r)?.sum_all()?
-        }
-    };
-    let grads = loss.backward()?;
+    let loss = flexibert_signal(&fwd.last_hidden, opts, config.hidden_size, false)?;
+    let mut grads = loss.backward()?;
+    let tapped = tapped_extras(model.taps(), &mut grads, BenchKind::Flexibert)?;
     let mut linears = Vec::new();
     for lin in model.linears() {
         linears.push(LinearProbe::new(
@@ -426,6 +428,42 @@ pub fn probe_flexibert(
     let mixers = || linears.iter().filter(|l| l.role == LinearRole::Mixer);
     let weight = mixers().map(|l| l.weight.clone()).collect();
     let grad = mixers().map(|l| l.grad.clone()).collect();
+    let act = Arc::new(to_arrays(&fwd.act)?);
+    let head = Arc::new(to_arrays(&fwd.head)?);
+    let softmax = to_arrays(&fwd.softmax)?;
+    let mixer_outputs = Arc::new(to_arrays(&fwd.mixer_outputs)?);
+    let position_grad = grad_array(&grads, model.position_table().as_tensor())?;
+    let loss_value = loss.to_scalar::<f32>()? as f64;
+    // Free the probe's autograd graph before any extra pass.
+    drop((fwd, loss));
+    // The extra passes change the weights (Synflow leaves them absolute): everything above is
+    // captured first.
+    let extras = match tapped {
+        None => None,
+        Some(ex) => {
+            let linears = model.linears();
+            let weights: Vec<&Var> = linears.iter().map(|l| &l.weight).collect();
+            let loss = || {
+                let mut masks = masks.clone();
+                let f = model.forward(&ids, opts.dropout.then_some(&mut masks))?;
+                flexibert_signal(&f.last_hidden, opts, config.hidden_size, false)
+            };
+            let readout = || {
+                let (t, e) = (batch.cols, config.embedding_size);
+                let ones = Tensor::ones((1, t, e), candle_core::DType::F32, &device)?;
+                let f = model.forward_words(ones, None)?;
+                flexibert_signal(&f.last_hidden, opts, config.hidden_size, true)
+            };
+            Some(passes::run(
+                ex,
+                model.params(),
+                &weights,
+                grads,
+                loss,
+                readout,
+            )?)
+        }
+    };
     Ok(Probe {
         key: record.id.to_string(),
         family: BenchKind::Flexibert,
@@ -433,15 +471,57 @@ pub fn probe_flexibert(
         grad,
         params: model.params().count(),
         param_groups: Vec::new(),
-        act: Arc::new(to_arrays(&fwd.act)?),
-        head: Arc::new(to_arrays(&fwd.head)?),
-        softmax: to_arrays(&fwd.softmax)?,
-        mixer_outputs: Arc::new(to_arrays(&fwd.mixer_outputs)?),
+        act,
+        head,
+        softmax,
+        mixer_outputs,
         linears,
-        position_grad: grad_array(&grads, model.position_table().as_tensor())?,
-        loss: loss.to_scalar::<f32>()? as f64,
+        position_grad,
+        loss: loss_value,
+        extras,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The tap-based extra values (Fisher, attention confidence, Jacob-Cov) when the model's taps
+/// were on; the taps' own gradients are then removed from `grads` (they are as large as the
+/// activations).
+fn tapped_extras(
+    taps: &crate::models::Taps,
+    grads: &mut GradStore,
+    family: BenchKind,
+) -> Result<Option<passes::Extras>> {
+    let recorded = taps.take();
+    taps.set_enabled(false);
+    if recorded.is_empty() {
+        return Ok(None);
+    }
+    let ex = passes::from_taps(&recorded, grads, family)?;
+    for tap in &recorded {
+        grads.remove(tap.var.as_tensor());
+    }
+    Ok(Some(ex))
+}
+
+/// The FlexiBERT backward signal on the last hidden state `y`: `Σ y` (faithful) or `Σ y ⊙ r`
+/// with the seeded Gaussian `r` (projection); `positive` uses `|r|` (Synflow's readout, whose
+/// network has only non-negative weights).
+fn flexibert_signal(
+    y: &Tensor,
+    opts: &ProbeOptions,
+    hidden: usize,
+    positive: bool,
+) -> candle_core::Result<Tensor> {
+    if opts.grad_signal == GradSignal::Faithful && !positive {
+        return y.sum_all();
+    }
+    let dims = y.dims().to_vec();
+    let n = dims.iter().product();
+    let mut r = Rng::derive(opts.seed, &[3, hidden as u64]).normal_vec(n, 1.0);
+    if positive {
+        r.iter_mut().for_each(|x| *x = x.abs());
+    }
+    (y * Tensor::from_vec(r, dims, y.device())?)?.sum_all()
 }
 
 /// Builds and probes one GPT-2 config: one forward of the mean next-token NLL over
@@ -465,14 +545,18 @@ pub fn probe_gpt2(
     let (inputs, targets) = batch.shifted();
     let (mut weight_rng, mut dropout_rng) = arch_streams(opts, index);
     let model = Gpt2Flex::new(&config, &mut weight_rng, &device)?;
+    let shape = (batch.rows, batch.cols - 1);
+    model.taps().set_enabled(opts.extra_passes);
+    let masks = dropout_rng.clone();
     let fwd = model.forward(
         &inputs,
         &targets,
-        (batch.rows, batch.cols - 1),
+        shape,
         opts.dropout.then_some(&mut dropout_rng),
     )?;
     let loss = fwd.loss.to_scalar::<f32>()? as f64;
-    let grads = fwd.loss.backward()?;
+    let mut grads = fwd.loss.backward()?;
+    let tapped = tapped_extras(model.taps(), &mut grads, BenchKind::Gpt2)?;
     let mut linears = Vec::new();
     for conv in model.conv1ds() {
         linears.push(LinearProbe::new(
@@ -484,9 +568,8 @@ pub fn probe_gpt2(
         )?);
     }
     let position_grad = grad_array(&grads, model.position_table().as_tensor())?;
-    drop(grads);
     // The captured outputs are detached: dropping the loss and the hidden state frees the
-    // autograd graph before the captures are converted.
+    // autograd graph before the captures are converted and before any extra pass.
     let gpt2_flex::Forward {
         loss: loss_tensor,
         hidden,
@@ -494,6 +577,34 @@ pub fn probe_gpt2(
         attention,
     } = fwd;
     drop((loss_tensor, hidden));
+    // The extra passes change the weights (Synflow leaves them absolute): the linears above
+    // are captured first.
+    let extras = match tapped {
+        None => None,
+        Some(ex) => {
+            let convs = model.conv1ds();
+            let weights: Vec<&Var> = convs.iter().map(|c| &c.weight).collect();
+            let loss = || {
+                let mut masks = masks.clone();
+                let dropout = opts.dropout.then_some(&mut masks);
+                Ok(model.forward(&inputs, &targets, shape, dropout)?.loss)
+            };
+            let readout = || {
+                let (t, d) = (shape.1, config.d_model);
+                let ones = Tensor::ones((1, t, d), candle_core::DType::F32, &device)?;
+                let hidden = model.decode(ones, None)?.hidden;
+                model.head_logits_sum(&hidden.reshape((t, d))?)
+            };
+            Some(passes::run(
+                ex,
+                model.params(),
+                &weights,
+                grads,
+                loss,
+                readout,
+            )?)
+        }
+    };
     let outputs = Arc::new(to_arrays(conv_outputs)?);
     Ok(Probe {
         key: record.key.clone(),
@@ -509,6 +620,7 @@ pub fn probe_gpt2(
         linears,
         position_grad,
         loss,
+        extras,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

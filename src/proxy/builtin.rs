@@ -32,6 +32,9 @@ pub struct Builtin {
     pub orientation: Orientation,
     /// True when the value depends on the backward pass.
     pub uses_gradients: bool,
+    /// True when the value needs the probe's extra passes ([`crate::probe::passes`]):
+    /// such proxies are computed by `lpzero baselines` or when named in `score`.
+    pub extra_passes: bool,
     /// Benchmark families the proxy is defined for. On another family `compute` returns NaN
     /// (ranked last by the scorer); `lpzero score --proxy all` should list only the proxies
     /// that apply ([`for_family`]).
@@ -58,23 +61,32 @@ const GPT2: &[BenchKind] = &[BenchKind::Gpt2];
 /// Where the definition differs by family the probe's family selects it (spec §3.2 for
 /// FlexiBERT, §3.3 for GPT-2, whose "linears" are the 4L Conv1D layers, weights in × out).
 pub const BUILTINS: &[Builtin] = &[
-    Builtin { name: "params", orientation: Orientation::HigherIsBetter, uses_gradients: false, families: BOTH, summary: "number of trainable parameters of the built model (tied tensors once)", compute: params },
-    Builtin { name: "decoder_params", orientation: Orientation::HigherIsBetter, uses_gradients: false, families: GPT2, summary: "GPT-2 only: Attn + FFN parameters (LayerNorms excluded), the reference's '# D.Params'", compute: decoder_params },
-    Builtin { name: "head_confidence", orientation: Orientation::HigherIsBetter, uses_gradients: false, families: BOTH, summary: "Σ over hooked outputs (FlexiBERT q/k/v/in/Ww, GPT-2 every Conv1D) of mean over (batch, channel) of the max over the sequence", compute: head_confidence },
-    Builtin { name: "head_confidence_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: false, families: BOTH, summary: "head_confidence divided by the number of hooked outputs", compute: head_confidence_normalized },
-    Builtin { name: "head_softmax_confidence", orientation: Orientation::HigherIsBetter, uses_gradients: false, families: BOTH, summary: "Σ over layers of mean(max over the head axis of the mixer softmax / attention probabilities)", compute: head_softmax_confidence },
-    Builtin { name: "head_softmax_confidence_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: false, families: BOTH, summary: "head_softmax_confidence divided by the number of layers", compute: head_softmax_confidence_normalized },
-    Builtin { name: "activation_distance", orientation: Orientation::HigherIsBetter, uses_gradients: false, families: BOTH, summary: "Σ_u n_u² + (T − n_u)² on batch row 0: FlexiBERT mean over GELU outputs (clean normalised form), GPT-2 sum over Conv1D outputs", compute: activation_distance },
-    Builtin { name: "synaptic_diversity", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "Σ ‖W‖_* · ‖∇W‖_* over FlexiBERT mixer-block linears / GPT-2 Conv1Ds", compute: synaptic_diversity },
-    Builtin { name: "synaptic_diversity_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "synaptic_diversity divided by the number of summed linears", compute: synaptic_diversity_normalized },
-    Builtin { name: "synaptic_saliency", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "Σ |W ⊙ ∇W| over FlexiBERT FFN linears / GPT-2 Conv1Ds (= snip)", compute: synaptic_saliency },
-    Builtin { name: "synaptic_saliency_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "synaptic_saliency divided by the number of summed linears", compute: synaptic_saliency_normalized },
-    Builtin { name: "head_importance", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "Σ |W ⊙ ∇W| over linears with weight.shape[0] ≥ 128: FlexiBERT mixer linears (≥ 128 outputs), GPT-2 Conv1Ds (≥ 128 inputs, the reference quirk)", compute: head_importance },
-    Builtin { name: "head_importance_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "head_importance divided by the number of included linears", compute: head_importance_normalized },
-    Builtin { name: "grad_norm", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "Σ over linears (FlexiBERT every linear, GPT-2 the Conv1Ds) of ‖∇W‖_F", compute: grad_norm },
-    Builtin { name: "snip", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "Σ over linears (FlexiBERT every linear, GPT-2 the Conv1Ds) of Σ |W ⊙ ∇W|", compute: snip },
-    Builtin { name: "jacobian_cosine", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "1 − ½ mean_{i≠j} |cos|^0.05 between embedding dimensions of the position-table gradient (GPT-2: wpe)", compute: jacobian_cosine },
-    Builtin { name: "jacobian_score", orientation: Orientation::HigherIsBetter, uses_gradients: true, families: BOTH, summary: "−Σ ln(λ+1e−5) + 1/(λ+1e−5) over eigenvalues of the correlation of the position-table gradient", compute: jacobian_score },
+    Builtin { name: "params", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "number of trainable parameters of the built model (tied tensors once)", compute: params },
+    Builtin { name: "decoder_params", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: GPT2, summary: "GPT-2 only: Attn + FFN parameters (LayerNorms excluded), the reference's '# D.Params'", compute: decoder_params },
+    Builtin { name: "head_confidence", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "Σ over hooked outputs (FlexiBERT q/k/v/in/Ww, GPT-2 every Conv1D) of mean over (batch, channel) of the max over the sequence", compute: head_confidence },
+    Builtin { name: "head_confidence_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "head_confidence divided by the number of hooked outputs", compute: head_confidence_normalized },
+    Builtin { name: "head_softmax_confidence", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "Σ over layers of mean(max over the head axis of the mixer softmax / attention probabilities)", compute: head_softmax_confidence },
+    Builtin { name: "head_softmax_confidence_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "head_softmax_confidence divided by the number of layers", compute: head_softmax_confidence_normalized },
+    Builtin { name: "activation_distance", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "Σ_u n_u² + (T − n_u)² on batch row 0: FlexiBERT mean over GELU outputs (clean normalised form), GPT-2 sum over Conv1D outputs", compute: activation_distance },
+    Builtin { name: "synaptic_diversity", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ ‖W‖_* · ‖∇W‖_* over FlexiBERT mixer-block linears / GPT-2 Conv1Ds", compute: synaptic_diversity },
+    Builtin { name: "synaptic_diversity_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "synaptic_diversity divided by the number of summed linears", compute: synaptic_diversity_normalized },
+    Builtin { name: "synaptic_saliency", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ |W ⊙ ∇W| over FlexiBERT FFN linears / GPT-2 Conv1Ds (= snip)", compute: synaptic_saliency },
+    Builtin { name: "synaptic_saliency_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "synaptic_saliency divided by the number of summed linears", compute: synaptic_saliency_normalized },
+    Builtin { name: "head_importance", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ |W ⊙ ∇W| over linears with weight.shape[0] ≥ 128: FlexiBERT mixer linears (≥ 128 outputs), GPT-2 Conv1Ds (≥ 128 inputs, the reference quirk)", compute: head_importance },
+    Builtin { name: "head_importance_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "head_importance divided by the number of included linears", compute: head_importance_normalized },
+    Builtin { name: "grad_norm", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ over linears (FlexiBERT every linear, GPT-2 the Conv1Ds) of ‖∇W‖_F", compute: grad_norm },
+    Builtin { name: "snip", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ over linears (FlexiBERT every linear, GPT-2 the Conv1Ds) of Σ |W ⊙ ∇W|", compute: snip },
+    Builtin { name: "jacobian_cosine", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "1 − ½ mean_{i≠j} |cos|^0.05 between embedding dimensions of the position-table gradient (GPT-2: wpe)", compute: jacobian_cosine },
+    Builtin { name: "jacobian_score", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "−Σ ln(λ+1e−5) + 1/(λ+1e−5) over eigenvalues of the correlation of the position-table gradient", compute: jacobian_score },
+    Builtin { name: "attention_confidence", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: true, families: BOTH, summary: "Σ over every linear output (FlexiBERT all linears, GPT-2 the Conv1Ds) of mean over (batch, channel) of the max over the sequence", compute: attention_confidence },
+    Builtin { name: "fisher", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "Σ over linears of mult · Σ_k ½ mean_n (a ∂ℒ/∂a)² over output channels (mult: FlexiBERT in, GPT-2 out)", compute: fisher },
+    Builtin { name: "grasp", orientation: Orientation::LowerIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "Σ −W ⊙ (H g) over linears, H g by a finite difference of gradients (one more pass)", compute: grasp },
+    Builtin { name: "synflow", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "Σ |W ⊙ ∇W| over linears of the absolute-valued network on an all-ones input row (a pass of its own)", compute: synflow },
+    Builtin { name: "logsynflow", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "Σ |W| · |ln |∇W|| over the Synflow pass", compute: logsynflow },
+    Builtin { name: "jacob_cov", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "−Σ ln(λ+1e−5) + 1/(λ+1e−5) over eigenvalues of the correlation between batch rows of ∂ℒ/∂(word embeddings)", compute: jacob_cov },
+    Builtin { name: "jacob_cov_relu", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "ln |det K|, K = Σ over FFN pre-activations of x xᵀ + (1−x)(1−x)ᵀ, x = 1[pre-activation > 0], over the distinct codes of the first ≤ 512 tokens", compute: jacob_cov_relu },
+    Builtin { name: "eznas", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ over linears of σ(ln |det S Sᵀ|), S = sign(∇W) as stored (rows × rows)", compute: eznas },
+    Builtin { name: "w_pca", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "params × Σ over FFN activations of the number of principal components reaching 99 % of the variance (batch row 0)", compute: w_pca },
 ];
 
 /// Looks a built-in proxy up by name.
@@ -288,20 +300,177 @@ fn jacobian_cosine(p: &Probe) -> f64 {
 
 fn jacobian_score(p: &Probe) -> f64 {
     let (m, n, cols) = jacobian_rows(p);
-    let c = linalg::corrcoef_rows(&m, n, cols);
-    if c.iter().any(|x| !x.is_finite()) {
+    linalg::log_eigen_score(&linalg::corrcoef_rows(&m, n, cols))
+}
+
+/// An extra-pass value, NaN when the probe ran without the extra passes.
+fn extra(p: &Probe, f: impl Fn(&crate::probe::passes::Extras) -> f64) -> f64 {
+    p.extras.as_ref().map_or(f64::NAN, f)
+}
+
+fn attention_confidence(p: &Probe) -> f64 {
+    extra(p, |e| e.attention_confidence)
+}
+
+fn fisher(p: &Probe) -> f64 {
+    extra(p, |e| e.fisher)
+}
+
+fn grasp(p: &Probe) -> f64 {
+    extra(p, |e| e.grasp)
+}
+
+fn synflow(p: &Probe) -> f64 {
+    extra(p, |e| e.synflow)
+}
+
+fn logsynflow(p: &Probe) -> f64 {
+    extra(p, |e| e.logsynflow)
+}
+
+fn jacob_cov(p: &Probe) -> f64 {
+    extra(p, |e| e.jacob_cov)
+}
+
+/// The FFN pre-activations (or, for FlexiBERT, the GELU outputs, which are positive exactly
+/// where the pre-activations are): FlexiBERT every `act` entry, GPT-2 the `c_fc` outputs
+/// (every fourth Conv1D output, from the third).
+fn ffn_activations(p: &Probe) -> Vec<&Array> {
+    match p.family {
+        BenchKind::Flexibert => p.act.iter().collect(),
+        BenchKind::Gpt2 => p.act.iter().skip(2).step_by(4).collect(),
+    }
+}
+
+/// Tokens `jacob_cov_relu` uses: the first rows of the batch, at most this many tokens (at
+/// least one row). The reference uses all B·T (3 072 for GPT-2); ln det of that K costs more
+/// than the probe.
+pub const JACOB_COV_RELU_TOKENS: usize = 512;
+
+fn jacob_cov_relu(p: &Probe) -> f64 {
+    let acts = ffn_activations(p);
+    let Some(first) = acts.first() else {
+        return f64::NAN;
+    };
+    let shape = first.shape();
+    if shape.len() < 3 {
         return f64::NAN;
     }
-    const K: f64 = 1e-5;
-    // Documented deviation: eigenvalues clamped at 0 (rounding can push the singular one
-    // below zero, where the reference's log would be NaN).
-    -linalg::symmetric_eigenvalues(c)
+    let (b, t) = (shape[0], shape[1]);
+    let rows = (JACOB_COV_RELU_TOKENS / t.max(1)).clamp(1, b.max(1));
+    let n = rows * t;
+    // Binary codes of the n tokens over every hook, concatenated.
+    let mut codes: Vec<Vec<bool>> = vec![Vec::new(); n];
+    for a in &acts {
+        let m = *a.shape().last().unwrap_or(&0);
+        if a.shape().len() < 3 || a.shape()[..2] != [b, t] || m == 0 {
+            return f64::NAN;
+        }
+        for (tok, code) in codes.iter_mut().enumerate() {
+            code.extend(a.data()[tok * m..(tok + 1) * m].iter().map(|&v| v > 0.0));
+        }
+    }
+    // Tokens with identical codes (in a causal decoder: any repeated prefix, e.g. two rows
+    // starting with the same token) make K singular by construction: count each code once.
+    codes.sort_unstable();
+    codes.dedup();
+    let (n, m) = (codes.len(), codes[0].len());
+    let x: Vec<f32> = codes.iter().flatten().map(|&c| c as u8 as f32).collect();
+    let c: Vec<f64> = codes
         .iter()
-        .map(|&l| {
-            let x = l.max(0.0) + K;
-            x.ln() + 1.0 / x
+        .map(|r| r.iter().filter(|&&v| v).count() as f64)
+        .collect();
+    // K_ij = 2 (x xᵀ)_ij + m − c_i − c_j, with c_i the positives of token i.
+    let g = linalg::gram(&x, n, m);
+    let mut k = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            k[i * n + j] = 2.0 * g[i * n + j] as f64 + m as f64 - c[i] - c[j];
+        }
+    }
+    linalg::psd_log_det(k, n)
+}
+
+fn eznas(p: &Probe) -> f64 {
+    let mut total = 0f64;
+    for l in &p.linears {
+        let Some((rows, cols)) = l.grad.dims2() else {
+            return f64::NAN;
+        };
+        // S Sᵀ has rank ≤ cols: with more rows it is singular, ln|det| = −∞ and σ = 0.
+        if rows > cols {
+            continue;
+        }
+        let s: Vec<f32> = l
+            .grad
+            .data()
+            .iter()
+            .map(|&g| {
+                if g > 0.0 {
+                    1.0
+                } else if g < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let gram = linalg::gram(&s, rows, cols);
+        let log_det = linalg::psd_log_det(gram.iter().map(|&v| v as f64).collect(), rows);
+        total += 1.0 / (1.0 + (-log_det).exp());
+    }
+    total
+}
+
+/// GPT-2's `gelu_new` (tanh approximation).
+fn gelu_new(x: f32) -> f64 {
+    let x = x as f64;
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// Principal components of the tokens of batch row 0 (T × width, after the activation
+/// function) needed to reach 99 % of the variance.
+fn pca_components(a: &Array, activation: impl Fn(f32) -> f64) -> usize {
+    let shape = a.shape();
+    if shape.len() < 3 {
+        return 0;
+    }
+    let (t, w) = (shape[1], shape[2]);
+    let mut x: Vec<f64> = a.data()[..t * w].iter().map(|&v| activation(v)).collect();
+    for c in 0..w {
+        let mean = (0..t).map(|r| x[r * w + c]).sum::<f64>() / t as f64;
+        for r in 0..t {
+            x[r * w + c] -= mean;
+        }
+    }
+    // The covariance's non-zero eigenvalues are those of the T × T Gram of the centred rows.
+    let gram = linalg::gram(&x, t, w);
+    let mut ev = linalg::symmetric_eigenvalues(nalgebra::DMatrix::from_row_slice(t, t, &gram));
+    ev.iter_mut().for_each(|l| *l = l.max(0.0));
+    ev.sort_by(|a, b| b.total_cmp(a));
+    let total: f64 = ev.iter().sum();
+    if total <= 0.0 {
+        return 0;
+    }
+    let mut acc = 0f64;
+    for (k, l) in ev.iter().enumerate() {
+        acc += l;
+        if acc >= 0.99 * total {
+            return k + 1;
+        }
+    }
+    ev.len()
+}
+
+fn w_pca(p: &Probe) -> f64 {
+    let components: usize = ffn_activations(p)
+        .into_iter()
+        .map(|a| match p.family {
+            BenchKind::Flexibert => pca_components(a, |v| v as f64),
+            BenchKind::Gpt2 => pca_components(a, gelu_new),
         })
-        .sum::<f64>()
+        .sum();
+    p.params as f64 * components as f64
 }
 
 #[cfg(test)]
@@ -375,6 +544,7 @@ mod tests {
             grad: vec![],
             position_grad: arr(&[4, 2], &[1.0, 1.0, -1.0, 1.0, 1.0, -1.0, -1.0, -1.0]),
             loss: 0.0,
+            extras: None,
             seconds: 0.0,
         }
     }
@@ -480,6 +650,49 @@ mod tests {
         assert_eq!(gpt2_value("activation_distance"), 12.0);
         // max over the sequence: [3, −1] → mean 1; [−1] → −1.
         assert_eq!(gpt2_value("head_confidence"), 0.0);
+    }
+
+    #[test]
+    fn single_pass_baselines_on_hand_computed_values() {
+        let mut p = probe();
+        // Gradient signs [[+, −], [+, +]] (2 × 2): S Sᵀ = [[2, 0], [0, 2]], σ(ln 4) = 0.8;
+        // a 3 × 2 gradient has more rows than columns: singular, 0.
+        p.linears = vec![
+            lin(
+                LinearRole::Mixer,
+                arr(&[2, 2], &[1.0; 4]),
+                arr(&[2, 2], &[0.5, -1.0, 2.0, 3.0]),
+            ),
+            lin(
+                LinearRole::FfnIn,
+                arr(&[3, 2], &[1.0; 6]),
+                arr(&[3, 2], &[1.0; 6]),
+            ),
+        ];
+        assert!((value_of(&p, "eznas") - 0.8).abs() < 1e-12);
+        // One activation, row 0 has 3 tokens × 2 channels: codes [1,0], [0,1], [0,1] → two
+        // distinct codes; K = [[2, 0], [0, 2]] → ln 4.
+        p.act = Arc::new(vec![arr(&[1, 3, 2], &[1.0, -1.0, -1.0, 2.0, -3.0, 4.0])]);
+        assert!((value_of(&p, "jacob_cov_relu") - 4f64.ln()).abs() < 1e-12);
+        // Rows [1, −1], [−1, 2], [−3, 4] centred: XᵀX = [[8, −10], [−10, 114/9]], eigenvalues
+        // 20.602 and 0.065: the first carries 99.7 % of the variance, so 1 component × 42
+        // parameters.
+        assert_eq!(value_of(&p, "w_pca"), 42.0);
+        // Extra-pass proxies are NaN without the extra passes.
+        for name in [
+            "grasp",
+            "fisher",
+            "synflow",
+            "logsynflow",
+            "jacob_cov",
+            "attention_confidence",
+        ] {
+            assert!(value_of(&p, name).is_nan(), "{name}");
+        }
+    }
+
+    fn value_of(p: &Probe, name: &str) -> f64 {
+        (find(name).unwrap().compute)(p)
     }
 
     #[test]

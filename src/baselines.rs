@@ -1,0 +1,405 @@
+//! The baseline suite: every published human-designed proxy that applies to a benchmark,
+//! computed from one probe per architecture (plus the extra passes some definitions need),
+//! in one table: what a discovered proxy is compared against.
+//!
+//! `lpzero baselines` runs [`scoring::score`] on [`suite`] and writes the files of
+//! [`write`]. For FlexiBERT, when the benchmark folder holds `reference_proxy_scores.csv`, each
+//! proxy with a column there also gets the Spearman ρ between its values and that column
+//! ([`reference_agreement`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::bench::{BenchKind, Benchmark};
+use crate::report::{self, json_number};
+use crate::scoring::{Proxy, ScoreTable};
+use crate::stats;
+
+/// The suite in report order (proxies that do not apply to a family are left out by
+/// [`suite`]).
+pub const SUITE: &[&str] = &[
+    "params",
+    "decoder_params",
+    "grad_norm",
+    "snip",
+    "grasp",
+    "fisher",
+    "synflow",
+    "logsynflow",
+    "jacob_cov",
+    "jacob_cov_relu",
+    "eznas",
+    "activation_distance",
+    "synaptic_diversity",
+    "synaptic_saliency",
+    "head_importance",
+    "head_confidence",
+    "head_softmax_confidence",
+    "attention_confidence",
+    "jacobian_cosine",
+    "jacobian_score",
+    "w_pca",
+];
+
+/// The suite's proxies that apply to `kind`, minus those named in `skip`.
+pub fn suite(kind: BenchKind, skip: &[String]) -> Result<Vec<Proxy>> {
+    for name in skip {
+        if !SUITE.contains(&name.as_str()) {
+            bail!(
+                "--skip: `{name}` is not in the baseline suite ({})",
+                SUITE.join(", ")
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for name in SUITE {
+        if skip.iter().any(|s| s == name) {
+            continue;
+        }
+        if let Proxy::Builtin(b) = Proxy::parse(name)? {
+            if b.applies_to(kind) {
+                out.push(Proxy::Builtin(b));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The column of `reference_proxy_scores.csv` a FlexiBERT proxy is checked against (the
+/// clean "Normalized" column for activation distance; the reference's "Jacobian Score
+/// Normalized" is the cosine variant).
+pub fn reference_column(proxy: &str) -> Option<&'static str> {
+    Some(match proxy {
+        "params" => "Number of Parameters",
+        "synaptic_diversity" => "Synaptic Diversity",
+        "synaptic_saliency" => "Synaptic Saliency",
+        "activation_distance" => "Activation Distance Normalized",
+        "jacobian_score" => "Jacobian Score",
+        "jacobian_cosine" => "Jacobian Score Normalized",
+        "head_importance" => "Head Importance",
+        "head_confidence" => "Head Confidence",
+        "head_softmax_confidence" => "Head Softmax Confidence",
+        _ => return None,
+    })
+}
+
+/// File of the reference values, next to the FlexiBERT benchmark file.
+pub const REFERENCE_FILE: &str = "reference_proxy_scores.csv";
+
+/// Spearman ρ between each proxy's values and its reference column, per proxy (None: no
+/// column, or not FlexiBERT, or no reference file).
+pub fn reference_agreement(bench: &Benchmark, table: &ScoreTable) -> Result<Vec<Option<f64>>> {
+    let none = vec![None; table.names.len()];
+    if bench.kind != BenchKind::Flexibert {
+        return Ok(none);
+    }
+    let Some(path) = bench.source.parent().map(|d| d.join(REFERENCE_FILE)) else {
+        return Ok(none);
+    };
+    if !path.is_file() {
+        return Ok(none);
+    }
+    let columns = read_reference(&path)?;
+    let mut out = Vec::with_capacity(table.names.len());
+    for (name, values) in table.names.iter().zip(&table.values) {
+        let Some(col) = reference_column(name) else {
+            out.push(None);
+            continue;
+        };
+        let Some(reference) = columns.get(col) else {
+            bail!("{}: no column `{col}`", path.display());
+        };
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for (key, &v) in table.keys.iter().zip(values) {
+            let r = reference
+                .get(key)
+                .with_context(|| format!("{}: no row with ID {key}", path.display()))?;
+            ours.push(v);
+            theirs.push(*r);
+        }
+        let (ours, _) = stats::sanitize(&ours);
+        let (theirs, _) = stats::sanitize(&theirs);
+        out.push(Some(stats::spearman(&theirs, &ours)));
+    }
+    Ok(out)
+}
+
+/// Column name → (ID → value) of the reference CSV.
+fn read_reference(path: &Path) -> Result<HashMap<String, HashMap<String, f64>>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .with_context(|| format!("{}: empty file, expected a header row", path.display()))?
+        .split(',')
+        .collect();
+    if header.first() != Some(&"ID") {
+        bail!("{}: the first column must be `ID`", path.display());
+    }
+    let mut columns: HashMap<String, HashMap<String, f64>> = header[1..]
+        .iter()
+        .map(|h| (h.to_string(), HashMap::new()))
+        .collect();
+    for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() != header.len() {
+            bail!(
+                "{}: line {} has {} fields, expected {}",
+                path.display(),
+                n + 2,
+                fields.len(),
+                header.len()
+            );
+        }
+        for (h, f) in header[1..].iter().zip(&fields[1..]) {
+            let v: f64 = f.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: line {}, column `{h}`: `{f}` is not a number",
+                    path.display(),
+                    n + 2
+                )
+            })?;
+            if let Some(col) = columns.get_mut(*h) {
+                col.insert(fields[0].trim().to_string(), v);
+            }
+        }
+    }
+    Ok(columns)
+}
+
+/// Writes `baselines.md`, `baselines.json`, `baselines.csv` (per-architecture values, header
+/// `id,<proxy>,...`) and `baselines.svg` (ρ per proxy) into `dir`.
+pub fn write(
+    dir: &Path,
+    bench: &Benchmark,
+    table: &ScoreTable,
+    agreement: &[Option<f64>],
+    threads: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let mut header = vec!["id".to_string()];
+    header.extend(table.names.iter().cloned());
+    let rows: Vec<Vec<String>> = (0..table.keys.len())
+        .map(|i| {
+            let mut row = vec![table.keys[i].clone()];
+            row.extend(table.values.iter().map(|v| report::csv_number(v[i])));
+            row
+        })
+        .collect();
+    report::write_csv_file(&dir.join("baselines.csv"), &header, &rows)?;
+
+    let proxy_total: f64 = table.proxy_seconds.iter().sum();
+    let entries: Vec<_> = table
+        .summaries
+        .iter()
+        .zip(&table.proxy_seconds)
+        .zip(agreement)
+        .map(|((s, secs), agree)| {
+            json!({
+                "proxy": s.proxy, "orientation": s.orientation, "n": s.n,
+                "spearman": json_number(s.spearman), "kendall": json_number(s.kendall),
+                "top10_overlap": json_number(s.top10_overlap), "non_finite": s.non_finite,
+                "seconds": secs,
+                "reference_column": reference_column(&s.proxy).filter(|_| agree.is_some()),
+                "reference_spearman": agree.map(json_number),
+            })
+        })
+        .collect();
+    let summary = json!({
+        "bench": bench.kind.name(),
+        "truth": bench.truth_name,
+        "n": table.keys.len(),
+        "threads": threads,
+        "wall_seconds": table.seconds,
+        "probe_seconds": table.probe_seconds,
+        "proxy_seconds": proxy_total,
+        "proxies": entries,
+    });
+    std::fs::write(
+        dir.join("baselines.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )
+    .with_context(|| format!("{}: cannot write baselines.json", dir.display()))?;
+
+    let mut md = format!(
+        "# Baselines on {} ({} architectures, ground truth {})\n\n\
+         ρ and τ: Spearman and Kendall τ-b between the ground truth (higher = better) and the raw\n\
+         proxy value; a lower-is-better proxy is good when negative. Top-10 %: overlap of the\n\
+         top-10 % sets (proxy oriented). Non-finite values rank last. Seconds: computing the\n\
+         proxy, summed over architectures, including its extra pass.\n\n",
+        bench.kind,
+        table.keys.len(),
+        bench.truth_name
+    );
+    let with_ref = agreement.iter().any(Option::is_some);
+    md.push_str("| proxy | orientation | ρ | τ | top-10 % | non-finite | seconds |");
+    if with_ref {
+        md.push_str(" ρ vs reference column |");
+    }
+    md.push_str("\n|---|---|---|---|---|---|---|");
+    if with_ref {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    for ((s, secs), agree) in table
+        .summaries
+        .iter()
+        .zip(&table.proxy_seconds)
+        .zip(agreement)
+    {
+        let orient = match s.orientation {
+            crate::proxy::builtin::Orientation::HigherIsBetter => "higher",
+            crate::proxy::builtin::Orientation::LowerIsBetter => "lower",
+        };
+        md.push_str(&format!(
+            "| {} | {orient} | {:.4} | {:.4} | {:.3} | {} | {:.1} |",
+            s.proxy, s.spearman, s.kendall, s.top10_overlap, s.non_finite, secs
+        ));
+        if with_ref {
+            match agree {
+                Some(a) => md.push_str(&format!(
+                    " {a:.3} ({}) |",
+                    reference_column(&s.proxy).unwrap_or("")
+                )),
+                None => md.push_str(" – |"),
+            }
+        }
+        md.push('\n');
+    }
+    md.push_str(&format!(
+        "\nWall time {:.1} s on {threads} worker thread(s). Summed over threads: probing {:.1} s, \
+         proxy computation {:.1} s ({:.0} % of the two).\n",
+        table.seconds,
+        table.probe_seconds,
+        proxy_total,
+        100.0 * proxy_total / (proxy_total + table.probe_seconds).max(1e-9)
+    ));
+    std::fs::write(dir.join("baselines.md"), md)
+        .with_context(|| format!("{}: cannot write baselines.md", dir.display()))?;
+
+    let title = format!(
+        "Spearman ρ of each baseline on {} ({} architectures)",
+        bench.kind,
+        table.keys.len()
+    );
+    let bars: Vec<(String, f64)> = table
+        .summaries
+        .iter()
+        .map(|s| (s.proxy.clone(), s.spearman))
+        .collect();
+    std::fs::write(dir.join("baselines.svg"), bar_chart_svg(&title, &bars))
+        .with_context(|| format!("{}: cannot write baselines.svg", dir.display()))?;
+    Ok(())
+}
+
+/// A horizontal bar chart of values in [−1, 1], one bar per label (NaN: no bar, marked).
+pub fn bar_chart_svg(title: &str, bars: &[(String, f64)]) -> String {
+    let (left, width, row, top) = (200.0, 400.0, 22.0, 40.0);
+    let height = top + row * bars.len() as f64 + 40.0;
+    let zero = left + width / 2.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"20\" font-size=\"14\">{}</text>\n",
+        escape(title),
+        w = left + width + 80.0,
+    );
+    for (i, (label, v)) in bars.iter().enumerate() {
+        let y = top + row * i as f64;
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n",
+            left - 8.0,
+            y + 14.0,
+            escape(label)
+        ));
+        if v.is_finite() {
+            let v = v.clamp(-1.0, 1.0);
+            let len = v.abs() * width / 2.0;
+            let x = if v >= 0.0 { zero } else { zero - len };
+            let colour = if v >= 0.0 { "#3b7dd8" } else { "#d8703b" };
+            svg.push_str(&format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{len:.1}\" height=\"{:.1}\" fill=\"{colour}\"/>\n\
+                 <text x=\"{:.1}\" y=\"{:.1}\">{v:.3}</text>\n",
+                y + 3.0,
+                row - 6.0,
+                left + width + 6.0,
+                y + 14.0
+            ));
+        } else {
+            svg.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\">NaN</text>\n",
+                left + width + 6.0,
+                y + 14.0
+            ));
+        }
+    }
+    let axis_bottom = top + row * bars.len() as f64;
+    svg.push_str(&format!(
+        "<line x1=\"{zero}\" y1=\"{top}\" x2=\"{zero}\" y2=\"{axis_bottom}\" stroke=\"black\"/>\n"
+    ));
+    for (tick, label) in [
+        (-1.0, "−1"),
+        (-0.5, "−0.5"),
+        (0.0, "0"),
+        (0.5, "0.5"),
+        (1.0, "1"),
+    ] {
+        let x = zero + tick * width / 2.0;
+        svg.push_str(&format!(
+            "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
+            axis_bottom + 16.0
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite_filters_by_family_and_skip() {
+        let flex: Vec<String> = suite(BenchKind::Flexibert, &[])
+            .unwrap()
+            .iter()
+            .map(Proxy::name)
+            .collect();
+        assert!(!flex.contains(&"decoder_params".to_string()));
+        assert_eq!(flex.len(), SUITE.len() - 1);
+        let gpt2 = suite(BenchKind::Gpt2, &["synaptic_diversity".into()]).unwrap();
+        assert_eq!(gpt2.len(), SUITE.len() - 1);
+        assert!(suite(BenchKind::Gpt2, &["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn every_suite_name_is_a_builtin() {
+        for name in SUITE {
+            assert!(
+                crate::proxy::builtin::find(name).is_some(),
+                "{name} is not a built-in proxy"
+            );
+        }
+    }
+
+    #[test]
+    fn bar_chart_marks_nan_and_escapes() {
+        let svg = bar_chart_svg("a<b", &[("x".into(), 0.5), ("y".into(), f64::NAN)]);
+        assert!(svg.contains("a&lt;b"));
+        assert!(svg.contains("NaN"));
+        assert!(svg.contains("0.500"));
+        assert_eq!(svg.matches("<rect").count(), 2);
+    }
+}

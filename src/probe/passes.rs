@@ -1,0 +1,248 @@
+//! Baseline proxies whose definitions need more than the probe's single forward and
+//! backward: Fisher, attention confidence and the input Jacobian read gradient taps of the
+//! probe's own pass; GraSP needs a Hessian-gradient product (one more forward and backward);
+//! Synflow and LogSynflow need a pass of their own on the absolute-valued network.
+//!
+//! Deviations from the reference, on purpose (also in the README):
+//! - GraSP's `H g` is a forward finite difference of gradients,
+//!   `(∇ℒ(W + εg) − ∇ℒ(W)) / ε` with `ε‖g‖ = 10⁻³‖W‖` over the scored weights, instead of a
+//!   double backward (candle has none). The perturbed pass reuses the probe's dropout masks.
+//! - Synflow runs in f32 (sums in f64), without dropout, keeps the causal mask (the reference's
+//!   `abs` of the mask buffer unmasks future tokens) and reads out FlexiBERT through
+//!   `Σ Y ⊙ |r|` (the plain `Σ Y` is constant after the final LayerNorm).
+//! - Jacob-Cov differentiates the probe's own backward signal with respect to the word
+//!   embeddings (GPT-2: the mean NLL, not a random readout of full-vocabulary logits).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+
+use crate::bench::BenchKind;
+use crate::linalg;
+use crate::models::{Params, Tap, TapSite};
+
+/// Values of the extra-pass baselines of one architecture, with the time their passes took.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// Σ over linears of `mult · Σ_k ½ mean_n (a_nk ∂ℒ/∂a_nk)²` (mult: FlexiBERT `in`, GPT-2
+    /// `out`, the reference's broadcast factor).
+    pub fisher: f64,
+    /// Σ over every linear output of mean over (batch, channel) of the max over the sequence.
+    pub attention_confidence: f64,
+    /// `−Σ ln(λ + 1e−5) + 1/(λ + 1e−5)` over eigenvalues of the correlation between batch rows
+    /// of `∂ℒ/∂(word embeddings)`.
+    pub jacob_cov: f64,
+    /// `Σ −W ⊙ (H g)` over the scored linears.
+    pub grasp: f64,
+    /// `Σ |W ⊙ ∇W|` over the scored linears of the absolute-valued network on an all-ones input.
+    pub synflow: f64,
+    /// `Σ |W| · |ln |∇W||` over the same pass (a zero gradient gives +∞).
+    pub logsynflow: f64,
+    /// Seconds of the GraSP pass.
+    pub grasp_seconds: f64,
+    /// Seconds of the Synflow pass.
+    pub synflow_seconds: f64,
+}
+
+/// Fisher, attention confidence and Jacob-Cov from the taps of the probe's pass and the
+/// gradients of its backward.
+pub fn from_taps(taps: &[Tap], grads: &GradStore, family: BenchKind) -> Result<Extras> {
+    let mut out = Extras::default();
+    for tap in taps {
+        let Some(g) = grads.get(tap.var.as_tensor()) else {
+            continue;
+        };
+        match tap.site {
+            TapSite::Linear {
+                in_dim, out_dim, ..
+            } => {
+                let width = *tap.value.dims().last().unwrap_or(&1);
+                let rows = tap.value.elem_count() / width.max(1);
+                let prod = (tap.value.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?)?;
+                let per_channel_sum = prod.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                let mult = match family {
+                    BenchKind::Flexibert => in_dim,
+                    BenchKind::Gpt2 => out_dim,
+                };
+                out.fisher += mult as f64 * 0.5 * per_channel_sum / rows.max(1) as f64;
+                if tap.value.rank() >= 3 {
+                    out.attention_confidence += tap
+                        .value
+                        .max(1)?
+                        .to_dtype(DType::F64)?
+                        .mean_all()?
+                        .to_scalar::<f64>()?;
+                }
+            }
+            TapSite::Embedding => {
+                let b = tap.value.dims()[0];
+                let j = g.flatten_all()?.to_vec1::<f32>()?;
+                let cols = j.len() / b.max(1);
+                out.jacob_cov = linalg::log_eigen_score(&linalg::corrcoef_rows(&j, b, cols));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// GraSP's `Σ −W ⊙ (H g)` over `weights`, with `g` their gradients in `grads` and `loss` a
+/// fresh forward of the same signal (same batch, same dropout masks). Weights are restored.
+pub fn grasp(
+    weights: &[&Var],
+    grads: &GradStore,
+    loss: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> Result<f64> {
+    let g: Vec<Tensor> = weights
+        .iter()
+        .map(|w| match grads.get(w.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => w.as_tensor().zeros_like(),
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let sq = |ts: &mut dyn Iterator<Item = &Tensor>| -> candle_core::Result<f64> {
+        let mut s = 0f64;
+        for t in ts {
+            s += t
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+        Ok(s)
+    };
+    let w_norm = sq(&mut weights.iter().map(|w| w.as_tensor()))?.sqrt();
+    let g_norm = sq(&mut g.iter())?.sqrt();
+    if g_norm == 0.0 || !g_norm.is_finite() {
+        return Ok(f64::NAN);
+    }
+    let eps = 1e-3 * w_norm / g_norm;
+    let originals: Vec<Tensor> = weights
+        .iter()
+        .map(|w| w.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?;
+    for (w, gi) in weights.iter().zip(&g) {
+        w.set(&(w.as_tensor() + gi.affine(eps, 0.0)?)?)?;
+    }
+    let perturbed = loss().and_then(|l| l.backward());
+    for (w, orig) in weights.iter().zip(&originals) {
+        w.set(orig)?;
+    }
+    let g2 = perturbed?;
+    let mut total = 0f64;
+    for ((w, gi), orig) in weights.iter().zip(&g).zip(&originals) {
+        let g2i = match g2.get(w.as_tensor()) {
+            Some(t) => t.clone(),
+            None => gi.zeros_like()?,
+        };
+        let hg = ((g2i.to_dtype(DType::F64)? - gi.to_dtype(DType::F64)?)? / eps)?;
+        total -= (orig.to_dtype(DType::F64)? * hg)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    Ok(total)
+}
+
+/// Synflow and LogSynflow: every parameter of `params` is replaced by its absolute value
+/// (the model is left that way), `readout` runs the pass on the all-ones input and returns
+/// the scalar to differentiate; the scores sum over `weights`.
+pub fn synflow(
+    params: &Params,
+    weights: &[&Var],
+    readout: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> Result<(f64, f64)> {
+    for (_, var) in params.vars() {
+        var.set(&var.as_tensor().abs()?)?;
+    }
+    let grads = readout()?.backward()?;
+    let (mut syn, mut logsyn) = (0f64, 0f64);
+    for w in weights {
+        let Some(g) = grads.get(w.as_tensor()) else {
+            continue;
+        };
+        let w64 = w.as_tensor().to_dtype(DType::F64)?;
+        let g64 = g.to_dtype(DType::F64)?.abs()?;
+        syn += (&w64 * &g64)?.sum_all()?.to_scalar::<f64>()?;
+        logsyn += (&w64 * g64.log()?.abs()?)?.sum_all()?.to_scalar::<f64>()?;
+    }
+    Ok((syn, logsyn))
+}
+
+/// Completes `ex` (from [`from_taps`]) with the GraSP pass (`loss`: a fresh forward of the
+/// probe's signal) and then the Synflow pass (`readout`), timing each. `grads` (the probe's)
+/// are dropped between the two; the weights end absolute-valued.
+pub fn run(
+    mut ex: Extras,
+    params: &Params,
+    weights: &[&Var],
+    grads: GradStore,
+    loss: impl FnOnce() -> candle_core::Result<Tensor>,
+    readout: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> Result<Extras> {
+    let start = Instant::now();
+    ex.grasp = grasp(weights, &grads, loss)?;
+    ex.grasp_seconds = start.elapsed().as_secs_f64();
+    drop(grads);
+    let start = Instant::now();
+    (ex.synflow, ex.logsynflow) = synflow(params, weights, readout)?;
+    ex.synflow_seconds = start.elapsed().as_secs_f64();
+    Ok(ex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Taps;
+    use candle_core::Device;
+
+    #[test]
+    fn grasp_is_exact_on_a_quadratic() {
+        // ℒ = c/2 Σ w²: g = c w, H = c I, so Σ −W ⊙ Hg = −c² Σ w² = −0.25 · 14.
+        let w = Var::from_vec(vec![1f32, -2.0, 3.0], 3, &Device::Cpu).unwrap();
+        let loss = || w.as_tensor().sqr()?.sum_all()?.affine(0.25, 0.0);
+        let grads = loss().unwrap().backward().unwrap();
+        let v = grasp(&[&w], &grads, loss).unwrap();
+        assert!((v + 3.5).abs() < 1e-3, "{v}");
+        // The weights are restored.
+        assert_eq!(
+            w.as_tensor().to_vec1::<f32>().unwrap(),
+            vec![1.0, -2.0, 3.0]
+        );
+    }
+
+    #[test]
+    fn synflow_uses_absolute_weights() {
+        let mut params = Params::default();
+        let t = Tensor::new(&[[1f32, -2.0], [3.0, -4.0]], &Device::Cpu).unwrap();
+        let w = params.register("w", t).unwrap();
+        // R = Σ W: ∇W = 1, so synflow = Σ |W| = 10 and logsynflow = Σ |W| |ln 1| = 0.
+        let (syn, logsyn) = synflow(&params, &[&w], || w.as_tensor().sum_all()).unwrap();
+        assert_eq!((syn, logsyn), (10.0, 0.0));
+        let abs = w.as_tensor().to_vec2::<f32>().unwrap();
+        assert_eq!(abs, vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
+    }
+
+    #[test]
+    fn fisher_from_a_tap() {
+        let taps = Taps::default();
+        taps.set_enabled(true);
+        let x = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+        let site = TapSite::Linear {
+            role: crate::models::LinearRole::FfnIn,
+            in_dim: 3,
+            out_dim: 2,
+        };
+        let y = taps.tap(site, x).unwrap();
+        // ℒ = ½ Σ y²: ∂ℒ/∂a = a, f_k = ½ mean_n a⁴ → ½ (41 + 136) summed over k.
+        let grads = (y.sqr().unwrap().sum_all().unwrap() * 0.5)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let taps = taps.take();
+        let gpt2 = from_taps(&taps, &grads, BenchKind::Gpt2).unwrap();
+        assert!((gpt2.fisher - 2.0 * 88.5).abs() < 1e-9, "{}", gpt2.fisher);
+        let bert = from_taps(&taps, &grads, BenchKind::Flexibert).unwrap();
+        assert!((bert.fisher - 3.0 * 88.5).abs() < 1e-9);
+    }
+}
