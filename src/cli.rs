@@ -72,7 +72,8 @@ struct ProbeArgs {
     /// Token ids (whitespace separated) to use instead of the synthetic batch.
     #[arg(long)]
     corpus: Option<PathBuf>,
-    /// Worker threads (architectures probed in parallel); default: all cores.
+    /// Worker threads (architectures probed in parallel; `search` also evaluates each candidate
+    /// on the fitness architectures with this many threads); default: all cores.
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -475,6 +476,7 @@ fn search(a: SearchArgs) -> Result<()> {
         n_unary: a.n_unary,
         seed: probe.seed,
         checkpoint_every: a.checkpoint_every,
+        threads: a.probe.threads(),
         ..SearchOptions::default()
     };
     opts.rps.enabled = a.rps == OnOff::On;

@@ -454,10 +454,24 @@ fn probe_contents_and_determinism() {
     assert_eq!(d1.grad, d2.grad);
     assert_ne!(d1.grad, p.grad);
 
-    // Every built-in proxy gives a finite value on a GPT-2 probe.
+    // With the extra passes on, the captured probe is unchanged (Synflow's absolute weights
+    // come after the capture) and every built-in proxy gives a finite value.
+    let extra = ProbeOptions {
+        extra_passes: true,
+        ..opts.clone()
+    };
+    let full = probe_gpt2(&r, 3, &extra, &batch).unwrap();
+    assert_eq!(
+        (&full.weight, &full.grad, &full.act),
+        (&p.weight, &p.grad, &p.act)
+    );
+    assert!(p.extras.is_none() && full.extras.is_some());
     for b in builtin::for_family(BenchKind::Gpt2) {
-        let v = (b.compute)(&p);
+        let v = (b.compute)(&full);
         assert!(v.is_finite(), "{}: {v}", b.name);
+        if b.extra_passes {
+            assert!((b.compute)(&p).is_nan(), "{} without extra passes", b.name);
+        }
     }
 }
 

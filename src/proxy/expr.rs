@@ -577,7 +577,7 @@ fn simplify_binary(op: BinaryOp, a: Expr, b: Expr) -> Expr {
 // ---------------------------------------------------------------------------------------------
 
 /// Where an expression reads its input lists from (a probe, a test fixture, ...).
-pub trait InputSource {
+pub trait InputSource: Sync {
     /// The list for `which`, or `None` when this source does not provide it.
     fn input(&self, which: Input) -> Option<&[Array]>;
 }

@@ -94,7 +94,51 @@ impl<'a> FitnessSet<'a> {
     /// The fitness with the mandatory rules only: `Some(ρ)` when the proxy has a value on every
     /// architecture and the Spearman is defined.
     pub fn fitness(&self, expr: &Expr, memo: &mut Memo) -> Option<f64> {
-        self.evaluate(expr, memo, &RpsOptions::off(), None).fitness
+        self.evaluate(expr, std::slice::from_mut(memo), &RpsOptions::off(), None)
+            .fitness
+    }
+
+    /// Values of `expr` on the architectures `range`, computed by one thread per memo: memo `w`
+    /// serves the architectures `i` with `i % memos.len() == w` (always the same ones, so each
+    /// memo sees one consistent indexing).
+    fn block_values(
+        &self,
+        expr: &Expr,
+        memos: &mut [Memo],
+        range: std::ops::Range<usize>,
+    ) -> Vec<Result<f64, EvalError>> {
+        let workers = memos.len();
+        if workers <= 1 {
+            let memo = &mut memos[0];
+            return range
+                .map(|i| memo.value_as_given(i, expr, self.probes[i]))
+                .collect();
+        }
+        let mut out: Vec<Option<Result<f64, EvalError>>> = vec![None; range.len()];
+        let start = range.start;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = memos
+                .iter_mut()
+                .enumerate()
+                .map(|(w, memo)| {
+                    let range = range.clone();
+                    scope.spawn(move || {
+                        range
+                            .filter(|i| i % workers == w)
+                            .map(|i| (i, memo.value_as_given(i, expr, self.probes[i])))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                for (i, v) in h.join().expect("an evaluation thread panicked") {
+                    out[i - start] = Some(v);
+                }
+            }
+        });
+        out.into_iter()
+            .map(|v| v.expect("every architecture of the block is evaluated"))
+            .collect()
     }
 
     /// Evaluates a candidate architecture by architecture (in set order), applying the numeric
@@ -102,10 +146,14 @@ impl<'a> FitnessSet<'a> {
     /// larger than `rps.predictive_k`, the predictive rule after the first `predictive_k`
     /// architectures. `expr` should be canonical (it is evaluated as given; see
     /// [`Memo::value_as_given`]).
+    ///
+    /// With several memos the values of a block (the first `predictive_k` architectures, then
+    /// the rest) are computed in parallel, one thread per memo, and the rules are then applied
+    /// in set order: the outcome is the same as with one memo (only the time differs).
     pub fn evaluate(
         &self,
         expr: &Expr,
-        memo: &mut Memo,
+        memos: &mut [Memo],
         rps: &RpsOptions,
         predictive_threshold: Option<f64>,
     ) -> Evaluation {
@@ -120,29 +168,41 @@ impl<'a> FitnessSet<'a> {
             archs_evaluated: done,
             seconds: start.elapsed().as_secs_f64(),
         };
-        for (i, probe) in self.probes.iter().enumerate() {
-            let v = match memo.value_as_given(i, expr, *probe) {
-                Ok(v) => v,
-                Err(_) => return reject(Rule::EvalError, i + 1),
-            };
-            if !v.is_finite() && rps.is_on(Rule::NonFinite) {
-                return reject(Rule::NonFinite, i + 1);
-            }
-            if v == 0.0 && rps.is_on(Rule::ZeroValue) {
-                return reject(Rule::ZeroValue, i + 1);
-            }
-            values.push(v);
-            if values.len() > 3
-                && rps.is_on(Rule::ConstantOutput)
-                && values.iter().all(|x| x.to_bits() == values[0].to_bits())
+        let blocks = match predictive {
+            Some(_) => vec![0..k, k..n],
+            None => vec![0..n],
+        };
+        for block in blocks {
+            let first = block.start;
+            for (j, v) in self
+                .block_values(expr, memos, block)
+                .into_iter()
+                .enumerate()
             {
-                return reject(Rule::ConstantOutput, i + 1);
-            }
-            if let Some(threshold) = predictive {
-                if values.len() == k {
-                    let rho = spearman(&self.truth[..k], &values);
-                    if rho.is_nan() || rho < threshold {
-                        return reject(Rule::Predictive, k);
+                let i = first + j;
+                let v = match v {
+                    Ok(v) => v,
+                    Err(_) => return reject(Rule::EvalError, i + 1),
+                };
+                if !v.is_finite() && rps.is_on(Rule::NonFinite) {
+                    return reject(Rule::NonFinite, i + 1);
+                }
+                if v == 0.0 && rps.is_on(Rule::ZeroValue) {
+                    return reject(Rule::ZeroValue, i + 1);
+                }
+                values.push(v);
+                if values.len() > 3
+                    && rps.is_on(Rule::ConstantOutput)
+                    && values.iter().all(|x| x.to_bits() == values[0].to_bits())
+                {
+                    return reject(Rule::ConstantOutput, i + 1);
+                }
+                if let Some(threshold) = predictive {
+                    if values.len() == k {
+                        let rho = spearman(&self.truth[..k], &values);
+                        if rho.is_nan() || rho < threshold {
+                            return reject(Rule::Predictive, k);
+                        }
                     }
                 }
             }
@@ -177,7 +237,12 @@ mod tests {
         let set = FitnessSet::new(&probes, &s.truth).unwrap();
         let mut memo = Memo::new();
         let on = RpsOptions::default();
-        let good = set.evaluate(&c("mean(pow2(head))"), &mut memo, &on, None);
+        let good = set.evaluate(
+            &c("mean(pow2(head))"),
+            std::slice::from_mut(&mut memo),
+            &on,
+            None,
+        );
         assert!(good.fitness.unwrap() > 0.8, "{good:?}");
         assert_eq!(good.archs_evaluated, 30);
         let cases = [
@@ -188,24 +253,44 @@ mod tests {
             ("mean(softmax(mean(head)))", Rule::ConstantOutput),
         ];
         for (t, rule) in cases {
-            let e = set.evaluate(&c(t), &mut memo, &on, None);
+            let e = set.evaluate(&c(t), std::slice::from_mut(&mut memo), &on, None);
             assert_eq!(e.rule, Some(rule), "{t}: {e:?}");
             assert_eq!(e.fitness, None);
         }
         // Constant on more than three architectures: stops at the fourth.
-        let e = set.evaluate(&c("mean(softmax(mean(head)))"), &mut memo, &on, None);
+        let e = set.evaluate(
+            &c("mean(softmax(mean(head)))"),
+            std::slice::from_mut(&mut memo),
+            &on,
+            None,
+        );
         assert_eq!(e.archs_evaluated, 4);
         // With pruning off the constant proxy is evaluated everywhere and then has no Spearman.
         let off = RpsOptions::off();
-        let e = set.evaluate(&c("mean(softmax(mean(head)))"), &mut memo, &off, None);
+        let e = set.evaluate(
+            &c("mean(softmax(mean(head)))"),
+            std::slice::from_mut(&mut memo),
+            &off,
+            None,
+        );
         assert_eq!(
             (e.rule, e.archs_evaluated),
             (Some(Rule::DegenerateCorrelation), 30)
         );
         // Predictive: a good proxy passes a fixed threshold, an anti-correlated one does not.
-        let pass = set.evaluate(&c("mean(pow2(head))"), &mut memo, &on, Some(0.0));
+        let pass = set.evaluate(
+            &c("mean(pow2(head))"),
+            std::slice::from_mut(&mut memo),
+            &on,
+            Some(0.0),
+        );
         assert!(pass.fitness.is_some());
-        let fail = set.evaluate(&c("neg(mean(pow2(head)))"), &mut memo, &on, Some(0.0));
+        let fail = set.evaluate(
+            &c("neg(mean(pow2(head)))"),
+            std::slice::from_mut(&mut memo),
+            &on,
+            Some(0.0),
+        );
         assert_eq!(
             (fail.rule, fail.archs_evaluated),
             (Some(Rule::Predictive), 10)

@@ -241,7 +241,8 @@ struct Search<'a> {
     opts: &'a SearchOptions,
     set: FitnessSet<'a>,
     ctx: StaticContext,
-    memo: Memo,
+    /// One memo per evaluation thread (see [`FitnessSet::evaluate`]).
+    memos: Vec<Memo>,
     state: SearchState,
 }
 
@@ -269,7 +270,7 @@ impl Search<'_> {
         c.evaluated += 1;
         let ev = self
             .set
-            .evaluate(&canon, &mut self.memo, &self.opts.rps, threshold);
+            .evaluate(&canon, &mut self.memos, &self.opts.rps, threshold);
         c.arch_evaluations += ev.archs_evaluated as u64;
         if ev.archs_evaluated as u64 == n {
             c.fully_evaluated += 1;
@@ -446,7 +447,17 @@ impl Search<'_> {
             mean_evaluation_seconds: c.mean_full_seconds(),
             seconds: self.state.elapsed_seconds,
             resumed_from,
-            memo: self.memo.stats(),
+            memo: self
+                .memos
+                .iter()
+                .map(Memo::stats)
+                .fold(MemoStats::default(), |a, b| MemoStats {
+                    hits: a.hits + b.hits,
+                    misses: a.misses + b.misses,
+                    entries: a.entries + b.entries,
+                    large_bytes: a.large_bytes + b.large_bytes,
+                    over_budget: a.over_budget + b.over_budget,
+                }),
             population,
         }
     }
@@ -508,7 +519,9 @@ pub fn run(
         opts,
         set,
         ctx,
-        memo: Memo::with_budget(opts.memo_budget_bytes),
+        memos: (0..opts.threads)
+            .map(|_| Memo::with_budget(opts.memo_budget_bytes / opts.threads as u64))
+            .collect(),
         state,
     };
     let mut dir = match out_dir {

@@ -108,6 +108,9 @@ pub struct SearchOptions {
     /// Byte budget of the sub-expression memo for non-scalar lists (a cache: results never
     /// depend on it).
     pub memo_budget_bytes: u64,
+    /// Worker threads that evaluate a candidate on the fitness architectures (each owns the
+    /// memo of a fixed share of them; results never depend on it).
+    pub threads: usize,
     /// The rule-based pruning strategy.
     pub rps: RpsOptions,
 }
@@ -129,23 +132,28 @@ impl Default for SearchOptions {
             checkpoint_every: 50,
             init_attempts_per_member: 500,
             memo_budget_bytes: crate::proxy::eval::DEFAULT_BUDGET_BYTES,
+            threads: 1,
             rps: RpsOptions::default(),
         }
     }
 }
 
 /// Options that do not change a run's results: they may differ between a run and its resume.
-pub(crate) const RESULT_NEUTRAL_OPTIONS: [&str; 4] = [
+pub(crate) const RESULT_NEUTRAL_OPTIONS: [&str; 5] = [
     "iterations",
     "checkpoint_every",
     "init_attempts_per_member",
     "memo_budget_bytes",
+    "threads",
 ];
 
 impl SearchOptions {
     /// Checks ranges: population ≥ 2, probabilities and the parent fraction in [0, 1] (the
     /// fraction > 0), max depth ≥ 2, hall of fame ≥ 1, attempts ≥ 1, and the RPS options.
     pub fn validate(&self) -> Result<()> {
+        if self.threads == 0 {
+            bail!("threads must be at least 1");
+        }
         if self.population < 2 {
             bail!("population must be at least 2, got {}", self.population);
         }

@@ -34,6 +34,25 @@ fn run_quiet(opts: &SearchOptions, s: &Synthetic) -> SearchOutcome {
 }
 
 #[test]
+fn evaluation_threads_do_not_change_the_outcome() {
+    let s = Synthetic::new(30, 2);
+    let one = run_quiet(&small(Structure::Tree, 5, 40), &s);
+    for threads in [2, 3] {
+        let opts = SearchOptions {
+            threads,
+            ..small(Structure::Tree, 5, 40)
+        };
+        let many = run_quiet(&opts, &s);
+        assert_eq!(one.reproducible_summary(), many.reproducible_summary());
+        assert_eq!(one.curve, many.curve);
+        assert_eq!(
+            serde_json::to_string(&one.hall_of_fame).unwrap(),
+            serde_json::to_string(&many.hall_of_fame).unwrap()
+        );
+    }
+}
+
+#[test]
 fn same_seed_same_outcome_and_seeds_differ() {
     let s = Synthetic::new(30, 1);
     let opts = small(Structure::Tree, 3, 40);
