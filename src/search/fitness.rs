@@ -168,11 +168,9 @@ impl<'a> FitnessSet<'a> {
             archs_evaluated: done,
             seconds: start.elapsed().as_secs_f64(),
         };
-        let blocks = match predictive {
-            Some(_) => vec![0..k, k..n],
-            None => vec![0..n],
-        };
-        for block in blocks {
+        // The predictive rule needs the first k values before the rest are worth computing.
+        let split = if predictive.is_some() { k } else { n };
+        for block in [0..split, split..n].into_iter().filter(|b| !b.is_empty()) {
             let first = block.start;
             for (j, v) in self
                 .block_values(expr, memos, block)
