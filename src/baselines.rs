@@ -210,6 +210,10 @@ pub fn write(
             })
         })
         .collect();
+    let times = &table.arch_probe_seconds;
+    let order = stats::argsort_desc(times);
+    let (fastest, slowest) = (order.last().copied(), order.first().copied());
+    let arch_time = |i: Option<usize>| i.map(|i| json!({"id": table.keys[i], "seconds": times[i]}));
     let summary = json!({
         "bench": bench.kind.name(),
         "truth": bench.truth_name,
@@ -218,6 +222,13 @@ pub fn write(
         "wall_seconds": table.seconds,
         "probe_seconds": table.probe_seconds,
         "proxy_seconds": proxy_total,
+        "probe_seconds_per_arch": {
+            "median": json_number(stats::median(times)),
+            "fastest": arch_time(fastest),
+            "slowest": arch_time(slowest),
+            "by_id": table.keys.iter().zip(times).map(|(k, t)| (k.clone(), json!(t))).collect::<serde_json::Map<_, _>>(),
+        },
+        "peak_rss_mib": report::peak_rss_mib(),
         "proxies": entries,
     });
     std::fs::write(
@@ -279,6 +290,17 @@ pub fn write(
         proxy_total,
         100.0 * proxy_total / (proxy_total + table.probe_seconds).max(1e-9)
     ));
+    if let (Some(f), Some(s)) = (fastest, slowest) {
+        md.push_str(&format!(
+            "Probe per architecture (extra passes excluded): median {:.2} s, fastest {} ({:.2} s), \
+             slowest {} ({:.2} s).\n",
+            stats::median(times),
+            table.keys[f],
+            times[f],
+            table.keys[s],
+            times[s]
+        ));
+    }
     std::fs::write(dir.join("baselines.md"), md)
         .with_context(|| format!("{}: cannot write baselines.md", dir.display()))?;
 

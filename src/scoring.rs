@@ -153,6 +153,8 @@ pub struct ScoreTable {
     pub summaries: Vec<ProxySummary>,
     /// Seconds spent probing (sum over architectures, all threads), extra passes excluded.
     pub probe_seconds: f64,
+    /// Seconds of each architecture's probe (extra passes excluded), parallel to `keys`.
+    pub arch_probe_seconds: Vec<f64>,
     /// Seconds spent computing each proxy (sum over architectures), parallel to `values`;
     /// a proxy's extra pass counts here (Synflow's pass is split between `synflow` and
     /// `logsynflow`).
@@ -192,6 +194,7 @@ pub fn score(
             values: vec![vals; proxies.len()],
             summaries,
             probe_seconds: 0.0,
+            arch_probe_seconds: vec![0.0; selection.len()],
             proxy_seconds: vec![0.0; proxies.len()],
             seconds: start.elapsed().as_secs_f64(),
         });
@@ -233,8 +236,10 @@ pub fn score(
     let mut values = vec![Vec::with_capacity(rows.len()); proxies.len()];
     let mut proxy_seconds = vec![0.0; proxies.len()];
     let mut probe_seconds = 0.0;
+    let mut arch_probe_seconds = Vec::with_capacity(rows.len());
     for (secs, row) in &rows {
         probe_seconds += secs;
+        arch_probe_seconds.push(*secs);
         for (p, (v, t)) in row.iter().enumerate() {
             values[p].push(*v);
             proxy_seconds[p] += t;
@@ -255,6 +260,7 @@ pub fn score(
         values,
         summaries,
         probe_seconds,
+        arch_probe_seconds,
         proxy_seconds,
         seconds: start.elapsed().as_secs_f64(),
     })
