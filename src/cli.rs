@@ -446,6 +446,14 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     result["probe_seconds_sum"] = serde_json::json!(table.probe_seconds);
     result["per_arch_seconds_mean"] =
         serde_json::json!(table.probe_seconds / selection.len() as f64);
+    let times = &table.arch_probe_seconds;
+    result["per_arch_seconds_median"] = serde_json::json!(lpzero::stats::median(times));
+    let order = lpzero::stats::argsort_desc(times);
+    for (name, i) in [("fastest", order.last()), ("slowest", order.first())] {
+        if let Some(&i) = i {
+            result[name] = serde_json::json!({"id": table.keys[i], "seconds": times[i]});
+        }
+    }
     result["peak_rss_mib"] = serde_json::json!(lpzero::report::peak_rss_mib());
     if a.json {
         println!("{}", serde_json::to_string(&result)?);
