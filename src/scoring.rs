@@ -157,7 +157,7 @@ pub struct ScoreTable {
     pub arch_probe_seconds: Vec<f64>,
     /// Seconds spent computing each proxy (sum over architectures), parallel to `values`;
     /// a proxy's extra pass counts here (Synflow's pass is split between `synflow` and
-    /// `logsynflow`).
+    /// `logsynflow` when both are requested).
     pub proxy_seconds: Vec<f64>,
     /// Wall-clock seconds of the whole scoring.
     pub seconds: f64,
@@ -210,6 +210,12 @@ pub fn score(
         threads,
         |_, probe| {
             let mut probe_secs = probe.seconds;
+            // The Synflow pass is shared by the requested proxies that read it.
+            let synflow_users = proxies
+                .iter()
+                .filter(|p| matches!(p, Proxy::Builtin(b) if matches!(b.name, "synflow" | "logsynflow")))
+                .count()
+                .max(1) as f64;
             let timed: Vec<(f64, f64)> = proxies
                 .iter()
                 .map(|p| {
@@ -219,7 +225,7 @@ pub fn score(
                     if let (Some(ex), Proxy::Builtin(b)) = (&probe.extras, p) {
                         let pass = match b.name {
                             "grasp" => ex.grasp_seconds,
-                            "synflow" | "logsynflow" => ex.synflow_seconds / 2.0,
+                            "synflow" | "logsynflow" => ex.synflow_seconds / synflow_users,
                             _ => 0.0,
                         };
                         secs += pass;
