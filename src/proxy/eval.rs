@@ -11,6 +11,10 @@
 //!   key of a node is the text of the canonical node, i.e. [`crate::proxy::expr::key`] of it.
 //!   Caching is correct for any tree (a text determines its value), canonicalisation only
 //!   raises the hit rate.
+//! * A run of unary ops is computed in one streaming pass per item ([`crate::proxy::chain`]), so
+//!   only the top of the run gets an entry; the bits are the same as op by op.
+//! * When a source serves one list as both `head` and `act` (GPT-2), `head` is read as `act`,
+//!   so the two spellings share entries.
 //! * Errors ([`EvalError`]) are memoised like values: an expression that fails on an
 //!   architecture fails again at the cost of one lookup.
 //! * Memory: lists whose items are all 0-d scalars are always stored (they are tiny). Larger lists
@@ -28,9 +32,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::expr::{
-    apply_binary_list, apply_unary_list, canonical, reduce, EvalError, Expr, InputSource,
+    apply_binary_list, apply_chain_list, canonical, reduce, unary_chain, EvalError, Expr, Input,
+    InputSource,
 };
-use super::ops::{elementwise_fn, is_stream_reduction, reduce_stream, UnaryOp};
+use super::ops::UnaryOp;
 use crate::array::Array;
 
 /// Default byte budget for memoised non-scalar lists: 1 GiB.
@@ -67,6 +72,24 @@ pub struct MemoStats {
     pub large_bytes: u64,
     /// Non-scalar lists that were computed but not stored because of the budget.
     pub over_budget: u64,
+}
+
+/// When `src` serves one and the same list as `head` and `act` (GPT-2 probes do), `expr` with
+/// every `head` read as `act`, so that both spellings share memo entries; `None` otherwise.
+fn alias_head(expr: &Expr, src: &dyn InputSource) -> Option<Expr> {
+    let (head, act) = (src.input(Input::Head)?, src.input(Input::Act)?);
+    if !std::ptr::eq(head, act) || !expr.inputs().contains(&Input::Head) {
+        return None;
+    }
+    fn swap(e: &Expr) -> Expr {
+        match e {
+            Expr::Input(Input::Head) => Expr::Input(Input::Act),
+            Expr::Input(_) => e.clone(),
+            Expr::Unary(op, x) => Expr::unary(*op, swap(x)),
+            Expr::Binary(op, a, b) => Expr::binary(*op, swap(a), swap(b)),
+        }
+    }
+    Some(swap(expr))
 }
 
 /// Cache of sub-expression values per architecture (see the module docs).
@@ -156,6 +179,14 @@ impl Memo {
         expr: &Expr,
         src: &dyn InputSource,
     ) -> Result<f64, EvalError> {
+        let aliased;
+        let expr = match alias_head(expr, src) {
+            Some(e) => {
+                aliased = e;
+                &aliased
+            }
+            None => expr,
+        };
         let v = self.eval_node(arch, expr, src)?;
         reduce(v.items())
     }
@@ -221,38 +252,12 @@ impl Memo {
         src: &dyn InputSource,
     ) -> Result<Vec<Array>, EvalError> {
         match expr {
-            Expr::Unary(op, x) => {
-                // Fuse a run of element-wise ops (and a streaming reduction on top of it)
-                // into one pass per item: no intermediate arrays, identical values.
-                let reduction = is_stream_reduction(*op).then_some(*op);
-                let mut chain = Vec::new();
-                let mut inner: &Expr = if reduction.is_some() { x } else { expr };
-                while let Expr::Unary(o, y) = inner {
-                    match elementwise_fn(*o) {
-                        Some(f) => chain.push(f),
-                        None => break,
-                    }
-                    inner = y;
-                }
-                if chain.is_empty() {
-                    let items = self.eval_node(arch, x, src)?;
-                    return apply_unary_list(*op, items.items());
-                }
-                chain.reverse(); // innermost first
-                let f = |v: f32| chain.iter().fold(v, |acc, g| g(acc));
-                let items = self.eval_node(arch, inner, src)?;
-                Ok(items
-                    .items()
-                    .iter()
-                    .map(|a| match reduction {
-                        Some(r) => {
-                            Array::scalar(
-                                reduce_stream(r, a.len(), a.data().iter().map(|&v| f(v))) as f32
-                            )
-                        }
-                        None => a.map(f),
-                    })
-                    .collect())
+            Expr::Unary(..) => {
+                // The run of unary ops streams through each item in one go (no intermediate
+                // lists; the same bits as op by op, see `proxy::chain`).
+                let (ops, base) = unary_chain(expr)?;
+                let items = self.eval_node(arch, base, src)?;
+                apply_chain_list(&ops, items.items())
             }
             Expr::Binary(op, a, b) => {
                 let left = self.eval_node(arch, a, src)?;
@@ -379,6 +384,30 @@ mod tests {
         // Another architecture is another key.
         memo.value(1, &f, &s).unwrap();
         assert_eq!(memo.stats().misses, 7);
+    }
+
+    #[test]
+    fn head_read_as_act_when_they_are_one_list() {
+        let s = source(6);
+        let act = &s[&Input::Act];
+        let shared = crate::proxy::expr::Inputs {
+            act,
+            head: act,
+            ..Default::default()
+        };
+        let mut memo = Memo::new();
+        let e = parse("mean(log(abs(act)))").unwrap();
+        let h = parse("mean(log(abs(head)))").unwrap();
+        let v = memo.value(0, &e, &shared).unwrap();
+        let misses = memo.stats().misses;
+        assert_eq!(memo.value(0, &h, &shared).unwrap(), v);
+        assert_eq!(memo.stats().misses, misses, "head must hit act's entry");
+        // Distinct lists are never aliased.
+        let mut memo = Memo::new();
+        memo.value(0, &e, &s).unwrap();
+        let misses = memo.stats().misses;
+        assert_eq!(memo.value(0, &h, &s).unwrap(), eval(&h, &s).unwrap());
+        assert!(memo.stats().misses > misses);
     }
 
     #[test]

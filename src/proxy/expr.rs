@@ -37,7 +37,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::ops::{apply, apply_binary, BinaryOp, OpError, UnaryOp, UnknownName};
+use super::chain::apply_chain;
+use super::ops::{apply_binary, BinaryOp, OpError, UnaryOp, UnknownName};
 use crate::array::Array;
 
 /// One of the five proxy inputs (spec §4.1), each a list of arrays per architecture.
@@ -639,12 +640,30 @@ pub enum EvalError {
     EmptyResult,
 }
 
-/// Applies a unary op to every item of a list (`disconnect` is an error: it has no value).
-pub fn apply_unary_list(op: UnaryOp, items: &[Array]) -> Result<Vec<Array>, EvalError> {
+/// Applies a chain of unary ops (`ops[0]` first) to every item of a list (`disconnect` is an
+/// error: it has no value).
+pub fn apply_chain_list(ops: &[UnaryOp], items: &[Array]) -> Result<Vec<Array>, EvalError> {
     items
         .iter()
-        .map(|a| apply(op, a).ok_or(EvalError::Disconnected))
+        .map(|a| apply_chain(ops, a).ok_or(EvalError::Disconnected))
         .collect()
+}
+
+/// Splits the run of unary ops at the top of `expr`: the ops in application order (innermost
+/// first) and the node below them. A `disconnect` anywhere in the run makes the whole run
+/// valueless ([`EvalError::Disconnected`]); the node below is then never evaluated.
+pub fn unary_chain(expr: &Expr) -> Result<(Vec<UnaryOp>, &Expr), EvalError> {
+    let mut ops = Vec::new();
+    let mut node = expr;
+    while let Expr::Unary(op, x) = node {
+        if *op == UnaryOp::Disconnect {
+            return Err(EvalError::Disconnected);
+        }
+        ops.push(*op);
+        node = x;
+    }
+    ops.reverse();
+    Ok((ops, node))
 }
 
 /// Applies a binary op to positionally paired items, up to the shorter list; the surplus items
@@ -678,10 +697,11 @@ fn eval_cow<'a>(expr: &Expr, inputs: &'a dyn InputSource) -> Result<Cow<'a, [Arr
             }
             Ok(Cow::Borrowed(list))
         }
-        Expr::Unary(UnaryOp::Disconnect, _) => Err(EvalError::Disconnected),
-        Expr::Unary(op, x) => {
-            let items = eval_cow(x, inputs)?;
-            Ok(Cow::Owned(apply_unary_list(*op, &items)?))
+        Expr::Unary(..) => {
+            // The whole run of unary ops streams through each item at once (`proxy::chain`).
+            let (ops, base) = unary_chain(expr)?;
+            let items = eval_cow(base, inputs)?;
+            Ok(Cow::Owned(apply_chain_list(&ops, &items)?))
         }
         Expr::Binary(op, a, b) => match (a.is_disconnected(), b.is_disconnected()) {
             (true, true) => Err(EvalError::BothDisconnected(*op)),

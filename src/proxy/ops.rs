@@ -17,15 +17,16 @@
 //! * [`UNARY_SAMPLING_WEIGHTS`] and [`BINARY_SAMPLING_WEIGHTS`] are the reference sampling
 //!   weights (spec §4.5), indexed like [`UnaryOp::ALL`] and [`BinaryOp::ALL`].
 //!
-//! Numerics: element-wise operations run in `f32` like the reference tensors; reductions and the
-//! statistics inside `normalize`, `min_max`, `softmax` and `logsoftmax` accumulate in `f64` and
-//! round once to `f32` at the end.
+//! Numerics (implemented in [`super::chain`]): element-wise operations run in `f32` like the
+//! reference tensors; reductions and the statistics inside `normalize`, `min_max`, `softmax`
+//! and `logsoftmax` accumulate in `f64` and round once to `f32` at the end.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::chain::apply_chain;
 use crate::array::Array;
 
 /// A name that is not in an operation or input table.
@@ -275,183 +276,9 @@ pub const UNARY_SAMPLING_WEIGHTS: [f64; 21] = [
 /// Returns `None` exactly for [`UnaryOp::Disconnect`], which has no value: the caller drops a
 /// disconnected branch (a binary operation then returns its other operand). Every other
 /// operation returns `Some`, whatever the values (NaN and ±inf propagate, nothing panics).
+/// This is the one-op case of [`super::chain::apply_chain`], which holds the numerics.
 pub fn apply(op: UnaryOp, a: &Array) -> Option<Array> {
-    if let Some(f) = elementwise_fn(op) {
-        return Some(a.map(f));
-    }
-    if is_stream_reduction(op) {
-        return Some(scalar(reduce_stream(op, a.len(), a.data().iter().copied())));
-    }
-    let out = match op {
-        UnaryOp::Normalize => normalize(a),
-        UnaryOp::Softmax => softmax_axis0(a, false),
-        UnaryOp::LogSoftmax => softmax_axis0(a, true),
-        UnaryOp::MinMax => min_max(a),
-        UnaryOp::Std => scalar(std_unbiased(a)),
-        UnaryOp::Disconnect => return None,
-        _ => unreachable!("element-wise ops and stream reductions are handled above"),
-    };
-    Some(out)
-}
-
-/// The per-element function of an element-wise operation (`None` for the others).
-///
-/// Element-wise chains can be fused into one pass over an array (see `proxy::eval`), with
-/// results identical to applying the ops one by one.
-pub fn elementwise_fn(op: UnaryOp) -> Option<fn(f32) -> f32> {
-    Some(match op {
-        UnaryOp::Log => |x: f32| {
-            let y = if x <= 0.0 { 1.0 } else { x };
-            (y + 1e-9_f32).ln()
-        },
-        UnaryOp::AbsLog => |x: f32| {
-            let y = if x == 0.0 { 1.0 } else { x };
-            y.abs().ln()
-        },
-        UnaryOp::Abs => f32::abs,
-        UnaryOp::Pow2 => |x: f32| x * x,
-        UnaryOp::Exp => f32::exp,
-        // `x <= 0` is false for NaN, so NaN passes through (like torch's relu).
-        UnaryOp::Relu => |x: f32| if x <= 0.0 { 0.0 } else { x },
-        UnaryOp::Invert => |x: f32| 1.0 / (x + 1e-9_f32),
-        UnaryOp::Sigmoid => sigmoid,
-        UnaryOp::Sqrt => |x: f32| if x <= 0.0 { 0.0 } else { x.sqrt() },
-        UnaryOp::Neg => |x: f32| -x,
-        UnaryOp::NoOp => |x: f32| x,
-        _ => return None,
-    })
-}
-
-/// True for the reductions computable in one streaming pass: `mean`, `l1_norm`,
-/// `normalized_sum`, `frobenius_norm`.
-pub fn is_stream_reduction(op: UnaryOp) -> bool {
-    matches!(
-        op,
-        UnaryOp::Mean | UnaryOp::L1Norm | UnaryOp::NormalizedSum | UnaryOp::FrobeniusNorm
-    )
-}
-
-/// A streaming reduction (see [`is_stream_reduction`]) of `n` values, accumulated in f64 in
-/// order (`mean` of nothing is NaN). Panics for other operations.
-pub fn reduce_stream(op: UnaryOp, n: usize, values: impl Iterator<Item = f32>) -> f64 {
-    let values = values.map(|x| x as f64);
-    match op {
-        UnaryOp::Mean if n == 0 => f64::NAN,
-        UnaryOp::Mean => values.sum::<f64>() / n as f64,
-        UnaryOp::NormalizedSum => values.sum::<f64>() / (n as f64 + 1e-9),
-        UnaryOp::L1Norm => values.map(f64::abs).sum::<f64>() / (n as f64 + 1e-9),
-        UnaryOp::FrobeniusNorm => values.map(|x| x * x).sum::<f64>().sqrt(),
-        _ => panic!("{op} is not a streaming reduction"),
-    }
-}
-
-/// A 0-d array holding `v` rounded to `f32`.
-fn scalar(v: f64) -> Array {
-    Array::scalar(v as f32)
-}
-
-/// Numerically stable logistic function in `f32` (NaN stays NaN).
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
-/// Unbiased standard deviation accumulated in `f64` (two passes); NaN for fewer than 2 values.
-fn std_unbiased(a: &Array) -> f64 {
-    let n = a.len();
-    if n < 2 {
-        return f64::NAN;
-    }
-    let m = a.mean_f64();
-    let ss: f64 = a
-        .data()
-        .iter()
-        .map(|&x| {
-            let d = x as f64 - m;
-            d * d
-        })
-        .sum();
-    (ss / (n - 1) as f64).sqrt()
-}
-
-/// `(A − mean)/std` with the unbiased std; NaN results (0/0, scalar, NaN inputs) become 0.
-fn normalize(a: &Array) -> Array {
-    let m = a.mean_f64();
-    let s = std_unbiased(a);
-    a.map(|x| {
-        let c = ((x as f64 - m) / s) as f32;
-        if c.is_nan() {
-            0.0
-        } else {
-            c
-        }
-    })
-}
-
-/// `(A − min)/(max − min + 1e-9)` computed in `f64`; any NaN entry makes every entry NaN
-/// (min and max propagate NaN, as in torch).
-fn min_max(a: &Array) -> Array {
-    let data = a.data();
-    if data.iter().any(|x| x.is_nan()) {
-        return a.map(|_| f32::NAN);
-    }
-    let mut lo = f64::INFINITY;
-    let mut hi = f64::NEG_INFINITY;
-    for &x in data {
-        lo = lo.min(x as f64);
-        hi = hi.max(x as f64);
-    }
-    let denom = hi - lo + 1e-9;
-    a.map(|x| ((x as f64 - lo) / denom) as f32)
-}
-
-/// Softmax (or log-softmax) along the first axis, stabilised by subtracting the per-column max.
-///
-/// A 0-d array is treated as one row of one column (so a finite scalar gives 1, or 0 for the
-/// log version). A column holding NaN or +inf gives NaN in that column; an all −inf column gives
-/// NaN too, as in torch.
-fn softmax_axis0(a: &Array, log: bool) -> Array {
-    let data = a.data();
-    let rows = a.shape().first().copied().unwrap_or(1);
-    let cols = data.len().checked_div(rows).unwrap_or(0);
-    if cols == 0 {
-        return a.clone();
-    }
-    let mut max = vec![f64::NEG_INFINITY; cols];
-    for row in data.chunks_exact(cols) {
-        for (m, &x) in max.iter_mut().zip(row) {
-            let x = x as f64;
-            if x > *m {
-                *m = x;
-            }
-        }
-    }
-    let mut sum = vec![0.0_f64; cols];
-    for row in data.chunks_exact(cols) {
-        for ((s, &m), &x) in sum.iter_mut().zip(&max).zip(row) {
-            *s += (x as f64 - m).exp();
-        }
-    }
-    let mut out = Vec::with_capacity(data.len());
-    if log {
-        let log_sum: Vec<f64> = sum.iter().map(|s| s.ln()).collect();
-        for row in data.chunks_exact(cols) {
-            for ((&x, &m), &ls) in row.iter().zip(&max).zip(&log_sum) {
-                out.push((x as f64 - m - ls) as f32);
-            }
-        }
-    } else {
-        for row in data.chunks_exact(cols) {
-            for ((&x, &m), &s) in row.iter().zip(&max).zip(&sum) {
-                out.push(((x as f64 - m).exp() / s) as f32);
-            }
-        }
-    }
-    Array::new(a.shape().to_vec(), out).expect("softmax keeps the element count")
+    apply_chain(std::slice::from_ref(&op), a)
 }
 
 /// A binary operation of the LPZero search space (spec §4.3), in reference index order.
