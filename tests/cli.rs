@@ -283,6 +283,29 @@ fn search_writes_run_directory_and_summary() {
     }
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 15);
+    assert!(v["fitness_probe_bytes"].as_u64().unwrap() > 0, "{v}");
+
+    // Probes that outgrow the memory limit stop the search with a clear message.
+    let small = |limit: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lpzero"))
+            .args(["search", "--data-dir", d, "--fitness-archs", "0..6"])
+            .args(["--batch", "1", "--seq-len", "16", "--iterations", "1"])
+            .env("LPZERO_PROBE_MEMORY_GB", limit)
+            .output()
+            .unwrap()
+    };
+    let out = small("0.000001");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("need more memory") && err.contains("--batch"),
+        "{err}"
+    );
+    let out = small("lots");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("LPZERO_PROBE_MEMORY_GB") && err.contains("lots"),
+        "{err}"
+    );
 
     let out = lpzero(&[
         "search",

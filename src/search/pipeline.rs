@@ -45,6 +45,103 @@ fn slim(mut p: Probe) -> Probe {
     p
 }
 
+/// Bytes of the expression inputs a slimmed probe holds (`head` once when it is `act`'s list).
+fn input_bytes(p: &Probe) -> u64 {
+    let list = |l: &[crate::array::Array]| -> u64 { l.iter().map(|a| a.len() as u64 * 4).sum() };
+    let head = if std::sync::Arc::ptr_eq(&p.head, &p.act) {
+        0
+    } else {
+        list(&p.head)
+    };
+    list(&p.act)
+        + head
+        + list(&p.softmax)
+        + list(&p.grad)
+        + list(&p.weight)
+        + p.position_grad.len() as u64 * 4
+}
+
+/// Room left for the fitness probes besides the memo and the GP loop.
+const PROBE_SLACK_BYTES: u64 = 2 << 30;
+
+/// Keeps a running total of the fitness probes' inputs and stops the search before the
+/// system runs out of memory (which would kill it without a word).
+struct MemoryGuard {
+    /// Bytes the probes may hold: the memory available at the start, less the memo budget and
+    /// [`PROBE_SLACK_BYTES`] (`None`: unknown, no check).
+    limit: Option<u64>,
+    held: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicUsize,
+    warned: std::sync::atomic::AtomicBool,
+    total: usize,
+}
+
+impl MemoryGuard {
+    /// The guard for `total` probes: the limit is `$LPZERO_PROBE_MEMORY_GB` when set (for
+    /// containers, whose `MemAvailable` is the host's), else derived from the free memory.
+    fn new(memo_budget: u64, total: usize) -> Result<Self> {
+        let limit = match std::env::var("LPZERO_PROBE_MEMORY_GB") {
+            Ok(text) => {
+                let gb: f64 = text
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|g: &f64| *g >= 0.0)
+                    .with_context(|| {
+                        format!("LPZERO_PROBE_MEMORY_GB: expected a number of GB ≥ 0, got `{text}`")
+                    })?;
+                Some((gb * 1e9) as u64)
+            }
+            Err(_) => crate::report::available_memory_bytes()
+                .map(|a| a.saturating_sub(memo_budget + PROBE_SLACK_BYTES)),
+        };
+        Ok(Self {
+            limit,
+            held: 0.into(),
+            done: 0.into(),
+            warned: false.into(),
+            total,
+        })
+    }
+
+    /// Counts one more probe; an error once the probes hold more than the limit, a warning
+    /// on stderr (once) when the average so far projects past it.
+    fn add(&self, p: &Probe) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes = input_bytes(p);
+        let held = self.held.fetch_add(bytes, Relaxed) + bytes;
+        let done = self.done.fetch_add(1, Relaxed) + 1;
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
+        let gb = |b: u64| b as f64 / 1e9;
+        if held > limit {
+            anyhow::bail!(
+                "the fitness probes need more memory than this machine has free: they hold \
+                 {:.1} GB after {done} of {} architectures, and {:.1} GB is the limit (memory \
+                 available at the start, less the memo budget and 2 GiB). Lower --batch or \
+                 --seq-len, or use fewer --fitness-archs",
+                gb(held),
+                self.total,
+                gb(limit)
+            );
+        }
+        let projected = held / done as u64 * self.total as u64;
+        if done >= 5 && projected > limit && !self.warned.swap(true, Relaxed) {
+            eprintln!(
+                "warning: the fitness probes may need about {:.1} GB ({:.1} GB after {done} of \
+                 {} architectures) and {:.1} GB is free for them; the search stops if they \
+                 exceed it",
+                gb(projected),
+                gb(held),
+                self.total,
+                gb(limit)
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Runs the job and returns the summary (also written to `summary.json` in the run folder).
 pub fn search_benchmark(
     job: &SearchJob<'_>,
@@ -59,14 +156,20 @@ pub fn search_benchmark(
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         progress(phase, n, total);
     };
+    let guard = MemoryGuard::new(opts.memo_budget_bytes, total)?;
     let probes = probe_map(
         bench,
         &job.fitness,
         &job.probe,
         job.threads,
-        |_, p| Ok(slim(p)),
+        |_, p| {
+            let p = slim(p);
+            guard.add(&p)?;
+            Ok(p)
+        },
         || tick("probe", total),
     )?;
+    let probe_bytes = guard.held.into_inner();
     let probe_seconds = start.elapsed().as_secs_f64();
     let sources: Vec<&dyn InputSource> = probes.iter().map(|p| p as &dyn InputSource).collect();
     let truth = bench.truths(&job.fitness);
@@ -161,6 +264,7 @@ pub fn search_benchmark(
         "fitness_archs": job.fitness.iter().map(|&i| bench.entries[i].key.clone()).collect::<Vec<_>>(),
         "seconds": start.elapsed().as_secs_f64(),
         "probe_seconds": probe_seconds,
+        "fitness_probe_bytes": probe_bytes,
         "search_seconds": search_seconds,
         "heldout_seconds": heldout_seconds,
         "evaluated": outcome.evaluated,
