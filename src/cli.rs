@@ -78,6 +78,15 @@ struct ProbeArgs {
     threads: Option<usize>,
 }
 
+/// `search --fitness-sign`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FitnessSign {
+    /// Fitness ρ: only proxies that rank like the ground truth score well.
+    Oriented,
+    /// Fitness |ρ|: proxies that rank backwards score well too (reported negated).
+    Either,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OnOff {
     On,
@@ -202,6 +211,10 @@ struct SearchArgs {
     /// Unary operations per branch (tree structure).
     #[arg(long, default_value_t = 2)]
     n_unary: usize,
+    /// Which proxies count as good: `oriented` (fitness ρ against the ground truth, higher is
+    /// better) or `either` (fitness |ρ|; a backward proxy enters the hall of fame as `neg(…)`).
+    #[arg(long, value_enum, default_value_t = FitnessSign::Oriented)]
+    fitness_sign: FitnessSign,
     /// Rule-based pruning on or off.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     rps: OnOff,
@@ -485,6 +498,7 @@ fn search(a: SearchArgs) -> Result<()> {
         seed: probe.seed,
         checkpoint_every: a.checkpoint_every,
         threads: a.probe.threads(),
+        either_sign: a.fitness_sign == FitnessSign::Either,
         ..SearchOptions::default()
     };
     opts.rps.enabled = a.rps == OnOff::On;

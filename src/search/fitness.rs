@@ -21,6 +21,7 @@ use crate::stats::spearman;
 pub struct FitnessSet<'a> {
     probes: &'a [&'a dyn InputSource],
     truth: &'a [f64],
+    either_sign: bool,
 }
 
 /// The result of evaluating one candidate on a [`FitnessSet`].
@@ -34,6 +35,9 @@ pub struct Evaluation {
     pub archs_evaluated: usize,
     /// Wall-clock seconds spent (not deterministic; for time-saved estimates only).
     pub seconds: f64,
+    /// The fitness is |ρ| of a proxy whose ρ is negative (only with
+    /// [`FitnessSet::with_either_sign`]): `neg` of the proxy has this fitness.
+    pub negated: bool,
 }
 
 impl<'a> FitnessSet<'a> {
@@ -59,7 +63,20 @@ impl<'a> FitnessSet<'a> {
                 truth[i]
             );
         }
-        Ok(Self { probes, truth })
+        Ok(Self {
+            probes,
+            truth,
+            either_sign: false,
+        })
+    }
+
+    /// The same set scoring |ρ| when `on` (see [`crate::search::SearchOptions::either_sign`]);
+    /// the predictive rule then compares |ρ| too.
+    pub fn with_either_sign(self, on: bool) -> Self {
+        Self {
+            either_sign: on,
+            ..self
+        }
     }
 
     /// Number of architectures.
@@ -167,6 +184,7 @@ impl<'a> FitnessSet<'a> {
             rule: Some(rule),
             archs_evaluated: done,
             seconds: start.elapsed().as_secs_f64(),
+            negated: false,
         };
         // The predictive rule needs the first k values before the rest are worth computing.
         let split = if predictive.is_some() { k } else { n };
@@ -198,6 +216,7 @@ impl<'a> FitnessSet<'a> {
                 if let Some(threshold) = predictive {
                     if values.len() == k {
                         let rho = spearman(&self.truth[..k], &values);
+                        let rho = if self.either_sign { rho.abs() } else { rho };
                         if rho.is_nan() || rho < threshold {
                             return reject(Rule::Predictive, k);
                         }
@@ -209,11 +228,13 @@ impl<'a> FitnessSet<'a> {
         if rho.is_nan() {
             return reject(Rule::DegenerateCorrelation, n);
         }
+        let negated = self.either_sign && rho < 0.0;
         Evaluation {
-            fitness: Some(rho),
+            fitness: Some(if negated { -rho } else { rho }),
             rule: None,
             archs_evaluated: n,
             seconds: start.elapsed().as_secs_f64(),
+            negated,
         }
     }
 }

@@ -62,6 +62,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::proxy::eval::{Memo, MemoStats};
 use crate::proxy::expr::{canonical, Expr, InputSource};
+use crate::proxy::ops::UnaryOp;
 use crate::rng::Rng;
 use crate::stats::median;
 
@@ -277,6 +278,14 @@ impl Search<'_> {
             c.timed_full_evaluations += 1;
             c.timed_full_seconds += ev.seconds;
         }
+        // A backward proxy found under `either_sign` is reported as its negation.
+        let (expr, key) = if ev.negated {
+            let e = Expr::unary(UnaryOp::Neg, expr);
+            let k = canonical(&e).to_string();
+            (e, k)
+        } else {
+            (expr, key)
+        };
         match ev.rule {
             Some(rule) => c.rules.record(rule, n - ev.archs_evaluated as u64),
             None => {
@@ -427,7 +436,8 @@ impl Search<'_> {
         let c = &self.state.counters;
         let n = self.set.len();
         SearchOutcome {
-            best: best.genome.to_expr(),
+            // The member's text, which holds the `neg` of a backward proxy (see `consider`).
+            best: crate::proxy::expr::parse(&best.expr).unwrap_or_else(|_| best.genome.to_expr()),
             best_key: best.key.clone(),
             best_genome: best.genome.clone(),
             fitness_spearman: best.fitness,
@@ -491,7 +501,7 @@ pub fn run(
 ) -> Result<SearchOutcome> {
     let started = Instant::now();
     opts.validate()?;
-    let set = FitnessSet::new(fitness_probes, fitness_truth)?;
+    let set = FitnessSet::new(fitness_probes, fitness_truth)?.with_either_sign(opts.either_sign);
     let ctx = StaticContext::from_source(fitness_probes[0]);
     let (state, resumed_from) = match resume {
         Some(path) => {

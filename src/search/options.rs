@@ -113,6 +113,11 @@ pub struct SearchOptions {
     pub threads: usize,
     /// The rule-based pruning strategy.
     pub rps: RpsOptions,
+    /// Fitness is |ρ| instead of ρ: a proxy that ranks architectures backwards counts as well
+    /// as one that ranks them forwards, and enters the hall of fame as `neg(…)` (so every
+    /// reported proxy is higher-is-better). The tree template cannot negate a whole proxy, so
+    /// this doubles what it can express; the reference's GPT-2 proxy is such a backward one.
+    pub either_sign: bool,
 }
 
 impl Default for SearchOptions {
@@ -134,6 +139,7 @@ impl Default for SearchOptions {
             memo_budget_bytes: crate::proxy::eval::DEFAULT_BUDGET_BYTES,
             threads: 1,
             rps: RpsOptions::default(),
+            either_sign: false,
         }
     }
 }

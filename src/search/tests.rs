@@ -252,3 +252,60 @@ fn hopeless_configuration_errors_out() {
     let err = run(&opts, &probes, &[1.0, 2.0, 3.0], None, None, &|_| {}).unwrap_err();
     assert!(err.to_string().contains("initial population"), "{err}");
 }
+
+#[test]
+fn either_sign_finds_backward_proxies_and_reports_them_negated() {
+    // Reverse the ground truth: every good proxy of the synthetic set now ranks backwards.
+    let mut s = Synthetic::new(30, 4);
+    s.truth.iter_mut().for_each(|t| *t = -*t);
+    let probes = s.sources();
+    let set = FitnessSet::new(&probes, &s.truth).unwrap();
+    let e = canonical(&parse("mean(pow2(head))").unwrap());
+    let mut memo = Memo::new();
+    let oriented = set.evaluate(
+        &e,
+        std::slice::from_mut(&mut memo),
+        &RpsOptions::off(),
+        None,
+    );
+    let either = set.with_either_sign(true).evaluate(
+        &e,
+        std::slice::from_mut(&mut memo),
+        &RpsOptions::off(),
+        Some(0.0),
+    );
+    let rho = oriented.fitness.unwrap();
+    assert!(rho < -0.5 && !oriented.negated, "{oriented:?}");
+    assert_eq!(either.fitness, Some(-rho));
+    assert!(either.negated);
+
+    let opts = SearchOptions {
+        either_sign: true,
+        ..small(Structure::Tree, 2, 30)
+    };
+    let out = run_quiet(&opts, &s);
+    assert!(out.fitness_spearman > 0.5, "{}", out.fitness_spearman);
+    // Every entry is higher-is-better as written: its ρ on the set equals its fitness.
+    for h in &out.hall_of_fame {
+        let expr = parse(&h.expr).unwrap();
+        let values: Vec<f64> = s.archs.iter().map(|a| eval(&expr, a).unwrap()).collect();
+        let rho = crate::stats::spearman(&s.truth, &values);
+        assert!(
+            (rho - h.fitness).abs() < 1e-9,
+            "{}: {rho} vs {}",
+            h.expr,
+            h.fitness
+        );
+    }
+    assert!(
+        out.hall_of_fame.iter().any(|h| h.expr.starts_with("neg(")),
+        "{:?}",
+        out.hall_of_fame
+    );
+    let best: Vec<f64> = s
+        .archs
+        .iter()
+        .map(|a| eval(&out.best, a).unwrap())
+        .collect();
+    assert!((crate::stats::spearman(&s.truth, &best) - out.fitness_spearman).abs() < 1e-9);
+}
