@@ -26,6 +26,8 @@
 //! rounded value (checked by the tests); sums, means and standard deviations accumulate in
 //! `f64`.
 
+use std::ops::Range;
+
 use super::ops::UnaryOp;
 use crate::array::Array;
 
@@ -201,32 +203,40 @@ fn apply_step(step: &Step, b: &mut [f32], offset: usize) {
         &Step::MinMax { lo, denom, .. } => b
             .iter_mut()
             .for_each(|x| *x = ((*x as f64 - lo) / denom) as f32),
-        Step::Softmax { max, scale, log } => for_columns(b, offset, max.len(), |seg, c| {
-            let (m, s) = (&max[c..c + seg.len()], &scale[c..c + seg.len()]);
-            if *log {
-                for ((x, &m), &s) in seg.iter_mut().zip(m).zip(s) {
-                    *x = ((*x - m) as f64 - s) as f32;
-                }
-            } else {
-                for ((x, &m), &s) in seg.iter_mut().zip(m).zip(s) {
-                    *x = (exp_f32(*x - m) as f64 / s) as f32;
+        Step::Softmax { max, scale, log } => {
+            for (run, cols) in column_runs(b.len(), offset, max.len()) {
+                let (seg, m, s) = (&mut b[run], &max[cols.clone()], &scale[cols]);
+                if *log {
+                    for ((x, &m), &s) in seg.iter_mut().zip(m).zip(s) {
+                        *x = ((*x - m) as f64 - s) as f32;
+                    }
+                } else {
+                    for ((x, &m), &s) in seg.iter_mut().zip(m).zip(s) {
+                        *x = (exp_f32(*x - m) as f64 / s) as f32;
+                    }
                 }
             }
-        }),
+        }
     }
 }
 
-/// Splits a chunk starting at element position `offset` into runs of consecutive columns of
-/// a `cols`-column layout and calls `f(run, first column)` on each.
+/// Splits a chunk of `len` values that starts at element position `offset` of a `cols`-column
+/// layout into runs of consecutive columns: `(positions in the chunk, columns)` per run.
 #[inline(always)]
-fn for_columns<T>(b: &mut [T], offset: usize, cols: usize, mut f: impl FnMut(&mut [T], usize)) {
+fn column_runs(
+    len: usize,
+    offset: usize,
+    cols: usize,
+) -> impl Iterator<Item = (Range<usize>, Range<usize>)> {
     let mut pos = 0;
-    while pos < b.len() {
-        let c = (offset + pos) % cols;
-        let n = (cols - c).min(b.len() - pos);
-        f(&mut b[pos..pos + n], c);
-        pos += n;
-    }
+    std::iter::from_fn(move || {
+        (pos < len).then(|| {
+            let c = (offset + pos) % cols;
+            let n = (cols - c).min(len - pos);
+            pos += n;
+            (pos - n..pos, c..c + n)
+        })
+    })
 }
 
 /// Applies an element-wise op to every value of a chunk.
@@ -370,39 +380,24 @@ vectorised! {
     }
 }
 
-/// Calls `f(first column, run)` on the runs of consecutive columns of a chunk that starts at
-/// element position `offset` in a `cols`-column layout.
-#[inline(always)]
-fn column_runs(b: &[f32], offset: usize, cols: usize, mut f: impl FnMut(usize, &[f32])) {
-    let mut pos = 0;
-    while pos < b.len() {
-        let c = (offset + pos) % cols;
-        let n = (cols - c).min(b.len() - pos);
-        f(c, &b[pos..pos + n]);
-        pos += n;
-    }
-}
-
 /// Per-column max of the values.
 fn column_max(steps: &[Step], a: &Array, cols: usize) -> Vec<f32> {
     let mut max = vec![f32::NEG_INFINITY; cols];
     stream(steps, a, |offset, b| {
-        column_runs(b, offset, cols, |c, run| {
-            max_columns(&mut max[c..c + run.len()], run)
-        })
+        for (run, c) in column_runs(b.len(), offset, cols) {
+            max_columns(&mut max[c], &b[run]);
+        }
     });
     max
 }
 
 /// Per-column `Σ exp(x − max)` in `f64`.
 fn column_exp_sum(steps: &[Step], a: &Array, max: &[f32]) -> Vec<f64> {
-    let cols = max.len();
-    let mut sum = vec![0.0_f64; cols];
+    let mut sum = vec![0.0_f64; max.len()];
     stream(steps, a, |offset, b| {
-        column_runs(b, offset, cols, |c, run| {
-            let n = run.len();
-            exp_sum_columns(&mut sum[c..c + n], &max[c..c + n], run)
-        })
+        for (run, c) in column_runs(b.len(), offset, max.len()) {
+            exp_sum_columns(&mut sum[c.clone()], &max[c], &b[run]);
+        }
     });
     sum
 }

@@ -107,7 +107,7 @@ impl Default for Memo {
 }
 
 /// Approximate heap size of a list: 4 bytes per element plus the shape and array headers.
-fn list_bytes(items: &[Array]) -> u64 {
+pub fn list_bytes(items: &[Array]) -> u64 {
     items
         .iter()
         .map(|a| {

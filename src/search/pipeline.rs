@@ -13,6 +13,7 @@ use serde_json::json;
 use super::{run, rundir, SearchOptions};
 use crate::bench::Benchmark;
 use crate::probe::{probe_map, Probe, ProbeOptions};
+use crate::proxy::eval::list_bytes;
 use crate::proxy::expr::{self, Expr, InputSource};
 use crate::report::json_number;
 use crate::stats;
@@ -47,18 +48,17 @@ fn slim(mut p: Probe) -> Probe {
 
 /// Bytes of the expression inputs a slimmed probe holds (`head` once when it is `act`'s list).
 fn input_bytes(p: &Probe) -> u64 {
-    let list = |l: &[crate::array::Array]| -> u64 { l.iter().map(|a| a.len() as u64 * 4).sum() };
     let head = if std::sync::Arc::ptr_eq(&p.head, &p.act) {
         0
     } else {
-        list(&p.head)
+        list_bytes(&p.head)
     };
-    list(&p.act)
+    list_bytes(&p.act)
         + head
-        + list(&p.softmax)
-        + list(&p.grad)
-        + list(&p.weight)
-        + p.position_grad.len() as u64 * 4
+        + list_bytes(&p.softmax)
+        + list_bytes(&p.grad)
+        + list_bytes(&p.weight)
+        + list_bytes(std::slice::from_ref(&p.position_grad))
 }
 
 /// Room left for the fitness probes besides the memo and the GP loop.
