@@ -300,6 +300,12 @@ fn search_writes_run_directory_and_summary() {
         !out.status.success() && err.contains("need more memory") && err.contains("--batch"),
         "{err}"
     );
+    let out = lpzero(&["search", "--data-dir", d, "--fitness-sign", "sideways"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--fitness-sign") && err.contains("either"),
+        "{err}"
+    );
     let out = small("lots");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
