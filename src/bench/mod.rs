@@ -200,15 +200,7 @@ pub fn parse_sample(text: &str, n: usize, seed: u64) -> Result<Vec<usize>> {
     if count == 0 || count > n {
         bail!("`{text}`: N must be within 1..={n}");
     }
-    let mut rng = crate::rng::Rng::derive(seed, &[10]);
-    let mut all: Vec<usize> = (0..n).collect();
-    for i in 0..count {
-        let j = rng.range(i, n);
-        all.swap(i, j);
-    }
-    let mut picked = all[..count].to_vec();
-    picked.sort_unstable();
-    Ok(picked)
+    Ok(crate::rng::Rng::derive(seed, &[10]).sample_indices(n, count))
 }
 
 #[cfg(test)]
