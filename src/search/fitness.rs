@@ -286,7 +286,7 @@ pub fn measure(measure: FitnessMeasure, truth: &[f64], values: &[f64]) -> f64 {
 }
 
 /// Seed of the fixed halves of the `robust` measure.
-const ROBUST_SEED: u64 = 0x5eed_0f_4a1f;
+const ROBUST_SEED: u64 = 0x005e_ed0f_4a1f;
 
 #[cfg(test)]
 mod tests {
