@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use lpzero::bench::{self, BenchKind, Benchmark};
+use lpzero::bench::{self, BenchKind, Benchmark, DataSource};
 use lpzero::models::flexibert::SizeMode;
 use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions};
 use lpzero::report;
@@ -43,7 +43,8 @@ struct DataArgs {
     /// Benchmark family.
     #[arg(long, value_enum, default_value_t = BenchKind::Flexibert)]
     bench: BenchKind,
-    /// Folder holding the benchmarks (else $LPZERO_DATA, else ../shared/benchmarks).
+    /// Folder holding the benchmarks, laid out as the repository's data/ (else
+    /// $LPZERO_DATA, else the copy built into lpzero).
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
@@ -267,8 +268,11 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn load(data: &DataArgs) -> Result<Benchmark> {
-    let dir = bench::resolve_data_dir(data.data_dir.as_deref())?;
-    Benchmark::load(data.bench, &dir)
+    let source = match &data.data_dir {
+        Some(dir) => DataSource::dir(dir).context("--data-dir")?,
+        None => DataSource::resolve(None)?,
+    };
+    Benchmark::load(data.bench, &source)
 }
 
 fn params(a: ParamsArgs) -> Result<()> {

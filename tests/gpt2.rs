@@ -1,10 +1,12 @@
 //! The GPT-2 benchmark family: loader validation, parameter counts (spec §5.3), the adaptive
 //! softmax, probes and the `lpzero_gpt2` closed-form oracle (spec §4.8).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use lpzero::bench::{gpt2, Arch, BenchKind, Benchmark};
+use lpzero::bench::{gpt2, Arch, BenchKind, Benchmark, DataSource};
 use lpzero::models::flexibert::SizeMode;
 use lpzero::models::gpt2_flex::{Config, Gpt2Flex};
 use lpzero::probe::{probe_entry, probe_gpt2, Batch, ProbeOptions};
@@ -136,11 +138,11 @@ fn write(name: &str, f: &Fixture) -> PathBuf {
 }
 
 fn load_fixture(name: &str, f: &Fixture) -> Benchmark {
-    Benchmark::load(BenchKind::Gpt2, &write(name, f)).unwrap()
+    Benchmark::load(BenchKind::Gpt2, &DataSource::Dir(write(name, f))).unwrap()
 }
 
 fn error_for(name: &str, f: &Fixture) -> String {
-    let err = Benchmark::load(BenchKind::Gpt2, &write(name, f)).unwrap_err();
+    let err = Benchmark::load(BenchKind::Gpt2, &DataSource::Dir(write(name, f))).unwrap_err();
     let msg = format!("{err:#}");
     assert!(!msg.contains('\n'), "error should be one line: {msg}");
     msg
@@ -150,14 +152,6 @@ fn assert_names(msg: &str, parts: &[&str]) {
     for p in parts {
         assert!(msg.contains(p), "error `{msg}` should mention `{p}`");
     }
-}
-
-fn shared_gpt2() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/benchmarks");
-    dir.join(gpt2::DIR)
-        .join(gpt2::PARAMS_FILE)
-        .is_file()
-        .then_some(dir)
 }
 
 fn record(bench: &Benchmark, i: usize) -> &gpt2::Record {
@@ -240,7 +234,10 @@ fn loader_errors_name_file_and_key() {
     // No configs folder at all.
     let dir = std::env::temp_dir().join(format!("lpzero-gpt2-{}-empty", std::process::id()));
     std::fs::create_dir_all(dir.join(gpt2::DIR)).unwrap();
-    let msg = format!("{:#}", Benchmark::load(BenchKind::Gpt2, &dir).unwrap_err());
+    let msg = format!(
+        "{:#}",
+        Benchmark::load(BenchKind::Gpt2, &DataSource::Dir(dir)).unwrap_err()
+    );
     assert_names(&msg, &["configs"]);
 }
 
@@ -282,15 +279,10 @@ fn params_match_the_worked_examples() {
     assert_eq!(check_counts(&bench), 3);
 }
 
-/// All 200 architectures reproduce the five columns of `params_summary.yaml` exactly (runs
-/// when the shared data exists).
+/// All 200 shipped architectures reproduce the five columns of `params_summary.yaml` exactly.
 #[test]
 fn params_match_the_summary_for_all_200() {
-    let Some(dir) = shared_gpt2() else {
-        eprintln!("shared GPT-2 benchmark not present; skipping the 200-architecture check");
-        return;
-    };
-    let bench = Benchmark::load(BenchKind::Gpt2, &dir).unwrap();
+    let bench = Benchmark::load(BenchKind::Gpt2, &common::shipped_source()).unwrap();
     assert_eq!(bench.len(), 200);
     assert!(bench.entries.windows(2).all(|w| w[0].key < w[1].key));
     assert_eq!(check_counts(&bench), 200);

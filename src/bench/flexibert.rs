@@ -8,13 +8,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::Deserialize;
 
-use super::{Arch, BenchKind, Benchmark, Entry};
+use super::{Arch, BenchKind, Benchmark, DataSource, Entry};
 
-/// Path of the benchmark file inside the data directory.
+/// Path of the benchmark file inside the data folder.
 pub const FILE: &str = "flexibert/BERT_benchmark.json";
+
+/// Path inside the data folder of the reference proxy values computed by the benchmark's
+/// authors (optional; `lpzero baselines` compares against it when present).
+pub const REFERENCE_FILE: &str = "flexibert/reference_proxy_scores.csv";
 
 /// The token mixer of one encoder layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -118,11 +122,12 @@ struct RawLayer {
     num_feed_forward: usize,
 }
 
-/// Reads and validates the benchmark file at `path`.
-pub fn load(path: &Path) -> Result<Benchmark> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the FlexiBERT benchmark", path.display()))?;
-    parse(&text, path)
+/// Reads and validates the benchmark file [`FILE`] of `data`.
+pub fn load(data: &DataSource) -> Result<Benchmark> {
+    let text = data.read(FILE, "the FlexiBERT benchmark")?;
+    let mut bench = parse(&text, &data.name(FILE))?;
+    bench.data = Some(data.clone());
+    Ok(bench)
 }
 
 /// Parses benchmark text; `path` only names the source in errors.
@@ -145,6 +150,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
     Ok(Benchmark {
         kind: BenchKind::Flexibert,
         source: path.to_path_buf(),
+        data: None,
         entries,
         truth_name: "GLUE average (scores.glue), higher is better",
     })

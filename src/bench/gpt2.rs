@@ -1,7 +1,7 @@
 //! The GPT-2 benchmark (LiteTransformerSearch / archai `random_GPT2_wt103`): 200 decoders
 //! with per-layer heads and MLP widths and adaptive input/output, trained on WikiText-103.
 //!
-//! Folder layout (`gpt2_wt103/` inside the data directory):
+//! Folder layout (`gpt2_wt103/` inside the data folder):
 //!
 //! * `configs/<key>.yaml`: one model config per architecture; the key is the file stem
 //!   (`config_0_j0`). Only the keys the model uses are read (see [`Record`]); the others
@@ -22,7 +22,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use super::{Arch, BenchKind, Benchmark, Entry};
+use super::{Arch, BenchKind, Benchmark, DataSource, Entry};
 
 /// Folder of the benchmark inside the data directory.
 pub const DIR: &str = "gpt2_wt103";
@@ -168,41 +168,37 @@ pub fn clean_cutoffs(cutoffs: &[usize], n_token: usize) -> Vec<usize> {
     out
 }
 
-/// Loads the benchmark folder `dir` (normally `<data dir>/gpt2_wt103`).
-pub fn load(dir: &Path) -> Result<Benchmark> {
-    let configs_dir = dir.join(CONFIGS);
-    let listing = std::fs::read_dir(&configs_dir).with_context(|| {
-        format!(
-            "{}: cannot read the GPT-2 benchmark configs (expected one YAML file per \
-             architecture)",
-            configs_dir.display()
-        )
+/// Loads the benchmark folder [`DIR`] of `data`.
+pub fn load(data: &DataSource) -> Result<Benchmark> {
+    let configs_dir = format!("{DIR}/{CONFIGS}");
+    let names = data.list(&configs_dir, "yaml").with_context(|| {
+        "cannot read the GPT-2 benchmark configs (expected one YAML file per architecture)"
     })?;
-    let mut configs: Vec<(String, std::path::PathBuf)> = Vec::new();
-    for item in listing {
-        let path = item
-            .with_context(|| format!("{}: cannot list the folder", configs_dir.display()))?
-            .path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
-            continue;
-        }
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-            bail!("{}: file name is not valid UTF-8", path.display());
-        };
-        configs.push((stem.to_string(), path));
+    if names.is_empty() {
+        bail!(
+            "{}: holds no *.yaml model config",
+            data.name(&configs_dir).display()
+        );
     }
-    if configs.is_empty() {
-        bail!("{}: holds no *.yaml model config", configs_dir.display());
-    }
-    let ppl_path = dir.join(PPL_FILE);
-    let params_path = dir.join(PARAMS_FILE);
-    let ppl = read_summary(&ppl_path, parse_ppl)?;
-    let params = read_summary(&params_path, parse_params)?;
-    let mut texts = Vec::with_capacity(configs.len());
-    for (key, path) in configs {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read the model config", path.display()))?;
-        texts.push((key, path, text));
+    let ppl_rel = format!("{DIR}/{PPL_FILE}");
+    let params_rel = format!("{DIR}/{PARAMS_FILE}");
+    let (ppl_path, params_path) = (data.name(&ppl_rel), data.name(&params_rel));
+    let ppl = parse_summary(
+        &data.read(&ppl_rel, "the GPT-2 perplexity summary")?,
+        &ppl_path,
+        parse_ppl,
+    )?;
+    let params = parse_summary(
+        &data.read(&params_rel, "the GPT-2 parameter-count summary")?,
+        &params_path,
+        parse_params,
+    )?;
+    let mut texts = Vec::with_capacity(names.len());
+    for name in names {
+        let rel = format!("{configs_dir}/{name}");
+        let text = data.read(&rel, "a GPT-2 model config")?;
+        let key = name.trim_end_matches(".yaml").to_string();
+        texts.push((key, data.name(&rel), text));
     }
     let mut bench = assemble(
         texts
@@ -213,7 +209,8 @@ pub fn load(dir: &Path) -> Result<Benchmark> {
         &ppl_path,
         &params_path,
     )?;
-    bench.source = dir.to_path_buf();
+    bench.source = data.name(DIR);
+    bench.data = Some(data.clone());
     Ok(bench)
 }
 
@@ -256,6 +253,7 @@ fn assemble<'a>(
     Ok(Benchmark {
         kind: BenchKind::Gpt2,
         source: ppl_path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        data: None,
         entries,
         truth_name: "negated validation perplexity (-valid_ppl), higher is better",
     })
@@ -270,16 +268,6 @@ fn located(file: &Path, path: &serde_path_to_error::Path, inner: impl std::fmt::
     } else {
         format!("{}: key `{path}`: {inner}", file.display())
     }
-}
-
-/// Reads a summary file (mapping key → entry) and parses each entry with `parse`.
-fn read_summary<T>(
-    path: &Path,
-    parse: impl Fn(&serde_yaml::Value, &str) -> Result<T, String>,
-) -> Result<BTreeMap<String, T>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the summary file", path.display()))?;
-    parse_summary(&text, path, parse)
 }
 
 fn parse_summary<T>(

@@ -1,14 +1,19 @@
-//! Benchmarks: trained architectures with their ground truth, read from a data directory.
+//! Benchmarks: trained architectures with their ground truth.
 //!
 //! A [`Benchmark`] is a list of [`Entry`] values, one per architecture, each with a key, the
 //! architecture description of its family and its ground truth oriented so that higher is
-//! better everywhere in the tool. Families sit side by side in [`Arch`].
+//! better everywhere in the tool. Families sit side by side in [`Arch`]. The shipped
+//! benchmarks are read from a [`DataSource`]: the copy compiled into the library, or a data
+//! folder with the same layout.
 
 pub mod flexibert;
 pub mod gpt2;
+pub mod source;
+
+pub use source::{DataSource, DATA_ENV};
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
@@ -75,8 +80,11 @@ pub struct Entry {
 pub struct Benchmark {
     /// Which family this is.
     pub kind: BenchKind,
-    /// The file or folder it was read from (for messages).
+    /// How messages name the file or folder it was read from.
     pub source: PathBuf,
+    /// The data source it was read from, where companion files such as the FlexiBERT
+    /// reference proxy table are looked up.
+    pub data: Option<DataSource>,
     /// Architectures in benchmark order.
     pub entries: Vec<Entry>,
     /// What the ground truth is, in words (e.g. "GLUE average, higher is better").
@@ -84,11 +92,11 @@ pub struct Benchmark {
 }
 
 impl Benchmark {
-    /// Loads the benchmark of `kind` from the data directory `data_dir`.
-    pub fn load(kind: BenchKind, data_dir: &Path) -> Result<Self> {
+    /// Loads the benchmark of `kind` from `data` (the embedded copy or a data folder).
+    pub fn load(kind: BenchKind, data: &DataSource) -> Result<Self> {
         match kind {
-            BenchKind::Flexibert => flexibert::load(&data_dir.join(flexibert::FILE)),
-            BenchKind::Gpt2 => gpt2::load(&data_dir.join(gpt2::DIR)),
+            BenchKind::Flexibert => flexibert::load(data),
+            BenchKind::Gpt2 => gpt2::load(data),
         }
     }
 
@@ -106,44 +114,6 @@ impl Benchmark {
     pub fn truths(&self, selection: &[usize]) -> Vec<f64> {
         selection.iter().map(|&i| self.entries[i].truth).collect()
     }
-}
-
-/// Environment variable naming the data directory when `--data-dir` is absent.
-pub const DATA_ENV: &str = "LPZERO_DATA";
-
-/// Finds the data directory: `explicit` (from `--data-dir`), else `$LPZERO_DATA`, else
-/// `../shared/benchmarks` next to the project root (the source checkout, then the current
-/// directory), else an error that says how to provide the data.
-pub fn resolve_data_dir(explicit: Option<&Path>) -> Result<PathBuf> {
-    if let Some(dir) = explicit {
-        if !dir.is_dir() {
-            bail!("--data-dir {}: not a directory", dir.display());
-        }
-        return Ok(dir.to_path_buf());
-    }
-    if let Some(dir) = std::env::var_os(DATA_ENV) {
-        let dir = PathBuf::from(dir);
-        if !dir.is_dir() {
-            bail!("{DATA_ENV}={}: not a directory", dir.display());
-        }
-        return Ok(dir);
-    }
-    let candidates = [
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/benchmarks"),
-        PathBuf::from("../shared/benchmarks"),
-    ];
-    for c in candidates {
-        if c.is_dir() {
-            return Ok(c);
-        }
-    }
-    bail!(
-        "no benchmark data found: pass --data-dir DIR or set {DATA_ENV}=DIR, where DIR holds \
-         flexibert/BERT_benchmark.json (the public FlexiBERT benchmark of Serianni & Kalita, \
-         also shipped with pprp/LPZero) and/or gpt2_wt103/ (the GPT-2 benchmark of \
-         LiteTransformerSearch); by default lpzero looks in ../shared/benchmarks \
-         beside the project root"
-    )
 }
 
 /// A selection of architectures by position, parsed from `--archs`.

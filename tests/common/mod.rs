@@ -77,10 +77,27 @@ pub fn fixture_data_dir(name: &str, records: &[serde_json::Value]) -> PathBuf {
     dir
 }
 
-/// The shared benchmark folder when this checkout has it.
-pub fn shared_data() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/benchmarks");
-    dir.join("flexibert/BERT_benchmark.json")
-        .is_file()
-        .then_some(dir)
+/// The repository's `data/` folder (the shipped benchmarks). Panics when a file is missing:
+/// tests that need the shipped data must fail, not pass vacuously.
+pub fn shipped_data() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    for file in [
+        "flexibert/BERT_benchmark.json",
+        "flexibert/reference_proxy_scores.csv",
+        "gpt2_wt103/ppl_summary.yaml",
+        "gpt2_wt103/params_summary.yaml",
+        "gpt2_wt103/configs/config_0_j0.yaml",
+    ] {
+        assert!(
+            dir.join(file).is_file(),
+            "{}: missing from the repository (the shipped benchmarks)",
+            dir.join(file).display()
+        );
+    }
+    dir
+}
+
+/// The shipped benchmarks as a data source read from disk.
+pub fn shipped_source() -> lpzero::bench::DataSource {
+    lpzero::bench::DataSource::Dir(shipped_data())
 }
