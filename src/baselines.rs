@@ -142,6 +142,7 @@ fn parse_reference(text: &str, path: &Path) -> Result<HashMap<String, HashMap<St
         .iter()
         .map(|h| (h.to_string(), HashMap::new()))
         .collect();
+    let mut seen = std::collections::HashSet::new();
     for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != header.len() {
@@ -151,6 +152,15 @@ fn parse_reference(text: &str, path: &Path) -> Result<HashMap<String, HashMap<St
                 n + 2,
                 fields.len(),
                 header.len()
+            );
+        }
+        if !seen.insert(fields[0].trim()) {
+            bail!(
+                "{}: line {}: ID `{}` appears on an earlier line too; expected one row per \
+                 architecture",
+                path.display(),
+                n + 2,
+                fields[0].trim()
             );
         }
         for (h, f) in header[1..].iter().zip(&fields[1..]) {
@@ -411,6 +421,17 @@ mod tests {
                 "{name} is not a built-in proxy"
             );
         }
+    }
+
+    #[test]
+    fn reference_rows_are_read_once_per_id() {
+        let path = Path::new("ref.csv");
+        let table = parse_reference("ID,Head Confidence\n0,1.5\n1,2.5\n", path).unwrap();
+        assert_eq!(table["Head Confidence"]["1"], 2.5);
+        let e = parse_reference("ID,Head Confidence\n0,1.5\n1,2.5\n0,9\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ref.csv: line 4: ID `0`"), "{e}");
     }
 
     #[test]

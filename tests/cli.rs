@@ -127,6 +127,40 @@ fn bad_input_gives_clear_errors() {
         "{err}"
     );
 
+    // An architecture selected twice would count twice in the correlations.
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        "params",
+        "--archs",
+        "0..3,1,1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--archs")
+            && err.contains("architecture 1 is selected twice"),
+        "{err}"
+    );
+    let out = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--fitness-archs",
+        "0..4,1,1",
+        "--iterations",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--fitness-archs")
+            && err.contains("architecture 1 is selected twice"),
+        "{err}"
+    );
+
     let out = lpzero(&[
         "score",
         "--data-dir",

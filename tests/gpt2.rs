@@ -231,6 +231,29 @@ fn loader_errors_name_file_and_key() {
     let msg = error_for("fraction", &f);
     assert_names(&msg, &["params_summary.yaml", "config_0_j0.total"]);
 
+    // A key given twice, in a summary or a config, instead of silently keeping one value.
+    let mut f = fixture();
+    f.ppl.push_str("config_0_j2:\n  valid_ppl: 20.0\n");
+    let msg = error_for("twice-ppl", &f);
+    assert_names(&msg, &["ppl_summary.yaml", "config_0_j2", "duplicate"]);
+    let mut f = fixture();
+    f.params = f
+        .params
+        .replacen("  Attn: 330240.0\n", "  Attn: 330240.0\n  Attn: 1.0\n", 1);
+    let msg = error_for("twice-attn", &f);
+    assert_names(
+        &msg,
+        &["params_summary.yaml", "config_0_j0", "Attn", "duplicate"],
+    );
+    let mut f = fixture();
+    f.configs[1].1.push_str("d_model: 256\n");
+    let msg = error_for("twice-config", &f);
+    assert_names(&msg, &["config_0_j2.yaml", "d_model", "duplicate"]);
+    let mut f = fixture();
+    f.configs[1].1.push_str("mem_len: 0\n");
+    let msg = error_for("twice-ignored", &f);
+    assert_names(&msg, &["config_0_j2.yaml", "mem_len", "duplicate"]);
+
     // No configs folder at all.
     let dir = std::env::temp_dir().join(format!("lpzero-gpt2-{}-empty", std::process::id()));
     std::fs::create_dir_all(dir.join(gpt2::DIR)).unwrap();

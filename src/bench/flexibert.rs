@@ -3,7 +3,8 @@
 //! File format (`flexibert/BERT_benchmark.json`): a JSON array whose element `i` has `id == i`,
 //! `scores` (GLUE task scores and their mean `glue`) and
 //! `hparams.model_hparam_overrides` (`hidden_size`, `nas_config.encoder_layers`). Every field
-//! the tool uses is validated; errors name the file, the record and the field.
+//! the tool uses is validated; errors name the file, the record and the field. A key given
+//! twice in one object is an error (JSON parsers usually keep the last one silently).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -133,8 +134,13 @@ pub fn load(data: &DataSource) -> Result<Benchmark> {
 /// Parses benchmark text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
     let file = path.display();
-    let values: Vec<serde_json::Value> = serde_json::from_str(text)
-        .map_err(|e| anyhow!("{file}: expected a JSON array of records: {e}"))?;
+    let value = super::json::parse(text).map_err(|e| anyhow!("{file}: {e}"))?;
+    let serde_json::Value::Array(values) = value else {
+        return Err(anyhow!(
+            "{file}: expected a JSON array of records, found {}",
+            super::describe(&value)
+        ));
+    };
     let mut entries = Vec::with_capacity(values.len());
     for (index, value) in values.iter().enumerate() {
         let record = parse_record(value, index).map_err(|e| anyhow!("{file}: {e}"))?;

@@ -11,6 +11,9 @@
 //! * `params_summary.yaml`: key → `{AdaEmb, Attn, FFN, nonembedding, total}` (floats holding
 //!   integers), kept on each record for tests and for reference.
 //!
+//! A key given twice in a summary or a config is an error (YAML readers usually keep one of
+//! the values silently).
+//!
 //! Entries are sorted lexicographically by key (`config_0_j0`, `config_0_j1`, …,
 //! `config_10_j0`, …, `config_1_j0`, …), the order of the reference's evaluation script. Every
 //! file is parsed into typed structs; a missing or invalid key gives a one-line error naming the
@@ -275,17 +278,33 @@ fn parse_summary<T>(
     path: &Path,
     parse: impl Fn(&serde_yaml::Value, &str) -> Result<T, String>,
 ) -> Result<BTreeMap<String, T>> {
-    let map: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(text).map_err(|e| {
-        anyhow!(
-            "{}: expected a mapping from architecture key to entry: {}",
-            path.display(),
-            e.to_string().replace('\n', " ")
-        )
+    // A `Mapping` (unlike a `BTreeMap`) refuses a key given twice, which would otherwise
+    // silently replace an architecture's entry.
+    let map: serde_yaml::Mapping = serde_yaml::from_str(text).map_err(|e| {
+        let inner = e.to_string().replace('\n', " ");
+        if inner.contains("duplicate entry") {
+            anyhow!("{}: {inner}; expected each key once", path.display())
+        } else {
+            anyhow!(
+                "{}: expected a mapping from architecture key to entry: {inner}",
+                path.display()
+            )
+        }
     })?;
     let mut out = BTreeMap::new();
     for (key, value) in &map {
+        let Some(key) = key.as_str() else {
+            bail!(
+                "{}: expected architecture keys such as `config_0_j0`, found the key {}",
+                path.display(),
+                serde_yaml::to_string(key)
+                    .unwrap_or_default()
+                    .trim_end()
+                    .replace('\n', " ")
+            );
+        };
         let parsed = parse(value, key).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        out.insert(key.clone(), parsed);
+        out.insert(key.to_string(), parsed);
     }
     Ok(out)
 }
@@ -345,8 +364,20 @@ pub fn parse_config(
     ppl: PplSummary,
     params: ParamsSummary,
 ) -> Result<Record> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    let raw: RawConfig = serde_path_to_error::deserialize(de)
+    // Through a `Value` first: its mappings refuse a key given twice (deserialising straight
+    // into the struct would let a repeated ignored key pass).
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let inner = e.to_string().replace('\n', " ");
+        if inner.contains("duplicate entry") {
+            anyhow!("{}: {inner}; expected each key once", path.display())
+        } else {
+            anyhow!(
+                "{}: expected a YAML mapping of model settings: {inner}",
+                path.display()
+            )
+        }
+    })?;
+    let raw: RawConfig = serde_path_to_error::deserialize(value)
         .map_err(|e| anyhow!("{}", located(path, e.path(), e.inner())))?;
     let err = |field: &str, msg: String| anyhow!("{}: key `{field}`: {msg}", path.display());
     for (name, v) in [

@@ -8,6 +8,7 @@
 
 pub mod flexibert;
 pub mod gpt2;
+pub mod json;
 pub mod source;
 
 pub use source::{DataSource, DATA_ENV};
@@ -116,16 +117,29 @@ impl Benchmark {
     }
 }
 
+/// Describes a JSON value for messages: short scalars as written, containers by kind.
+fn describe(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Array(_) => "an array".to_string(),
+        Value::Object(_) => "an object".to_string(),
+        Value::String(s) if s.chars().count() > 40 => "a long string".to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// A selection of architectures by position, parsed from `--archs`.
 ///
 /// Accepted forms: `all`, `A..B` (half-open), `A..=B`, `N` (one), and comma-separated lists
-/// of these (`0..10,42`).
+/// of these (`0..10,42`). An architecture may be selected only once: a repeat would count it
+/// twice in every correlation.
 pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
     let text = text.trim();
     if text.is_empty() || text == "all" {
         return Ok((0..n).collect());
     }
     let mut out = Vec::new();
+    let mut first_part: Vec<Option<&str>> = vec![None; n];
     for part in text.split(',') {
         let part = part.trim();
         let (lo, hi) = if let Some((a, b)) = part.split_once("..=") {
@@ -151,6 +165,15 @@ pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
         }
         if hi > n {
             bail!("`{text}`: range `{part}` reaches past the {n} architectures of the benchmark");
+        }
+        for (i, by) in first_part.iter_mut().enumerate().take(hi).skip(lo) {
+            if let Some(earlier) = by {
+                bail!(
+                    "`{text}`: architecture {i} is selected twice (by `{earlier}` and by \
+                     `{part}`); each architecture may be selected once"
+                );
+            }
+            *by = Some(part);
         }
         out.extend(lo..hi);
     }
@@ -221,5 +244,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("empty"));
+        let e = parse_selection("0..4,3,3", 5).unwrap_err().to_string();
+        assert!(e.contains("architecture 3 is selected twice"), "{e}");
+        let e = parse_selection("0..3,2..5", 5).unwrap_err().to_string();
+        assert!(e.contains("architecture 2") && e.contains("`2..5`"), "{e}");
     }
 }
