@@ -169,9 +169,9 @@ fn fixture_loads_sorted_with_negated_perplexity() {
     assert_eq!(keys, vec!["config_0_j0", "config_0_j2", "config_0_j4"]);
     assert_eq!(bench.entries[0].truth, -45.022968707221274);
     let r = record(&bench, 1);
-    assert_eq!(r.valid_ppl, 27.47451606091973);
-    assert_eq!(r.ppl.test_ppl, Some(28.47451606091973));
-    assert_eq!(r.params.total, 46_119_758);
+    assert_eq!(r.valid_ppl(), Some(27.47451606091973));
+    assert_eq!(r.ppl.as_ref().unwrap().test_ppl, Some(28.47451606091973));
+    assert_eq!(r.params.unwrap().total, 46_119_758);
     assert_eq!(r.n_layer(), 16);
     assert_eq!(
         gpt2::clean_cutoffs(&r.cutoffs, r.n_token),
@@ -268,7 +268,7 @@ fn check_counts(bench: &Benchmark) -> usize {
     let selection: Vec<usize> = (0..bench.len()).collect();
     let counts = lpzero::params::count_columns(bench, &selection, SizeMode::Faithful).unwrap();
     for (i, c) in counts.iter().enumerate() {
-        let expected = record(bench, i).params;
+        let expected = record(bench, i).params.unwrap();
         let got = [
             c.get("AdaEmb").unwrap() as u64,
             c.get("Attn").unwrap() as u64,

@@ -25,7 +25,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use super::{Arch, BenchKind, Benchmark, DataSource, Entry};
+use super::{Arch, BenchKind, Benchmark, DataSource, Entry, FieldError};
 
 /// Folder of the benchmark inside the data directory.
 pub const DIR: &str = "gpt2_wt103";
@@ -71,18 +71,23 @@ pub struct Record {
     pub weight_init_std: f64,
     /// Standard deviation of the projections at initialisation.
     pub proj_init_std: f64,
-    /// Validation perplexity after training (lower is better; the truth is its negation).
-    pub valid_ppl: f64,
-    /// Every perplexity column of `ppl_summary.yaml`.
-    pub ppl: PplSummary,
-    /// The five columns of `params_summary.yaml`.
-    pub params: ParamsSummary,
+    /// Every perplexity column of `ppl_summary.yaml` (`None` for a bench-file record, whose
+    /// ground truth is its `truth` field).
+    pub ppl: Option<PplSummary>,
+    /// The five columns of `params_summary.yaml` (`None` for a bench-file record).
+    pub params: Option<ParamsSummary>,
 }
 
 impl Record {
     /// Number of decoder layers.
     pub fn n_layer(&self) -> usize {
         self.n_head.len()
+    }
+
+    /// Validation perplexity after training (lower is better; the benchmark's truth is its
+    /// negation), when the record comes from the benchmark.
+    pub fn valid_ppl(&self) -> Option<f64> {
+        self.ppl.as_ref().map(|p| p.valid_ppl)
     }
 }
 
@@ -242,10 +247,12 @@ fn assemble<'a>(
                 path.display()
             )
         })?;
-        let record = parse_config(text, path, key, p.clone(), *counts)?;
+        let mut record = parse_config(text, path, key)?;
+        record.ppl = Some(p.clone());
+        record.params = Some(*counts);
         entries.push(Entry {
             key: key.to_string(),
-            truth: -record.valid_ppl,
+            truth: -p.valid_ppl,
             arch: Arch::Gpt2(Box::new(record)),
         });
     }
@@ -259,6 +266,7 @@ fn assemble<'a>(
         data: None,
         entries,
         truth_name: "negated validation perplexity (-valid_ppl), higher is better",
+        raw_truth: BenchKind::Gpt2.raw_truth(),
     })
 }
 
@@ -356,14 +364,9 @@ fn parse_params(value: &serde_yaml::Value, key: &str) -> Result<ParamsSummary, S
     })
 }
 
-/// Parses and validates one model config (`path` names the file in errors).
-pub fn parse_config(
-    text: &str,
-    path: &Path,
-    key: &str,
-    ppl: PplSummary,
-    params: ParamsSummary,
-) -> Result<Record> {
+/// Parses and validates one model config (`path` names the file in errors). The record has
+/// no summaries yet (`ppl` and `params` are `None`).
+pub fn parse_config(text: &str, path: &Path, key: &str) -> Result<Record> {
     // Through a `Value` first: its mappings refuse a key given twice (deserialising straight
     // into the struct would let a repeated ignored key pass).
     let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
@@ -379,7 +382,25 @@ pub fn parse_config(
     })?;
     let raw: RawConfig = serde_path_to_error::deserialize(value)
         .map_err(|e| anyhow!("{}", located(path, e.path(), e.inner())))?;
-    let err = |field: &str, msg: String| anyhow!("{}: key `{field}`: {msg}", path.display());
+    check_config(raw, key)
+        .map_err(|e| anyhow!("{}: key `{}`: {}", path.display(), e.field, e.message))
+}
+
+/// Builds the record `key` from the `config` object of a bench-file record (the keys of a
+/// benchmark config, in JSON), with the benchmark's checks. Field paths in errors are relative
+/// to `config`; keys the model does not use are ignored, as in the YAML files.
+pub(crate) fn record_from_config(
+    config: &serde_json::Value,
+    key: &str,
+) -> Result<Record, FieldError> {
+    let raw: RawConfig =
+        serde_path_to_error::deserialize(config).map_err(FieldError::from_serde)?;
+    check_config(raw, key)
+}
+
+/// Validates a model config and builds its record (without summaries).
+fn check_config(raw: RawConfig, key: &str) -> Result<Record, FieldError> {
+    let err = |field: &str, msg: String| FieldError::new(field, msg);
     for (name, v) in [
         ("n_token", raw.n_token),
         ("n_layer", raw.n_layer),
@@ -493,9 +514,8 @@ pub fn parse_config(
         dropatt: raw.dropatt,
         weight_init_std: raw.weight_init_std,
         proj_init_std: raw.proj_init_std,
-        valid_ppl: ppl.valid_ppl,
-        ppl,
-        params,
+        ppl: None,
+        params: None,
     })
 }
 
@@ -519,44 +539,23 @@ mod tests {
         tie_projs: [false, true, true, true]\nadaptive: true\ntgt_len: 12\ndropout: 0.1\n\
         dropatt: 0.0\nweight_init_std: 0.02\nproj_init_std: 0.01\nmem_len: 12\n";
 
-    fn summaries() -> (PplSummary, ParamsSummary) {
-        (
-            PplSummary {
-                valid_ppl: 30.0,
-                test_ppl: None,
-                test_ppl_nomem: None,
-                test_word_ppl: None,
-                test_word_ppl_nomem: None,
-                train_elapsed: None,
-            },
-            ParamsSummary {
-                ada_emb: 0,
-                attn: 0,
-                ffn: 0,
-                nonembedding: 0,
-                total: 0,
-            },
-        )
-    }
-
     #[test]
     fn config_parses_and_validates() {
-        let (p, c) = summaries();
-        let r = parse_config(CONFIG, Path::new("c.yaml"), "c", p.clone(), c).unwrap();
+        let r = parse_config(CONFIG, Path::new("c.yaml"), "c").unwrap();
         assert_eq!(r.n_layer(), 2);
         assert_eq!(r.d_inner, vec![24, 40]);
         let bad = CONFIG.replace("n_head: [2, 4]", "n_head: [2, 3]");
-        let e = parse_config(&bad, Path::new("c.yaml"), "c", p.clone(), c)
+        let e = parse_config(&bad, Path::new("c.yaml"), "c")
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.yaml") && e.contains("n_head[1]"), "{e}");
         let bad = CONFIG.replace("d_model: 16\n", "");
-        let e = parse_config(&bad, Path::new("c.yaml"), "c", p.clone(), c)
+        let e = parse_config(&bad, Path::new("c.yaml"), "c")
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.yaml") && e.contains("d_model"), "{e}");
         let bad = CONFIG.replace("d_inner: [24, 40]", "d_inner: [24, wide]");
-        let e = parse_config(&bad, Path::new("c.yaml"), "c", p, c)
+        let e = parse_config(&bad, Path::new("c.yaml"), "c")
             .unwrap_err()
             .to_string();
         assert!(e.contains("d_inner[1]"), "{e}");

@@ -9,6 +9,7 @@
 pub mod flexibert;
 pub mod gpt2;
 pub mod json;
+pub mod jsonl;
 pub mod source;
 
 pub use source::{DataSource, DATA_ENV};
@@ -46,6 +47,13 @@ impl BenchKind {
             BenchKind::Gpt2 => "gpt2",
         }
     }
+
+    /// The family called `name` (as [`BenchKind::name`] spells it), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [BenchKind::Flexibert, BenchKind::Gpt2]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
 }
 
 impl fmt::Display for BenchKind {
@@ -69,7 +77,8 @@ pub enum Arch {
 pub struct Entry {
     /// Stable key of the architecture (the record id for FlexiBERT, the file stem for GPT-2).
     pub key: String,
-    /// Ground truth oriented so that higher is better (GLUE as is, GPT-2 `-valid_ppl`).
+    /// Ground truth oriented so that higher is better (GLUE as is, GPT-2 `-valid_ppl`); NaN
+    /// when the source gives none (a bench file whose records have no `truth`).
     pub truth: f64,
     /// The architecture itself.
     pub arch: Arch,
@@ -90,6 +99,9 @@ pub struct Benchmark {
     pub entries: Vec<Entry>,
     /// What the ground truth is, in words (e.g. "GLUE average, higher is better").
     pub truth_name: &'static str,
+    /// The source's own ground-truth column and the sign that orients it, as
+    /// [`BenchKind::raw_truth`] (a bench file: `("truth", ±1)` after its `higher_is_better`).
+    pub raw_truth: (&'static str, f64),
 }
 
 impl Benchmark {
@@ -114,6 +126,61 @@ impl Benchmark {
     /// Ground truth of the selected architectures, in selection order.
     pub fn truths(&self, selection: &[usize]) -> Vec<f64> {
         selection.iter().map(|&i| self.entries[i].truth).collect()
+    }
+
+    /// True when every architecture has a ground truth. Only a bench file can lack it; then
+    /// proxies can be computed but not correlated, and a search has nothing to fit.
+    pub fn has_truth(&self) -> bool {
+        self.entries.iter().all(|e| !e.truth.is_nan())
+    }
+}
+
+/// A problem with one field of a record: where (a path such as
+/// `encoder_layers[1].num_feed_forward`) and what was wrong or expected. The per-family
+/// checks return it so that each loader can add its own location (file, record or line, and
+/// the path of the enclosing object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field inside the object that was checked (`.` for the object itself).
+    pub field: String,
+    /// What was wrong, and what was expected.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem with `field`.
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A deserialisation error, located at the path where it happened, with serde's Rust
+    /// type names (`usize`, `f64`) said in words.
+    pub fn from_serde<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> Self {
+        let mut message = e.inner().to_string().replace('\n', " ");
+        for (rust, words) in [
+            ("expected usize", "expected a non-negative integer"),
+            ("expected u64", "expected a non-negative integer"),
+            ("expected f64", "expected a number"),
+        ] {
+            message = message.replace(rust, words);
+        }
+        FieldError {
+            field: e.path().to_string(),
+            message,
+        }
+    }
+
+    /// The same problem seen from the object holding this one under `prefix`.
+    pub fn within(self, prefix: &str) -> Self {
+        let field = if self.field == "." {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        FieldError { field, ..self }
     }
 }
 
