@@ -407,6 +407,16 @@ fn cli_errors_name_the_option_and_the_family_conflict() {
             && err.contains("gpt2"),
         "{err}"
     );
+    // A config that passes the file checks but cannot be built names the architecture by id.
+    let mut r = good_record();
+    r["config"]["encoder_layers"][0]["num_operation_heads"] = 3.into();
+    std::fs::write(&file, r.to_string()).unwrap();
+    let out = lpzero(&["params", "--bench-file", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("flexibert_0") && err.contains("3 heads"),
+        "{err}"
+    );
     let out = lpzero(&[
         "score",
         "--bench-file",
