@@ -24,15 +24,6 @@ fn lpzero(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn stdout_of(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lpzero-bench-file-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -89,7 +80,7 @@ fn gpt2_example_matches_the_shipped_records() {
 fn example_scores_like_the_shipped_benchmark() {
     let file = example("bench_file_example.jsonl");
     let (a, b) = (tmp("example.csv"), tmp("shipped.csv"));
-    let mine = stdout_of(&lpzero(&[
+    let mine = common::stdout_of(&lpzero(&[
         "score",
         "--bench-file",
         file.to_str().unwrap(),
@@ -99,7 +90,7 @@ fn example_scores_like_the_shipped_benchmark() {
         "--out",
         a.to_str().unwrap(),
     ]));
-    let shipped = stdout_of(&lpzero(&[
+    let shipped = common::stdout_of(&lpzero(&[
         "score",
         "--bench",
         "flexibert",
@@ -134,7 +125,7 @@ fn example_scores_like_the_shipped_benchmark() {
     );
 
     // Other commands read it too; a --bench that agrees is accepted.
-    let out = stdout_of(&lpzero(&[
+    let out = common::stdout_of(&lpzero(&[
         "params",
         "--bench",
         "flexibert",
@@ -165,7 +156,7 @@ fn records_without_truth_are_scored_but_not_searched() {
     std::fs::write(&file, candidates.join("\n")).unwrap();
     let f = file.to_str().unwrap();
     let csv = tmp("candidates.csv");
-    let out = stdout_of(&lpzero(&[
+    let out = common::stdout_of(&lpzero(&[
         "score",
         "--bench-file",
         f,
@@ -187,16 +178,12 @@ fn records_without_truth_are_scored_but_not_searched() {
         "{csv}"
     );
     // The table output lists the values.
-    let out = stdout_of(&lpzero(&["score", "--bench-file", f, "--proxy", "params"]));
+    let out = common::stdout_of(&lpzero(&["score", "--bench-file", f, "--proxy", "params"]));
     assert!(out.contains("no ground truth") && out.contains("flexibert_1,,11106199"));
 
     for command in ["search", "baselines"] {
         let out = lpzero(&[command, "--bench-file", f]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains("candidates.jsonl") && err.contains("`truth`"),
-            "{command}: {err}"
-        );
+        common::assert_fails(&out, &["candidates.jsonl", "`truth`"]);
     }
 }
 
@@ -383,13 +370,7 @@ fn cli_errors_name_the_option_and_the_family_conflict() {
         "--proxy",
         "params",
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("--bench-file")
-            && err.contains("bad.jsonl: line 2: field `family`"),
-        "{err}"
-    );
+    common::assert_fails(&out, &["--bench-file", "bad.jsonl: line 2: field `family`"]);
     let gpt2 = example("bench_file_gpt2.jsonl");
     let out = lpzero(&[
         "score",
@@ -400,23 +381,13 @@ fn cli_errors_name_the_option_and_the_family_conflict() {
         "--proxy",
         "params",
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("--bench flexibert conflicts")
-            && err.contains("gpt2"),
-        "{err}"
-    );
+    common::assert_fails(&out, &["--bench flexibert conflicts", "gpt2"]);
     // A config that passes the file checks but cannot be built names the architecture by id.
     let mut r = good_record();
     r["config"]["encoder_layers"][0]["num_operation_heads"] = 3.into();
     std::fs::write(&file, r.to_string()).unwrap();
     let out = lpzero(&["params", "--bench-file", file.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("flexibert_0") && err.contains("3 heads"),
-        "{err}"
-    );
+    common::assert_fails(&out, &["flexibert_0", "3 heads"]);
     let out = lpzero(&[
         "score",
         "--bench-file",
@@ -424,9 +395,5 @@ fn cli_errors_name_the_option_and_the_family_conflict() {
         "--proxy",
         "params",
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("/nonexistent/x.jsonl"),
-        "{err}"
-    );
+    common::assert_fails(&out, &["/nonexistent/x.jsonl"]);
 }

@@ -112,15 +112,18 @@ fn bad_input_gives_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("byte"), "{err}");
 
-    let out = lpzero(&[
-        "score",
-        "--data-dir",
-        d,
-        "--proxy",
-        "params",
-        "--archs",
-        "0..9",
-    ]);
+    let params_on = |archs: &str| {
+        lpzero(&[
+            "score",
+            "--data-dir",
+            d,
+            "--proxy",
+            "params",
+            "--archs",
+            archs,
+        ])
+    };
+    let out = params_on("0..9");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("past the 4 architectures"),
@@ -128,22 +131,8 @@ fn bad_input_gives_clear_errors() {
     );
 
     // An architecture selected twice would count twice in the correlations.
-    let out = lpzero(&[
-        "score",
-        "--data-dir",
-        d,
-        "--proxy",
-        "params",
-        "--archs",
-        "0..3,1,1",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("--archs")
-            && err.contains("architecture 1 is selected twice"),
-        "{err}"
-    );
+    let out = params_on("0..3,1,1");
+    common::assert_fails(&out, &["--archs", "architecture 1 is selected twice"]);
     let out = lpzero(&[
         "search",
         "--data-dir",
@@ -153,12 +142,9 @@ fn bad_input_gives_clear_errors() {
         "--iterations",
         "1",
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("--fitness-archs")
-            && err.contains("architecture 1 is selected twice"),
-        "{err}"
+    common::assert_fails(
+        &out,
+        &["--fitness-archs", "architecture 1 is selected twice"],
     );
 
     let out = lpzero(&[

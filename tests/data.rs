@@ -75,15 +75,6 @@ fn empty_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn stdout_of(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
 /// From a directory with no data beside it and no `$LPZERO_DATA`, the built-in copy is used.
 #[test]
 fn binary_works_without_a_data_folder() {
@@ -102,7 +93,7 @@ fn binary_works_without_a_data_folder() {
         ],
         None,
     );
-    let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&common::stdout_of(&out)).unwrap();
     assert_eq!(v["n"], 20);
     assert!(v["spearman"].as_f64().unwrap().is_finite(), "{v}");
 
@@ -111,9 +102,9 @@ fn binary_works_without_a_data_folder() {
         &["params", "--bench", "flexibert", "--archs", "0"],
         None,
     );
-    assert_eq!(stdout_of(&out), "id,total\n0,13330176\n");
+    assert_eq!(common::stdout_of(&out), "id,total\n0,13330176\n");
     let out = lpzero_in(&cwd, &["params", "--bench", "gpt2", "--archs", "0"], None);
-    let text = stdout_of(&out);
+    let text = common::stdout_of(&out);
     assert_eq!(
         text.lines().nth(1).unwrap(),
         "config_0_j0,8505006,6631088,330240,1457316,1790372",
@@ -128,7 +119,7 @@ fn data_dir_and_environment_override_in_order() {
     let cwd = empty_dir("override");
     let four = common::fixture_data_dir("env-four", &common::fixture_records());
     let two = common::fixture_data_dir("env-two", &common::fixture_records()[..2]);
-    let ids = |out: std::process::Output| stdout_of(&out).lines().count() - 1;
+    let ids = |out: std::process::Output| common::stdout_of(&out).lines().count() - 1;
     assert_eq!(ids(lpzero_in(&cwd, &["params"], None)), 500);
     assert_eq!(ids(lpzero_in(&cwd, &["params"], Some(&four))), 4);
     let two_arg = two.to_str().unwrap();
@@ -143,24 +134,12 @@ fn data_dir_and_environment_override_in_order() {
 
     // A folder that does not exist is an error naming where it was given.
     let out = lpzero_in(&cwd, &["params"], Some(Path::new("/nonexistent/lpzero")));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("$LPZERO_DATA") && err.contains("/nonexistent"),
-        "{err}"
-    );
+    common::assert_fails(&out, &["$LPZERO_DATA", "/nonexistent"]);
     let out = lpzero_in(&cwd, &["params", "--data-dir", "/nonexistent/x"], None);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("--data-dir") && err.contains("/nonexistent/x"),
-        "{err}"
-    );
+    common::assert_fails(&out, &["--data-dir", "/nonexistent/x"]);
     // A data folder without the requested family names the missing file.
     let out = lpzero_in(&cwd, &["params", "--bench", "gpt2"], Some(&four));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("gpt2_wt103/configs"),
-        "{err}"
-    );
+    common::assert_fails(&out, &["gpt2_wt103/configs"]);
 }
 
 /// `baselines` finds the reference proxy table in the built-in copy: our parameter counts
@@ -186,7 +165,7 @@ fn baselines_read_the_embedded_reference_table() {
         ],
         None,
     );
-    let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&common::stdout_of(&out)).unwrap();
     let params = v["proxies"]
         .as_array()
         .unwrap()

@@ -281,6 +281,16 @@ fn located(file: &Path, path: &serde_path_to_error::Path, inner: impl std::fmt::
     }
 }
 
+/// A YAML file that could not be read as `expected`: a key given twice, or anything else.
+fn yaml_error(path: &Path, e: serde_yaml::Error, expected: &str) -> anyhow::Error {
+    let inner = e.to_string().replace('\n', " ");
+    if inner.contains("duplicate entry") {
+        anyhow!("{}: {inner}; expected each key once", path.display())
+    } else {
+        anyhow!("{}: expected {expected}: {inner}", path.display())
+    }
+}
+
 fn parse_summary<T>(
     text: &str,
     path: &Path,
@@ -288,17 +298,8 @@ fn parse_summary<T>(
 ) -> Result<BTreeMap<String, T>> {
     // A `Mapping` (unlike a `BTreeMap`) refuses a key given twice, which would otherwise
     // silently replace an architecture's entry.
-    let map: serde_yaml::Mapping = serde_yaml::from_str(text).map_err(|e| {
-        let inner = e.to_string().replace('\n', " ");
-        if inner.contains("duplicate entry") {
-            anyhow!("{}: {inner}; expected each key once", path.display())
-        } else {
-            anyhow!(
-                "{}: expected a mapping from architecture key to entry: {inner}",
-                path.display()
-            )
-        }
-    })?;
+    let map: serde_yaml::Mapping = serde_yaml::from_str(text)
+        .map_err(|e| yaml_error(path, e, "a mapping from architecture key to entry"))?;
     let mut out = BTreeMap::new();
     for (key, value) in &map {
         let Some(key) = key.as_str() else {
@@ -369,17 +370,8 @@ fn parse_params(value: &serde_yaml::Value, key: &str) -> Result<ParamsSummary, S
 pub fn parse_config(text: &str, path: &Path, key: &str) -> Result<Record> {
     // Through a `Value` first: its mappings refuse a key given twice (deserialising straight
     // into the struct would let a repeated ignored key pass).
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-        let inner = e.to_string().replace('\n', " ");
-        if inner.contains("duplicate entry") {
-            anyhow!("{}: {inner}; expected each key once", path.display())
-        } else {
-            anyhow!(
-                "{}: expected a YAML mapping of model settings: {inner}",
-                path.display()
-            )
-        }
-    })?;
+    let value: serde_yaml::Value = serde_yaml::from_str(text)
+        .map_err(|e| yaml_error(path, e, "a YAML mapping of model settings"))?;
     let raw: RawConfig = serde_path_to_error::deserialize(value)
         .map_err(|e| anyhow!("{}", located(path, e.path(), e.inner())))?;
     check_config(raw, key)

@@ -165,81 +165,27 @@ fn read_line(value: Value) -> Result<Line, FieldError> {
             format!("unknown field; expected only {}", FIELDS.join(", ")),
         ));
     }
-    let id = match obj.remove("id") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s,
-        Some(Value::Number(n)) if n.is_u64() => n.to_string(),
-        None => {
-            return Err(FieldError::new(
-                "id",
-                "missing; expected a string naming the architecture",
-            ))
-        }
-        Some(other) => {
-            return Err(FieldError::new(
-                "id",
-                format!(
-                    "expected a non-empty string or a non-negative integer, found {}",
-                    describe(&other)
-                ),
-            ))
-        }
-    };
-    let expected_family = "expected \"flexibert\" or \"gpt2\"";
-    let kind = match obj.remove("family") {
-        Some(Value::String(s)) => BenchKind::from_name(&s).ok_or_else(|| {
-            FieldError::new("family", format!("{expected_family}, found \"{s}\""))
-        })?,
-        None => {
-            return Err(FieldError::new(
-                "family",
-                format!("missing; {expected_family}"),
-            ))
-        }
-        Some(other) => {
-            return Err(FieldError::new(
-                "family",
-                format!("{expected_family}, found {}", describe(&other)),
-            ))
-        }
-    };
-    let config = match obj.remove("config") {
-        Some(config @ Value::Object(_)) => config,
-        None => {
-            return Err(FieldError::new(
-                "config",
-                format!("missing; expected an object with the {kind} architecture fields"),
-            ))
-        }
-        Some(other) => {
-            return Err(FieldError::new(
-                "config",
-                format!(
-                    "expected an object with the {kind} architecture fields, found {}",
-                    describe(&other)
-                ),
-            ))
-        }
-    };
-    let truth = match obj.remove("truth") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(t)) => t.as_f64(),
-        Some(other) => {
-            return Err(FieldError::new(
-                "truth",
-                format!("expected a number, found {}", describe(&other)),
-            ))
-        }
-    };
-    let higher_is_better = match obj.remove("higher_is_better") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(b),
-        Some(other) => {
-            return Err(FieldError::new(
-                "higher_is_better",
-                format!("expected true or false, found {}", describe(&other)),
-            ))
-        }
-    };
+    let id_expected = "a non-empty string or a non-negative integer naming the architecture";
+    let id = take(&mut obj, "id", id_expected, |v| match v {
+        Value::String(s) if !s.trim().is_empty() => Ok(s),
+        Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+        other => Err(other),
+    })?;
+    let family_expected = "\"flexibert\" or \"gpt2\"";
+    let kind = take(&mut obj, "family", family_expected, |v| match &v {
+        Value::String(s) => BenchKind::from_name(s).ok_or(v),
+        _ => Err(v),
+    })?;
+    let kind = required(kind, "family", family_expected)?;
+    let config_expected = format!("an object with the {kind} architecture fields");
+    let config = take(&mut obj, "config", &config_expected, |v| match v {
+        Value::Object(_) => Ok(v),
+        other => Err(other),
+    })?;
+    let truth = take(&mut obj, "truth", "a number", |v| v.as_f64().ok_or(v))?;
+    let higher_is_better = take(&mut obj, "higher_is_better", "true or false", |v| {
+        v.as_bool().ok_or(v)
+    })?;
     if truth.is_some() && higher_is_better.is_none() {
         return Err(FieldError::new(
             "higher_is_better",
@@ -248,12 +194,36 @@ fn read_line(value: Value) -> Result<Line, FieldError> {
         ));
     }
     Ok(Line {
-        id,
+        id: required(id, "id", id_expected)?,
         kind,
-        config,
+        config: required(config, "config", &config_expected)?,
         truth,
         higher_is_better,
     })
+}
+
+/// Takes `field` out of a record: `None` when absent or null, the value `convert` makes of it,
+/// or an error saying what was `expected` when `convert` hands the value back.
+fn take<T>(
+    obj: &mut serde_json::Map<String, Value>,
+    field: &str,
+    expected: &str,
+    convert: impl FnOnce(Value) -> Result<T, Value>,
+) -> Result<Option<T>, FieldError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => convert(v).map(Some).map_err(|v| {
+            FieldError::new(
+                field,
+                format!("expected {expected}, found {}", describe(&v)),
+            )
+        }),
+    }
+}
+
+/// A field that must be given.
+fn required<T>(value: Option<T>, field: &str, expected: &str) -> Result<T, FieldError> {
+    value.ok_or_else(|| FieldError::new(field, format!("missing; expected {expected}")))
 }
 
 /// Checks that a record agrees with the first one on family, truth and orientation.

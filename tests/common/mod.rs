@@ -101,3 +101,22 @@ pub fn shipped_data() -> PathBuf {
 pub fn shipped_source() -> lpzero::bench::DataSource {
     lpzero::bench::DataSource::Dir(shipped_data())
 }
+
+/// The stdout of a run that must succeed (panics with its stderr otherwise).
+pub fn stdout_of(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Asserts that a run failed with a message on stderr mentioning each of `parts`.
+pub fn assert_fails(out: &std::process::Output, parts: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail; stderr: {err}");
+    for p in parts {
+        assert!(err.contains(p), "stderr `{err}` should mention `{p}`");
+    }
+}
