@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use lpzero::bench::{self, BenchKind, Benchmark};
+use lpzero::bench::{self, BenchKind, Benchmark, DataSource};
 use lpzero::models::flexibert::SizeMode;
 use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions};
 use lpzero::report;
@@ -43,12 +43,17 @@ enum Command {
 /// Options shared by every command that reads a benchmark.
 #[derive(Args, Clone)]
 struct DataArgs {
-    /// Benchmark family.
-    #[arg(long, value_enum, default_value_t = BenchKind::Flexibert)]
-    bench: BenchKind,
-    /// Folder holding the benchmarks (else $LPZERO_DATA, else ../shared/benchmarks).
+    /// Benchmark family [default: flexibert, or the family of --bench-file].
+    #[arg(long, value_enum)]
+    bench: Option<BenchKind>,
+    /// Folder holding the benchmarks, laid out as the repository's data/ (else
+    /// $LPZERO_DATA, else the copy built into lpzero).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Your own architectures instead of a shipped benchmark: a JSON Lines file, one record
+    /// per line ({"id", "family", "config", "truth", "higher_is_better"}; see the README).
+    #[arg(long, conflicts_with = "data_dir")]
+    bench_file: Option<PathBuf>,
 }
 
 /// How each architecture is probed.
@@ -353,8 +358,37 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn load(data: &DataArgs) -> Result<Benchmark> {
-    let dir = bench::resolve_data_dir(data.data_dir.as_deref())?;
-    Benchmark::load(data.bench, &dir)
+    if let Some(file) = &data.bench_file {
+        let bench = bench::jsonl::load(file).context("--bench-file")?;
+        if let Some(kind) = data.bench.filter(|&k| k != bench.kind) {
+            bail!(
+                "--bench {kind} conflicts with --bench-file {}, whose records are {}; leave \
+                 --bench out (the file names its family)",
+                file.display(),
+                bench.kind
+            );
+        }
+        return Ok(bench);
+    }
+    let source = match &data.data_dir {
+        Some(dir) => DataSource::dir(dir).context("--data-dir")?,
+        None => DataSource::resolve(None)?,
+    };
+    Benchmark::load(data.bench.unwrap_or(BenchKind::Flexibert), &source)
+}
+
+/// Stops a command that ranks proxies against the ground truth when the architectures have
+/// none (a bench file without `truth`).
+fn require_truth(bench: &Benchmark, command: &str) -> Result<()> {
+    if !bench.has_truth() {
+        bail!(
+            "{}: the records have no `truth`, and `lpzero {command}` ranks proxies against it; \
+             add `truth` and `higher_is_better` to every record, or use `lpzero score` for the \
+             proxy values alone",
+            bench.source.display()
+        );
+    }
+    Ok(())
 }
 
 fn params(a: ParamsArgs) -> Result<()> {
@@ -413,22 +447,29 @@ fn score(a: ScoreArgs) -> Result<()> {
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
     bar.finish_and_clear();
+    let has_truth = bench.has_truth();
+    let mut header = vec!["id".to_string(), "truth".to_string()];
+    header.extend(table.names.iter().cloned());
+    // Without a ground truth the truth column stays empty.
+    let rows: Vec<Vec<String>> = (0..table.keys.len())
+        .map(|i| {
+            let truth = if has_truth {
+                report::csv_number(table.truth[i])
+            } else {
+                String::new()
+            };
+            let mut row = vec![table.keys[i].clone(), truth];
+            row.extend(table.values.iter().map(|v| report::csv_number(v[i])));
+            row
+        })
+        .collect();
     if let Some(path) = &a.out {
-        let mut header = vec!["id".to_string(), "truth".to_string()];
-        header.extend(table.names.iter().cloned());
-        let rows: Vec<Vec<String>> = (0..table.keys.len())
-            .map(|i| {
-                let mut row = vec![table.keys[i].clone(), report::csv_number(table.truth[i])];
-                row.extend(table.values.iter().map(|v| report::csv_number(v[i])));
-                row
-            })
-            .collect();
         report::write_csv_file(path, &header, &rows)?;
     }
     if a.json {
         // Besides the oriented correlations, the raw ones against the benchmark's own column
-        // (GPT-2: `valid_ppl`, so the sign flips).
-        let (raw_name, sign) = bench.kind.raw_truth();
+        // (GPT-2: `valid_ppl`, so the sign flips). Without a ground truth all are null.
+        let (raw_name, sign) = bench.raw_truth;
         let proxy_json = |s: &scoring::ProxySummary| {
             serde_json::json!({
                 "proxy": s.proxy, "kendall": report::json_number(s.kendall),
@@ -452,6 +493,16 @@ fn score(a: ScoreArgs) -> Result<()> {
             })
         };
         println!("{}", serde_json::to_string(&value)?);
+    } else if !has_truth {
+        // Nothing to correlate: the values themselves, as the CSV has them.
+        println!(
+            "{} architectures of {} ({}; no ground truth, so no correlations), {:.1} s",
+            table.keys.len(),
+            bench.source.display(),
+            bench.kind,
+            table.seconds
+        );
+        report::write_csv(std::io::stdout().lock(), &header, &rows)?;
     } else {
         println!(
             "{} architectures of {} ({}), {:.1} s",
@@ -476,6 +527,7 @@ fn score(a: ScoreArgs) -> Result<()> {
 
 fn baselines(a: BaselinesArgs) -> Result<()> {
     let bench = load(&a.data)?;
+    require_truth(&bench, "baselines")?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
     let skip: Vec<String> = a
         .skip
@@ -565,6 +617,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
 fn search(a: SearchArgs) -> Result<()> {
     use lpzero::search::pipeline;
     let bench = load(&a.data)?;
+    require_truth(&bench, "search")?;
     let seed = a.probe.seed;
     let probe = ProbeOptions {
         seed: a.probe_seed.unwrap_or(seed),
@@ -613,6 +666,7 @@ fn search(a: SearchArgs) -> Result<()> {
 
 fn study(a: StudyArgs) -> Result<()> {
     let bench = load(&a.data)?;
+    require_truth(&bench, "study")?;
     let probe = ProbeOptions {
         seed: a.probe_seed,
         ..a.probe.options(bench.kind)?

@@ -112,19 +112,39 @@ fn bad_input_gives_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("byte"), "{err}");
 
-    let out = lpzero(&[
-        "score",
-        "--data-dir",
-        d,
-        "--proxy",
-        "params",
-        "--archs",
-        "0..9",
-    ]);
+    let params_on = |archs: &str| {
+        lpzero(&[
+            "score",
+            "--data-dir",
+            d,
+            "--proxy",
+            "params",
+            "--archs",
+            archs,
+        ])
+    };
+    let out = params_on("0..9");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("past the 4 architectures"),
         "{err}"
+    );
+
+    // An architecture selected twice would count twice in the correlations.
+    let out = params_on("0..3,1,1");
+    common::assert_fails(&out, &["--archs", "architecture 1 is selected twice"]);
+    let out = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--fitness-archs",
+        "0..4,1,1",
+        "--iterations",
+        "1",
+    ]);
+    common::assert_fails(
+        &out,
+        &["--fitness-archs", "architecture 1 is selected twice"],
     );
 
     let out = lpzero(&[
