@@ -220,6 +220,9 @@ struct GpArgs {
     /// `kendall` (τ-b) or `robust` (mean ρ over 20 fixed random halves minus their spread).
     #[arg(long, default_value = "spearman")]
     fitness: String,
+    /// Parsimony pressure: fitness lowered by this much per node of the expression.
+    #[arg(long, default_value_t = 0.0)]
+    parsimony: f64,
     /// Rule-based pruning on or off.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     rps: OnOff,
@@ -253,6 +256,7 @@ impl GpArgs {
             threads,
             either_sign: self.fitness_sign == FitnessSign::Either,
             fitness,
+            parsimony: self.parsimony,
             ..SearchOptions::default()
         };
         opts.rps.enabled = self.rps == OnOff::On;
@@ -769,7 +773,10 @@ fn search_report(summary: &serde_json::Value, dir: Option<&std::path::Path>) -> 
         rows.insert(
             1,
             (
-                format!("hall-of-fame ensemble (top {})", h["members"]),
+                format!(
+                    "hall-of-fame ensemble ({} entries)",
+                    h["members"].as_array().map_or(0, Vec::len)
+                ),
                 num(&h["spearman"]),
                 num(&h["kendall"]),
             ),

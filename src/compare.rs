@@ -89,6 +89,34 @@ pub fn best_pair(truth: &[f64], columns: &[Vec<f64>]) -> Option<(usize, usize, f
     best
 }
 
+/// Greedy forward selection of a rank-sum ensemble: start from the column with the best
+/// Spearman ρ against `truth`, then repeatedly add the column that raises the ρ of the rank sum
+/// most, while it rises and at most `max_k` columns are taken. Returns the chosen column
+/// indices (in the order taken) and the ensemble's ρ; empty for no usable column.
+pub fn greedy_ensemble(truth: &[f64], columns: &[Vec<f64>], max_k: usize) -> (Vec<usize>, f64) {
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut best = f64::NEG_INFINITY;
+    while chosen.len() < max_k {
+        let mut step: Option<(usize, f64)> = None;
+        for c in (0..columns.len()).filter(|c| !chosen.contains(c)) {
+            let mut refs: Vec<&[f64]> = chosen.iter().map(|&i| columns[i].as_slice()).collect();
+            refs.push(&columns[c]);
+            let rho = stats::spearman(truth, &rank_sum(&refs));
+            if rho.is_finite() && step.is_none_or(|(_, r)| rho > r) {
+                step = Some((c, rho));
+            }
+        }
+        match step {
+            Some((c, rho)) if rho > best => {
+                chosen.push(c);
+                best = rho;
+            }
+            _ => break,
+        }
+    }
+    (chosen, best)
+}
+
 /// One baseline's values on the fitness set and on the held-out set.
 pub struct BaselineColumns<'a> {
     /// The proxy's name.
@@ -219,6 +247,21 @@ mod tests {
         assert!(o[0] > o[1] && o[1] > o[2] && o[2] > o[3]);
         let r = rank_sum(&[&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]]);
         assert_eq!(r, vec![4.0, 4.0, 4.0]);
+    }
+
+    #[test]
+    fn greedy_ensemble_adds_only_what_helps() {
+        let n = 30;
+        let x: Vec<f64> = (0..n).map(|i| ((i * 7) % n) as f64).collect();
+        let y: Vec<f64> = (0..n).map(|i| ((i * 13) % n) as f64).collect();
+        let truth: Vec<f64> = (0..n).map(|i| 2.0 * x[i] + y[i]).collect();
+        // Columns: y, x, and a copy of x (adding it changes nothing).
+        let (chosen, rho) = greedy_ensemble(&truth, &[y.clone(), x.clone(), x.clone()], 3);
+        assert_eq!(chosen[0], 1, "x alone is the best start");
+        assert!(chosen.contains(&0), "{chosen:?}");
+        assert!(rho > stats::spearman(&truth, &x));
+        assert_eq!(greedy_ensemble(&truth, &[], 3).0, Vec::<usize>::new());
+        assert_eq!(greedy_ensemble(&truth, &[x.clone()], 3).0, vec![0]);
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //!     disconnect(y))`, which has no value (and the pruning rule `both_disconnected` rejects);
 //!   - later nodes contain earlier ones as sub-trees, so the expression repeats them; the memo
 //!     evaluates each repeated node once per architecture.
-//! * **Free**: any [`Expr`] of depth at most `max_depth` (an input has depth 1).
+//! * **Free**: any [`Expr`] of depth at most `max_depth` (an input has depth 1), over the
+//!   reference ops and lpzero's extensions ([`sample_free_unary`]).
 //! * **Extended** (lpzero's default): the tree template with three more genes per branch
 //!   ([`ExtendedGenotype`]): the reduction of each item (`mean`, `sum`, `size`, ...), whether
 //!   the branch is summed over its items (`total`, so a proxy can grow with depth), and one op
@@ -207,6 +208,19 @@ pub fn sample_binary(rng: &mut Rng) -> BinaryOp {
     BinaryOp::ALL[rng.weighted(&BINARY_SAMPLING_WEIGHTS)]
 }
 
+/// Unary ops of free trees: the reference ops with their weights plus lpzero's extensions
+/// (`sum`, `size`, `total`), each as likely as a reference op.
+pub fn sample_free_unary(rng: &mut Rng) -> UnaryOp {
+    const EXTENSIONS: [UnaryOp; 3] = [UnaryOp::Sum, UnaryOp::Size, UnaryOp::Total];
+    let mut weights = UNARY_SAMPLING_WEIGHTS.to_vec();
+    weights.extend(EXTENSIONS.iter().map(|_| UNARY_SAMPLING_WEIGHTS[0]));
+    let i = rng.weighted(&weights);
+    UnaryOp::REFERENCE
+        .get(i)
+        .copied()
+        .unwrap_or_else(|| EXTENSIONS[i - UnaryOp::REFERENCE.len()])
+}
+
 /// A random tree of depth at most `max_depth` ("grow" method): below the limit a node is a
 /// leaf, a unary op or a binary op with [`FREE_NODE_WEIGHTS`] (never a leaf when `root`); at
 /// the limit it is a leaf.
@@ -222,7 +236,7 @@ pub fn grow_expr(max_depth: usize, root: bool, rng: &mut Rng) -> Expr {
     match kind {
         0 => Expr::Input(sample_input(rng)),
         1 => {
-            let op = sample_unary(rng);
+            let op = sample_free_unary(rng);
             Expr::unary(op, grow_expr(max_depth - 1, false, rng))
         }
         _ => {

@@ -269,9 +269,13 @@ impl Search<'_> {
             };
         }
         c.evaluated += 1;
-        let ev = self
+        let mut ev = self
             .set
             .evaluate(&canon, &mut self.memos, &self.opts.rps, threshold);
+        if self.opts.parsimony > 0.0 {
+            let penalty = self.opts.parsimony * canon.size() as f64;
+            ev.fitness = ev.fitness.map(|f| f - penalty);
+        }
         c.arch_evaluations += ev.archs_evaluated as u64;
         if ev.archs_evaluated as u64 == n {
             c.fully_evaluated += 1;

@@ -185,6 +185,9 @@ pub struct SearchOptions {
     pub either_sign: bool,
     /// How the values on the fitness set become a fitness.
     pub fitness: FitnessMeasure,
+    /// Parsimony pressure: the fitness is lowered by this much per node of the candidate's
+    /// canonical expression (0: none, the reference).
+    pub parsimony: f64,
 }
 
 impl Default for SearchOptions {
@@ -208,6 +211,7 @@ impl Default for SearchOptions {
             rps: RpsOptions::default(),
             either_sign: false,
             fitness: FitnessMeasure::Spearman,
+            parsimony: 0.0,
         }
     }
 }
@@ -250,6 +254,12 @@ impl SearchOptions {
         }
         if self.hall_of_fame == 0 {
             bail!("hall_of_fame must be at least 1");
+        }
+        if !(self.parsimony >= 0.0 && self.parsimony.is_finite()) {
+            bail!(
+                "parsimony must be a finite number ≥ 0, got {}",
+                self.parsimony
+            );
         }
         if self.init_attempts_per_member == 0 {
             bail!("init_attempts_per_member must be at least 1");

@@ -164,6 +164,9 @@ pub struct FitnessPhase {
     /// Spearman ρ of the best proxy on the fitness set (its fitness when the measure is
     /// Spearman).
     pub fitness_spearman: f64,
+    /// `hall_values[h][a]`: hall-of-fame entry `h` on fitness architecture `a` (what the
+    /// hall-of-fame ensemble is chosen on).
+    pub hall_values: Vec<Vec<f64>>,
 }
 
 impl FitnessPhase {
@@ -228,11 +231,18 @@ pub fn fitness_phase(
         job.resume.as_deref(),
         &|i| progress("search", i, iterations),
     )?;
-    let best: Vec<f64> = sources
+    let values_of = |e: &Expr| -> Vec<f64> {
+        sources
+            .iter()
+            .map(|p| expr::eval(e, *p).unwrap_or(f64::NAN))
+            .collect()
+    };
+    let fitness_spearman = stats::spearman(&truth, &stats::sanitize(&values_of(&outcome.best)).0);
+    let hall_values = outcome
+        .hall_of_fame
         .iter()
-        .map(|p| expr::eval(&outcome.best, *p).unwrap_or(f64::NAN))
-        .collect();
-    let fitness_spearman = stats::spearman(&truth, &stats::sanitize(&best).0);
+        .map(|h| Ok(values_of(&expr::parse(&h.expr)?)))
+        .collect::<Result<_>>()?;
     Ok(FitnessPhase {
         outcome,
         fitness_baselines,
@@ -240,6 +250,7 @@ pub fn fitness_phase(
         search_seconds: start.elapsed().as_secs_f64() - probe_seconds,
         probe_bytes,
         fitness_spearman,
+        hall_values,
     })
 }
 
@@ -385,14 +396,25 @@ pub fn summarize(
             .collect();
         Comparison::new(&bench.truths(&job.fitness), &held_truth, &columns)
     });
-    // The hall-of-fame ensemble: the rank sum of its best entries (by fitness).
+    // The hall-of-fame ensemble: a rank sum of hall entries chosen greedily on the fitness set.
     let hof_ensemble = (n_held > 0 && n_hall > 0).then(|| {
-        let k = HOF_ENSEMBLE_SIZE.min(n_hall);
-        let cols: Vec<Vec<f64>> = (0..k)
-            .map(|h| compare::oriented(&column(h), Orientation::HigherIsBetter))
+        let fit_cols: Vec<Vec<f64>> = phase
+            .hall_values
+            .iter()
+            .map(|v| compare::oriented(v, Orientation::HigherIsBetter))
+            .collect();
+        let (members, fit_rho) =
+            compare::greedy_ensemble(&bench.truths(&job.fitness), &fit_cols, HOF_ENSEMBLE_SIZE);
+        let cols: Vec<Vec<f64>> = members
+            .iter()
+            .map(|&h| compare::oriented(&column(h), Orientation::HigherIsBetter))
             .collect();
         let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-        (k, Corr::of(&held_truth, &compare::rank_sum(&refs)))
+        (
+            members,
+            fit_rho,
+            Corr::of(&held_truth, &compare::rank_sum(&refs)),
+        )
     });
     if let (Some(dir), Some(cmp), Some(k)) = (&job.out, &comparison, best_index) {
         write(
@@ -427,9 +449,13 @@ pub fn summarize(
         "best_baseline_spearman": comparison.as_ref().map(|c| json_number(c.best.spearman)),
         "best_baseline_kendall": comparison.as_ref().map(|c| json_number(c.best.kendall)),
         "margin": comparison.as_ref().map(|c| json_number(c.margin(held_rho))),
-        "hall_of_fame_ensemble": hof_ensemble.map(|(k, c)| {
+        "hall_of_fame_ensemble": hof_ensemble.map(|(members, fit_rho, c)| {
             let mut v = compare::corr_json(&c);
-            v["members"] = json!(k);
+            v["members"] = json!(members
+                .iter()
+                .map(|&h| outcome.hall_of_fame[h].expr.clone())
+                .collect::<Vec<_>>());
+            v["fitness_spearman"] = json_number(fit_rho);
             v
         }),
         "seed": opts.seed,
@@ -442,8 +468,8 @@ pub fn summarize(
     }))
 }
 
-/// How many hall-of-fame entries (best fitness first) the hall-of-fame ensemble sums ranks of.
-pub const HOF_ENSEMBLE_SIZE: usize = 3;
+/// The most hall-of-fame entries the hall-of-fame ensemble sums the ranks of.
+pub const HOF_ENSEMBLE_SIZE: usize = 5;
 
 /// Bar chart of held-out ρ: the searched proxy first, then the pair ensemble and every
 /// baseline, best first.
@@ -460,8 +486,11 @@ fn heldout_chart(best: &str, ours: f64, cmp: &Comparison, n: usize) -> String {
         ));
     }
     bars.sort_by(|a, b| b.1.total_cmp(&a.1));
-    bars.insert(0, (format!("searched: {best}"), ours));
-    let title = format!("held-out Spearman on {n} architectures: searched proxy vs baselines");
+    bars.insert(0, ("searched proxy".to_string(), ours));
+    // The expression can be long: the title names it, cut to a readable length.
+    let shown: String = best.chars().take(90).collect();
+    let ellipsis = if shown.len() < best.len() { "…" } else { "" };
+    let title = format!("held-out Spearman on {n} architectures: {shown}{ellipsis}");
     crate::baselines::bar_chart_svg(&title, &bars)
 }
 

@@ -19,7 +19,8 @@
 //!   valid here (it multiplies), unlike the reference where it always raised.
 //! * `constant_on_scalar`: `softmax`, `logsoftmax`, `normalize`, `min_max`, `std` or `size`
 //!   applied to a scalar-valued sub-expression ([`Expr::is_scalar`]); the result is a constant
-//!   (1, 0, 0, 0, NaN, 1) whatever the architecture, so that branch carries no information. (This rejects the
+//!   (1, 0, 0, 0, NaN, 1) whatever the architecture (unless a `total` above sums it over the
+//!   items: `total(size(mean(x)))` counts the layers), so that branch carries no information. (This rejects the
 //!   published BERT genotype, whose second branch is `logsoftmax(frobenius_norm(act))` = 0; the
 //!   search still reaches its value through `disconnect`.)
 //! * `self_subtraction`: `sub(x, y)` with identical canonical operands: identically 0.
@@ -391,23 +392,39 @@ pub fn static_rule_fires(rule: Rule, e: &Expr, ctx: &StaticContext) -> bool {
             }
             _ => false,
         }),
-        Rule::ConstantOnScalar => any_connected(e, &mut |n| match n {
-            Expr::Unary(
-                UnaryOp::Softmax
-                | UnaryOp::LogSoftmax
-                | UnaryOp::Normalize
-                | UnaryOp::MinMax
-                | UnaryOp::Std
-                | UnaryOp::Size,
-                x,
-            ) => x.is_scalar(),
-            _ => false,
-        }),
+        Rule::ConstantOnScalar => constant_on_scalar(e, false),
         Rule::SelfSubtraction => any_connected(
             e,
             &mut |n| matches!(n, Expr::Binary(BinaryOp::Sub, a, b) if a == b),
         ),
         _ => false,
+    }
+}
+
+/// True when the evaluated part of `e` applies an op that is constant on a scalar (`softmax`,
+/// `logsoftmax`, `normalize`, `min_max`, `std`, `size`) to a scalar, outside a `total`: under
+/// a `total` the constant is summed over the items, which counts them (the depth of the
+/// network), so it is kept.
+fn constant_on_scalar(e: &Expr, summed: bool) -> bool {
+    match e {
+        Expr::Input(_) => false,
+        Expr::Unary(UnaryOp::Total, x) => constant_on_scalar(x, true),
+        Expr::Unary(op, x) => {
+            let constant = matches!(
+                op,
+                UnaryOp::Softmax
+                    | UnaryOp::LogSoftmax
+                    | UnaryOp::Normalize
+                    | UnaryOp::MinMax
+                    | UnaryOp::Std
+                    | UnaryOp::Size
+            );
+            (constant && !summed && x.is_scalar()) || constant_on_scalar(x, summed)
+        }
+        Expr::Binary(_, a, b) => {
+            (!a.is_disconnected() && constant_on_scalar(a, summed))
+                || (!b.is_disconnected() && constant_on_scalar(b, summed))
+        }
     }
 }
 
@@ -525,6 +542,9 @@ mod tests {
             "softmax(head)",
             "add(mean(disconnect(head)), mean(act))",
             "std(act)",
+            // Under `total` a per-item constant counts the items.
+            "total(size(mean(head)))",
+            "add(log(total(softmax(l1_norm(head)))), total(sum(act)))",
         ];
         for t in valid {
             assert!(fires(t).is_empty(), "{t}: {:?}", fires(t));
@@ -548,6 +568,8 @@ mod tests {
                 Rule::ConstantOnScalar,
             ),
             ("min_max(frobenius_norm(grad))", Rule::ConstantOnScalar),
+            ("size(total(head))", Rule::ConstantOnScalar),
+            ("softmax(total(size(mean(head))))", Rule::ConstantOnScalar),
             (
                 "sub(mean(pow2(head)), mean(pow2(neg(head))))",
                 Rule::SelfSubtraction,

@@ -23,9 +23,9 @@
 //! Crossing genomes of different structures is not meaningful: the first parent is returned.
 
 use super::genome::{
-    grow_expr, sample_binary, sample_from, sample_input, sample_unary, ExtendedGenotype, Genome,
-    GenomeSpec, EXTENDED_BINARY, EXTENDED_POST_OPS, EXTENDED_REDUCTIONS, EXTENDED_TOTAL_P,
-    GRAPH_EDGES,
+    grow_expr, sample_binary, sample_free_unary, sample_from, sample_input, sample_unary,
+    ExtendedGenotype, Genome, GenomeSpec, EXTENDED_BINARY, EXTENDED_POST_OPS, EXTENDED_REDUCTIONS,
+    EXTENDED_TOTAL_P, GRAPH_EDGES,
 };
 use crate::proxy::expr::{Expr, TreeGenotype};
 use crate::proxy::ops::UnaryOp;
@@ -296,7 +296,7 @@ pub fn point_mutation(e: &Expr, rng: &mut Rng) -> Expr {
     let target = rng.range(0, sites.len());
     let new = match sites[target].0 {
         Expr::Input(_) => Expr::Input(sample_input(rng)),
-        Expr::Unary(_, x) => Expr::Unary(sample_unary(rng), x.clone()),
+        Expr::Unary(_, x) => Expr::Unary(sample_free_unary(rng), x.clone()),
         Expr::Binary(_, a, b) => Expr::Binary(sample_binary(rng), a.clone(), b.clone()),
     };
     replace_at(e, target, &new)
