@@ -1,6 +1,5 @@
 //! Command-line interface: clap definitions and wiring only.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -12,6 +11,8 @@ use lpzero::models::flexibert::SizeMode;
 use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
+
+use crate::out;
 
 /// lpzero: discover zero-cost proxies for language-model NAS (LPZero) and use them.
 #[derive(Parser)]
@@ -275,8 +276,7 @@ fn params(a: ParamsArgs) -> Result<()> {
     let bench = load(&a.data)?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
     let counts = lpzero::params::count_columns(&bench, &selection, a.sizes)?;
-    let mut out = std::io::stdout().lock();
-    match a.format {
+    let text = match a.format {
         Format::Csv => {
             let mut header = vec!["id".to_string(), "total".to_string()];
             if let Some(first) = counts.first() {
@@ -290,7 +290,9 @@ fn params(a: ParamsArgs) -> Result<()> {
                     row
                 })
                 .collect();
-            report::write_csv(&mut out, &header, &rows)?;
+            let mut csv = Vec::new();
+            report::write_csv(&mut csv, &header, &rows)?;
+            String::from_utf8(csv)?
         }
         Format::Json => {
             let rows: Vec<_> = counts
@@ -303,10 +305,10 @@ fn params(a: ParamsArgs) -> Result<()> {
                     o
                 })
                 .collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            serde_json::to_string_pretty(&rows)? + "\n"
         }
-    }
-    Ok(())
+    };
+    out::line(text.trim_end())
 }
 
 fn set_engine_threads(workers: usize) {
@@ -365,24 +367,24 @@ fn score(a: ScoreArgs) -> Result<()> {
                 "proxies": table.summaries.iter().map(proxy_json).collect::<Vec<_>>(),
             })
         };
-        println!("{}", serde_json::to_string(&value)?);
+        out::line(serde_json::to_string(&value)?)?;
     } else {
-        println!(
+        out::line(format_args!(
             "{} architectures of {} ({}), {:.1} s",
             table.keys.len(),
             bench.kind,
             bench.truth_name,
             table.seconds
-        );
-        println!(
+        ))?;
+        out::line(format_args!(
             "{:<36} {:>9} {:>9} {:>8} {:>6}",
             "proxy", "spearman", "kendall", "top10%", "nan"
-        );
+        ))?;
         for s in &table.summaries {
-            println!(
+            out::line(format_args!(
                 "{:<36} {:>9.4} {:>9.4} {:>8.3} {:>6}",
                 s.proxy, s.spearman, s.kendall, s.top10_overlap, s.non_finite
-            );
+            ))?;
         }
     }
     Ok(())
@@ -419,11 +421,11 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
     if a.json {
         let text = std::fs::read_to_string(dir.join("baselines.json"))
             .with_context(|| format!("{}: cannot read back baselines.json", dir.display()))?;
-        println!("{}", text.trim_end());
+        out::line(text.trim_end())?;
     } else {
         let md = std::fs::read_to_string(dir.join("baselines.md"))
             .with_context(|| format!("{}: cannot read back baselines.md", dir.display()))?;
-        println!("{}", md.trim_end());
+        out::line(md.trim_end())?;
         eprintln!("wrote {}/baselines.{{md,json,csv,svg}}", dir.display());
     }
     Ok(())
@@ -469,11 +471,10 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     result["peak_rss_mib"] = serde_json::json!(lpzero::report::peak_rss_mib());
     if a.json {
-        println!("{}", serde_json::to_string(&result)?);
+        out::line(serde_json::to_string(&result)?)
     } else {
-        println!("{}", serde_json::to_string_pretty(&result).context("json")?);
+        out::line(serde_json::to_string_pretty(&result)?)
     }
-    Ok(())
 }
 
 fn search(a: SearchArgs) -> Result<()> {
@@ -541,10 +542,13 @@ fn search(a: SearchArgs) -> Result<()> {
     })?;
     bars.iter().for_each(|b| b.finish_and_clear());
     if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        out::line(serde_json::to_string(&summary)?)?;
     } else {
-        println!("best proxy: {}", summary["best"].as_str().unwrap_or(""));
-        println!(
+        out::line(format_args!(
+            "best proxy: {}",
+            summary["best"].as_str().unwrap_or("")
+        ))?;
+        out::line(format_args!(
             "fitness ρ {:.4} on {} architectures; held-out ρ {} τ {} on {}; {:.1} s",
             summary["fitness_spearman"].as_f64().unwrap_or(f64::NAN),
             summary["fitness_n"],
@@ -552,7 +556,7 @@ fn search(a: SearchArgs) -> Result<()> {
             summary["heldout_kendall"],
             summary["heldout_n"],
             summary["seconds"].as_f64().unwrap_or(0.0)
-        );
+        ))?;
     }
     Ok(())
 }
