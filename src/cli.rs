@@ -234,6 +234,10 @@ struct SearchArgs {
     /// Continue an interrupted run from its directory (results equal an uninterrupted run).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Replace the run files of an existing --out directory (without it such a directory is
+    /// refused, so an earlier run is never lost by accident).
+    #[arg(long)]
+    overwrite: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -518,6 +522,22 @@ fn search(a: SearchArgs) -> Result<()> {
     let threads = a.probe.threads();
     set_engine_threads(threads);
     let out = a.out.clone().or_else(|| a.resume.clone());
+    if let Some(dir) = &a.out {
+        let resumed_here = a
+            .resume
+            .as_deref()
+            .is_some_and(|r| lpzero::search::rundir::same_folder(r, dir));
+        if !resumed_here {
+            lpzero::search::rundir::claim(dir, a.overwrite).with_context(|| {
+                format!(
+                    "--out {}: pass --resume {} to continue that run, --overwrite to replace \
+                     it, or choose another folder",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
+        }
+    }
     let bars = [
         report::progress(fitness.len(), "probing fitness set", a.json),
         report::progress(a.iterations, "searching", a.json),

@@ -10,8 +10,8 @@
 //! Floating-point numbers that results depend on (fitness values, the curve, the ground truth)
 //! are written as decimal strings in Rust's shortest round-trip form and read back with Rust's
 //! correctly rounded parser, so they come back bit for bit (JSON numbers parsed by `serde_json`
-//! without its `float_roundtrip` feature may differ in the last bit). Files are written to a
-//! temporary name and renamed, so a crash never leaves a half-written checkpoint.
+//! without its `float_roundtrip` feature may differ in the last bit). Files are written with
+//! [`write_atomic`], so a crash never leaves a half-written checkpoint.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use super::genome::Genome;
 use super::hall_of_fame::{HallEntry, HallOfFame};
 use super::options::{SearchOptions, RESULT_NEUTRAL_OPTIONS};
 use super::{Counters, CurvePoint, Member, SearchState};
+use crate::report::write_atomic;
 use crate::rng::Rng;
 
 /// File name of the checkpoint inside a run folder.
@@ -170,18 +171,7 @@ pub fn save(
             .collect(),
         elapsed_seconds: state.elapsed_seconds,
     };
-    let text = serde_json::to_string_pretty(&file)?;
-    write_atomic(path, &text)
-}
-
-/// Writes `text` to a temporary file next to `path`, then renames it over `path`.
-pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename to {}", tmp.display(), path.display()))
+    write_atomic(path, serde_json::to_string_pretty(&file)?)
 }
 
 /// The checkpoint file for `path`: `path/checkpoint.json` when `path` is a folder, else `path`.

@@ -291,5 +291,5 @@ pub fn search_benchmark(
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+    crate::report::write_atomic(path, text)
 }

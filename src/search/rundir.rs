@@ -14,6 +14,10 @@
 //! (written after the last checkpoint by the interrupted run) are dropped, so the log reads like
 //! the log of an uninterrupted run.
 //!
+//! Every file except the log is written whole or not at all ([`write_atomic`]); the log is
+//! append-only and its write errors stop the run. A new run never reuses a folder that holds
+//! files ([`claim`]) unless told to replace its run files.
+//!
 //! [`curve_svg`] and [`scatter_svg`] draw plots without any plotting crate: axes, "nice" ticks,
 //! labels and a legend or a subtitle, in plain SVG 1.1.
 
@@ -22,15 +26,85 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::checkpoint::{self, CHECKPOINT_FILE};
 use super::hall_of_fame::HallEntry;
 use super::options::SearchOptions;
 use super::{CurvePoint, SearchState};
-use crate::report::{csv_number, json_number, write_csv_file};
+use crate::report::{csv_number, json_number, write_atomic, write_csv_file};
 use crate::stats::{kendall_tau_b, ranks, sanitize, spearman};
+
+/// The files a run writes into its folder (what [`claim`] replaces when told to overwrite).
+pub const RUN_FILES: [&str; 8] = [
+    "config.json",
+    "log.jsonl",
+    "hall_of_fame.json",
+    "curve.csv",
+    "curve.svg",
+    "scatter.svg",
+    "summary.json",
+    CHECKPOINT_FILE,
+];
+
+/// Makes `dir` ready for a new run without losing an earlier one: a missing or empty folder is
+/// fine; a folder holding anything is refused, unless `overwrite`, which deletes the
+/// [`RUN_FILES`] it holds (other files are left alone). Fails when `dir` is not a folder.
+pub fn claim(dir: &Path, overwrite: bool) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        bail!("{}: exists and is not a folder", dir.display());
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list the folder", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        names.sort();
+        let shown: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+        let more = if names.len() > 3 { ", …" } else { "" };
+        bail!(
+            "{}: the folder is not empty (it holds {}{more}); a new run there would replace \
+             an earlier run's files",
+            dir.display(),
+            shown.join(", ")
+        );
+    }
+    for name in RUN_FILES {
+        let path = dir.join(name);
+        if path.is_file() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("{}: cannot remove", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// True when `resume` (a run folder or a checkpoint file inside one) and `dir` name the same
+/// folder.
+pub fn same_folder(resume: &Path, dir: &Path) -> bool {
+    let folder = if resume.is_dir() {
+        resume
+    } else {
+        resume.parent().unwrap_or(Path::new("."))
+    };
+    let folder = if folder.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        folder
+    };
+    match (std::fs::canonicalize(folder), std::fs::canonicalize(dir)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
 
 /// One line of `log.jsonl`: what happened in one iteration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,17 +145,16 @@ impl RunDir {
     pub fn create(dir: &Path, options: &SearchOptions, resumed_at: Option<usize>) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        checkpoint::write_atomic(
+        write_atomic(
             &dir.join("config.json"),
-            &serde_json::to_string_pretty(options)?,
+            serde_json::to_string_pretty(options)?,
         )?;
         let log_path = dir.join("log.jsonl");
         let kept = match resumed_at {
             Some(last) => kept_log_lines(&log_path, last),
             None => String::new(),
         };
-        std::fs::write(&log_path, kept)
-            .with_context(|| format!("{}: cannot write", log_path.display()))?;
+        write_atomic(&log_path, kept)?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&log_path)
@@ -100,7 +173,12 @@ impl RunDir {
     /// Appends one iteration to `log.jsonl` (buffered; flushed by [`RunDir::save`]).
     pub fn log(&mut self, record: &IterationLog) -> Result<()> {
         let line = serde_json::to_string(record)?;
-        writeln!(self.log, "{line}").context("log.jsonl: write failed")
+        writeln!(self.log, "{line}").with_context(|| self.log_error())
+    }
+
+    /// The message of a failed write to `log.jsonl`.
+    fn log_error(&self) -> String {
+        format!("{}: cannot write", self.dir.join("log.jsonl").display())
     }
 
     /// Flushes the log and writes `hall_of_fame.json`, `curve.csv`, `curve.svg` and, when
@@ -112,13 +190,13 @@ impl RunDir {
         state: &SearchState,
         with_checkpoint: bool,
     ) -> Result<()> {
-        self.log.flush().context("log.jsonl: write failed")?;
+        self.log.flush().with_context(|| self.log_error())?;
         write_hall_of_fame(
             &self.dir.join("hall_of_fame.json"),
             state.hall_of_fame.entries(),
         )?;
         write_curve_csv(&self.dir.join("curve.csv"), &state.curve)?;
-        checkpoint::write_atomic(&self.dir.join("curve.svg"), &curve_svg(&state.curve))?;
+        write_atomic(&self.dir.join("curve.svg"), curve_svg(&state.curve))?;
         if with_checkpoint {
             checkpoint::save(&self.dir.join(CHECKPOINT_FILE), options, truth, state)?;
         }
@@ -159,7 +237,7 @@ pub fn write_hall_of_fame(path: &Path, entries: &[HallEntry]) -> Result<()> {
             })
         })
         .collect();
-    checkpoint::write_atomic(path, &serde_json::to_string_pretty(&list)?)
+    write_atomic(path, serde_json::to_string_pretty(&list)?)
 }
 
 /// Writes `iteration,best,median` rows.
