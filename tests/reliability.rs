@@ -135,6 +135,90 @@ fn search_args<'a>(d: &'a str, run: &'a str, iterations: &'a str) -> Vec<&'a str
 }
 
 #[test]
+fn resume_refuses_other_probe_settings_and_edited_checkpoints() {
+    let dir = common::fixture_data_dir("resume", &common::fixture_records());
+    let d = s(&dir);
+    let work = temp("resume");
+    let corpus = work.join("corpus.txt");
+    let ids: Vec<String> = (0..40).map(|i| (1000 + 7 * i).to_string()).collect();
+    std::fs::write(&corpus, ids.join(" ")).unwrap();
+    let run = work.join("run");
+    let mut first = search_args(d, s(&run), "6");
+    first.extend(["--corpus", s(&corpus)]);
+    succeeds(&lpzero(&first));
+
+    // Continue to 9 iterations with the same settings except one.
+    let resume = |change: &[&str]| {
+        let mut args = search_args(d, s(&run), "9");
+        args.extend(["--resume", s(&run)]);
+        let replaced: Vec<&str> = change.iter().step_by(2).copied().collect();
+        let mut kept = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            if replaced.contains(&args[i]) {
+                i += 2;
+            } else {
+                kept.push(args[i]);
+                i += 1;
+            }
+        }
+        kept.extend(change);
+        if !replaced.contains(&"--corpus") {
+            kept.extend(["--corpus", s(&corpus)]);
+        }
+        // A tiny memory limit: had the run started probing before checking the checkpoint, it
+        // would fail on that instead.
+        lpzero_env(&kept, &[("LPZERO_PROBE_MEMORY_GB", "0.000001")])
+    };
+    for (change, name) in [
+        (
+            vec!["--seq-len", "32"],
+            "seq_len: 16 in the checkpoint, 32 now",
+        ),
+        (vec!["--batch", "2"], "batch: 1 in the checkpoint, 2 now"),
+        (vec!["--grad-signal", "faithful"], "grad_signal"),
+        (
+            vec!["--dropout", "on"],
+            "dropout: false in the checkpoint, true now",
+        ),
+        (vec!["--sizes", "intended"], "sizes"),
+        (vec!["--seed", "3"], "seed"),
+    ] {
+        fails_with(&resume(&change), &["cannot resume", name]);
+    }
+    // The corpus is compared by its content.
+    let copy = work.join("copy.txt");
+    std::fs::write(&copy, ids[1..].join(" ") + " 1000").unwrap();
+    fails_with(
+        &resume(&["--corpus", s(&copy)]),
+        &["cannot resume", "corpus"],
+    );
+    fails_with(
+        &resume(&["--corpus", "/nonexistent/corpus.txt"]),
+        &["cannot read"],
+    );
+
+    // An edited checkpoint is refused.
+    let ck = run.join("checkpoint.json");
+    let text = std::fs::read_to_string(&ck).unwrap();
+    std::fs::write(&ck, text.replace("\"iteration\": 6", "\"iteration\": 9999")).unwrap();
+    fails_with(
+        &resume(&[]),
+        &["checkpoint.json", "checksum does not match"],
+    );
+    std::fs::write(&ck, &text).unwrap();
+
+    // The same settings continue the run, with the corpus at another path (same content).
+    std::fs::copy(&corpus, &copy).unwrap();
+    let mut args = search_args(d, s(&run), "9");
+    args.extend(["--resume", s(&run), "--corpus", s(&copy)]);
+    succeeds(&lpzero(&args));
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 9);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
 fn outputs_are_written_whole_or_refused() {
     let dir = common::fixture_data_dir("outputs", &common::fixture_records());
     let d = s(&dir);

@@ -81,6 +81,36 @@ impl Default for ProbeOptions {
 }
 
 impl ProbeOptions {
+    /// The settings that decide the values of a probe of a `kind` architecture, as a JSON
+    /// object: `bench`, `batch`, `seq_len`, `seed`, `dropout`, for FlexiBERT `grad_signal`
+    /// and `sizes`, and `corpus`, the corpus file's content hash (`null` for the synthetic
+    /// batch; the content, not the path, decides the batch). A search records it in its
+    /// checkpoints, and a resume with other settings is refused. Fails when the corpus cannot
+    /// be read.
+    pub fn settings(&self, kind: BenchKind) -> Result<serde_json::Value> {
+        let corpus = match &self.corpus {
+            None => serde_json::Value::Null,
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("{}: cannot read the corpus", path.display()))?;
+                format!("fnv1a64:{:016x}", crate::report::fnv1a64(&bytes)).into()
+            }
+        };
+        let mut settings = serde_json::json!({
+            "bench": kind.name(),
+            "batch": self.batch,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "dropout": self.dropout,
+            "corpus": corpus,
+        });
+        if kind == BenchKind::Flexibert {
+            settings["grad_signal"] = serde_json::to_value(self.grad_signal)?;
+            settings["sizes"] = serde_json::to_value(self.sizes)?;
+        }
+        Ok(settings)
+    }
+
     /// The defaults of a benchmark family: FlexiBERT 2 × 512 ([`DEFAULT_BATCH`],
     /// [`DEFAULT_SEQ_LEN`]), GPT-2 16 × 192 ([`GPT2_DEFAULT_BATCH`], [`GPT2_DEFAULT_SEQ_LEN`],
     /// the reference's first training batch).

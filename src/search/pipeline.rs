@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{run, rundir, SearchOptions};
+use super::{checkpoint, run_with_inputs, rundir, FitnessData, SearchOptions};
 use crate::bench::Benchmark;
 use crate::probe::{probe_map, Probe, ProbeOptions};
 use crate::proxy::eval::list_bytes;
@@ -150,6 +150,12 @@ pub fn search_benchmark(
 ) -> Result<serde_json::Value> {
     let start = Instant::now();
     let bench = job.bench;
+    // Refuse an incompatible resume before any probing.
+    let settings = job.probe.settings(bench.kind)?;
+    if let Some(path) = &job.resume {
+        let truth = bench.truths(&job.fitness);
+        checkpoint::load(path)?.check_compatible(opts, &settings, &truth)?;
+    }
     let total = job.fitness.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let tick = |phase: &str, total: usize| {
@@ -174,10 +180,14 @@ pub fn search_benchmark(
     let sources: Vec<&dyn InputSource> = probes.iter().map(|p| p as &dyn InputSource).collect();
     let truth = bench.truths(&job.fitness);
     let iterations = opts.iterations;
-    let outcome = run(
+    let fitness = FitnessData {
+        probes: &sources,
+        truth: &truth,
+        settings: &settings,
+    };
+    let outcome = run_with_inputs(
         opts,
-        &sources,
-        &truth,
+        &fitness,
         job.out.as_deref(),
         job.resume.as_deref(),
         &|i| progress("search", i, iterations),

@@ -12,7 +12,8 @@
 //!
 //! On resume into a folder that already has a `log.jsonl`, lines past the checkpoint's iteration
 //! (written after the last checkpoint by the interrupted run) are dropped, so the log reads like
-//! the log of an uninterrupted run.
+//! the log of an uninterrupted run; a log that lacks some of the checkpoint's iterations is
+//! refused (it does not belong to that checkpoint).
 //!
 //! Every file except the log is written whole or not at all ([`write_atomic`]); the log is
 //! append-only and its write errors stop the run. A new run never reuses a folder that holds
@@ -137,12 +138,21 @@ pub struct IterationLog {
 pub struct RunDir {
     dir: PathBuf,
     log: BufWriter<File>,
+    /// How the fitness inputs were made (recorded in every checkpoint).
+    inputs: serde_json::Value,
 }
 
 impl RunDir {
     /// Creates (or reuses) `dir`, writes `config.json` and opens `log.jsonl`: truncated for a new
-    /// run, or cut back to the lines up to `resumed_at` when resuming from that iteration.
-    pub fn create(dir: &Path, options: &SearchOptions, resumed_at: Option<usize>) -> Result<Self> {
+    /// run, or cut back to the lines up to `resumed_at` when resuming from that iteration (an
+    /// existing log must then hold every iteration up to it). `inputs` describes how the fitness
+    /// inputs were made; checkpoints record it ([`checkpoint::save`]).
+    pub fn create(
+        dir: &Path,
+        options: &SearchOptions,
+        inputs: &serde_json::Value,
+        resumed_at: Option<usize>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create folder", dir.display()))?;
         write_atomic(
@@ -151,7 +161,7 @@ impl RunDir {
         )?;
         let log_path = dir.join("log.jsonl");
         let kept = match resumed_at {
-            Some(last) => kept_log_lines(&log_path, last),
+            Some(last) => kept_log_lines(&log_path, last)?,
             None => String::new(),
         };
         write_atomic(&log_path, kept)?;
@@ -162,6 +172,7 @@ impl RunDir {
         Ok(Self {
             dir: dir.to_path_buf(),
             log: BufWriter::new(file),
+            inputs: inputs.clone(),
         })
     }
 
@@ -198,28 +209,53 @@ impl RunDir {
         write_curve_csv(&self.dir.join("curve.csv"), &state.curve)?;
         write_atomic(&self.dir.join("curve.svg"), curve_svg(&state.curve))?;
         if with_checkpoint {
-            checkpoint::save(&self.dir.join(CHECKPOINT_FILE), options, truth, state)?;
+            let path = self.dir.join(CHECKPOINT_FILE);
+            checkpoint::save(&path, options, &self.inputs, truth, state)?;
         }
         Ok(())
     }
 }
 
-/// The lines of an existing log whose `iteration` is at most `last` (nothing if unreadable).
-fn kept_log_lines(path: &Path, last: usize) -> String {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return String::new();
-    };
+/// The lines of an existing log whose `iteration` is at most `last` (nothing when there is no
+/// log). Fails when the log cannot be read or its kept lines are not iterations `1..=last` in
+/// order.
+fn kept_log_lines(path: &Path, last: usize) -> Result<String> {
+    if !path.exists() {
+        return Ok(String::new());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = String::new();
+    let mut expected = 1;
     for line in text.lines() {
         let it = serde_json::from_str::<serde_json::Value>(line)
             .ok()
             .and_then(|v| v.get("iteration").and_then(|i| i.as_u64()));
-        if matches!(it, Some(i) if i as usize <= last) {
-            out.push_str(line);
-            out.push('\n');
+        match it {
+            Some(i) if i as usize <= last => {
+                if i as usize != expected {
+                    bail!(
+                        "{}: holds iteration {i} where iteration {expected} was expected; the \
+                         log does not belong to the checkpoint (at iteration {last})",
+                        path.display()
+                    );
+                }
+                expected += 1;
+                out.push_str(line);
+                out.push('\n');
+            }
+            _ => {}
         }
     }
-    out
+    if expected != last + 1 {
+        bail!(
+            "{}: holds iterations up to {} but the checkpoint is at iteration {last}; the log \
+             does not belong to that checkpoint",
+            path.display(),
+            expected - 1
+        );
+    }
+    Ok(out)
 }
 
 /// Writes the hall of fame as a JSON array (best first) with plain numbers.
