@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lpzero::bench::{self, BenchKind, Benchmark};
 use lpzero::models::flexibert::SizeMode;
-use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions};
+use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions, MAX_THREADS};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
 
@@ -97,17 +97,13 @@ enum OnOff {
 impl ProbeArgs {
     fn options(&self, kind: BenchKind) -> Result<ProbeOptions> {
         let (batch, seq_len) = default_batch_shape(kind);
-        let batch = self.batch.unwrap_or(batch);
-        if batch == 0 {
-            bail!("--batch must be at least 1");
-        }
         if kind == BenchKind::Gpt2
             && (self.grad_signal != GradSignal::Projection || self.sizes != SizeMode::Faithful)
         {
             eprintln!("warning: --grad-signal and --sizes apply to flexibert only; gpt2 always back-propagates the mean next-token loss");
         }
-        Ok(ProbeOptions {
-            batch,
+        let opts = ProbeOptions {
+            batch: self.batch.unwrap_or(batch),
             seq_len: self.seq_len.unwrap_or(seq_len),
             seed: self.seed,
             grad_signal: self.grad_signal,
@@ -115,13 +111,21 @@ impl ProbeArgs {
             dropout: self.dropout == OnOff::On,
             corpus: self.corpus.clone(),
             extra_passes: false,
-        })
+        };
+        opts.validate(kind)
+            .context("invalid probe options (--batch, --seq-len)")?;
+        Ok(opts)
     }
 
-    fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
+    /// `--threads`, else every core; at least 1 and at most [`MAX_THREADS`].
+    fn threads(&self) -> Result<usize> {
+        match self.threads {
+            Some(n) if !(1..=MAX_THREADS).contains(&n) => bail!(
+                "--threads {n}: expected 1..={MAX_THREADS} worker threads (default: one per core)"
+            ),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }
     }
 }
 
@@ -328,7 +332,7 @@ fn score(a: ScoreArgs) -> Result<()> {
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
     let proxies = Proxy::parse_list(&a.proxy, bench.kind)?;
     let opts = a.probe.options(bench.kind)?;
-    let threads = a.probe.threads();
+    let threads = a.probe.threads()?;
     set_engine_threads(threads);
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
@@ -411,7 +415,7 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
         extra_passes: true,
         ..a.probe.options(bench.kind)?
     };
-    let threads = a.probe.threads();
+    let threads = a.probe.threads()?;
     set_engine_threads(threads);
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
@@ -439,7 +443,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     let bench = load(&a.data)?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
     let opts = a.probe.options(bench.kind)?;
-    let threads = a.probe.threads();
+    let threads = a.probe.threads()?;
     let mut result = serde_json::json!({
         "bench": bench.kind.name(), "n": selection.len(), "threads": threads,
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -502,7 +506,7 @@ fn search(a: SearchArgs) -> Result<()> {
         n_unary: a.n_unary,
         seed: probe.seed,
         checkpoint_every: a.checkpoint_every,
-        threads: a.probe.threads(),
+        threads: a.probe.threads()?,
         either_sign: a.fitness_sign == FitnessSign::Either,
         ..SearchOptions::default()
     };
@@ -518,8 +522,8 @@ fn search(a: SearchArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--rps-disable: {e}"))?;
         opts.rps.disabled_rules.push(rule);
     }
-    opts.validate()?;
-    let threads = a.probe.threads();
+    opts.validate().context("invalid search options")?;
+    let threads = opts.threads;
     set_engine_threads(threads);
     let out = a.out.clone().or_else(|| a.resume.clone());
     if let Some(dir) = &a.out {

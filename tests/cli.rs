@@ -285,7 +285,8 @@ fn search_writes_run_directory_and_summary() {
     assert_eq!(log.lines().count(), 15);
     assert!(v["fitness_probe_bytes"].as_u64().unwrap() > 0, "{v}");
 
-    // Probes that outgrow the memory limit stop the search with a clear message.
+    // A probe that needs more than the memory limit stops the search, before it is built, with
+    // a clear message.
     let small = |limit: &str| {
         Command::new(env!("CARGO_BIN_EXE_lpzero"))
             .args(["search", "--data-dir", d, "--fitness-archs", "0..6"])
@@ -297,7 +298,10 @@ fn search_writes_run_directory_and_summary() {
     let out = small("0.000001");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("need more memory") && err.contains("--batch"),
+        !out.status.success()
+            && err.contains("needs about")
+            && err.contains("set by LPZERO_PROBE_MEMORY_GB")
+            && err.contains("lower the batch rows"),
         "{err}"
     );
     let out = lpzero(&["search", "--data-dir", d, "--fitness-sign", "sideways"]);

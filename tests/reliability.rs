@@ -288,3 +288,194 @@ fn outputs_are_written_whole_or_refused() {
     );
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// A one-record FlexiBERT benchmark whose first layer has `field` set to `value`.
+fn flexibert_with(name: &str, field: &str, value: serde_json::Value) -> PathBuf {
+    let mut records = common::fixture_records();
+    if field == "hidden_size" {
+        records[0]["hparams"]["model_hparam_overrides"]["hidden_size"] = value;
+    } else {
+        records[0]["hparams"]["model_hparam_overrides"]["nas_config"]["encoder_layers"][0][field] =
+            value;
+    }
+    common::fixture_data_dir(name, &records)
+}
+
+/// A one-config GPT-2 benchmark: a small valid config with `key` set to `value`.
+fn gpt2_with(name: &str, key: &str, value: &str) -> PathBuf {
+    let mut config: Vec<String> = [
+        "adaptive: true",
+        "cutoffs: [19997, 39997, 199997, 50264]",
+        "d_embed: 64",
+        "d_inner: [128, 96]",
+        "d_model: 32",
+        "div_val: 2",
+        "dropatt: 0.0",
+        "dropout: 0.1",
+        "n_head: [2, 4]",
+        "n_layer: 2",
+        "n_token: 50264",
+        "proj_init_std: 0.01",
+        "tgt_len: 192",
+        "tie_projs: [false, true, true, true]",
+        "tie_weight: true",
+        "weight_init_std: 0.02",
+    ]
+    .iter()
+    .map(|l| l.to_string())
+    .collect();
+    for line in config.iter_mut() {
+        if line.starts_with(&format!("{key}:")) {
+            *line = format!("{key}: {value}");
+        }
+    }
+    let data = temp(name);
+    let root = data.join("gpt2_wt103");
+    std::fs::create_dir_all(root.join("configs")).unwrap();
+    std::fs::write(root.join("configs/config_0_j0.yaml"), config.join("\n")).unwrap();
+    std::fs::write(
+        root.join("ppl_summary.yaml"),
+        "config_0_j0:\n  valid_ppl: 30.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("params_summary.yaml"),
+        "config_0_j0:\n  AdaEmb: 1.0\n  Attn: 1.0\n  FFN: 1.0\n  nonembedding: 1.0\n  total: 1.0\n",
+    )
+    .unwrap();
+    data
+}
+
+#[test]
+fn sizes_are_bounded_with_clear_messages() {
+    let layer = "encoder_layers[0]";
+    for (field, value, needle) in [
+        (
+            "hidden_size",
+            serde_json::json!(1_000_000_000u64),
+            "hidden_size",
+        ),
+        (
+            "feed_forward_dimension",
+            serde_json::json!(1_000_000_000_000u64),
+            "feed_forward_dimension",
+        ),
+        (
+            "num_feed_forward",
+            serde_json::json!(1_000_000),
+            "num_feed_forward",
+        ),
+    ] {
+        let dir = flexibert_with(field, field, value);
+        let out = lpzero(&["params", "--data-dir", s(&dir)]);
+        let err = fails_with(&out, &["record id 0", needle, "expected at most"]);
+        assert!(field == "hidden_size" || err.contains(layer), "{err}");
+    }
+    for (key, value) in [
+        ("n_token", "1000000000000"),
+        ("d_model", "1000000000"),
+        ("n_layer", "100000"),
+    ] {
+        let dir = gpt2_with(key, key, value);
+        let out = lpzero(&["params", "--bench", "gpt2", "--data-dir", s(&dir)]);
+        let err = fails_with(
+            &out,
+            &["config_0_j0.yaml", &format!("`{key}`"), "expected at most"],
+        );
+        assert!(!err.contains("cutoffs"), "{err}");
+    }
+    let ok = gpt2_with("gpt2-ok", "n_token", "50264");
+    succeeds(&lpzero(&[
+        "params",
+        "--bench",
+        "gpt2",
+        "--data-dir",
+        s(&ok),
+    ]));
+
+    // Legal sizes that cannot fit this machine are refused before anything is built.
+    let mut records = common::fixture_records();
+    let overrides = &mut records[0]["hparams"]["model_hparam_overrides"];
+    overrides["hidden_size"] = serde_json::json!(16384);
+    for l in overrides["nas_config"]["encoder_layers"]
+        .as_array_mut()
+        .unwrap()
+    {
+        l["feed_forward_dimension"] = serde_json::json!(65536);
+        l["num_feed_forward"] = serde_json::json!(64);
+    }
+    let dir = common::fixture_data_dir("huge", &records);
+    let d = s(&dir);
+    let args = [
+        "params",
+        "--data-dir",
+        d,
+        "--sizes",
+        "intended",
+        "--archs",
+        "0",
+    ];
+    fails_with(
+        &lpzero(&args),
+        &["architecture 0 needs about", "TB", "for its parameters"],
+    );
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        "snip",
+        "--sizes",
+        "intended",
+    ]);
+    fails_with(
+        &out,
+        &["architecture 0 needs about", "lower the batch rows"],
+    );
+    // The fixture's real sizes fit, except under a tiny limit, which the message names.
+    let mut args = vec!["score", "--data-dir", d, "--proxy", "snip", "--archs", "1"];
+    args.extend(PROBE);
+    let tiny = [("LPZERO_PROBE_MEMORY_GB", "0.001")];
+    fails_with(
+        &lpzero_env(&args, &tiny),
+        &["1.00 MB (set by LPZERO_PROBE_MEMORY_GB)"],
+    );
+    let zero = [("LPZERO_PROBE_MEMORY_GB", "0")];
+    fails_with(
+        &lpzero_env(&args, &zero),
+        &["LPZERO_PROBE_MEMORY_GB=0", "positive number"],
+    );
+
+    // Option bounds say the allowed range.
+    for (flag, value, needle) in [
+        ("--batch", "100000", "batch must be within 1..=65536"),
+        ("--threads", "100000", "--threads 100000: expected 1..=1024"),
+    ] {
+        let out = lpzero(&["score", "--data-dir", d, "--proxy", "params", flag, value]);
+        fails_with(&out, &[needle]);
+    }
+    for (flag, value, needle) in [
+        (
+            "--population",
+            "100000000",
+            "population must be within 2..=100000",
+        ),
+        (
+            "--iterations",
+            "100000000",
+            "iterations must be at most 10000000",
+        ),
+        ("--n-unary", "1000", "n_unary must be within 0..=16"),
+    ] {
+        let out = lpzero(&[
+            "search",
+            "--data-dir",
+            d,
+            "--fitness-archs",
+            "0..4",
+            flag,
+            value,
+        ]);
+        fails_with(&out, &[needle]);
+    }
+}

@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 
+use super::bounds::{self, at_most};
 use super::{Arch, BenchKind, Benchmark, Entry};
 
 /// Path of the benchmark file inside the data directory.
@@ -128,8 +129,13 @@ pub fn load(path: &Path) -> Result<Benchmark> {
 /// Parses benchmark text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
     let file = path.display();
-    let values: Vec<serde_json::Value> = serde_json::from_str(text)
-        .map_err(|e| anyhow!("{file}: expected a JSON array of records: {e}"))?;
+    let values: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
+        let e = e.to_string();
+        anyhow!(
+            "{file}: expected a JSON array of records: {}",
+            crate::report::clip(&e)
+        )
+    })?;
     let mut entries = Vec::with_capacity(values.len());
     for (index, value) in values.iter().enumerate() {
         let record = parse_record(value, index).map_err(|e| anyhow!("{file}: {e}"))?;
@@ -167,7 +173,12 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
         } else {
             path
         };
-        format!("{label}: field `{field}`: {}", e.inner())
+        let inner = e.inner().to_string();
+        format!(
+            "{label}: field `{}`: {}",
+            crate::report::clip(&field),
+            crate::report::clip(&inner)
+        )
     })?;
     let field_err = |field: &str, msg: String| format!("{label}: field `{field}`: {msg}");
     if raw.id != index {
@@ -198,12 +209,19 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
             "expected a positive integer, found 0".into(),
         ));
     }
+    at_most(overrides.hidden_size, bounds::MAX_WIDTH)
+        .map_err(|m| field_err("hparams.model_hparam_overrides.hidden_size", m))?;
     if overrides.nas_config.encoder_layers.is_empty() {
         return Err(field_err(
             layers_field,
             "expected at least one encoder layer, found none".into(),
         ));
     }
+    at_most(
+        overrides.nas_config.encoder_layers.len(),
+        bounds::MAX_LAYERS,
+    )
+    .map_err(|m| field_err(layers_field, format!("{m} layers")))?;
     let mut layers = Vec::new();
     for (l, raw_layer) in overrides.nas_config.encoder_layers.iter().enumerate() {
         let f = |name: &str| format!("{layers_field}[{l}].{name}");
@@ -215,7 +233,10 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
                 _ => {
                     return Err(field_err(
                         &f("operation_parameter"),
-                        format!("expected \"SDP\" or \"WMA\" for SA, found {param}"),
+                        format!(
+                            "expected \"SDP\" or \"WMA\" for SA, found {}",
+                            crate::report::clip(&param.to_string())
+                        ),
                     ))
                 }
             },
@@ -225,17 +246,25 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
                 _ => {
                     return Err(field_err(
                         &f("operation_parameter"),
-                        format!("expected \"DFT\" or \"DCT\" for LT, found {param}"),
+                        format!(
+                            "expected \"DFT\" or \"DCT\" for LT, found {}",
+                            crate::report::clip(&param.to_string())
+                        ),
                     ))
                 }
             },
             "DSC" => match param.as_u64() {
-                Some(k) if k % 2 == 1 => Mixer::Dsc { kernel: k as usize },
+                Some(k) if k % 2 == 1 && k <= bounds::MAX_KERNEL as u64 => {
+                    Mixer::Dsc { kernel: k as usize }
+                }
                 _ => {
                     return Err(field_err(
                         &f("operation_parameter"),
                         format!(
-                            "expected an odd positive integer kernel size for DSC, found {param}"
+                            "expected an odd positive integer kernel size for DSC, at most {}, \
+                             found {}",
+                            bounds::MAX_KERNEL,
+                            crate::report::clip(&param.to_string())
                         ),
                     ))
                 }
@@ -243,14 +272,29 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
             other => {
                 return Err(field_err(
                     &f("operation_type"),
-                    format!("expected \"SA\", \"LT\" or \"DSC\", found \"{other}\""),
+                    format!(
+                        "expected \"SA\", \"LT\" or \"DSC\", found \"{}\"",
+                        crate::report::clip(other)
+                    ),
                 ))
             }
         };
-        for (name, v) in [
-            ("num_operation_heads", raw_layer.num_operation_heads),
-            ("feed_forward_dimension", raw_layer.feed_forward_dimension),
-            ("num_feed_forward", raw_layer.num_feed_forward),
+        for (name, v, max) in [
+            (
+                "num_operation_heads",
+                raw_layer.num_operation_heads,
+                bounds::MAX_HEADS,
+            ),
+            (
+                "feed_forward_dimension",
+                raw_layer.feed_forward_dimension,
+                bounds::MAX_FFN_WIDTH,
+            ),
+            (
+                "num_feed_forward",
+                raw_layer.num_feed_forward,
+                bounds::MAX_FFN_LAYERS,
+            ),
         ] {
             if v == 0 {
                 return Err(field_err(
@@ -258,6 +302,7 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
                     "expected a positive integer, found 0".into(),
                 ));
             }
+            at_most(v, max).map_err(|m| field_err(&f(name), m))?;
         }
         layers.push(Layer {
             mixer,

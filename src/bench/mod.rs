@@ -108,6 +108,41 @@ impl Benchmark {
     }
 }
 
+/// Sanity bounds on architecture sizes read from benchmark files: far above any real language
+/// model (GPT-3 has width 12 288, MLP width 49 152, 96 layers), so only a damaged or hostile
+/// file reaches them. Values past them are refused at load time, naming the file, the record
+/// and the field, before any arithmetic on them can overflow or any allocation can abort.
+/// Whether a legal size fits this machine is checked later ([`crate::probe::memory`]).
+pub mod bounds {
+    /// Hidden size, `d_model`, `d_embed`.
+    pub const MAX_WIDTH: usize = 1 << 14;
+    /// FFN or MLP width (`feed_forward_dimension`, `d_inner`).
+    pub const MAX_FFN_WIDTH: usize = 1 << 16;
+    /// Layers of one model.
+    pub const MAX_LAYERS: usize = 256;
+    /// Heads of one layer.
+    pub const MAX_HEADS: usize = 1024;
+    /// FFN layers of one FlexiBERT encoder layer (`num_feed_forward`).
+    pub const MAX_FFN_LAYERS: usize = 64;
+    /// DSC kernel size.
+    pub const MAX_KERNEL: usize = 511;
+    /// Vocabulary size (`n_token`) and every cutoff.
+    pub const MAX_VOCAB: usize = 1 << 22;
+    /// Position-table size (`tgt_len`).
+    pub const MAX_POSITIONS: usize = 1 << 16;
+    /// Adaptive divisor (`div_val`) and number of cutoffs.
+    pub const MAX_CLUSTERS: usize = 64;
+
+    /// `Ok` when `value ≤ max`, else the message `expected at most MAX, found VALUE`.
+    pub fn at_most(value: usize, max: usize) -> Result<(), String> {
+        if value <= max {
+            Ok(())
+        } else {
+            Err(format!("expected at most {max}, found {value}"))
+        }
+    }
+}
+
 /// Environment variable naming the data directory when `--data-dir` is absent.
 pub const DATA_ENV: &str = "LPZERO_DATA";
 
