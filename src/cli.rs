@@ -330,7 +330,7 @@ fn set_engine_threads(workers: usize) {
 fn score(a: ScoreArgs) -> Result<()> {
     let bench = load(&a.data)?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
-    let proxies = Proxy::parse_list(&a.proxy, bench.kind)?;
+    let proxies = Proxy::parse_list(&a.proxy, bench.kind).context("--proxy")?;
     let opts = a.probe.options(bench.kind)?;
     let threads = a.probe.threads()?;
     set_engine_threads(threads);

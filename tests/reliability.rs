@@ -479,3 +479,33 @@ fn sizes_are_bounded_with_clear_messages() {
         fails_with(&out, &[needle]);
     }
 }
+
+#[test]
+fn bad_input_messages_are_short_and_whole() {
+    let dir = common::fixture_data_dir("messages", &common::fixture_records());
+    let d = s(&dir);
+    let score = |proxy: &str, archs: &str| {
+        lpzero(&["score", "--data-dir", d, "--proxy", proxy, "--archs", archs])
+    };
+    // A huge input is echoed in part, with its length.
+    let long = format!("add({}, act)", "x".repeat(100_000));
+    let err = fails_with(&score(&long, "0"), &["characters in all", "unknown name"]);
+    assert!(err.len() < 2_000, "{} bytes of message", err.len());
+    let long_name = "y".repeat(100_000);
+    let err = fails_with(&score(&long_name, "0"), &["characters in all"]);
+    assert!(err.len() < 2_000, "{} bytes of message", err.len());
+    // A non-ASCII name is named whole.
+    fails_with(
+        &score("add(mean(héad), mean(act))", "0"),
+        &["unknown name `héad`"],
+    );
+    fails_with(&score("héad", "0"), &["unknown proxy `héad`"]);
+    // Empty proxies are errors, not empty tables.
+    fails_with(&score("", "0"), &["--proxy", "no proxy given"]);
+    fails_with(&score("params,,snip", "0"), &["item 2", "is empty"]);
+    fails_with(&score("mean(head);", "0"), &["item 2", "is empty"]);
+    // Huge indices do not wrap around.
+    let err = fails_with(&score("params", "18446744073709551615"), &["too large"]);
+    assert!(!err.contains("is empty"), "{err}");
+    fails_with(&score("params", "0..=18446744073709551615"), &["too large"]);
+}

@@ -194,7 +194,7 @@ pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
     for part in text.split(',') {
         let part = part.trim();
         let (lo, hi) = if let Some((a, b)) = part.split_once("..=") {
-            (parse_index(a, part)?, parse_index(b, part)? + 1)
+            (parse_index(a, part)?, after(parse_index(b, part)?, part)?)
         } else if let Some((a, b)) = part.split_once("..") {
             let lo = if a.is_empty() {
                 0
@@ -209,7 +209,7 @@ pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
             (lo, hi)
         } else {
             let i = parse_index(part, part)?;
-            (i, i + 1)
+            (i, after(i, part)?)
         };
         if lo >= hi {
             bail!("`{text}`: range `{part}` is empty");
@@ -257,10 +257,19 @@ fn random_samples_are_seeded_and_distinct() {
     assert!(parse_sample("random:11", 10, 1).is_err());
 }
 
+/// `i + 1` without wrapping around (an index that large is past any benchmark).
+fn after(i: usize, part: &str) -> Result<usize> {
+    i.checked_add(1)
+        .with_context(|| format!("`{}`: index {i} is too large", crate::report::clip(part)))
+}
+
 fn parse_index(s: &str, part: &str) -> Result<usize> {
-    s.trim()
-        .parse::<usize>()
-        .with_context(|| format!("`{part}` is not a range like 0..50, 7, or all"))
+    s.trim().parse::<usize>().with_context(|| {
+        format!(
+            "`{}` is not a range like 0..50, 7, or all",
+            crate::report::clip(part)
+        )
+    })
 }
 
 #[cfg(test)]

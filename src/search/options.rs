@@ -68,7 +68,12 @@ impl FromStr for Structure {
         Self::ALL
             .into_iter()
             .find(|x| s.eq_ignore_ascii_case(x.name()))
-            .ok_or_else(|| format!("unknown structure `{s}`: expected tree, linear, graph or free"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown structure `{}`: expected tree, linear, graph or free",
+                    crate::report::clip(s)
+                )
+            })
     }
 }
 
