@@ -269,16 +269,7 @@ fn search_writes_run_directory_and_summary() {
     }
     assert_eq!(v["heldout_n"], 2);
     lpzero::proxy::expr::parse(v["best"].as_str().unwrap()).unwrap();
-    for file in [
-        "config.json",
-        "log.jsonl",
-        "hall_of_fame.json",
-        "curve.csv",
-        "curve.svg",
-        "scatter.svg",
-        "summary.json",
-        "checkpoint.json",
-    ] {
+    for file in lpzero::search::rundir::RUN_FILES {
         assert!(run.join(file).is_file(), "missing {file}");
     }
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();

@@ -55,32 +55,37 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Arguments of a small search on the fixture, without the held-out phase; with `out`, it
+/// checkpoints every 3 iterations into that run folder.
+fn search_args<'a>(d: &'a str, iterations: &'a str, out: Option<&'a str>) -> Vec<&'a str> {
+    let mut args = vec!["search", "--data-dir", d, "--fitness-archs", "0..4"];
+    args.extend(["--heldout", "off", "--population", "4"]);
+    args.extend(["--iterations", iterations]);
+    args.extend(PROBE);
+    if let Some(run) = out {
+        args.extend(["--checkpoint-every", "3", "--out", run]);
+    }
+    args
+}
+
 #[test]
 fn stdout_errors_are_one_line_and_a_closed_pipe_is_quiet() {
     let dir = common::fixture_data_dir("stdout", &common::fixture_records());
     let d = s(&dir);
-    let probed = |args: &[&'static str]| -> Vec<String> {
-        let mut v = vec![args[0].to_string(), "--data-dir".into(), d.to_string()];
-        v.extend(args[1..].iter().chain(&PROBE).map(|a| a.to_string()));
+    let probed = |args: &[&'static str]| -> Vec<&str> {
+        let mut v = vec![args[0], "--data-dir", d];
+        v.extend(&args[1..]);
+        v.extend(PROBE);
         v
     };
-    let commands: Vec<Vec<String>> = vec![
-        vec!["params".into(), "--data-dir".into(), d.into()],
+    let mut search = search_args(d, "2", None);
+    search.push("--json");
+    let commands = [
+        vec!["params", "--data-dir", d],
         probed(&["score", "--proxy", "params", "--json"]),
         probed(&["score", "--proxy", "params"]),
         probed(&["bench", "--archs", "0", "--json"]),
-        probed(&[
-            "search",
-            "--fitness-archs",
-            "0..4",
-            "--heldout",
-            "off",
-            "--population",
-            "4",
-            "--iterations",
-            "2",
-            "--json",
-        ]),
+        search,
     ];
     for args in &commands {
         // The reader goes away before anything is written: a quiet stop with status 0.
@@ -112,28 +117,6 @@ fn stdout_errors_are_one_line_and_a_closed_pipe_is_quiet() {
     }
 }
 
-/// Arguments of a small search on the fixture writing to `run`.
-fn search_args<'a>(d: &'a str, run: &'a str, iterations: &'a str) -> Vec<&'a str> {
-    let mut args = vec![
-        "search",
-        "--data-dir",
-        d,
-        "--fitness-archs",
-        "0..4",
-        "--heldout",
-        "off",
-        "--population",
-        "4",
-        "--checkpoint-every",
-        "3",
-        "--iterations",
-        iterations,
-    ];
-    args.extend(PROBE);
-    args.extend(["--out", run]);
-    args
-}
-
 #[test]
 fn resume_refuses_other_probe_settings_and_edited_checkpoints() {
     let dir = common::fixture_data_dir("resume", &common::fixture_records());
@@ -143,13 +126,13 @@ fn resume_refuses_other_probe_settings_and_edited_checkpoints() {
     let ids: Vec<String> = (0..40).map(|i| (1000 + 7 * i).to_string()).collect();
     std::fs::write(&corpus, ids.join(" ")).unwrap();
     let run = work.join("run");
-    let mut first = search_args(d, s(&run), "6");
+    let mut first = search_args(d, "6", Some(s(&run)));
     first.extend(["--corpus", s(&corpus)]);
     succeeds(&lpzero(&first));
 
     // Continue to 9 iterations with the same settings except one.
     let resume = |change: &[&str]| {
-        let mut args = search_args(d, s(&run), "9");
+        let mut args = search_args(d, "9", Some(s(&run)));
         args.extend(["--resume", s(&run)]);
         let replaced: Vec<&str> = change.iter().step_by(2).copied().collect();
         let mut kept = Vec::new();
@@ -210,7 +193,7 @@ fn resume_refuses_other_probe_settings_and_edited_checkpoints() {
 
     // The same settings continue the run, with the corpus at another path (same content).
     std::fs::copy(&corpus, &copy).unwrap();
-    let mut args = search_args(d, s(&run), "9");
+    let mut args = search_args(d, "9", Some(s(&run)));
     args.extend(["--resume", s(&run), "--corpus", s(&copy)]);
     succeeds(&lpzero(&args));
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
@@ -270,9 +253,9 @@ fn outputs_are_written_whole_or_refused() {
     let run = work.join("run");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("notes.txt"), "mine").unwrap();
-    let out = lpzero(&search_args(d, s(&run), "3"));
+    let out = lpzero(&search_args(d, "3", Some(s(&run))));
     fails_with(&out, &["not empty", "notes.txt", "--overwrite", "--resume"]);
-    let mut args = search_args(d, s(&run), "3");
+    let mut args = search_args(d, "3", Some(s(&run)));
     args.push("--overwrite");
     succeeds(&lpzero(&args));
     assert_eq!(
@@ -280,7 +263,7 @@ fn outputs_are_written_whole_or_refused() {
         "mine"
     );
     let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
-    let out = lpzero(&search_args(d, s(&run), "3"));
+    let out = lpzero(&search_args(d, "3", Some(s(&run))));
     fails_with(&out, &["not empty", "checkpoint.json"]);
     assert_eq!(
         std::fs::read_to_string(run.join("summary.json")).unwrap(),

@@ -665,6 +665,24 @@ mod tests {
     }
 
     #[test]
+    fn either_sign_checkpoints_with_negated_members_load() {
+        let opts = SearchOptions {
+            either_sign: true,
+            iterations: 30,
+            ..options()
+        };
+        let dir = written("either", &opts);
+        let ck = load(&dir).unwrap();
+        let negated = ck
+            .state
+            .population
+            .iter()
+            .filter(|m| m.expr.starts_with("neg("));
+        assert!(negated.count() > 0, "no backward proxy in this run");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn resuming_names_every_differing_setting() {
         let dir = written("settings", &options());
         let ck = load(&dir).unwrap();
