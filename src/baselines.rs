@@ -3,9 +3,9 @@
 //! in one table: what a discovered proxy is compared against.
 //!
 //! `lpzero baselines` runs [`scoring::score`] on [`suite`] and writes the files of
-//! [`write`]. For FlexiBERT, when the benchmark folder holds `reference_proxy_scores.csv`, each
-//! proxy with a column there also gets the Spearman ρ between its values and that column
-//! ([`reference_agreement`]).
+//! [`write`]. For FlexiBERT, when the benchmark's data source holds
+//! `flexibert/reference_proxy_scores.csv` (the shipped data does), each proxy with a column
+//! there also gets the Spearman ρ between its values and that column ([`reference_agreement`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,6 +13,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use crate::bench::flexibert::REFERENCE_FILE;
 use crate::bench::{BenchKind, Benchmark};
 use crate::report::{self, json_number};
 use crate::scoring::{Proxy, ScoreTable};
@@ -86,23 +87,21 @@ pub fn reference_column(proxy: &str) -> Option<&'static str> {
     })
 }
 
-/// File of the reference values, next to the FlexiBERT benchmark file.
-pub const REFERENCE_FILE: &str = "reference_proxy_scores.csv";
-
 /// Spearman ρ between each proxy's values and its reference column, per proxy (None: no
-/// column, or not FlexiBERT, or no reference file).
+/// column, or not FlexiBERT, or no reference file in the benchmark's data source).
 pub fn reference_agreement(bench: &Benchmark, table: &ScoreTable) -> Result<Vec<Option<f64>>> {
     let none = vec![None; table.names.len()];
     if bench.kind != BenchKind::Flexibert {
         return Ok(none);
     }
-    let Some(path) = bench.source.parent().map(|d| d.join(REFERENCE_FILE)) else {
+    let Some(data) = &bench.data else {
         return Ok(none);
     };
-    if !path.is_file() {
+    let Some(text) = data.read_optional(REFERENCE_FILE)? else {
         return Ok(none);
-    }
-    let columns = read_reference(&path)?;
+    };
+    let path = data.name(REFERENCE_FILE);
+    let columns = parse_reference(&text, &path)?;
     let mut out = Vec::with_capacity(table.names.len());
     for (name, values) in table.names.iter().zip(&table.values) {
         let Some(col) = reference_column(name) else {
@@ -128,10 +127,8 @@ pub fn reference_agreement(bench: &Benchmark, table: &ScoreTable) -> Result<Vec<
     Ok(out)
 }
 
-/// Column name → (ID → value) of the reference CSV.
-fn read_reference(path: &Path) -> Result<HashMap<String, HashMap<String, f64>>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+/// Column name → (ID → value) of the reference CSV `text` (`path` names it in errors).
+fn parse_reference(text: &str, path: &Path) -> Result<HashMap<String, HashMap<String, f64>>> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines
         .next()
@@ -145,6 +142,7 @@ fn read_reference(path: &Path) -> Result<HashMap<String, HashMap<String, f64>>> 
         .iter()
         .map(|h| (h.to_string(), HashMap::new()))
         .collect();
+    let mut seen = std::collections::HashSet::new();
     for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != header.len() {
@@ -154,6 +152,15 @@ fn read_reference(path: &Path) -> Result<HashMap<String, HashMap<String, f64>>> 
                 n + 2,
                 fields.len(),
                 header.len()
+            );
+        }
+        if !seen.insert(fields[0].trim()) {
+            bail!(
+                "{}: line {}: ID `{}` appears on an earlier line too; expected one row per \
+                 architecture",
+                path.display(),
+                n + 2,
+                fields[0].trim()
             );
         }
         for (h, f) in header[1..].iter().zip(&fields[1..]) {
@@ -412,6 +419,17 @@ mod tests {
                 "{name} is not a built-in proxy"
             );
         }
+    }
+
+    #[test]
+    fn reference_rows_are_read_once_per_id() {
+        let path = Path::new("ref.csv");
+        let table = parse_reference("ID,Head Confidence\n0,1.5\n1,2.5\n", path).unwrap();
+        assert_eq!(table["Head Confidence"]["1"], 2.5);
+        let e = parse_reference("ID,Head Confidence\n0,1.5\n1,2.5\n0,9\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ref.csv: line 4: ID `0`"), "{e}");
     }
 
     #[test]

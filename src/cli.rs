@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use lpzero::bench::{self, BenchKind, Benchmark};
+use lpzero::bench::{self, BenchKind, Benchmark, DataSource};
 use lpzero::models::flexibert::SizeMode;
 use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions, MAX_THREADS};
 use lpzero::report;
@@ -36,17 +36,25 @@ enum Command {
     Baselines(BaselinesArgs),
     /// Measure probe speed and memory (a benchmark, not a test).
     Bench(BenchArgs),
+    /// Ranking-quality study: the search on several random fitness splits, each compared on
+    /// its held-out architectures with every baseline and the pair ensemble.
+    Study(StudyArgs),
 }
 
 /// Options shared by every command that reads a benchmark.
 #[derive(Args, Clone)]
 struct DataArgs {
-    /// Benchmark family.
-    #[arg(long, value_enum, default_value_t = BenchKind::Flexibert)]
-    bench: BenchKind,
-    /// Folder holding the benchmarks (else $LPZERO_DATA, else ../shared/benchmarks).
+    /// Benchmark family [default: flexibert, or the family of --bench-file].
+    #[arg(long, value_enum)]
+    bench: Option<BenchKind>,
+    /// Folder holding the benchmarks, laid out as the repository's data/ (else
+    /// $LPZERO_DATA, else the copy built into lpzero).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Your own architectures instead of a shipped benchmark: a JSON Lines file, one record
+    /// per line ({"id", "family", "config", "truth", "higher_is_better"}; see the README).
+    #[arg(long, conflicts_with = "data_dir")]
+    bench_file: Option<PathBuf>,
 }
 
 /// How each architecture is probed.
@@ -194,44 +202,100 @@ struct BaselinesArgs {
     json: bool,
 }
 
-#[derive(Args)]
-struct SearchArgs {
-    #[command(flatten)]
-    data: DataArgs,
-    #[command(flatten)]
-    probe: ProbeArgs,
+/// The genetic-programming options shared by `search` and `study`.
+#[derive(Args, Clone)]
+struct GpArgs {
     /// Population size.
     #[arg(long, default_value_t = 80)]
     population: usize,
     /// Iterations (one child per iteration).
     #[arg(long, default_value_t = 1000)]
     iterations: usize,
-    /// Fitness architectures: a range (`0..50`) or `random:N` (drawn with --seed); every
-    /// other architecture is held out.
-    #[arg(long, default_value = "0..50")]
-    fitness_archs: String,
-    /// Proxy structure.
+    /// Proxy structure: tree (the reference template), extended, linear, graph or free.
     #[arg(long, default_value = "tree")]
     structure: String,
-    /// Unary operations per branch (tree structure).
+    /// Unary operations per branch (tree and extended structures).
     #[arg(long, default_value_t = 2)]
     n_unary: usize,
     /// Which proxies count as good: `oriented` (fitness ρ against the ground truth, higher is
     /// better) or `either` (fitness |ρ|; a backward proxy enters the hall of fame as `neg(…)`).
     #[arg(long, value_enum, default_value_t = FitnessSign::Oriented)]
     fitness_sign: FitnessSign,
+    /// How the values on the fitness set become a fitness: `spearman` (the reference),
+    /// `kendall` (τ-b) or `robust` (mean ρ over 20 fixed random halves minus their spread).
+    #[arg(long, default_value = "spearman")]
+    fitness: String,
     /// Rule-based pruning on or off.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     rps: OnOff,
     /// Pruning rules to switch off, comma separated (e.g. `predictive,duplicate`).
     #[arg(long, default_value = "")]
     rps_disable: String,
-    /// Held-out evaluation of the hall of fame after the search.
-    #[arg(long, value_enum, default_value_t = OnOff::On)]
-    heldout: OnOff,
     /// Checkpoint every N iterations (with --out).
     #[arg(long, default_value_t = 50)]
     checkpoint_every: usize,
+}
+
+impl GpArgs {
+    /// The search options these flags describe, with the GP seeded by `seed`.
+    fn options(&self, seed: u64, threads: usize) -> Result<lpzero::search::SearchOptions> {
+        use lpzero::search::{FitnessMeasure, Rule, SearchOptions, Structure};
+        let structure: Structure = self
+            .structure
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--structure: {e}"))?;
+        let fitness: FitnessMeasure = self
+            .fitness
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--fitness: {e}"))?;
+        let mut opts = SearchOptions {
+            population: self.population,
+            iterations: self.iterations,
+            structure,
+            n_unary: self.n_unary,
+            seed,
+            checkpoint_every: self.checkpoint_every,
+            threads,
+            either_sign: self.fitness_sign == FitnessSign::Either,
+            fitness,
+            ..SearchOptions::default()
+        };
+        opts.rps.enabled = self.rps == OnOff::On;
+        for name in self
+            .rps_disable
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let rule: Rule = name
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--rps-disable: {e}"))?;
+            opts.rps.disabled_rules.push(rule);
+        }
+        opts.validate().context("invalid search options")?;
+        Ok(opts)
+    }
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    #[command(flatten)]
+    gp: GpArgs,
+    /// Seed of the probes (weights, batch, dropout); default: --seed. Fixing it while
+    /// varying --seed varies only the search and its fitness sample.
+    #[arg(long)]
+    probe_seed: Option<u64>,
+    /// Fitness architectures: a range (`0..50`) or `random:N` (drawn with --seed); every
+    /// other architecture is held out.
+    #[arg(long, default_value = "0..50")]
+    fitness_archs: String,
+    /// Held-out evaluation of the hall of fame after the search.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    heldout: OnOff,
     /// Run directory: config, log, hall of fame, curves, plots, checkpoints, summary.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -243,6 +307,32 @@ struct SearchArgs {
     #[arg(long)]
     overwrite: bool,
     /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StudyArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    #[command(flatten)]
+    gp: GpArgs,
+    /// Number of random fitness splits; split k uses seed --seed + k for its fitness sample
+    /// and its search. The probes use --probe-seed for every split.
+    #[arg(long, default_value_t = 5)]
+    splits: usize,
+    /// Fitness architectures per split.
+    #[arg(long, default_value_t = 50)]
+    fitness_n: usize,
+    /// Seed of the probes shared by every split.
+    #[arg(long, default_value_t = 0)]
+    probe_seed: u64,
+    /// Study folder: study.{json,md,csv,svg} and one run folder per split.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print study.json on stdout instead of the table.
     #[arg(long)]
     json: bool,
 }
@@ -272,12 +362,42 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Search(a) => search(a),
         Command::Baselines(a) => baselines(a),
         Command::Bench(a) => bench_cmd(a),
+        Command::Study(a) => study(a),
     }
 }
 
 fn load(data: &DataArgs) -> Result<Benchmark> {
-    let dir = bench::resolve_data_dir(data.data_dir.as_deref())?;
-    Benchmark::load(data.bench, &dir)
+    if let Some(file) = &data.bench_file {
+        let bench = bench::jsonl::load(file).context("--bench-file")?;
+        if let Some(kind) = data.bench.filter(|&k| k != bench.kind) {
+            bail!(
+                "--bench {kind} conflicts with --bench-file {}, whose records are {}; leave \
+                 --bench out (the file names its family)",
+                file.display(),
+                bench.kind
+            );
+        }
+        return Ok(bench);
+    }
+    let source = match &data.data_dir {
+        Some(dir) => DataSource::dir(dir).context("--data-dir")?,
+        None => DataSource::resolve(None)?,
+    };
+    Benchmark::load(data.bench.unwrap_or(BenchKind::Flexibert), &source)
+}
+
+/// Stops a command that ranks proxies against the ground truth when the architectures have
+/// none (a bench file without `truth`).
+fn require_truth(bench: &Benchmark, command: &str) -> Result<()> {
+    if !bench.has_truth() {
+        bail!(
+            "{}: the records have no `truth`, and `lpzero {command}` ranks proxies against it; \
+             add `truth` and `higher_is_better` to every record, or use `lpzero score` for the \
+             proxy values alone",
+            bench.source.display()
+        );
+    }
+    Ok(())
 }
 
 fn params(a: ParamsArgs) -> Result<()> {
@@ -337,22 +457,29 @@ fn score(a: ScoreArgs) -> Result<()> {
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
     bar.finish_and_clear();
+    let has_truth = bench.has_truth();
+    let mut header = vec!["id".to_string(), "truth".to_string()];
+    header.extend(table.names.iter().cloned());
+    // Without a ground truth the truth column stays empty.
+    let rows: Vec<Vec<String>> = (0..table.keys.len())
+        .map(|i| {
+            let truth = if has_truth {
+                report::csv_number(table.truth[i])
+            } else {
+                String::new()
+            };
+            let mut row = vec![table.keys[i].clone(), truth];
+            row.extend(table.values.iter().map(|v| report::csv_number(v[i])));
+            row
+        })
+        .collect();
     if let Some(path) = &a.out {
-        let mut header = vec!["id".to_string(), "truth".to_string()];
-        header.extend(table.names.iter().cloned());
-        let rows: Vec<Vec<String>> = (0..table.keys.len())
-            .map(|i| {
-                let mut row = vec![table.keys[i].clone(), report::csv_number(table.truth[i])];
-                row.extend(table.values.iter().map(|v| report::csv_number(v[i])));
-                row
-            })
-            .collect();
         report::write_csv_file(path, &header, &rows)?;
     }
     if a.json {
         // Besides the oriented correlations, the raw ones against the benchmark's own column
-        // (GPT-2: `valid_ppl`, so the sign flips).
-        let (raw_name, sign) = bench.kind.raw_truth();
+        // (GPT-2: `valid_ppl`, so the sign flips). Without a ground truth all are null.
+        let (raw_name, sign) = bench.raw_truth;
         let proxy_json = |s: &scoring::ProxySummary| {
             serde_json::json!({
                 "proxy": s.proxy, "kendall": report::json_number(s.kendall),
@@ -376,6 +503,18 @@ fn score(a: ScoreArgs) -> Result<()> {
             })
         };
         out::line(serde_json::to_string(&value)?)?;
+    } else if !has_truth {
+        // Nothing to correlate: the values themselves, as the CSV has them.
+        out::line(format_args!(
+            "{} architectures of {} ({}; no ground truth, so no correlations), {:.1} s",
+            table.keys.len(),
+            bench.source.display(),
+            bench.kind,
+            table.seconds
+        ))?;
+        let mut csv = Vec::new();
+        report::write_csv(&mut csv, &header, &rows)?;
+        out::line(String::from_utf8(csv)?.trim_end())?;
     } else {
         out::line(format_args!(
             "{} architectures of {} ({}), {:.1} s",
@@ -400,6 +539,7 @@ fn score(a: ScoreArgs) -> Result<()> {
 
 fn baselines(a: BaselinesArgs) -> Result<()> {
     let bench = load(&a.data)?;
+    require_truth(&bench, "baselines")?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
     let skip: Vec<String> = a
         .skip
@@ -486,43 +626,21 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
 }
 
 fn search(a: SearchArgs) -> Result<()> {
-    use lpzero::search::{pipeline, Rule, SearchOptions, Structure};
+    use lpzero::search::pipeline;
     let bench = load(&a.data)?;
-    let probe = a.probe.options(bench.kind)?;
-    let fitness = bench::parse_sample(&a.fitness_archs, bench.len(), probe.seed)
+    require_truth(&bench, "search")?;
+    let seed = a.probe.seed;
+    let probe = ProbeOptions {
+        seed: a.probe_seed.unwrap_or(seed),
+        ..a.probe.options(bench.kind)?
+    };
+    let fitness = bench::parse_sample(&a.fitness_archs, bench.len(), seed)
         .with_context(|| "--fitness-archs".to_string())?;
     let heldout: Vec<usize> = match a.heldout {
         OnOff::On => (0..bench.len()).filter(|i| !fitness.contains(i)).collect(),
         OnOff::Off => Vec::new(),
     };
-    let structure: Structure = a
-        .structure
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--structure: {e}"))?;
-    let mut opts = SearchOptions {
-        population: a.population,
-        iterations: a.iterations,
-        structure,
-        n_unary: a.n_unary,
-        seed: probe.seed,
-        checkpoint_every: a.checkpoint_every,
-        threads: a.probe.threads()?,
-        either_sign: a.fitness_sign == FitnessSign::Either,
-        ..SearchOptions::default()
-    };
-    opts.rps.enabled = a.rps == OnOff::On;
-    for name in a
-        .rps_disable
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let rule: Rule = name
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--rps-disable: {e}"))?;
-        opts.rps.disabled_rules.push(rule);
-    }
-    opts.validate().context("invalid search options")?;
+    let opts = a.gp.options(seed, a.probe.threads()?)?;
     let threads = opts.threads;
     set_engine_threads(threads);
     let out = a.out.clone().or_else(|| a.resume.clone());
@@ -544,7 +662,7 @@ fn search(a: SearchArgs) -> Result<()> {
     }
     let bars = [
         report::progress(fitness.len(), "probing fitness set", a.json),
-        report::progress(a.iterations, "searching", a.json),
+        report::progress(a.gp.iterations, "searching", a.json),
         report::progress(heldout.len(), "held-out evaluation", a.json),
     ];
     let job = pipeline::SearchJob {
@@ -553,7 +671,7 @@ fn search(a: SearchArgs) -> Result<()> {
         heldout,
         probe,
         threads,
-        out,
+        out: out.clone(),
         resume: a.resume.clone(),
     };
     let summary = pipeline::search_benchmark(&job, &opts, &|phase, done, _total| {
@@ -568,19 +686,145 @@ fn search(a: SearchArgs) -> Result<()> {
     if a.json {
         out::line(serde_json::to_string(&summary)?)?;
     } else {
-        out::line(format_args!(
-            "best proxy: {}",
-            summary["best"].as_str().unwrap_or("")
-        ))?;
-        out::line(format_args!(
-            "fitness ρ {:.4} on {} architectures; held-out ρ {} τ {} on {}; {:.1} s",
-            summary["fitness_spearman"].as_f64().unwrap_or(f64::NAN),
-            summary["fitness_n"],
-            summary["heldout_spearman"],
-            summary["heldout_kendall"],
-            summary["heldout_n"],
-            summary["seconds"].as_f64().unwrap_or(0.0)
-        ))?;
+        out::line(search_report(&summary, out.as_deref()).trim_end())?;
     }
     Ok(())
+}
+
+fn study(a: StudyArgs) -> Result<()> {
+    let bench = load(&a.data)?;
+    require_truth(&bench, "study")?;
+    let probe = ProbeOptions {
+        seed: a.probe_seed,
+        ..a.probe.options(bench.kind)?
+    };
+    let threads = a.probe.threads()?;
+    let opts = a.gp.options(a.probe.seed, threads)?;
+    set_engine_threads(threads);
+    let job = lpzero::study::StudyJob {
+        bench: &bench,
+        splits: a.splits,
+        fitness_n: a.fitness_n,
+        first_seed: a.probe.seed,
+        probe,
+        threads,
+        out: a.out.clone(),
+    };
+    let split = std::sync::Mutex::new(0usize);
+    let bars = [
+        report::progress(a.fitness_n, "probing fitness set", a.json),
+        report::progress(a.gp.iterations, "searching", a.json),
+        report::progress(bench.len(), "held-out evaluation", a.json),
+    ];
+    let study = lpzero::study::run(
+        &job,
+        &opts,
+        &|k| {
+            *split.lock().expect("progress lock") = k;
+            bars[0].reset();
+            bars[1].reset();
+            let msg = format!("split {} of {}", k + 1, a.splits);
+            bars[0].set_message(format!("{msg}: probing fitness set"));
+            bars[1].set_message(format!("{msg}: searching"));
+        },
+        &|phase, done, _total| {
+            let bar = match phase {
+                "probe" => &bars[0],
+                "search" => &bars[1],
+                _ => &bars[2],
+            };
+            bar.set_position(done as u64);
+        },
+    )?;
+    bars.iter().for_each(|b| b.finish_and_clear());
+    if a.json {
+        out::line(serde_json::to_string(&study)?)?;
+    } else {
+        out::line(lpzero::study::markdown(&study).trim_end())?;
+        if let Some(dir) = &a.out {
+            out::line(format_args!("\nstudy folder: {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The terminal report of a search: the found proxy, then the held-out table (searched proxy,
+/// hall-of-fame ensemble, pair ensemble and every baseline, best first) and whether the
+/// searched proxy won.
+fn search_report(summary: &serde_json::Value, dir: Option<&std::path::Path>) -> String {
+    use std::fmt::Write as _;
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let mut s = String::new();
+    let _ = writeln!(s, "best proxy: {}", summary["best"].as_str().unwrap_or(""));
+    let _ = writeln!(
+        s,
+        "fitness {:.4} ({}) on {} architectures; {:.0} s in total",
+        num(&summary["fitness"]),
+        summary["fitness_measure"].as_str().unwrap_or("?"),
+        summary["fitness_n"],
+        num(&summary["seconds"])
+    );
+    let Some(baselines) = summary["heldout_baselines"].as_object() else {
+        let _ = writeln!(s, "no held-out evaluation (--heldout off)");
+        return s;
+    };
+    let mut rows: Vec<(String, f64, f64)> = baselines
+        .iter()
+        .map(|(name, c)| {
+            let label = match c["members"].as_array() {
+                Some(m) => format!(
+                    "{name} ({} + {})",
+                    m[0].as_str().unwrap_or("?"),
+                    m[1].as_str().unwrap_or("?")
+                ),
+                None => name.clone(),
+            };
+            (label, num(&c["spearman"]), num(&c["kendall"]))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let ours = num(&summary["heldout_spearman"]);
+    rows.insert(
+        0,
+        (
+            "searched proxy".to_string(),
+            ours,
+            num(&summary["heldout_kendall"]),
+        ),
+    );
+    if let Some(h) = summary["hall_of_fame_ensemble"].as_object() {
+        rows.insert(
+            1,
+            (
+                format!("hall-of-fame ensemble (top {})", h["members"]),
+                num(&h["spearman"]),
+                num(&h["kendall"]),
+            ),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nheld out: {} architectures\n{:<52} {:>9} {:>9}",
+        summary["heldout_n"], "proxy", "spearman", "kendall"
+    );
+    for (name, rho, tau) in rows {
+        let _ = writeln!(s, "{name:<52} {rho:>9.4} {tau:>9.4}");
+    }
+    let best = summary["best_baseline"].as_str().unwrap_or("?");
+    let margin = num(&summary["margin"]);
+    let verdict = if margin > 0.0 { "WON" } else { "LOST" };
+    let _ = writeln!(
+        s,
+        "\n{verdict}: the searched proxy's held-out ρ is {ours:.4}, {margin:+.4} against the best \
+         baseline ({best}, ρ {:.4})",
+        num(&summary["best_baseline_spearman"])
+    );
+    if let Some(d) = dir {
+        let _ = writeln!(
+            s,
+            "run directory: {} (summary.json, heldout.svg, scatter.svg, curve.svg)",
+            d.display()
+        );
+    }
+    s
 }

@@ -8,6 +8,7 @@
 pub mod array;
 pub mod baselines;
 pub mod bench;
+pub mod compare;
 pub mod linalg;
 pub mod models;
 pub mod params;
@@ -18,3 +19,4 @@ pub mod rng;
 pub mod scoring;
 pub mod search;
 pub mod stats;
+pub mod study;

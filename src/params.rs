@@ -8,7 +8,8 @@ use crate::bench::{Arch, Benchmark};
 use crate::models::flexibert::{Config, FlexiBert, SizeMode};
 use crate::models::gpt2_flex::{self, Gpt2Flex};
 use crate::probe::{memory, ProbeOptions};
-use anyhow::Result;
+
+use anyhow::{Context, Result};
 
 /// The GPT-2 columns besides `total`, in `params_summary.yaml` order.
 pub const GPT2_COLUMNS: [&str; 4] = ["AdaEmb", "Attn", "FFN", "nonembedding"];
@@ -78,20 +79,25 @@ pub fn count_columns(
         .iter()
         .map(|&i| {
             let entry = &bench.entries[i];
-            let (total, columns) = match &entry.arch {
-                Arch::Flexibert(record) => {
-                    let config = Config::from_record(record, sizes)?;
-                    (
-                        FlexiBert::shapes_only(&config)?.params().count(),
-                        Vec::new(),
-                    )
-                }
-                Arch::Gpt2(record) => {
-                    let config = gpt2_flex::Config::from_record(record)?;
-                    let model = Gpt2Flex::shapes_only(&config)?;
-                    (model.params().count(), gpt2_columns(&model.param_groups()))
-                }
+            let counted = || -> Result<(usize, Vec<(&'static str, usize)>)> {
+                Ok(match &entry.arch {
+                    Arch::Flexibert(record) => {
+                        let config = Config::from_record(record, sizes)?;
+                        (
+                            FlexiBert::shapes_only(&config)?.params().count(),
+                            Vec::new(),
+                        )
+                    }
+                    Arch::Gpt2(record) => {
+                        let config = gpt2_flex::Config::from_record(record)?;
+                        let model = Gpt2Flex::shapes_only(&config)?;
+                        (model.params().count(), gpt2_columns(&model.param_groups()))
+                    }
+                })
             };
+            // Name the architecture by its key: a bench file's own id, not a position.
+            let (total, columns) =
+                counted().with_context(|| format!("{} architecture {}", bench.kind, entry.key))?;
             Ok(ParamCount {
                 key: entry.key.clone(),
                 total,

@@ -148,16 +148,27 @@ fn write_in_place(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// Longest text, in characters, that messages echo whole (see [`clip`]).
 pub const ECHO_CHARS: usize = 80;
 
+/// Longest message of a parser (serde's, which may quote a whole input value), in characters,
+/// that is passed on whole (see [`clip_to`]).
+pub const MESSAGE_CHARS: usize = 240;
+
 /// `text` as error messages echo it: whole when it has at most [`ECHO_CHARS`] characters,
-/// else its first 56 and last 24 characters around an ellipsis, with the total length, so a
-/// huge input never floods the terminal and the end of a message (often what was expected)
-/// stays visible. Cuts fall on character boundaries.
+/// else cut as [`clip_to`] does.
 pub fn clip(text: &str) -> Cow<'_, str> {
+    clip_to(text, ECHO_CHARS)
+}
+
+/// `text` whole when it has at most `max` characters, else its first two thirds and last
+/// third of `max` characters around an ellipsis, with the total length, so a huge input never
+/// floods the terminal and the end of a message (often what was expected) stays visible. Cuts
+/// fall on character boundaries.
+pub fn clip_to(text: &str, max: usize) -> Cow<'_, str> {
     let count = text.chars().count();
-    if count <= ECHO_CHARS {
+    if count <= max {
         return Cow::Borrowed(text);
     }
-    let (head, tail) = (56, 24);
+    let head = max * 2 / 3;
+    let tail = max - head;
     let start = text.char_indices().nth(head).map_or(text.len(), |(i, _)| i);
     let end = text
         .char_indices()
@@ -227,7 +238,8 @@ mod tests {
         assert_eq!(clip("params"), "params");
         let long = format!("{}, expected usize", "é".repeat(200));
         let c = clip(&long);
-        assert!(c.starts_with(&"é".repeat(56)), "{c}");
+        assert!(c.starts_with(&"é".repeat(53)), "{c}");
+        assert_eq!(clip_to(&long, 300), long);
         assert!(
             c.ends_with("é, expected usize (216 characters in all)"),
             "{c}"

@@ -130,6 +130,20 @@ impl Rng {
         }
         weights.len() - 1
     }
+
+    /// `k` distinct indices of `0..n` drawn uniformly (a partial Fisher–Yates shuffle), in
+    /// increasing order. `k` is capped at `n`.
+    pub fn sample_indices(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let k = k.min(n);
+        let mut all: Vec<usize> = (0..n).collect();
+        for i in 0..k {
+            let j = self.range(i, n);
+            all.swap(i, j);
+        }
+        let mut picked = all[..k].to_vec();
+        picked.sort_unstable();
+        picked
+    }
 }
 
 #[cfg(test)]

@@ -287,7 +287,8 @@ pub fn score(
 
 /// Correlates one proxy's values with the ground truth. Values are first oriented (negated
 /// for lower-is-better proxies) so that NaN/Inf rank last, as the worst architectures; the
-/// reported correlations are those of the raw values.
+/// reported correlations are those of the raw values. A NaN in `truth` (architectures without
+/// a ground truth) makes every statistic NaN.
 pub fn summarize(
     name: &str,
     orientation: Orientation,
@@ -302,7 +303,11 @@ pub fn summarize(
     let (oriented, non_finite) = stats::sanitize(&oriented);
     let clean: Vec<f64> = oriented.iter().map(|v| sign * v).collect();
     let c = stats::correlate(truth, &clean);
-    let top = stats::top_k(truth, &oriented, 10.0);
+    let top10_overlap = if truth.iter().any(|t| t.is_nan()) {
+        f64::NAN
+    } else {
+        stats::top_k(truth, &oriented, 10.0).overlap
+    };
     ProxySummary {
         proxy: name.to_string(),
         orientation,
@@ -310,6 +315,6 @@ pub fn summarize(
         non_finite,
         spearman: c.spearman,
         kendall: c.kendall,
-        top10_overlap: top.overlap,
+        top10_overlap,
     }
 }

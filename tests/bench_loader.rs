@@ -137,3 +137,39 @@ fn not_an_array_and_empty_are_rejected() {
     let msg = error_for(serde_json::json!([{"id": 0}]));
     assert_names(&msg, &["record id 0", "scores"]);
 }
+
+/// A key given twice would silently replace the first value (here the ground truth): it is an
+/// error naming the record, the field and the line.
+#[test]
+fn repeated_keys_are_rejected() {
+    let recs = common::fixture_records();
+    let text = serde_json::to_string_pretty(&recs).unwrap();
+    // Give record 1 a second `glue` score inside its `scores` object.
+    let at = text.find("\"glue\": 73.4").unwrap();
+    let twice = format!("{}\"glue\": 99.0,\n{}", &text[..at], &text[at..]);
+    let line = twice[..at].lines().count() + 1;
+    let msg = format!("{:#}", parse(&twice, Path::new("bench.json")).unwrap_err());
+    assert_names(
+        &msg,
+        &[
+            "bench.json",
+            "`[1].scores.glue`",
+            "twice",
+            &format!("line {line}"),
+        ],
+    );
+    // Also inside a layer, and at the top of a record.
+    let twice = text.replacen(
+        "\"num_feed_forward\": 3",
+        "\"num_feed_forward\": 3, \"num_feed_forward\": 1",
+        1,
+    );
+    let msg = format!("{:#}", parse(&twice, Path::new("bench.json")).unwrap_err());
+    assert_names(
+        &msg,
+        &["[0].hparams.model_hparam_overrides.nas_config.encoder_layers[0].num_feed_forward"],
+    );
+    let twice = text.replacen("\"id\": 2,", "\"id\": 2, \"id\": 3,", 1);
+    let msg = format!("{:#}", parse(&twice, Path::new("bench.json")).unwrap_err());
+    assert_names(&msg, &["`[2].id`", "twice"]);
+}

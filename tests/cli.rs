@@ -112,19 +112,39 @@ fn bad_input_gives_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("byte"), "{err}");
 
-    let out = lpzero(&[
-        "score",
-        "--data-dir",
-        d,
-        "--proxy",
-        "params",
-        "--archs",
-        "0..9",
-    ]);
+    let params_on = |archs: &str| {
+        lpzero(&[
+            "score",
+            "--data-dir",
+            d,
+            "--proxy",
+            "params",
+            "--archs",
+            archs,
+        ])
+    };
+    let out = params_on("0..9");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("past the 4 architectures"),
         "{err}"
+    );
+
+    // An architecture selected twice would count twice in the correlations.
+    let out = params_on("0..3,1,1");
+    common::assert_fails(&out, &["--archs", "architecture 1 is selected twice"]);
+    let out = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--fitness-archs",
+        "0..4,1,1",
+        "--iterations",
+        "1",
+    ]);
+    common::assert_fails(
+        &out,
+        &["--fitness-archs", "architecture 1 is selected twice"],
     );
 
     let out = lpzero(&[
@@ -269,6 +289,36 @@ fn search_writes_run_directory_and_summary() {
     }
     assert_eq!(v["heldout_n"], 2);
     lpzero::proxy::expr::parse(v["best"].as_str().unwrap()).unwrap();
+    // The comparison with every single-pass baseline on the same held-out architectures.
+    let baselines = v["heldout_baselines"]
+        .as_object()
+        .expect("heldout_baselines");
+    for name in [
+        "params",
+        "head_confidence",
+        "eznas",
+        "jacob_cov_relu",
+        "w_pca",
+        "snip",
+        "grad_norm",
+        "synaptic_saliency",
+        "head_importance",
+        "lpzero_bert",
+    ] {
+        assert!(baselines[name]["spearman"].is_number(), "{name}: {v}");
+        assert!(baselines[name].get("kendall").is_some(), "{name}: {v}");
+    }
+    let pair = &baselines["pair_ensemble"];
+    assert_eq!(pair["members"].as_array().unwrap().len(), 2, "{pair}");
+    assert!(pair["fitness_spearman"].is_number(), "{pair}");
+    let best = v["best_baseline"].as_str().unwrap();
+    assert!(baselines.contains_key(best), "{best}");
+    let margin = v["margin"].as_f64().unwrap();
+    let best_rho = baselines[best]["spearman"].as_f64().unwrap();
+    assert!((margin - (v["heldout_spearman"].as_f64().unwrap() - best_rho)).abs() < 1e-12);
+    assert!(baselines
+        .values()
+        .all(|c| c["spearman"].as_f64().is_none_or(|r| r <= best_rho)));
     for file in lpzero::search::rundir::RUN_FILES {
         assert!(run.join(file).is_file(), "missing {file}");
     }
@@ -478,4 +528,95 @@ fn baselines_write_every_file_and_check_the_reference() {
     let bad = lpzero(&["baselines", "--data-dir", d, "--skip", "nope", "--out", o]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("`nope`"));
+}
+
+#[test]
+fn study_runs_splits_and_aggregates() {
+    let dir = common::fixture_data_dir("study", &search_fixture());
+    let d = dir.to_str().unwrap();
+    let out_dir = dir.join("study");
+    let args = [
+        "study",
+        "--data-dir",
+        d,
+        "--splits",
+        "2",
+        "--fitness-n",
+        "5",
+        "--population",
+        "6",
+        "--iterations",
+        "4",
+        "--structure",
+        "extended",
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--json",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    let out = lpzero(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["splits"], 2);
+    let splits = v["per_split"].as_array().unwrap();
+    assert_eq!(splits.len(), 2);
+    for (k, s) in splits.iter().enumerate() {
+        assert_eq!(s["seed"], k as u64);
+        assert_eq!(s["heldout_n"], 3);
+        assert!(s["heldout_baselines"]["pair_ensemble"]["members"].is_array());
+        assert!(out_dir.join(format!("split_{k}/summary.json")).is_file());
+    }
+    // The two splits draw different fitness sets.
+    assert_ne!(splits[0]["fitness_archs"], splits[1]["fitness_archs"]);
+    let rows = &v["aggregate"]["rows"];
+    for row in ["searched", "pair_ensemble", "best_single_baseline", "eznas"] {
+        assert_eq!(rows[row]["spearman"].as_array().unwrap().len(), 2, "{row}");
+    }
+    for file in ["study.json", "study.md", "study.csv", "study.svg"] {
+        assert!(out_dir.join(file).is_file(), "missing {file}");
+    }
+    // A split's result equals `search --seed S --probe-seed 0 --fitness-archs random:5`.
+    let single = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--seed",
+        "1",
+        "--probe-seed",
+        "0",
+        "--fitness-archs",
+        "random:5",
+        "--population",
+        "6",
+        "--iterations",
+        "4",
+        "--structure",
+        "extended",
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--json",
+    ]);
+    assert!(single.status.success());
+    let s: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    for key in [
+        "best",
+        "heldout_spearman",
+        "heldout_baselines",
+        "fitness_archs",
+    ] {
+        assert_eq!(s[key], splits[1][key], "{key}");
+    }
+    // Bad input is named.
+    let bad = lpzero(&["study", "--data-dir", d, "--fitness-n", "8"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("fitness"), "{err}");
 }

@@ -1,10 +1,12 @@
 //! The GPT-2 benchmark family: loader validation, parameter counts (spec §5.3), the adaptive
 //! softmax, probes and the `lpzero_gpt2` closed-form oracle (spec §4.8).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use lpzero::bench::{gpt2, Arch, BenchKind, Benchmark};
+use lpzero::bench::{gpt2, Arch, BenchKind, Benchmark, DataSource};
 use lpzero::models::flexibert::SizeMode;
 use lpzero::models::gpt2_flex::{Config, Gpt2Flex};
 use lpzero::probe::{probe_entry, probe_gpt2, Batch, ProbeOptions};
@@ -136,11 +138,11 @@ fn write(name: &str, f: &Fixture) -> PathBuf {
 }
 
 fn load_fixture(name: &str, f: &Fixture) -> Benchmark {
-    Benchmark::load(BenchKind::Gpt2, &write(name, f)).unwrap()
+    Benchmark::load(BenchKind::Gpt2, &DataSource::Dir(write(name, f))).unwrap()
 }
 
 fn error_for(name: &str, f: &Fixture) -> String {
-    let err = Benchmark::load(BenchKind::Gpt2, &write(name, f)).unwrap_err();
+    let err = Benchmark::load(BenchKind::Gpt2, &DataSource::Dir(write(name, f))).unwrap_err();
     let msg = format!("{err:#}");
     assert!(!msg.contains('\n'), "error should be one line: {msg}");
     msg
@@ -150,14 +152,6 @@ fn assert_names(msg: &str, parts: &[&str]) {
     for p in parts {
         assert!(msg.contains(p), "error `{msg}` should mention `{p}`");
     }
-}
-
-fn shared_gpt2() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/benchmarks");
-    dir.join(gpt2::DIR)
-        .join(gpt2::PARAMS_FILE)
-        .is_file()
-        .then_some(dir)
 }
 
 fn record(bench: &Benchmark, i: usize) -> &gpt2::Record {
@@ -175,9 +169,9 @@ fn fixture_loads_sorted_with_negated_perplexity() {
     assert_eq!(keys, vec!["config_0_j0", "config_0_j2", "config_0_j4"]);
     assert_eq!(bench.entries[0].truth, -45.022968707221274);
     let r = record(&bench, 1);
-    assert_eq!(r.valid_ppl, 27.47451606091973);
-    assert_eq!(r.ppl.test_ppl, Some(28.47451606091973));
-    assert_eq!(r.params.total, 46_119_758);
+    assert_eq!(r.valid_ppl(), Some(27.47451606091973));
+    assert_eq!(r.ppl.as_ref().unwrap().test_ppl, Some(28.47451606091973));
+    assert_eq!(r.params.unwrap().total, 46_119_758);
     assert_eq!(r.n_layer(), 16);
     assert_eq!(
         gpt2::clean_cutoffs(&r.cutoffs, r.n_token),
@@ -237,10 +231,36 @@ fn loader_errors_name_file_and_key() {
     let msg = error_for("fraction", &f);
     assert_names(&msg, &["params_summary.yaml", "config_0_j0.total"]);
 
+    // A key given twice, in a summary or a config, instead of silently keeping one value.
+    let mut f = fixture();
+    f.ppl.push_str("config_0_j2:\n  valid_ppl: 20.0\n");
+    let msg = error_for("twice-ppl", &f);
+    assert_names(&msg, &["ppl_summary.yaml", "config_0_j2", "duplicate"]);
+    let mut f = fixture();
+    f.params = f
+        .params
+        .replacen("  Attn: 330240.0\n", "  Attn: 330240.0\n  Attn: 1.0\n", 1);
+    let msg = error_for("twice-attn", &f);
+    assert_names(
+        &msg,
+        &["params_summary.yaml", "config_0_j0", "Attn", "duplicate"],
+    );
+    let mut f = fixture();
+    f.configs[1].1.push_str("d_model: 256\n");
+    let msg = error_for("twice-config", &f);
+    assert_names(&msg, &["config_0_j2.yaml", "d_model", "duplicate"]);
+    let mut f = fixture();
+    f.configs[1].1.push_str("mem_len: 0\n");
+    let msg = error_for("twice-ignored", &f);
+    assert_names(&msg, &["config_0_j2.yaml", "mem_len", "duplicate"]);
+
     // No configs folder at all.
     let dir = std::env::temp_dir().join(format!("lpzero-gpt2-{}-empty", std::process::id()));
     std::fs::create_dir_all(dir.join(gpt2::DIR)).unwrap();
-    let msg = format!("{:#}", Benchmark::load(BenchKind::Gpt2, &dir).unwrap_err());
+    let msg = format!(
+        "{:#}",
+        Benchmark::load(BenchKind::Gpt2, &DataSource::Dir(dir)).unwrap_err()
+    );
     assert_names(&msg, &["configs"]);
 }
 
@@ -248,7 +268,7 @@ fn check_counts(bench: &Benchmark) -> usize {
     let selection: Vec<usize> = (0..bench.len()).collect();
     let counts = lpzero::params::count_columns(bench, &selection, SizeMode::Faithful).unwrap();
     for (i, c) in counts.iter().enumerate() {
-        let expected = record(bench, i).params;
+        let expected = record(bench, i).params.unwrap();
         let got = [
             c.get("AdaEmb").unwrap() as u64,
             c.get("Attn").unwrap() as u64,
@@ -282,15 +302,10 @@ fn params_match_the_worked_examples() {
     assert_eq!(check_counts(&bench), 3);
 }
 
-/// All 200 architectures reproduce the five columns of `params_summary.yaml` exactly (runs
-/// when the shared data exists).
+/// All 200 shipped architectures reproduce the five columns of `params_summary.yaml` exactly.
 #[test]
 fn params_match_the_summary_for_all_200() {
-    let Some(dir) = shared_gpt2() else {
-        eprintln!("shared GPT-2 benchmark not present; skipping the 200-architecture check");
-        return;
-    };
-    let bench = Benchmark::load(BenchKind::Gpt2, &dir).unwrap();
+    let bench = Benchmark::load(BenchKind::Gpt2, &common::shipped_source()).unwrap();
     assert_eq!(bench.len(), 200);
     assert!(bench.entries.windows(2).all(|w| w[0].key < w[1].key));
     assert_eq!(check_counts(&bench), 200);

@@ -34,14 +34,16 @@ fn intended_counts_use_json_sizes() {
     assert_eq!(counts[0].1, expected);
 }
 
-/// All 500 faithful counts equal the reference CSV column (runs when the shared data exists).
+/// All 500 faithful counts of the shipped benchmark equal the reference CSV column.
 #[test]
 fn faithful_counts_match_reference_csv_for_all_500() {
-    let Some(dir) = common::shared_data() else {
-        eprintln!("shared benchmark data not present; skipping the 500-architecture check");
-        return;
-    };
-    let bench = Benchmark::load(lpzero::bench::BenchKind::Flexibert, &dir).unwrap();
+    let dir = common::shipped_data();
+    let bench = Benchmark::load(
+        lpzero::bench::BenchKind::Flexibert,
+        &common::shipped_source(),
+    )
+    .unwrap();
+    assert_eq!(bench.len(), 500);
     let selection: Vec<usize> = (0..bench.len()).collect();
     let counts = lpzero::params::count(&bench, &selection, SizeMode::Faithful).unwrap();
     let csv = std::fs::read_to_string(dir.join("flexibert/reference_proxy_scores.csv")).unwrap();

@@ -241,14 +241,6 @@ fn gpt2_config_parser_never_panics() {
         d_inner: [128, 96]\nd_model: 32\ndiv_val: 2\ndropatt: 0.0\ndropout: 0.1\n\
         n_head: [2, 4]\nn_layer: 2\nn_token: 50264\nproj_init_std: 0.01\ntgt_len: 192\n\
         tie_projs: [false, true, true, true]\ntie_weight: true\nweight_init_std: 0.02\n";
-    let ppl: gpt2::PplSummary = serde_json::from_str("{\"valid_ppl\": 30.0}").unwrap();
-    let params = gpt2::ParamsSummary {
-        ada_emb: 0,
-        attn: 0,
-        ffn: 0,
-        nonembedding: 0,
-        total: 0,
-    };
     let keys = [
         "n_token", "d_model", "d_embed", "div_val", "n_layer", "tgt_len", "cutoffs", "n_head",
         "d_inner",
@@ -287,7 +279,7 @@ fn gpt2_config_parser_never_panics() {
             mutate(valid, &mut rng)
         };
         no_panic("gpt2::parse_config", &text, || {
-            let parsed = gpt2::parse_config(&text, Path::new("c.yaml"), "c", ppl.clone(), params);
+            let parsed = gpt2::parse_config(&text, Path::new("c.yaml"), "c");
             if let Ok(record) = parsed {
                 let entry = bench::Entry {
                     key: "c".into(),
@@ -299,9 +291,76 @@ fn gpt2_config_parser_never_panics() {
                     source: "c.yaml".into(),
                     entries: vec![entry],
                     truth_name: "test",
+                    data: None,
+                    raw_truth: bench::BenchKind::Gpt2.raw_truth(),
                 });
             }
         });
     }
     assert!(accepted > 50, "only {accepted} configs accepted");
+}
+
+#[test]
+fn bench_file_loader_never_panics() {
+    let mut rng = Rng::new(23);
+    let layer = |kind: &str, param: &str| {
+        format!(
+            "{{\"operation_type\": \"{kind}\", \"operation_parameter\": {param}, \
+             \"num_operation_heads\": 4, \"feed_forward_dimension\": 512, \"num_feed_forward\": 1}}"
+        )
+    };
+    let record = |id: usize, layers: &str| {
+        format!(
+            "{{\"id\": \"a{id}\", \"family\": \"flexibert\", \"config\": {{\"hidden_size\": 128, \
+             \"encoder_layers\": [{layers}]}}, \"truth\": {id}.5, \"higher_is_better\": true}}"
+        )
+    };
+    let valid = [
+        record(0, &layer("SA", "\"SDP\"")),
+        record(1, &layer("DSC", "9")),
+        record(
+            2,
+            &(layer("LT", "\"DFT\"") + ", " + &layer("SA", "\"WMA\"")),
+        ),
+    ]
+    .join("\n");
+    let path = Path::new("archs.jsonl");
+    assert!(bench::jsonl::parse(&valid, path).is_ok());
+    // Typed edits: one number or flag replaced by a value at the edges of its type.
+    let targets = ["128", "512", "4", ": 1", "9", "true", "0.5"];
+    let edges = [
+        "0",
+        "2",
+        "256",
+        "-1",
+        "1099511627776",
+        "18446744073709551615",
+        "1.5",
+        "\"x\"",
+        "null",
+        "[]",
+    ];
+    let mut accepted = 0;
+    for i in 0..1500 {
+        let text = if i % 2 == 0 {
+            let target = targets[rng.range(0, targets.len())];
+            let edge = edges[rng.range(0, edges.len())];
+            let edge = if target.starts_with(':') {
+                format!(": {edge}")
+            } else {
+                edge.to_string()
+            };
+            let at: Vec<usize> = valid.match_indices(target).map(|(i, _)| i).collect();
+            let i = at[rng.range(0, at.len())];
+            format!("{}{edge}{}", &valid[..i], &valid[i + target.len()..])
+        } else {
+            mutate(&valid, &mut rng)
+        };
+        no_panic("jsonl::parse", &text, || {
+            if let Ok(b) = bench::jsonl::parse(&text, path) {
+                accepted += use_benchmark(&b);
+            }
+        });
+    }
+    assert!(accepted > 50, "only {accepted} bench files accepted");
 }

@@ -3,19 +3,24 @@
 //! File format (`flexibert/BERT_benchmark.json`): a JSON array whose element `i` has `id == i`,
 //! `scores` (GLUE task scores and their mean `glue`) and
 //! `hparams.model_hparam_overrides` (`hidden_size`, `nas_config.encoder_layers`). Every field
-//! the tool uses is validated; errors name the file, the record and the field.
+//! the tool uses is validated; errors name the file, the record and the field. A key given
+//! twice in one object is an error (JSON parsers usually keep the last one silently).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::Deserialize;
 
 use super::bounds::{self, at_most};
-use super::{Arch, BenchKind, Benchmark, Entry};
+use super::{Arch, BenchKind, Benchmark, DataSource, Entry, FieldError};
 
-/// Path of the benchmark file inside the data directory.
+/// Path of the benchmark file inside the data folder.
 pub const FILE: &str = "flexibert/BERT_benchmark.json";
+
+/// Path inside the data folder of the reference proxy values computed by the benchmark's
+/// authors (optional; `lpzero baselines` compares against it when present).
+pub const REFERENCE_FILE: &str = "flexibert/reference_proxy_scores.csv";
 
 /// The token mixer of one encoder layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -69,20 +74,22 @@ pub struct Layer {
 /// One benchmark record: the architecture and its GLUE results.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Record {
-    /// Record id (equal to its position in the file).
+    /// Record id: its position in the benchmark file (for the shipped benchmark also its
+    /// `id` field), or among the records of a bench file.
     pub id: usize,
     /// `hidden_size` from the record (used only in intended-size mode).
     pub hidden_size: usize,
     /// Encoder layers, input side first.
     pub layers: Vec<Layer>,
-    /// All GLUE task scores as stored, including their mean `glue` (the ground truth).
+    /// All GLUE task scores as stored, including their mean `glue` (the ground truth); empty
+    /// for a record of a bench file, whose ground truth is its `truth` field.
     pub scores: BTreeMap<String, f64>,
 }
 
 impl Record {
-    /// The ground truth: the GLUE average.
-    pub fn glue(&self) -> f64 {
-        self.scores["glue"]
+    /// The GLUE average, when the record carries GLUE scores.
+    pub fn glue(&self) -> Option<f64> {
+        self.scores.get("glue").copied()
     }
 }
 
@@ -109,6 +116,14 @@ struct RawNasConfig {
     encoder_layers: Vec<RawLayer>,
 }
 
+/// The architecture part of a bench-file record: `{"hidden_size", "encoder_layers"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArch {
+    hidden_size: usize,
+    encoder_layers: Vec<RawLayer>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLayer {
@@ -119,29 +134,30 @@ struct RawLayer {
     num_feed_forward: usize,
 }
 
-/// Reads and validates the benchmark file at `path`.
-pub fn load(path: &Path) -> Result<Benchmark> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the FlexiBERT benchmark", path.display()))?;
-    parse(&text, path)
+/// Reads and validates the benchmark file [`FILE`] of `data`.
+pub fn load(data: &DataSource) -> Result<Benchmark> {
+    let text = data.read(FILE, "the FlexiBERT benchmark")?;
+    let mut bench = parse(&text, &data.name(FILE))?;
+    bench.data = Some(data.clone());
+    Ok(bench)
 }
 
 /// Parses benchmark text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
     let file = path.display();
-    let values: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
-        let e = e.to_string();
-        anyhow!(
-            "{file}: expected a JSON array of records: {}",
-            crate::report::clip(&e)
-        )
-    })?;
+    let value = super::json::parse(text).map_err(|e| anyhow!("{file}: {e}"))?;
+    let serde_json::Value::Array(values) = value else {
+        return Err(anyhow!(
+            "{file}: expected a JSON array of records, found {}",
+            super::describe(&value)
+        ));
+    };
     let mut entries = Vec::with_capacity(values.len());
     for (index, value) in values.iter().enumerate() {
-        let record = parse_record(value, index).map_err(|e| anyhow!("{file}: {e}"))?;
+        let (record, glue) = parse_record(value, index).map_err(|e| anyhow!("{file}: {e}"))?;
         entries.push(Entry {
             key: record.id.to_string(),
-            truth: record.glue(),
+            truth: glue,
             arch: Arch::Flexibert(record),
         });
     }
@@ -151,8 +167,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
     Ok(Benchmark {
         kind: BenchKind::Flexibert,
         source: path.to_path_buf(),
+        data: None,
         entries,
         truth_name: "GLUE average (scores.glue), higher is better",
+        raw_truth: BenchKind::Flexibert.raw_truth(),
     })
 }
 
@@ -164,7 +182,8 @@ fn record_label(value: &serde_json::Value, index: usize) -> String {
     }
 }
 
-fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, String> {
+/// Parses one benchmark record; returns it with its GLUE average.
+fn parse_record(value: &serde_json::Value, index: usize) -> Result<(Record, f64), String> {
     let label = record_label(value, index);
     let raw: RawRecord = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -174,11 +193,8 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
             path
         };
         let inner = e.inner().to_string();
-        format!(
-            "{label}: field `{}`: {}",
-            crate::report::clip(&field),
-            crate::report::clip(&inner)
-        )
+        let clip = |t: &str| crate::report::clip_to(t, crate::report::MESSAGE_CHARS).into_owned();
+        format!("{label}: field `{}`: {}", clip(&field), clip(&inner))
     })?;
     let field_err = |field: &str, msg: String| format!("{label}: field `{field}`: {msg}");
     if raw.id != index {
@@ -190,7 +206,8 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
             ),
         ));
     }
-    raw.scores
+    let glue = *raw
+        .scores
         .get("glue")
         .ok_or_else(|| field_err("scores.glue", "missing; expected the GLUE average".into()))?;
     for (task, v) in &raw.scores {
@@ -202,28 +219,69 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
         }
     }
     let overrides = &raw.hparams.model_hparam_overrides;
-    let layers_field = "hparams.model_hparam_overrides.nas_config.encoder_layers";
-    if overrides.hidden_size == 0 {
-        return Err(field_err(
-            "hparams.model_hparam_overrides.hidden_size",
-            "expected a positive integer, found 0".into(),
-        ));
-    }
-    at_most(overrides.hidden_size, bounds::MAX_WIDTH)
-        .map_err(|m| field_err("hparams.model_hparam_overrides.hidden_size", m))?;
-    if overrides.nas_config.encoder_layers.is_empty() {
-        return Err(field_err(
-            layers_field,
-            "expected at least one encoder layer, found none".into(),
-        ));
-    }
-    at_most(
-        overrides.nas_config.encoder_layers.len(),
-        bounds::MAX_LAYERS,
+    let layers = check_layers(
+        overrides.hidden_size,
+        &overrides.nas_config.encoder_layers,
+        "hparams.model_hparam_overrides.hidden_size",
+        "hparams.model_hparam_overrides.nas_config.encoder_layers",
     )
-    .map_err(|m| field_err(layers_field, format!("{m} layers")))?;
+    .map_err(|e| field_err(&e.field, e.message))?;
+    let record = Record {
+        id: raw.id,
+        hidden_size: overrides.hidden_size,
+        layers,
+        scores: raw.scores,
+    };
+    Ok((record, glue))
+}
+
+/// Builds the record numbered `id` from the `config` object of a bench-file record
+/// (`{"hidden_size": .., "encoder_layers": [..]}`, the layers as in the benchmark file), with
+/// the benchmark's checks. Field paths in errors are relative to `config`.
+pub(crate) fn record_from_config(
+    config: &serde_json::Value,
+    id: usize,
+) -> Result<Record, FieldError> {
+    let raw: RawArch = serde_path_to_error::deserialize(config).map_err(FieldError::from_serde)?;
+    let layers = check_layers(
+        raw.hidden_size,
+        &raw.encoder_layers,
+        "hidden_size",
+        "encoder_layers",
+    )?;
+    Ok(Record {
+        id,
+        hidden_size: raw.hidden_size,
+        layers,
+        scores: BTreeMap::new(),
+    })
+}
+
+/// Validates an architecture (hidden size and layers) and builds its layers; `hidden_field`
+/// and `layers_field` name the two fields in errors.
+fn check_layers(
+    hidden_size: usize,
+    raw_layers: &[RawLayer],
+    hidden_field: &str,
+    layers_field: &str,
+) -> Result<Vec<Layer>, FieldError> {
+    if hidden_size == 0 {
+        return Err(FieldError::new(
+            hidden_field,
+            "expected a positive integer, found 0",
+        ));
+    }
+    at_most(hidden_size, bounds::MAX_WIDTH).map_err(|m| FieldError::new(hidden_field, m))?;
+    if raw_layers.is_empty() {
+        return Err(FieldError::new(
+            layers_field,
+            "expected at least one encoder layer, found none",
+        ));
+    }
+    at_most(raw_layers.len(), bounds::MAX_LAYERS)
+        .map_err(|m| FieldError::new(layers_field, format!("{m} layers")))?;
     let mut layers = Vec::new();
-    for (l, raw_layer) in overrides.nas_config.encoder_layers.iter().enumerate() {
+    for (l, raw_layer) in raw_layers.iter().enumerate() {
         let f = |name: &str| format!("{layers_field}[{l}].{name}");
         let param = &raw_layer.operation_parameter;
         let mixer = match raw_layer.operation_type.as_str() {
@@ -231,7 +289,7 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
                 Some("SDP") => Mixer::Sdp,
                 Some("WMA") => Mixer::Wma,
                 _ => {
-                    return Err(field_err(
+                    return Err(FieldError::new(
                         &f("operation_parameter"),
                         format!(
                             "expected \"SDP\" or \"WMA\" for SA, found {}",
@@ -244,7 +302,7 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
                 Some("DFT") => Mixer::Dft,
                 Some("DCT") => Mixer::Dct,
                 _ => {
-                    return Err(field_err(
+                    return Err(FieldError::new(
                         &f("operation_parameter"),
                         format!(
                             "expected \"DFT\" or \"DCT\" for LT, found {}",
@@ -258,7 +316,7 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
                     Mixer::Dsc { kernel: k as usize }
                 }
                 _ => {
-                    return Err(field_err(
+                    return Err(FieldError::new(
                         &f("operation_parameter"),
                         format!(
                             "expected an odd positive integer kernel size for DSC, at most {}, \
@@ -270,7 +328,7 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
                 }
             },
             other => {
-                return Err(field_err(
+                return Err(FieldError::new(
                     &f("operation_type"),
                     format!(
                         "expected \"SA\", \"LT\" or \"DSC\", found \"{}\"",
@@ -297,12 +355,12 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
             ),
         ] {
             if v == 0 {
-                return Err(field_err(
+                return Err(FieldError::new(
                     &f(name),
-                    "expected a positive integer, found 0".into(),
+                    "expected a positive integer, found 0",
                 ));
             }
-            at_most(v, max).map_err(|m| field_err(&f(name), m))?;
+            at_most(v, max).map_err(|m| FieldError::new(&f(name), m))?;
         }
         layers.push(Layer {
             mixer,
@@ -311,10 +369,5 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<Record, Strin
             ffn_layers: raw_layer.num_feed_forward,
         });
     }
-    Ok(Record {
-        id: raw.id,
-        hidden_size: overrides.hidden_size,
-        layers,
-        scores: raw.scores,
-    })
+    Ok(layers)
 }

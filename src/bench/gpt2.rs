@@ -1,7 +1,7 @@
 //! The GPT-2 benchmark (LiteTransformerSearch / archai `random_GPT2_wt103`): 200 decoders
 //! with per-layer heads and MLP widths and adaptive input/output, trained on WikiText-103.
 //!
-//! Folder layout (`gpt2_wt103/` inside the data directory):
+//! Folder layout (`gpt2_wt103/` inside the data folder):
 //!
 //! * `configs/<key>.yaml`: one model config per architecture; the key is the file stem
 //!   (`config_0_j0`). Only the keys the model uses are read (see [`Record`]); the others
@@ -10,6 +10,9 @@
 //!   `-valid_ppl` (perplexity is lower-is-better; lpzero orients every truth higher-is-better).
 //! * `params_summary.yaml`: key → `{AdaEmb, Attn, FFN, nonembedding, total}` (floats holding
 //!   integers), kept on each record for tests and for reference.
+//!
+//! A key given twice in a summary or a config is an error (YAML readers usually keep one of
+//! the values silently).
 //!
 //! Entries are sorted lexicographically by key (`config_0_j0`, `config_0_j1`, …,
 //! `config_10_j0`, …, `config_1_j0`, …), the order of the reference's evaluation script. Every
@@ -23,8 +26,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::bounds::{self, at_most};
-use super::{Arch, BenchKind, Benchmark, Entry};
-use crate::report::clip;
+use super::{Arch, BenchKind, Benchmark, DataSource, Entry, FieldError};
+use crate::report::{clip_to, MESSAGE_CHARS};
 
 /// Folder of the benchmark inside the data directory.
 pub const DIR: &str = "gpt2_wt103";
@@ -70,18 +73,23 @@ pub struct Record {
     pub weight_init_std: f64,
     /// Standard deviation of the projections at initialisation.
     pub proj_init_std: f64,
-    /// Validation perplexity after training (lower is better; the truth is its negation).
-    pub valid_ppl: f64,
-    /// Every perplexity column of `ppl_summary.yaml`.
-    pub ppl: PplSummary,
-    /// The five columns of `params_summary.yaml`.
-    pub params: ParamsSummary,
+    /// Every perplexity column of `ppl_summary.yaml` (`None` for a bench-file record, whose
+    /// ground truth is its `truth` field).
+    pub ppl: Option<PplSummary>,
+    /// The five columns of `params_summary.yaml` (`None` for a bench-file record).
+    pub params: Option<ParamsSummary>,
 }
 
 impl Record {
     /// Number of decoder layers.
     pub fn n_layer(&self) -> usize {
         self.n_head.len()
+    }
+
+    /// Validation perplexity after training (lower is better; the benchmark's truth is its
+    /// negation), when the record comes from the benchmark.
+    pub fn valid_ppl(&self) -> Option<f64> {
+        self.ppl.as_ref().map(|p| p.valid_ppl)
     }
 }
 
@@ -170,41 +178,37 @@ pub fn clean_cutoffs(cutoffs: &[usize], n_token: usize) -> Vec<usize> {
     out
 }
 
-/// Loads the benchmark folder `dir` (normally `<data dir>/gpt2_wt103`).
-pub fn load(dir: &Path) -> Result<Benchmark> {
-    let configs_dir = dir.join(CONFIGS);
-    let listing = std::fs::read_dir(&configs_dir).with_context(|| {
-        format!(
-            "{}: cannot read the GPT-2 benchmark configs (expected one YAML file per \
-             architecture)",
-            configs_dir.display()
-        )
+/// Loads the benchmark folder [`DIR`] of `data`.
+pub fn load(data: &DataSource) -> Result<Benchmark> {
+    let configs_dir = format!("{DIR}/{CONFIGS}");
+    let names = data.list(&configs_dir, "yaml").with_context(|| {
+        "cannot read the GPT-2 benchmark configs (expected one YAML file per architecture)"
     })?;
-    let mut configs: Vec<(String, std::path::PathBuf)> = Vec::new();
-    for item in listing {
-        let path = item
-            .with_context(|| format!("{}: cannot list the folder", configs_dir.display()))?
-            .path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
-            continue;
-        }
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-            bail!("{}: file name is not valid UTF-8", path.display());
-        };
-        configs.push((stem.to_string(), path));
+    if names.is_empty() {
+        bail!(
+            "{}: holds no *.yaml model config",
+            data.name(&configs_dir).display()
+        );
     }
-    if configs.is_empty() {
-        bail!("{}: holds no *.yaml model config", configs_dir.display());
-    }
-    let ppl_path = dir.join(PPL_FILE);
-    let params_path = dir.join(PARAMS_FILE);
-    let ppl = read_summary(&ppl_path, parse_ppl)?;
-    let params = read_summary(&params_path, parse_params)?;
-    let mut texts = Vec::with_capacity(configs.len());
-    for (key, path) in configs {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read the model config", path.display()))?;
-        texts.push((key, path, text));
+    let ppl_rel = format!("{DIR}/{PPL_FILE}");
+    let params_rel = format!("{DIR}/{PARAMS_FILE}");
+    let (ppl_path, params_path) = (data.name(&ppl_rel), data.name(&params_rel));
+    let ppl = parse_summary(
+        &data.read(&ppl_rel, "the GPT-2 perplexity summary")?,
+        &ppl_path,
+        parse_ppl,
+    )?;
+    let params = parse_summary(
+        &data.read(&params_rel, "the GPT-2 parameter-count summary")?,
+        &params_path,
+        parse_params,
+    )?;
+    let mut texts = Vec::with_capacity(names.len());
+    for name in names {
+        let rel = format!("{configs_dir}/{name}");
+        let text = data.read(&rel, "a GPT-2 model config")?;
+        let key = name.trim_end_matches(".yaml").to_string();
+        texts.push((key, data.name(&rel), text));
     }
     let mut bench = assemble(
         texts
@@ -215,7 +219,8 @@ pub fn load(dir: &Path) -> Result<Benchmark> {
         &ppl_path,
         &params_path,
     )?;
-    bench.source = dir.to_path_buf();
+    bench.source = data.name(DIR);
+    bench.data = Some(data.clone());
     Ok(bench)
 }
 
@@ -244,10 +249,12 @@ fn assemble<'a>(
                 path.display()
             )
         })?;
-        let record = parse_config(text, path, key, p.clone(), *counts)?;
+        let mut record = parse_config(text, path, key)?;
+        record.ppl = Some(p.clone());
+        record.params = Some(*counts);
         entries.push(Entry {
             key: key.to_string(),
-            truth: -record.valid_ppl,
+            truth: -p.valid_ppl,
             arch: Arch::Gpt2(Box::new(record)),
         });
     }
@@ -258,15 +265,17 @@ fn assemble<'a>(
     Ok(Benchmark {
         kind: BenchKind::Gpt2,
         source: ppl_path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        data: None,
         entries,
         truth_name: "negated validation perplexity (-valid_ppl), higher is better",
+        raw_truth: BenchKind::Gpt2.raw_truth(),
     })
 }
 
 /// Formats a serde error located at `path` inside the file `file`: `file: key `a.b`: message`.
 fn located(file: &Path, path: &serde_path_to_error::Path, inner: impl std::fmt::Display) -> String {
-    let path = clip(&path.to_string()).into_owned();
-    let inner = clip(&inner.to_string().replace('\n', " ")).into_owned();
+    let path = clip_to(&path.to_string(), MESSAGE_CHARS).into_owned();
+    let inner = clip_to(&inner.to_string().replace('\n', " "), MESSAGE_CHARS).into_owned();
     if path == "." {
         format!("{}: {inner}", file.display())
     } else {
@@ -274,14 +283,14 @@ fn located(file: &Path, path: &serde_path_to_error::Path, inner: impl std::fmt::
     }
 }
 
-/// Reads a summary file (mapping key → entry) and parses each entry with `parse`.
-fn read_summary<T>(
-    path: &Path,
-    parse: impl Fn(&serde_yaml::Value, &str) -> Result<T, String>,
-) -> Result<BTreeMap<String, T>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the summary file", path.display()))?;
-    parse_summary(&text, path, parse)
+/// A YAML file that could not be read as `expected`: a key given twice, or anything else.
+fn yaml_error(path: &Path, e: serde_yaml::Error, expected: &str) -> anyhow::Error {
+    let inner = clip_to(&e.to_string().replace('\n', " "), MESSAGE_CHARS).into_owned();
+    if inner.contains("duplicate entry") {
+        anyhow!("{}: {inner}; expected each key once", path.display())
+    } else {
+        anyhow!("{}: expected {expected}: {inner}", path.display())
+    }
 }
 
 fn parse_summary<T>(
@@ -289,17 +298,24 @@ fn parse_summary<T>(
     path: &Path,
     parse: impl Fn(&serde_yaml::Value, &str) -> Result<T, String>,
 ) -> Result<BTreeMap<String, T>> {
-    let map: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(text).map_err(|e| {
-        anyhow!(
-            "{}: expected a mapping from architecture key to entry: {}",
-            path.display(),
-            clip(&e.to_string().replace('\n', " "))
-        )
-    })?;
+    // A `Mapping` (unlike a `BTreeMap`) refuses a key given twice, which would otherwise
+    // silently replace an architecture's entry.
+    let map: serde_yaml::Mapping = serde_yaml::from_str(text)
+        .map_err(|e| yaml_error(path, e, "a mapping from architecture key to entry"))?;
     let mut out = BTreeMap::new();
     for (key, value) in &map {
+        let Some(key) = key.as_str() else {
+            bail!(
+                "{}: expected architecture keys such as `config_0_j0`, found the key {}",
+                path.display(),
+                serde_yaml::to_string(key)
+                    .unwrap_or_default()
+                    .trim_end()
+                    .replace('\n', " ")
+            );
+        };
         let parsed = parse(value, key).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        out.insert(key.clone(), parsed);
+        out.insert(key.to_string(), parsed);
     }
     Ok(out)
 }
@@ -310,8 +326,8 @@ fn typed<T: serde::de::DeserializeOwned>(
     key: &str,
 ) -> Result<T, String> {
     serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-        let path = clip(&e.path().to_string()).into_owned();
-        let inner = clip(&e.inner().to_string().replace('\n', " ")).into_owned();
+        let path = clip_to(&e.path().to_string(), MESSAGE_CHARS).into_owned();
+        let inner = clip_to(&e.inner().to_string().replace('\n', " "), MESSAGE_CHARS).into_owned();
         if path == "." {
             format!("key `{key}`: {inner}")
         } else {
@@ -351,18 +367,34 @@ fn parse_params(value: &serde_yaml::Value, key: &str) -> Result<ParamsSummary, S
     })
 }
 
-/// Parses and validates one model config (`path` names the file in errors).
-pub fn parse_config(
-    text: &str,
-    path: &Path,
-    key: &str,
-    ppl: PplSummary,
-    params: ParamsSummary,
-) -> Result<Record> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    let raw: RawConfig = serde_path_to_error::deserialize(de)
+/// Parses and validates one model config (`path` names the file in errors). The record has
+/// no summaries yet (`ppl` and `params` are `None`).
+pub fn parse_config(text: &str, path: &Path, key: &str) -> Result<Record> {
+    // Through a `Value` first: its mappings refuse a key given twice (deserialising straight
+    // into the struct would let a repeated ignored key pass).
+    let value: serde_yaml::Value = serde_yaml::from_str(text)
+        .map_err(|e| yaml_error(path, e, "a YAML mapping of model settings"))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(value)
         .map_err(|e| anyhow!("{}", located(path, e.path(), e.inner())))?;
-    let err = |field: &str, msg: String| anyhow!("{}: key `{field}`: {msg}", path.display());
+    check_config(raw, key)
+        .map_err(|e| anyhow!("{}: key `{}`: {}", path.display(), e.field, e.message))
+}
+
+/// Builds the record `key` from the `config` object of a bench-file record (the keys of a
+/// benchmark config, in JSON), with the benchmark's checks. Field paths in errors are relative
+/// to `config`; keys the model does not use are ignored, as in the YAML files.
+pub(crate) fn record_from_config(
+    config: &serde_json::Value,
+    key: &str,
+) -> Result<Record, FieldError> {
+    let raw: RawConfig =
+        serde_path_to_error::deserialize(config).map_err(FieldError::from_serde)?;
+    check_config(raw, key)
+}
+
+/// Validates a model config and builds its record (without summaries).
+fn check_config(raw: RawConfig, key: &str) -> Result<Record, FieldError> {
+    let err = |field: &str, msg: String| FieldError::new(field, msg);
     for (name, v) in [
         ("n_token", raw.n_token),
         ("n_layer", raw.n_layer),
@@ -502,9 +534,8 @@ pub fn parse_config(
         dropatt: raw.dropatt,
         weight_init_std: raw.weight_init_std,
         proj_init_std: raw.proj_init_std,
-        valid_ppl: ppl.valid_ppl,
-        ppl,
-        params,
+        ppl: None,
+        params: None,
     })
 }
 
@@ -528,44 +559,23 @@ mod tests {
         tie_projs: [false, true, true, true]\nadaptive: true\ntgt_len: 12\ndropout: 0.1\n\
         dropatt: 0.0\nweight_init_std: 0.02\nproj_init_std: 0.01\nmem_len: 12\n";
 
-    fn summaries() -> (PplSummary, ParamsSummary) {
-        (
-            PplSummary {
-                valid_ppl: 30.0,
-                test_ppl: None,
-                test_ppl_nomem: None,
-                test_word_ppl: None,
-                test_word_ppl_nomem: None,
-                train_elapsed: None,
-            },
-            ParamsSummary {
-                ada_emb: 0,
-                attn: 0,
-                ffn: 0,
-                nonembedding: 0,
-                total: 0,
-            },
-        )
-    }
-
     #[test]
     fn config_parses_and_validates() {
-        let (p, c) = summaries();
-        let r = parse_config(CONFIG, Path::new("c.yaml"), "c", p.clone(), c).unwrap();
+        let r = parse_config(CONFIG, Path::new("c.yaml"), "c").unwrap();
         assert_eq!(r.n_layer(), 2);
         assert_eq!(r.d_inner, vec![24, 40]);
         let bad = CONFIG.replace("n_head: [2, 4]", "n_head: [2, 3]");
-        let e = parse_config(&bad, Path::new("c.yaml"), "c", p.clone(), c)
+        let e = parse_config(&bad, Path::new("c.yaml"), "c")
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.yaml") && e.contains("n_head[1]"), "{e}");
         let bad = CONFIG.replace("d_model: 16\n", "");
-        let e = parse_config(&bad, Path::new("c.yaml"), "c", p.clone(), c)
+        let e = parse_config(&bad, Path::new("c.yaml"), "c")
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.yaml") && e.contains("d_model"), "{e}");
         let bad = CONFIG.replace("d_inner: [24, 40]", "d_inner: [24, wide]");
-        let e = parse_config(&bad, Path::new("c.yaml"), "c", p, c)
+        let e = parse_config(&bad, Path::new("c.yaml"), "c")
             .unwrap_err()
             .to_string();
         assert!(e.contains("d_inner[1]"), "{e}");

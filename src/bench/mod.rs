@@ -1,14 +1,21 @@
-//! Benchmarks: trained architectures with their ground truth, read from a data directory.
+//! Benchmarks: trained architectures with their ground truth.
 //!
 //! A [`Benchmark`] is a list of [`Entry`] values, one per architecture, each with a key, the
 //! architecture description of its family and its ground truth oriented so that higher is
-//! better everywhere in the tool. Families sit side by side in [`Arch`].
+//! better everywhere in the tool. Families sit side by side in [`Arch`]. The shipped
+//! benchmarks are read from a [`DataSource`]: the copy compiled into the library, or a data
+//! folder with the same layout.
 
 pub mod flexibert;
 pub mod gpt2;
+pub mod json;
+pub mod jsonl;
+pub mod source;
+
+pub use source::{DataSource, DATA_ENV};
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
@@ -40,6 +47,13 @@ impl BenchKind {
             BenchKind::Gpt2 => "gpt2",
         }
     }
+
+    /// The family called `name` (as [`BenchKind::name`] spells it), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [BenchKind::Flexibert, BenchKind::Gpt2]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
 }
 
 impl fmt::Display for BenchKind {
@@ -63,7 +77,8 @@ pub enum Arch {
 pub struct Entry {
     /// Stable key of the architecture (the record id for FlexiBERT, the file stem for GPT-2).
     pub key: String,
-    /// Ground truth oriented so that higher is better (GLUE as is, GPT-2 `-valid_ppl`).
+    /// Ground truth oriented so that higher is better (GLUE as is, GPT-2 `-valid_ppl`); NaN
+    /// when the source gives none (a bench file whose records have no `truth`).
     pub truth: f64,
     /// The architecture itself.
     pub arch: Arch,
@@ -75,20 +90,26 @@ pub struct Entry {
 pub struct Benchmark {
     /// Which family this is.
     pub kind: BenchKind,
-    /// The file or folder it was read from (for messages).
+    /// How messages name the file or folder it was read from.
     pub source: PathBuf,
+    /// The data source it was read from, where companion files such as the FlexiBERT
+    /// reference proxy table are looked up.
+    pub data: Option<DataSource>,
     /// Architectures in benchmark order.
     pub entries: Vec<Entry>,
     /// What the ground truth is, in words (e.g. "GLUE average, higher is better").
     pub truth_name: &'static str,
+    /// The source's own ground-truth column and the sign that orients it, as
+    /// [`BenchKind::raw_truth`] (a bench file: `("truth", ±1)` after its `higher_is_better`).
+    pub raw_truth: (&'static str, f64),
 }
 
 impl Benchmark {
-    /// Loads the benchmark of `kind` from the data directory `data_dir`.
-    pub fn load(kind: BenchKind, data_dir: &Path) -> Result<Self> {
+    /// Loads the benchmark of `kind` from `data` (the embedded copy or a data folder).
+    pub fn load(kind: BenchKind, data: &DataSource) -> Result<Self> {
         match kind {
-            BenchKind::Flexibert => flexibert::load(&data_dir.join(flexibert::FILE)),
-            BenchKind::Gpt2 => gpt2::load(&data_dir.join(gpt2::DIR)),
+            BenchKind::Flexibert => flexibert::load(data),
+            BenchKind::Gpt2 => gpt2::load(data),
         }
     }
 
@@ -105,6 +126,12 @@ impl Benchmark {
     /// Ground truth of the selected architectures, in selection order.
     pub fn truths(&self, selection: &[usize]) -> Vec<f64> {
         selection.iter().map(|&i| self.entries[i].truth).collect()
+    }
+
+    /// True when every architecture has a ground truth. Only a bench file can lack it; then
+    /// proxies can be computed but not correlated, and a search has nothing to fit.
+    pub fn has_truth(&self) -> bool {
+        self.entries.iter().all(|e| !e.truth.is_nan())
     }
 }
 
@@ -143,54 +170,81 @@ pub mod bounds {
     }
 }
 
-/// Environment variable naming the data directory when `--data-dir` is absent.
-pub const DATA_ENV: &str = "LPZERO_DATA";
+/// A problem with one field of a record: where (a path such as
+/// `encoder_layers[1].num_feed_forward`) and what was wrong or expected. The per-family
+/// checks return it so that each loader can add its own location (file, record or line, and
+/// the path of the enclosing object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field inside the object that was checked (`.` for the object itself).
+    pub field: String,
+    /// What was wrong, and what was expected.
+    pub message: String,
+}
 
-/// Finds the data directory: `explicit` (from `--data-dir`), else `$LPZERO_DATA`, else
-/// `../shared/benchmarks` next to the project root (the source checkout, then the current
-/// directory), else an error that says how to provide the data.
-pub fn resolve_data_dir(explicit: Option<&Path>) -> Result<PathBuf> {
-    if let Some(dir) = explicit {
-        if !dir.is_dir() {
-            bail!("--data-dir {}: not a directory", dir.display());
-        }
-        return Ok(dir.to_path_buf());
-    }
-    if let Some(dir) = std::env::var_os(DATA_ENV) {
-        let dir = PathBuf::from(dir);
-        if !dir.is_dir() {
-            bail!("{DATA_ENV}={}: not a directory", dir.display());
-        }
-        return Ok(dir);
-    }
-    let candidates = [
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/benchmarks"),
-        PathBuf::from("../shared/benchmarks"),
-    ];
-    for c in candidates {
-        if c.is_dir() {
-            return Ok(c);
+impl FieldError {
+    /// A problem with `field`.
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.to_string(),
+            message: message.into(),
         }
     }
-    bail!(
-        "no benchmark data found: pass --data-dir DIR or set {DATA_ENV}=DIR, where DIR holds \
-         flexibert/BERT_benchmark.json (the public FlexiBERT benchmark of Serianni & Kalita, \
-         also shipped with pprp/LPZero) and/or gpt2_wt103/ (the GPT-2 benchmark of \
-         LiteTransformerSearch); by default lpzero looks in ../shared/benchmarks \
-         beside the project root"
-    )
+
+    /// A deserialisation error, located at the path where it happened, with serde's Rust
+    /// type names (`usize`, `f64`) said in words and long quoted values clipped
+    /// ([`crate::report::clip_to`]).
+    pub fn from_serde<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> Self {
+        let mut message = e.inner().to_string().replace('\n', " ");
+        for (rust, words) in [
+            ("expected usize", "expected a non-negative integer"),
+            ("expected u64", "expected a non-negative integer"),
+            ("expected f64", "expected a number"),
+        ] {
+            message = message.replace(rust, words);
+        }
+        // A value quoted by serde (a whole string, say) is clipped, not echoed whole.
+        let clip = |t: &str| crate::report::clip_to(t, crate::report::MESSAGE_CHARS).into_owned();
+        FieldError {
+            field: clip(&e.path().to_string()),
+            message: clip(&message),
+        }
+    }
+
+    /// The same problem seen from the object holding this one under `prefix`.
+    pub fn within(self, prefix: &str) -> Self {
+        let field = if self.field == "." {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        FieldError { field, ..self }
+    }
+}
+
+/// Describes a JSON value for messages: short scalars as written, containers by kind.
+fn describe(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Array(_) => "an array".to_string(),
+        Value::Object(_) => "an object".to_string(),
+        Value::String(s) if s.chars().count() > 40 => "a long string".to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// A selection of architectures by position, parsed from `--archs`.
 ///
 /// Accepted forms: `all`, `A..B` (half-open), `A..=B`, `N` (one), and comma-separated lists
-/// of these (`0..10,42`).
+/// of these (`0..10,42`). An architecture may be selected only once: a repeat would count it
+/// twice in every correlation.
 pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
     let text = text.trim();
     if text.is_empty() || text == "all" {
         return Ok((0..n).collect());
     }
     let mut out = Vec::new();
+    let mut first_part: Vec<Option<&str>> = vec![None; n];
     for part in text.split(',') {
         let part = part.trim();
         let (lo, hi) = if let Some((a, b)) = part.split_once("..=") {
@@ -217,6 +271,15 @@ pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
         if hi > n {
             bail!("`{text}`: range `{part}` reaches past the {n} architectures of the benchmark");
         }
+        for (i, by) in first_part.iter_mut().enumerate().take(hi).skip(lo) {
+            if let Some(earlier) = by {
+                bail!(
+                    "`{text}`: architecture {i} is selected twice (by `{earlier}` and by \
+                     `{part}`); each architecture may be selected once"
+                );
+            }
+            *by = Some(part);
+        }
         out.extend(lo..hi);
     }
     Ok(out)
@@ -235,15 +298,7 @@ pub fn parse_sample(text: &str, n: usize, seed: u64) -> Result<Vec<usize>> {
     if count == 0 || count > n {
         bail!("`{text}`: N must be within 1..={n}");
     }
-    let mut rng = crate::rng::Rng::derive(seed, &[10]);
-    let mut all: Vec<usize> = (0..n).collect();
-    for i in 0..count {
-        let j = rng.range(i, n);
-        all.swap(i, j);
-    }
-    let mut picked = all[..count].to_vec();
-    picked.sort_unstable();
-    Ok(picked)
+    Ok(crate::rng::Rng::derive(seed, &[10]).sample_indices(n, count))
 }
 
 #[cfg(test)]
@@ -295,5 +350,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("empty"));
+        let e = parse_selection("0..4,3,3", 5).unwrap_err().to_string();
+        assert!(e.contains("architecture 3 is selected twice"), "{e}");
+        let e = parse_selection("0..3,2..5", 5).unwrap_err().to_string();
+        assert!(e.contains("architecture 2") && e.contains("`2..5`"), "{e}");
     }
 }

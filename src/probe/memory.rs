@@ -10,7 +10,7 @@
 //! `activation_floats_per_token`. It was calibrated against measured peaks and errs on the
 //! high side; it is meant to refuse what cannot fit, not to predict exactly.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::ProbeOptions;
 use crate::bench::{Arch, Benchmark, Entry};
@@ -164,7 +164,9 @@ pub fn check_fits(
     };
     let mut largest: Option<(usize, f64)> = None;
     for &i in selection {
-        let bytes = need(&bench.entries[i], opts)?;
+        let entry = &bench.entries[i];
+        let bytes = need(entry, opts)
+            .with_context(|| format!("{} architecture {}", bench.kind, entry.key))?;
         if largest.is_none_or(|(_, b)| bytes > b) {
             largest = Some((i, bytes));
         }

@@ -412,6 +412,12 @@ fn reduce(steps: &[Step], op: UnaryOp, a: &Array) -> f64 {
         UnaryOp::L1Norm => lane_sum(steps, a, Term::Abs) / (n + 1e-9),
         UnaryOp::FrobeniusNorm => lane_sum(steps, a, Term::Square).sqrt(),
         UnaryOp::Std => mean_std(steps, a).1,
+        UnaryOp::Sum => lane_sum(steps, a, Term::Value),
+        // The steps keep the element count, so nothing needs streaming.
+        UnaryOp::Size => n,
+        // `total` of a single array (a one-item list) is its mean.
+        UnaryOp::Total if a.is_empty() => f64::NAN,
+        UnaryOp::Total => lane_sum(steps, a, Term::Value) / n,
         _ => unreachable!("{op} is not a reduction"),
     }
 }

@@ -32,8 +32,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::expr::{
-    apply_binary_list, apply_chain_list, canonical, reduce, unary_chain, EvalError, Expr, Input,
-    InputSource,
+    apply_binary_list, apply_chain_list, canonical, reduce, total, unary_chain, EvalError, Expr,
+    Input, InputSource,
 };
 use super::ops::UnaryOp;
 use crate::array::Array;
@@ -252,6 +252,10 @@ impl Memo {
         src: &dyn InputSource,
     ) -> Result<Vec<Array>, EvalError> {
         match expr {
+            Expr::Unary(op, x) if op.is_list_level() => {
+                let items = self.eval_node(arch, x, src)?;
+                Ok(total(items.items()))
+            }
             Expr::Unary(..) => {
                 // The run of unary ops streams through each item in one go (no intermediate
                 // lists; the same bits as op by op, see `proxy::chain`).
@@ -329,6 +333,13 @@ mod tests {
             "mul(std(min_max(act)), sigmoid(invert(exp(abslog(log(relu(sqrt(normalize(head)))))))))",
             "add(softmax(head), neg(neg(head)))",
             "std(mean(act))",
+            "total(abs(head))",
+            "log(total(sum(act)))",
+            "add(log(total(size(weight))), total(mean(act)))",
+            "total(total(act))",
+            "sub(total(act), mean(head))",
+            "total(disconnect(act))",
+            "mean(total(pow2(add(weight, grad))))",
         ];
         let sources = [source(1), source(2)];
         let mut memo = Memo::new();

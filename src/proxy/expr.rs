@@ -489,8 +489,10 @@ fn parse_expr(c: &mut Cursor<'_>, depth: usize) -> Result<Expr, ParseError> {
 ///   ([`UnaryOp::is_nonnegative`]: abs, pow2, exp, relu, sqrt, sigmoid, softmax, min_max,
 ///   frobenius_norm, l1_norm, std); this covers `abs(abs)`, `relu(relu)`, `abs(pow2)`, ...
 /// * `sqrt(relu(x)) → sqrt(x)` (`sqrt` already maps `≤ 0` to 0).
-/// * Scalars: `mean(s) → s` and `normalized_sum(s) → s` (one element: the f64 mean is exact and
-///   `s/(1 + 1e-9)` rounds back to `s` in f32); `frobenius_norm(s) → abs(s)` and
+/// * `total(total(x)) → total(x)` (a one-item list summed again is itself).
+/// * Scalars: `mean(s) → s`, `sum(s) → s` and `normalized_sum(s) → s` (one element: the f64
+///   mean and sum are exact and `s/(1 + 1e-9)` rounds back to `s` in f32);
+///   `frobenius_norm(s) → abs(s)` and
 ///   `l1_norm(s) → abs(s)` (`sqrt(s²)` is exact in f64). So `mean(frobenius_norm(x))` becomes
 ///   `frobenius_norm(x)`.
 /// * `sub(x, neg(y)) → add(x, y)`, `add(x, neg(y)) → sub(x, y)`, `add(neg(y), x) → sub(x, y)`,
@@ -536,9 +538,15 @@ fn simplify_unary(op: UnaryOp, x: Expr) -> Expr {
             _ => {}
         }
     }
+    if op == Total {
+        if let Expr::Unary(Total, _) = &x {
+            // A one-item list summed again is itself.
+            return x;
+        }
+    }
     if x.is_scalar() {
         match op {
-            Mean | NormalizedSum => return x,
+            Mean | NormalizedSum | Sum => return x,
             FrobeniusNorm | L1Norm => return simplify_unary(Abs, x),
             _ => {}
         }
@@ -664,13 +672,18 @@ pub fn apply_chain_list(ops: &[UnaryOp], items: &[Array]) -> Result<Vec<Array>, 
         .collect()
 }
 
-/// Splits the run of unary ops at the top of `expr`: the ops in application order (innermost
-/// first) and the node below them. A `disconnect` anywhere in the run makes the whole run
-/// valueless ([`EvalError::Disconnected`]); the node below is then never evaluated.
+/// Splits the run of item-wise unary ops at the top of `expr`: the ops in application order
+/// (innermost first) and the node below them. The run stops at an input, a binary op or the
+/// list-level `total` (which is evaluated as a node of its own, see [`total`]). A `disconnect`
+/// anywhere in the run makes the whole run valueless ([`EvalError::Disconnected`]); the node
+/// below is then never evaluated.
 pub fn unary_chain(expr: &Expr) -> Result<(Vec<UnaryOp>, &Expr), EvalError> {
     let mut ops = Vec::new();
     let mut node = expr;
     while let Expr::Unary(op, x) = node {
+        if op.is_list_level() {
+            break;
+        }
         if *op == UnaryOp::Disconnect {
             return Err(EvalError::Disconnected);
         }
@@ -679,6 +692,13 @@ pub fn unary_chain(expr: &Expr) -> Result<(Vec<UnaryOp>, &Expr), EvalError> {
     }
     ops.reverse();
     Ok((ops, node))
+}
+
+/// The list-level op `total`: a one-item list holding `Σ_items mean(item)` (each mean in `f64`,
+/// the sum rounded once to `f32`).
+pub fn total(items: &[Array]) -> Vec<Array> {
+    let sum: f64 = items.iter().map(Array::mean_f64).sum();
+    vec![Array::scalar(sum as f32)]
 }
 
 /// Applies a binary op to positionally paired items, up to the shorter list; the surplus items
@@ -712,6 +732,7 @@ fn eval_cow<'a>(expr: &Expr, inputs: &'a dyn InputSource) -> Result<Cow<'a, [Arr
             }
             Ok(Cow::Borrowed(list))
         }
+        Expr::Unary(op, x) if op.is_list_level() => Ok(Cow::Owned(total(&eval_cow(x, inputs)?))),
         Expr::Unary(..) => {
             // The whole run of unary ops streams through each item at once (`proxy::chain`).
             let (ops, base) = unary_chain(expr)?;
@@ -1388,6 +1409,47 @@ fn parse_tree_body(c: &mut Cursor<'_>) -> Result<[Vec<UnaryOp>; 2], ParseError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extensions_sum_size_total() {
+        let a = Array::new(vec![2, 2], vec![1.0, -2.0, 3.0, 4.0]).unwrap();
+        let b = Array::new(vec![3], vec![0.5, 0.5, 2.0]).unwrap();
+        let weight = vec![a.clone(), b.clone()];
+        let src = Inputs {
+            weight: &weight,
+            ..Default::default()
+        };
+        let v = |t: &str| eval(&parse(t).unwrap(), &src).unwrap();
+        // Per item, then the mean over the two items.
+        assert_eq!(v("sum(weight)"), (6.0 + 3.0) / 2.0);
+        assert_eq!(v("size(weight)"), (4.0 + 3.0) / 2.0);
+        // `total` sums over items instead: Σ_items mean(item).
+        assert_eq!(v("total(weight)"), 1.5 + 1.0);
+        assert_eq!(v("total(size(weight))"), 7.0);
+        assert_eq!(v("total(sum(abs(weight)))"), 10.0 + 3.0);
+        assert_eq!(
+            eval_list(&parse("total(weight)").unwrap(), &src)
+                .unwrap()
+                .len(),
+            1
+        );
+        // Ops above `total` apply to its one scalar.
+        assert_eq!(v("neg(total(size(weight)))"), -7.0);
+        assert_eq!(v("sub(total(size(weight)), total(sum(weight)))"), 7.0 - 9.0);
+        // Canonical folds that keep the value.
+        for (text, folded) in [
+            ("total(total(weight))", "total(weight)"),
+            ("sum(total(weight))", "total(weight)"),
+            ("mean(total(weight))", "total(weight)"),
+            ("sum(mean(weight))", "mean(weight)"),
+        ] {
+            let e = parse(text).unwrap();
+            assert_eq!(key(&e), folded, "{text}");
+            assert_eq!(v(text), v(folded), "{text}");
+        }
+        // `total` is not a reference op: published genotypes cannot name it.
+        assert_eq!(UnaryOp::from_index(UnaryOp::Total.index()), None);
+    }
 
     fn arr(shape: &[usize], data: &[f32]) -> Array {
         Array::new(shape.to_vec(), data.to_vec()).unwrap()

@@ -7,8 +7,13 @@
 //!
 //! * [`UnaryOp`] lists the 21 unary operations of the reference HEAD table (spec §4.2) in HEAD
 //!   index order, so [`UnaryOp::from_index`] / [`UnaryOp::index`] translate the published integer
-//!   genotypes. Expressions and files store operations by *name* ([`UnaryOp::name`]) because the
-//!   reference index table changed over the project history.
+//!   genotypes, followed by lpzero's own extensions (`sum`, `size`, `total`; indices 21–23, never
+//!   produced by a reference genotype). Expressions and files store operations by *name*
+//!   ([`UnaryOp::name`]) because the reference index table changed over the project history.
+//! * The extensions exist because the reference space can only *average*: every reduction is
+//!   a mean and the final value is a mean over layers, so it cannot see how deep or how wide a
+//!   network is, which is what trained quality depends on most. `sum` and `size` are extensive
+//!   reductions of one array; `total` sums over the items of a list (layers, modules).
 //! * [`apply`] evaluates a unary operation on one array. `disconnect` has no value: [`apply`]
 //!   returns `None` for it, and a binary operation with one disconnected operand returns the
 //!   other operand unchanged (both disconnected ⇒ the expression is invalid). The expression
@@ -94,11 +99,22 @@ pub enum UnaryOp {
     /// `disconnect` (idx 20): "no value". A binary operation with one disconnected operand
     /// returns the other operand; [`apply`] returns `None`.
     Disconnect,
+    /// `sum` (idx 21, lpzero extension): `Σ x` as a 0-d scalar (extensive: it grows with the
+    /// size of the array, unlike `mean`).
+    Sum,
+    /// `size` (idx 22, lpzero extension): the number of elements as a 0-d scalar (of a weight:
+    /// its parameter count).
+    Size,
+    /// `total` (idx 23, lpzero extension): the one **list-level** op. It turns a list of items
+    /// (one per layer or module) into a one-item list holding `Σ_items mean(item)`, so that a
+    /// proxy can grow with depth; every other op maps over items and the final value averages
+    /// over them. On a single array (a one-item list) it is the array's mean.
+    Total,
 }
 
 impl UnaryOp {
     /// All unary operations in reference HEAD index order (`ALL[i].index() == i`).
-    pub const ALL: [UnaryOp; 21] = [
+    pub const ALL: [UnaryOp; 24] = [
         UnaryOp::Log,
         UnaryOp::AbsLog,
         UnaryOp::Abs,
@@ -120,16 +136,32 @@ impl UnaryOp {
         UnaryOp::Std,
         UnaryOp::NoOp,
         UnaryOp::Disconnect,
+        UnaryOp::Sum,
+        UnaryOp::Size,
+        UnaryOp::Total,
     ];
+
+    /// The operations of the reference HEAD table (indices 0–20), the space of the reference
+    /// search and of published genotypes.
+    pub const REFERENCE: [UnaryOp; 21] = {
+        let mut ops = [UnaryOp::Log; 21];
+        let mut i = 0;
+        while i < 21 {
+            ops[i] = Self::ALL[i];
+            i += 1;
+        }
+        ops
+    };
 
     /// The reference HEAD index (the integer used in published genotypes).
     pub fn index(self) -> usize {
         self as usize
     }
 
-    /// The operation with HEAD index `i`, or `None` when `i > 20`.
+    /// The operation with HEAD index `i`, or `None` when `i > 20` (the extensions have no
+    /// reference index: a published genotype never names them).
     pub fn from_index(i: usize) -> Option<Self> {
-        Self::ALL.get(i).copied()
+        Self::REFERENCE.get(i).copied()
     }
 
     /// The canonical snake_case name used in expressions, files and serde.
@@ -156,6 +188,9 @@ impl UnaryOp {
             UnaryOp::Std => "std",
             UnaryOp::NoOp => "no_op",
             UnaryOp::Disconnect => "disconnect",
+            UnaryOp::Sum => "sum",
+            UnaryOp::Size => "size",
+            UnaryOp::Total => "total",
         }
     }
 
@@ -184,16 +219,30 @@ impl UnaryOp {
             UnaryOp::Std => "to_std_scalar",
             UnaryOp::NoOp => "no_op",
             UnaryOp::Disconnect => "disconnect",
+            // Not in the reference: the alias is the name itself.
+            UnaryOp::Sum => "sum",
+            UnaryOp::Size => "size",
+            UnaryOp::Total => "total",
         }
     }
 
-    /// The reference sampling weight of this operation (spec §4.5).
+    /// The reference sampling weight of this operation (spec §4.5); 0 for the extensions,
+    /// which the reference space does not contain.
     pub fn sampling_weight(self) -> f64 {
-        UNARY_SAMPLING_WEIGHTS[self.index()]
+        UNARY_SAMPLING_WEIGHTS
+            .get(self.index())
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// True for `total`, the op that works on a whole list instead of on each item.
+    pub fn is_list_level(self) -> bool {
+        self == UnaryOp::Total
     }
 
     /// True for the operations that reduce any array to a 0-d scalar
-    /// (`frobenius_norm`, `normalized_sum`, `l1_norm`, `mean`, `std`).
+    /// (`frobenius_norm`, `normalized_sum`, `l1_norm`, `mean`, `std`, `sum`, `size`, and
+    /// `total`, which on one array is its mean).
     pub fn is_reduction(self) -> bool {
         matches!(
             self,
@@ -202,6 +251,9 @@ impl UnaryOp {
                 | UnaryOp::L1Norm
                 | UnaryOp::Mean
                 | UnaryOp::Std
+                | UnaryOp::Sum
+                | UnaryOp::Size
+                | UnaryOp::Total
         )
     }
 
@@ -222,6 +274,7 @@ impl UnaryOp {
                 | UnaryOp::Sqrt
                 | UnaryOp::MinMax
                 | UnaryOp::Std
+                | UnaryOp::Size
         )
     }
 }
@@ -264,7 +317,7 @@ impl<'de> Deserialize<'de> for UnaryOp {
     }
 }
 
-/// Reference sampling weights of the unary operations, indexed like [`UnaryOp::ALL`]:
+/// Reference sampling weights of the unary operations, indexed like [`UnaryOp::REFERENCE`]:
 /// 0.1 for each of the first 20 and 0.2 for `disconnect` (spec §4.5). Not normalised.
 pub const UNARY_SAMPLING_WEIGHTS: [f64; 21] = [
     0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1,
@@ -552,8 +605,10 @@ mod tests {
     fn index_tables_match_reference_order() {
         for (i, op) in UnaryOp::ALL.iter().enumerate() {
             assert_eq!(op.index(), i);
-            assert_eq!(UnaryOp::from_index(i), Some(*op));
+            let reference = (i < 21).then_some(*op);
+            assert_eq!(UnaryOp::from_index(i), reference);
         }
+        assert_eq!(UnaryOp::REFERENCE[..], UnaryOp::ALL[..21]);
         assert_eq!(UnaryOp::from_index(0), Some(UnaryOp::Log));
         assert_eq!(UnaryOp::from_index(3), Some(UnaryOp::Pow2));
         assert_eq!(UnaryOp::from_index(8), Some(UnaryOp::FrobeniusNorm));
@@ -595,8 +650,9 @@ mod tests {
 
     #[test]
     fn sampling_weights() {
-        assert_eq!(UNARY_SAMPLING_WEIGHTS.len(), UnaryOp::ALL.len());
+        assert_eq!(UNARY_SAMPLING_WEIGHTS.len(), UnaryOp::REFERENCE.len());
         assert_eq!(UnaryOp::Disconnect.sampling_weight(), 0.2);
+        assert_eq!(UnaryOp::Total.sampling_weight(), 0.0);
         assert_eq!(UnaryOp::Log.sampling_weight(), 0.1);
         let total: f64 = UNARY_SAMPLING_WEIGHTS.iter().sum();
         assert!((total - 2.2).abs() < 1e-12);

@@ -1,6 +1,7 @@
 //! Fitness: the Spearman rank correlation between a proxy's values and the ground truth over a
-//! fixed set of architectures (spec §4.6), with the numeric and predictive pruning rules applied
-//! while the values are computed.
+//! fixed set of architectures (spec §4.6; or Kendall τ, or a robust Spearman, see
+//! [`FitnessMeasure`]), with the numeric and predictive pruning rules applied while the values
+//! are computed. The predictive rule always uses Spearman on its first architectures.
 //!
 //! The set is a slice of probes (anything that is an [`InputSource`]) and the ground truth per
 //! probe, oriented so that higher is better. Architecture `i` is `probes[i]`; values are memoised
@@ -11,10 +12,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
+use super::options::{FitnessMeasure, ROBUST_SUBSETS};
 use super::rps::{RpsOptions, Rule};
 use crate::proxy::eval::Memo;
 use crate::proxy::expr::{EvalError, Expr, InputSource};
-use crate::stats::spearman;
+use crate::rng::Rng;
+use crate::stats::{kendall_tau_b, spearman};
 
 /// The architectures a search ranks, with their ground truth (higher = better).
 #[derive(Clone, Copy)]
@@ -22,6 +25,7 @@ pub struct FitnessSet<'a> {
     probes: &'a [&'a dyn InputSource],
     truth: &'a [f64],
     either_sign: bool,
+    measure: FitnessMeasure,
 }
 
 /// The result of evaluating one candidate on a [`FitnessSet`].
@@ -67,7 +71,19 @@ impl<'a> FitnessSet<'a> {
             probes,
             truth,
             either_sign: false,
+            measure: FitnessMeasure::Spearman,
         })
+    }
+
+    /// The same set scoring candidates with `measure` (default: Spearman ρ).
+    pub fn with_measure(self, measure: FitnessMeasure) -> Self {
+        Self { measure, ..self }
+    }
+
+    /// The fitness of a candidate's values (one per architecture, all finite or not): the
+    /// set's measure against the ground truth, NaN when undefined (e.g. constant values).
+    pub fn score(&self, values: &[f64]) -> f64 {
+        measure(self.measure, self.truth, values)
     }
 
     /// The same set scoring |ρ| when `on` (see [`crate::search::SearchOptions::either_sign`]);
@@ -224,7 +240,7 @@ impl<'a> FitnessSet<'a> {
                 }
             }
         }
-        let rho = spearman(self.truth, &values);
+        let rho = self.score(&values);
         if rho.is_nan() {
             return reject(Rule::DegenerateCorrelation, n);
         }
@@ -238,6 +254,39 @@ impl<'a> FitnessSet<'a> {
         }
     }
 }
+
+/// `measure` of `values` against `truth` (see [`FitnessMeasure`]).
+pub fn measure(measure: FitnessMeasure, truth: &[f64], values: &[f64]) -> f64 {
+    match measure {
+        FitnessMeasure::Spearman => spearman(truth, values),
+        FitnessMeasure::Kendall => kendall_tau_b(truth, values),
+        FitnessMeasure::Robust => {
+            let n = truth.len();
+            let half = n / 2;
+            if half < 3 {
+                return spearman(truth, values);
+            }
+            // Fixed halves: the same for every candidate of every search on `n` architectures.
+            let mut rng = Rng::derive(ROBUST_SEED, &[n as u64]);
+            let mut rhos = Vec::with_capacity(ROBUST_SUBSETS);
+            for _ in 0..ROBUST_SUBSETS {
+                let pick = rng.sample_indices(n, half);
+                let t: Vec<f64> = pick.iter().map(|&i| truth[i]).collect();
+                let v: Vec<f64> = pick.iter().map(|&i| values[i]).collect();
+                rhos.push(spearman(&t, &v));
+            }
+            if rhos.iter().any(|r| r.is_nan()) {
+                return f64::NAN;
+            }
+            let mean = rhos.iter().sum::<f64>() / rhos.len() as f64;
+            let var = rhos.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rhos.len() as f64;
+            mean - var.sqrt()
+        }
+    }
+}
+
+/// Seed of the fixed halves of the `robust` measure.
+const ROBUST_SEED: u64 = 0x005e_ed0f_4a1f;
 
 #[cfg(test)]
 mod tests {
@@ -317,6 +366,24 @@ mod tests {
         let neg = set.fitness(&c("neg(mean(pow2(head)))"), &mut memo).unwrap();
         assert!((neg + good.fitness.unwrap()).abs() < 1e-12);
         assert!(FitnessSet::new(&probes[..1], &s.truth[..1]).is_err());
+        // Other measures: Kendall τ and the robust Spearman (below ρ for a noisy proxy, equal
+        // to 1 for a perfect one).
+        let vals: Vec<f64> = set
+            .values(&c("mean(pow2(head))"), &mut memo)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let rho = good.fitness.unwrap();
+        let tau = set.with_measure(FitnessMeasure::Kendall).score(&vals);
+        assert_eq!(tau, kendall_tau_b(&s.truth, &vals));
+        let robust = set.with_measure(FitnessMeasure::Robust).score(&vals);
+        assert!(robust < rho && robust > rho - 0.5, "{robust} vs {rho}");
+        assert_eq!(
+            robust,
+            set.with_measure(FitnessMeasure::Robust).score(&vals)
+        );
+        let perfect = set.with_measure(FitnessMeasure::Robust).score(&s.truth);
+        assert!((perfect - 1.0).abs() < 1e-12, "{perfect}");
         assert!(FitnessSet::new(&probes, &s.truth[..3]).is_err());
     }
 }

@@ -25,6 +25,12 @@
 //!   - later nodes contain earlier ones as sub-trees, so the expression repeats them; the memo
 //!     evaluates each repeated node once per architecture.
 //! * **Free**: any [`Expr`] of depth at most `max_depth` (an input has depth 1).
+//! * **Extended** (lpzero's default): the tree template with three more genes per branch
+//!   ([`ExtendedGenotype`]): the reduction of each item (`mean`, `sum`, `size`, ...), whether
+//!   the branch is summed over its items (`total`, so a proxy can grow with depth), and one op
+//!   after the reduction (`log`, `sqrt`, ...), so branches can be combined scale-free
+//!   (`add(log(a), log(b))` ranks like `a · b`). With `mean`, no `total` and `no_op` it is the
+//!   reference template, so the reference space is a subset.
 //!
 //! Random sampling uses the reference weights (spec §4.5): inputs uniformly over [`Input::ALL`],
 //! unary ops by [`UNARY_SAMPLING_WEIGHTS`], binary ops by [`BINARY_SAMPLING_WEIGHTS`].
@@ -84,6 +90,106 @@ pub enum Genome {
         /// The expression itself.
         expr: Expr,
     },
+    /// The extended tree template.
+    Extended(ExtendedGenotype),
+}
+
+/// The extended tree: two branches `post(total?(reduce(u_n(…u_1(x)))))` joined by a binary op
+/// (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExtendedGenotype {
+    /// The two input lists.
+    pub inputs: [Input; 2],
+    /// Each branch's item-wise op chain, applied first to last.
+    pub unary: [Vec<UnaryOp>; 2],
+    /// Each branch's reduction of an item to a scalar (one of [`EXTENDED_REDUCTIONS`]).
+    pub reduce: [UnaryOp; 2],
+    /// Whether each branch is summed over its items (`total`) instead of left per item (the
+    /// final value then averages over items, as in the reference).
+    pub total: [bool; 2],
+    /// The op applied to each branch's scalar(s) (one of [`EXTENDED_POST_OPS`]).
+    pub post: [UnaryOp; 2],
+    /// The op joining the branches.
+    pub binary: BinaryOp,
+}
+
+/// Reductions an extended branch can end with, and their sampling weights (not normalised).
+pub const EXTENDED_REDUCTIONS: [(UnaryOp, f64); 6] = [
+    (UnaryOp::Mean, 0.3),
+    (UnaryOp::Sum, 0.3),
+    (UnaryOp::FrobeniusNorm, 0.1),
+    (UnaryOp::L1Norm, 0.1),
+    (UnaryOp::Std, 0.1),
+    (UnaryOp::Size, 0.1),
+];
+
+/// Ops applied after an extended branch's reduction, and their sampling weights.
+pub const EXTENDED_POST_OPS: [(UnaryOp, f64); 6] = [
+    (UnaryOp::NoOp, 0.4),
+    (UnaryOp::Log, 0.2),
+    (UnaryOp::Sqrt, 0.1),
+    (UnaryOp::Pow2, 0.1),
+    (UnaryOp::Neg, 0.1),
+    (UnaryOp::Invert, 0.1),
+];
+
+/// Binary ops joining extended branches, and their weights (the branches are scalars, so
+/// `matmul` would be `mul`).
+pub const EXTENDED_BINARY: [(BinaryOp, f64); 3] = [
+    (BinaryOp::Add, 0.5),
+    (BinaryOp::Sub, 0.25),
+    (BinaryOp::Mul, 0.25),
+];
+
+/// Probability that a freshly drawn extended branch is summed over its items.
+pub const EXTENDED_TOTAL_P: f64 = 0.5;
+
+/// One entry of a weighted table.
+pub fn sample_from<T: Copy>(table: &[(T, f64)], rng: &mut Rng) -> T {
+    let weights: Vec<f64> = table.iter().map(|(_, w)| *w).collect();
+    table[rng.weighted(&weights)].0
+}
+
+impl ExtendedGenotype {
+    /// A random extended genotype with `n_unary` item-wise ops per branch.
+    pub fn random(n_unary: usize, rng: &mut Rng) -> Self {
+        let branch = |rng: &mut Rng| {
+            (
+                sample_input(rng),
+                (0..n_unary).map(|_| sample_unary(rng)).collect::<Vec<_>>(),
+                sample_from(&EXTENDED_REDUCTIONS, rng),
+                rng.bernoulli(EXTENDED_TOTAL_P),
+                sample_from(&EXTENDED_POST_OPS, rng),
+            )
+        };
+        let (i0, u0, r0, t0, p0) = branch(rng);
+        let (i1, u1, r1, t1, p1) = branch(rng);
+        Self {
+            inputs: [i0, i1],
+            unary: [u0, u1],
+            reduce: [r0, r1],
+            total: [t0, t1],
+            post: [p0, p1],
+            binary: sample_from(&EXTENDED_BINARY, rng),
+        }
+    }
+
+    /// The expression `binary(branch 0, branch 1)`.
+    pub fn to_expr(&self) -> Expr {
+        let branch = |k: usize| {
+            let chain = self.unary[k]
+                .iter()
+                .fold(Expr::Input(self.inputs[k]), |e, &op| Expr::unary(op, e));
+            let reduced = Expr::unary(self.reduce[k], chain);
+            let summed = if self.total[k] {
+                Expr::unary(UnaryOp::Total, reduced)
+            } else {
+                reduced
+            };
+            Expr::unary(self.post[k], summed)
+        };
+        Expr::binary(self.binary, branch(0), branch(1))
+    }
 }
 
 /// An input drawn uniformly from [`Input::ALL`].
@@ -93,7 +199,7 @@ pub fn sample_input(rng: &mut Rng) -> Input {
 
 /// A unary op drawn with the reference weights ([`UNARY_SAMPLING_WEIGHTS`]).
 pub fn sample_unary(rng: &mut Rng) -> UnaryOp {
-    UnaryOp::ALL[rng.weighted(&UNARY_SAMPLING_WEIGHTS)]
+    UnaryOp::REFERENCE[rng.weighted(&UNARY_SAMPLING_WEIGHTS)]
 }
 
 /// A binary op drawn with the reference weights ([`BINARY_SAMPLING_WEIGHTS`]).
@@ -153,6 +259,7 @@ impl Genome {
             Structure::Free => Genome::Free {
                 expr: grow_expr(spec.max_depth, true, rng),
             },
+            Structure::Extended => Genome::Extended(ExtendedGenotype::random(spec.n_unary, rng)),
         }
     }
 
@@ -163,6 +270,7 @@ impl Genome {
             Genome::Linear { .. } => Structure::Linear,
             Genome::Graph { .. } => Structure::Graph,
             Genome::Free { .. } => Structure::Free,
+            Genome::Extended(_) => Structure::Extended,
         }
     }
 
@@ -178,11 +286,12 @@ impl Genome {
             }
             Genome::Graph { inputs, edges } => graph_expr(*inputs, edges),
             Genome::Free { expr } => expr.clone(),
+            Genome::Extended(g) => g.to_expr(),
         }
     }
 
     /// Checks that the genome has the shape `spec` asks for: its structure, `n_unary` ops per
-    /// tree branch, `linear_length` ops in a chain, [`GRAPH_EDGES`] edge ops, or a free tree
+    /// tree or extended branch (with a known reduction and post op), `linear_length` ops in a chain, [`GRAPH_EDGES`] edge ops, or a free tree
     /// no deeper than `max_depth` (for genomes read from a file, which may have been edited).
     pub fn check(&self, spec: &GenomeSpec) -> Result<(), String> {
         if self.structure() != spec.structure {
@@ -196,6 +305,22 @@ impl Genome {
             Genome::Tree(g) => {
                 let bad = g.unary.iter().find(|c| c.len() != spec.n_unary);
                 match bad {
+                    Some(c) => ("unary ops in a branch", c.len(), spec.n_unary),
+                    None => return Ok(()),
+                }
+            }
+            Genome::Extended(g) => {
+                let known =
+                    |op: &UnaryOp, table: &[(UnaryOp, f64)]| table.iter().any(|(o, _)| o == op);
+                if let Some(op) = g.reduce.iter().find(|r| !known(r, &EXTENDED_REDUCTIONS)) {
+                    return Err(format!(
+                        "`{op}` is not a reduction of the extended template"
+                    ));
+                }
+                if let Some(op) = g.post.iter().find(|p| !known(p, &EXTENDED_POST_OPS)) {
+                    return Err(format!("`{op}` is not a post op of the extended template"));
+                }
+                match g.unary.iter().find(|c| c.len() != spec.n_unary) {
                     Some(c) => ("unary ops in a branch", c.len(), spec.n_unary),
                     None => return Ok(()),
                 }
@@ -312,6 +437,43 @@ mod tests {
             l.to_expr().to_string(),
             "mean(no_op(log(pow2(abs(weight)))))"
         );
+    }
+
+    #[test]
+    fn extended_mapping_contains_the_reference_template() {
+        use UnaryOp::*;
+        let g = ExtendedGenotype {
+            inputs: [Input::Head, Input::Weight],
+            unary: [vec![Abs, NoOp], vec![Pow2, Sqrt]],
+            reduce: [FrobeniusNorm, Size],
+            total: [true, false],
+            post: [Log, NoOp],
+            binary: BinaryOp::Sub,
+        };
+        assert_eq!(
+            g.to_expr().to_string(),
+            "sub(log(total(frobenius_norm(no_op(abs(head))))), no_op(size(sqrt(pow2(weight)))))"
+        );
+        // mean, no total and no post op: the reference template.
+        let t = TreeGenotype::builtin("lpzero_bert").unwrap();
+        let e = ExtendedGenotype {
+            inputs: t.inputs,
+            unary: t.unary.clone(),
+            reduce: [Mean, Mean],
+            total: [false, false],
+            post: [NoOp, NoOp],
+            binary: t.binary,
+        };
+        assert_eq!(
+            crate::proxy::expr::key(&e.to_expr()),
+            crate::proxy::expr::key(&t.to_expr())
+        );
+        let mut rng = Rng::new(3);
+        let totals = (0..400)
+            .map(|_| ExtendedGenotype::random(2, &mut rng))
+            .filter(|g| g.total[0])
+            .count();
+        assert!((150..250).contains(&totals), "{totals}");
     }
 
     #[test]

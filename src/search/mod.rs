@@ -69,7 +69,7 @@ use crate::stats::median;
 pub use fitness::{Evaluation, FitnessSet};
 pub use genome::{Genome, GenomeSpec};
 pub use hall_of_fame::{HallEntry, HallOfFame};
-pub use options::{SearchOptions, Structure};
+pub use options::{FitnessMeasure, SearchOptions, Structure};
 pub use rps::{PredictiveThreshold, RpsOptions, Rule, RuleCounts, StaticContext};
 pub use rundir::{curve_svg, scatter_svg, IterationLog, RunDir};
 
@@ -531,7 +531,9 @@ pub fn run_with_inputs(
     let (fitness_probes, fitness_truth, inputs) = (fitness.probes, fitness.truth, fitness.settings);
     let started = Instant::now();
     opts.validate()?;
-    let set = FitnessSet::new(fitness_probes, fitness_truth)?.with_either_sign(opts.either_sign);
+    let set = FitnessSet::new(fitness_probes, fitness_truth)?
+        .with_either_sign(opts.either_sign)
+        .with_measure(opts.fitness);
     let ctx = StaticContext::from_source(fitness_probes[0]);
     let (state, resumed_from) = match resume {
         Some(path) => {

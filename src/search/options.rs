@@ -31,15 +31,19 @@ pub enum Structure {
     Graph,
     /// General expression trees up to a maximum depth.
     Free,
+    /// The tree template with a per-branch reduction (`mean`, `sum`, `size`, ...), an optional
+    /// sum over layers (`total`) and an op after the reduction (`log`, ...).
+    Extended,
 }
 
 impl Structure {
     /// All structures, in documentation order.
-    pub const ALL: [Structure; 4] = [
+    pub const ALL: [Structure; 5] = [
         Structure::Tree,
         Structure::Linear,
         Structure::Graph,
         Structure::Free,
+        Structure::Extended,
     ];
 
     /// The lower-case name used on the command line and in files.
@@ -49,6 +53,7 @@ impl Structure {
             Structure::Linear => "linear",
             Structure::Graph => "graph",
             Structure::Free => "free",
+            Structure::Extended => "extended",
         }
     }
 }
@@ -62,7 +67,7 @@ impl fmt::Display for Structure {
 impl FromStr for Structure {
     type Err = String;
 
-    /// Accepts `tree`, `linear`, `graph` or `free` (ASCII case-insensitive).
+    /// Accepts `tree`, `linear`, `graph`, `free` or `extended` (ASCII case-insensitive).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         Self::ALL
@@ -70,7 +75,68 @@ impl FromStr for Structure {
             .find(|x| s.eq_ignore_ascii_case(x.name()))
             .ok_or_else(|| {
                 format!(
-                    "unknown structure `{}`: expected tree, linear, graph or free",
+                    "unknown structure `{}`: expected tree, linear, graph, free or extended",
+                    crate::report::clip(s)
+                )
+            })
+    }
+}
+
+/// How a candidate's values on the fitness set become its fitness (higher is better).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FitnessMeasure {
+    /// Spearman ρ over the whole fitness set (the reference).
+    #[default]
+    Spearman,
+    /// Kendall τ-b over the whole fitness set (counts discordant pairs, less swayed by a few
+    /// large rank errors).
+    Kendall,
+    /// Mean Spearman ρ over [`ROBUST_SUBSETS`] fixed random halves of the fitness set minus
+    /// their standard deviation: a proxy that ranks well only thanks to a few architectures
+    /// scores lower.
+    Robust,
+}
+
+/// Number of random halves the `robust` fitness averages over.
+pub const ROBUST_SUBSETS: usize = 20;
+
+impl FitnessMeasure {
+    /// All measures, in documentation order.
+    pub const ALL: [FitnessMeasure; 3] = [
+        FitnessMeasure::Spearman,
+        FitnessMeasure::Kendall,
+        FitnessMeasure::Robust,
+    ];
+
+    /// The lower-case name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            FitnessMeasure::Spearman => "spearman",
+            FitnessMeasure::Kendall => "kendall",
+            FitnessMeasure::Robust => "robust",
+        }
+    }
+}
+
+impl fmt::Display for FitnessMeasure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for FitnessMeasure {
+    type Err = String;
+
+    /// Accepts `spearman`, `kendall` or `robust` (ASCII case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|x| s.eq_ignore_ascii_case(x.name()))
+            .ok_or_else(|| {
+                format!(
+                    "unknown fitness measure `{}`: expected spearman, kendall or robust",
                     crate::report::clip(s)
                 )
             })
@@ -123,6 +189,8 @@ pub struct SearchOptions {
     /// reported proxy is higher-is-better). The tree template cannot negate a whole proxy, so
     /// this doubles what it can express; the reference's GPT-2 proxy is such a backward one.
     pub either_sign: bool,
+    /// How the values on the fitness set become a fitness.
+    pub fitness: FitnessMeasure,
 }
 
 impl Default for SearchOptions {
@@ -145,6 +213,7 @@ impl Default for SearchOptions {
             threads: 1,
             rps: RpsOptions::default(),
             either_sign: false,
+            fitness: FitnessMeasure::Spearman,
         }
     }
 }

@@ -2,7 +2,9 @@
 //! of fame on the held-out architectures and write the summary.
 //!
 //! This is what `lpzero search` runs; it glues probing (`probe`), the loop (`search::run`) and
-//! the statistics (`stats`) together and owns `summary.json` and `scatter.svg`.
+//! the statistics (`stats`) together and owns `summary.json`, `scatter.svg` and `heldout.svg`.
+//! The held-out pass also scores every single-pass baseline from the same probes and compares
+//! ([`crate::compare`]): the summary says whether the searched proxy won.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,13 +12,16 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{checkpoint, run_with_inputs, rundir, FitnessData, SearchOptions};
+use super::{checkpoint, run_with_inputs, rundir, FitnessData, SearchOptions, SearchOutcome};
 use crate::bench::Benchmark;
+use crate::compare::{self, BaselineColumns, Comparison, Corr};
 use crate::probe::memory::{LimitSource, MemoryLimit};
 use crate::probe::{probe_map, Probe, ProbeOptions};
+use crate::proxy::builtin::Orientation;
 use crate::proxy::eval::list_bytes;
 use crate::proxy::expr::{self, Expr, InputSource};
 use crate::report::json_number;
+use crate::scoring::Proxy;
 use crate::stats;
 
 /// What a search on a benchmark needs besides the GP options.
@@ -135,12 +140,52 @@ impl MemoryGuard {
     }
 }
 
-/// Runs the job and returns the summary (also written to `summary.json` in the run folder).
-pub fn search_benchmark(
+/// What the fitness phase of a search produced: the GP outcome and the baselines' values on the
+/// fitness architectures (from the same probes).
+pub struct FitnessPhase {
+    /// The GP outcome.
+    pub outcome: SearchOutcome,
+    /// `fitness_baselines[a][b]`: baseline `b` (of [`baseline_proxies`]) on fitness
+    /// architecture `a`.
+    pub fitness_baselines: Vec<Vec<f64>>,
+    /// Seconds spent probing the fitness set.
+    pub probe_seconds: f64,
+    /// Seconds spent in the GP loop.
+    pub search_seconds: f64,
+    /// Bytes the slimmed fitness probes held.
+    pub probe_bytes: u64,
+    /// Spearman ρ of the best proxy on the fitness set (its fitness when the measure is
+    /// Spearman).
+    pub fitness_spearman: f64,
+}
+
+impl FitnessPhase {
+    /// The hall of fame as expressions, best first.
+    pub fn hall(&self) -> Result<Vec<Expr>> {
+        self.outcome
+            .hall_of_fame
+            .iter()
+            .map(|h| {
+                expr::parse(&h.expr).with_context(|| format!("hall of fame entry `{}`", h.expr))
+            })
+            .collect()
+    }
+}
+
+/// The baselines every search is compared with: the family's single-pass built-in proxies and
+/// its published LPZero genotypes (what `score --proxy all` computes).
+pub fn baseline_proxies(kind: crate::bench::BenchKind) -> Result<Vec<Proxy>> {
+    Proxy::parse_list("all", kind)
+}
+
+/// Probes the fitness set (computing the baselines from each probe before it is slimmed) and
+/// runs the GP loop.
+pub fn fitness_phase(
     job: &SearchJob<'_>,
     opts: &SearchOptions,
+    baselines: &[Proxy],
     progress: Progress<'_>,
-) -> Result<serde_json::Value> {
+) -> Result<FitnessPhase> {
     let start = Instant::now();
     let bench = job.bench;
     // Refuse an incompatible resume before any probing.
@@ -151,23 +196,24 @@ pub fn search_benchmark(
     }
     let total = job.fitness.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let tick = |phase: &str, total: usize| {
-        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        progress(phase, n, total);
-    };
     let guard = MemoryGuard::new(opts.memo_budget_bytes, total)?;
-    let probes = probe_map(
+    let fitted = probe_map(
         bench,
         &job.fitness,
         &job.probe,
         job.threads,
         |_, p| {
+            let values: Vec<f64> = baselines.iter().map(|b| b.compute(&p)).collect();
             let p = slim(p);
             guard.add(&p)?;
-            Ok(p)
+            Ok((p, values))
         },
-        || tick("probe", total),
+        || {
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            progress("probe", n, total);
+        },
     )?;
+    let (probes, fitness_baselines): (Vec<Probe>, Vec<Vec<f64>>) = fitted.into_iter().unzip();
     let probe_bytes = guard.held.into_inner();
     let probe_seconds = start.elapsed().as_secs_f64();
     let sources: Vec<&dyn InputSource> = probes.iter().map(|p| p as &dyn InputSource).collect();
@@ -185,37 +231,104 @@ pub fn search_benchmark(
         job.resume.as_deref(),
         &|i| progress("search", i, iterations),
     )?;
-    drop(sources);
-    drop(probes);
-    let search_seconds = start.elapsed().as_secs_f64() - probe_seconds;
-
-    // Held-out evaluation of every hall-of-fame proxy from one probe per architecture.
-    let hall: Vec<Expr> = outcome
-        .hall_of_fame
+    let best: Vec<f64> = sources
         .iter()
-        .map(|h| expr::parse(&h.expr).with_context(|| format!("hall of fame entry `{}`", h.expr)))
-        .collect::<Result<_>>()?;
+        .map(|p| expr::eval(&outcome.best, *p).unwrap_or(f64::NAN))
+        .collect();
+    let fitness_spearman = stats::spearman(&truth, &stats::sanitize(&best).0);
+    Ok(FitnessPhase {
+        outcome,
+        fitness_baselines,
+        probe_seconds,
+        search_seconds: start.elapsed().as_secs_f64() - probe_seconds,
+        probe_bytes,
+        fitness_spearman,
+    })
+}
+
+/// One probe per architecture of `archs`: the values of `exprs` followed by those of
+/// `baselines`, one row per architecture (in `archs` order). `on_done` ticks per architecture.
+pub fn heldout_values(
+    bench: &Benchmark,
+    archs: &[usize],
+    probe: &ProbeOptions,
+    threads: usize,
+    exprs: &[Expr],
+    baselines: &[Proxy],
+    on_done: impl Fn() + Sync,
+) -> Result<Vec<Vec<f64>>> {
+    if archs.is_empty() {
+        return Ok(Vec::new());
+    }
+    probe_map(
+        bench,
+        archs,
+        probe,
+        threads,
+        |_, p| {
+            Ok(exprs
+                .iter()
+                .map(|e| expr::eval(e, &p).unwrap_or(f64::NAN))
+                .chain(baselines.iter().map(|b| b.compute(&p)))
+                .collect())
+        },
+        on_done,
+    )
+}
+
+/// Runs the job and returns the summary (also written to `summary.json` in the run folder).
+pub fn search_benchmark(
+    job: &SearchJob<'_>,
+    opts: &SearchOptions,
+    progress: Progress<'_>,
+) -> Result<serde_json::Value> {
+    let start = Instant::now();
+    let baselines = baseline_proxies(job.bench.kind)?;
+    let phase = fitness_phase(job, opts, &baselines, progress)?;
+    let hall = phase.hall()?;
     let heldout_start = Instant::now();
-    done.store(0, std::sync::atomic::Ordering::Relaxed);
+    let done = std::sync::atomic::AtomicUsize::new(0);
     let n_held = job.heldout.len();
-    let rows: Vec<Vec<f64>> = if n_held == 0 {
-        Vec::new()
-    } else {
-        probe_map(
-            bench,
-            &job.heldout,
-            &job.probe,
-            job.threads,
-            |_, p| {
-                Ok(hall
-                    .iter()
-                    .map(|e| expr::eval(e, &p).unwrap_or(f64::NAN))
-                    .collect())
-            },
-            || tick("heldout", n_held),
-        )?
-    };
+    let rows = heldout_values(
+        job.bench,
+        &job.heldout,
+        &job.probe,
+        job.threads,
+        &hall,
+        &baselines,
+        || {
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            progress("heldout", n, n_held);
+        },
+    )?;
     let heldout_seconds = heldout_start.elapsed().as_secs_f64();
+    let mut summary = summarize(job, opts, &phase, &baselines, &rows)?;
+    summary["heldout_seconds"] = json!(heldout_seconds);
+    summary["seconds"] = json!(start.elapsed().as_secs_f64());
+    if let Some(dir) = &job.out {
+        write(
+            &dir.join("summary.json"),
+            &serde_json::to_string_pretty(&summary)?,
+        )?;
+    }
+    Ok(summary)
+}
+
+/// The summary of a search from its fitness phase and the held-out rows of
+/// [`heldout_values`] (the hall of fame's values, then the baselines', per held-out
+/// architecture of `job.heldout`; empty when there is no held-out set). Writes `scatter.svg`
+/// and `heldout.svg` into the run folder when there is one (not `summary.json`).
+pub fn summarize(
+    job: &SearchJob<'_>,
+    opts: &SearchOptions,
+    phase: &FitnessPhase,
+    baselines: &[Proxy],
+    rows: &[Vec<f64>],
+) -> Result<serde_json::Value> {
+    let bench = job.bench;
+    let outcome = &phase.outcome;
+    let n_hall = outcome.hall_of_fame.len();
+    let n_held = job.heldout.len();
     let held_truth = bench.truths(&job.heldout);
     let column = |k: usize| -> Vec<f64> { rows.iter().map(|r| r[k]).collect() };
     let correlate = |values: &[f64]| {
@@ -256,26 +369,72 @@ pub fn search_benchmark(
             (c.spearman, c.kendall)
         }
     };
-    let summary = json!({
+    // The comparison with the baselines on the same held-out architectures and probes.
+    let comparison = (n_held > 0).then(|| {
+        let fit_cols: Vec<Vec<f64>> = (0..baselines.len())
+            .map(|b| phase.fitness_baselines.iter().map(|r| r[b]).collect())
+            .collect();
+        let held_cols: Vec<Vec<f64>> = (0..baselines.len()).map(|b| column(n_hall + b)).collect();
+        let names: Vec<String> = baselines.iter().map(Proxy::name).collect();
+        let columns: Vec<BaselineColumns<'_>> = baselines
+            .iter()
+            .enumerate()
+            .map(|(b, proxy)| BaselineColumns {
+                name: &names[b],
+                orientation: proxy.orientation(),
+                fitness: &fit_cols[b],
+                heldout: &held_cols[b],
+            })
+            .collect();
+        Comparison::new(&bench.truths(&job.fitness), &held_truth, &columns)
+    });
+    // The hall-of-fame ensemble: the rank sum of its best entries (by fitness).
+    let hof_ensemble = (n_held > 0 && n_hall > 0).then(|| {
+        let k = HOF_ENSEMBLE_SIZE.min(n_hall);
+        let cols: Vec<Vec<f64>> = (0..k)
+            .map(|h| compare::oriented(&column(h), Orientation::HigherIsBetter))
+            .collect();
+        let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+        (k, Corr::of(&held_truth, &compare::rank_sum(&refs)))
+    });
+    if let (Some(dir), Some(cmp), Some(k)) = (&job.out, &comparison, best_index) {
+        write(
+            &dir.join("heldout.svg"),
+            &heldout_chart(&outcome.hall_of_fame[k].expr, held_rho, cmp, n_held),
+        )?;
+    }
+    Ok(json!({
         "bench": bench.kind.name(),
         "best": best_text,
-        "fitness_spearman": json_number(outcome.fitness_spearman),
+        "fitness": json_number(outcome.fitness_spearman),
+        "fitness_measure": opts.fitness.name(),
+        "fitness_spearman": json_number(phase.fitness_spearman),
         "heldout_spearman": json_number(held_rho),
         "heldout_kendall": json_number(held_tau),
         "heldout_n": n_held,
         "fitness_n": job.fitness.len(),
         "fitness_archs": job.fitness.iter().map(|&i| bench.entries[i].key.clone()).collect::<Vec<_>>(),
-        "seconds": start.elapsed().as_secs_f64(),
-        "probe_seconds": probe_seconds,
-        "fitness_probe_bytes": probe_bytes,
-        "search_seconds": search_seconds,
-        "heldout_seconds": heldout_seconds,
+        "seconds": phase.probe_seconds + phase.search_seconds,
+        "probe_seconds": phase.probe_seconds,
+        "fitness_probe_bytes": phase.probe_bytes,
+        "search_seconds": phase.search_seconds,
+        "heldout_seconds": 0.0,
         "evaluated": outcome.evaluated,
         "candidates": outcome.candidates,
         "valid": outcome.valid,
         "rejected_by_rule": outcome.rejected_by_rule,
         "seconds_saved_by_rule": outcome.seconds_saved_by_rule,
         "hall_of_fame": hall_json,
+        "heldout_baselines": comparison.as_ref().map(Comparison::heldout_baselines_json),
+        "best_baseline": comparison.as_ref().map(|c| c.best_baseline.clone()),
+        "best_baseline_spearman": comparison.as_ref().map(|c| json_number(c.best.spearman)),
+        "best_baseline_kendall": comparison.as_ref().map(|c| json_number(c.best.kendall)),
+        "margin": comparison.as_ref().map(|c| json_number(c.margin(held_rho))),
+        "hall_of_fame_ensemble": hof_ensemble.map(|(k, c)| {
+            let mut v = compare::corr_json(&c);
+            v["members"] = json!(k);
+            v
+        }),
         "seed": opts.seed,
         "structure": opts.structure.name(),
         "iterations": opts.iterations,
@@ -283,14 +442,30 @@ pub fn search_benchmark(
         "rps": opts.rps.enabled,
         "probe": job.probe,
         "peak_rss_mib": crate::report::peak_rss_mib(),
-    });
-    if let Some(dir) = &job.out {
-        write(
-            &dir.join("summary.json"),
-            &serde_json::to_string_pretty(&summary)?,
-        )?;
+    }))
+}
+
+/// How many hall-of-fame entries (best fitness first) the hall-of-fame ensemble sums ranks of.
+pub const HOF_ENSEMBLE_SIZE: usize = 3;
+
+/// Bar chart of held-out ρ: the searched proxy first, then the pair ensemble and every
+/// baseline, best first.
+fn heldout_chart(best: &str, ours: f64, cmp: &Comparison, n: usize) -> String {
+    let mut bars: Vec<(String, f64)> = cmp
+        .baselines
+        .iter()
+        .map(|(name, c)| (name.clone(), c.spearman))
+        .collect();
+    if let Some(p) = &cmp.pair_ensemble {
+        bars.push((
+            format!("pair_ensemble ({} + {})", p.members[0], p.members[1]),
+            p.heldout.spearman,
+        ));
     }
-    Ok(summary)
+    bars.sort_by(|a, b| b.1.total_cmp(&a.1));
+    bars.insert(0, (format!("searched: {best}"), ours));
+    let title = format!("held-out Spearman on {n} architectures: searched proxy vs baselines");
+    crate::baselines::bar_chart_svg(&title, &bars)
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

@@ -17,9 +17,9 @@
 //!   the first fitness architecture: an input whose items all have the same rank has that rank,
 //!   otherwise it is unknown). Unknown ranks are not provable and reject. A matmul of scalars is
 //!   valid here (it multiplies), unlike the reference where it always raised.
-//! * `constant_on_scalar`: `softmax`, `logsoftmax`, `normalize`, `min_max` or `std` applied to a
-//!   scalar-valued sub-expression ([`Expr::is_scalar`]); the result is a constant (1, 0, 0, 0,
-//!   NaN) whatever the architecture, so that branch carries no information. (This rejects the
+//! * `constant_on_scalar`: `softmax`, `logsoftmax`, `normalize`, `min_max`, `std` or `size`
+//!   applied to a scalar-valued sub-expression ([`Expr::is_scalar`]); the result is a constant
+//!   (1, 0, 0, 0, NaN, 1) whatever the architecture, so that branch carries no information. (This rejects the
 //!   published BERT genotype, whose second branch is `logsoftmax(frobenius_norm(act))` = 0; the
 //!   search still reaches its value through `disconnect`.)
 //! * `self_subtraction`: `sub(x, y)` with identical canonical operands: identically 0.
@@ -154,7 +154,7 @@ impl Rule {
             }
             Rule::IllTypedMatmul => "matmul operand not provably a scalar or a 2-D matrix",
             Rule::ConstantOnScalar => {
-                "softmax/logsoftmax/normalize/min_max/std of a scalar is constant"
+                "softmax/logsoftmax/normalize/min_max/std/size of a scalar is constant"
             }
             Rule::SelfSubtraction => "sub of identical operands is identically 0",
             Rule::Duplicate => "canonical form already evaluated in this search",
@@ -401,7 +401,8 @@ pub fn static_rule_fires(rule: Rule, e: &Expr, ctx: &StaticContext) -> bool {
                 | UnaryOp::LogSoftmax
                 | UnaryOp::Normalize
                 | UnaryOp::MinMax
-                | UnaryOp::Std,
+                | UnaryOp::Std
+                | UnaryOp::Size,
                 x,
             ) => x.is_scalar(),
             _ => false,

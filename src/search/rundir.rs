@@ -38,13 +38,14 @@ use crate::report::{csv_number, json_number, write_atomic, write_csv_file};
 use crate::stats::{kendall_tau_b, ranks, sanitize, spearman};
 
 /// The files a run writes into its folder (what [`claim`] replaces when told to overwrite).
-pub const RUN_FILES: [&str; 8] = [
+pub const RUN_FILES: [&str; 9] = [
     "config.json",
     "log.jsonl",
     "hall_of_fame.json",
     "curve.csv",
     "curve.svg",
     "scatter.svg",
+    "heldout.svg",
     "summary.json",
     CHECKPOINT_FILE,
 ];

@@ -16,10 +16,16 @@
 //!   the same arity) or subtree mutation (one uniformly chosen node is replaced by a freshly
 //!   grown subtree that fits the depth limit). Offspring never exceed `max_depth`.
 //!
+//! * **Extended**: gene-wise like the tree (each input, chain op, reduction, `total` flag, post
+//!   op and the binary op from either parent with ½; mutation keeps each gene with ½ else
+//!   redraws it from its table in [`super::genome`]).
+//!
 //! Crossing genomes of different structures is not meaningful: the first parent is returned.
 
 use super::genome::{
-    grow_expr, sample_binary, sample_input, sample_unary, Genome, GenomeSpec, GRAPH_EDGES,
+    grow_expr, sample_binary, sample_from, sample_input, sample_unary, ExtendedGenotype, Genome,
+    GenomeSpec, EXTENDED_BINARY, EXTENDED_POST_OPS, EXTENDED_REDUCTIONS, EXTENDED_TOTAL_P,
+    GRAPH_EDGES,
 };
 use crate::proxy::expr::{Expr, TreeGenotype};
 use crate::proxy::ops::UnaryOp;
@@ -107,6 +113,27 @@ pub fn crossover(a: &Genome, b: &Genome, spec: &GenomeSpec, rng: &mut Rng) -> Ge
         (Genome::Free { expr: x }, Genome::Free { expr: y }) => Genome::Free {
             expr: subtree_crossover(x, y, spec.max_depth, rng),
         },
+        (Genome::Extended(x), Genome::Extended(y)) => {
+            let both = |k: usize, rng: &mut Rng| {
+                (
+                    pick(x.inputs[k], y.inputs[k], rng),
+                    cross_chain(&x.unary[k], &y.unary[k], spec.n_unary, rng),
+                    pick(x.reduce[k], y.reduce[k], rng),
+                    pick(x.total[k], y.total[k], rng),
+                    pick(x.post[k], y.post[k], rng),
+                )
+            };
+            let (i0, u0, r0, t0, p0) = both(0, rng);
+            let (i1, u1, r1, t1, p1) = both(1, rng);
+            Genome::Extended(ExtendedGenotype {
+                inputs: [i0, i1],
+                unary: [u0, u1],
+                reduce: [r0, r1],
+                total: [t0, t1],
+                post: [p0, p1],
+                binary: pick(x.binary, y.binary, rng),
+            })
+        }
         _ => a.clone(),
     }
 }
@@ -166,6 +193,43 @@ pub fn mutate(g: &Genome, spec: &GenomeSpec, rng: &mut Rng) -> Genome {
                 subtree_mutation(expr, spec.max_depth, rng)
             },
         },
+        Genome::Extended(x) => {
+            let branch = |k: usize, rng: &mut Rng| {
+                let input = if rng.bernoulli(0.5) {
+                    x.inputs[k]
+                } else {
+                    sample_input(rng)
+                };
+                let chain = mutate_chain(&x.unary[k], spec.n_unary, rng);
+                let reduce = keep_or_draw(x.reduce[k], &EXTENDED_REDUCTIONS, rng);
+                let total = if rng.bernoulli(0.5) {
+                    x.total[k]
+                } else {
+                    rng.bernoulli(EXTENDED_TOTAL_P)
+                };
+                let post = keep_or_draw(x.post[k], &EXTENDED_POST_OPS, rng);
+                (input, chain, reduce, total, post)
+            };
+            let (i0, u0, r0, t0, p0) = branch(0, rng);
+            let (i1, u1, r1, t1, p1) = branch(1, rng);
+            Genome::Extended(ExtendedGenotype {
+                inputs: [i0, i1],
+                unary: [u0, u1],
+                reduce: [r0, r1],
+                total: [t0, t1],
+                post: [p0, p1],
+                binary: keep_or_draw(x.binary, &EXTENDED_BINARY, rng),
+            })
+        }
+    }
+}
+
+/// `x` with probability ½, else a fresh draw from `table`.
+fn keep_or_draw<T: Copy>(x: T, table: &[(T, f64)], rng: &mut Rng) -> T {
+    if rng.bernoulli(0.5) {
+        x
+    } else {
+        sample_from(table, rng)
     }
 }
 

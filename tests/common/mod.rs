@@ -77,10 +77,46 @@ pub fn fixture_data_dir(name: &str, records: &[serde_json::Value]) -> PathBuf {
     dir
 }
 
-/// The shared benchmark folder when this checkout has it.
-pub fn shared_data() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/benchmarks");
-    dir.join("flexibert/BERT_benchmark.json")
-        .is_file()
-        .then_some(dir)
+/// The repository's `data/` folder (the shipped benchmarks). Panics when a file is missing:
+/// tests that need the shipped data must fail, not pass vacuously.
+pub fn shipped_data() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    for file in [
+        "flexibert/BERT_benchmark.json",
+        "flexibert/reference_proxy_scores.csv",
+        "gpt2_wt103/ppl_summary.yaml",
+        "gpt2_wt103/params_summary.yaml",
+        "gpt2_wt103/configs/config_0_j0.yaml",
+    ] {
+        assert!(
+            dir.join(file).is_file(),
+            "{}: missing from the repository (the shipped benchmarks)",
+            dir.join(file).display()
+        );
+    }
+    dir
+}
+
+/// The shipped benchmarks as a data source read from disk.
+pub fn shipped_source() -> lpzero::bench::DataSource {
+    lpzero::bench::DataSource::Dir(shipped_data())
+}
+
+/// The stdout of a run that must succeed (panics with its stderr otherwise).
+pub fn stdout_of(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Asserts that a run failed with a message on stderr mentioning each of `parts`.
+pub fn assert_fails(out: &std::process::Output, parts: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail; stderr: {err}");
+    for p in parts {
+        assert!(err.contains(p), "stderr `{err}` should mention `{p}`");
+    }
 }

@@ -1,0 +1,252 @@
+//! Held-out comparison of a searched proxy with the human-designed baselines.
+//!
+//! A searched proxy is only worth having if it ranks architectures the search never saw better
+//! than what already exists. Every search therefore reports, on its held-out architectures and
+//! from the same probes:
+//!
+//! * every single-pass baseline of the family (ρ and τ against the ground truth);
+//! * the **pair ensemble**: the rank sum of the two baselines whose rank sum correlates best
+//!   with the ground truth *on the fitness set* (so it is chosen with exactly the information
+//!   the search had), evaluated on the held-out set;
+//! * the best of all these (`best_baseline`, chosen on the held-out set, which favours the
+//!   baselines) and the `margin` of the searched proxy over it.
+//!
+//! Rank aggregation works on oriented values (negated when lower is better) with NaN and ±Inf
+//! ranked last ([`oriented`]); ranks are averaged over ties and summed with equal weights
+//! ([`rank_sum`]). A rank sum depends on the set it is computed over, which is fine for
+//! ranking: it is always computed within the set being ranked.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::proxy::builtin::Orientation;
+use crate::stats;
+
+/// Spearman ρ and Kendall τ-b of a proxy against the ground truth (higher is better).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Corr {
+    /// Spearman ρ.
+    pub spearman: f64,
+    /// Kendall τ-b.
+    pub kendall: f64,
+}
+
+impl Corr {
+    /// The correlations of oriented, sanitised `values` with `truth`.
+    pub fn of(truth: &[f64], values: &[f64]) -> Self {
+        let c = stats::correlate(truth, values);
+        Self {
+            spearman: c.spearman,
+            kendall: c.kendall,
+        }
+    }
+}
+
+/// `values` made higher-is-better (negated when `orientation` is lower-is-better), with NaN
+/// and ±Inf replaced so that they rank last ([`stats::sanitize`]).
+pub fn oriented(values: &[f64], orientation: Orientation) -> Vec<f64> {
+    let sign = match orientation {
+        Orientation::HigherIsBetter => 1.0,
+        Orientation::LowerIsBetter => -1.0,
+    };
+    let flipped: Vec<f64> = values.iter().map(|v| sign * v).collect();
+    stats::sanitize(&flipped).0
+}
+
+/// The sum of the (tie-averaged) ranks of oriented columns, one value per architecture.
+///
+/// # Panics
+/// If the columns differ in length.
+pub fn rank_sum(columns: &[&[f64]]) -> Vec<f64> {
+    let n = columns.first().map_or(0, |c| c.len());
+    let mut out = vec![0.0; n];
+    for c in columns {
+        assert_eq!(c.len(), n, "rank_sum: columns differ in length");
+        for (o, r) in out.iter_mut().zip(stats::ranks(c)) {
+            *o += r;
+        }
+    }
+    out
+}
+
+/// The two columns whose rank sum has the highest Spearman ρ with `truth`: `(i, j, ρ)` with
+/// `i < j`, or `None` for fewer than two columns. Ties keep the first pair in `(i, j)` order,
+/// so the choice is deterministic.
+pub fn best_pair(truth: &[f64], columns: &[Vec<f64>]) -> Option<(usize, usize, f64)> {
+    let mut best: Option<(usize, usize, f64)> = None;
+    for i in 0..columns.len() {
+        for j in i + 1..columns.len() {
+            let rho = stats::spearman(truth, &rank_sum(&[&columns[i], &columns[j]]));
+            if rho.is_nan() {
+                continue;
+            }
+            if best.is_none_or(|(_, _, b)| rho > b) {
+                best = Some((i, j, rho));
+            }
+        }
+    }
+    best
+}
+
+/// One baseline's values on the fitness set and on the held-out set.
+pub struct BaselineColumns<'a> {
+    /// The proxy's name.
+    pub name: &'a str,
+    /// What a higher value means.
+    pub orientation: Orientation,
+    /// Raw values on the fitness architectures.
+    pub fitness: &'a [f64],
+    /// Raw values on the held-out architectures.
+    pub heldout: &'a [f64],
+}
+
+/// The pair ensemble: which two baselines, how they ranked the fitness set, and how they rank
+/// the held-out set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairEnsemble {
+    /// The two baselines, in suite order.
+    pub members: [String; 2],
+    /// ρ of their rank sum on the fitness set (what chose them).
+    pub fitness_spearman: f64,
+    /// Held-out ρ and τ of their rank sum.
+    #[serde(flatten)]
+    pub heldout: Corr,
+}
+
+/// The whole held-out comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// Held-out ρ and τ of every baseline, by name.
+    pub baselines: BTreeMap<String, Corr>,
+    /// The pair ensemble (absent with fewer than two baselines).
+    pub pair_ensemble: Option<PairEnsemble>,
+    /// The best baseline or `pair_ensemble` by held-out ρ.
+    pub best_baseline: String,
+    /// Its held-out correlations.
+    pub best: Corr,
+}
+
+impl Comparison {
+    /// Compares on held-out architectures with ground truth `heldout_truth`; the pair ensemble
+    /// is chosen on the fitness set (`fitness_truth`).
+    pub fn new(
+        fitness_truth: &[f64],
+        heldout_truth: &[f64],
+        columns: &[BaselineColumns<'_>],
+    ) -> Self {
+        let mut baselines = BTreeMap::new();
+        let mut best_baseline = String::new();
+        let mut best = Corr {
+            spearman: f64::NAN,
+            kendall: f64::NAN,
+        };
+        let mut consider = |name: &str, c: Corr| {
+            if best.spearman.is_nan() || c.spearman > best.spearman {
+                best_baseline = name.to_string();
+                best = c;
+            }
+        };
+        let held: Vec<Vec<f64>> = columns
+            .iter()
+            .map(|c| oriented(c.heldout, c.orientation))
+            .collect();
+        for (c, values) in columns.iter().zip(&held) {
+            let corr = Corr::of(heldout_truth, values);
+            consider(c.name, corr);
+            baselines.insert(c.name.to_string(), corr);
+        }
+        let fit: Vec<Vec<f64>> = columns
+            .iter()
+            .map(|c| oriented(c.fitness, c.orientation))
+            .collect();
+        let pair_ensemble = best_pair(fitness_truth, &fit).map(|(i, j, rho)| {
+            let heldout = Corr::of(heldout_truth, &rank_sum(&[&held[i], &held[j]]));
+            consider("pair_ensemble", heldout);
+            PairEnsemble {
+                members: [columns[i].name.to_string(), columns[j].name.to_string()],
+                fitness_spearman: rho,
+                heldout,
+            }
+        });
+        Self {
+            baselines,
+            pair_ensemble,
+            best_baseline,
+            best,
+        }
+    }
+
+    /// The held-out ρ of `ours` minus the best baseline's.
+    pub fn margin(&self, ours: f64) -> f64 {
+        ours - self.best.spearman
+    }
+
+    /// The `heldout_baselines` object of a search summary: `{name: {spearman, kendall}}` for
+    /// every baseline plus `pair_ensemble` (with its `members` and `fitness_spearman`).
+    pub fn heldout_baselines_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (name, c) in &self.baselines {
+            map.insert(name.clone(), corr_json(c));
+        }
+        if let Some(p) = &self.pair_ensemble {
+            let mut v = corr_json(&p.heldout);
+            v["members"] = serde_json::json!(p.members);
+            v["fitness_spearman"] = crate::report::json_number(p.fitness_spearman);
+            map.insert("pair_ensemble".into(), v);
+        }
+        serde_json::Value::Object(map)
+    }
+}
+
+/// `{"spearman", "kendall"}` with NaN as null.
+pub fn corr_json(c: &Corr) -> serde_json::Value {
+    serde_json::json!({
+        "spearman": crate::report::json_number(c.spearman),
+        "kendall": crate::report::json_number(c.kendall),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_sum_and_orientation() {
+        let a = [1.0, 2.0, 3.0, f64::NAN];
+        let o = oriented(&a, Orientation::LowerIsBetter);
+        // Lower is better: 1 is best; NaN ranks last.
+        assert!(o[0] > o[1] && o[1] > o[2] && o[2] > o[3]);
+        let r = rank_sum(&[&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]]);
+        assert_eq!(r, vec![4.0, 4.0, 4.0]);
+    }
+
+    #[test]
+    fn pair_is_chosen_on_the_fitness_set_and_scored_held_out() {
+        // Truth = x + y; baselines: x, y, and noise. The best pair is (x, y).
+        let n = 40;
+        let x: Vec<f64> = (0..n).map(|i| ((i * 7) % n) as f64).collect();
+        let y: Vec<f64> = (0..n).map(|i| ((i * 13) % n) as f64).collect();
+        let z: Vec<f64> = (0..n).map(|i| ((i * 29 + 3) % n) as f64).collect();
+        let truth: Vec<f64> = (0..n).map(|i| x[i] + y[i]).collect();
+        let (fit, held) = (0..20, 20..40);
+        let cols: Vec<BaselineColumns<'_>> = [("x", &x), ("y", &y), ("z", &z)]
+            .into_iter()
+            .map(|(name, v)| BaselineColumns {
+                name,
+                orientation: Orientation::HigherIsBetter,
+                fitness: &v[fit.clone()],
+                heldout: &v[held.clone()],
+            })
+            .collect();
+        let c = Comparison::new(&truth[fit.clone()], &truth[held.clone()], &cols);
+        let p = c.pair_ensemble.as_ref().unwrap();
+        assert_eq!(p.members, ["x".to_string(), "y".to_string()]);
+        assert!(p.heldout.spearman > c.baselines["x"].spearman);
+        assert_eq!(c.best_baseline, "pair_ensemble");
+        assert_eq!(c.margin(1.0), 1.0 - p.heldout.spearman);
+        let json = c.heldout_baselines_json();
+        assert_eq!(json["pair_ensemble"]["members"][1], "y");
+        assert!(json["z"]["kendall"].is_number());
+    }
+}
