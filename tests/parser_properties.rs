@@ -61,6 +61,27 @@ const PIECES: [&str; 40] = [
     "all",
 ];
 
+/// Values at the edges of the types of config fields (in JSON and YAML alike), put in place of
+/// one valid value by the loader tests.
+const EDGE_VALUES: [&str; 16] = [
+    "0",
+    "1",
+    "2",
+    "3",
+    "64",
+    "256",
+    "-1",
+    "1.5",
+    "1000000000000",
+    "18446744073709551615",
+    "\"x\"",
+    "null",
+    "[]",
+    "[0]",
+    "[1, 1]",
+    "[1000000000000, 2]",
+];
+
 /// A random text of up to `max` pieces.
 fn random_text(rng: &mut Rng, max: usize) -> String {
     let n = rng.range(0, max + 1);
@@ -245,26 +266,11 @@ fn gpt2_config_parser_never_panics() {
         "n_token", "d_model", "d_embed", "div_val", "n_layer", "tgt_len", "cutoffs", "n_head",
         "d_inner",
     ];
-    let values = [
-        "0",
-        "1",
-        "3",
-        "64",
-        "1000000000000",
-        "18446744073709551615",
-        "-1",
-        "[]",
-        "[0]",
-        "[1, 1]",
-        "[65, 64]",
-        "[1000000000000, 2]",
-        "x",
-    ];
     let mut accepted = 0;
     for i in 0..1500 {
         let text = if i % 2 == 0 {
             let key = keys[rng.range(0, keys.len())];
-            let value = values[rng.range(0, values.len())];
+            let value = EDGE_VALUES[rng.range(0, EDGE_VALUES.len())];
             valid
                 .lines()
                 .map(|l| {
@@ -328,23 +334,11 @@ fn bench_file_loader_never_panics() {
     assert!(bench::jsonl::parse(&valid, path).is_ok());
     // Typed edits: one number or flag replaced by a value at the edges of its type.
     let targets = ["128", "512", "4", ": 1", "9", "true", "0.5"];
-    let edges = [
-        "0",
-        "2",
-        "256",
-        "-1",
-        "1099511627776",
-        "18446744073709551615",
-        "1.5",
-        "\"x\"",
-        "null",
-        "[]",
-    ];
     let mut accepted = 0;
     for i in 0..1500 {
         let text = if i % 2 == 0 {
             let target = targets[rng.range(0, targets.len())];
-            let edge = edges[rng.range(0, edges.len())];
+            let edge = EDGE_VALUES[rng.range(0, EDGE_VALUES.len())];
             let edge = if target.starts_with(':') {
                 format!(": {edge}")
             } else {
