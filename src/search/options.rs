@@ -268,8 +268,8 @@ impl SearchOptions {
         if self.n_unary > MAX_N_UNARY {
             bail!(
                 "n_unary must be within 0..={MAX_N_UNARY}, got {}: it is the number of unary ops \
-                 on each branch of the tree template (the reference uses 2), and in longer \
-                 chains a `disconnect` almost always cuts the branch",
+                 on each branch of the tree and extended templates (the reference uses 2), \
+                 and in longer chains a `disconnect` almost always cuts the branch",
                 self.n_unary
             );
         }
