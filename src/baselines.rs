@@ -180,7 +180,8 @@ fn parse_reference(text: &str, path: &Path) -> Result<HashMap<String, HashMap<St
 }
 
 /// Writes `baselines.md`, `baselines.json`, `baselines.csv` (per-architecture values, header
-/// `id,<proxy>,...`) and `baselines.svg` (ρ per proxy) into `dir`.
+/// `id,<proxy>,...`) and `baselines.svg` (ρ per proxy) into `dir`, each whole or not at all
+/// ([`report::write_atomic`]).
 pub fn write(
     dir: &Path,
     bench: &Benchmark,
@@ -238,11 +239,10 @@ pub fn write(
         "peak_rss_mib": report::peak_rss_mib(),
         "proxies": entries,
     });
-    std::fs::write(
-        dir.join("baselines.json"),
+    report::write_atomic(
+        &dir.join("baselines.json"),
         serde_json::to_string_pretty(&summary)?,
-    )
-    .with_context(|| format!("{}: cannot write baselines.json", dir.display()))?;
+    )?;
 
     let mut md = format!(
         "# Baselines on {} ({} architectures, ground truth {})\n\n\
@@ -308,8 +308,7 @@ pub fn write(
             times[s]
         ));
     }
-    std::fs::write(dir.join("baselines.md"), md)
-        .with_context(|| format!("{}: cannot write baselines.md", dir.display()))?;
+    report::write_atomic(&dir.join("baselines.md"), md)?;
 
     let title = format!(
         "Spearman ρ of each baseline on {} ({} architectures)",
@@ -321,8 +320,7 @@ pub fn write(
         .iter()
         .map(|s| (s.proxy.clone(), s.spearman))
         .collect();
-    std::fs::write(dir.join("baselines.svg"), bar_chart_svg(&title, &bars))
-        .with_context(|| format!("{}: cannot write baselines.svg", dir.display()))?;
+    report::write_atomic(&dir.join("baselines.svg"), bar_chart_svg(&title, &bars))?;
     Ok(())
 }
 

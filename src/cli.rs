@@ -1,6 +1,5 @@
 //! Command-line interface: clap definitions and wiring only.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -9,9 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lpzero::bench::{self, BenchKind, Benchmark, DataSource};
 use lpzero::models::flexibert::SizeMode;
-use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions};
+use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions, MAX_THREADS};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
+
+use crate::out;
 
 /// lpzero: discover zero-cost proxies for language-model NAS (LPZero) and use them.
 #[derive(Parser)]
@@ -104,17 +105,13 @@ enum OnOff {
 impl ProbeArgs {
     fn options(&self, kind: BenchKind) -> Result<ProbeOptions> {
         let (batch, seq_len) = default_batch_shape(kind);
-        let batch = self.batch.unwrap_or(batch);
-        if batch == 0 {
-            bail!("--batch must be at least 1");
-        }
         if kind == BenchKind::Gpt2
             && (self.grad_signal != GradSignal::Projection || self.sizes != SizeMode::Faithful)
         {
             eprintln!("warning: --grad-signal and --sizes apply to flexibert only; gpt2 always back-propagates the mean next-token loss");
         }
-        Ok(ProbeOptions {
-            batch,
+        let opts = ProbeOptions {
+            batch: self.batch.unwrap_or(batch),
             seq_len: self.seq_len.unwrap_or(seq_len),
             seed: self.seed,
             grad_signal: self.grad_signal,
@@ -122,13 +119,21 @@ impl ProbeArgs {
             dropout: self.dropout == OnOff::On,
             corpus: self.corpus.clone(),
             extra_passes: false,
-        })
+        };
+        opts.validate(kind)
+            .context("invalid probe options (--batch, --seq-len)")?;
+        Ok(opts)
     }
 
-    fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
+    /// `--threads`, else every core; at least 1 and at most [`MAX_THREADS`].
+    fn threads(&self) -> Result<usize> {
+        match self.threads {
+            Some(n) if !(1..=MAX_THREADS).contains(&n) => bail!(
+                "--threads {n}: expected 1..={MAX_THREADS} worker threads (default: one per core)"
+            ),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }
     }
 }
 
@@ -271,7 +276,7 @@ impl GpArgs {
                 .map_err(|e| anyhow::anyhow!("--rps-disable: {e}"))?;
             opts.rps.disabled_rules.push(rule);
         }
-        opts.validate()?;
+        opts.validate().context("invalid search options")?;
         Ok(opts)
     }
 }
@@ -301,6 +306,10 @@ struct SearchArgs {
     /// Continue an interrupted run from its directory (results equal an uninterrupted run).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Replace the run files of an existing --out directory (without it such a directory is
+    /// refused, so an earlier run is never lost by accident).
+    #[arg(long)]
+    overwrite: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -399,8 +408,7 @@ fn params(a: ParamsArgs) -> Result<()> {
     let bench = load(&a.data)?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
     let counts = lpzero::params::count_columns(&bench, &selection, a.sizes)?;
-    let mut out = std::io::stdout().lock();
-    match a.format {
+    let text = match a.format {
         Format::Csv => {
             let mut header = vec!["id".to_string(), "total".to_string()];
             if let Some(first) = counts.first() {
@@ -414,7 +422,9 @@ fn params(a: ParamsArgs) -> Result<()> {
                     row
                 })
                 .collect();
-            report::write_csv(&mut out, &header, &rows)?;
+            let mut csv = Vec::new();
+            report::write_csv(&mut csv, &header, &rows)?;
+            String::from_utf8(csv)?
         }
         Format::Json => {
             let rows: Vec<_> = counts
@@ -427,10 +437,10 @@ fn params(a: ParamsArgs) -> Result<()> {
                     o
                 })
                 .collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            serde_json::to_string_pretty(&rows)? + "\n"
         }
-    }
-    Ok(())
+    };
+    out::line(text.trim_end())
 }
 
 fn set_engine_threads(workers: usize) {
@@ -444,9 +454,9 @@ fn set_engine_threads(workers: usize) {
 fn score(a: ScoreArgs) -> Result<()> {
     let bench = load(&a.data)?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
-    let proxies = Proxy::parse_list(&a.proxy, bench.kind)?;
+    let proxies = Proxy::parse_list(&a.proxy, bench.kind).context("--proxy")?;
     let opts = a.probe.options(bench.kind)?;
-    let threads = a.probe.threads();
+    let threads = a.probe.threads()?;
     set_engine_threads(threads);
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
@@ -496,34 +506,36 @@ fn score(a: ScoreArgs) -> Result<()> {
                 "proxies": table.summaries.iter().map(proxy_json).collect::<Vec<_>>(),
             })
         };
-        println!("{}", serde_json::to_string(&value)?);
+        out::line(serde_json::to_string(&value)?)?;
     } else if !has_truth {
         // Nothing to correlate: the values themselves, as the CSV has them.
-        println!(
+        out::line(format_args!(
             "{} architectures of {} ({}; no ground truth, so no correlations), {:.1} s",
             table.keys.len(),
             bench.source.display(),
             bench.kind,
             table.seconds
-        );
-        report::write_csv(std::io::stdout().lock(), &header, &rows)?;
+        ))?;
+        let mut csv = Vec::new();
+        report::write_csv(&mut csv, &header, &rows)?;
+        out::line(String::from_utf8(csv)?.trim_end())?;
     } else {
-        println!(
+        out::line(format_args!(
             "{} architectures of {} ({}), {:.1} s",
             table.keys.len(),
             bench.kind,
             bench.truth_name,
             table.seconds
-        );
-        println!(
+        ))?;
+        out::line(format_args!(
             "{:<36} {:>9} {:>9} {:>8} {:>6}",
             "proxy", "spearman", "kendall", "top10%", "nan"
-        );
+        ))?;
         for s in &table.summaries {
-            println!(
+            out::line(format_args!(
                 "{:<36} {:>9.4} {:>9.4} {:>8.3} {:>6}",
                 s.proxy, s.spearman, s.kendall, s.top10_overlap, s.non_finite
-            );
+            ))?;
         }
     }
     Ok(())
@@ -547,7 +559,7 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
         extra_passes: true,
         ..a.probe.options(bench.kind)?
     };
-    let threads = a.probe.threads();
+    let threads = a.probe.threads()?;
     set_engine_threads(threads);
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
@@ -561,11 +573,11 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
     if a.json {
         let text = std::fs::read_to_string(dir.join("baselines.json"))
             .with_context(|| format!("{}: cannot read back baselines.json", dir.display()))?;
-        println!("{}", text.trim_end());
+        out::line(text.trim_end())?;
     } else {
         let md = std::fs::read_to_string(dir.join("baselines.md"))
             .with_context(|| format!("{}: cannot read back baselines.md", dir.display()))?;
-        println!("{}", md.trim_end());
+        out::line(md.trim_end())?;
         eprintln!("wrote {}/baselines.{{md,json,csv,svg}}", dir.display());
     }
     Ok(())
@@ -575,7 +587,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     let bench = load(&a.data)?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
     let opts = a.probe.options(bench.kind)?;
-    let threads = a.probe.threads();
+    let threads = a.probe.threads()?;
     let mut result = serde_json::json!({
         "bench": bench.kind.name(), "n": selection.len(), "threads": threads,
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -611,11 +623,10 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     result["peak_rss_mib"] = serde_json::json!(lpzero::report::peak_rss_mib());
     if a.json {
-        println!("{}", serde_json::to_string(&result)?);
+        out::line(serde_json::to_string(&result)?)
     } else {
-        println!("{}", serde_json::to_string_pretty(&result).context("json")?);
+        out::line(serde_json::to_string_pretty(&result)?)
     }
-    Ok(())
 }
 
 fn search(a: SearchArgs) -> Result<()> {
@@ -633,10 +644,26 @@ fn search(a: SearchArgs) -> Result<()> {
         OnOff::On => (0..bench.len()).filter(|i| !fitness.contains(i)).collect(),
         OnOff::Off => Vec::new(),
     };
-    let opts = a.gp.options(seed, a.probe.threads())?;
-    let threads = a.probe.threads();
+    let opts = a.gp.options(seed, a.probe.threads()?)?;
+    let threads = opts.threads;
     set_engine_threads(threads);
     let out = a.out.clone().or_else(|| a.resume.clone());
+    if let Some(dir) = &a.out {
+        let resumed_here = a
+            .resume
+            .as_deref()
+            .is_some_and(|r| lpzero::search::rundir::same_folder(r, dir));
+        if !resumed_here {
+            lpzero::search::rundir::claim(dir, a.overwrite).with_context(|| {
+                format!(
+                    "--out {}: pass --resume {} to continue that run, --overwrite to replace \
+                     it, or choose another folder",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
+        }
+    }
     let bars = [
         report::progress(fitness.len(), "probing fitness set", a.json),
         report::progress(a.gp.iterations, "searching", a.json),
@@ -661,9 +688,9 @@ fn search(a: SearchArgs) -> Result<()> {
     })?;
     bars.iter().for_each(|b| b.finish_and_clear());
     if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        out::line(serde_json::to_string(&summary)?)?;
     } else {
-        print!("{}", search_report(&summary, out.as_deref()));
+        out::line(search_report(&summary, out.as_deref()).trim_end())?;
     }
     Ok(())
 }
@@ -675,7 +702,7 @@ fn study(a: StudyArgs) -> Result<()> {
         seed: a.probe_seed,
         ..a.probe.options(bench.kind)?
     };
-    let threads = a.probe.threads();
+    let threads = a.probe.threads()?;
     let opts = a.gp.options(a.probe.seed, threads)?;
     set_engine_threads(threads);
     let job = lpzero::study::StudyJob {
@@ -715,11 +742,11 @@ fn study(a: StudyArgs) -> Result<()> {
     )?;
     bars.iter().for_each(|b| b.finish_and_clear());
     if a.json {
-        println!("{}", serde_json::to_string(&study)?);
+        out::line(serde_json::to_string(&study)?)?;
     } else {
-        print!("{}", lpzero::study::markdown(&study));
+        out::line(lpzero::study::markdown(&study).trim_end())?;
         if let Some(dir) = &a.out {
-            println!("\nstudy folder: {}", dir.display());
+            out::line(format_args!("\nstudy folder: {}", dir.display()))?;
         }
     }
     Ok(())

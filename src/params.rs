@@ -7,6 +7,8 @@
 use crate::bench::{Arch, Benchmark};
 use crate::models::flexibert::{Config, FlexiBert, SizeMode};
 use crate::models::gpt2_flex::{self, Gpt2Flex};
+use crate::probe::{memory, ProbeOptions};
+
 use anyhow::{Context, Result};
 
 /// The GPT-2 columns besides `total`, in `params_summary.yaml` order.
@@ -59,12 +61,20 @@ pub fn gpt2_columns(groups: &[(&'static str, usize)]) -> Vec<(&'static str, usiz
 }
 
 /// The parameter count (with the family's extra columns) of each selected architecture, in
-/// selection order. `sizes` applies to FlexiBERT only.
+/// selection order. `sizes` applies to FlexiBERT only. Fails before building anything when a
+/// model's parameters alone need more memory than probing may use
+/// ([`crate::probe::memory::check_fits`]).
 pub fn count_columns(
     bench: &Benchmark,
     selection: &[usize],
     sizes: SizeMode,
 ) -> Result<Vec<ParamCount>> {
+    let opts = ProbeOptions {
+        sizes,
+        ..ProbeOptions::default()
+    };
+    let limit = memory::MemoryLimit::current()?;
+    memory::check_fits(bench, selection, &opts, 1, limit, memory::Work::Build)?;
     selection
         .iter()
         .map(|&i| {

@@ -1,7 +1,13 @@
-//! Output helpers: progress bars, CSV and JSON files.
+//! Output helpers: progress bars, CSV and JSON files, the atomic file writer, and the text
+//! helpers that keep messages short.
+//!
+//! Every file lpzero writes goes through [`write_atomic`]: the content lands in a temporary
+//! file next to the target, is flushed to disk and then renamed over the target, so a full
+//! disk or a crash leaves either the old file or the complete new one, never a cut one.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -69,16 +75,136 @@ pub fn write_csv(
     Ok(())
 }
 
-/// Writes a CSV table to a file, creating parent folders.
+/// Writes a CSV table to a file atomically ([`write_atomic`]), creating parent folders.
 pub fn write_csv_file(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("{}: cannot create folder", parent.display()))?;
+    let mut text = Vec::new();
+    write_csv(&mut text, header, rows).context("formatting the CSV table")?;
+    write_atomic(path, &text)
+}
+
+/// Writes `contents` to `path` so that `path` is never left half-written: the bytes go to
+/// `<name>.tmp-<pid>` in the same folder (created when missing), which is flushed and synced
+/// to disk and then renamed over `path`. On any failure the temporary file is removed, `path`
+/// keeps its old content, and the error names the path and the cause (a full disk, a missing
+/// permission).
+///
+/// A symbolic link is followed (the file it points to is replaced, the link stays). A target
+/// that exists and is not a regular file (`/dev/stdout`, a pipe, `/dev/full`) cannot be
+/// replaced: it is written directly, and write errors are still reported.
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    let contents = contents.as_ref();
+    let target = match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+            return write_in_place(path, contents)
+                .with_context(|| format!("{}: cannot write", path.display()));
+        }
+        Ok(_) => std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+        Err(_) => path.to_path_buf(),
+    };
+    let name = target
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let folder = target.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(folder) = folder {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("{}: cannot create folder", folder.display()))?;
     }
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("{}: cannot create file", path.display()))?;
-    write_csv(std::io::BufWriter::new(file), header, rows)
-        .with_context(|| format!("{}: write failed", path.display()))
+    let mut tmp_name = name.to_owned();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = match folder {
+        Some(f) => f.join(tmp_name),
+        None => PathBuf::from(tmp_name),
+    };
+    let written = (|| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(contents)?;
+        file.flush()?;
+        file.sync_all()
+    })();
+    let result = written
+        .with_context(|| format!("{}: cannot write", path.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, &target).with_context(|| {
+                format!(
+                    "{}: cannot replace it with {}",
+                    path.display(),
+                    tmp.display()
+                )
+            })
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `contents` straight into an existing special file (a device or a pipe).
+fn write_in_place(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all(contents)?;
+    file.flush()
+}
+
+/// Longest text, in characters, that messages echo whole (see [`clip`]).
+pub const ECHO_CHARS: usize = 80;
+
+/// Longest message of a parser (serde's, which may quote a whole input value), in characters,
+/// that is passed on whole (see [`clip_to`]).
+pub const MESSAGE_CHARS: usize = 240;
+
+/// `text` as error messages echo it: whole when it has at most [`ECHO_CHARS`] characters,
+/// else cut as [`clip_to`] does.
+pub fn clip(text: &str) -> Cow<'_, str> {
+    clip_to(text, ECHO_CHARS)
+}
+
+/// `text` whole when it has at most `max` characters, else its first two thirds and last
+/// third of `max` characters around an ellipsis, with the total length, so a huge input never
+/// floods the terminal and the end of a message (often what was expected) stays visible. Cuts
+/// fall on character boundaries.
+pub fn clip_to(text: &str, max: usize) -> Cow<'_, str> {
+    let count = text.chars().count();
+    if count <= max {
+        return Cow::Borrowed(text);
+    }
+    let head = max * 2 / 3;
+    let tail = max - head;
+    let start = text.char_indices().nth(head).map_or(text.len(), |(i, _)| i);
+    let end = text
+        .char_indices()
+        .nth(count - tail)
+        .map_or(text.len(), |(i, _)| i);
+    Cow::Owned(format!(
+        "{} … {} ({count} characters in all)",
+        &text[..start],
+        &text[end..]
+    ))
+}
+
+/// A byte count for people: `512 B`, `3.4 kB`, `12.0 MB`, `1.50 GB`, `2.3 TB` (powers of
+/// 1000, so they read like the GB of `LPZERO_PROBE_MEMORY_GB`).
+pub fn format_bytes(bytes: f64) -> String {
+    let units = [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")];
+    for (scale, unit) in units {
+        if bytes >= scale {
+            let v = bytes / scale;
+            return if v < 10.0 {
+                format!("{v:.2} {unit}")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+    }
+    format!("{bytes:.0} B")
+}
+
+/// 64-bit FNV-1a hash of `bytes`: a small, stable content checksum (the same value on every
+/// platform and Rust version), used to recognise a changed checkpoint or corpus file. Not a
+/// defence against deliberate forgery.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// A JSON number, or null for NaN/±Inf (JSON has no such numbers).
@@ -101,4 +227,57 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_on_characters() {
+        assert_eq!(clip("params"), "params");
+        let long = format!("{}, expected usize", "é".repeat(200));
+        let c = clip(&long);
+        assert!(c.starts_with(&"é".repeat(53)), "{c}");
+        assert_eq!(clip_to(&long, 300), long);
+        assert!(
+            c.ends_with("é, expected usize (216 characters in all)"),
+            "{c}"
+        );
+        assert!(c.chars().count() < 120, "{c}");
+        assert_eq!(clip(&"a".repeat(ECHO_CHARS)), "a".repeat(ECHO_CHARS));
+    }
+
+    #[test]
+    fn bytes_and_hashes() {
+        assert_eq!(format_bytes(512.0), "512 B");
+        assert_eq!(format_bytes(1.5e9), "1.50 GB");
+        assert_eq!(format_bytes(25e9), "25.0 GB");
+        // Published FNV-1a test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files_and_name_the_path_on_failure() {
+        let dir = std::env::temp_dir().join(format!("lpzero-report-{}", std::process::id()));
+        let path = dir.join("sub/out.txt");
+        write_atomic(&path, "first").unwrap();
+        write_atomic(&path, "second").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second");
+        let leftovers = std::fs::read_dir(dir.join("sub")).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file is left behind");
+        let err = write_atomic(&path.join("x.csv"), "data").unwrap_err();
+        assert!(format!("{err:#}").contains("out.txt"), "{err:#}");
+        if Path::new("/dev/full").exists() {
+            // A device is written in place (never replaced), and its errors are reported.
+            let err = write_atomic(Path::new("/dev/full"), "data").unwrap_err();
+            assert!(
+                format!("{err:#}").contains("/dev/full: cannot write"),
+                "{err:#}"
+            );
+            assert!(!Path::new("/dev/full").is_file());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -43,6 +43,12 @@ impl Rng {
         Self::new(acc)
     }
 
+    /// True for the all-zero state, from which xoshiro only ever returns 0: never produced by
+    /// seeding, so it marks a state read from a damaged or edited file.
+    pub fn is_stuck(&self) -> bool {
+        self.s == [0; 4]
+    }
+
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let result = (self.s[0].wrapping_add(self.s[3]))

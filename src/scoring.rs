@@ -9,6 +9,7 @@ use crate::bench::{BenchKind, Benchmark};
 use crate::probe::{probe_map, Probe, ProbeOptions};
 use crate::proxy::builtin::{self, Builtin, Orientation};
 use crate::proxy::expr::{builtin_genotype, eval, Expr, BUILTIN_GENOTYPES};
+use crate::report::clip;
 use crate::stats;
 
 /// A proxy the scorer can compute from a probe.
@@ -48,7 +49,7 @@ impl Proxy {
             });
         }
         if name.contains('(') {
-            let expr = Expr::parse(name).map_err(|e| anyhow::anyhow!("--proxy `{name}`: {e}"))?;
+            let expr = Expr::parse(name).map_err(|e| anyhow::anyhow!("`{}`: {e}", clip(name)))?;
             return Ok(Proxy::Expr {
                 name: name.to_string(),
                 expr,
@@ -58,8 +59,9 @@ impl Proxy {
         let mut names: Vec<&str> = builtin::BUILTINS.iter().map(|b| b.name).collect();
         names.extend(BUILTIN_GENOTYPES);
         bail!(
-            "--proxy: unknown proxy `{name}`; expected one of: {}, or an expression such as \
+            "unknown proxy `{}`; expected one of: {}, or an expression such as \
              `add(mean(pow2(head)), mean(abs(act)))`",
+            clip(name),
             names.join(", ")
         )
     }
@@ -83,9 +85,20 @@ impl Proxy {
             return Ok(all);
         }
         let sep = if text.contains('(') { ';' } else { ',' };
+        if text.trim().is_empty() {
+            bail!("no proxy given: expected a name, an expression, a list of them, or `all`");
+        }
         text.split(sep)
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| Self::parse(s.trim()))
+            .enumerate()
+            .map(|(i, s)| match s.trim() {
+                "" => bail!(
+                    "item {} of the proxy list `{}` is empty (two `{sep}` in a row, or one at an \
+                     end)",
+                    i + 1,
+                    clip(text)
+                ),
+                name => Self::parse(name),
+            })
             .collect()
     }
 

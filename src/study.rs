@@ -392,7 +392,7 @@ fn chart(study: &serde_json::Value) -> String {
 }
 
 fn write(path: &std::path::Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+    crate::report::write_atomic(path, text)
 }
 
 #[cfg(test)]

@@ -319,24 +319,15 @@ fn search_writes_run_directory_and_summary() {
     assert!(baselines
         .values()
         .all(|c| c["spearman"].as_f64().is_none_or(|r| r <= best_rho)));
-    for file in [
-        "config.json",
-        "log.jsonl",
-        "hall_of_fame.json",
-        "curve.csv",
-        "curve.svg",
-        "scatter.svg",
-        "heldout.svg",
-        "summary.json",
-        "checkpoint.json",
-    ] {
+    for file in lpzero::search::rundir::RUN_FILES {
         assert!(run.join(file).is_file(), "missing {file}");
     }
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 15);
     assert!(v["fitness_probe_bytes"].as_u64().unwrap() > 0, "{v}");
 
-    // Probes that outgrow the memory limit stop the search with a clear message.
+    // A probe that needs more than the memory limit stops the search, before it is built, with
+    // a clear message.
     let small = |limit: &str| {
         Command::new(env!("CARGO_BIN_EXE_lpzero"))
             .args(["search", "--data-dir", d, "--fitness-archs", "0..6"])
@@ -348,7 +339,10 @@ fn search_writes_run_directory_and_summary() {
     let out = small("0.000001");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("need more memory") && err.contains("--batch"),
+        !out.status.success()
+            && err.contains("needs about")
+            && err.contains("set by LPZERO_PROBE_MEMORY_GB")
+            && err.contains("lower the batch rows"),
         "{err}"
     );
     let out = lpzero(&["search", "--data-dir", d, "--fitness-sign", "sideways"]);

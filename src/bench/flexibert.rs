@@ -12,6 +12,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use serde::Deserialize;
 
+use super::bounds::{self, at_most};
 use super::{Arch, BenchKind, Benchmark, DataSource, Entry, FieldError};
 
 /// Path of the benchmark file inside the data folder.
@@ -191,7 +192,9 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<(Record, f64)
         } else {
             path
         };
-        format!("{label}: field `{field}`: {}", e.inner())
+        let inner = e.inner().to_string();
+        let clip = |t: &str| crate::report::clip_to(t, crate::report::MESSAGE_CHARS).into_owned();
+        format!("{label}: field `{}`: {}", clip(&field), clip(&inner))
     })?;
     let field_err = |field: &str, msg: String| format!("{label}: field `{field}`: {msg}");
     if raw.id != index {
@@ -268,12 +271,15 @@ fn check_layers(
             "expected a positive integer, found 0",
         ));
     }
+    at_most(hidden_size, bounds::MAX_WIDTH).map_err(|m| FieldError::new(hidden_field, m))?;
     if raw_layers.is_empty() {
         return Err(FieldError::new(
             layers_field,
             "expected at least one encoder layer, found none",
         ));
     }
+    at_most(raw_layers.len(), bounds::MAX_LAYERS)
+        .map_err(|m| FieldError::new(layers_field, format!("{m} layers")))?;
     let mut layers = Vec::new();
     for (l, raw_layer) in raw_layers.iter().enumerate() {
         let f = |name: &str| format!("{layers_field}[{l}].{name}");
@@ -285,7 +291,10 @@ fn check_layers(
                 _ => {
                     return Err(FieldError::new(
                         &f("operation_parameter"),
-                        format!("expected \"SDP\" or \"WMA\" for SA, found {param}"),
+                        format!(
+                            "expected \"SDP\" or \"WMA\" for SA, found {}",
+                            crate::report::clip(&param.to_string())
+                        ),
                     ))
                 }
             },
@@ -295,17 +304,25 @@ fn check_layers(
                 _ => {
                     return Err(FieldError::new(
                         &f("operation_parameter"),
-                        format!("expected \"DFT\" or \"DCT\" for LT, found {param}"),
+                        format!(
+                            "expected \"DFT\" or \"DCT\" for LT, found {}",
+                            crate::report::clip(&param.to_string())
+                        ),
                     ))
                 }
             },
             "DSC" => match param.as_u64() {
-                Some(k) if k % 2 == 1 => Mixer::Dsc { kernel: k as usize },
+                Some(k) if k % 2 == 1 && k <= bounds::MAX_KERNEL as u64 => {
+                    Mixer::Dsc { kernel: k as usize }
+                }
                 _ => {
                     return Err(FieldError::new(
                         &f("operation_parameter"),
                         format!(
-                            "expected an odd positive integer kernel size for DSC, found {param}"
+                            "expected an odd positive integer kernel size for DSC, at most {}, \
+                             found {}",
+                            bounds::MAX_KERNEL,
+                            crate::report::clip(&param.to_string())
                         ),
                     ))
                 }
@@ -313,14 +330,29 @@ fn check_layers(
             other => {
                 return Err(FieldError::new(
                     &f("operation_type"),
-                    format!("expected \"SA\", \"LT\" or \"DSC\", found \"{other}\""),
+                    format!(
+                        "expected \"SA\", \"LT\" or \"DSC\", found \"{}\"",
+                        crate::report::clip(other)
+                    ),
                 ))
             }
         };
-        for (name, v) in [
-            ("num_operation_heads", raw_layer.num_operation_heads),
-            ("feed_forward_dimension", raw_layer.feed_forward_dimension),
-            ("num_feed_forward", raw_layer.num_feed_forward),
+        for (name, v, max) in [
+            (
+                "num_operation_heads",
+                raw_layer.num_operation_heads,
+                bounds::MAX_HEADS,
+            ),
+            (
+                "feed_forward_dimension",
+                raw_layer.feed_forward_dimension,
+                bounds::MAX_FFN_WIDTH,
+            ),
+            (
+                "num_feed_forward",
+                raw_layer.num_feed_forward,
+                bounds::MAX_FFN_LAYERS,
+            ),
         ] {
             if v == 0 {
                 return Err(FieldError::new(
@@ -328,6 +360,7 @@ fn check_layers(
                     "expected a positive integer, found 0",
                 ));
             }
+            at_most(v, max).map_err(|m| FieldError::new(&f(name), m))?;
         }
         layers.push(Layer {
             mixer,

@@ -25,7 +25,9 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
+use super::bounds::{self, at_most};
 use super::{Arch, BenchKind, Benchmark, DataSource, Entry, FieldError};
+use crate::report::{clip_to, MESSAGE_CHARS};
 
 /// Folder of the benchmark inside the data directory.
 pub const DIR: &str = "gpt2_wt103";
@@ -272,8 +274,8 @@ fn assemble<'a>(
 
 /// Formats a serde error located at `path` inside the file `file`: `file: key `a.b`: message`.
 fn located(file: &Path, path: &serde_path_to_error::Path, inner: impl std::fmt::Display) -> String {
-    let path = path.to_string();
-    let inner = inner.to_string().replace('\n', " ");
+    let path = clip_to(&path.to_string(), MESSAGE_CHARS).into_owned();
+    let inner = clip_to(&inner.to_string().replace('\n', " "), MESSAGE_CHARS).into_owned();
     if path == "." {
         format!("{}: {inner}", file.display())
     } else {
@@ -283,7 +285,7 @@ fn located(file: &Path, path: &serde_path_to_error::Path, inner: impl std::fmt::
 
 /// A YAML file that could not be read as `expected`: a key given twice, or anything else.
 fn yaml_error(path: &Path, e: serde_yaml::Error, expected: &str) -> anyhow::Error {
-    let inner = e.to_string().replace('\n', " ");
+    let inner = clip_to(&e.to_string().replace('\n', " "), MESSAGE_CHARS).into_owned();
     if inner.contains("duplicate entry") {
         anyhow!("{}: {inner}; expected each key once", path.display())
     } else {
@@ -324,8 +326,8 @@ fn typed<T: serde::de::DeserializeOwned>(
     key: &str,
 ) -> Result<T, String> {
     serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.inner().to_string().replace('\n', " ");
+        let path = clip_to(&e.path().to_string(), MESSAGE_CHARS).into_owned();
+        let inner = clip_to(&e.inner().to_string().replace('\n', " "), MESSAGE_CHARS).into_owned();
         if path == "." {
             format!("key `{key}`: {inner}")
         } else {
@@ -405,6 +407,24 @@ fn check_config(raw: RawConfig, key: &str) -> Result<Record, FieldError> {
             return Err(err(name, "expected a positive integer, found 0".into()));
         }
     }
+    for (name, v, max) in [
+        ("n_token", raw.n_token, bounds::MAX_VOCAB),
+        ("n_layer", raw.n_layer, bounds::MAX_LAYERS),
+        ("d_model", raw.d_model, bounds::MAX_WIDTH),
+        ("d_embed", raw.d_embed, bounds::MAX_WIDTH),
+        ("div_val", raw.div_val, bounds::MAX_CLUSTERS),
+        ("tgt_len", raw.tgt_len, bounds::MAX_POSITIONS),
+        ("cutoffs", raw.cutoffs.len(), bounds::MAX_CLUSTERS),
+    ] {
+        at_most(v, max).map_err(|m| {
+            let m = if name == "cutoffs" {
+                format!("{m} entries")
+            } else {
+                m
+            };
+            err(name, m)
+        })?;
+    }
     if !raw.adaptive {
         return Err(err(
             "adaptive",
@@ -436,6 +456,14 @@ fn check_config(raw: RawConfig, key: &str) -> Result<Record, FieldError> {
             &format!("d_inner[{l}]"),
             "expected a positive integer, found 0".into(),
         ));
+    }
+    for (name, list, max) in [
+        ("n_head", &raw.n_head, bounds::MAX_HEADS),
+        ("d_inner", &raw.d_inner, bounds::MAX_FFN_WIDTH),
+    ] {
+        for (l, &v) in list.iter().enumerate() {
+            at_most(v, max).map_err(|m| err(&format!("{name}[{l}]"), m))?;
+        }
     }
     let cutoffs = clean_cutoffs(&raw.cutoffs, raw.n_token);
     if cutoffs[0] == 0 || cutoffs.windows(2).any(|w| w[0] >= w[1]) {

@@ -135,6 +135,41 @@ impl Benchmark {
     }
 }
 
+/// Sanity bounds on architecture sizes read from benchmark files: far above any real language
+/// model (GPT-3 has width 12 288, MLP width 49 152, 96 layers), so only a damaged or hostile
+/// file reaches them. Values past them are refused at load time, naming the file, the record
+/// and the field, before any arithmetic on them can overflow or any allocation can abort.
+/// Whether a legal size fits this machine is checked later ([`crate::probe::memory`]).
+pub mod bounds {
+    /// Hidden size, `d_model`, `d_embed`.
+    pub const MAX_WIDTH: usize = 1 << 14;
+    /// FFN or MLP width (`feed_forward_dimension`, `d_inner`).
+    pub const MAX_FFN_WIDTH: usize = 1 << 16;
+    /// Layers of one model.
+    pub const MAX_LAYERS: usize = 256;
+    /// Heads of one layer.
+    pub const MAX_HEADS: usize = 1024;
+    /// FFN layers of one FlexiBERT encoder layer (`num_feed_forward`).
+    pub const MAX_FFN_LAYERS: usize = 64;
+    /// DSC kernel size.
+    pub const MAX_KERNEL: usize = 511;
+    /// Vocabulary size (`n_token`) and every cutoff.
+    pub const MAX_VOCAB: usize = 1 << 22;
+    /// Position-table size (`tgt_len`).
+    pub const MAX_POSITIONS: usize = 1 << 16;
+    /// Adaptive divisor (`div_val`) and number of cutoffs.
+    pub const MAX_CLUSTERS: usize = 64;
+
+    /// `Ok` when `value ≤ max`, else the message `expected at most MAX, found VALUE`.
+    pub fn at_most(value: usize, max: usize) -> Result<(), String> {
+        if value <= max {
+            Ok(())
+        } else {
+            Err(format!("expected at most {max}, found {value}"))
+        }
+    }
+}
+
 /// A problem with one field of a record: where (a path such as
 /// `encoder_layers[1].num_feed_forward`) and what was wrong or expected. The per-family
 /// checks return it so that each loader can add its own location (file, record or line, and
@@ -157,7 +192,8 @@ impl FieldError {
     }
 
     /// A deserialisation error, located at the path where it happened, with serde's Rust
-    /// type names (`usize`, `f64`) said in words.
+    /// type names (`usize`, `f64`) said in words and long quoted values clipped
+    /// ([`crate::report::clip_to`]).
     pub fn from_serde<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> Self {
         let mut message = e.inner().to_string().replace('\n', " ");
         for (rust, words) in [
@@ -167,9 +203,11 @@ impl FieldError {
         ] {
             message = message.replace(rust, words);
         }
+        // A value quoted by serde (a whole string, say) is clipped, not echoed whole.
+        let clip = |t: &str| crate::report::clip_to(t, crate::report::MESSAGE_CHARS).into_owned();
         FieldError {
-            field: e.path().to_string(),
-            message,
+            field: clip(&e.path().to_string()),
+            message: clip(&message),
         }
     }
 
@@ -210,7 +248,7 @@ pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
     for part in text.split(',') {
         let part = part.trim();
         let (lo, hi) = if let Some((a, b)) = part.split_once("..=") {
-            (parse_index(a, part)?, parse_index(b, part)? + 1)
+            (parse_index(a, part)?, after(parse_index(b, part)?, part)?)
         } else if let Some((a, b)) = part.split_once("..") {
             let lo = if a.is_empty() {
                 0
@@ -225,7 +263,7 @@ pub fn parse_selection(text: &str, n: usize) -> Result<Vec<usize>> {
             (lo, hi)
         } else {
             let i = parse_index(part, part)?;
-            (i, i + 1)
+            (i, after(i, part)?)
         };
         if lo >= hi {
             bail!("`{text}`: range `{part}` is empty");
@@ -274,10 +312,19 @@ fn random_samples_are_seeded_and_distinct() {
     assert!(parse_sample("random:11", 10, 1).is_err());
 }
 
+/// `i + 1` without wrapping around (an index that large is past any benchmark).
+fn after(i: usize, part: &str) -> Result<usize> {
+    i.checked_add(1)
+        .with_context(|| format!("`{}`: index {i} is too large", crate::report::clip(part)))
+}
+
 fn parse_index(s: &str, part: &str) -> Result<usize> {
-    s.trim()
-        .parse::<usize>()
-        .with_context(|| format!("`{part}` is not a range like 0..50, 7, or all"))
+    s.trim().parse::<usize>().with_context(|| {
+        format!(
+            "`{}` is not a range like 0..50, 7, or all",
+            crate::report::clip(part)
+        )
+    })
 }
 
 #[cfg(test)]

@@ -108,6 +108,65 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The number of trainable parameters of the encoder, from the shapes alone (equal to the
+    /// count of a built model; no tensor is allocated, so it is safe on absurd sizes). An
+    /// `f64` so that it never overflows.
+    pub fn parameter_count(&self) -> f64 {
+        let (v, e, h) = (
+            self.vocab_size as f64,
+            self.embedding_size as f64,
+            self.hidden_size as f64,
+        );
+        let p = self.max_positions as f64;
+        let linear = |i: f64, o: f64| i * o + o;
+        let mut n = (v + p + self.type_vocab_size as f64) * e + 2.0 * e;
+        if self.embedding_size != self.hidden_size {
+            n += linear(e, h);
+        }
+        for l in &self.layers {
+            let heads = l.heads.max(1) as f64;
+            n += match l.mixer {
+                Mixer::Sdp => 3.0 * linear(h, h),
+                Mixer::Wma => 3.0 * linear(h, h) + h * h,
+                Mixer::Dft | Mixer::Dct => linear(h, h),
+                Mixer::Dsc { kernel } => {
+                    let k = kernel as f64;
+                    let heads_a = (l.heads / 2).max(1) as f64;
+                    let a = heads_a * (h / heads).floor();
+                    4.0 * linear(h, a) + h * k + a * h + a + linear(a, heads_a * k)
+                }
+            };
+            if l.mixer.has_output_block() {
+                n += linear(h, h) + 2.0 * h;
+            }
+            let f = l.ffn_width as f64;
+            let hidden_ffn = l.ffn_layers.saturating_sub(1) as f64;
+            n += linear(h, f) + hidden_ffn * linear(f, f) + linear(f, h) + 2.0 * h;
+        }
+        n
+    }
+
+    /// About how many `f32` values a probe keeps alive per input token at its peak (forward
+    /// activations saved for the backward pass, their gradients and the probe's copies), for
+    /// `seq_len` tokens per row: per layer 20 × H, 5 × each FFN width and 4 × the attention
+    /// row of every head (T values). Calibrated on measured peaks (2–8 rows of 512 tokens);
+    /// meant to reject what cannot fit, not to predict exactly.
+    pub fn activation_floats_per_token(&self, seq_len: usize) -> f64 {
+        let (h, t) = (self.hidden_size as f64, seq_len as f64);
+        self.layers
+            .iter()
+            .map(|l| {
+                let mixer = match l.mixer {
+                    Mixer::Dft | Mixer::Dct => h,
+                    _ => l.heads as f64 * t,
+                };
+                20.0 * h + 5.0 * (l.ffn_width * l.ffn_layers) as f64 + 4.0 * mixer
+            })
+            .sum()
+    }
+}
+
 /// Token mixer parameters of one layer.
 enum MixerParams {
     /// SA-SDP and SA-WMA (`ww` present for WMA).
@@ -721,6 +780,35 @@ mod tests {
             1.0f32, 2.0, 3.0, 4.0, 0.0, -1.0, 2.0, 1.0, 3.0, 0.0, 0.0, 1.0,
         ];
         Tensor::from_vec(u.to_vec(), (1, 1, 3, 4), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn parameter_count_from_shapes_equals_the_built_model() {
+        let layer = |mixer, heads, ffn_layers| Layer {
+            mixer,
+            heads,
+            ffn_width: 96,
+            ffn_layers,
+        };
+        let record = Record {
+            id: 0,
+            hidden_size: 64,
+            layers: vec![
+                layer(Mixer::Sdp, 4, 1),
+                layer(Mixer::Wma, 2, 3),
+                layer(Mixer::Dft, 4, 2),
+                layer(Mixer::Dct, 2, 1),
+                layer(Mixer::Dsc { kernel: 9 }, 4, 1),
+                layer(Mixer::Dsc { kernel: 5 }, 2, 3),
+            ],
+            scores: Default::default(),
+        };
+        for sizes in [SizeMode::Faithful, SizeMode::Intended] {
+            let config = Config::from_record(&record, sizes).unwrap();
+            let built = FlexiBert::shapes_only(&config).unwrap().params().count();
+            assert_eq!(config.parameter_count(), built as f64, "{sizes:?}");
+            assert!(config.activation_floats_per_token(16) > 0.0);
+        }
     }
 
     #[test]

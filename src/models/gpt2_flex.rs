@@ -187,6 +187,70 @@ impl Config {
     pub fn cluster_of(&self, id: usize) -> usize {
         self.cutoffs.partition_point(|&end| end <= id)
     }
+
+    /// The number of trainable parameters of the decoder (tied tensors once), from the shapes
+    /// alone (equal to the count of a built model; no tensor is allocated, so it is safe on
+    /// absurd sizes). An `f64` so that it never overflows. Expects a validated config.
+    pub fn parameter_count(&self) -> f64 {
+        let (d, e) = (self.d_model as f64, self.d_embed as f64);
+        let k = self.div_val;
+        let clusters = self.n_clusters();
+        let tables: Vec<(f64, f64)> = if k == 1 {
+            vec![(self.n_token as f64, e)]
+        } else {
+            (0..clusters)
+                .map(|i| {
+                    let (lo, hi) = self.cluster_range(i);
+                    ((hi - lo) as f64, self.cluster_width(i) as f64)
+                })
+                .collect()
+        };
+        let table_sum: f64 = tables.iter().map(|(rows, width)| rows * width).sum();
+        let projected = |width: f64| k > 1 || width != d;
+        let emb_projs: f64 = tables
+            .iter()
+            .filter(|t| projected(t.1))
+            .map(|t| d * t.1)
+            .sum();
+        let mut n = table_sum + emb_projs + self.n_positions as f64 * d;
+        for &inner in &self.d_inner {
+            let inner = inner as f64;
+            n += 4.0 * d + (d * 3.0 * d + 3.0 * d) + (d * d + d) + 2.0 * (d * inner) + inner + d;
+        }
+        n += 2.0 * d;
+        if clusters > 1 {
+            n += (clusters - 1) as f64 * (e + 1.0);
+        }
+        if !self.tie_weight {
+            n += table_sum;
+        }
+        n += tables.iter().map(|t| t.0).sum::<f64>();
+        for i in 0..clusters {
+            let width = self.cluster_width(i) as f64;
+            if !self.tie_projs[i] && projected(width) {
+                n += d * width;
+            }
+        }
+        n
+    }
+
+    /// About how many `f32` values a probe keeps alive per input token at its peak (forward
+    /// activations saved for the backward pass, their gradients and the probe's copies), for
+    /// `seq_len` tokens per row: per block 20 × D, 5 × the MLP width and 4 × the attention row
+    /// of every head (T values), plus 4 × the head cluster's logits (shortlist and one per
+    /// tail cluster). Calibrated on measured peaks (4–16 rows of 192 tokens); meant to reject
+    /// what cannot fit, not to predict exactly.
+    pub fn activation_floats_per_token(&self, seq_len: usize) -> f64 {
+        let (d, t) = (self.d_model as f64, seq_len as f64);
+        let blocks: f64 = self
+            .n_head
+            .iter()
+            .zip(&self.d_inner)
+            .map(|(&h, &inner)| 20.0 * d + 5.0 * inner as f64 + 4.0 * h as f64 * t)
+            .sum();
+        let head_logits = (self.cutoffs[0] + self.n_clusters() - 1) as f64;
+        blocks + 4.0 * head_logits
+    }
 }
 
 /// A GPT-2 "Conv1D": `y = x W + b` with `W` stored in × out.
@@ -1257,6 +1321,23 @@ mod tests {
     /// Every trainable tensor receives a non-zero gradient from the NLL, except the
     /// `c_attn` bias's key slice (softmax shift invariance; checked separately) — the bias as a
     /// whole still gets gradient through q and v. Guards against ops without backward.
+    #[test]
+    fn parameter_count_from_shapes_equals_the_built_model() {
+        for (k, e) in [(1, 16), (1, 8), (2, 16), (4, 16)] {
+            for (tie_weight, tie_projs) in [(true, [false, true, true]), (false, [true; 3])] {
+                let config = Config {
+                    tie_weight,
+                    tie_projs: tie_projs.to_vec(),
+                    ..tiny(k, e)
+                };
+                let built = Gpt2Flex::shapes_only(&config).unwrap().params().count();
+                assert_eq!(config.parameter_count(), built as f64, "k {k} e {e}");
+            }
+        }
+        let config = tiny(2, 16);
+        assert!(config.activation_floats_per_token(12) > 20.0 * 16.0 * 2.0);
+    }
+
     #[test]
     fn every_parameter_gets_a_gradient() {
         for (k, e) in [(1, 16), (1, 8), (2, 16), (4, 16)] {

@@ -6,6 +6,7 @@
 //! is built and probed once per batch configuration; every proxy is then computed from the
 //! probe.
 
+pub mod memory;
 pub mod passes;
 
 use std::borrow::Borrow;
@@ -81,6 +82,59 @@ impl Default for ProbeOptions {
 }
 
 impl ProbeOptions {
+    /// Checks the batch shape for a family: 1..=[`MAX_BATCH`] rows, and tokens per row within
+    /// 2..=512 for FlexiBERT or 1..=192 for GPT-2 (the position tables).
+    pub fn validate(&self, kind: BenchKind) -> Result<()> {
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            bail!(
+                "batch must be within 1..={MAX_BATCH} rows, got {}",
+                self.batch
+            );
+        }
+        let (min, max) = (
+            if kind == BenchKind::Flexibert { 2 } else { 1 },
+            max_seq_len(kind),
+        );
+        if !(min..=max).contains(&self.seq_len) {
+            bail!(
+                "seq_len must be within {min}..={max} tokens per row for {kind} (the position \
+                 table), got {}",
+                self.seq_len
+            );
+        }
+        Ok(())
+    }
+
+    /// The settings that decide the values of a probe of a `kind` architecture, as a JSON
+    /// object: `bench`, `batch`, `seq_len`, `seed`, `dropout`, for FlexiBERT `grad_signal`
+    /// and `sizes`, and `corpus`, the corpus file's content hash (`null` for the synthetic
+    /// batch; the content, not the path, decides the batch). A search records it in its
+    /// checkpoints, and a resume with other settings is refused. Fails when the corpus cannot
+    /// be read.
+    pub fn settings(&self, kind: BenchKind) -> Result<serde_json::Value> {
+        let corpus = match &self.corpus {
+            None => serde_json::Value::Null,
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("{}: cannot read the corpus", path.display()))?;
+                format!("fnv1a64:{:016x}", crate::report::fnv1a64(&bytes)).into()
+            }
+        };
+        let mut settings = serde_json::json!({
+            "bench": kind.name(),
+            "batch": self.batch,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "dropout": self.dropout,
+            "corpus": corpus,
+        });
+        if kind == BenchKind::Flexibert {
+            settings["grad_signal"] = serde_json::to_value(self.grad_signal)?;
+            settings["sizes"] = serde_json::to_value(self.sizes)?;
+        }
+        Ok(settings)
+    }
+
     /// The defaults of a benchmark family: FlexiBERT 2 × 512 ([`DEFAULT_BATCH`],
     /// [`DEFAULT_SEQ_LEN`]), GPT-2 16 × 192 ([`GPT2_DEFAULT_BATCH`], [`GPT2_DEFAULT_SEQ_LEN`],
     /// the reference's first training batch).
@@ -105,6 +159,11 @@ pub const GPT2_DEFAULT_BATCH: usize = 16;
 pub const GPT2_DEFAULT_SEQ_LEN: usize = 192;
 /// GPT-2 vocabulary size (ids must stay below it).
 pub const GPT2_VOCAB: u32 = 50264;
+/// Most rows a probe batch may have (far beyond any useful probe; the memory check of
+/// [`memory`] usually stops a large batch first).
+pub const MAX_BATCH: usize = 1 << 16;
+/// Most worker threads probing (and a search's evaluation) may use.
+pub const MAX_THREADS: usize = 1024;
 
 /// `(batch rows, tokens per row)` defaults of a family.
 pub fn default_batch_shape(kind: BenchKind) -> (usize, usize) {
@@ -218,6 +277,12 @@ impl Batch {
     /// FlexiBERT `batch × seq_len` ids (seq_len ≤ 512); GPT-2 `batch × (seq_len + 1)` ids
     /// (seq_len ≤ 192), Zipf-distributed or the first ids of the corpus.
     pub fn for_bench(kind: BenchKind, opts: &ProbeOptions) -> Result<Self> {
+        if opts.batch > MAX_BATCH {
+            bail!(
+                "a batch of {} rows is more than the {MAX_BATCH} a probe accepts",
+                opts.batch
+            );
+        }
         let max = max_seq_len(kind);
         if opts.seq_len > max {
             bail!(
@@ -655,6 +720,9 @@ pub fn probe_entry(
 /// thread at a time, each single-threaded inside the engine) and maps each probe with `f` as
 /// soon as it exists, so probes are never all held at once. Results come back in selection
 /// order; `on_done` is called after each architecture (for progress).
+///
+/// Before anything is built, fails when an architecture needs more memory than probing may
+/// use ([`memory::check_fits`]).
 pub fn probe_map<T: Send>(
     bench: &Benchmark,
     selection: &[usize],
@@ -664,6 +732,8 @@ pub fn probe_map<T: Send>(
     on_done: impl Fn() + Sync,
 ) -> Result<Vec<T>> {
     let batch = Batch::for_bench(bench.kind, opts)?;
+    let limit = memory::MemoryLimit::current()?;
+    memory::check_fits(bench, selection, opts, threads, limit, memory::Work::Probe)?;
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel();
     let threads = threads.clamp(1, selection.len().max(1));

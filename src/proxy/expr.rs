@@ -40,6 +40,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::chain::apply_chain;
 use super::ops::{apply_binary, BinaryOp, OpError, UnaryOp, UnknownName};
 use crate::array::Array;
+use crate::report::clip;
 
 /// One of the five proxy inputs (spec §4.1), each a list of arrays per architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -289,8 +290,9 @@ fn perr(pos: usize, message: impl Into<String>) -> ParseError {
 /// Deepest nesting the parsers accept (guards the recursion against hostile input).
 const MAX_DEPTH: usize = 256;
 
-/// A position in a text being parsed. Only ASCII bytes are ever consumed, so `pos` is always a
-/// char boundary.
+/// A position in a text being parsed. Whole characters are consumed (names may hold non-ASCII
+/// letters, which are then reported whole as unknown names), so `pos` is always a char
+/// boundary.
 #[derive(Clone, Copy)]
 struct Cursor<'s> {
     src: &'s str,
@@ -316,11 +318,20 @@ impl<'s> Cursor<'s> {
         }
     }
 
-    /// Consumes `[A-Za-z0-9_]*` and returns it (possibly empty).
+    /// The character at the cursor.
+    fn peek_char(&self) -> Option<char> {
+        self.src[self.pos..].chars().next()
+    }
+
+    /// Consumes a run of letters, digits and `_` (any script, so a name such as `héad` is read
+    /// whole) and returns it (possibly empty).
     fn word(&mut self) -> &'s str {
         let start = self.pos;
-        while matches!(self.peek(), Some(b) if b.is_ascii_alphanumeric() || b == b'_') {
-            self.pos += 1;
+        while let Some(ch) = self
+            .peek_char()
+            .filter(|&ch| ch.is_alphanumeric() || ch == '_')
+        {
+            self.pos += ch.len_utf8();
         }
         &self.src[start..self.pos]
     }
@@ -368,7 +379,8 @@ fn unknown_name(pos: usize, name: &str) -> ParseError {
     perr(
         pos,
         format!(
-            "unknown name `{name}`: expected an input ({}), a unary op ({}) or a binary op ({})",
+            "unknown name `{}`: expected an input ({}), a unary op ({}) or a binary op ({})",
+            clip(name),
             inputs.join(", "),
             unary.join(", "),
             binary.join(", ")
@@ -385,7 +397,10 @@ fn parse_expr(c: &mut Cursor<'_>, depth: usize) -> Result<Expr, ParseError> {
             format!("expression nested deeper than {MAX_DEPTH} levels"),
         ));
     }
-    if !matches!(c.peek(), Some(b) if b.is_ascii_alphabetic() || b == b'_') {
+    if !c
+        .peek_char()
+        .is_some_and(|ch| ch.is_alphabetic() || ch == '_')
+    {
         return Err(c.expected("an input name or an op call"));
     }
     let name = c.word();
@@ -1002,7 +1017,7 @@ fn list<'v>(v: &'v GVal, what: &str, n: Option<usize>) -> Result<&'v [GVal], Par
             )),
             _ => Ok(items),
         },
-        GVal::Atom(p, s) => Err(perr(*p, format!("expected {what}, found `{s}`"))),
+        GVal::Atom(p, s) => Err(perr(*p, format!("expected {what}, found `{}`", clip(s)))),
     }
 }
 
@@ -1024,7 +1039,8 @@ fn gval_input(v: &GVal) -> Result<Input, ParseError> {
         perr(
             v.pos(),
             format!(
-                "unknown input `{s}`: expected act, head, softmax, grad, weight or an index 0-4"
+                "unknown input `{}`: expected act, head, softmax, grad, weight or an index 0-4",
+                clip(s)
             ),
         )
     })
@@ -1039,7 +1055,10 @@ fn gval_unary(v: &GVal) -> Result<UnaryOp, ParseError> {
     found.ok_or_else(|| {
         perr(
             v.pos(),
-            format!("unknown unary op `{s}`: expected a unary op name or an index 0-20"),
+            format!(
+                "unknown unary op `{}`: expected a unary op name or an index 0-20",
+                clip(s)
+            ),
         )
     })
 }
@@ -1061,7 +1080,10 @@ fn gval_binary(v: &GVal) -> Result<BinaryOp, ParseError> {
     found.ok_or_else(|| {
         perr(
             v.pos(),
-            format!("unknown binary op `{s}`: expected add, sub, mul, matmul or an index 0-3"),
+            format!(
+                "unknown binary op `{}`: expected add, sub, mul, matmul or an index 0-3",
+                clip(s)
+            ),
         )
     })
 }

@@ -39,7 +39,7 @@ use crate::array::Array;
 /// Returned by the `FromStr` implementations of [`UnaryOp`], [`BinaryOp`] and the expression
 /// inputs, so callers can report which kind of name was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {kind} `{name}`")]
+#[error("unknown {kind} `{}`", crate::report::clip(.name))]
 pub struct UnknownName {
     /// What was being looked up: "unary op", "binary op" or "input".
     pub kind: &'static str,

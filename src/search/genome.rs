@@ -303,6 +303,59 @@ impl Genome {
             Genome::Extended(g) => g.to_expr(),
         }
     }
+
+    /// Checks that the genome has the shape `spec` asks for: its structure, `n_unary` ops per
+    /// tree or extended branch (with a known reduction and post op), `linear_length` ops in a chain, [`GRAPH_EDGES`] edge ops, or a free tree
+    /// no deeper than `max_depth` (for genomes read from a file, which may have been edited).
+    pub fn check(&self, spec: &GenomeSpec) -> Result<(), String> {
+        if self.structure() != spec.structure {
+            return Err(format!(
+                "a {} genome in a {} search",
+                self.structure(),
+                spec.structure
+            ));
+        }
+        let (what, found, expected) = match self {
+            Genome::Tree(g) => {
+                let bad = g.unary.iter().find(|c| c.len() != spec.n_unary);
+                match bad {
+                    Some(c) => ("unary ops in a branch", c.len(), spec.n_unary),
+                    None => return Ok(()),
+                }
+            }
+            Genome::Extended(g) => {
+                let known =
+                    |op: &UnaryOp, table: &[(UnaryOp, f64)]| table.iter().any(|(o, _)| o == op);
+                if let Some(op) = g.reduce.iter().find(|r| !known(r, &EXTENDED_REDUCTIONS)) {
+                    return Err(format!(
+                        "`{op}` is not a reduction of the extended template"
+                    ));
+                }
+                if let Some(op) = g.post.iter().find(|p| !known(p, &EXTENDED_POST_OPS)) {
+                    return Err(format!("`{op}` is not a post op of the extended template"));
+                }
+                match g.unary.iter().find(|c| c.len() != spec.n_unary) {
+                    Some(c) => ("unary ops in a branch", c.len(), spec.n_unary),
+                    None => return Ok(()),
+                }
+            }
+            Genome::Linear { ops, .. } => ("unary ops in the chain", ops.len(), spec.linear_length),
+            Genome::Graph { edges, .. } => ("edge ops", edges.len(), GRAPH_EDGES),
+            Genome::Free { expr } if expr.depth() > spec.max_depth => {
+                return Err(format!(
+                    "a free tree of depth {}, deeper than the maximum {}",
+                    expr.depth(),
+                    spec.max_depth
+                ))
+            }
+            Genome::Free { .. } => return Ok(()),
+        };
+        if found == expected {
+            Ok(())
+        } else {
+            Err(format!("{found} {what}, expected {expected}"))
+        }
+    }
 }
 
 /// Sum of the present terms with `add`, left to right; `None` when there is none.

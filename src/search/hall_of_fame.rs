@@ -36,13 +36,43 @@ impl HallOfFame {
         }
     }
 
-    /// Rebuilds one from saved entries (re-sorted and truncated to `capacity`).
-    pub fn from_entries(capacity: usize, entries: Vec<HallEntry>) -> Self {
-        let mut h = Self::new(capacity);
-        for e in entries {
-            h.insert(e);
+    /// Rebuilds one from saved entries, as [`HallOfFame::entries`] gave them. Fails, saying
+    /// why, unless they could have come from a hall of fame of this capacity: capacity ≥ 1, at
+    /// most `capacity` entries, distinct keys, fitness never increasing (a saved file may have
+    /// been edited).
+    pub fn from_saved(capacity: usize, entries: Vec<HallEntry>) -> Result<Self, String> {
+        if capacity == 0 {
+            return Err("a hall of fame of capacity 0".into());
         }
-        h
+        if entries.len() > capacity {
+            return Err(format!(
+                "{} hall-of-fame entries for a capacity of {capacity}",
+                entries.len()
+            ));
+        }
+        for (i, pair) in entries.windows(2).enumerate() {
+            // NaN compares as unordered, which counts as unsorted too.
+            let ordered = pair[0].fitness.partial_cmp(&pair[1].fitness);
+            if !matches!(
+                ordered,
+                Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+            ) {
+                return Err(format!(
+                    "hall-of-fame entries {} and {} are not sorted by fitness (best first)",
+                    i + 1,
+                    i + 2
+                ));
+            }
+        }
+        for (i, e) in entries.iter().enumerate() {
+            if entries[..i].iter().any(|x| x.key == e.key) {
+                return Err(format!(
+                    "hall-of-fame entry {} repeats the key of an earlier entry",
+                    i + 1
+                ));
+            }
+        }
+        Ok(Self { capacity, entries })
     }
 
     /// Offers an entry; returns true when it entered (a new key good enough to be kept).
@@ -105,7 +135,14 @@ mod tests {
         let keys: Vec<&str> = h.entries().iter().map(|x| x.key.as_str()).collect();
         assert_eq!(keys, ["d", "b", "a"]);
         assert_eq!(h.best().unwrap().fitness, 0.9);
-        let again = HallOfFame::from_entries(3, h.entries().to_vec());
+        let again = HallOfFame::from_saved(3, h.entries().to_vec()).unwrap();
         assert_eq!(again, h);
+        let mut unsorted = h.entries().to_vec();
+        unsorted.swap(0, 1);
+        assert!(HallOfFame::from_saved(3, unsorted).is_err());
+        assert!(HallOfFame::from_saved(0, Vec::new()).is_err());
+        assert!(HallOfFame::from_saved(2, h.entries().to_vec()).is_err());
+        let twice = vec![e("a", 0.5, 0), e("a", 0.4, 1)];
+        assert!(HallOfFame::from_saved(3, twice).is_err());
     }
 }

@@ -493,8 +493,8 @@ impl Search<'_> {
 /// * `on_iteration`: called after every completed iteration with its number (1-based), e.g. to
 ///   advance a progress bar.
 ///
-/// Errors: invalid options or fitness set, an incompatible or unreadable checkpoint, an initial
-/// population that cannot be filled, or a file that cannot be written.
+/// Errors: invalid options or fitness set, an incompatible, inconsistent or unreadable
+/// checkpoint, an initial population that cannot be filled, or a file that cannot be written.
 pub fn run(
     opts: &SearchOptions,
     fitness_probes: &[&dyn InputSource],
@@ -503,6 +503,36 @@ pub fn run(
     resume: Option<&Path>,
     on_iteration: &dyn Fn(usize),
 ) -> Result<SearchOutcome> {
+    let fitness = FitnessData {
+        probes: fitness_probes,
+        truth: fitness_truth,
+        settings: &serde_json::Value::Null,
+    };
+    run_with_inputs(opts, &fitness, out_dir, resume, on_iteration)
+}
+
+/// The fitness set of a search with a description of how its inputs were made.
+pub struct FitnessData<'a> {
+    /// One input source per fitness architecture.
+    pub probes: &'a [&'a dyn InputSource],
+    /// Their ground truth, higher = better.
+    pub truth: &'a [f64],
+    /// How the inputs were made (for a benchmark, the probe settings of
+    /// [`crate::probe::ProbeOptions::settings`]; `null` when unknown): checkpoints record it
+    /// and a resume must match it, so a run never mixes inputs made in different ways.
+    pub settings: &'a serde_json::Value,
+}
+
+/// [`run`] on a fitness set whose inputs are described ([`FitnessData::settings`]): a resume
+/// is refused when the checkpoint's inputs were made with other settings.
+pub fn run_with_inputs(
+    opts: &SearchOptions,
+    fitness: &FitnessData<'_>,
+    out_dir: Option<&Path>,
+    resume: Option<&Path>,
+    on_iteration: &dyn Fn(usize),
+) -> Result<SearchOutcome> {
+    let (fitness_probes, fitness_truth, inputs) = (fitness.probes, fitness.truth, fitness.settings);
     let started = Instant::now();
     opts.validate()?;
     let set = FitnessSet::new(fitness_probes, fitness_truth)?
@@ -512,7 +542,7 @@ pub fn run(
     let (state, resumed_from) = match resume {
         Some(path) => {
             let ck = checkpoint::load(path)?;
-            ck.check_compatible(opts, fitness_truth)?;
+            ck.check_compatible(opts, inputs, fitness_truth)?;
             let at = ck.state.iteration;
             (ck.state, Some(at))
         }
@@ -541,7 +571,7 @@ pub fn run(
         state,
     };
     let mut dir = match out_dir {
-        Some(d) => Some(RunDir::create(d, opts, resumed_from)?),
+        Some(d) => Some(RunDir::create(d, opts, inputs, resumed_from)?),
         None => None,
     };
     if search.state.population.len() < opts.population {

@@ -74,7 +74,10 @@ impl FromStr for Structure {
             .into_iter()
             .find(|x| s.eq_ignore_ascii_case(x.name()))
             .ok_or_else(|| {
-                format!("unknown structure `{s}`: expected tree, linear, graph, free or extended")
+                format!(
+                    "unknown structure `{}`: expected tree, linear, graph, free or extended",
+                    crate::report::clip(s)
+                )
             })
     }
 }
@@ -132,7 +135,10 @@ impl FromStr for FitnessMeasure {
             .into_iter()
             .find(|x| s.eq_ignore_ascii_case(x.name()))
             .ok_or_else(|| {
-                format!("unknown fitness measure `{s}`: expected spearman, kendall or robust")
+                format!(
+                    "unknown fitness measure `{}`: expected spearman, kendall or robust",
+                    crate::report::clip(s)
+                )
             })
     }
 }
@@ -216,6 +222,17 @@ impl Default for SearchOptions {
     }
 }
 
+/// Largest population accepted: a thousand times the reference's 80, far beyond any useful
+/// search (each member costs an evaluation on every fitness architecture).
+pub const MAX_POPULATION: usize = 100_000;
+/// Most iterations accepted (every iteration adds a log line, a curve point and a key).
+pub const MAX_ITERATIONS: usize = 10_000_000;
+/// Most unary ops per tree branch: each op is a `disconnect` with probability about 1/21, so
+/// longer chains are mostly cut, and the reference uses 2.
+pub const MAX_N_UNARY: usize = 16;
+/// Most unary ops in a linear chain and most nodes on a free tree's longest path.
+pub const MAX_CHAIN: usize = 64;
+
 /// Options that do not change a run's results: they may differ between a run and its resume.
 pub(crate) const RESULT_NEUTRAL_OPTIONS: [&str; 5] = [
     "iterations",
@@ -226,14 +243,45 @@ pub(crate) const RESULT_NEUTRAL_OPTIONS: [&str; 5] = [
 ];
 
 impl SearchOptions {
-    /// Checks ranges: population ≥ 2, probabilities and the parent fraction in [0, 1] (the
-    /// fraction > 0), max depth ≥ 2, hall of fame ≥ 1, attempts ≥ 1, and the RPS options.
+    /// Checks ranges: population within 2..=[`MAX_POPULATION`], iterations at most
+    /// [`MAX_ITERATIONS`], `n_unary` at most [`MAX_N_UNARY`], `linear_length` within
+    /// 1..=[`MAX_CHAIN`], max depth within 2..=[`MAX_CHAIN`], threads within
+    /// 1..=[`crate::probe::MAX_THREADS`], probabilities and the parent fraction in [0, 1] (the
+    /// fraction > 0), hall of fame within 1..=[`MAX_POPULATION`], attempts ≥ 1, and the RPS options.
+    /// Each message gives the allowed range.
     pub fn validate(&self) -> Result<()> {
-        if self.threads == 0 {
-            bail!("threads must be at least 1");
+        let max_threads = crate::probe::MAX_THREADS;
+        if !(1..=max_threads).contains(&self.threads) {
+            bail!(
+                "threads must be within 1..={max_threads}, got {}",
+                self.threads
+            );
         }
-        if self.population < 2 {
-            bail!("population must be at least 2, got {}", self.population);
+        if !(2..=MAX_POPULATION).contains(&self.population) {
+            bail!(
+                "population must be within 2..={MAX_POPULATION}, got {} (the reference uses 80)",
+                self.population
+            );
+        }
+        if self.iterations > MAX_ITERATIONS {
+            bail!(
+                "iterations must be at most {MAX_ITERATIONS}, got {} (the reference runs 1000)",
+                self.iterations
+            );
+        }
+        if self.n_unary > MAX_N_UNARY {
+            bail!(
+                "n_unary must be within 0..={MAX_N_UNARY}, got {}: it is the number of unary ops \
+                 on each branch of the tree and extended templates (the reference uses 2), \
+                 and in longer chains a `disconnect` almost always cuts the branch",
+                self.n_unary
+            );
+        }
+        if !(1..=MAX_CHAIN).contains(&self.linear_length) {
+            bail!(
+                "linear_length must be within 1..={MAX_CHAIN}, got {}",
+                self.linear_length
+            );
         }
         if !(self.parent_fraction > 0.0 && self.parent_fraction <= 1.0) {
             bail!(
@@ -249,11 +297,17 @@ impl SearchOptions {
                 bail!("{name} must be in [0, 1], got {p}");
             }
         }
-        if self.max_depth < 2 {
-            bail!("max_depth must be at least 2, got {}", self.max_depth);
+        if !(2..=MAX_CHAIN).contains(&self.max_depth) {
+            bail!(
+                "max_depth must be within 2..={MAX_CHAIN}, got {}",
+                self.max_depth
+            );
         }
-        if self.hall_of_fame == 0 {
-            bail!("hall_of_fame must be at least 1");
+        if !(1..=MAX_POPULATION).contains(&self.hall_of_fame) {
+            bail!(
+                "hall_of_fame must be within 1..={MAX_POPULATION}, got {}",
+                self.hall_of_fame
+            );
         }
         if !(self.parsimony >= 0.0 && self.parsimony.is_finite()) {
             bail!(
@@ -338,6 +392,26 @@ mod tests {
             },
             SearchOptions {
                 max_depth: 1,
+                ..Default::default()
+            },
+            SearchOptions {
+                population: MAX_POPULATION + 1,
+                ..Default::default()
+            },
+            SearchOptions {
+                iterations: MAX_ITERATIONS + 1,
+                ..Default::default()
+            },
+            SearchOptions {
+                n_unary: 1000,
+                ..Default::default()
+            },
+            SearchOptions {
+                threads: 0,
+                ..Default::default()
+            },
+            SearchOptions {
+                hall_of_fame: 0,
                 ..Default::default()
             },
         ];

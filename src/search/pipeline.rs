@@ -12,9 +12,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{run, rundir, SearchOptions, SearchOutcome};
+use super::{checkpoint, run_with_inputs, rundir, FitnessData, SearchOptions, SearchOutcome};
 use crate::bench::Benchmark;
 use crate::compare::{self, BaselineColumns, Comparison, Corr};
+use crate::probe::memory::{LimitSource, MemoryLimit};
 use crate::probe::{probe_map, Probe, ProbeOptions};
 use crate::proxy::builtin::Orientation;
 use crate::proxy::eval::list_bytes;
@@ -72,9 +73,9 @@ const PROBE_SLACK_BYTES: u64 = 2 << 30;
 /// Keeps a running total of the fitness probes' inputs and stops the search before the
 /// system runs out of memory (which would kill it without a word).
 struct MemoryGuard {
-    /// Bytes the probes may hold: the memory available at the start, less the memo budget and
-    /// [`PROBE_SLACK_BYTES`] (`None`: unknown, no check).
-    limit: Option<u64>,
+    /// Bytes the probes may hold: `$LPZERO_PROBE_MEMORY_GB`, else the memory available at the
+    /// start less the memo budget and [`PROBE_SLACK_BYTES`] (`None`: unknown, no check).
+    limit: Option<MemoryLimit>,
     held: std::sync::atomic::AtomicU64,
     done: std::sync::atomic::AtomicUsize,
     warned: std::sync::atomic::AtomicBool,
@@ -85,21 +86,10 @@ impl MemoryGuard {
     /// The guard for `total` probes: the limit is `$LPZERO_PROBE_MEMORY_GB` when set (for
     /// containers, whose `MemAvailable` is the host's), else derived from the free memory.
     fn new(memo_budget: u64, total: usize) -> Result<Self> {
-        let limit = match std::env::var("LPZERO_PROBE_MEMORY_GB") {
-            Ok(text) => {
-                let gb: f64 = text
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|g: &f64| *g >= 0.0)
-                    .with_context(|| {
-                        format!("LPZERO_PROBE_MEMORY_GB: expected a number of GB ≥ 0, got `{text}`")
-                    })?;
-                Some((gb * 1e9) as u64)
-            }
-            Err(_) => crate::report::available_memory_bytes()
-                .map(|a| a.saturating_sub(memo_budget + PROBE_SLACK_BYTES)),
-        };
+        let limit = MemoryLimit::current()?.map(|l| match l.source {
+            LimitSource::Environment => l,
+            LimitSource::Available => l.less((memo_budget + PROBE_SLACK_BYTES) as f64),
+        });
         Ok(Self {
             limit,
             held: 0.into(),
@@ -119,28 +109,31 @@ impl MemoryGuard {
         let Some(limit) = self.limit else {
             return Ok(());
         };
-        let gb = |b: u64| b as f64 / 1e9;
-        if held > limit {
+        let gb = |b: u64| crate::report::format_bytes(b as f64);
+        let reserved = match limit.source {
+            LimitSource::Environment => "",
+            LimitSource::Available => ", less the memo budget and 2 GiB",
+        };
+        if held as f64 > limit.bytes {
             anyhow::bail!(
-                "the fitness probes need more memory than this machine has free: they hold \
-                 {:.1} GB after {done} of {} architectures, and {:.1} GB is the limit (memory \
-                 available at the start, less the memo budget and 2 GiB). Lower --batch or \
-                 --seq-len, or use fewer --fitness-archs",
+                "the fitness probes need more memory than probing may use: they hold {} after \
+                 {done} of {} architectures, and the limit is {}{reserved}. Lower the batch \
+                 rows or seq_len, or use fewer fitness architectures",
                 gb(held),
                 self.total,
-                gb(limit)
+                limit.describe()
             );
         }
         let projected = held / done as u64 * self.total as u64;
-        if done >= 5 && projected > limit && !self.warned.swap(true, Relaxed) {
+        if done >= 5 && projected as f64 > limit.bytes && !self.warned.swap(true, Relaxed) {
             eprintln!(
-                "warning: the fitness probes may need about {:.1} GB ({:.1} GB after {done} of \
-                 {} architectures) and {:.1} GB is free for them; the search stops if they \
-                 exceed it",
+                "warning: the fitness probes may need about {} ({} after {done} of {} \
+                 architectures) and the limit is {}{reserved}; the search stops if they exceed \
+                 it",
                 gb(projected),
                 gb(held),
                 self.total,
-                gb(limit)
+                limit.describe()
             );
         }
         Ok(())
@@ -198,6 +191,12 @@ pub fn fitness_phase(
 ) -> Result<FitnessPhase> {
     let start = Instant::now();
     let bench = job.bench;
+    // Refuse an incompatible resume before any probing.
+    let settings = job.probe.settings(bench.kind)?;
+    if let Some(path) = &job.resume {
+        let truth = bench.truths(&job.fitness);
+        checkpoint::load(path)?.check_compatible(opts, &settings, &truth)?;
+    }
     let total = job.fitness.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let guard = MemoryGuard::new(opts.memo_budget_bytes, total)?;
@@ -223,10 +222,14 @@ pub fn fitness_phase(
     let sources: Vec<&dyn InputSource> = probes.iter().map(|p| p as &dyn InputSource).collect();
     let truth = bench.truths(&job.fitness);
     let iterations = opts.iterations;
-    let outcome = run(
+    let fitness = FitnessData {
+        probes: &sources,
+        truth: &truth,
+        settings: &settings,
+    };
+    let outcome = run_with_inputs(
         opts,
-        &sources,
-        &truth,
+        &fitness,
         job.out.as_deref(),
         job.resume.as_deref(),
         &|i| progress("search", i, iterations),
@@ -495,5 +498,5 @@ fn heldout_chart(best: &str, ours: f64, cmp: &Comparison, n: usize) -> String {
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+    crate::report::write_atomic(path, text)
 }

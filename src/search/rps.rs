@@ -186,7 +186,11 @@ impl FromStr for Rule {
             .find(|r| s.eq_ignore_ascii_case(r.name()))
             .ok_or_else(|| {
                 let names: Vec<&str> = Self::ALL.iter().map(|r| r.name()).collect();
-                format!("unknown rule `{s}`: expected one of {}", names.join(", "))
+                format!(
+                    "unknown rule `{}`: expected one of {}",
+                    crate::report::clip(s),
+                    names.join(", ")
+                )
             })
     }
 }

@@ -12,7 +12,12 @@
 //!
 //! On resume into a folder that already has a `log.jsonl`, lines past the checkpoint's iteration
 //! (written after the last checkpoint by the interrupted run) are dropped, so the log reads like
-//! the log of an uninterrupted run.
+//! the log of an uninterrupted run; a log that lacks some of the checkpoint's iterations is
+//! refused (it does not belong to that checkpoint).
+//!
+//! Every file except the log is written whole or not at all ([`write_atomic`]); the log is
+//! append-only and its write errors stop the run. A new run never reuses a folder that holds
+//! files ([`claim`]) unless told to replace its run files.
 //!
 //! [`curve_svg`] and [`scatter_svg`] draw plots without any plotting crate: axes, "nice" ticks,
 //! labels and a legend or a subtitle, in plain SVG 1.1.
@@ -22,15 +27,86 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::checkpoint::{self, CHECKPOINT_FILE};
 use super::hall_of_fame::HallEntry;
 use super::options::SearchOptions;
 use super::{CurvePoint, SearchState};
-use crate::report::{csv_number, json_number, write_csv_file};
+use crate::report::{csv_number, json_number, write_atomic, write_csv_file};
 use crate::stats::{kendall_tau_b, ranks, sanitize, spearman};
+
+/// The files a run writes into its folder (what [`claim`] replaces when told to overwrite).
+pub const RUN_FILES: [&str; 9] = [
+    "config.json",
+    "log.jsonl",
+    "hall_of_fame.json",
+    "curve.csv",
+    "curve.svg",
+    "scatter.svg",
+    "heldout.svg",
+    "summary.json",
+    CHECKPOINT_FILE,
+];
+
+/// Makes `dir` ready for a new run without losing an earlier one: a missing or empty folder is
+/// fine; a folder holding anything is refused, unless `overwrite`, which deletes the
+/// [`RUN_FILES`] it holds (other files are left alone). Fails when `dir` is not a folder.
+pub fn claim(dir: &Path, overwrite: bool) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        bail!("{}: exists and is not a folder", dir.display());
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list the folder", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        names.sort();
+        let shown: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+        let more = if names.len() > 3 { ", …" } else { "" };
+        bail!(
+            "{}: the folder is not empty (it holds {}{more}); a new run there would replace \
+             an earlier run's files",
+            dir.display(),
+            shown.join(", ")
+        );
+    }
+    for name in RUN_FILES {
+        let path = dir.join(name);
+        if path.is_file() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("{}: cannot remove", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// True when `resume` (a run folder or a checkpoint file inside one) and `dir` name the same
+/// folder.
+pub fn same_folder(resume: &Path, dir: &Path) -> bool {
+    let folder = if resume.is_dir() {
+        resume
+    } else {
+        resume.parent().unwrap_or(Path::new("."))
+    };
+    let folder = if folder.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        folder
+    };
+    match (std::fs::canonicalize(folder), std::fs::canonicalize(dir)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
 
 /// One line of `log.jsonl`: what happened in one iteration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -63,25 +139,33 @@ pub struct IterationLog {
 pub struct RunDir {
     dir: PathBuf,
     log: BufWriter<File>,
+    /// How the fitness inputs were made (recorded in every checkpoint).
+    inputs: serde_json::Value,
 }
 
 impl RunDir {
     /// Creates (or reuses) `dir`, writes `config.json` and opens `log.jsonl`: truncated for a new
-    /// run, or cut back to the lines up to `resumed_at` when resuming from that iteration.
-    pub fn create(dir: &Path, options: &SearchOptions, resumed_at: Option<usize>) -> Result<Self> {
+    /// run, or cut back to the lines up to `resumed_at` when resuming from that iteration (an
+    /// existing log must then hold every iteration up to it). `inputs` describes how the fitness
+    /// inputs were made; checkpoints record it ([`checkpoint::save`]).
+    pub fn create(
+        dir: &Path,
+        options: &SearchOptions,
+        inputs: &serde_json::Value,
+        resumed_at: Option<usize>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        checkpoint::write_atomic(
+        write_atomic(
             &dir.join("config.json"),
-            &serde_json::to_string_pretty(options)?,
+            serde_json::to_string_pretty(options)?,
         )?;
         let log_path = dir.join("log.jsonl");
         let kept = match resumed_at {
-            Some(last) => kept_log_lines(&log_path, last),
+            Some(last) => kept_log_lines(&log_path, last)?,
             None => String::new(),
         };
-        std::fs::write(&log_path, kept)
-            .with_context(|| format!("{}: cannot write", log_path.display()))?;
+        write_atomic(&log_path, kept)?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&log_path)
@@ -89,6 +173,7 @@ impl RunDir {
         Ok(Self {
             dir: dir.to_path_buf(),
             log: BufWriter::new(file),
+            inputs: inputs.clone(),
         })
     }
 
@@ -100,7 +185,12 @@ impl RunDir {
     /// Appends one iteration to `log.jsonl` (buffered; flushed by [`RunDir::save`]).
     pub fn log(&mut self, record: &IterationLog) -> Result<()> {
         let line = serde_json::to_string(record)?;
-        writeln!(self.log, "{line}").context("log.jsonl: write failed")
+        writeln!(self.log, "{line}").with_context(|| self.log_error())
+    }
+
+    /// The message of a failed write to `log.jsonl`.
+    fn log_error(&self) -> String {
+        format!("{}: cannot write", self.dir.join("log.jsonl").display())
     }
 
     /// Flushes the log and writes `hall_of_fame.json`, `curve.csv`, `curve.svg` and, when
@@ -112,36 +202,61 @@ impl RunDir {
         state: &SearchState,
         with_checkpoint: bool,
     ) -> Result<()> {
-        self.log.flush().context("log.jsonl: write failed")?;
+        self.log.flush().with_context(|| self.log_error())?;
         write_hall_of_fame(
             &self.dir.join("hall_of_fame.json"),
             state.hall_of_fame.entries(),
         )?;
         write_curve_csv(&self.dir.join("curve.csv"), &state.curve)?;
-        checkpoint::write_atomic(&self.dir.join("curve.svg"), &curve_svg(&state.curve))?;
+        write_atomic(&self.dir.join("curve.svg"), curve_svg(&state.curve))?;
         if with_checkpoint {
-            checkpoint::save(&self.dir.join(CHECKPOINT_FILE), options, truth, state)?;
+            let path = self.dir.join(CHECKPOINT_FILE);
+            checkpoint::save(&path, options, &self.inputs, truth, state)?;
         }
         Ok(())
     }
 }
 
-/// The lines of an existing log whose `iteration` is at most `last` (nothing if unreadable).
-fn kept_log_lines(path: &Path, last: usize) -> String {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return String::new();
-    };
+/// The lines of an existing log whose `iteration` is at most `last` (nothing when there is no
+/// log). Fails when the log cannot be read or its kept lines are not iterations `1..=last` in
+/// order.
+fn kept_log_lines(path: &Path, last: usize) -> Result<String> {
+    if !path.exists() {
+        return Ok(String::new());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = String::new();
+    let mut expected = 1;
     for line in text.lines() {
         let it = serde_json::from_str::<serde_json::Value>(line)
             .ok()
             .and_then(|v| v.get("iteration").and_then(|i| i.as_u64()));
-        if matches!(it, Some(i) if i as usize <= last) {
-            out.push_str(line);
-            out.push('\n');
+        match it {
+            Some(i) if i as usize <= last => {
+                if i as usize != expected {
+                    bail!(
+                        "{}: holds iteration {i} where iteration {expected} was expected; the \
+                         log does not belong to the checkpoint (at iteration {last})",
+                        path.display()
+                    );
+                }
+                expected += 1;
+                out.push_str(line);
+                out.push('\n');
+            }
+            _ => {}
         }
     }
-    out
+    if expected != last + 1 {
+        bail!(
+            "{}: holds iterations up to {} but the checkpoint is at iteration {last}; the log \
+             does not belong to that checkpoint",
+            path.display(),
+            expected - 1
+        );
+    }
+    Ok(out)
 }
 
 /// Writes the hall of fame as a JSON array (best first) with plain numbers.
@@ -159,7 +274,7 @@ pub fn write_hall_of_fame(path: &Path, entries: &[HallEntry]) -> Result<()> {
             })
         })
         .collect();
-    checkpoint::write_atomic(path, &serde_json::to_string_pretty(&list)?)
+    write_atomic(path, serde_json::to_string_pretty(&list)?)
 }
 
 /// Writes `iteration,best,median` rows.

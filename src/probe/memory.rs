@@ -1,0 +1,236 @@
+//! How much memory probing may use and how much a probe needs, so that a model too large for
+//! the machine is refused with a clear message before it is built, instead of the process
+//! being killed (or aborting on a failed allocation) halfway through.
+//!
+//! The limit ([`MemoryLimit`]) is `$LPZERO_PROBE_MEMORY_GB` when set (containers report the
+//! host's free memory), else the memory the system has available when the check runs. The
+//! need of one probe ([`probe_bytes`]) is an estimate from the architecture's shapes and the
+//! batch: four bytes per value for five copies of the parameters (weights, gradients, and the
+//! probe's copies of both) and the activations per token of the family's
+//! `activation_floats_per_token`. It was calibrated against measured peaks and errs on the
+//! high side; it is meant to refuse what cannot fit, not to predict exactly.
+
+use anyhow::{bail, Context, Result};
+
+use super::ProbeOptions;
+use crate::bench::{Arch, Benchmark, Entry};
+use crate::models::flexibert;
+use crate::models::gpt2_flex;
+use crate::report::{available_memory_bytes, format_bytes};
+
+/// Environment variable that sets the memory probing may use, in GB (10⁹ bytes).
+pub const MEMORY_ENV: &str = "LPZERO_PROBE_MEMORY_GB";
+
+/// Bytes of one stored value (`f32`).
+const VALUE_BYTES: f64 = 4.0;
+
+/// Copies of the parameters a probe holds: weights, gradients, and the probe's copies of both.
+const PARAMETER_COPIES: f64 = 5.0;
+
+/// Where a memory limit comes from (for messages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitSource {
+    /// `$LPZERO_PROBE_MEMORY_GB`.
+    Environment,
+    /// The memory the system reported available.
+    Available,
+}
+
+/// The memory probing may use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryLimit {
+    /// Bytes.
+    pub bytes: f64,
+    /// Where the number comes from.
+    pub source: LimitSource,
+}
+
+impl MemoryLimit {
+    /// The limit now: [`MEMORY_ENV`] when set (a positive number of GB), else the memory the
+    /// system has available; `None` when neither is known (no check is then possible). Fails
+    /// on a variable that is not a positive number.
+    pub fn current() -> Result<Option<Self>> {
+        match std::env::var(MEMORY_ENV) {
+            Ok(text) => Ok(Some(Self {
+                bytes: parse_gb(&text)? * 1e9,
+                source: LimitSource::Environment,
+            })),
+            Err(_) => Ok(available_memory_bytes().map(|b| Self {
+                bytes: b as f64,
+                source: LimitSource::Available,
+            })),
+        }
+    }
+
+    /// The limit less `reserved` bytes kept for other uses (never below zero).
+    pub fn less(self, reserved: f64) -> Self {
+        Self {
+            bytes: (self.bytes - reserved).max(0.0),
+            ..self
+        }
+    }
+
+    /// Says what the limit is and where it comes from, e.g. `3.20 GB (set by
+    /// LPZERO_PROBE_MEMORY_GB)` or `21.5 GB (the memory available)`.
+    pub fn describe(&self) -> String {
+        match self.source {
+            LimitSource::Environment => {
+                format!("{} (set by {MEMORY_ENV})", format_bytes(self.bytes))
+            }
+            LimitSource::Available => format!(
+                "{} (the memory available; set {MEMORY_ENV} to choose another limit)",
+                format_bytes(self.bytes)
+            ),
+        }
+    }
+}
+
+/// Parses the value of [`MEMORY_ENV`]: a finite number of GB above zero.
+fn parse_gb(text: &str) -> Result<f64> {
+    match text.trim().parse::<f64>() {
+        Ok(gb) if gb.is_finite() && gb > 0.0 => Ok(gb),
+        Ok(_) => bail!(
+            "{MEMORY_ENV}={}: expected a positive number of GB (such as 16); unset it to use \
+             the memory the system has available",
+            crate::report::clip(text)
+        ),
+        Err(_) => bail!(
+            "{MEMORY_ENV}: expected a number of GB, got `{}`",
+            crate::report::clip(text)
+        ),
+    }
+}
+
+/// What is about to be done with each architecture (what [`check_fits`] estimates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Build and probe it ([`probe_bytes`]).
+    Probe,
+    /// Only build it, as for counting parameters ([`parameter_bytes`]).
+    Build,
+}
+
+/// Estimated peak bytes of probing `entry` with `opts` (see the module docs).
+pub fn probe_bytes(entry: &Entry, opts: &ProbeOptions) -> Result<f64> {
+    let (params, per_token) = match &entry.arch {
+        Arch::Flexibert(record) => {
+            let config = flexibert::Config::from_record(record, opts.sizes)?;
+            (
+                config.parameter_count(),
+                config.activation_floats_per_token(opts.seq_len),
+            )
+        }
+        Arch::Gpt2(record) => {
+            let config = gpt2_flex::Config::from_record(record)?;
+            (
+                config.parameter_count(),
+                config.activation_floats_per_token(opts.seq_len),
+            )
+        }
+    };
+    let tokens = opts.batch as f64 * opts.seq_len as f64;
+    Ok(VALUE_BYTES * (PARAMETER_COPIES * params + tokens * per_token))
+}
+
+/// Bytes of the parameters of `entry` alone (what building the model costs, as for counting
+/// parameters).
+pub fn parameter_bytes(entry: &Entry, opts: &ProbeOptions) -> Result<f64> {
+    Ok(VALUE_BYTES
+        * match &entry.arch {
+            Arch::Flexibert(record) => {
+                flexibert::Config::from_record(record, opts.sizes)?.parameter_count()
+            }
+            Arch::Gpt2(record) => gpt2_flex::Config::from_record(record)?.parameter_count(),
+        })
+}
+
+/// Fails when one of the selected architectures needs more memory for `work` than `limit`
+/// (the largest is named, with its estimate and what to lower). When `threads` probes at once
+/// may not fit, it only warns on stderr, since they rarely all peak together.
+pub fn check_fits(
+    bench: &Benchmark,
+    selection: &[usize],
+    opts: &ProbeOptions,
+    threads: usize,
+    limit: Option<MemoryLimit>,
+    work: Work,
+) -> Result<()> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let need = match work {
+        Work::Probe => probe_bytes,
+        Work::Build => parameter_bytes,
+    };
+    let mut largest: Option<(usize, f64)> = None;
+    for &i in selection {
+        let entry = &bench.entries[i];
+        let bytes = need(entry, opts)
+            .with_context(|| format!("{} architecture {}", bench.kind, entry.key))?;
+        if largest.is_none_or(|(_, b)| bytes > b) {
+            largest = Some((i, bytes));
+        }
+    }
+    let Some((i, bytes)) = largest else {
+        return Ok(());
+    };
+    let key = &bench.entries[i].key;
+    if bytes > limit.bytes {
+        let (task, remedy) = match work {
+            Work::Probe => (
+                format!(
+                    "to probe with a batch of {} × {} tokens",
+                    opts.batch, opts.seq_len
+                ),
+                "lower the batch rows or the tokens per row (seq_len), use smaller sizes, or \
+                 leave the architecture out",
+            ),
+            Work::Build => (
+                "for its parameters alone".to_string(),
+                "use smaller sizes or leave the architecture out",
+            ),
+        };
+        bail!(
+            "{} architecture {key} needs about {} {task}, more than the limit of {}: {remedy}",
+            bench.kind,
+            format_bytes(bytes),
+            limit.describe()
+        );
+    }
+    if work == Work::Build {
+        return Ok(());
+    }
+    let parallel = threads.clamp(1, selection.len().max(1)) as f64;
+    if bytes * parallel > limit.bytes {
+        eprintln!(
+            "warning: {} probes at once may need up to {} (architecture {key} alone about {}), \
+             and the limit is {}; use fewer threads if the system runs out of memory",
+            parallel,
+            format_bytes(bytes * parallel),
+            format_bytes(bytes),
+            limit.describe()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variable_must_be_a_positive_number() {
+        assert_eq!(parse_gb(" 16 ").unwrap(), 16.0);
+        for bad in ["0", "-1", "inf", "NaN"] {
+            let e = parse_gb(bad).unwrap_err().to_string();
+            assert!(e.contains("positive number"), "{bad}: {e}");
+        }
+        assert!(parse_gb("lots").unwrap_err().to_string().contains("`lots`"));
+        let limit = MemoryLimit {
+            bytes: 1000.0,
+            source: LimitSource::Environment,
+        };
+        assert_eq!(limit.describe(), "1.00 kB (set by LPZERO_PROBE_MEMORY_GB)");
+        assert_eq!(limit.less(1500.0).bytes, 0.0);
+    }
+}
