@@ -261,7 +261,10 @@ mod tests {
         assert!(chosen.contains(&0), "{chosen:?}");
         assert!(rho > stats::spearman(&truth, &x));
         assert_eq!(greedy_ensemble(&truth, &[], 3).0, Vec::<usize>::new());
-        assert_eq!(greedy_ensemble(&truth, &[x.clone()], 3).0, vec![0]);
+        assert_eq!(
+            greedy_ensemble(&truth, std::slice::from_ref(&x), 3).0,
+            vec![0]
+        );
     }
 
     #[test]
