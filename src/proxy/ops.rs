@@ -14,15 +14,17 @@
 //!   a mean and the final value is a mean over layers, so it cannot see how deep or how wide a
 //!   network is, which is what trained quality depends on most. `sum` and `size` are extensive
 //!   reductions of one array; `total` sums over the items of a list (layers, modules).
-//! * [`apply`] evaluates a unary operation on one array. `disconnect` has no value: [`apply`]
-//!   returns `None` for it, and a binary operation with one disconnected operand returns the
-//!   other operand unchanged (both disconnected ⇒ the expression is invalid). The expression
-//!   evaluator in `proxy::expr` implements that rule.
+//! * `disconnect` has no value: evaluating it gives `None` ([`super::chain::apply`]), and a
+//!   binary operation with one disconnected operand returns the other operand unchanged (both
+//!   disconnected ⇒ the expression is invalid). The expression evaluator implements that
+//!   rule.
 //! * [`BinaryOp`] and [`apply_binary`] are the four binary operations (spec §4.3).
 //! * [`UNARY_SAMPLING_WEIGHTS`] and [`BINARY_SAMPLING_WEIGHTS`] are the reference sampling
 //!   weights (spec §4.5), indexed like [`UnaryOp::ALL`] and [`BinaryOp::ALL`].
 //!
-//! Numerics (implemented in [`super::chain`]): element-wise operations run in `f32` like the
+//! This module names and describes the operations and evaluates the binary ones; evaluating
+//! unary operations is [`super::chain`]'s job (it streams chains of them), so `chain` depends
+//! on `ops` and never the other way. Numerics: element-wise operations run in `f32` like the
 //! reference tensors; reductions and the statistics inside `normalize`, `min_max`, `softmax`
 //! and `logsoftmax` accumulate in `f64` and round once to `f32` at the end.
 
@@ -31,7 +33,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::chain::apply_chain;
 use crate::array::Array;
 
 /// A name that is not in an operation or input table.
@@ -324,16 +325,6 @@ pub const UNARY_SAMPLING_WEIGHTS: [f64; 21] = [
     0.1, 0.2,
 ];
 
-/// Applies a unary operation to one array and returns a new array; the argument is untouched.
-///
-/// Returns `None` exactly for [`UnaryOp::Disconnect`], which has no value: the caller drops a
-/// disconnected branch (a binary operation then returns its other operand). Every other
-/// operation returns `Some`, whatever the values (NaN and ±inf propagate, nothing panics).
-/// This is the one-op case of [`super::chain::apply_chain`], which holds the numerics.
-pub fn apply(op: UnaryOp, a: &Array) -> Option<Array> {
-    apply_chain(std::slice::from_ref(&op), a)
-}
-
 /// A binary operation of the LPZero search space (spec §4.3), in reference index order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BinaryOp {
@@ -560,47 +551,6 @@ mod tests {
         Array::new(shape.to_vec(), data.to_vec()).unwrap()
     }
 
-    fn un(op: UnaryOp, a: &Array) -> Array {
-        apply(op, a).expect("connected op")
-    }
-
-    fn close(a: f32, b: f32, tol: f32) -> bool {
-        (a - b).abs() <= tol * (1.0 + b.abs())
-    }
-
-    fn assert_all_close(got: &Array, want: &[f32]) {
-        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
-        for (&g, &w) in got.data().iter().zip(want) {
-            assert!(close(g, w, 1e-6), "{got:?} vs {want:?}");
-        }
-    }
-
-    /// Inputs every op is run on: scalars, vectors, matrices, zeros, negatives, huge, NaN, inf,
-    /// and empty arrays.
-    fn zoo() -> Vec<Array> {
-        vec![
-            Array::scalar(0.0),
-            Array::scalar(2.5),
-            Array::scalar(-3.0),
-            Array::scalar(1e30),
-            Array::scalar(-1e30),
-            Array::scalar(f32::NAN),
-            Array::scalar(f32::INFINITY),
-            arr(&[4], &[1.0, -2.0, 0.0, 3.5]),
-            arr(&[3], &[0.0, 0.0, 0.0]),
-            arr(&[3], &[-1.0, -2.0, -3.0]),
-            arr(&[2], &[1e30, -1e30]),
-            arr(&[3], &[1.0, f32::NAN, 2.0]),
-            arr(&[2, 3], &[1.0, 2.0, 3.0, -4.0, 5.0, -6.0]),
-            arr(&[2, 2], &[f32::NEG_INFINITY, 1.0, f32::INFINITY, 2.0]),
-            arr(&[1], &[7.0]),
-            arr(&[1, 1], &[-7.0]),
-            arr(&[2, 2, 2], &[0.5; 8]),
-            arr(&[0], &[]),
-            arr(&[2, 0], &[]),
-        ]
-    }
-
     #[test]
     fn index_tables_match_reference_order() {
         for (i, op) in UnaryOp::ALL.iter().enumerate() {
@@ -658,234 +608,6 @@ mod tests {
         assert!((total - 2.2).abs() < 1e-12);
         assert_eq!(BINARY_SAMPLING_WEIGHTS, [0.6, 0.3, 0.05, 0.05]);
         assert_eq!(BinaryOp::Sub.sampling_weight(), 0.3);
-    }
-
-    #[test]
-    fn every_op_on_every_input_is_pure_and_total() {
-        for a in zoo() {
-            let before = a.clone();
-            for op in UnaryOp::ALL {
-                let out = apply(op, &a);
-                // The input is never mutated (compare bit patterns so NaN counts as equal).
-                let same = a.shape() == before.shape()
-                    && a.data()
-                        .iter()
-                        .zip(before.data())
-                        .all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same, "{op} mutated its input");
-                match out {
-                    None => assert_eq!(op, UnaryOp::Disconnect),
-                    Some(out) => {
-                        assert_ne!(op, UnaryOp::Disconnect);
-                        if op.is_reduction() {
-                            assert!(out.is_scalar(), "{op} on {a:?} gave {out:?}");
-                        } else {
-                            assert_eq!(out.shape(), a.shape(), "{op} on {a:?}");
-                        }
-                        if op.is_nonnegative() {
-                            assert!(
-                                out.data().iter().all(|&x| x.is_nan() || x >= 0.0),
-                                "{op} on {a:?} gave {out:?}"
-                            );
-                        }
-                    }
-                }
-            }
-            for b in zoo() {
-                for op in BinaryOp::ALL {
-                    // Must not panic; errors are fine.
-                    let _ = apply_binary(op, &a, &b);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn element_wise_known_values() {
-        let v = arr(&[4], &[1.0, -2.0, 0.0, 3.5]);
-        assert_all_close(
-            &un(UnaryOp::Log, &v),
-            &[1e-9_f32.ln_1p(), 0.0, 0.0, 3.5_f32.ln()],
-        );
-        assert_all_close(
-            &un(UnaryOp::AbsLog, &v),
-            &[0.0, 2.0_f32.ln(), 0.0, 3.5_f32.ln()],
-        );
-        assert_all_close(&un(UnaryOp::Abs, &v), &[1.0, 2.0, 0.0, 3.5]);
-        assert_all_close(&un(UnaryOp::Pow2, &v), &[1.0, 4.0, 0.0, 12.25]);
-        assert_all_close(
-            &un(UnaryOp::Exp, &v),
-            &[1.0_f32.exp(), (-2.0_f32).exp(), 1.0, 3.5_f32.exp()],
-        );
-        assert_all_close(&un(UnaryOp::Relu, &v), &[1.0, 0.0, 0.0, 3.5]);
-        assert_all_close(&un(UnaryOp::Invert, &v), &[1.0, -0.5, 1e9, 1.0 / 3.5]);
-        assert_all_close(&un(UnaryOp::Sqrt, &v), &[1.0, 0.0, 0.0, 3.5_f32.sqrt()]);
-        assert_all_close(&un(UnaryOp::Neg, &v), &[-1.0, 2.0, 0.0, -3.5]);
-        let s = |x: f32| 1.0 / (1.0 + (-x).exp());
-        assert_all_close(&un(UnaryOp::Sigmoid, &v), &[s(1.0), s(-2.0), 0.5, s(3.5)]);
-        assert_all_close(&un(UnaryOp::MinMax, &v), &[3.0 / 5.5, 0.0, 2.0 / 5.5, 1.0]);
-        assert_eq!(un(UnaryOp::NoOp, &v), v);
-        // Normalize: mean 0.625, unbiased std.
-        let m = 0.625_f64;
-        let sd = ((0.375f64.powi(2) + 2.625f64.powi(2) + 0.625f64.powi(2) + 2.875f64.powi(2))
-            / 3.0)
-            .sqrt();
-        let want: Vec<f32> = [1.0, -2.0, 0.0, 3.5]
-            .iter()
-            .map(|&x: &f64| ((x - m) / sd) as f32)
-            .collect();
-        assert_all_close(&un(UnaryOp::Normalize, &v), &want);
-    }
-
-    #[test]
-    fn reductions_known_values() {
-        let v = arr(&[2, 2], &[3.0, -4.0, 0.0, 0.0]);
-        assert_eq!(un(UnaryOp::FrobeniusNorm, &v), Array::scalar(5.0));
-        assert!(close(un(UnaryOp::NormalizedSum, &v).data()[0], -0.25, 1e-7));
-        assert!(close(un(UnaryOp::L1Norm, &v).data()[0], 1.75, 1e-7));
-        assert_eq!(un(UnaryOp::Mean, &v), Array::scalar(-0.25));
-        let sd = ((3.25f64.powi(2) + 3.75f64.powi(2) + 2.0 * 0.25f64.powi(2)) / 3.0).sqrt() as f32;
-        assert!(close(un(UnaryOp::Std, &v).data()[0], sd, 1e-6));
-        // Huge values do not overflow the f64 accumulators.
-        let h = arr(&[2], &[1e30, -1e30]);
-        assert!(close(
-            un(UnaryOp::FrobeniusNorm, &h).data()[0],
-            2f32.sqrt() * 1e30,
-            1e-6
-        ));
-        assert_eq!(un(UnaryOp::Mean, &h), Array::scalar(0.0));
-        assert!(close(
-            un(UnaryOp::Std, &h).data()[0],
-            2f32.sqrt() * 1e30,
-            1e-6
-        ));
-        assert_eq!(
-            un(UnaryOp::Pow2, &h).data(),
-            &[f32::INFINITY, f32::INFINITY]
-        );
-        // Empty arrays.
-        let e = arr(&[0], &[]);
-        assert_eq!(un(UnaryOp::FrobeniusNorm, &e), Array::scalar(0.0));
-        assert_eq!(un(UnaryOp::L1Norm, &e), Array::scalar(0.0));
-        assert!(un(UnaryOp::Mean, &e).data()[0].is_nan());
-        assert!(un(UnaryOp::Std, &e).data()[0].is_nan());
-    }
-
-    #[test]
-    fn scalar_behaviour() {
-        for x in [0.0_f32, 2.5, -3.0, 1e30, -1e30] {
-            let s = Array::scalar(x);
-            assert_eq!(un(UnaryOp::Softmax, &s), Array::scalar(1.0), "{x}");
-            assert_eq!(un(UnaryOp::LogSoftmax, &s), Array::scalar(0.0), "{x}");
-            assert_eq!(un(UnaryOp::Normalize, &s), Array::scalar(0.0), "{x}");
-            assert_eq!(un(UnaryOp::MinMax, &s), Array::scalar(0.0), "{x}");
-            assert!(un(UnaryOp::Std, &s).data()[0].is_nan(), "{x}");
-            assert_eq!(un(UnaryOp::Mean, &s), s);
-            assert_eq!(un(UnaryOp::NormalizedSum, &s), s, "{x}");
-            assert_eq!(un(UnaryOp::L1Norm, &s), Array::scalar(x.abs()), "{x}");
-            assert_eq!(
-                un(UnaryOp::FrobeniusNorm, &s),
-                Array::scalar(x.abs()),
-                "{x}"
-            );
-            assert!(un(UnaryOp::Pow2, &s).is_scalar());
-        }
-        // One element is not enough for an unbiased std either.
-        assert!(un(UnaryOp::Std, &arr(&[1], &[4.0])).data()[0].is_nan());
-        // Extreme finite scalars survive the 1e-9 in the reductions' denominators.
-        for x in [f32::MAX, f32::MIN, f32::MIN_POSITIVE, 1e-45, -1e-45] {
-            let s = Array::scalar(x);
-            assert_eq!(un(UnaryOp::NormalizedSum, &s), s, "{x}");
-            assert_eq!(un(UnaryOp::L1Norm, &s), Array::scalar(x.abs()), "{x}");
-            assert_eq!(
-                un(UnaryOp::FrobeniusNorm, &s),
-                Array::scalar(x.abs()),
-                "{x}"
-            );
-        }
-    }
-
-    #[test]
-    fn softmax_along_first_axis() {
-        // Columns are (1, 3) and (2, 4): each column sums to one.
-        let m = arr(&[2, 2], &[1.0, 2.0, 3.0, 4.0]);
-        let lo = 1.0 / (1.0 + 2f32.exp());
-        let hi = 1.0 - lo;
-        assert_all_close(&un(UnaryOp::Softmax, &m), &[lo, lo, hi, hi]);
-        assert_all_close(
-            &un(UnaryOp::LogSoftmax, &m),
-            &[lo.ln(), lo.ln(), hi.ln(), hi.ln()],
-        );
-        // A vector is one column.
-        let v = arr(&[3], &[0.0, 0.0, 0.0]);
-        assert_all_close(&un(UnaryOp::Softmax, &v), &[1.0 / 3.0; 3]);
-        // Stable for huge values.
-        let h = arr(&[2], &[1e30, -1e30]);
-        assert_eq!(un(UnaryOp::Softmax, &h).data(), &[1.0, 0.0]);
-        assert_eq!(un(UnaryOp::LogSoftmax, &h).data(), &[0.0, -2e30]);
-        let big = arr(&[2], &[1000.0, 1000.0]);
-        assert_all_close(&un(UnaryOp::Softmax, &big), &[0.5, 0.5]);
-        // 3-D: axis 0 has length 2, every one of the 4 columns sums to one.
-        let t = arr(&[2, 2, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
-        let out = un(UnaryOp::Softmax, &t);
-        for c in 0..4 {
-            assert!(close(out.data()[c] + out.data()[4 + c], 1.0, 1e-6));
-        }
-        // NaN poisons its column only.
-        let n = arr(&[2, 2], &[f32::NAN, 1.0, 0.0, 1.0]);
-        let out = un(UnaryOp::Softmax, &n);
-        assert!(out.data()[0].is_nan() && out.data()[2].is_nan());
-        assert_all_close(
-            &Array::new(vec![2], vec![out.data()[1], out.data()[3]]).unwrap(),
-            &[0.5, 0.5],
-        );
-    }
-
-    #[test]
-    fn nan_and_infinity_are_values() {
-        let n = arr(&[3], &[1.0, f32::NAN, 2.0]);
-        for op in [
-            UnaryOp::Log,
-            UnaryOp::AbsLog,
-            UnaryOp::Abs,
-            UnaryOp::Relu,
-            UnaryOp::Sqrt,
-            UnaryOp::Sigmoid,
-        ] {
-            assert!(un(op, &n).data()[1].is_nan(), "{op}");
-        }
-        assert!(un(UnaryOp::Mean, &n).data()[0].is_nan());
-        assert!(un(UnaryOp::MinMax, &n).data().iter().all(|x| x.is_nan()));
-        // Normalize maps NaN results to 0.
-        assert_eq!(un(UnaryOp::Normalize, &n).data(), &[0.0, 0.0, 0.0]);
-        assert!(un(UnaryOp::Softmax, &Array::scalar(f32::NAN)).data()[0].is_nan());
-        assert_eq!(
-            un(UnaryOp::Exp, &Array::scalar(1e30)),
-            Array::scalar(f32::INFINITY)
-        );
-        assert_eq!(un(UnaryOp::Exp, &Array::scalar(-1e30)), Array::scalar(0.0));
-        assert_eq!(
-            un(UnaryOp::Sigmoid, &Array::scalar(-1e30)),
-            Array::scalar(0.0)
-        );
-        assert_eq!(
-            un(UnaryOp::Sigmoid, &Array::scalar(1e30)),
-            Array::scalar(1.0)
-        );
-        assert_eq!(
-            un(UnaryOp::Invert, &Array::scalar(-1e-9)),
-            Array::scalar(f32::INFINITY)
-        );
-        assert!(close(
-            un(UnaryOp::Log, &Array::scalar(1e30)).data()[0],
-            69.07755,
-            1e-6
-        ));
-    }
-
-    #[test]
-    fn disconnect_has_no_value() {
-        assert!(apply(UnaryOp::Disconnect, &Array::scalar(1.0)).is_none());
     }
 
     #[test]
