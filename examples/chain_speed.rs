@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use lpzero::array::Array;
 use lpzero::proxy::eval::Memo;
-use lpzero::proxy::expr::{parse, Input};
+use lpzero::proxy::expr::Input;
+use lpzero::proxy::parse::parse;
 use lpzero::rng::Rng;
 
 fn main() {

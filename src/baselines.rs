@@ -2,8 +2,8 @@
 //! computed from one probe per architecture (plus the extra passes some definitions need),
 //! in one table: what a discovered proxy is compared against.
 //!
-//! `lpzero baselines` runs [`scoring::score`] on [`suite`] and writes the files of
-//! [`write`]. For FlexiBERT, when the benchmark's data source holds
+//! `lpzero baselines` runs [`crate::scoring::score`] on [`suite`] and writes the files of
+//! [`write()`]. For FlexiBERT, when the benchmark's data source holds
 //! `flexibert/reference_proxy_scores.csv` (the shipped data does), each proxy with a column
 //! there also gets the Spearman ρ between its values and that column ([`reference_agreement`]).
 

@@ -8,7 +8,9 @@ use anyhow::{bail, Result};
 use crate::bench::{BenchKind, Benchmark};
 use crate::probe::{probe_map, Probe, ProbeOptions};
 use crate::proxy::builtin::{self, Builtin, Orientation};
-use crate::proxy::expr::{builtin_genotype, eval, Expr, BUILTIN_GENOTYPES};
+use crate::proxy::eval::eval;
+use crate::proxy::expr::Expr;
+use crate::proxy::genotype::{builtin_genotype, BUILTIN_GENOTYPES};
 use crate::report::clip;
 use crate::stats;
 

@@ -288,7 +288,7 @@ fn search_writes_run_directory_and_summary() {
         assert!(v.get(key).is_some(), "summary lacks {key}: {v}");
     }
     assert_eq!(v["heldout_n"], 2);
-    lpzero::proxy::expr::parse(v["best"].as_str().unwrap()).unwrap();
+    lpzero::proxy::parse::parse(v["best"].as_str().unwrap()).unwrap();
     // The comparison with every single-pass baseline on the same held-out architectures.
     let baselines = v["heldout_baselines"]
         .as_object()

@@ -11,7 +11,8 @@ use lpzero::models::flexibert::SizeMode;
 use lpzero::models::gpt2_flex::{Config, Gpt2Flex};
 use lpzero::probe::{probe_entry, probe_gpt2, Batch, ProbeOptions};
 use lpzero::proxy::builtin;
-use lpzero::proxy::expr::{builtin_genotype, eval};
+use lpzero::proxy::eval::eval;
+use lpzero::proxy::genotype::builtin_genotype;
 use lpzero::rng::Rng;
 
 /// `(key, n_head, d_inner, d_model, d_embed, div_val, valid_ppl, [AdaEmb, Attn, FFN,

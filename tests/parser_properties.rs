@@ -13,7 +13,9 @@ use lpzero::bench::{self, flexibert, gpt2, Arch};
 use lpzero::models::flexibert::SizeMode;
 use lpzero::models::gpt2_flex;
 use lpzero::probe::{memory, ProbeOptions};
-use lpzero::proxy::expr::{self, TreeGenotype};
+use lpzero::proxy::canonical::canonical;
+use lpzero::proxy::genotype::TreeGenotype;
+use lpzero::proxy::parse::parse;
 use lpzero::rng::Rng;
 
 /// Pieces that random texts are made of: the syntax of every format, names, numbers at the
@@ -164,11 +166,11 @@ fn expression_and_genotype_parsers_never_panic() {
     let mut accepted = 0;
     for text in &inputs {
         no_panic("expr::parse", text, || {
-            if let Ok(e) = expr::parse(text) {
+            if let Ok(e) = parse(text) {
                 accepted += 1;
                 // What is accepted prints back to the same expression.
-                assert_eq!(expr::parse(&e.to_string()).as_ref(), Ok(&e), "{text:?}");
-                let _ = expr::canonical(&e);
+                assert_eq!(parse(&e.to_string()).as_ref(), Ok(&e), "{text:?}");
+                let _ = canonical(&e);
             }
         });
         no_panic("TreeGenotype::parse", text, || {

@@ -24,7 +24,6 @@ use crate::bench::{Arch, BenchKind, Benchmark, Entry};
 use crate::models::flexibert::{Config, FlexiBert, SizeMode};
 use crate::models::gpt2_flex::{self, Gpt2Flex};
 use crate::models::{to_array, LinearRole};
-use crate::proxy::expr::{Input, InputSource};
 use crate::rng::Rng;
 
 /// Which scalar is back-propagated to obtain gradients (FlexiBERT; GPT-2 always
@@ -688,18 +687,6 @@ pub fn probe_gpt2(
         extras,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-impl InputSource for Probe {
-    fn input(&self, which: Input) -> Option<&[Array]> {
-        Some(match which {
-            Input::Act => &self.act,
-            Input::Head => &self.head,
-            Input::Softmax => &self.softmax,
-            Input::Grad => &self.grad,
-            Input::Weight => &self.weight,
-        })
-    }
 }
 
 /// Probes one benchmark entry (dispatch on its family). `batch` must come from

@@ -1,4 +1,15 @@
-//! Memoised evaluation of proxy expressions over many architectures.
+//! Evaluation of proxy expressions over the input lists of one architecture, and its memo
+//! over many architectures.
+//!
+//! # Evaluation
+//!
+//! [`eval`] is the plain evaluator: inputs come from an [`InputSource`] (a probe, a test
+//! fixture), a run of unary ops streams through each item ([`super::chain`]), a binary op pairs
+//! items by position ([`apply_binary_list`]), a disconnected operand is dropped, and the value
+//! is the mean over items of each item's mean in `f64` ([`reduce`]). An expression without a
+//! value for an architecture gives an [`EvalError`] (the reference's "−1").
+//!
+//! # Memo
 //!
 //! A proxy value is a pure function of (probe, expression), and the search evaluates thousands
 //! of expressions that share sub-expressions (a child shares most of its tree with its parents;
@@ -8,7 +19,7 @@
 //!
 //! * Expressions are brought to their canonical form ([`canonical`]) first, so equivalent
 //!   sub-expressions (`neg(neg(x))` and `x`, `add(a, b)` and `add(b, a)`) share one entry. The
-//!   key of a node is the text of the canonical node, i.e. [`crate::proxy::expr::key`] of it.
+//!   key of a node is the text of the canonical node, i.e. [`crate::proxy::canonical::key`] of it.
 //!   Caching is correct for any tree (a text determines its value), canonicalisation only
 //!   raises the hit rate.
 //! * A run of unary ops is computed in one streaming pass per item ([`crate::proxy::chain`]), so
@@ -24,19 +35,201 @@
 //!   the [`InputSource`].
 //!
 //! The memo is only a cache: [`Memo::value`] returns exactly what
-//! [`crate::proxy::expr::eval`] returns (same number, same error), which the tests check.
+//! [`eval`] returns (same number, same error), which the tests check.
 //! The caller must use one consistent architecture indexing per memo (index `i` always means the
 //! same probe).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::expr::{
-    apply_binary_list, apply_chain_list, canonical, reduce, total, unary_chain, EvalError, Expr,
-    Input, InputSource,
-};
-use super::ops::UnaryOp;
+use super::canonical::canonical;
+use super::chain::apply_chain;
+use super::expr::{Expr, Input};
+use super::ops::{apply_binary, BinaryOp, OpError, UnaryOp};
 use crate::array::Array;
+use crate::probe::Probe;
+
+/// Where an expression reads its input lists from (a probe, a test fixture, ...).
+pub trait InputSource: Sync {
+    /// The list for `which`, or `None` when this source does not provide it.
+    fn input(&self, which: Input) -> Option<&[Array]>;
+}
+
+/// The five input lists of one architecture, borrowed. A list that was not computed can be left
+/// empty (evaluating an expression that reads it is then an [`EvalError::EmptyInput`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inputs<'a> {
+    /// The `act` list.
+    pub act: &'a [Array],
+    /// The `head` list.
+    pub head: &'a [Array],
+    /// The `softmax` list.
+    pub softmax: &'a [Array],
+    /// The `grad` list.
+    pub grad: &'a [Array],
+    /// The `weight` list.
+    pub weight: &'a [Array],
+}
+
+impl InputSource for Inputs<'_> {
+    fn input(&self, which: Input) -> Option<&[Array]> {
+        Some(match which {
+            Input::Act => self.act,
+            Input::Head => self.head,
+            Input::Softmax => self.softmax,
+            Input::Grad => self.grad,
+            Input::Weight => self.weight,
+        })
+    }
+}
+
+impl InputSource for HashMap<Input, Vec<Array>> {
+    fn input(&self, which: Input) -> Option<&[Array]> {
+        self.get(&which).map(Vec::as_slice)
+    }
+}
+
+/// Why an expression has no value for an architecture (the reference's "−1").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    /// The input source does not provide this input.
+    #[error("input `{0}` is not available")]
+    MissingInput(Input),
+    /// The input list is empty (e.g. BERT `grad`, GPT-2 `softmax` in the reference).
+    #[error("input `{0}` is an empty list")]
+    EmptyInput(Input),
+    /// A disconnected value was needed: the root, or a unary op above the root's `disconnect`.
+    #[error("the expression is disconnected: its value passes through `disconnect`")]
+    Disconnected,
+    /// Both operands of a binary op are disconnected.
+    #[error("both operands of `{0}` are disconnected")]
+    BothDisconnected(BinaryOp),
+    /// A binary op could not combine a pair of items.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The final list is empty (cannot happen with non-empty inputs; kept as a guard).
+    #[error("the expression produced an empty list")]
+    EmptyResult,
+}
+
+/// Applies a chain of unary ops (`ops[0]` first) to every item of a list (`disconnect` is an
+/// error: it has no value).
+pub fn apply_chain_list(ops: &[UnaryOp], items: &[Array]) -> Result<Vec<Array>, EvalError> {
+    items
+        .iter()
+        .map(|a| apply_chain(ops, a).ok_or(EvalError::Disconnected))
+        .collect()
+}
+
+/// Splits the run of item-wise unary ops at the top of `expr`: the ops in application order
+/// (innermost first) and the node below them. The run stops at an input, a binary op or the
+/// list-level `total` (which is evaluated as a node of its own, see [`total`]). A `disconnect`
+/// anywhere in the run makes the whole run valueless ([`EvalError::Disconnected`]); the node
+/// below is then never evaluated.
+pub fn unary_chain(expr: &Expr) -> Result<(Vec<UnaryOp>, &Expr), EvalError> {
+    let mut ops = Vec::new();
+    let mut node = expr;
+    while let Expr::Unary(op, x) = node {
+        if op.is_list_level() {
+            break;
+        }
+        if *op == UnaryOp::Disconnect {
+            return Err(EvalError::Disconnected);
+        }
+        ops.push(*op);
+        node = x;
+    }
+    ops.reverse();
+    Ok((ops, node))
+}
+
+/// The list-level op `total`: a one-item list holding `Σ_items mean(item)` (each mean in `f64`,
+/// the sum rounded once to `f32`).
+pub fn total(items: &[Array]) -> Vec<Array> {
+    let sum: f64 = items.iter().map(Array::mean_f64).sum();
+    vec![Array::scalar(sum as f32)]
+}
+
+/// Applies a binary op to positionally paired items, up to the shorter list; the surplus items
+/// of the longer list are dropped.
+pub fn apply_binary_list(
+    op: BinaryOp,
+    left: &[Array],
+    right: &[Array],
+) -> Result<Vec<Array>, OpError> {
+    left.iter()
+        .zip(right)
+        .map(|(a, b)| apply_binary(op, a, b))
+        .collect()
+}
+
+/// Evaluates `expr` to its list of arrays (one per item), without the final reduction.
+///
+/// Pure and recursive over the tree: inputs come from `inputs`, unary ops map over items, binary
+/// ops pair items ([`apply_binary_list`]), disconnected operands are dropped (see module docs).
+pub fn eval_list(expr: &Expr, inputs: &dyn InputSource) -> Result<Vec<Array>, EvalError> {
+    eval_cow(expr, inputs).map(Cow::into_owned)
+}
+
+/// [`eval_list`] that borrows input lists instead of copying them when a node is an input.
+fn eval_cow<'a>(expr: &Expr, inputs: &'a dyn InputSource) -> Result<Cow<'a, [Array]>, EvalError> {
+    match expr {
+        Expr::Input(i) => {
+            let list = inputs.input(*i).ok_or(EvalError::MissingInput(*i))?;
+            if list.is_empty() {
+                return Err(EvalError::EmptyInput(*i));
+            }
+            Ok(Cow::Borrowed(list))
+        }
+        Expr::Unary(op, x) if op.is_list_level() => Ok(Cow::Owned(total(&eval_cow(x, inputs)?))),
+        Expr::Unary(..) => {
+            // The whole run of unary ops streams through each item at once (`proxy::chain`).
+            let (ops, base) = unary_chain(expr)?;
+            let items = eval_cow(base, inputs)?;
+            Ok(Cow::Owned(apply_chain_list(&ops, &items)?))
+        }
+        Expr::Binary(op, a, b) => match (a.is_disconnected(), b.is_disconnected()) {
+            (true, true) => Err(EvalError::BothDisconnected(*op)),
+            (true, false) => eval_cow(b, inputs),
+            (false, true) => eval_cow(a, inputs),
+            (false, false) => {
+                let left = eval_cow(a, inputs)?;
+                let right = eval_cow(b, inputs)?;
+                Ok(Cow::Owned(apply_binary_list(*op, &left, &right)?))
+            }
+        },
+    }
+}
+
+/// The value of a list: the mean over items of each item's mean, in `f64` (the reference's
+/// `convert_to_float`). NaN/inf are returned as they are; an empty list is an error.
+pub fn reduce(items: &[Array]) -> Result<f64, EvalError> {
+    if items.is_empty() {
+        return Err(EvalError::EmptyResult);
+    }
+    let total: f64 = items.iter().map(Array::mean_f64).sum();
+    Ok(total / items.len() as f64)
+}
+
+/// Evaluates `expr` on one architecture's inputs: [`reduce`] of [`eval_list`].
+pub fn eval(expr: &Expr, inputs: &dyn InputSource) -> Result<f64, EvalError> {
+    reduce(&eval_cow(expr, inputs)?)
+}
+
+/// A probe is the input source of its architecture: its `act`, `head`, `softmax`, `grad` and
+/// `weight` lists, whose meaning is its family's (see [`crate::probe::Probe`]).
+impl InputSource for Probe {
+    fn input(&self, which: Input) -> Option<&[Array]> {
+        Some(match which {
+            Input::Act => &self.act,
+            Input::Head => &self.head,
+            Input::Softmax => &self.softmax,
+            Input::Grad => &self.grad,
+            Input::Weight => &self.weight,
+        })
+    }
+}
 
 /// Default byte budget for memoised non-scalar lists: 1 GiB.
 pub const DEFAULT_BUDGET_BYTES: u64 = 1 << 30;
@@ -161,7 +354,7 @@ impl Memo {
     }
 
     /// The value of `expr` on architecture `arch` whose inputs are `src`: the same result as
-    /// [`crate::proxy::expr::eval`], computed through the memo after canonicalising `expr`.
+    /// [`eval`], computed through the memo after canonicalising `expr`.
     pub fn value(
         &mut self,
         arch: usize,
@@ -192,7 +385,7 @@ impl Memo {
     }
 
     /// The list of item arrays of `expr` on architecture `arch` (canonicalised first), without
-    /// the final reduction: the same as [`crate::proxy::expr::eval_list`].
+    /// the final reduction: the same as [`eval_list`].
     pub fn list(
         &mut self,
         arch: usize,
@@ -292,7 +485,8 @@ impl Memo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::expr::{eval, eval_list, parse, Input};
+    use crate::proxy::expr::Input;
+    use crate::proxy::parse::parse;
     use crate::rng::Rng;
 
     fn source(seed: u64) -> HashMap<Input, Vec<Array>> {
@@ -401,7 +595,7 @@ mod tests {
     fn head_read_as_act_when_they_are_one_list() {
         let s = source(6);
         let act = &s[&Input::Act];
-        let shared = crate::proxy::expr::Inputs {
+        let shared = Inputs {
             act,
             head: act,
             ..Default::default()

@@ -98,7 +98,7 @@ pub enum UnaryOp {
     /// `no_op` (idx 19): identity.
     NoOp,
     /// `disconnect` (idx 20): "no value". A binary operation with one disconnected operand
-    /// returns the other operand; [`apply`] returns `None`.
+    /// returns the other operand; [`super::chain::apply`] returns `None`.
     Disconnect,
     /// `sum` (idx 21, lpzero extension): `Σ x` as a 0-d scalar (extensive: it grows with the
     /// size of the array, unlike `mean`).

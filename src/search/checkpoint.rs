@@ -33,8 +33,10 @@ use super::genome::Genome;
 use super::hall_of_fame::{HallEntry, HallOfFame};
 use super::options::{SearchOptions, RESULT_NEUTRAL_OPTIONS};
 use super::{Counters, CurvePoint, Member, SearchState};
-use crate::proxy::expr::{self, Expr};
+use crate::proxy::canonical;
+use crate::proxy::expr::Expr;
 use crate::proxy::ops::UnaryOp;
+use crate::proxy::parse::parse;
 use crate::report::{clip, fnv1a64, write_atomic};
 use crate::rng::Rng;
 
@@ -320,8 +322,8 @@ fn check_fitness(what: &str, f: f64) -> Result<(), String> {
 
 /// Parses a saved expression text and checks that `key` is its canonical key.
 fn check_expr(what: &str, text: &str, key: &str) -> Result<Expr, String> {
-    let e = expr::parse(text).map_err(|e| format!("{what}: `{}`: {e}", clip(text)))?;
-    let canon = expr::key(&e);
+    let e = parse(text).map_err(|e| format!("{what}: `{}`: {e}", clip(text)))?;
+    let canon = canonical::key(&e);
     if canon != key {
         return Err(format!(
             "{what}: key `{}` is not the canonical key `{}` of its expression",
@@ -406,7 +408,7 @@ impl Checkpoint {
                     clip(&plain.to_string())
                 ));
             }
-            if !st.seen.contains(&expr::key(&plain)) {
+            if !st.seen.contains(&canonical::key(&plain)) {
                 return Err(format!("{what} is missing from the keys already seen"));
             }
         }
@@ -635,7 +637,7 @@ mod tests {
             "not sorted",
         );
         let other = "add(mean(head), mean(act))";
-        let other_key = expr::key(&expr::parse(other).unwrap());
+        let other_key = canonical::key(&parse(other).unwrap());
         refused(
             &dir,
             |v| {

@@ -15,7 +15,8 @@ use anyhow::{bail, Result};
 use super::options::{FitnessMeasure, ROBUST_SUBSETS};
 use super::rps::{RpsOptions, Rule};
 use crate::proxy::eval::Memo;
-use crate::proxy::expr::{EvalError, Expr, InputSource};
+use crate::proxy::eval::{EvalError, InputSource};
+use crate::proxy::expr::Expr;
 use crate::rng::Rng;
 use crate::stats::{kendall_tau_b, spearman};
 
@@ -291,7 +292,8 @@ const ROBUST_SEED: u64 = 0x005e_ed0f_4a1f;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::expr::{canonical, parse};
+    use crate::proxy::canonical::canonical;
+    use crate::proxy::parse::parse;
     use crate::search::testutil::Synthetic;
 
     fn c(t: &str) -> Expr {

@@ -6,7 +6,7 @@
 //!
 //! * **Tree** (the LPZero template, spec §4.4): a [`TreeGenotype`] with two inputs, `n_unary`
 //!   ops per branch and one binary op; the expression is
-//!   `bin(mean(u_n(…u_1(x))), mean(v_n(…v_1(y))))` ([`crate::proxy::expr::from_tree_genotype`]).
+//!   `bin(mean(u_n(…u_1(x))), mean(v_n(…v_1(y))))` ([`crate::proxy::genotype::from_tree_genotype`]).
 //! * **Linear**: one input and a chain of `linear_length` (4) unary ops; the expression is
 //!   `mean(u_4(u_3(u_2(u_1(x)))))`. The final `mean` reduces every item in `f32` like the
 //!   reference's `convert_to_float` on a tensor; the mean over items is the usual final
@@ -39,7 +39,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::options::Structure;
-use crate::proxy::expr::{Expr, Input, TreeGenotype};
+use crate::proxy::expr::{Expr, Input};
+use crate::proxy::genotype::TreeGenotype;
 use crate::proxy::ops::{BinaryOp, UnaryOp, BINARY_SAMPLING_WEIGHTS, UNARY_SAMPLING_WEIGHTS};
 use crate::rng::Rng;
 
@@ -405,7 +406,7 @@ fn graph_expr(inputs: [Input; 2], edges: &[UnaryOp]) -> Expr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::expr::parse;
+    use crate::proxy::parse::parse;
 
     fn spec(structure: Structure) -> GenomeSpec {
         GenomeSpec {
@@ -479,8 +480,8 @@ mod tests {
             binary: t.binary,
         };
         assert_eq!(
-            crate::proxy::expr::key(&e.to_expr()),
-            crate::proxy::expr::key(&t.to_expr())
+            crate::proxy::canonical::key(&e.to_expr()),
+            crate::proxy::canonical::key(&t.to_expr())
         );
         let mut rng = Rng::new(3);
         let totals = (0..400)

@@ -1,6 +1,6 @@
 //! The hall of fame: the best distinct proxies seen during a search.
 //!
-//! Distinct means distinct canonical keys ([`crate::proxy::expr::key`]), so equivalent
+//! Distinct means distinct canonical keys ([`crate::proxy::canonical::key`]), so equivalent
 //! expressions (`add(a, b)` and `add(b, a)`) take one place. Entries are ordered by fitness,
 //! best first; among equal fitness the one found first comes first. The hall of fame keeps the
 //! best proxies even after the population has lost them.
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// One proxy in the hall of fame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HallEntry {
-    /// The expression text as found (parse it with [`crate::proxy::expr::parse`]).
+    /// The expression text as found (parse it with [`crate::proxy::parse::parse`]).
     pub expr: String,
     /// Its canonical key.
     pub key: String,

@@ -60,8 +60,10 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::canonical::canonical;
+use crate::proxy::eval::InputSource;
 use crate::proxy::eval::{Memo, MemoStats};
-use crate::proxy::expr::{canonical, Expr, InputSource};
+use crate::proxy::expr::Expr;
 use crate::proxy::ops::UnaryOp;
 use crate::rng::Rng;
 use crate::stats::median;
@@ -441,7 +443,7 @@ impl Search<'_> {
         let n = self.set.len();
         SearchOutcome {
             // The member's text, which holds the `neg` of a backward proxy (see `consider`).
-            best: crate::proxy::expr::parse(&best.expr).unwrap_or_else(|_| best.genome.to_expr()),
+            best: crate::proxy::parse::parse(&best.expr).unwrap_or_else(|_| best.genome.to_expr()),
             best_key: best.key.clone(),
             best_genome: best.genome.clone(),
             fitness_spearman: best.fitness,

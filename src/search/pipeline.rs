@@ -19,7 +19,9 @@ use crate::probe::memory::{LimitSource, MemoryLimit};
 use crate::probe::{probe_map, Probe, ProbeOptions};
 use crate::proxy::builtin::Orientation;
 use crate::proxy::eval::list_bytes;
-use crate::proxy::expr::{self, Expr, InputSource};
+use crate::proxy::eval::{self, InputSource};
+use crate::proxy::expr::Expr;
+use crate::proxy::parse;
 use crate::report::json_number;
 use crate::scoring::Proxy;
 use crate::stats;
@@ -169,7 +171,7 @@ impl FitnessPhase {
             .hall_of_fame
             .iter()
             .map(|h| {
-                expr::parse(&h.expr).with_context(|| format!("hall of fame entry `{}`", h.expr))
+                parse::parse(&h.expr).with_context(|| format!("hall of fame entry `{}`", h.expr))
             })
             .collect()
     }
@@ -237,14 +239,14 @@ pub fn fitness_phase(
     let values_of = |e: &Expr| -> Vec<f64> {
         sources
             .iter()
-            .map(|p| expr::eval(e, *p).unwrap_or(f64::NAN))
+            .map(|p| eval::eval(e, *p).unwrap_or(f64::NAN))
             .collect()
     };
     let fitness_spearman = stats::spearman(&truth, &stats::sanitize(&values_of(&outcome.best)).0);
     let hall_values = outcome
         .hall_of_fame
         .iter()
-        .map(|h| Ok(values_of(&expr::parse(&h.expr)?)))
+        .map(|h| Ok(values_of(&parse::parse(&h.expr)?)))
         .collect::<Result<_>>()?;
     Ok(FitnessPhase {
         outcome,
@@ -279,7 +281,7 @@ pub fn heldout_values(
         |_, p| {
             Ok(exprs
                 .iter()
-                .map(|e| expr::eval(e, &p).unwrap_or(f64::NAN))
+                .map(|e| eval::eval(e, &p).unwrap_or(f64::NAN))
                 .chain(baselines.iter().map(|b| b.compute(&p)))
                 .collect())
         },

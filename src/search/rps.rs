@@ -66,7 +66,8 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::expr::{Expr, Input, InputSource};
+use crate::proxy::eval::InputSource;
+use crate::proxy::expr::{Expr, Input};
 use crate::proxy::ops::{BinaryOp, UnaryOp};
 
 /// A pruning rule (see the module docs for each).
@@ -522,7 +523,8 @@ impl RuleCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::expr::{canonical, parse};
+    use crate::proxy::canonical::canonical;
+    use crate::proxy::parse::parse;
 
     /// Ranks like a BERT probe: act/head/softmax 3-D or 4-D, grad/weight 2-D.
     fn ctx() -> StaticContext {

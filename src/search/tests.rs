@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use super::testutil::Synthetic;
 use super::*;
-use crate::proxy::expr::{eval, parse};
+use crate::proxy::eval::eval;
+use crate::proxy::parse::parse;
 
 /// A fresh, empty temporary folder for one test.
 fn temp_dir(name: &str) -> PathBuf {

@@ -1,7 +1,8 @@
 //! Test fixtures: a synthetic benchmark whose `head` magnitude tracks the ground truth.
 
 use crate::array::Array;
-use crate::proxy::expr::{Input, InputSource};
+use crate::proxy::eval::InputSource;
+use crate::proxy::expr::Input;
 use crate::rng::Rng;
 
 /// One fake architecture: a list per input (indexed like [`Input::ALL`]).

@@ -27,7 +27,8 @@ use super::genome::{
     ExtendedGenotype, Genome, GenomeSpec, EXTENDED_BINARY, EXTENDED_POST_OPS, EXTENDED_REDUCTIONS,
     EXTENDED_TOTAL_P, GRAPH_EDGES,
 };
-use crate::proxy::expr::{Expr, TreeGenotype};
+use crate::proxy::expr::Expr;
+use crate::proxy::genotype::TreeGenotype;
 use crate::proxy::ops::UnaryOp;
 use crate::rng::Rng;
 
@@ -315,8 +316,9 @@ pub fn subtree_mutation(e: &Expr, max_depth: usize, rng: &mut Rng) -> Expr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::expr::{parse, Input};
+    use crate::proxy::expr::Input;
     use crate::proxy::ops::BinaryOp;
+    use crate::proxy::parse::parse;
     use crate::search::options::Structure;
 
     fn spec(structure: Structure, n_unary: usize) -> GenomeSpec {
