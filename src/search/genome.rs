@@ -38,7 +38,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::options::Structure;
+use super::structure::Structure;
 use crate::proxy::expr::{Expr, Input};
 use crate::proxy::genotype::TreeGenotype;
 use crate::proxy::ops::{BinaryOp, UnaryOp, BINARY_SAMPLING_WEIGHTS, UNARY_SAMPLING_WEIGHTS};

@@ -1,7 +1,8 @@
 //! LPZero's proxy search: genetic programming over proxy expressions (spec §4.5–4.7).
 //!
 //! The pieces, each readable alone:
-//! * [`options`]: [`SearchOptions`] (defaults = the reference BERT search) and [`Structure`];
+//! * [`options`]: [`SearchOptions`] (defaults = the reference BERT search);
+//! * [`structure`]: the proxy shapes ([`Structure`]), named by the options and the genomes;
 //! * [`genome`]: representations per structure and their conversion to [`Expr`];
 //! * [`variation`]: crossover and mutation;
 //! * [`rps`]: the rule-based pruning strategy (named, counted, switchable rules);
@@ -47,6 +48,7 @@ pub mod options;
 pub mod pipeline;
 pub mod rps;
 pub mod rundir;
+pub mod structure;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
