@@ -76,27 +76,12 @@ impl Array {
         &self.data
     }
 
-    /// Mutable access to the values, row-major (the shape cannot change).
-    pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.data
-    }
-
-    /// Consumes the array and returns its values.
-    pub fn into_data(self) -> Vec<f32> {
-        self.data
-    }
-
     /// A new array of the same shape with `f` applied to every element.
     pub fn map(&self, f: impl Fn(f32) -> f32) -> Self {
         Self {
             shape: self.shape.clone(),
             data: self.data.iter().map(|&x| f(x)).collect(),
         }
-    }
-
-    /// Same values under another shape with the same element count.
-    pub fn reshape(&self, shape: Vec<usize>) -> Result<Self, String> {
-        Self::new(shape, self.data.clone())
     }
 
     /// Sum of all elements, accumulated in f64.

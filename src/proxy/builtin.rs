@@ -23,15 +23,12 @@ pub enum Orientation {
     LowerIsBetter,
 }
 
-/// A named proxy: its name, orientation, whether it needs gradients, the families it is defined
-/// for, and its function.
+/// A named proxy: its name, orientation, the families it is defined for, and its function.
 pub struct Builtin {
     /// Name used on the command line.
     pub name: &'static str,
     /// What a higher value means.
     pub orientation: Orientation,
-    /// True when the value depends on the backward pass.
-    pub uses_gradients: bool,
     /// True when the value needs the probe's extra passes ([`crate::probe::passes`]):
     /// such proxies are computed by `lpzero baselines` or when named in `score`.
     pub extra_passes: bool,
@@ -39,8 +36,6 @@ pub struct Builtin {
     /// (ranked last by the scorer); `lpzero score --proxy all` should list only the proxies
     /// that apply ([`for_family`]).
     pub families: &'static [BenchKind],
-    /// One line for `--help` and reports.
-    pub summary: &'static str,
     /// The computation.
     pub compute: fn(&Probe) -> f64,
 }
@@ -61,32 +56,188 @@ const GPT2: &[BenchKind] = &[BenchKind::Gpt2];
 /// Where the definition differs by family the probe's family selects it (spec §3.2 for
 /// FlexiBERT, §3.3 for GPT-2, whose "linears" are the 4L Conv1D layers, weights in × out).
 pub const BUILTINS: &[Builtin] = &[
-    Builtin { name: "params", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "number of trainable parameters of the built model (tied tensors once)", compute: params },
-    Builtin { name: "decoder_params", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: GPT2, summary: "GPT-2 only: Attn + FFN parameters (LayerNorms excluded), the reference's '# D.Params'", compute: decoder_params },
-    Builtin { name: "head_confidence", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "Σ over hooked outputs (FlexiBERT q/k/v/in/Ww, GPT-2 every Conv1D) of mean over (batch, channel) of the max over the sequence", compute: head_confidence },
-    Builtin { name: "head_confidence_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "head_confidence divided by the number of hooked outputs", compute: head_confidence_normalized },
-    Builtin { name: "head_softmax_confidence", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "Σ over layers of mean(max over the head axis of the mixer softmax / attention probabilities)", compute: head_softmax_confidence },
-    Builtin { name: "head_softmax_confidence_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "head_softmax_confidence divided by the number of layers", compute: head_softmax_confidence_normalized },
-    Builtin { name: "activation_distance", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "Σ_u n_u² + (T − n_u)² on batch row 0: FlexiBERT mean over GELU outputs (clean normalised form), GPT-2 sum over Conv1D outputs", compute: activation_distance },
-    Builtin { name: "synaptic_diversity", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ ‖W‖_* · ‖∇W‖_* over FlexiBERT mixer-block linears / GPT-2 Conv1Ds", compute: synaptic_diversity },
-    Builtin { name: "synaptic_diversity_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "synaptic_diversity divided by the number of summed linears", compute: synaptic_diversity_normalized },
-    Builtin { name: "synaptic_saliency", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ |W ⊙ ∇W| over FlexiBERT FFN linears / GPT-2 Conv1Ds (= snip)", compute: synaptic_saliency },
-    Builtin { name: "synaptic_saliency_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "synaptic_saliency divided by the number of summed linears", compute: synaptic_saliency_normalized },
-    Builtin { name: "head_importance", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ |W ⊙ ∇W| over linears with weight.shape[0] ≥ 128: FlexiBERT mixer linears (≥ 128 outputs), GPT-2 Conv1Ds (≥ 128 inputs, the reference quirk)", compute: head_importance },
-    Builtin { name: "head_importance_normalized", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "head_importance divided by the number of included linears", compute: head_importance_normalized },
-    Builtin { name: "grad_norm", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ over linears (FlexiBERT every linear, GPT-2 the Conv1Ds) of ‖∇W‖_F", compute: grad_norm },
-    Builtin { name: "snip", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ over linears (FlexiBERT every linear, GPT-2 the Conv1Ds) of Σ |W ⊙ ∇W|", compute: snip },
-    Builtin { name: "jacobian_cosine", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "1 − ½ mean_{i≠j} |cos|^0.05 between embedding dimensions of the position-table gradient (GPT-2: wpe)", compute: jacobian_cosine },
-    Builtin { name: "jacobian_score", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "−Σ ln(λ+1e−5) + 1/(λ+1e−5) over eigenvalues of the correlation of the position-table gradient", compute: jacobian_score },
-    Builtin { name: "attention_confidence", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: true, families: BOTH, summary: "Σ over every linear output (FlexiBERT all linears, GPT-2 the Conv1Ds) of mean over (batch, channel) of the max over the sequence", compute: attention_confidence },
-    Builtin { name: "fisher", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "Σ over linears of mult · Σ_k ½ mean_n (a ∂ℒ/∂a)² over output channels (mult: FlexiBERT in, GPT-2 out)", compute: fisher },
-    Builtin { name: "grasp", orientation: Orientation::LowerIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "Σ −W ⊙ (H g) over linears, H g by a finite difference of gradients (one more pass)", compute: grasp },
-    Builtin { name: "synflow", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "Σ |W ⊙ ∇W| over linears of the absolute-valued network on an all-ones input row (a pass of its own)", compute: synflow },
-    Builtin { name: "logsynflow", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "Σ |W| · |ln |∇W|| over the Synflow pass", compute: logsynflow },
-    Builtin { name: "jacob_cov", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: true, families: BOTH, summary: "−Σ ln(λ+1e−5) + 1/(λ+1e−5) over eigenvalues of the correlation between batch rows of ∂ℒ/∂(word embeddings)", compute: jacob_cov },
-    Builtin { name: "jacob_cov_relu", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "ln |det K|, K = Σ over FFN pre-activations of x xᵀ + (1−x)(1−x)ᵀ, x = 1[pre-activation > 0], over the distinct codes of the first ≤ 512 tokens", compute: jacob_cov_relu },
-    Builtin { name: "eznas", orientation: Orientation::HigherIsBetter, uses_gradients: true, extra_passes: false, families: BOTH, summary: "Σ over linears of σ(ln |det S Sᵀ|), S = sign(∇W) as stored (rows × rows)", compute: eznas },
-    Builtin { name: "w_pca", orientation: Orientation::HigherIsBetter, uses_gradients: false, extra_passes: false, families: BOTH, summary: "params × Σ over FFN activations of the number of principal components reaching 99 % of the variance (batch row 0)", compute: w_pca },
+    Builtin {
+        name: "params",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: params,
+    },
+    Builtin {
+        name: "decoder_params",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: GPT2,
+        compute: decoder_params,
+    },
+    Builtin {
+        name: "head_confidence",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: head_confidence,
+    },
+    Builtin {
+        name: "head_confidence_normalized",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: head_confidence_normalized,
+    },
+    Builtin {
+        name: "head_softmax_confidence",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: head_softmax_confidence,
+    },
+    Builtin {
+        name: "head_softmax_confidence_normalized",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: head_softmax_confidence_normalized,
+    },
+    Builtin {
+        name: "activation_distance",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: activation_distance,
+    },
+    Builtin {
+        name: "synaptic_diversity",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: synaptic_diversity,
+    },
+    Builtin {
+        name: "synaptic_diversity_normalized",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: synaptic_diversity_normalized,
+    },
+    Builtin {
+        name: "synaptic_saliency",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: synaptic_saliency,
+    },
+    Builtin {
+        name: "synaptic_saliency_normalized",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: synaptic_saliency_normalized,
+    },
+    Builtin {
+        name: "head_importance",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: head_importance,
+    },
+    Builtin {
+        name: "head_importance_normalized",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: head_importance_normalized,
+    },
+    Builtin {
+        name: "grad_norm",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: grad_norm,
+    },
+    Builtin {
+        name: "snip",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: snip,
+    },
+    Builtin {
+        name: "jacobian_cosine",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: jacobian_cosine,
+    },
+    Builtin {
+        name: "jacobian_score",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: jacobian_score,
+    },
+    Builtin {
+        name: "attention_confidence",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: true,
+        families: BOTH,
+        compute: attention_confidence,
+    },
+    Builtin {
+        name: "fisher",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: true,
+        families: BOTH,
+        compute: fisher,
+    },
+    Builtin {
+        name: "grasp",
+        orientation: Orientation::LowerIsBetter,
+        extra_passes: true,
+        families: BOTH,
+        compute: grasp,
+    },
+    Builtin {
+        name: "synflow",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: true,
+        families: BOTH,
+        compute: synflow,
+    },
+    Builtin {
+        name: "logsynflow",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: true,
+        families: BOTH,
+        compute: logsynflow,
+    },
+    Builtin {
+        name: "jacob_cov",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: true,
+        families: BOTH,
+        compute: jacob_cov,
+    },
+    Builtin {
+        name: "jacob_cov_relu",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: jacob_cov_relu,
+    },
+    Builtin {
+        name: "eznas",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: eznas,
+    },
+    Builtin {
+        name: "w_pca",
+        orientation: Orientation::HigherIsBetter,
+        extra_passes: false,
+        families: BOTH,
+        compute: w_pca,
+    },
 ];
 
 /// Looks a built-in proxy up by name.
