@@ -3,8 +3,9 @@
 //! in one table: what a discovered proxy is compared against.
 //!
 //! `lpzero baselines` runs [`crate::scoring::score`] on [`suite`] and writes the files of
-//! [`write()`]. For FlexiBERT, when the benchmark's data source holds
-//! `flexibert/reference_proxy_scores.csv` (the shipped data does), each proxy with a column
+//! [`write()`]. When the benchmark's family has a table of reference proxy values
+//! ([`crate::models::Family::reference`]; FlexiBERT's `flexibert/reference_proxy_scores.csv`)
+//! and the benchmark's data source holds it (the shipped data does), each proxy with a column
 //! there also gets the Spearman ρ between its values and that column ([`reference_agreement`]).
 
 use std::collections::HashMap;
@@ -13,8 +14,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::bench::flexibert::REFERENCE_FILE;
 use crate::bench::{BenchKind, Benchmark};
+use crate::models;
 use crate::report::{self, json_number};
 use crate::scoring::{Proxy, ScoreTable};
 use crate::stats;
@@ -69,42 +70,30 @@ pub fn suite(kind: BenchKind, skip: &[String]) -> Result<Vec<Proxy>> {
     Ok(out)
 }
 
-/// The column of `reference_proxy_scores.csv` a FlexiBERT proxy is checked against (the
-/// clean "Normalized" column for activation distance; the reference's "Jacobian Score
-/// Normalized" is the cosine variant).
-pub fn reference_column(proxy: &str) -> Option<&'static str> {
-    Some(match proxy {
-        "params" => "Number of Parameters",
-        "synaptic_diversity" => "Synaptic Diversity",
-        "synaptic_saliency" => "Synaptic Saliency",
-        "activation_distance" => "Activation Distance Normalized",
-        "jacobian_score" => "Jacobian Score",
-        "jacobian_cosine" => "Jacobian Score Normalized",
-        "head_importance" => "Head Importance",
-        "head_confidence" => "Head Confidence",
-        "head_softmax_confidence" => "Head Softmax Confidence",
-        _ => return None,
-    })
+/// The column of the reference table of `kind`'s benchmark that `proxy` is checked against,
+/// if the family has such a table and the proxy a column there.
+pub fn reference_column(kind: BenchKind, proxy: &str) -> Option<&'static str> {
+    models::family(kind).reference()?.column(proxy)
 }
 
 /// Spearman ρ between each proxy's values and its reference column, per proxy (None: no
-/// column, or not FlexiBERT, or no reference file in the benchmark's data source).
+/// column, or no reference table for the family, or none in the benchmark's data source).
 pub fn reference_agreement(bench: &Benchmark, table: &ScoreTable) -> Result<Vec<Option<f64>>> {
     let none = vec![None; table.names.len()];
-    if bench.kind != BenchKind::Flexibert {
+    let Some(reference) = models::family(bench.kind).reference() else {
         return Ok(none);
-    }
+    };
     let Some(data) = &bench.data else {
         return Ok(none);
     };
-    let Some(text) = data.read_optional(REFERENCE_FILE)? else {
+    let Some(text) = data.read_optional(reference.file)? else {
         return Ok(none);
     };
-    let path = data.name(REFERENCE_FILE);
+    let path = data.name(reference.file);
     let columns = parse_reference(&text, &path)?;
     let mut out = Vec::with_capacity(table.names.len());
     for (name, values) in table.names.iter().zip(&table.values) {
-        let Some(col) = reference_column(name) else {
+        let Some(col) = reference.column(name) else {
             out.push(None);
             continue;
         };
@@ -213,7 +202,7 @@ pub fn write(
                 "spearman": json_number(s.spearman), "kendall": json_number(s.kendall),
                 "top10_overlap": json_number(s.top10_overlap), "non_finite": s.non_finite,
                 "seconds": secs,
-                "reference_column": reference_column(&s.proxy).filter(|_| agree.is_some()),
+                "reference_column": reference_column(bench.kind, &s.proxy).filter(|_| agree.is_some()),
                 "reference_spearman": agree.map(json_number),
             })
         })
@@ -282,7 +271,7 @@ pub fn write(
             match agree {
                 Some(a) => md.push_str(&format!(
                     " {a:.3} ({}) |",
-                    reference_column(&s.proxy).unwrap_or("")
+                    reference_column(bench.kind, &s.proxy).unwrap_or("")
                 )),
                 None => md.push_str(" – |"),
             }
@@ -399,16 +388,17 @@ mod tests {
 
     #[test]
     fn suite_filters_by_family_and_skip() {
-        let flex: Vec<String> = suite(BenchKind::Flexibert, &[])
+        let flex: Vec<String> = suite(crate::bench::flexibert::KIND, &[])
             .unwrap()
             .iter()
             .map(Proxy::name)
             .collect();
         assert!(!flex.contains(&"decoder_params".to_string()));
         assert_eq!(flex.len(), SUITE.len() - 1);
-        let gpt2 = suite(BenchKind::Gpt2, &["synaptic_diversity".into()]).unwrap();
+        let gpt2 = crate::bench::gpt2::KIND;
+        let gpt2 = suite(gpt2, &["synaptic_diversity".into()]).unwrap();
         assert_eq!(gpt2.len(), SUITE.len() - 1);
-        assert!(suite(BenchKind::Gpt2, &["nope".into()]).is_err());
+        assert!(suite(crate::bench::gpt2::KIND, &["nope".into()]).is_err());
     }
 
     #[test]

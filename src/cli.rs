@@ -4,11 +4,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lpzero::bench::{self, BenchKind, Benchmark, DataSource};
+use lpzero::models;
 use lpzero::models::flexibert::SizeMode;
-use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions, MAX_THREADS};
+use lpzero::probe::{GradSignal, ProbeOptions, MAX_THREADS};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
 
@@ -45,7 +47,7 @@ enum Command {
 #[derive(Args, Clone)]
 struct DataArgs {
     /// Benchmark family [default: flexibert, or the family of --bench-file].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = bench_kind_parser())]
     bench: Option<BenchKind>,
     /// Folder holding the benchmarks, laid out as the repository's data/ (else
     /// $LPZERO_DATA, else the copy built into lpzero).
@@ -102,13 +104,28 @@ enum OnOff {
     Off,
 }
 
+/// `--bench`: the name of a registered family (the help lists them).
+fn bench_kind_parser() -> impl clap::builder::TypedValueParser<Value = BenchKind> {
+    let names: Vec<&'static str> = models::kinds().into_iter().map(BenchKind::name).collect();
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|name: String| models::kind_named(&name).expect("every possible value is a family"))
+}
+
 impl ProbeArgs {
     fn options(&self, kind: BenchKind) -> Result<ProbeOptions> {
-        let (batch, seq_len) = default_batch_shape(kind);
-        if kind == BenchKind::Gpt2
-            && (self.grad_signal != GradSignal::Projection || self.sizes != SizeMode::Faithful)
-        {
-            eprintln!("warning: --grad-signal and --sizes apply to flexibert only; gpt2 always back-propagates the mean next-token loss");
+        let family = models::family(kind);
+        let (batch, seq_len) = family.default_batch_shape();
+        for (flag, name, set) in [
+            (
+                "--grad-signal",
+                "grad_signal",
+                self.grad_signal != GradSignal::Projection,
+            ),
+            ("--sizes", "sizes", self.sizes != SizeMode::Faithful),
+        ] {
+            if set && !family.option_names().contains(&name) {
+                eprintln!("warning: {flag} does not apply to {kind}; it is ignored");
+            }
         }
         let opts = ProbeOptions {
             batch: self.batch.unwrap_or(batch),
@@ -120,7 +137,8 @@ impl ProbeArgs {
             corpus: self.corpus.clone(),
             extra_passes: false,
         };
-        opts.validate(kind)
+        family
+            .validate(&opts)
             .context("invalid probe options (--batch, --seq-len)")?;
         Ok(opts)
     }
@@ -372,7 +390,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn load(data: &DataArgs) -> Result<Benchmark> {
     if let Some(file) = &data.bench_file {
-        let bench = bench::jsonl::load(file).context("--bench-file")?;
+        let bench = models::load_bench_file(file).context("--bench-file")?;
         if let Some(kind) = data.bench.filter(|&k| k != bench.kind) {
             bail!(
                 "--bench {kind} conflicts with --bench-file {}, whose records are {}; leave \
@@ -387,7 +405,7 @@ fn load(data: &DataArgs) -> Result<Benchmark> {
         Some(dir) => DataSource::dir(dir).context("--data-dir")?,
         None => DataSource::resolve(None)?,
     };
-    Benchmark::load(data.bench.unwrap_or(BenchKind::Flexibert), &source)
+    Benchmark::load(data.bench.unwrap_or(bench::flexibert::KIND), &source)
 }
 
 /// Stops a command that ranks proxies against the ground truth when the architectures have
@@ -594,7 +612,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         "batch": opts.batch, "seq_len": opts.seq_len,
     });
     if a.calibration {
-        let secs = lpzero::probe::calibration_seconds(3)?;
+        let secs = models::flexibert::calibration_seconds(3)?;
         result["calibration_forward_backward_seconds"] = serde_json::json!(secs);
         if !a.json {
             eprintln!("calibration encoder (4×SA-SDP, B=32, T=128, H=256, FFN 1024): median {secs:.3} s per forward+backward");

@@ -1,9 +1,11 @@
 //! lpzero: discover zero-cost proxies for language-model architecture search (LPZero) and use them.
 //!
 //! The library is organised after the data flow: `bench` loads benchmarks and ground truth,
-//! `models` builds randomly initialised networks, `probe` runs them once and keeps plain arrays,
-//! `proxy` turns probes into scores, `stats` compares scores with ground truth; `scoring`,
-//! `baselines` and `search` are the jobs built from these.
+//! `nn` holds the network building blocks, `probe` runs a network once and keeps plain arrays,
+//! `models` holds the model families (each one a [`models::Family`]: its network, how it is
+//! probed and counted, what its probes mean), `proxy` turns probes into scores, `stats`
+//! compares scores with ground truth; `params`, `scoring`, `baselines`, `search`, `compare`
+//! and `study` are the jobs built from these. `docs/architecture.md` draws the layers.
 
 pub mod array;
 pub mod baselines;
@@ -11,6 +13,7 @@ pub mod bench;
 pub mod compare;
 pub mod linalg;
 pub mod models;
+pub mod nn;
 pub mod params;
 pub mod probe;
 pub mod proxy;

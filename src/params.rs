@@ -1,18 +1,15 @@
 //! Parameter counts of benchmark architectures, counted from the built models' tensors.
 //!
-//! FlexiBERT reports the total only. GPT-2 also reports the four other columns of
-//! `params_summary.yaml` ([`GPT2_COLUMNS`]), obtained by grouping the model's registered
-//! tensors by kind (see [`crate::models::gpt2_flex::GROUP_ATTN`] and its siblings).
+//! Each family counts its own ([`crate::models::Family::count_params`]): FlexiBERT reports the
+//! total only; GPT-2 also reports the four other columns of `params_summary.yaml`
+//! ([`crate::models::gpt2_flex::COLUMNS`]), obtained by grouping the model's registered tensors
+//! by kind.
 
-use crate::bench::{Arch, Benchmark};
-use crate::models::flexibert::{Config, FlexiBert, SizeMode};
-use crate::models::gpt2_flex::{self, Gpt2Flex};
-use crate::probe::{memory, ProbeOptions};
+use crate::bench::Benchmark;
+use crate::models;
+use crate::probe::{memory, SizeMode};
 
 use anyhow::{Context, Result};
-
-/// The GPT-2 columns besides `total`, in `params_summary.yaml` order.
-pub const GPT2_COLUMNS: [&str; 4] = ["AdaEmb", "Attn", "FFN", "nonembedding"];
 
 /// The parameter count of one architecture.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -21,8 +18,8 @@ pub struct ParamCount {
     pub key: String,
     /// Every trainable parameter, tied tensors once.
     pub total: usize,
-    /// Further columns of the family, in output order: empty for FlexiBERT; for GPT-2 the
-    /// columns named by [`GPT2_COLUMNS`] (`AdaEmb`, `Attn`, `FFN`, `nonembedding`).
+    /// Further columns of the family, in output order: empty for FlexiBERT; for GPT-2
+    /// `AdaEmb`, `Attn`, `FFN`, `nonembedding`.
     pub columns: Vec<(&'static str, usize)>,
 }
 
@@ -36,72 +33,36 @@ impl ParamCount {
     }
 }
 
-/// The GPT-2 columns ([`GPT2_COLUMNS`] order) from a model's parameter groups
-/// ([`Gpt2Flex::param_groups`]): `AdaEmb`, `Attn`, `FFN`, and
-/// `nonembedding = Attn + FFN + LayerNorm`.
-pub fn gpt2_columns(groups: &[(&'static str, usize)]) -> Vec<(&'static str, usize)> {
-    let group = |name: &str| {
-        groups
-            .iter()
-            .filter(|(g, _)| *g == name)
-            .map(|(_, n)| n)
-            .sum::<usize>()
-    };
-    let attn = group(gpt2_flex::GROUP_ATTN);
-    let ffn = group(gpt2_flex::GROUP_FFN);
-    vec![
-        (GPT2_COLUMNS[0], group(gpt2_flex::GROUP_ADA_EMB)),
-        (GPT2_COLUMNS[1], attn),
-        (GPT2_COLUMNS[2], ffn),
-        (
-            GPT2_COLUMNS[3],
-            attn + ffn + group(gpt2_flex::GROUP_LAYER_NORM),
-        ),
-    ]
-}
-
 /// The parameter count (with the family's extra columns) of each selected architecture, in
-/// selection order. `sizes` applies to FlexiBERT only. Fails before building anything when a
-/// model's parameters alone need more memory than probing may use
-/// ([`crate::probe::memory::check_fits`]).
+/// selection order. `sizes` applies to the families with a size mode (FlexiBERT). Fails
+/// before building anything when a model's parameters alone need more memory than probing may
+/// use ([`crate::probe::memory::check_fits`]).
 pub fn count_columns(
     bench: &Benchmark,
     selection: &[usize],
     sizes: SizeMode,
 ) -> Result<Vec<ParamCount>> {
-    let opts = ProbeOptions {
+    let family = models::family(bench.kind);
+    let opts = crate::probe::ProbeOptions {
         sizes,
-        ..ProbeOptions::default()
+        ..family.probe_options()
     };
     let limit = memory::MemoryLimit::current()?;
-    memory::check_fits(bench, selection, &opts, 1, limit, memory::Work::Build)?;
+    let size_of = |entry: &crate::bench::Entry| family.size(&entry.arch, &opts);
+    let work = memory::Work::Build;
+    memory::check_fits(bench, selection, &opts, 1, limit, work, &size_of)?;
     selection
         .iter()
         .map(|&i| {
             let entry = &bench.entries[i];
-            let counted = || -> Result<(usize, Vec<(&'static str, usize)>)> {
-                Ok(match &entry.arch {
-                    Arch::Flexibert(record) => {
-                        let config = Config::from_record(record, sizes)?;
-                        (
-                            FlexiBert::shapes_only(&config)?.params().count(),
-                            Vec::new(),
-                        )
-                    }
-                    Arch::Gpt2(record) => {
-                        let config = gpt2_flex::Config::from_record(record)?;
-                        let model = Gpt2Flex::shapes_only(&config)?;
-                        (model.params().count(), gpt2_columns(&model.param_groups()))
-                    }
-                })
-            };
             // Name the architecture by its key: a bench file's own id, not a position.
-            let (total, columns) =
-                counted().with_context(|| format!("{} architecture {}", bench.kind, entry.key))?;
+            let counted = family
+                .count_params(&entry.arch, &opts)
+                .with_context(|| format!("{} architecture {}", bench.kind, entry.key))?;
             Ok(ParamCount {
                 key: entry.key.clone(),
-                total,
-                columns,
+                total: counted.total,
+                columns: counted.columns,
             })
         })
         .collect()

@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use crate::bench::{BenchKind, Benchmark};
-use crate::probe::{probe_map, Probe, ProbeOptions};
+use crate::models::{self, probe_map};
+use crate::probe::{Probe, ProbeOptions};
 use crate::proxy::builtin::{self, Builtin, Orientation};
 use crate::proxy::eval::eval;
 use crate::proxy::expr::Expr;
@@ -77,11 +78,7 @@ impl Proxy {
                 .filter(|b| !b.extra_passes)
                 .map(Proxy::Builtin)
                 .collect();
-            let genotypes: &[&str] = match kind {
-                BenchKind::Flexibert => &["lpzero_bert", "lpzero_csv_bert"],
-                BenchKind::Gpt2 => &["lpzero_gpt2"],
-            };
-            for name in genotypes {
+            for name in models::family(kind).genotypes() {
                 all.push(Self::parse(name)?);
             }
             return Ok(all);
@@ -189,7 +186,7 @@ pub fn score(
 ) -> Result<ScoreTable> {
     let start = Instant::now();
     // Validate the batch options even when no probe runs, so bad input always errors.
-    crate::probe::Batch::for_bench(bench.kind, opts)?;
+    models::family(bench.kind).batch(opts)?;
     if proxies
         .iter()
         .all(|p| matches!(p, Proxy::Builtin(b) if b.name == "params"))

@@ -7,8 +7,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lpzero::bench::{jsonl, Arch, BenchKind, Benchmark, DataSource};
+use lpzero::bench::{flexibert, gpt2, Benchmark, DataSource};
 use lpzero::models::flexibert::SizeMode;
+use lpzero::models::load_bench_file;
 
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -32,9 +33,9 @@ fn tmp(name: &str) -> PathBuf {
 
 #[test]
 fn flexibert_example_matches_the_shipped_records() {
-    let mine = jsonl::load(&example("bench_file_example.jsonl")).unwrap();
-    let shipped = Benchmark::load(BenchKind::Flexibert, &DataSource::Embedded).unwrap();
-    assert_eq!(mine.kind, BenchKind::Flexibert);
+    let mine = load_bench_file(&example("bench_file_example.jsonl")).unwrap();
+    let shipped = Benchmark::load(flexibert::KIND, &DataSource::Embedded).unwrap();
+    assert_eq!(mine.kind, flexibert::KIND);
     assert!(mine.has_truth());
     let ids = [0, 1, 35, 250];
     assert_eq!(mine.len(), ids.len());
@@ -42,7 +43,10 @@ fn flexibert_example_matches_the_shipped_records() {
         let reference = &shipped.entries[id];
         assert_eq!(entry.key, format!("flexibert_{id}"));
         assert_eq!(entry.truth, reference.truth, "{}", entry.key);
-        let (Arch::Flexibert(a), Arch::Flexibert(b)) = (&entry.arch, &reference.arch) else {
+        let (Some(a), Some(b)) = (
+            entry.arch.get::<flexibert::Record>(),
+            reference.arch.get::<flexibert::Record>(),
+        ) else {
             panic!("expected FlexiBERT records");
         };
         assert_eq!((&a.layers, a.hidden_size), (&b.layers, b.hidden_size));
@@ -51,9 +55,9 @@ fn flexibert_example_matches_the_shipped_records() {
 
 #[test]
 fn gpt2_example_matches_the_shipped_records() {
-    let mine = jsonl::load(&example("bench_file_gpt2.jsonl")).unwrap();
-    let shipped = Benchmark::load(BenchKind::Gpt2, &DataSource::Embedded).unwrap();
-    assert_eq!(mine.kind, BenchKind::Gpt2);
+    let mine = load_bench_file(&example("bench_file_gpt2.jsonl")).unwrap();
+    let shipped = Benchmark::load(gpt2::KIND, &DataSource::Embedded).unwrap();
+    assert_eq!(mine.kind, gpt2::KIND);
     // The file's truth is the perplexity, lower is better: lpzero negates it like the shipped
     // benchmark does, and reports raw correlations against `truth` with the sign flipped.
     assert_eq!(mine.raw_truth, ("truth", -1.0));
@@ -62,11 +66,11 @@ fn gpt2_example_matches_the_shipped_records() {
     for (entry, count) in mine.entries.iter().zip(&counts) {
         let reference = shipped.entries.iter().find(|e| e.key == entry.key).unwrap();
         assert_eq!(entry.truth, reference.truth, "{}", entry.key);
-        let Arch::Gpt2(r) = &reference.arch else {
+        let Some(r) = reference.arch.get::<gpt2::Record>() else {
             panic!("expected a GPT-2 record");
         };
         assert_eq!(count.total as u64, r.params.unwrap().total, "{}", entry.key);
-        let Arch::Gpt2(a) = &entry.arch else {
+        let Some(a) = entry.arch.get::<gpt2::Record>() else {
             panic!("expected a GPT-2 record");
         };
         assert!(a.ppl.is_none() && a.params.is_none());
@@ -198,7 +202,8 @@ fn error_for(lines: &[String]) -> String {
     let text = lines.join("\n");
     let msg = format!(
         "{:#}",
-        jsonl::parse(&text, Path::new("mine.jsonl")).unwrap_err()
+        lpzero::bench::jsonl::parse(&text, Path::new("mine.jsonl"), &lpzero::models::kinds())
+            .unwrap_err()
     );
     assert!(!msg.contains('\n'), "one line: {msg}");
     assert!(msg.starts_with("mine.jsonl: "), "{msg}");

@@ -25,7 +25,10 @@ fn valid_fixture_loads() {
     assert_eq!(bench.len(), 4);
     assert_eq!(bench.entries[1].key, "1");
     assert_eq!(bench.entries[1].truth, 73.4);
-    let lpzero::bench::Arch::Flexibert(rec) = &bench.entries[1].arch else {
+    let Some(rec) = bench.entries[1]
+        .arch
+        .get::<lpzero::bench::flexibert::Record>()
+    else {
         panic!("expected a FlexiBERT record");
     };
     assert_eq!(rec.layers[2].mixer, Mixer::Dsc { kernel: 9 });

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lpzero::bench::{source, BenchKind, Benchmark, DataSource, DATA_ENV};
+use lpzero::bench::{flexibert, gpt2, source, Benchmark, DataSource, DATA_ENV};
 
 /// The data files under `dir` (relative, `/`-separated), documentation left out, sorted.
 fn files_under(dir: &Path, prefix: &str, out: &mut Vec<String>) {
@@ -45,7 +45,7 @@ fn embedded_copy_equals_the_data_folder() {
 
 #[test]
 fn embedded_and_folder_load_the_same_benchmarks() {
-    for (kind, n) in [(BenchKind::Flexibert, 500), (BenchKind::Gpt2, 200)] {
+    for (kind, n) in [(flexibert::KIND, 500), (gpt2::KIND, 200)] {
         let embedded = Benchmark::load(kind, &DataSource::Embedded).unwrap();
         let folder = Benchmark::load(kind, &common::shipped_source()).unwrap();
         assert_eq!(embedded.len(), n);

@@ -6,10 +6,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use lpzero::bench::{gpt2, Arch, BenchKind, Benchmark, DataSource};
+use lpzero::bench::{gpt2, Arch, Benchmark, DataSource};
 use lpzero::models::flexibert::SizeMode;
-use lpzero::models::gpt2_flex::{Config, Gpt2Flex};
-use lpzero::probe::{probe_entry, probe_gpt2, Batch, ProbeOptions};
+use lpzero::models::gpt2_flex::{Config, Gpt2Flex, FAMILY};
+use lpzero::models::Family;
+use lpzero::nn::Build;
+use lpzero::probe::{Probe, ProbeOptions};
 use lpzero::proxy::builtin;
 use lpzero::proxy::eval::eval;
 use lpzero::proxy::genotype::builtin_genotype;
@@ -139,11 +141,11 @@ fn write(name: &str, f: &Fixture) -> PathBuf {
 }
 
 fn load_fixture(name: &str, f: &Fixture) -> Benchmark {
-    Benchmark::load(BenchKind::Gpt2, &DataSource::Dir(write(name, f))).unwrap()
+    Benchmark::load(gpt2::KIND, &DataSource::Dir(write(name, f))).unwrap()
 }
 
 fn error_for(name: &str, f: &Fixture) -> String {
-    let err = Benchmark::load(BenchKind::Gpt2, &DataSource::Dir(write(name, f))).unwrap_err();
+    let err = Benchmark::load(gpt2::KIND, &DataSource::Dir(write(name, f))).unwrap_err();
     let msg = format!("{err:#}");
     assert!(!msg.contains('\n'), "error should be one line: {msg}");
     msg
@@ -156,16 +158,24 @@ fn assert_names(msg: &str, parts: &[&str]) {
 }
 
 fn record(bench: &Benchmark, i: usize) -> &gpt2::Record {
-    match &bench.entries[i].arch {
-        Arch::Gpt2(r) => r,
-        Arch::Flexibert(_) => panic!("expected a GPT-2 entry"),
-    }
+    bench.entries[i]
+        .arch
+        .get::<gpt2::Record>()
+        .expect("expected a GPT-2 entry")
+}
+
+/// The probe of the GPT-2 record `r` at benchmark position `index`.
+fn probe(r: &gpt2::Record, index: usize, opts: &ProbeOptions) -> Probe {
+    let batch = FAMILY.batch(opts).unwrap();
+    FAMILY
+        .probe(&Arch::new(r.clone()), index, opts, &batch)
+        .unwrap()
 }
 
 #[test]
 fn fixture_loads_sorted_with_negated_perplexity() {
     let bench = load_fixture("valid", &fixture());
-    assert_eq!(bench.kind, BenchKind::Gpt2);
+    assert_eq!(bench.kind, gpt2::KIND);
     let keys: Vec<&str> = bench.entries.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, vec!["config_0_j0", "config_0_j2", "config_0_j4"]);
     assert_eq!(bench.entries[0].truth, -45.022968707221274);
@@ -260,7 +270,7 @@ fn loader_errors_name_file_and_key() {
     std::fs::create_dir_all(dir.join(gpt2::DIR)).unwrap();
     let msg = format!(
         "{:#}",
-        Benchmark::load(BenchKind::Gpt2, &DataSource::Dir(dir)).unwrap_err()
+        Benchmark::load(gpt2::KIND, &DataSource::Dir(dir)).unwrap_err()
     );
     assert_names(&msg, &["configs"]);
 }
@@ -306,15 +316,16 @@ fn params_match_the_worked_examples() {
 /// All 200 shipped architectures reproduce the five columns of `params_summary.yaml` exactly.
 #[test]
 fn params_match_the_summary_for_all_200() {
-    let bench = Benchmark::load(BenchKind::Gpt2, &common::shipped_source()).unwrap();
+    let bench = Benchmark::load(gpt2::KIND, &common::shipped_source()).unwrap();
     assert_eq!(bench.len(), 200);
     assert!(bench.entries.windows(2).all(|w| w[0].key < w[1].key));
     assert_eq!(check_counts(&bench), 200);
 }
 
-/// A tiny decoder with a 60-token vocabulary in three clusters.
-fn tiny(div_val: usize, d_embed: usize, tie_weight: bool) -> Config {
-    Config {
+/// The record of a tiny decoder with a 60-token vocabulary in three clusters.
+fn tiny_decoder(div_val: usize, d_embed: usize, tie_weight: bool) -> gpt2::Record {
+    gpt2::Record {
+        key: "tiny".into(),
         n_token: 60,
         d_model: 16,
         d_embed,
@@ -324,11 +335,13 @@ fn tiny(div_val: usize, d_embed: usize, tie_weight: bool) -> Config {
         cutoffs: vec![20, 40, 60],
         tie_weight,
         tie_projs: vec![false, true, true],
-        n_positions: 12,
+        tgt_len: 12,
         dropout: 0.1,
-        init_std: 0.02,
+        dropatt: 0.0,
+        weight_init_std: 0.02,
         proj_init_std: 0.01,
-        layer_norm_eps: 1e-5,
+        ppl: None,
+        params: None,
     }
 }
 
@@ -348,11 +361,13 @@ fn adaptive_log_probs_sum_to_one_and_match_the_loss() {
         (4, 16, true),
         (2, 8, false),
     ] {
-        let config = tiny(k, e, tied);
         // Larger weights than at initialisation, so that the distribution is far from uniform.
-        let mut cfg = config.clone();
-        cfg.init_std = 0.5;
-        cfg.proj_init_std = 0.5;
+        let record = gpt2::Record {
+            weight_init_std: 0.5,
+            proj_init_std: 0.5,
+            ..tiny_decoder(k, e, tied)
+        };
+        let cfg = Config::from_record(&record).unwrap();
         let model = Gpt2Flex::new(&cfg, &mut Rng::new(11), &Device::Cpu).unwrap();
         let (rows, cols) = (2, 9);
         let inputs = tokens(rows * cols, 1);
@@ -403,12 +418,12 @@ fn probe_contents_and_determinism() {
     let opts = ProbeOptions {
         batch: 2,
         seq_len: 8,
-        ..ProbeOptions::for_bench(BenchKind::Gpt2)
+        ..FAMILY.probe_options()
     };
-    let batch = Batch::for_bench(BenchKind::Gpt2, &opts).unwrap();
+    let batch = FAMILY.batch(&opts).unwrap();
     assert_eq!((batch.rows, batch.cols), (2, 9));
-    let p = probe_gpt2(&r, 3, &opts, &batch).unwrap();
-    assert_eq!(p.family, BenchKind::Gpt2);
+    let p = probe(&r, 3, &opts);
+    assert!(std::ptr::eq(p.semantics, FAMILY.semantics()));
     assert_eq!(p.act.len(), 8);
     assert!(std::sync::Arc::ptr_eq(&p.act, &p.head));
     assert!(std::sync::Arc::ptr_eq(&p.act, &p.mixer_outputs));
@@ -447,7 +462,7 @@ fn probe_contents_and_determinism() {
     assert!((9.0..13.0).contains(&p.loss), "initial NLL {}", p.loss);
     assert_eq!(p.params, p.param_groups.iter().map(|g| g.1).sum::<usize>());
 
-    let again = probe_gpt2(&r, 3, &opts, &batch).unwrap();
+    let again = probe(&r, 3, &opts);
     assert_eq!(again.grad, p.grad);
     assert_eq!(again.act, p.act);
     assert_eq!(again.loss, p.loss);
@@ -455,18 +470,17 @@ fn probe_contents_and_determinism() {
         seed: 1,
         ..opts.clone()
     };
-    let other_batch = Batch::for_bench(BenchKind::Gpt2, &other_seed).unwrap();
-    let other = probe_gpt2(&r, 3, &other_seed, &other_batch).unwrap();
+    let other = probe(&r, 3, &other_seed);
     assert_ne!(other.grad, p.grad);
     // Another architecture index draws other weights.
-    assert_ne!(probe_gpt2(&r, 4, &opts, &batch).unwrap().weight, p.weight);
+    assert_ne!(probe(&r, 4, &opts).weight, p.weight);
     // Dropout changes the gradients, deterministically.
     let dropout = ProbeOptions {
         dropout: true,
         ..opts.clone()
     };
-    let d1 = probe_gpt2(&r, 3, &dropout, &batch).unwrap();
-    let d2 = probe_gpt2(&r, 3, &dropout, &batch).unwrap();
+    let d1 = probe(&r, 3, &dropout);
+    let d2 = probe(&r, 3, &dropout);
     assert_eq!(d1.grad, d2.grad);
     assert_ne!(d1.grad, p.grad);
 
@@ -476,13 +490,13 @@ fn probe_contents_and_determinism() {
         extra_passes: true,
         ..opts.clone()
     };
-    let full = probe_gpt2(&r, 3, &extra, &batch).unwrap();
+    let full = probe(&r, 3, &extra);
     assert_eq!(
         (&full.weight, &full.grad, &full.act),
         (&p.weight, &p.grad, &p.act)
     );
     assert!(p.extras.is_none() && full.extras.is_some());
-    for b in builtin::for_family(BenchKind::Gpt2) {
+    for b in builtin::for_family(gpt2::KIND) {
         let v = (b.compute)(&full);
         assert!(v.is_finite(), "{}: {v}", b.name);
         if b.extra_passes {
@@ -499,13 +513,13 @@ fn lpzero_gpt2_matches_its_closed_form() {
     let opts = ProbeOptions {
         batch: 2,
         seq_len: 32,
-        ..ProbeOptions::for_bench(BenchKind::Gpt2)
+        ..FAMILY.probe_options()
     };
-    let batch = Batch::for_bench(BenchKind::Gpt2, &opts).unwrap();
+    let batch = FAMILY.batch(&opts).unwrap();
     assert_eq!(batch.cols, 33);
     let entry = &bench.entries[0];
     let r = record(&bench, 0);
-    let probe = probe_entry(entry, 0, &opts, &batch).unwrap();
+    let probe = FAMILY.probe(&entry.arch, 0, &opts, &batch).unwrap();
     let value = eval(&builtin_genotype("lpzero_gpt2").unwrap(), &probe).unwrap();
     let sigma2 = 0.02f64 * 0.02;
     let l = r.n_layer() as f64;
@@ -531,15 +545,15 @@ fn lpzero_gpt2_matches_its_closed_form() {
 
 #[test]
 fn zipf_batch_and_corpus() {
-    let opts = ProbeOptions::for_bench(BenchKind::Gpt2);
+    let opts = FAMILY.probe_options();
     assert_eq!((opts.batch, opts.seq_len), (16, 192));
-    let b = Batch::for_bench(BenchKind::Gpt2, &opts).unwrap();
+    let b = FAMILY.batch(&opts).unwrap();
     assert_eq!((b.rows, b.cols), (16, 193));
     assert!(b.ids.iter().all(|&id| id < 50264));
     // Zipf(1) over 50 264 ids: P(id < 19 997) = H(19997)/H(50264) ≈ 0.92.
     let short = b.ids.iter().filter(|&&id| id < 19997).count() as f64 / b.ids.len() as f64;
     assert!((short - 0.92).abs() < 0.03, "{short}");
-    assert_eq!(b, Batch::for_bench(BenchKind::Gpt2, &opts).unwrap());
+    assert_eq!(b, FAMILY.batch(&opts).unwrap());
     let (x, y) = b.shifted();
     assert_eq!(x.len(), 16 * 192);
     assert_eq!(x[1], y[0]);
@@ -548,9 +562,7 @@ fn zipf_batch_and_corpus() {
         seq_len: 193,
         ..opts.clone()
     };
-    let err = Batch::for_bench(BenchKind::Gpt2, &too_long)
-        .unwrap_err()
-        .to_string();
+    let err = FAMILY.batch(&too_long).unwrap_err().to_string();
     assert!(err.contains("192"), "{err}");
 
     let path = std::env::temp_dir().join(format!("lpzero-gpt2-{}-corpus.txt", std::process::id()));
@@ -568,15 +580,13 @@ fn zipf_batch_and_corpus() {
         corpus: Some(path.clone()),
         ..opts.clone()
     };
-    let b = Batch::for_bench(BenchKind::Gpt2, &corpus).unwrap();
+    let b = FAMILY.batch(&corpus).unwrap();
     assert_eq!(
         b.ids,
         vec![0, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000]
     );
     std::fs::write(&path, "1 2 3 60000 5 6 7 8 9 10").unwrap();
-    let err = Batch::for_bench(BenchKind::Gpt2, &corpus)
-        .unwrap_err()
-        .to_string();
+    let err = FAMILY.batch(&corpus).unwrap_err().to_string();
     assert!(err.contains("50264"), "{err}");
     let _ = std::fs::remove_file(Path::new(&path));
 }

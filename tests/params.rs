@@ -38,11 +38,7 @@ fn intended_counts_use_json_sizes() {
 #[test]
 fn faithful_counts_match_reference_csv_for_all_500() {
     let dir = common::shipped_data();
-    let bench = Benchmark::load(
-        lpzero::bench::BenchKind::Flexibert,
-        &common::shipped_source(),
-    )
-    .unwrap();
+    let bench = Benchmark::load(flexibert::KIND, &common::shipped_source()).unwrap();
     assert_eq!(bench.len(), 500);
     let selection: Vec<usize> = (0..bench.len()).collect();
     let counts = lpzero::params::count(&bench, &selection, SizeMode::Faithful).unwrap();

@@ -10,6 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use lpzero::bench::{self, flexibert, gpt2, Arch};
+use lpzero::models;
 use lpzero::models::flexibert::SizeMode;
 use lpzero::models::gpt2_flex;
 use lpzero::probe::{memory, ProbeOptions};
@@ -181,7 +182,7 @@ fn expression_and_genotype_parsers_never_panic() {
             let _ = bench::parse_sample(text, 200, 1);
         });
         no_panic("Proxy::parse_list", text, || {
-            let _ = lpzero::scoring::Proxy::parse_list(text, bench::BenchKind::Flexibert);
+            let _ = lpzero::scoring::Proxy::parse_list(text, flexibert::KIND);
         });
     }
     // The mutations keep some inputs valid, so the round trip is exercised too.
@@ -191,16 +192,19 @@ fn expression_and_genotype_parsers_never_panic() {
 /// Estimates (and model configurations) of every architecture of a loaded benchmark, under
 /// every size mode: what any accepted record must allow without panicking.
 fn use_benchmark(b: &bench::Benchmark) -> usize {
+    let family = models::family(b.kind);
     for entry in &b.entries {
         for sizes in [SizeMode::Faithful, SizeMode::Intended] {
             let opts = ProbeOptions {
                 sizes,
-                ..ProbeOptions::for_bench(b.kind)
+                ..family.probe_options()
             };
-            let _ = memory::probe_bytes(entry, &opts);
-            let _ = memory::parameter_bytes(entry, &opts);
+            if let Ok(size) = family.size(&entry.arch, &opts) {
+                let _ = memory::probe_bytes(&size, &opts);
+                let _ = memory::parameter_bytes(&size);
+            }
         }
-        if let Arch::Gpt2(record) = &entry.arch {
+        if let Some(record) = entry.arch.get::<gpt2::Record>() {
             let _ = gpt2_flex::Config::from_record(record).map(|c| c.parameter_count());
         }
     }
@@ -292,15 +296,15 @@ fn gpt2_config_parser_never_panics() {
                 let entry = bench::Entry {
                     key: "c".into(),
                     truth: -30.0,
-                    arch: Arch::Gpt2(Box::new(record)),
+                    arch: Arch::new(record),
                 };
                 accepted += use_benchmark(&bench::Benchmark {
-                    kind: bench::BenchKind::Gpt2,
+                    kind: gpt2::KIND,
                     source: "c.yaml".into(),
                     entries: vec![entry],
                     truth_name: "test",
                     data: None,
-                    raw_truth: bench::BenchKind::Gpt2.raw_truth(),
+                    raw_truth: gpt2::KIND.raw_truth(),
                 });
             }
         });
@@ -333,7 +337,8 @@ fn bench_file_loader_never_panics() {
     ]
     .join("\n");
     let path = Path::new("archs.jsonl");
-    assert!(bench::jsonl::parse(&valid, path).is_ok());
+    let kinds = models::kinds();
+    assert!(bench::jsonl::parse(&valid, path, &kinds).is_ok());
     // Typed edits: one number or flag replaced by a value at the edges of its type.
     let targets = ["128", "512", "4", ": 1", "9", "true", "0.5"];
     let mut accepted = 0;
@@ -353,7 +358,7 @@ fn bench_file_loader_never_panics() {
             mutate(&valid, &mut rng)
         };
         no_panic("jsonl::parse", &text, || {
-            if let Ok(b) = bench::jsonl::parse(&text, path) {
+            if let Ok(b) = bench::jsonl::parse(&text, path, &kinds) {
                 accepted += use_benchmark(&b);
             }
         });

@@ -13,7 +13,19 @@ use anyhow::{anyhow, Result};
 use serde::Deserialize;
 
 use super::bounds::{self, at_most};
-use super::{Arch, BenchKind, Benchmark, DataSource, Entry, FieldError};
+use super::{Arch, BenchFormat, BenchKind, Benchmark, DataSource, Entry, FieldError};
+
+/// The FlexiBERT family's benchmark format: truth `glue`, higher is better; a bench-file
+/// record is numbered by its position.
+const FORMAT: BenchFormat = BenchFormat {
+    name: "flexibert",
+    raw_truth: ("glue", 1.0),
+    load,
+    record_from_config: |config, index, _id| record_from_config(config, index).map(Arch::new),
+};
+
+/// The FlexiBERT family.
+pub const KIND: BenchKind = BenchKind::new(&FORMAT);
 
 /// Path of the benchmark file inside the data folder.
 pub const FILE: &str = "flexibert/BERT_benchmark.json";
@@ -158,19 +170,19 @@ pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
         entries.push(Entry {
             key: record.id.to_string(),
             truth: glue,
-            arch: Arch::Flexibert(record),
+            arch: Arch::new(record),
         });
     }
     if entries.is_empty() {
         return Err(anyhow!("{file}: the benchmark holds no record"));
     }
     Ok(Benchmark {
-        kind: BenchKind::Flexibert,
+        kind: KIND,
         source: path.to_path_buf(),
         data: None,
         entries,
         truth_name: "GLUE average (scores.glue), higher is better",
-        raw_truth: BenchKind::Flexibert.raw_truth(),
+        raw_truth: KIND.raw_truth(),
     })
 }
 
@@ -238,10 +250,7 @@ fn parse_record(value: &serde_json::Value, index: usize) -> Result<(Record, f64)
 /// Builds the record numbered `id` from the `config` object of a bench-file record
 /// (`{"hidden_size": .., "encoder_layers": [..]}`, the layers as in the benchmark file), with
 /// the benchmark's checks. Field paths in errors are relative to `config`.
-pub(crate) fn record_from_config(
-    config: &serde_json::Value,
-    id: usize,
-) -> Result<Record, FieldError> {
+fn record_from_config(config: &serde_json::Value, id: usize) -> Result<Record, FieldError> {
     let raw: RawArch = serde_path_to_error::deserialize(config).map_err(FieldError::from_serde)?;
     let layers = check_layers(
         raw.hidden_size,

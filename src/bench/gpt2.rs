@@ -26,8 +26,20 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::bounds::{self, at_most};
-use super::{Arch, BenchKind, Benchmark, DataSource, Entry, FieldError};
+use super::{Arch, BenchFormat, BenchKind, Benchmark, DataSource, Entry, FieldError};
 use crate::report::{clip_to, MESSAGE_CHARS};
+
+/// The GPT-2 family's benchmark format: truth `valid_ppl`, lower is better; a bench-file
+/// record is keyed by its id.
+const FORMAT: BenchFormat = BenchFormat {
+    name: "gpt2",
+    raw_truth: ("valid_ppl", -1.0),
+    load,
+    record_from_config: |config, _index, id| record_from_config(config, id).map(Arch::new),
+};
+
+/// The GPT-2 family.
+pub const KIND: BenchKind = BenchKind::new(&FORMAT);
 
 /// Folder of the benchmark inside the data directory.
 pub const DIR: &str = "gpt2_wt103";
@@ -56,7 +68,7 @@ pub struct Record {
     pub n_head: Vec<usize>,
     /// MLP width of each layer (length = number of layers).
     pub d_inner: Vec<usize>,
-    /// Cutoffs as stored in the file (cleaned by [`clean_cutoffs`]).
+    /// Cutoffs as stored in the file (cleaned by [`clean_cutoffs`], see [`Record::clusters`]).
     pub cutoffs: Vec<usize>,
     /// Output tables tied to the embedding tables.
     pub tie_weight: bool,
@@ -90,6 +102,92 @@ impl Record {
     /// negation), when the record comes from the benchmark.
     pub fn valid_ppl(&self) -> Option<f64> {
         self.ppl.as_ref().map(|p| p.valid_ppl)
+    }
+
+    /// The cleaned cutoffs ([`clean_cutoffs`]): the end of each cluster of the adaptive
+    /// embedding and softmax, the last one `n_token`.
+    pub fn clusters(&self) -> Vec<usize> {
+        clean_cutoffs(&self.cutoffs, self.n_token)
+    }
+
+    /// Checks that the decoder's shapes hold together: positive sizes, at least one layer with
+    /// one `d_inner` entry per `n_head` entry, head counts dividing `d_model`, positive MLP
+    /// widths, strictly increasing positive cutoffs after cleaning, a `tie_projs` entry per
+    /// cluster, and whole cluster widths (`d_embed` divisible by `div_val` to the number of
+    /// tail clusters). Every record read from a benchmark file passed it; the model checks a
+    /// record built by hand with it. Field paths are the config's.
+    pub fn check_shapes(&self) -> Result<(), FieldError> {
+        let err = |field: &str, msg: String| FieldError::new(field, msg);
+        for (name, v) in [
+            ("n_token", self.n_token),
+            ("d_model", self.d_model),
+            ("d_embed", self.d_embed),
+            ("div_val", self.div_val),
+            ("tgt_len", self.tgt_len),
+        ] {
+            if v == 0 {
+                return Err(err(name, "expected a positive integer, found 0".into()));
+            }
+        }
+        if self.n_head.is_empty() || self.d_inner.len() != self.n_head.len() {
+            return Err(err(
+                "d_inner",
+                format!(
+                    "expected one entry per layer (≥ 1 layer), found {} heads and {} widths",
+                    self.n_head.len(),
+                    self.d_inner.len()
+                ),
+            ));
+        }
+        for (l, &h) in self.n_head.iter().enumerate() {
+            if h == 0 || !self.d_model.is_multiple_of(h) {
+                return Err(err(
+                    &format!("n_head[{l}]"),
+                    format!("{h} heads do not divide d_model = {}", self.d_model),
+                ));
+            }
+        }
+        if let Some(l) = self.d_inner.iter().position(|&d| d == 0) {
+            return Err(err(
+                &format!("d_inner[{l}]"),
+                "expected a positive integer, found 0".into(),
+            ));
+        }
+        let cutoffs = self.clusters();
+        if cutoffs[0] == 0 || cutoffs.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(err(
+                "cutoffs",
+                format!(
+                    "expected strictly increasing positive cutoffs, found {:?} (cleaned {cutoffs:?})",
+                    self.cutoffs
+                ),
+            ));
+        }
+        if self.tie_projs.len() < cutoffs.len() {
+            return Err(err(
+                "tie_projs",
+                format!(
+                    "expected at least one entry per cluster ({}), found {}",
+                    cutoffs.len(),
+                    self.tie_projs.len()
+                ),
+            ));
+        }
+        if self.div_val > 1 {
+            let widest_divisor = (self.div_val as u64).checked_pow(cutoffs.len() as u32 - 1);
+            if widest_divisor.is_none_or(|d| !(self.d_embed as u64).is_multiple_of(d)) {
+                return Err(err(
+                    "d_embed",
+                    format!(
+                        "{} is not divisible by div_val^{} (div_val = {}): cluster widths must be whole",
+                        self.d_embed,
+                        cutoffs.len() - 1,
+                        self.div_val
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -255,7 +353,7 @@ fn assemble<'a>(
         entries.push(Entry {
             key: key.to_string(),
             truth: -p.valid_ppl,
-            arch: Arch::Gpt2(Box::new(record)),
+            arch: Arch::new(record),
         });
     }
     entries.sort_by(|a, b| a.key.cmp(&b.key));
@@ -263,12 +361,12 @@ fn assemble<'a>(
         bail!("the GPT-2 benchmark holds no architecture");
     }
     Ok(Benchmark {
-        kind: BenchKind::Gpt2,
+        kind: KIND,
         source: ppl_path.parent().map(Path::to_path_buf).unwrap_or_default(),
         data: None,
         entries,
         truth_name: "negated validation perplexity (-valid_ppl), higher is better",
-        raw_truth: BenchKind::Gpt2.raw_truth(),
+        raw_truth: KIND.raw_truth(),
     })
 }
 
@@ -383,29 +481,23 @@ pub fn parse_config(text: &str, path: &Path, key: &str) -> Result<Record> {
 /// Builds the record `key` from the `config` object of a bench-file record (the keys of a
 /// benchmark config, in JSON), with the benchmark's checks. Field paths in errors are relative
 /// to `config`; keys the model does not use are ignored, as in the YAML files.
-pub(crate) fn record_from_config(
-    config: &serde_json::Value,
-    key: &str,
-) -> Result<Record, FieldError> {
+fn record_from_config(config: &serde_json::Value, key: &str) -> Result<Record, FieldError> {
     let raw: RawConfig =
         serde_path_to_error::deserialize(config).map_err(FieldError::from_serde)?;
     check_config(raw, key)
 }
 
-/// Validates a model config and builds its record (without summaries).
+/// Validates a model config and builds its record (without summaries): first what only the
+/// file says (at least one layer, sanity bounds, `adaptive`, one `n_head` and `d_inner` entry
+/// per layer, finite probabilities and deviations), then the record's shapes
+/// ([`Record::check_shapes`], which also refuses zero sizes).
 fn check_config(raw: RawConfig, key: &str) -> Result<Record, FieldError> {
     let err = |field: &str, msg: String| FieldError::new(field, msg);
-    for (name, v) in [
-        ("n_token", raw.n_token),
-        ("n_layer", raw.n_layer),
-        ("d_model", raw.d_model),
-        ("d_embed", raw.d_embed),
-        ("div_val", raw.div_val),
-        ("tgt_len", raw.tgt_len),
-    ] {
-        if v == 0 {
-            return Err(err(name, "expected a positive integer, found 0".into()));
-        }
+    if raw.n_layer == 0 {
+        return Err(err(
+            "n_layer",
+            "expected a positive integer, found 0".into(),
+        ));
     }
     for (name, v, max) in [
         ("n_token", raw.n_token, bounds::MAX_VOCAB),
@@ -443,60 +535,12 @@ fn check_config(raw: RawConfig, key: &str) -> Result<Record, FieldError> {
             ));
         }
     }
-    for (l, &h) in raw.n_head.iter().enumerate() {
-        if h == 0 || !raw.d_model.is_multiple_of(h) {
-            return Err(err(
-                &format!("n_head[{l}]"),
-                format!("{h} heads do not divide d_model = {}", raw.d_model),
-            ));
-        }
-    }
-    if let Some(l) = raw.d_inner.iter().position(|&d| d == 0) {
-        return Err(err(
-            &format!("d_inner[{l}]"),
-            "expected a positive integer, found 0".into(),
-        ));
-    }
     for (name, list, max) in [
         ("n_head", &raw.n_head, bounds::MAX_HEADS),
         ("d_inner", &raw.d_inner, bounds::MAX_FFN_WIDTH),
     ] {
         for (l, &v) in list.iter().enumerate() {
             at_most(v, max).map_err(|m| err(&format!("{name}[{l}]"), m))?;
-        }
-    }
-    let cutoffs = clean_cutoffs(&raw.cutoffs, raw.n_token);
-    if cutoffs[0] == 0 || cutoffs.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(err(
-            "cutoffs",
-            format!(
-                "expected strictly increasing positive cutoffs, found {:?} (cleaned {cutoffs:?})",
-                raw.cutoffs
-            ),
-        ));
-    }
-    if raw.tie_projs.len() < cutoffs.len() {
-        return Err(err(
-            "tie_projs",
-            format!(
-                "expected at least one entry per cluster ({}), found {}",
-                cutoffs.len(),
-                raw.tie_projs.len()
-            ),
-        ));
-    }
-    if raw.div_val > 1 {
-        let widest_divisor = (raw.div_val as u64).checked_pow(cutoffs.len() as u32 - 1);
-        if widest_divisor.is_none_or(|d| !(raw.d_embed as u64).is_multiple_of(d)) {
-            return Err(err(
-                "d_embed",
-                format!(
-                    "{} is not divisible by div_val^{} (div_val = {}): cluster widths must be whole",
-                    raw.d_embed,
-                    cutoffs.len() - 1,
-                    raw.div_val
-                ),
-            ));
         }
     }
     for (name, v) in [
@@ -518,7 +562,7 @@ fn check_config(raw: RawConfig, key: &str) -> Result<Record, FieldError> {
             format!("expected a probability below 1, found {}", raw.dropout),
         ));
     }
-    Ok(Record {
+    let record = Record {
         key: key.to_string(),
         n_token: raw.n_token,
         d_model: raw.d_model,
@@ -536,7 +580,9 @@ fn check_config(raw: RawConfig, key: &str) -> Result<Record, FieldError> {
         proj_init_std: raw.proj_init_std,
         ppl: None,
         params: None,
-    })
+    };
+    record.check_shapes()?;
+    Ok(record)
 }
 
 #[cfg(test)]

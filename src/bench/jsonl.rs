@@ -10,7 +10,8 @@
 //!
 //! * `id`: a name for the architecture (a string, or a non-negative integer), unique in the
 //!   file; outputs use it as the architecture key.
-//! * `family`: `"flexibert"` or `"gpt2"`; every record of a file has the same family.
+//! * `family`: the name of a registered family (`"flexibert"` or `"gpt2"`); every record of a
+//!   file has the same family.
 //! * `config`: the architecture, in the fields of that family's shipped benchmark:
 //!   FlexiBERT `{"hidden_size", "encoder_layers"}` (the layers exactly as in
 //!   `BERT_benchmark.json`); GPT-2 the keys of a benchmark model config (`n_token`, `n_layer`,
@@ -34,16 +35,17 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
-use super::{describe, flexibert, gpt2, json, Arch, BenchKind, Benchmark, Entry, FieldError};
+use super::{describe, json, BenchKind, Benchmark, Entry, FieldError};
 
 /// The fields a record may have, in the order the documentation lists them.
 pub const FIELDS: [&str; 5] = ["id", "family", "config", "truth", "higher_is_better"];
 
-/// Reads and validates the bench file at `path`.
-pub fn load(path: &Path) -> Result<Benchmark> {
+/// Reads and validates the bench file at `path`, whose records may name the families of
+/// `kinds` (the registered ones: [`crate::models::kinds`]).
+pub fn load(path: &Path, kinds: &[BenchKind]) -> Result<Benchmark> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read the bench file", path.display()))?;
-    parse(&text, path)
+    parse(&text, path, kinds)
 }
 
 /// The record-level fields of one line, before the family's checks of `config`.
@@ -63,8 +65,9 @@ struct First {
     higher_is_better: Option<bool>,
 }
 
-/// Parses bench-file text; `path` only names the file in errors.
-pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
+/// Parses bench-file text whose records may name the families of `kinds`; `path` only names
+/// the file in errors.
+pub fn parse(text: &str, path: &Path, kinds: &[BenchKind]) -> Result<Benchmark> {
     let file = path.display();
     let mut entries = Vec::new();
     let mut first: Option<First> = None;
@@ -86,7 +89,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
             anyhow!("{file}: line {n}, column {}: {what}", e.column())
         })?;
         let at = |e: FieldError| anyhow!("{file}: line {n}: field `{}`: {}", e.field, e.message);
-        let line = read_line(value).map_err(at)?;
+        let line = read_line(value, kinds).map_err(at)?;
         let fixed = first.get_or_insert(First {
             line: n,
             kind: line.kind,
@@ -103,15 +106,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
                 ),
             )));
         }
-        let arch = match line.kind {
-            BenchKind::Flexibert => {
-                flexibert::record_from_config(&line.config, entries.len()).map(Arch::Flexibert)
-            }
-            BenchKind::Gpt2 => {
-                gpt2::record_from_config(&line.config, &line.id).map(|r| Arch::Gpt2(Box::new(r)))
-            }
-        }
-        .map_err(|e| at(e.within("config")))?;
+        let read = line.kind.format().record_from_config;
+        let arch =
+            read(&line.config, entries.len(), &line.id).map_err(|e| at(e.within("config")))?;
         let truth = match (line.truth, line.higher_is_better) {
             (Some(t), Some(false)) => -t,
             (Some(t), _) => t,
@@ -147,8 +144,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Benchmark> {
     })
 }
 
-/// Reads the record-level fields of one parsed line.
-fn read_line(value: Value) -> Result<Line, FieldError> {
+/// Reads the record-level fields of one parsed line (`kinds`: the families it may name).
+fn read_line(value: Value, kinds: &[BenchKind]) -> Result<Line, FieldError> {
     let Value::Object(mut obj) = value else {
         return Err(FieldError::new(
             ".",
@@ -171,9 +168,15 @@ fn read_line(value: Value) -> Result<Line, FieldError> {
         Value::Number(n) if n.is_u64() => Ok(n.to_string()),
         other => Err(other),
     })?;
-    let family_expected = "\"flexibert\" or \"gpt2\"";
+    let names: Vec<String> = kinds.iter().map(|k| format!("\"{k}\"")).collect();
+    let family_expected = match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => "a registered family".to_string(),
+    };
+    let family_expected = family_expected.as_str();
     let kind = take(&mut obj, "family", family_expected, |v| match &v {
-        Value::String(s) => BenchKind::from_name(s).ok_or(v),
+        Value::String(s) => kinds.iter().copied().find(|k| k.name() == s).ok_or(v),
         _ => Err(v),
     })?;
     let kind = required(kind, "family", family_expected)?;

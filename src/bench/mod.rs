@@ -2,9 +2,11 @@
 //!
 //! A [`Benchmark`] is a list of [`Entry`] values, one per architecture, each with a key, the
 //! architecture description of its family and its ground truth oriented so that higher is
-//! better everywhere in the tool. Families sit side by side in [`Arch`]. The shipped
-//! benchmarks are read from a [`DataSource`]: the copy compiled into the library, or a data
-//! folder with the same layout.
+//! better everywhere in the tool. Each family's benchmark format lives in a file of its own
+//! (`flexibert.rs`, `gpt2.rs`) that declares its [`BenchFormat`]; this module knows no family
+//! by name: a [`BenchKind`] is a handle to a family's format, and an [`Arch`] holds the
+//! family's own record type. The shipped benchmarks are read from a [`DataSource`]: the copy compiled
+//! into the library, or a data folder with the same layout.
 
 pub mod flexibert;
 pub mod gpt2;
@@ -14,45 +16,79 @@ pub mod source;
 
 pub use source::{DataSource, DATA_ENV};
 
+use std::any::Any;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-/// The benchmark families lpzero knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum BenchKind {
-    /// 500 FlexiBERT encoders with GLUE scores (`flexibert/BERT_benchmark.json`).
-    Flexibert,
-    /// 200 GPT-2 decoders with WikiText-103 perplexities (`gpt2_wt103/`).
-    Gpt2,
+/// What a family's bench file provides: its name, how its ground truth is oriented, how its
+/// shipped benchmark is loaded and how a bench-file record's `config` is read. The benchmark
+/// half of the family seam (the model half is [`crate::models::Family`]).
+pub struct BenchFormat {
+    /// The family's name on the command line, in bench files and in outputs (`flexibert`).
+    pub name: &'static str,
+    /// The benchmark's own ground-truth column and the sign that orients it (higher =
+    /// better): `("glue", 1)` or `("valid_ppl", −1)`. A correlation against the oriented truth
+    /// times the sign is the raw correlation against that column.
+    pub raw_truth: (&'static str, f64),
+    /// Loads the family's shipped benchmark from a data source (the embedded copy or a data
+    /// folder).
+    pub load: fn(&DataSource) -> Result<Benchmark>,
+    /// Reads the `config` object of a bench-file record into an architecture, with the checks
+    /// of the shipped benchmark, given the record's position among the file's records and its
+    /// `id` field. Field paths in errors are relative to `config`.
+    pub record_from_config: fn(&serde_json::Value, usize, &str) -> Result<Arch, FieldError>,
 }
 
+/// A benchmark family: a handle to its [`BenchFormat`], compared, hashed, printed and
+/// serialised by name. Each bench file defines its own (`bench::flexibert::KIND`); the family
+/// registry ([`crate::models::FAMILIES`]) finds a family's model from it.
+#[derive(Clone, Copy)]
+pub struct BenchKind(&'static BenchFormat);
+
 impl BenchKind {
-    /// The benchmark's own ground-truth column and the sign that orients it (higher = better):
-    /// `("glue", 1)` or `("valid_ppl", −1)`. A correlation against the oriented truth times the
-    /// sign is the raw correlation against that column.
+    /// The family whose benchmark format is `format`.
+    pub const fn new(format: &'static BenchFormat) -> Self {
+        BenchKind(format)
+    }
+
+    /// The family's benchmark format.
+    pub fn format(self) -> &'static BenchFormat {
+        self.0
+    }
+
+    /// The benchmark's own ground-truth column and the sign that orients it (see
+    /// [`BenchFormat::raw_truth`]).
     pub fn raw_truth(self) -> (&'static str, f64) {
-        match self {
-            BenchKind::Flexibert => ("glue", 1.0),
-            BenchKind::Gpt2 => ("valid_ppl", -1.0),
-        }
+        self.0.raw_truth
     }
 
     /// The name used on the command line and in outputs.
     pub fn name(self) -> &'static str {
-        match self {
-            BenchKind::Flexibert => "flexibert",
-            BenchKind::Gpt2 => "gpt2",
-        }
+        self.0.name
     }
+}
 
-    /// The family called `name` (as [`BenchKind::name`] spells it), if any.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [BenchKind::Flexibert, BenchKind::Gpt2]
-            .into_iter()
-            .find(|k| k.name() == name)
+impl PartialEq for BenchKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for BenchKind {}
+
+impl Hash for BenchKind {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+impl fmt::Debug for BenchKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BenchKind({})", self.name())
     }
 }
 
@@ -62,14 +98,71 @@ impl fmt::Display for BenchKind {
     }
 }
 
-/// One architecture's description, by family.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Arch {
-    /// A FlexiBERT encoder record.
-    Flexibert(flexibert::Record),
-    /// A GPT-2 decoder config with its perplexities and parameter counts (boxed: much larger
-    /// than a FlexiBERT record).
-    Gpt2(Box<gpt2::Record>),
+impl serde::Serialize for BenchKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// A family's record type as an [`Arch`] holds it: any comparable, printable, thread-safe
+/// value (the blanket implementation covers every such type).
+pub trait ArchRecord: Any + fmt::Debug + Send + Sync {
+    /// The record as [`Any`], for [`Arch::get`].
+    fn as_any(&self) -> &dyn Any;
+
+    /// True when `other` is a record of the same type and equal to this one.
+    fn same_as(&self, other: &dyn ArchRecord) -> bool;
+}
+
+impl<T: Any + fmt::Debug + PartialEq + Send + Sync> ArchRecord for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn same_as(&self, other: &dyn ArchRecord) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+}
+
+/// One architecture's description, in its family's own record type (a FlexiBERT
+/// [`flexibert::Record`], a GPT-2 [`gpt2::Record`], ...). Cloning shares the record.
+#[derive(Clone)]
+pub struct Arch(Arc<dyn ArchRecord>);
+
+impl Arch {
+    /// Wraps a family's record.
+    pub fn new<T: ArchRecord>(record: T) -> Self {
+        Arch(Arc::new(record))
+    }
+
+    /// The record, when it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
+    }
+
+    /// The record as a `T`, or an error naming the type expected and the record found (a
+    /// family reads its own records with it).
+    pub fn of<T: Any>(&self) -> Result<&T> {
+        self.get().with_context(|| {
+            format!(
+                "expected a {} record, found {:?}",
+                std::any::type_name::<T>(),
+                self
+            )
+        })
+    }
+}
+
+impl PartialEq for Arch {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same_as(other.0.as_ref())
+    }
+}
+
+impl fmt::Debug for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// One benchmark architecture with its ground truth.
@@ -107,10 +200,7 @@ pub struct Benchmark {
 impl Benchmark {
     /// Loads the benchmark of `kind` from `data` (the embedded copy or a data folder).
     pub fn load(kind: BenchKind, data: &DataSource) -> Result<Self> {
-        match kind {
-            BenchKind::Flexibert => flexibert::load(data),
-            BenchKind::Gpt2 => gpt2::load(data),
-        }
+        (kind.format().load)(data)
     }
 
     /// Number of architectures.

@@ -1,27 +1,27 @@
-//! FlexiBERT: the ELECTRA-style encoder of the FlexiBERT benchmark (spec §1).
+//! FlexiBERT: the ELECTRA-style encoder of the FlexiBERT benchmark (spec §1), and the
+//! FlexiBERT family ([`FAMILY`]): how its architectures are probed and counted and what its
+//! probes mean to the proxies.
 //!
 //! Embeddings (word + position + type, LayerNorm, projection to the hidden size), then one
 //! layer per benchmark entry: a token mixer (SA-SDP, SA-WMA, LT-DFT, LT-DCT or DSC) and a
 //! stack of GELU FFN denses. SA and DSC mixers get an output dense with a residual and
 //! LayerNorm; LT mixers have none (their raw transform feeds the FFN, as in the reference).
 
+use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var, D};
 
-use super::{dropout, layer_norm, Init, Linear, LinearRole, Params, TapSite, Taps};
-use crate::bench::flexibert::{Mixer, Record};
+use super::{Counted, Family, FamilyInfo, Reference};
+use crate::bench::flexibert::{Layer, Mixer, Record, KIND, REFERENCE_FILE};
+use crate::bench::Arch;
+use crate::nn::{dropout, Build, Init, LayerNorm, Linear, LinearRole, Params, TapSite, Taps};
+use crate::probe::memory::ModelSize;
+use crate::probe::{
+    self, Aggregate, Batch, Captures, FisherWidth, GradSignal, Network, Pass, Probe, ProbeModel,
+    ProbeOptions, Semantics,
+};
 use crate::rng::Rng;
 
-/// How the hidden and FFN sizes are chosen from a record.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum SizeMode {
-    /// H = 256 and FFN width 1024 for every record: how the reference built its proxy models
-    /// (reproduces the reference parameter counts).
-    #[default]
-    Faithful,
-    /// The record's `hidden_size` and per-layer `feed_forward_dimension`.
-    Intended,
-}
+pub use crate::probe::SizeMode;
 
 /// Global constants and per-layer shapes of one encoder.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -192,14 +192,15 @@ enum MixerParams {
     },
 }
 
+/// One encoder layer: its mixer, output block and FFN.
 struct EncoderLayer {
     heads: usize,
     mixer: MixerParams,
     /// Output dense and its LayerNorm (SA and DSC only).
-    output: Option<(Linear, Var, Var)>,
+    output: Option<(Linear, LayerNorm)>,
     ffn: Vec<Linear>,
     ffn_out: Linear,
-    ffn_ln: (Var, Var),
+    ffn_ln: LayerNorm,
 }
 
 /// A randomly initialised FlexiBERT encoder.
@@ -209,7 +210,7 @@ pub struct FlexiBert {
     word: Var,
     position: Var,
     token_type: Var,
-    emb_ln: (Var, Var),
+    emb_ln: LayerNorm,
     projection: Option<Linear>,
     layers: Vec<EncoderLayer>,
     taps: Taps,
@@ -233,22 +234,12 @@ pub struct Forward {
 /// Name suffixes of a LayerNorm's γ and β.
 const LN_SUFFIXES: (&str, &str) = ("gamma", "beta");
 
-impl FlexiBert {
-    /// Builds the encoder with weights drawn from `rng` (N(0, 0.02²), zero biases, padding row
-    /// of the word table zero, LayerNorm γ = 1, β = 0).
-    pub fn new(config: &Config, rng: &mut Rng, device: &Device) -> candle_core::Result<Self> {
-        Self::with_params(config, Params::default(), rng, device)
-    }
+impl Build for FlexiBert {
+    type Config = Config;
 
-    /// Builds the encoder with every tensor zero: the real shapes without the cost of drawing
-    /// weights (for parameter counts).
-    pub fn shapes_only(config: &Config) -> candle_core::Result<Self> {
-        super::build_shapes_only(|params, rng, device| {
-            Self::with_params(config, params, rng, device)
-        })
-    }
-
-    fn with_params(
+    /// Builds the encoder (N(0, 0.02²) weights, zero biases, padding row of the word table
+    /// zero, LayerNorm γ = 1, β = 0).
+    fn build(
         config: &Config,
         mut params: Params,
         rng: &mut Rng,
@@ -285,7 +276,14 @@ impl FlexiBert {
             rng,
             device,
         )?;
-        let emb_ln = params.layer_norm_pair("embeddings.layer_norm", LN_SUFFIXES, e, device)?;
+        let emb_ln = LayerNorm::new(
+            &mut params,
+            "embeddings.layer_norm",
+            LN_SUFFIXES,
+            e,
+            config.layer_norm_eps,
+            device,
+        )?;
         let mut init = Init {
             params: &mut params,
             rng,
@@ -307,7 +305,7 @@ impl FlexiBert {
         };
         let mut layers = Vec::with_capacity(config.layers.len());
         for (l, lc) in config.layers.iter().enumerate() {
-            layers.push(Self::new_layer(&mut init, l, lc, h)?);
+            layers.push(Self::new_layer(&mut init, l, lc, h, config.layer_norm_eps)?);
         }
         Ok(Self {
             config: config.clone(),
@@ -321,12 +319,16 @@ impl FlexiBert {
             taps: Taps::default(),
         })
     }
+}
 
+impl FlexiBert {
+    /// Builds encoder layer `l` of width `h`.
     fn new_layer(
         init: &mut Init<'_>,
         l: usize,
         lc: &LayerConfig,
         h: usize,
+        eps: f64,
     ) -> candle_core::Result<EncoderLayer> {
         let p = format!("layer.{l}");
         let mixer_lin = |init: &mut Init<'_>, name: &str, i: usize, o: usize, bias: bool| {
@@ -408,13 +410,15 @@ impl FlexiBert {
                 h,
                 true,
             )?;
-            let (g, b) = init.params.layer_norm_pair(
+            let ln = LayerNorm::new(
+                init.params,
                 &format!("{p}.output.layer_norm"),
                 LN_SUFFIXES,
                 h,
+                eps,
                 init.device,
             )?;
-            Some((dense, g, b))
+            Some((dense, ln))
         } else {
             None
         };
@@ -444,10 +448,12 @@ impl FlexiBert {
             h,
             true,
         )?;
-        let ffn_ln = init.params.layer_norm_pair(
+        let ffn_ln = LayerNorm::new(
+            init.params,
             &format!("{p}.ffn.layer_norm"),
             LN_SUFFIXES,
             h,
+            eps,
             init.device,
         )?;
         Ok(EncoderLayer {
@@ -475,14 +481,19 @@ impl FlexiBert {
         &self.taps
     }
 
-    /// `lin` applied to `x`, through a tap.
-    fn lin(&self, lin: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.taps.tap(lin.tap_site(), lin.forward(x)?)
-    }
-
     /// The position-embedding table (its gradient feeds the Jacobian proxies).
     pub fn position_table(&self) -> &Var {
         &self.position
+    }
+
+    /// The parts a probe reads: parameters, taps, every linear, the position table.
+    pub fn network(&self) -> Network<'_> {
+        Network {
+            params: &self.params,
+            taps: &self.taps,
+            linears: self.linears(),
+            position_table: &self.position,
+        }
     }
 
     /// Every linear layer in module order: embedding projection, then per layer the mixer
@@ -506,7 +517,7 @@ impl FlexiBert {
                     ..
                 } => out.extend([q, k, v, kernel_layer, conv_out]),
             }
-            if let Some((dense, _, _)) = &layer.output {
+            if let Some((dense, _)) = &layer.output {
                 out.push(dense);
             }
             out.extend(layer.ffn.iter());
@@ -545,10 +556,10 @@ impl FlexiBert {
         let pos = self.position.as_tensor().narrow(0, 0, t)?;
         let typ = self.token_type.as_tensor().narrow(0, 0, 1)?;
         let e = words.broadcast_add(&pos.broadcast_add(&typ)?)?;
-        let e = layer_norm(&e, &self.emb_ln.0, &self.emb_ln.1, c.layer_norm_eps)?;
+        let e = self.emb_ln.forward_composed(&e)?;
         let e = dropout(&e, p, dropout_rng.as_deref_mut())?;
         let mut x = match &self.projection {
-            Some(proj) => self.lin(proj, &e)?,
+            Some(proj) => self.taps.linear(proj, &e)?,
             None => e,
         };
         let mut fwd = Forward {
@@ -561,28 +572,27 @@ impl FlexiBert {
         for layer in &self.layers {
             let mixed = self.mixer_forward(layer, &x, &mut fwd, dropout_rng.as_deref_mut())?;
             let a = match &layer.output {
-                Some((dense, g, beta)) => {
-                    let y = dropout(&self.lin(dense, &mixed)?, p, dropout_rng.as_deref_mut())?;
-                    layer_norm(&(y + &x)?, g, beta, c.layer_norm_eps)?
+                Some((dense, ln)) => {
+                    let y = dropout(
+                        &self.taps.linear(dense, &mixed)?,
+                        p,
+                        dropout_rng.as_deref_mut(),
+                    )?;
+                    ln.forward_composed(&(y + &x)?)?
                 }
                 None => mixed,
             };
             let mut z = a.clone();
             for dense in &layer.ffn {
-                z = self.lin(dense, &z)?.gelu_erf()?;
+                z = self.taps.linear(dense, &z)?.gelu_erf()?;
                 fwd.act.push(z.clone());
             }
             let y = dropout(
-                &self.lin(&layer.ffn_out, &z)?,
+                &self.taps.linear(&layer.ffn_out, &z)?,
                 p,
                 dropout_rng.as_deref_mut(),
             )?;
-            x = layer_norm(
-                &(y + &a)?,
-                &layer.ffn_ln.0,
-                &layer.ffn_ln.1,
-                c.layer_norm_eps,
-            )?;
+            x = layer.ffn_ln.forward_composed(&(y + &a)?)?;
         }
         fwd.last_hidden = x;
         Ok(fwd)
@@ -599,19 +609,19 @@ impl FlexiBert {
         let heads = layer.heads;
         match &layer.mixer {
             MixerParams::Attention { q, k, v, ww } => {
-                let qo = self.lin(q, x)?;
+                let qo = self.taps.linear(q, x)?;
                 fwd.head.push(qo.clone());
                 fwd.mixer_outputs.push(qo.clone());
                 let query = match ww {
                     Some(ww) => {
-                        let w = self.lin(ww, &qo)?;
+                        let w = self.taps.linear(ww, &qo)?;
                         fwd.mixer_outputs.push(w.clone());
                         w
                     }
                     None => qo,
                 };
-                let ko = self.lin(k, x)?;
-                let vo = self.lin(v, x)?;
+                let ko = self.taps.linear(k, x)?;
+                let vo = self.taps.linear(v, x)?;
                 fwd.mixer_outputs.push(ko.clone());
                 fwd.mixer_outputs.push(vo.clone());
                 let (ctx, probs) =
@@ -620,7 +630,7 @@ impl FlexiBert {
                 Ok(ctx)
             }
             MixerParams::Transform { input, dct } => {
-                let u = self.lin(input, x)?;
+                let u = self.taps.linear(input, x)?;
                 fwd.head.push(u.clone());
                 fwd.mixer_outputs.push(u.clone());
                 let (b, t, h) = u.dims3()?;
@@ -648,9 +658,9 @@ impl FlexiBert {
                 let d_a = h / heads;
                 let a = heads_a * d_a;
                 let pad = (kernel - 1) / 2;
-                let qo = self.lin(q, x)?;
-                let ko = self.lin(k, x)?;
-                let vo = self.lin(v, x)?;
+                let qo = self.taps.linear(q, x)?;
+                let ko = self.taps.linear(k, x)?;
+                let vo = self.taps.linear(v, x)?;
                 fwd.head.push(qo.clone());
                 fwd.mixer_outputs
                     .extend([qo.clone(), ko.clone(), vo.clone()]);
@@ -668,10 +678,11 @@ impl FlexiBert {
                     .reshape((b, t, a))?;
                 let gate = (ks * &qo)?;
                 let cw = self
-                    .lin(kernel_layer, &gate)?
+                    .taps
+                    .linear(kernel_layer, &gate)?
                     .reshape((b, t, heads_a, *kernel))?;
                 let cw = candle_nn::ops::softmax(&cw, D::Minus1)?;
-                let o = self.lin(conv_out, x)?;
+                let o = self.taps.linear(conv_out, x)?;
                 let opad = o.pad_with_zeros(1, pad, pad)?;
                 let mut conv = Tensor::zeros((b, t, heads_a, d_a), x.dtype(), x.device())?;
                 for u in 0..*kernel {
@@ -766,10 +777,239 @@ pub fn dct2(u: &Tensor) -> candle_core::Result<Tensor> {
     separable(u, &at, &ad)
 }
 
+/// Vocabulary size (BERT uncased WordPiece; token ids must stay below it).
+pub const VOCAB: u32 = 30522;
+/// Default probe batch rows (proxies that are means do not depend on it; sums scale with it).
+pub const DEFAULT_BATCH: usize = 2;
+/// Default tokens per row (the reference's 512), also the most a probe accepts (the size of
+/// the position table).
+pub const DEFAULT_SEQ_LEN: usize = 512;
+
+/// The mixer linears: what `head_importance` and the `weight` and `grad` inputs read.
+const MIXER: &[LinearRole] = &[LinearRole::Mixer];
+
+/// How the proxies read a FlexiBERT probe (spec §3.2, clean semantics): `act` holds every GELU
+/// output (all of them are FFN activations, positive where the pre-activations are),
+/// `synaptic_diversity` reads the mixer-block linears (mixer linears and output dense),
+/// `synaptic_saliency` the FFN linears, `head_importance` the mixer linears,
+/// `activation_distance` is the mean over the GELU outputs, Fisher weights a layer by its
+/// input width, and there are no decoder parameters.
+pub static SEMANTICS: Semantics = Semantics {
+    ffn_activations: (0, 1),
+    ffn_activation: probe::as_captured,
+    activation_distance: Aggregate::Mean,
+    diversity: &[LinearRole::Mixer, LinearRole::MixerOutput],
+    saliency: &[LinearRole::FfnIn, LinearRole::FfnHidden, LinearRole::FfnOut],
+    head_importance: MIXER,
+    expression_linears: MIXER,
+    fisher_width: FisherWidth::Input,
+    decoder_groups: &[],
+};
+
+/// The columns of the benchmark's reference proxy table ([`REFERENCE_FILE`]) that lpzero's
+/// proxies are checked against (the clean "Normalized" column for activation distance; the
+/// reference's "Jacobian Score Normalized" is the cosine variant).
+static REFERENCE: Reference = Reference {
+    file: REFERENCE_FILE,
+    columns: &[
+        ("params", "Number of Parameters"),
+        ("synaptic_diversity", "Synaptic Diversity"),
+        ("synaptic_saliency", "Synaptic Saliency"),
+        ("activation_distance", "Activation Distance Normalized"),
+        ("jacobian_score", "Jacobian Score"),
+        ("jacobian_cosine", "Jacobian Score Normalized"),
+        ("head_importance", "Head Importance"),
+        ("head_confidence", "Head Confidence"),
+        ("head_softmax_confidence", "Head Softmax Confidence"),
+    ],
+};
+
+/// The synthetic BERT batch of spec §2.2: ids uniform in [999, 30521], `[CLS]` (101) first
+/// and `[SEP]` (102) last in every row.
+pub fn synthetic_batch(rows: usize, cols: usize, seed: u64) -> Result<Batch> {
+    if rows == 0 || !(2..=DEFAULT_SEQ_LEN).contains(&cols) {
+        bail!(
+            "batch rows must be at least 1 and tokens per row within 2..={DEFAULT_SEQ_LEN} (the \
+             position table), got {rows} × {cols}"
+        );
+    }
+    let mut rng = Rng::derive(seed, &[0]);
+    let mut ids = Vec::with_capacity(rows * cols);
+    for _ in 0..rows {
+        for c in 0..cols {
+            ids.push(match c {
+                0 => 101,
+                c if c == cols - 1 => 102,
+                _ => rng.range(999, VOCAB as usize) as u32,
+            });
+        }
+    }
+    Ok(Batch { ids, rows, cols })
+}
+
+/// The FlexiBERT backward signal on the last hidden state `y`: `Σ y` (faithful) or `Σ y ⊙ r`
+/// with the seeded Gaussian `r` (projection); `positive` uses `|r|` (Synflow's readout, whose
+/// network has only non-negative weights).
+fn signal(
+    y: &Tensor,
+    opts: &ProbeOptions,
+    hidden: usize,
+    positive: bool,
+) -> candle_core::Result<Tensor> {
+    if opts.grad_signal == GradSignal::Faithful && !positive {
+        return y.sum_all();
+    }
+    let dims = y.dims().to_vec();
+    let n = dims.iter().product();
+    let mut r = Rng::derive(opts.seed, &[3, hidden as u64]).normal_vec(n, 1.0);
+    if positive {
+        r.iter_mut().for_each(|x| *x = x.abs());
+    }
+    (y * Tensor::from_vec(r, dims, y.device())?)?.sum_all()
+}
+
+/// The FlexiBERT family: 500 FlexiBERT encoders with GLUE scores.
+///
+/// Probe inputs: `act` is every GELU output, `head` the first projection of each mixer (q for
+/// SA and DSC, the input dense for LT), `softmax` the softmax output of each mixer, `grad`
+/// and `weight` the mixer linears in module order. The backward signal is chosen by
+/// [`ProbeOptions::grad_signal`]; [`ProbeOptions::sizes`] chooses the sizes.
+pub struct FlexibertFamily;
+
+/// The FlexiBERT family, as registered in [`super::FAMILIES`].
+pub static FAMILY: FlexibertFamily = FlexibertFamily;
+
+/// The FlexiBERT family as data.
+static INFO: FamilyInfo = FamilyInfo {
+    kind: KIND,
+    default_batch_shape: (DEFAULT_BATCH, DEFAULT_SEQ_LEN),
+    seq_len_range: 2..=DEFAULT_SEQ_LEN,
+    option_names: &["grad_signal", "sizes"],
+    semantics: &SEMANTICS,
+    genotypes: &["lpzero_bert", "lpzero_csv_bert"],
+    reference: Some(&REFERENCE),
+};
+
+impl Family for FlexibertFamily {
+    fn info(&self) -> &'static FamilyInfo {
+        &INFO
+    }
+
+    /// `batch × seq_len` ids: the corpus's first ids, or [`synthetic_batch`].
+    fn build_batch(&self, opts: &ProbeOptions) -> Result<Batch> {
+        match &opts.corpus {
+            Some(path) => Batch::from_corpus(path, opts.batch, opts.seq_len, VOCAB),
+            None => synthetic_batch(opts.batch, opts.seq_len, opts.seed),
+        }
+    }
+
+    fn probe(
+        &self,
+        arch: &Arch,
+        index: usize,
+        opts: &ProbeOptions,
+        batch: &Batch,
+    ) -> Result<Probe> {
+        let record = arch.of::<Record>()?;
+        let config = Config::from_record(record, opts.sizes)?;
+        probe::run(record.id.to_string(), index, opts, &SEMANTICS, |rng| {
+            let device = Device::Cpu;
+            Ok(Probed {
+                model: FlexiBert::new(&config, rng, &device)?,
+                ids: batch.tensor(&device)?,
+                opts,
+                cols: batch.cols,
+            })
+        })
+    }
+
+    /// The total only, counted from the tensors of a shapes-only model.
+    fn count_params(&self, arch: &Arch, opts: &ProbeOptions) -> Result<Counted> {
+        let config = Config::from_record(arch.of::<Record>()?, opts.sizes)?;
+        Ok(Counted {
+            total: FlexiBert::shapes_only(&config)?.params().count(),
+            columns: Vec::new(),
+        })
+    }
+
+    fn size(&self, arch: &Arch, opts: &ProbeOptions) -> Result<ModelSize> {
+        let config = Config::from_record(arch.of::<Record>()?, opts.sizes)?;
+        Ok(ModelSize {
+            parameters: config.parameter_count(),
+            activation_floats_per_token: config.activation_floats_per_token(opts.seq_len),
+        })
+    }
+}
+
+/// An encoder ready to be probed on one batch.
+struct Probed<'a> {
+    model: FlexiBert,
+    ids: Tensor,
+    opts: &'a ProbeOptions,
+    cols: usize,
+}
+
+impl ProbeModel for Probed<'_> {
+    fn network(&self) -> Network<'_> {
+        self.model.network()
+    }
+
+    fn forward(&self, dropout: Option<&mut Rng>) -> candle_core::Result<Pass> {
+        let f = self.model.forward(&self.ids, dropout)?;
+        let hidden = self.model.config().hidden_size;
+        Ok(Pass {
+            loss: signal(&f.last_hidden, self.opts, hidden, false)?,
+            captures: Captures {
+                act: f.act,
+                head: Some(f.head),
+                softmax: f.softmax,
+                mixer_outputs: Some(f.mixer_outputs),
+            },
+        })
+    }
+
+    /// The positive projection signal of the encoder on an all-ones row of word embeddings.
+    fn readout(&self) -> candle_core::Result<Tensor> {
+        let config = self.model.config();
+        let (t, e) = (self.cols, config.embedding_size);
+        let ones = Tensor::ones((1, t, e), candle_core::DType::F32, &Device::Cpu)?;
+        let f = self.model.forward_words(ones, None)?;
+        signal(&f.last_hidden, self.opts, config.hidden_size, true)
+    }
+}
+
+/// Median seconds of one forward + backward of the calibration encoder (4 SA-SDP layers with
+/// 4 heads, B = 32, T = 128, H = 256, FFN 1024, vocabulary 30 522) over `reps` runs, for
+/// comparison with other engines on the same machine.
+pub fn calibration_seconds(reps: usize) -> Result<f64> {
+    let layer = Layer {
+        mixer: Mixer::Sdp,
+        heads: 4,
+        ffn_width: 1024,
+        ffn_layers: 1,
+    };
+    let arch = Arch::new(Record {
+        id: 0,
+        hidden_size: 256,
+        layers: vec![layer; 4],
+        scores: Default::default(),
+    });
+    let opts = ProbeOptions {
+        batch: 32,
+        seq_len: 128,
+        ..FAMILY.probe_options()
+    };
+    let batch = FAMILY.batch(&opts)?;
+    let mut times: Vec<f64> = Vec::new();
+    for _ in 0..reps.max(1) {
+        times.push(FAMILY.probe(&arch, 0, &opts, &batch)?.seconds);
+    }
+    Ok(crate::stats::median(&times))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::flexibert::Layer;
 
     fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)

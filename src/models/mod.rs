@@ -1,379 +1,322 @@
-//! Model families: benchmark configs turned into randomly initialised candle networks.
+//! Model families: the seam through which lpzero knows a family of architectures.
 //!
-//! One file per family with plain structs and an explicit `forward` that returns what a probe
-//! needs. The engine (candle) stays inside `models` and `probe`; the shared building blocks
-//! below (parameters, linear layers, LayerNorm, dropout) are used by every family.
+//! A family is a benchmark format (its bench file in [`crate::bench`], which also names it)
+//! and a model file here that builds its randomly initialised networks and implements
+//! [`Family`]: its probe batch, how its model is probed (the per-family part of
+//! [`crate::probe::run`]: one forward pass and its captures), how its parameters are counted,
+//! its default batch shape, and what its probes mean to the proxies ([`Semantics`]). Every
+//! other part of lpzero reaches a family through [`family`]; none names one.
+//!
+//! Adding a family (say Llama): a bench file `bench/llama.rs` (records, loader, a
+//! [`crate::bench::BenchFormat`] and its `KIND`), a model file `models/llama.rs` (the network,
+//! built from [`crate::nn`], and a [`Family`]), and one line in [`FAMILIES`].
 
 pub mod flexibert;
 pub mod gpt2_flex;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 
-use crate::array::Array;
-use crate::rng::Rng;
+use anyhow::{anyhow, bail, Context, Result};
 
-/// What a linear layer does in its network; proxies select linears by role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum LinearRole {
-    /// A projection inside a token mixer (q, k, v, WMA's Ww, LT's input, DSC's kernel and
-    /// conv-out layers).
-    Mixer,
-    /// The dense of the output block after an SA or DSC mixer.
-    MixerOutput,
-    /// The first FFN dense (hidden → FFN width).
-    FfnIn,
-    /// A square FFN dense between two GELUs (only with more than one FFN layer).
-    FfnHidden,
-    /// The last FFN dense (FFN width → hidden).
-    FfnOut,
-    /// The embedding projection (embedding width → hidden).
-    EmbeddingProjection,
-    /// GPT-2 `attn.c_attn`: the fused q|k|v Conv1D (D → 3D).
-    AttnQkv,
-    /// GPT-2 `attn.c_proj`: the attention output Conv1D (D → D).
-    AttnProj,
-    /// GPT-2 `mlp.c_fc`: the first MLP Conv1D (D → d_inner).
-    MlpFc,
-    /// GPT-2 `mlp.c_proj`: the second MLP Conv1D (d_inner → D).
-    MlpProj,
+use crate::bench::{jsonl, Arch, BenchKind, Benchmark};
+use crate::probe::memory::{self, ModelSize};
+use crate::probe::{Batch, Probe, ProbeOptions, Semantics, MAX_BATCH};
+
+/// Every family lpzero knows, in the order commands list them: the registration of a
+/// family is its line here.
+pub static FAMILIES: &[&dyn Family] = &[&flexibert::FAMILY, &gpt2_flex::FAMILY];
+
+/// What a family is, as data: the part of [`Family`] that needs no code.
+#[derive(Debug)]
+pub struct FamilyInfo {
+    /// The family (a handle to its benchmark format, which names it).
+    pub kind: BenchKind,
+    /// Default probe batch: `(rows, tokens per row)`.
+    pub default_batch_shape: (usize, usize),
+    /// The tokens per row a probe accepts (the model's position table bounds it).
+    pub seq_len_range: RangeInclusive<usize>,
+    /// The family-specific fields of [`ProbeOptions`] that apply to this family, by their
+    /// serialised names (`grad_signal`, `sizes`); the others are ignored by its probes.
+    pub option_names: &'static [&'static str],
+    /// What the family's probes mean to the proxies whose definition differs by family.
+    pub semantics: &'static Semantics,
+    /// The published LPZero genotypes of the family (`lpzero score --proxy all` adds them).
+    pub genotypes: &'static [&'static str],
+    /// The benchmark's own table of reference proxy values, when it ships one.
+    pub reference: Option<&'static Reference>,
 }
 
-impl LinearRole {
-    /// True for the FFN denses (GPT-2: the two MLP Conv1Ds).
-    pub fn is_ffn(self) -> bool {
-        matches!(
-            self,
-            LinearRole::FfnIn
-                | LinearRole::FfnHidden
-                | LinearRole::FfnOut
-                | LinearRole::MlpFc
-                | LinearRole::MlpProj
-        )
+/// What a model family provides besides its benchmark format (see the module docs): its
+/// [`FamilyInfo`], its probe batch, how its architectures are probed and counted, and their
+/// size. Its architectures come as [`Arch`] values holding the family's own record type.
+pub trait Family: Sync {
+    /// What the family is, as data.
+    fn info(&self) -> &'static FamilyInfo;
+
+    /// The probe batch under `opts` (corpus when given, else synthetic), once [`Family::batch`]
+    /// has checked the shape.
+    fn build_batch(&self, opts: &ProbeOptions) -> Result<Batch>;
+
+    /// Builds and probes one architecture; `index` is its position in the benchmark (it
+    /// selects the weight and dropout streams) and `batch` comes from [`Family::batch`].
+    fn probe(&self, arch: &Arch, index: usize, opts: &ProbeOptions, batch: &Batch)
+        -> Result<Probe>;
+
+    /// The parameter count of one architecture, counted from the tensors of its built model,
+    /// with the family's extra columns.
+    fn count_params(&self, arch: &Arch, opts: &ProbeOptions) -> Result<Counted>;
+
+    /// The shapes that decide the memory one architecture needs (for
+    /// [`crate::probe::memory`]).
+    fn size(&self, arch: &Arch, opts: &ProbeOptions) -> Result<ModelSize>;
+
+    /// The family ([`FamilyInfo::kind`]).
+    fn kind(&self) -> BenchKind {
+        self.info().kind
     }
 
-    /// True for the GPT-2 Conv1D layers, whose weights are stored in × out.
-    pub fn is_conv1d(self) -> bool {
-        matches!(
-            self,
-            LinearRole::AttnQkv | LinearRole::AttnProj | LinearRole::MlpFc | LinearRole::MlpProj
-        )
+    /// The family's name (its [`BenchKind`]'s).
+    fn name(&self) -> &'static str {
+        self.kind().name()
     }
-}
 
-/// Every trainable tensor of a model, by name, in creation order.
-///
-/// Each tensor also carries a group label (the group current when it was registered, see
-/// [`Params::set_group`]; empty unless a model sets one), so that a model can report its
-/// parameter count by kind, counted from the tensors themselves.
-#[derive(Default)]
-pub struct Params {
-    vars: Vec<(String, Var)>,
-    groups: Vec<&'static str>,
-    group: &'static str,
-    shapes_only: bool,
-}
+    /// Default probe batch ([`FamilyInfo::default_batch_shape`]).
+    fn default_batch_shape(&self) -> (usize, usize) {
+        self.info().default_batch_shape
+    }
 
-impl Params {
-    /// A registry whose random tensors are filled with zeros instead of drawn: the model has
-    /// every tensor with its real shape (for counting parameters) at a fraction of the cost.
-    pub fn shapes_only() -> Self {
-        Self {
-            shapes_only: true,
-            ..Self::default()
+    /// The tokens per row a probe accepts ([`FamilyInfo::seq_len_range`]).
+    fn seq_len_range(&self) -> RangeInclusive<usize> {
+        self.info().seq_len_range.clone()
+    }
+
+    /// The family-specific probe options that apply ([`FamilyInfo::option_names`]).
+    fn option_names(&self) -> &'static [&'static str] {
+        self.info().option_names
+    }
+
+    /// What the family's probes mean to the proxies ([`FamilyInfo::semantics`]).
+    fn semantics(&self) -> &'static Semantics {
+        self.info().semantics
+    }
+
+    /// The family's published genotypes ([`FamilyInfo::genotypes`]).
+    fn genotypes(&self) -> &'static [&'static str] {
+        self.info().genotypes
+    }
+
+    /// The benchmark's reference proxy table, if any ([`FamilyInfo::reference`]).
+    fn reference(&self) -> Option<&'static Reference> {
+        self.info().reference
+    }
+
+    /// The family's default probe options: [`Family::default_batch_shape`], seed 0, the
+    /// default backward signal and sizes, no dropout, the synthetic batch, no extra passes.
+    fn probe_options(&self) -> ProbeOptions {
+        let (batch, seq_len) = self.default_batch_shape();
+        ProbeOptions {
+            batch,
+            seq_len,
+            seed: 0,
+            grad_signal: Default::default(),
+            sizes: Default::default(),
+            dropout: false,
+            corpus: None,
+            extra_passes: false,
         }
     }
 
-    /// Labels every tensor registered from now on with `group` (e.g. `Attn`).
-    pub fn set_group(&mut self, group: &'static str) {
-        self.group = group;
+    /// Checks the batch shape of `opts`: 1..=[`MAX_BATCH`] rows, and tokens per row within
+    /// [`Family::seq_len_range`].
+    fn validate(&self, opts: &ProbeOptions) -> Result<()> {
+        if !(1..=MAX_BATCH).contains(&opts.batch) {
+            bail!(
+                "batch must be within 1..={MAX_BATCH} rows, got {}",
+                opts.batch
+            );
+        }
+        let range = self.seq_len_range();
+        if !range.contains(&opts.seq_len) {
+            bail!(
+                "seq_len must be within {}..={} tokens per row for {} (the position table), got {}",
+                range.start(),
+                range.end(),
+                self.name(),
+                opts.seq_len
+            );
+        }
+        Ok(())
     }
 
-    /// Number of trainable scalars per group label, groups in order of first registration.
-    pub fn count_by_group(&self) -> Vec<(&'static str, usize)> {
-        let mut out: Vec<(&'static str, usize)> = Vec::new();
-        for ((_, var), &g) in self.vars.iter().zip(&self.groups) {
-            match out.iter_mut().find(|(name, _)| *name == g) {
-                Some((_, n)) => *n += var.elem_count(),
-                None => out.push((g, var.elem_count())),
+    /// The probe batch under `opts` ([`Family::build_batch`]), after checking that its shape
+    /// is within bounds.
+    fn batch(&self, opts: &ProbeOptions) -> Result<Batch> {
+        if opts.batch > MAX_BATCH {
+            bail!(
+                "a batch of {} rows is more than the {MAX_BATCH} a probe accepts",
+                opts.batch
+            );
+        }
+        let max = *self.seq_len_range().end();
+        if opts.seq_len > max {
+            bail!(
+                "{} tokens per row exceed the {max} positions of the {} models",
+                opts.seq_len,
+                self.name()
+            );
+        }
+        self.build_batch(opts)
+    }
+
+    /// The settings that decide the values of a probe of this family, as a JSON object:
+    /// `bench`, `batch`, `seq_len`, `seed`, `dropout`, the family's own options
+    /// ([`Family::option_names`]), and `corpus`, the corpus file's content hash (`null` for the
+    /// synthetic batch; the content, not the path, decides the batch). A search records it in
+    /// its checkpoints, and a resume with other settings is refused. Fails when the corpus
+    /// cannot be read.
+    fn settings(&self, opts: &ProbeOptions) -> Result<serde_json::Value> {
+        let corpus = match &opts.corpus {
+            None => serde_json::Value::Null,
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("{}: cannot read the corpus", path.display()))?;
+                format!("fnv1a64:{:016x}", crate::report::fnv1a64(&bytes)).into()
             }
-        }
-        out
-    }
-
-    /// Registers a tensor drawn from N(0, std²) with the given shape.
-    pub fn normal(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        std: f64,
-        rng: &mut Rng,
-        device: &Device,
-    ) -> candle_core::Result<Var> {
-        if self.shapes_only {
-            // Zero pages are mapped lazily: counting parameters touches no memory.
-            return self.push(name, Var::zeros(shape, DType::F32, device)?);
-        }
-        let n = shape.iter().product();
-        let data = rng.normal_vec(n, std);
-        self.push(name, Var::from_vec(data, shape, device)?)
-    }
-
-    /// Registers a tensor filled with `value`.
-    pub fn constant(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        value: f32,
-        device: &Device,
-    ) -> candle_core::Result<Var> {
-        if value == 0.0 {
-            return self.push(name, Var::zeros(shape, DType::F32, device)?);
-        }
-        let n = shape.iter().product();
-        self.push(name, Var::from_vec(vec![value; n], shape, device)?)
-    }
-
-    /// Registers a LayerNorm's `(γ, β)` pair of width `dim` at its initial values (γ = 1,
-    /// β = 0), named `{name}.{gamma}` and `{name}.{beta}` with the family's `(gamma, beta)`
-    /// suffixes.
-    pub fn layer_norm_pair(
-        &mut self,
-        name: &str,
-        (gamma, beta): (&str, &str),
-        dim: usize,
-        device: &Device,
-    ) -> candle_core::Result<(Var, Var)> {
-        Ok((
-            self.constant(&format!("{name}.{gamma}"), &[dim], 1.0, device)?,
-            self.constant(&format!("{name}.{beta}"), &[dim], 0.0, device)?,
-        ))
-    }
-
-    /// Registers an existing tensor as a trainable variable (a copy of it).
-    pub fn register(&mut self, name: &str, t: Tensor) -> candle_core::Result<Var> {
-        self.push(name, Var::from_tensor(&t)?)
-    }
-
-    fn push(&mut self, name: &str, var: Var) -> candle_core::Result<Var> {
-        self.vars.push((name.to_string(), var.clone()));
-        self.groups.push(self.group);
-        Ok(var)
-    }
-
-    /// All variables with their names.
-    pub fn vars(&self) -> &[(String, Var)] {
-        &self.vars
-    }
-
-    /// Total number of trainable scalars (each tensor counted once).
-    pub fn count(&self) -> usize {
-        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
-    }
-}
-
-/// Builds a model with every tensor zero: `with_params` gets a [`Params::shapes_only`]
-/// registry, a fixed stream and the CPU, so the model has its real shapes without the cost of
-/// drawing weights (for parameter counts).
-pub(crate) fn build_shapes_only<M>(
-    with_params: impl FnOnce(Params, &mut Rng, &Device) -> candle_core::Result<M>,
-) -> candle_core::Result<M> {
-    with_params(Params::shapes_only(), &mut Rng::new(0), &Device::Cpu)
-}
-
-/// A dense layer `y = x Wᵀ + b` with `W` stored as out × in (PyTorch `Linear` layout).
-pub struct Linear {
-    /// Name for reports, e.g. `layer.2.mixer.query`.
-    pub name: String,
-    /// Encoder layer index, or `None` outside the layers.
-    pub layer: Option<usize>,
-    /// What the layer does.
-    pub role: LinearRole,
-    /// Weight, out × in.
-    pub weight: Var,
-    /// Bias, out (absent for bias-free layers such as WMA's Ww).
-    pub bias: Option<Var>,
-}
-
-/// Arguments shared by every linear created for one model.
-pub struct Init<'a> {
-    /// Parameter registry.
-    pub params: &'a mut Params,
-    /// Weight stream.
-    pub rng: &'a mut Rng,
-    /// Device holding the tensors.
-    pub device: &'a Device,
-    /// Standard deviation of weight initialisation.
-    pub std: f64,
-}
-
-impl Linear {
-    /// A new linear layer with N(0, std²) weights and zero bias, registered in `init.params`.
-    pub fn new(
-        init: &mut Init<'_>,
-        name: &str,
-        layer: Option<usize>,
-        role: LinearRole,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-    ) -> candle_core::Result<Self> {
-        let weight = init.params.normal(
-            &format!("{name}.weight"),
-            &[out_dim, in_dim],
-            init.std,
-            init.rng,
-            init.device,
-        )?;
-        let bias = if bias {
-            Some(
-                init.params
-                    .constant(&format!("{name}.bias"), &[out_dim], 0.0, init.device)?,
-            )
-        } else {
-            None
         };
-        Ok(Self {
-            name: name.to_string(),
-            layer,
-            role,
-            weight,
-            bias,
-        })
-    }
-
-    /// Output width.
-    pub fn out_dim(&self) -> usize {
-        self.weight.dims()[0]
-    }
-
-    /// Input width.
-    pub fn in_dim(&self) -> usize {
-        self.weight.dims()[1]
-    }
-
-    /// Where a tap on this layer's output sits.
-    pub fn tap_site(&self) -> TapSite {
-        TapSite::Linear {
-            role: self.role,
-            in_dim: self.in_dim(),
-            out_dim: self.out_dim(),
-        }
-    }
-
-    /// Applies the layer over the last axis of `x` (any leading shape).
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = *dims.last().expect("linear input has at least one axis");
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let flat = x.reshape((rows, in_dim))?;
-        let mut y = flat.matmul(&self.weight.as_tensor().t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b.as_tensor())?;
-        }
-        let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.out_dim();
-        y.reshape(out_dims)
-    }
-}
-
-/// What a gradient tap sits on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TapSite {
-    /// The output of a linear layer (FlexiBERT `Linear` or GPT-2 `Conv1D`).
-    Linear {
-        /// The layer's role.
-        role: LinearRole,
-        /// Input width.
-        in_dim: usize,
-        /// Output width.
-        out_dim: usize,
-    },
-    /// The word-embedding output that enters the network (B × T × width).
-    Embedding,
-}
-
-/// One tapped activation: its value and the zero variable added to it, whose gradient after
-/// a backward pass is ∂ℒ/∂(activation).
-pub struct Tap {
-    /// Where the tap sits.
-    pub site: TapSite,
-    /// The activation (detached).
-    pub value: Tensor,
-    /// The zero-valued variable added to the activation.
-    pub var: Var,
-}
-
-/// Gradient taps on intermediate activations.
-///
-/// candle keeps gradients for variables only, so to read ∂ℒ/∂a for an activation `a` (Fisher,
-/// the input Jacobian) a model adds a zero-valued variable to `a` when taps are on. Off by
-/// default: then a tap is the identity and costs nothing.
-#[derive(Default)]
-pub struct Taps {
-    on: std::sync::atomic::AtomicBool,
-    taps: std::sync::Mutex<Vec<Tap>>,
-}
-
-impl Taps {
-    /// Switches tapping on or off for the following forward passes.
-    pub fn set_enabled(&self, on: bool) {
-        self.on.store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Returns `x` (plus a recorded zero variable when taps are on).
-    pub fn tap(&self, site: TapSite, x: Tensor) -> candle_core::Result<Tensor> {
-        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(x);
-        }
-        let var = Var::zeros(x.dims(), x.dtype(), x.device())?;
-        let y = (&x + var.as_tensor())?;
-        let mut taps = self.taps.lock().unwrap_or_else(|e| e.into_inner());
-        taps.push(Tap {
-            site,
-            value: x.detach(),
-            var,
+        let mut settings = serde_json::json!({
+            "bench": self.name(),
+            "batch": opts.batch,
+            "seq_len": opts.seq_len,
+            "seed": opts.seed,
+            "dropout": opts.dropout,
+            "corpus": corpus,
         });
-        Ok(y)
-    }
-
-    /// Takes the taps recorded so far (execution order), leaving none.
-    pub fn take(&self) -> Vec<Tap> {
-        std::mem::take(&mut *self.taps.lock().unwrap_or_else(|e| e.into_inner()))
+        let all = serde_json::to_value(opts)?;
+        for &name in self.option_names() {
+            settings[name] = all[name].clone();
+        }
+        Ok(settings)
     }
 }
 
-/// LayerNorm over the last axis, written with differentiable primitives (candle's fused
-/// `layer_norm` has no backward and would silently cut the gradient).
-pub fn layer_norm(x: &Tensor, gamma: &Var, beta: &Var, eps: f64) -> candle_core::Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
-    normed
-        .broadcast_mul(gamma.as_tensor())?
-        .broadcast_add(beta.as_tensor())
+/// A parameter count as a family reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    /// Every trainable parameter, tied tensors once.
+    pub total: usize,
+    /// The family's further columns, in output order (empty for FlexiBERT; GPT-2's
+    /// `AdaEmb`, `Attn`, `FFN`, `nonembedding`).
+    pub columns: Vec<(&'static str, usize)>,
 }
 
-/// Inverted dropout with a seeded mask; identity when `rng` is `None` or `p` is 0.
-pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
-    let Some(rng) = rng else {
-        return Ok(x.clone());
-    };
-    if p <= 0.0 {
-        return Ok(x.clone());
+/// A benchmark's table of reference proxy values: the file (inside the data folder, a CSV
+/// whose first column is `ID`) and, per proxy that has one, its column.
+#[derive(Debug)]
+pub struct Reference {
+    /// Path of the table inside the data folder.
+    pub file: &'static str,
+    /// `(proxy, column)` pairs.
+    pub columns: &'static [(&'static str, &'static str)],
+}
+
+impl Reference {
+    /// The column `proxy` is checked against, if any.
+    pub fn column(&self, proxy: &str) -> Option<&'static str> {
+        self.columns
+            .iter()
+            .find(|(p, _)| *p == proxy)
+            .map(|(_, c)| *c)
     }
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.bernoulli(p) { 0.0 } else { keep })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.dims(), x.device())?;
-    x.mul(&mask)
 }
 
-/// Copies a tensor into a plain [`Array`] (f32, row-major).
-pub fn to_array(t: &Tensor) -> candle_core::Result<Array> {
-    let t = t.to_dtype(DType::F32)?;
-    let shape = t.dims().to_vec();
-    let data = t.flatten_all()?.to_vec1::<f32>()?;
-    Ok(Array::new(shape, data).expect("tensor element count matches its shape"))
+/// The registered family of `kind`.
+///
+/// # Panics
+///
+/// When `kind` is not registered in [`FAMILIES`]: every [`BenchKind`] comes from a bench file,
+/// so this is a family that was written but not registered.
+pub fn family(kind: BenchKind) -> &'static dyn Family {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.kind() == kind)
+        .unwrap_or_else(|| panic!("the family {kind} is not registered in models::FAMILIES"))
+}
+
+/// Every registered family, as kinds, in [`FAMILIES`] order.
+pub fn kinds() -> Vec<BenchKind> {
+    FAMILIES.iter().map(|f| f.kind()).collect()
+}
+
+/// The registered family called `name`, if any.
+pub fn kind_named(name: &str) -> Option<BenchKind> {
+    FAMILIES.iter().map(|f| f.kind()).find(|k| k.name() == name)
+}
+
+/// Reads and validates a bench file ([`crate::bench::jsonl`]) whose records may name any
+/// registered family.
+pub fn load_bench_file(path: &Path) -> Result<Benchmark> {
+    jsonl::load(path, &kinds())
+}
+
+/// Probes the selected architectures of `bench` on `threads` worker threads (one architecture
+/// per thread at a time, each single-threaded inside the engine) and maps each probe with `f`
+/// as soon as it exists, so probes are never all held at once. Results come back in selection
+/// order; `on_done` is called after each architecture (for progress).
+///
+/// Before anything is built, fails when an architecture needs more memory than probing may
+/// use ([`memory::check_fits`]).
+pub fn probe_map<T: Send>(
+    bench: &Benchmark,
+    selection: &[usize],
+    opts: &ProbeOptions,
+    threads: usize,
+    f: impl Fn(usize, Probe) -> Result<T> + Sync,
+    on_done: impl Fn() + Sync,
+) -> Result<Vec<T>> {
+    let family = family(bench.kind);
+    let batch = family.batch(opts)?;
+    let limit = memory::MemoryLimit::current()?;
+    let size_of = |entry: &crate::bench::Entry| family.size(&entry.arch, opts);
+    let work = memory::Work::Probe;
+    memory::check_fits(bench, selection, opts, threads, limit, work, &size_of)?;
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel();
+    let threads = threads.clamp(1, selection.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, batch, f, on_done) = (&next, &batch, &f, &on_done);
+            scope.spawn(move || loop {
+                let pos = next.fetch_add(1, Ordering::Relaxed);
+                if pos >= selection.len() {
+                    break;
+                }
+                let index = selection[pos];
+                let entry = &bench.entries[index];
+                let result = family
+                    .probe(&entry.arch, index, opts, batch)
+                    .and_then(|p| f(index, p))
+                    .with_context(|| format!("{} architecture {}", bench.kind, entry.key));
+                let failed = result.is_err();
+                on_done();
+                if tx.send((pos, result)).is_err() || failed {
+                    // Stop early on the first error: the receiver reports it.
+                    next.store(selection.len(), Ordering::Relaxed);
+                    break;
+                }
+            });
+        }
+    });
+    drop(tx);
+    let mut out: Vec<Option<T>> = (0..selection.len()).map(|_| None).collect();
+    for (pos, result) in rx {
+        out[pos] = Some(result?);
+    }
+    out.into_iter()
+        .map(|o| o.ok_or_else(|| anyhow!("internal error: an architecture was not probed")))
+        .collect()
 }

@@ -4,18 +4,16 @@
 //!
 //! The limit ([`MemoryLimit`]) is `$LPZERO_PROBE_MEMORY_GB` when set (containers report the
 //! host's free memory), else the memory the system has available when the check runs. The
-//! need of one probe ([`probe_bytes`]) is an estimate from the architecture's shapes and the
-//! batch: four bytes per value for five copies of the parameters (weights, gradients, and the
-//! probe's copies of both) and the activations per token of the family's
-//! `activation_floats_per_token`. It was calibrated against measured peaks and errs on the
+//! need of one probe ([`probe_bytes`]) is an estimate from the architecture's shapes (its
+//! [`ModelSize`], which its family computes) and the batch: four bytes per value for five
+//! copies of the parameters (weights, gradients, and the probe's copies of both) and the
+//! activations per token. It was calibrated against measured peaks and errs on the
 //! high side; it is meant to refuse what cannot fit, not to predict exactly.
 
 use anyhow::{bail, Context, Result};
 
 use super::ProbeOptions;
-use crate::bench::{Arch, Benchmark, Entry};
-use crate::models::flexibert;
-use crate::models::gpt2_flex;
+use crate::bench::{Benchmark, Entry};
 use crate::report::{available_memory_bytes, format_bytes};
 
 /// Environment variable that sets the memory probing may use, in GB (10⁹ bytes).
@@ -110,43 +108,35 @@ pub enum Work {
     Build,
 }
 
-/// Estimated peak bytes of probing `entry` with `opts` (see the module docs).
-pub fn probe_bytes(entry: &Entry, opts: &ProbeOptions) -> Result<f64> {
-    let (params, per_token) = match &entry.arch {
-        Arch::Flexibert(record) => {
-            let config = flexibert::Config::from_record(record, opts.sizes)?;
-            (
-                config.parameter_count(),
-                config.activation_floats_per_token(opts.seq_len),
-            )
-        }
-        Arch::Gpt2(record) => {
-            let config = gpt2_flex::Config::from_record(record)?;
-            (
-                config.parameter_count(),
-                config.activation_floats_per_token(opts.seq_len),
-            )
-        }
-    };
-    let tokens = opts.batch as f64 * opts.seq_len as f64;
-    Ok(VALUE_BYTES * (PARAMETER_COPIES * params + tokens * per_token))
+/// What decides the memory an architecture needs, from its shapes alone (no tensor is
+/// allocated, so it is safe on absurd sizes); `f64` so that it never overflows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelSize {
+    /// Trainable parameters (equal to the count of the built model).
+    pub parameters: f64,
+    /// About how many `f32` values a probe keeps alive per input token at its peak (forward
+    /// activations saved for the backward pass, their gradients and the probe's copies), for
+    /// the batch's tokens per row; calibrated on measured peaks, meant to reject what cannot
+    /// fit, not to predict exactly.
+    pub activation_floats_per_token: f64,
 }
 
-/// Bytes of the parameters of `entry` alone (what building the model costs, as for counting
+/// Estimated peak bytes of probing a model of `size` with `opts` (see the module docs).
+pub fn probe_bytes(size: &ModelSize, opts: &ProbeOptions) -> f64 {
+    let tokens = opts.batch as f64 * opts.seq_len as f64;
+    VALUE_BYTES * (PARAMETER_COPIES * size.parameters + tokens * size.activation_floats_per_token)
+}
+
+/// Bytes of the parameters of a model of `size` alone (what building it costs, as for counting
 /// parameters).
-pub fn parameter_bytes(entry: &Entry, opts: &ProbeOptions) -> Result<f64> {
-    Ok(VALUE_BYTES
-        * match &entry.arch {
-            Arch::Flexibert(record) => {
-                flexibert::Config::from_record(record, opts.sizes)?.parameter_count()
-            }
-            Arch::Gpt2(record) => gpt2_flex::Config::from_record(record)?.parameter_count(),
-        })
+pub fn parameter_bytes(size: &ModelSize) -> f64 {
+    VALUE_BYTES * size.parameters
 }
 
 /// Fails when one of the selected architectures needs more memory for `work` than `limit`
-/// (the largest is named, with its estimate and what to lower). When `threads` probes at once
-/// may not fit, it only warns on stderr, since they rarely all peak together.
+/// (the largest is named, with its estimate and what to lower); `size_of` gives an entry's
+/// [`ModelSize`] (its family's). When `threads` probes at once may not fit, it only warns on
+/// stderr, since they rarely all peak together.
 pub fn check_fits(
     bench: &Benchmark,
     selection: &[usize],
@@ -154,19 +144,20 @@ pub fn check_fits(
     threads: usize,
     limit: Option<MemoryLimit>,
     work: Work,
+    size_of: &dyn Fn(&Entry) -> Result<ModelSize>,
 ) -> Result<()> {
     let Some(limit) = limit else {
         return Ok(());
     };
-    let need = match work {
-        Work::Probe => probe_bytes,
-        Work::Build => parameter_bytes,
-    };
     let mut largest: Option<(usize, f64)> = None;
     for &i in selection {
         let entry = &bench.entries[i];
-        let bytes = need(entry, opts)
-            .with_context(|| format!("{} architecture {}", bench.kind, entry.key))?;
+        let size =
+            size_of(entry).with_context(|| format!("{} architecture {}", bench.kind, entry.key))?;
+        let bytes = match work {
+            Work::Probe => probe_bytes(&size, opts),
+            Work::Build => parameter_bytes(&size),
+        };
         if largest.is_none_or(|(_, b)| bytes > b) {
             largest = Some((i, bytes));
         }

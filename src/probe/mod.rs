@@ -5,14 +5,19 @@
 //! weights, gradients), as [`Array`] values with shapes, never engine tensors. Each architecture
 //! is built and probed once per batch configuration; every proxy is then computed from the
 //! probe.
+//!
+//! This module is the probing path every family shares ([`run`]): the seeded weight and dropout
+//! streams, the backward pass, the capture of linears, gradients and activations, and the
+//! extra passes ([`passes`]). A family contributes its batch (built from the helpers of
+//! [`Batch`]), a built model that runs its forward pass and hands over its captures
+//! ([`ProbeModel`]), and how the proxies read what it captured ([`Semantics`]). The families
+//! themselves, and the functions that probe a benchmark, are in [`crate::models`].
 
 pub mod memory;
 pub mod passes;
 
-use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -20,14 +25,11 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 use crate::array::Array;
-use crate::bench::{Arch, BenchKind, Benchmark, Entry};
-use crate::models::flexibert::{Config, FlexiBert, SizeMode};
-use crate::models::gpt2_flex::{self, Gpt2Flex};
-use crate::models::{to_array, LinearRole};
+use crate::nn::{to_array, Linear, LinearRole, Params, Taps};
 use crate::rng::Rng;
 
-/// Which scalar is back-propagated to obtain gradients (FlexiBERT; GPT-2 always
-/// back-propagates the mean next-token NLL, as the reference does).
+/// Which scalar is back-propagated to obtain gradients, in families that offer a choice
+/// (FlexiBERT; GPT-2 always back-propagates the mean next-token NLL, as the reference does).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum GradSignal {
@@ -39,10 +41,22 @@ pub enum GradSignal {
     Projection,
 }
 
-/// Everything that determines a probe besides the architecture.
-///
-/// [`ProbeOptions::default`] holds the FlexiBERT defaults; [`ProbeOptions::for_bench`] gives
-/// each family's own (GPT-2: 16 rows of 192 tokens).
+/// How the model sizes are chosen from a record, in families whose reference built its proxy
+/// models at other sizes than the benchmark records say (FlexiBERT).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeMode {
+    /// The reference's sizes (FlexiBERT: H = 256 and FFN width 1024 for every record, which
+    /// reproduces the reference parameter counts).
+    #[default]
+    Faithful,
+    /// The sizes the record states (FlexiBERT: its `hidden_size` and per-layer
+    /// `feed_forward_dimension`).
+    Intended,
+}
+
+/// Everything that determines a probe besides the architecture. A family's defaults come
+/// from [`crate::models::Family::probe_options`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ProbeOptions {
     /// Rows of the batch.
@@ -52,9 +66,9 @@ pub struct ProbeOptions {
     pub seq_len: usize,
     /// Seed of weights, synthetic batch, dropout masks and the projection vector.
     pub seed: u64,
-    /// Backward signal.
+    /// Backward signal (families with a choice only).
     pub grad_signal: GradSignal,
-    /// FlexiBERT size mode (ignored by GPT-2).
+    /// Size mode (families with a choice only).
     pub sizes: SizeMode,
     /// Dropout on (p = 0.1, as the reference's training-mode models) or off.
     pub dropout: bool,
@@ -65,124 +79,15 @@ pub struct ProbeOptions {
     pub extra_passes: bool,
 }
 
-impl Default for ProbeOptions {
-    fn default() -> Self {
-        Self {
-            batch: DEFAULT_BATCH,
-            seq_len: DEFAULT_SEQ_LEN,
-            seed: 0,
-            grad_signal: GradSignal::default(),
-            sizes: SizeMode::default(),
-            dropout: false,
-            corpus: None,
-            extra_passes: false,
-        }
-    }
-}
-
-impl ProbeOptions {
-    /// Checks the batch shape for a family: 1..=[`MAX_BATCH`] rows, and tokens per row within
-    /// 2..=512 for FlexiBERT or 1..=192 for GPT-2 (the position tables).
-    pub fn validate(&self, kind: BenchKind) -> Result<()> {
-        if !(1..=MAX_BATCH).contains(&self.batch) {
-            bail!(
-                "batch must be within 1..={MAX_BATCH} rows, got {}",
-                self.batch
-            );
-        }
-        let (min, max) = (
-            if kind == BenchKind::Flexibert { 2 } else { 1 },
-            max_seq_len(kind),
-        );
-        if !(min..=max).contains(&self.seq_len) {
-            bail!(
-                "seq_len must be within {min}..={max} tokens per row for {kind} (the position \
-                 table), got {}",
-                self.seq_len
-            );
-        }
-        Ok(())
-    }
-
-    /// The settings that decide the values of a probe of a `kind` architecture, as a JSON
-    /// object: `bench`, `batch`, `seq_len`, `seed`, `dropout`, for FlexiBERT `grad_signal`
-    /// and `sizes`, and `corpus`, the corpus file's content hash (`null` for the synthetic
-    /// batch; the content, not the path, decides the batch). A search records it in its
-    /// checkpoints, and a resume with other settings is refused. Fails when the corpus cannot
-    /// be read.
-    pub fn settings(&self, kind: BenchKind) -> Result<serde_json::Value> {
-        let corpus = match &self.corpus {
-            None => serde_json::Value::Null,
-            Some(path) => {
-                let bytes = std::fs::read(path)
-                    .with_context(|| format!("{}: cannot read the corpus", path.display()))?;
-                format!("fnv1a64:{:016x}", crate::report::fnv1a64(&bytes)).into()
-            }
-        };
-        let mut settings = serde_json::json!({
-            "bench": kind.name(),
-            "batch": self.batch,
-            "seq_len": self.seq_len,
-            "seed": self.seed,
-            "dropout": self.dropout,
-            "corpus": corpus,
-        });
-        if kind == BenchKind::Flexibert {
-            settings["grad_signal"] = serde_json::to_value(self.grad_signal)?;
-            settings["sizes"] = serde_json::to_value(self.sizes)?;
-        }
-        Ok(settings)
-    }
-
-    /// The defaults of a benchmark family: FlexiBERT 2 × 512 ([`DEFAULT_BATCH`],
-    /// [`DEFAULT_SEQ_LEN`]), GPT-2 16 × 192 ([`GPT2_DEFAULT_BATCH`], [`GPT2_DEFAULT_SEQ_LEN`],
-    /// the reference's first training batch).
-    pub fn for_bench(kind: BenchKind) -> Self {
-        let (batch, seq_len) = default_batch_shape(kind);
-        Self {
-            batch,
-            seq_len,
-            ..Self::default()
-        }
-    }
-}
-
-/// Default FlexiBERT batch rows (proxies that are means do not depend on it; sums scale with
-/// it).
-pub const DEFAULT_BATCH: usize = 2;
-/// Default FlexiBERT tokens per row (the reference's 512).
-pub const DEFAULT_SEQ_LEN: usize = 512;
-/// Default GPT-2 batch rows (the reference's batch of 16).
-pub const GPT2_DEFAULT_BATCH: usize = 16;
-/// Default GPT-2 input tokens per row (the benchmark's `tgt_len`).
-pub const GPT2_DEFAULT_SEQ_LEN: usize = 192;
-/// GPT-2 vocabulary size (ids must stay below it).
-pub const GPT2_VOCAB: u32 = 50264;
 /// Most rows a probe batch may have (far beyond any useful probe; the memory check of
 /// [`memory`] usually stops a large batch first).
 pub const MAX_BATCH: usize = 1 << 16;
 /// Most worker threads probing (and a search's evaluation) may use.
 pub const MAX_THREADS: usize = 1024;
 
-/// `(batch rows, tokens per row)` defaults of a family.
-pub fn default_batch_shape(kind: BenchKind) -> (usize, usize) {
-    match kind {
-        BenchKind::Flexibert => (DEFAULT_BATCH, DEFAULT_SEQ_LEN),
-        BenchKind::Gpt2 => (GPT2_DEFAULT_BATCH, GPT2_DEFAULT_SEQ_LEN),
-    }
-}
-
-/// The largest `--seq-len` of a family (its position table): FlexiBERT 512, GPT-2 192.
-pub fn max_seq_len(kind: BenchKind) -> usize {
-    match kind {
-        BenchKind::Flexibert => 512,
-        BenchKind::Gpt2 => GPT2_DEFAULT_SEQ_LEN,
-    }
-}
-
 /// A fixed batch of token ids, `rows × cols`, row-major.
 ///
-/// For GPT-2 each row holds `seq_len + 1` tokens: the inputs are the first `seq_len`, the
+/// For a decoder each row holds `seq_len + 1` tokens: the inputs are the first `seq_len`, the
 /// targets the last `seq_len` (see [`Batch::shifted`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
@@ -194,31 +99,9 @@ pub struct Batch {
     pub cols: usize,
 }
 
-/// FlexiBERT vocabulary size (ids must stay below it).
-const BERT_VOCAB: u32 = 30522;
-
 impl Batch {
-    /// The synthetic BERT batch of spec §2.2: ids uniform in [999, 30521], `[CLS]` (101) first
-    /// and `[SEP]` (102) last in every row.
-    pub fn synthetic_bert(rows: usize, cols: usize, seed: u64) -> Result<Self> {
-        if rows == 0 || !(2..=512).contains(&cols) {
-            bail!("--batch must be ≥ 1 and --seq-len within 2..=512 (the position table), got {rows} × {cols}");
-        }
-        let mut rng = Rng::derive(seed, &[0]);
-        let mut ids = Vec::with_capacity(rows * cols);
-        for _ in 0..rows {
-            for c in 0..cols {
-                ids.push(match c {
-                    0 => 101,
-                    c if c == cols - 1 => 102,
-                    _ => rng.range(999, BERT_VOCAB as usize) as u32,
-                });
-            }
-        }
-        Ok(Self { ids, rows, cols })
-    }
-
-    /// Reads whitespace-separated token ids from `path` and takes the first `rows × cols`.
+    /// Reads whitespace-separated token ids from `path` and takes the first `rows × cols`;
+    /// every id must be below `vocab`.
     pub fn from_corpus(path: &Path, rows: usize, cols: usize, vocab: u32) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the corpus", path.display()))?;
@@ -241,7 +124,7 @@ impl Batch {
         }
         if ids.len() < need {
             bail!(
-                "{}: holds {} token ids, expected at least {need} (--batch {rows} × --seq-len {cols})",
+                "{}: holds {} token ids, expected at least {need} ({rows} rows × {cols} tokens)",
                 path.display(),
                 ids.len()
             );
@@ -249,9 +132,9 @@ impl Batch {
         Ok(Self { ids, rows, cols })
     }
 
-    /// The synthetic GPT-2 batch of spec §5.4: `rows × cols` ids drawn i.i.d. from a Zipf(1)
+    /// The synthetic decoder batch of spec §5.4: `rows × cols` ids drawn i.i.d. from a Zipf(1)
     /// law over `0..vocab` (probability ∝ 1/(id + 1)); the vocabulary is sorted by corpus
-    /// frequency, so this mimics real text's cluster occupancy in the adaptive softmax.
+    /// frequency, so this mimics real text's cluster occupancy in an adaptive softmax.
     pub fn synthetic_zipf(rows: usize, cols: usize, vocab: u32, seed: u64) -> Result<Self> {
         if rows == 0 || cols < 2 || vocab == 0 {
             bail!("the Zipf batch needs ≥ 1 row, ≥ 2 tokens per row and a vocabulary, got {rows} × {cols} over {vocab}");
@@ -272,45 +155,6 @@ impl Batch {
         Ok(Self { ids, rows, cols })
     }
 
-    /// The batch for a benchmark family under `opts` (corpus when given, else synthetic):
-    /// FlexiBERT `batch × seq_len` ids (seq_len ≤ 512); GPT-2 `batch × (seq_len + 1)` ids
-    /// (seq_len ≤ 192), Zipf-distributed or the first ids of the corpus.
-    pub fn for_bench(kind: BenchKind, opts: &ProbeOptions) -> Result<Self> {
-        if opts.batch > MAX_BATCH {
-            bail!(
-                "a batch of {} rows is more than the {MAX_BATCH} a probe accepts",
-                opts.batch
-            );
-        }
-        let max = max_seq_len(kind);
-        if opts.seq_len > max {
-            bail!(
-                "--seq-len {} exceeds the {max} positions of the {kind} models",
-                opts.seq_len
-            );
-        }
-        match kind {
-            BenchKind::Flexibert => match &opts.corpus {
-                Some(path) => Self::from_corpus(path, opts.batch, opts.seq_len, BERT_VOCAB),
-                None => Self::synthetic_bert(opts.batch, opts.seq_len, opts.seed),
-            },
-            BenchKind::Gpt2 => {
-                if opts.batch == 0 || opts.seq_len == 0 {
-                    bail!(
-                        "--batch and --seq-len must be at least 1, got {} × {}",
-                        opts.batch,
-                        opts.seq_len
-                    );
-                }
-                let cols = opts.seq_len + 1;
-                match &opts.corpus {
-                    Some(path) => Self::from_corpus(path, opts.batch, cols, GPT2_VOCAB),
-                    None => Self::synthetic_zipf(opts.batch, cols, GPT2_VOCAB, opts.seed),
-                }
-            }
-        }
-    }
-
     /// Next-token inputs and targets, each `rows × (cols − 1)` row-major: inputs are the first
     /// `cols − 1` ids of each row, targets the last `cols − 1`.
     pub fn shifted(&self) -> (Vec<u32>, Vec<u32>) {
@@ -324,7 +168,8 @@ impl Batch {
         (inputs, targets)
     }
 
-    fn tensor(&self, device: &Device) -> candle_core::Result<Tensor> {
+    /// The ids as a `rows × cols` u32 tensor.
+    pub fn tensor(&self, device: &Device) -> candle_core::Result<Tensor> {
         Tensor::from_vec(self.ids.clone(), (self.rows, self.cols), device)
     }
 }
@@ -347,19 +192,13 @@ pub struct LinearProbe {
 
 impl LinearProbe {
     /// The probe of one linear layer: its weight and that weight's gradient in `grads`.
-    fn new(
-        grads: &GradStore,
-        name: &str,
-        layer: Option<usize>,
-        role: LinearRole,
-        weight: &Var,
-    ) -> Result<Self> {
+    fn new(grads: &GradStore, lin: &Linear) -> Result<Self> {
         Ok(Self {
-            name: name.to_string(),
-            layer,
-            role,
-            weight: to_array(weight.as_tensor())?,
-            grad: grad_array(grads, weight.as_tensor())?,
+            name: lin.name.clone(),
+            layer: lin.layer,
+            role: lin.role,
+            weight: to_array(lin.weight.as_tensor())?,
+            grad: grad_array(grads, lin.weight.as_tensor())?,
         })
     }
 }
@@ -372,18 +211,70 @@ fn grad_array(grads: &GradStore, t: &Tensor) -> Result<Array> {
     }
 }
 
-/// Engine tensors as arrays, converted one at a time (owned tensors are freed as soon as they
-/// are converted).
-fn to_arrays<T: Borrow<Tensor>>(tensors: impl IntoIterator<Item = T>) -> Result<Vec<Array>> {
-    tensors
-        .into_iter()
-        .map(|t| Ok(to_array(t.borrow())?))
-        .collect()
+/// Engine tensors as arrays, converted one at a time (each tensor is freed as soon as it is
+/// converted).
+fn to_arrays(tensors: Vec<Tensor>) -> Result<Vec<Array>> {
+    tensors.into_iter().map(|t| Ok(to_array(&t)?)).collect()
+}
+
+/// How one statistic of a family-dependent proxy is aggregated over the items of a list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregate {
+    /// The mean over the items.
+    Mean,
+    /// The sum over the items.
+    Sum,
+}
+
+/// Which width of a linear layer multiplies its Fisher term (the reference's broadcast).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FisherWidth {
+    /// The input width.
+    Input,
+    /// The output width.
+    Output,
+}
+
+/// An FFN activation value as captured (for families that capture activation outputs).
+pub fn as_captured(v: f32) -> f64 {
+    v as f64
+}
+
+/// What a family's probe means to the proxies whose definition differs between families
+/// (spec §3.2 for FlexiBERT, §3.3 for GPT-2): which captured activations are the FFN
+/// activations, which linears each linear-set proxy reads, and the family's variants of a few
+/// formulas. A family declares one (`models::<family>::SEMANTICS`); proxies read it through the
+/// accessors of [`Probe`], never by naming the family.
+#[derive(Debug)]
+pub struct Semantics {
+    /// The `act` entries that are FFN activations (`jacob_cov_relu`, `w_pca`): every
+    /// `.1`-th entry from entry `.0`.
+    pub ffn_activations: (usize, usize),
+    /// Applied to an FFN activation value before its principal components are counted
+    /// (`w_pca`): [`as_captured`] when `act` holds activation outputs, the activation function
+    /// when it holds pre-activations.
+    pub ffn_activation: fn(f32) -> f64,
+    /// How `activation_distance` aggregates over the `act` entries.
+    pub activation_distance: Aggregate,
+    /// Roles of the linears `synaptic_diversity` reads.
+    pub diversity: &'static [LinearRole],
+    /// Roles of the linears `synaptic_saliency` reads.
+    pub saliency: &'static [LinearRole],
+    /// Roles of the linears `head_importance` reads (those whose stored weight has at least
+    /// 128 rows).
+    pub head_importance: &'static [LinearRole],
+    /// Roles of the linears whose weights and gradients are the `weight` and `grad` inputs.
+    pub expression_linears: &'static [LinearRole],
+    /// Which width multiplies a layer's Fisher term.
+    pub fisher_width: FisherWidth,
+    /// The parameter groups that make up the decoder parameters (`decoder_params`); empty
+    /// when the family has none (the proxy is then NaN and not listed for it).
+    pub decoder_groups: &'static [&'static str],
 }
 
 /// What one forward + backward of one architecture exposes to proxies.
 ///
-/// Per family:
+/// Per family (the family's model decides what is captured, its [`Semantics`] how it is read):
 ///
 /// | field | FlexiBERT | GPT-2 |
 /// |---|---|---|
@@ -394,14 +285,13 @@ fn to_arrays<T: Borrow<Tensor>>(tensors: impl IntoIterator<Item = T>) -> Result<
 /// | `linears` | every linear, out × in | the 4L Conv1Ds, in × out |
 /// | `weight`, `grad` | mixer linears | the 4L Conv1Ds (block order, in × out) |
 /// | `position_grad` | position table (512 × 128) | `wpe` (192 × D) |
-/// | backward signal | `--grad-signal` | mean next-token NLL |
+/// | backward signal | `grad_signal` | mean next-token NLL |
 #[derive(Clone, Debug)]
 pub struct Probe {
     /// Architecture key.
     pub key: String,
-    /// Benchmark family of the probed model (proxies whose definition differs by family
-    /// dispatch on it).
-    pub family: BenchKind,
+    /// How the proxies read this probe (its family's).
+    pub semantics: &'static Semantics,
     /// Number of trainable parameters of the built model.
     pub params: usize,
     /// Trainable parameters by group (GPT-2: `AdaEmb`, `Attn`, `FFN`, `LayerNorm`,
@@ -442,13 +332,94 @@ impl Probe {
             .sum()
     }
 
-    /// Linears of the given roles, in module order.
-    pub fn linears_with<'a>(
-        &'a self,
-        pred: impl Fn(&LinearProbe) -> bool + 'a,
-    ) -> impl Iterator<Item = &'a LinearProbe> + 'a {
-        self.linears.iter().filter(move |l| pred(l))
+    /// The decoder parameters (the family's decoder groups, [`Semantics::decoder_groups`]),
+    /// or `None` when the family has none.
+    pub fn decoder_params(&self) -> Option<usize> {
+        let groups = self.semantics.decoder_groups;
+        (!groups.is_empty()).then(|| groups.iter().map(|g| self.param_group(g)).sum())
     }
+
+    /// The FFN activations among `act` ([`Semantics::ffn_activations`]), in order.
+    pub fn ffn_activations(&self) -> Vec<&Array> {
+        let (first, step) = self.semantics.ffn_activations;
+        self.act.iter().skip(first).step_by(step.max(1)).collect()
+    }
+
+    /// Linears whose role is among `roles`, in module order.
+    fn linears_in<'a>(
+        &'a self,
+        roles: &'static [LinearRole],
+    ) -> impl Iterator<Item = &'a LinearProbe> + 'a {
+        self.linears.iter().filter(move |l| roles.contains(&l.role))
+    }
+
+    /// The linears `synaptic_diversity` reads ([`Semantics::diversity`]).
+    pub fn diversity_linears(&self) -> impl Iterator<Item = &LinearProbe> + '_ {
+        self.linears_in(self.semantics.diversity)
+    }
+
+    /// The linears `synaptic_saliency` reads ([`Semantics::saliency`]).
+    pub fn saliency_linears(&self) -> impl Iterator<Item = &LinearProbe> + '_ {
+        self.linears_in(self.semantics.saliency)
+    }
+
+    /// The linears `head_importance` reads: those of [`Semantics::head_importance`] whose
+    /// stored weight has at least 128 rows (`weight.shape[0] ≥ 128`: 128 outputs for an out ×
+    /// in weight, 128 *inputs* for GPT-2's in × out Conv1Ds, the reference's quirk).
+    pub fn head_importance_linears(&self) -> impl Iterator<Item = &LinearProbe> + '_ {
+        self.linears_in(self.semantics.head_importance)
+            .filter(|l| l.weight.shape()[0] >= 128)
+    }
+}
+
+/// What one forward pass of a family's model hands to the probe: the scalar to
+/// back-propagate and the captured activations.
+pub struct Pass {
+    /// The backward signal (a scalar).
+    pub loss: Tensor,
+    /// The activations the probe keeps.
+    pub captures: Captures,
+}
+
+/// Activations captured by one forward pass, in execution order (engine tensors; the probe
+/// detaches and converts them). What each list holds is the family's choice (see [`Probe`]).
+pub struct Captures {
+    /// The `act` input.
+    pub act: Vec<Tensor>,
+    /// The `head` input; `None` when it is the same list as `act` (shared, not copied).
+    pub head: Option<Vec<Tensor>>,
+    /// The `softmax` input.
+    pub softmax: Vec<Tensor>,
+    /// The outputs `head_confidence` reads; `None` when they are the `act` list.
+    pub mixer_outputs: Option<Vec<Tensor>>,
+}
+
+/// The parts of a built network the probe reads.
+pub struct Network<'a> {
+    /// Every trainable tensor.
+    pub params: &'a Params,
+    /// The network's gradient taps (switched on for the extra passes).
+    pub taps: &'a Taps,
+    /// Every linear layer, module order: what `linears` holds and what GraSP and Synflow
+    /// score.
+    pub linears: Vec<&'a Linear>,
+    /// The position-embedding table (its gradient feeds the Jacobian proxies).
+    pub position_table: &'a Var,
+}
+
+/// The family-specific part of a probe: a model built for one architecture and one batch,
+/// which names its parts and runs its forward pass. Everything else (streams, backward,
+/// capture, extra passes) is [`run`]'s.
+pub trait ProbeModel {
+    /// The network's parts.
+    fn network(&self) -> Network<'_>;
+
+    /// One forward pass on the model's batch, with dropout masks from `dropout` when given.
+    fn forward(&self, dropout: Option<&mut Rng>) -> candle_core::Result<Pass>;
+
+    /// Synflow's readout: the scalar to differentiate after a forward pass on an all-ones
+    /// input row (the network's parameters are absolute-valued by then).
+    fn readout(&self) -> candle_core::Result<Tensor>;
 }
 
 /// The weight and dropout streams of the architecture at `index`: derived from the seed and
@@ -458,69 +429,68 @@ fn arch_streams(opts: &ProbeOptions, index: usize) -> (Rng, Rng) {
     (stream(1), stream(2))
 }
 
-/// Builds and probes one FlexiBERT record. `index` (the architecture's position in the
-/// benchmark) selects the weight and dropout streams, so a result never depends on which
-/// other architectures run.
-pub fn probe_flexibert(
-    record: &crate::bench::flexibert::Record,
+/// Probes one architecture: `build` makes the model from the weight stream of `index` (the
+/// architecture's position in its benchmark, so a result never depends on which other
+/// architectures run), then one forward with the dropout stream's masks when
+/// [`ProbeOptions::dropout`] is on, one backward, the capture of every linear's weight and
+/// gradient, of the position-table gradient and of the activations, and the extra passes when
+/// [`ProbeOptions::extra_passes`] is on. `key` names the probe; `semantics` is the family's.
+pub fn run<M: ProbeModel>(
+    key: String,
     index: usize,
     opts: &ProbeOptions,
-    batch: &Batch,
+    semantics: &'static Semantics,
+    build: impl FnOnce(&mut Rng) -> Result<M>,
 ) -> Result<Probe> {
     let start = Instant::now();
-    let device = Device::Cpu;
-    let config = Config::from_record(record, opts.sizes)?;
     let (mut weight_rng, mut dropout_rng) = arch_streams(opts, index);
-    let model = FlexiBert::new(&config, &mut weight_rng, &device)?;
-    let ids = batch.tensor(&device)?;
-    model.taps().set_enabled(opts.extra_passes);
+    let model = build(&mut weight_rng)?;
+    let network = model.network();
+    network.taps.set_enabled(opts.extra_passes);
     let masks = dropout_rng.clone();
-    let fwd = model.forward(&ids, opts.dropout.then_some(&mut dropout_rng))?;
-    let loss = flexibert_signal(&fwd.last_hidden, opts, config.hidden_size, false)?;
-    let mut grads = loss.backward()?;
-    let tapped = tapped_extras(model.taps(), &mut grads, BenchKind::Flexibert)?;
-    let mut linears = Vec::new();
-    for lin in model.linears() {
-        linears.push(LinearProbe::new(
-            &grads,
-            &lin.name,
-            lin.layer,
-            lin.role,
-            &lin.weight,
-        )?);
-    }
-    let mixers = || linears.iter().filter(|l| l.role == LinearRole::Mixer);
-    let weight = mixers().map(|l| l.weight.clone()).collect();
-    let grad = mixers().map(|l| l.grad.clone()).collect();
-    let act = Arc::new(to_arrays(&fwd.act)?);
-    let head = Arc::new(to_arrays(&fwd.head)?);
-    let softmax = to_arrays(&fwd.softmax)?;
-    let mixer_outputs = Arc::new(to_arrays(&fwd.mixer_outputs)?);
-    let position_grad = grad_array(&grads, model.position_table().as_tensor())?;
+    let Pass { loss, captures } = model.forward(opts.dropout.then_some(&mut dropout_rng))?;
+    // Detached captures share their storage but not the autograd graph, which the loss alone
+    // then holds.
+    let detach = |ts: Vec<Tensor>| -> Vec<Tensor> { ts.iter().map(Tensor::detach).collect() };
+    let act = detach(captures.act);
+    let head = captures.head.map(detach);
+    let softmax = detach(captures.softmax);
+    let mixer_outputs = captures.mixer_outputs.map(detach);
     let loss_value = loss.to_scalar::<f32>()? as f64;
-    // Free the probe's autograd graph before any extra pass.
-    drop((fwd, loss));
+    let mut grads = loss.backward()?;
+    // Free the autograd graph before the captures are converted and before any extra pass.
+    drop(loss);
+    let tapped = tapped_extras(network.taps, &mut grads, semantics.fisher_width)?;
+    let linears = network
+        .linears
+        .iter()
+        .map(|lin| LinearProbe::new(&grads, lin))
+        .collect::<Result<Vec<_>>>()?;
+    let position_grad = grad_array(&grads, network.position_table.as_tensor())?;
+    let act = Arc::new(to_arrays(act)?);
+    let head = match head {
+        Some(h) => Arc::new(to_arrays(h)?),
+        None => Arc::clone(&act),
+    };
+    let softmax = to_arrays(softmax)?;
+    let mixer_outputs = match mixer_outputs {
+        Some(m) => Arc::new(to_arrays(m)?),
+        None => Arc::clone(&act),
+    };
     // The extra passes change the weights (Synflow leaves them absolute): everything above is
     // captured first.
     let extras = match tapped {
         None => None,
         Some(ex) => {
-            let linears = model.linears();
-            let weights: Vec<&Var> = linears.iter().map(|l| &l.weight).collect();
+            let weights: Vec<&Var> = network.linears.iter().map(|l| &l.weight).collect();
             let loss = || {
                 let mut masks = masks.clone();
-                let f = model.forward(&ids, opts.dropout.then_some(&mut masks))?;
-                flexibert_signal(&f.last_hidden, opts, config.hidden_size, false)
+                Ok(model.forward(opts.dropout.then_some(&mut masks))?.loss)
             };
-            let readout = || {
-                let (t, e) = (batch.cols, config.embedding_size);
-                let ones = Tensor::ones((1, t, e), candle_core::DType::F32, &device)?;
-                let f = model.forward_words(ones, None)?;
-                flexibert_signal(&f.last_hidden, opts, config.hidden_size, true)
-            };
+            let readout = || model.readout();
             Some(passes::run(
                 ex,
-                model.params(),
+                network.params,
                 &weights,
                 grads,
                 loss,
@@ -528,17 +498,25 @@ pub fn probe_flexibert(
             )?)
         }
     };
+    let inputs = || {
+        linears
+            .iter()
+            .filter(|l| semantics.expression_linears.contains(&l.role))
+    };
+    let weight = inputs().map(|l| l.weight.clone()).collect();
+    let grad = inputs().map(|l| l.grad.clone()).collect();
+    let param_groups = network.params.count_by_group();
     Ok(Probe {
-        key: record.id.to_string(),
-        family: BenchKind::Flexibert,
-        weight,
-        grad,
-        params: model.params().count(),
-        param_groups: Vec::new(),
+        key,
+        semantics,
+        params: network.params.count(),
+        param_groups,
         act,
         head,
         softmax,
         mixer_outputs,
+        weight,
+        grad,
         linears,
         position_grad,
         loss: loss_value,
@@ -551,239 +529,18 @@ pub fn probe_flexibert(
 /// were on; the taps' own gradients are then removed from `grads` (they are as large as the
 /// activations).
 fn tapped_extras(
-    taps: &crate::models::Taps,
+    taps: &Taps,
     grads: &mut GradStore,
-    family: BenchKind,
+    fisher_width: FisherWidth,
 ) -> Result<Option<passes::Extras>> {
     let recorded = taps.take();
     taps.set_enabled(false);
     if recorded.is_empty() {
         return Ok(None);
     }
-    let ex = passes::from_taps(&recorded, grads, family)?;
+    let ex = passes::from_taps(&recorded, grads, fisher_width)?;
     for tap in &recorded {
         grads.remove(tap.var.as_tensor());
     }
     Ok(Some(ex))
-}
-
-/// The FlexiBERT backward signal on the last hidden state `y`: `Σ y` (faithful) or `Σ y ⊙ r`
-/// with the seeded Gaussian `r` (projection); `positive` uses `|r|` (Synflow's readout, whose
-/// network has only non-negative weights).
-fn flexibert_signal(
-    y: &Tensor,
-    opts: &ProbeOptions,
-    hidden: usize,
-    positive: bool,
-) -> candle_core::Result<Tensor> {
-    if opts.grad_signal == GradSignal::Faithful && !positive {
-        return y.sum_all();
-    }
-    let dims = y.dims().to_vec();
-    let n = dims.iter().product();
-    let mut r = Rng::derive(opts.seed, &[3, hidden as u64]).normal_vec(n, 1.0);
-    if positive {
-        r.iter_mut().for_each(|x| *x = x.abs());
-    }
-    (y * Tensor::from_vec(r, dims, y.device())?)?.sum_all()
-}
-
-/// Builds and probes one GPT-2 config: one forward of the mean next-token NLL over
-/// `batch.shifted()` and one backward. `index` selects the weight and dropout streams, as for
-/// FlexiBERT. `opts.grad_signal` and `opts.sizes` do not apply (the signal is the NLL).
-pub fn probe_gpt2(
-    record: &crate::bench::gpt2::Record,
-    index: usize,
-    opts: &ProbeOptions,
-    batch: &Batch,
-) -> Result<Probe> {
-    let start = Instant::now();
-    let device = Device::Cpu;
-    let config = gpt2_flex::Config::from_record(record)?;
-    if batch.cols < 2 {
-        bail!(
-            "a GPT-2 batch needs at least 2 tokens per row (inputs and shifted targets), got {}",
-            batch.cols
-        );
-    }
-    let (inputs, targets) = batch.shifted();
-    let (mut weight_rng, mut dropout_rng) = arch_streams(opts, index);
-    let model = Gpt2Flex::new(&config, &mut weight_rng, &device)?;
-    let shape = (batch.rows, batch.cols - 1);
-    model.taps().set_enabled(opts.extra_passes);
-    let masks = dropout_rng.clone();
-    let fwd = model.forward(
-        &inputs,
-        &targets,
-        shape,
-        opts.dropout.then_some(&mut dropout_rng),
-    )?;
-    let loss = fwd.loss.to_scalar::<f32>()? as f64;
-    let mut grads = fwd.loss.backward()?;
-    let tapped = tapped_extras(model.taps(), &mut grads, BenchKind::Gpt2)?;
-    let mut linears = Vec::new();
-    for conv in model.conv1ds() {
-        linears.push(LinearProbe::new(
-            &grads,
-            &conv.name,
-            Some(conv.layer),
-            conv.role,
-            &conv.weight,
-        )?);
-    }
-    let position_grad = grad_array(&grads, model.position_table().as_tensor())?;
-    // The captured outputs are detached: dropping the loss and the hidden state frees the
-    // autograd graph before the captures are converted and before any extra pass.
-    let gpt2_flex::Forward {
-        loss: loss_tensor,
-        hidden,
-        conv_outputs,
-        attention,
-    } = fwd;
-    drop((loss_tensor, hidden));
-    // The extra passes change the weights (Synflow leaves them absolute): the linears above
-    // are captured first.
-    let extras = match tapped {
-        None => None,
-        Some(ex) => {
-            let convs = model.conv1ds();
-            let weights: Vec<&Var> = convs.iter().map(|c| &c.weight).collect();
-            let loss = || {
-                let mut masks = masks.clone();
-                let dropout = opts.dropout.then_some(&mut masks);
-                Ok(model.forward(&inputs, &targets, shape, dropout)?.loss)
-            };
-            let readout = || {
-                let (t, d) = (shape.1, config.d_model);
-                let ones = Tensor::ones((1, t, d), candle_core::DType::F32, &device)?;
-                let hidden = model.decode(ones, None)?.hidden;
-                model.head_logits_sum(&hidden.reshape((t, d))?)
-            };
-            Some(passes::run(
-                ex,
-                model.params(),
-                &weights,
-                grads,
-                loss,
-                readout,
-            )?)
-        }
-    };
-    let outputs = Arc::new(to_arrays(conv_outputs)?);
-    Ok(Probe {
-        key: record.key.clone(),
-        family: BenchKind::Gpt2,
-        params: model.params().count(),
-        param_groups: model.param_groups(),
-        act: outputs.clone(),
-        head: outputs.clone(),
-        mixer_outputs: outputs,
-        softmax: to_arrays(attention)?,
-        weight: linears.iter().map(|l| l.weight.clone()).collect(),
-        grad: linears.iter().map(|l| l.grad.clone()).collect(),
-        linears,
-        position_grad,
-        loss,
-        extras,
-        seconds: start.elapsed().as_secs_f64(),
-    })
-}
-
-/// Probes one benchmark entry (dispatch on its family). `batch` must come from
-/// [`Batch::for_bench`] with the entry's family.
-pub fn probe_entry(
-    entry: &Entry,
-    index: usize,
-    opts: &ProbeOptions,
-    batch: &Batch,
-) -> Result<Probe> {
-    match &entry.arch {
-        Arch::Flexibert(record) => probe_flexibert(record, index, opts, batch),
-        Arch::Gpt2(record) => probe_gpt2(record, index, opts, batch),
-    }
-}
-
-/// Probes the selected architectures on `threads` worker threads (one architecture per
-/// thread at a time, each single-threaded inside the engine) and maps each probe with `f` as
-/// soon as it exists, so probes are never all held at once. Results come back in selection
-/// order; `on_done` is called after each architecture (for progress).
-///
-/// Before anything is built, fails when an architecture needs more memory than probing may
-/// use ([`memory::check_fits`]).
-pub fn probe_map<T: Send>(
-    bench: &Benchmark,
-    selection: &[usize],
-    opts: &ProbeOptions,
-    threads: usize,
-    f: impl Fn(usize, Probe) -> Result<T> + Sync,
-    on_done: impl Fn() + Sync,
-) -> Result<Vec<T>> {
-    let batch = Batch::for_bench(bench.kind, opts)?;
-    let limit = memory::MemoryLimit::current()?;
-    memory::check_fits(bench, selection, opts, threads, limit, memory::Work::Probe)?;
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::channel();
-    let threads = threads.clamp(1, selection.len().max(1));
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            let tx = tx.clone();
-            let (next, batch, f, on_done) = (&next, &batch, &f, &on_done);
-            scope.spawn(move || loop {
-                let pos = next.fetch_add(1, Ordering::Relaxed);
-                if pos >= selection.len() {
-                    break;
-                }
-                let index = selection[pos];
-                let entry = &bench.entries[index];
-                let result = probe_entry(entry, index, opts, batch)
-                    .and_then(|p| f(index, p))
-                    .with_context(|| format!("{} architecture {}", bench.kind, entry.key));
-                let failed = result.is_err();
-                on_done();
-                if tx.send((pos, result)).is_err() || failed {
-                    // Stop early on the first error: the receiver reports it.
-                    next.store(selection.len(), Ordering::Relaxed);
-                    break;
-                }
-            });
-        }
-    });
-    drop(tx);
-    let mut out: Vec<Option<T>> = (0..selection.len()).map(|_| None).collect();
-    for (pos, result) in rx {
-        out[pos] = Some(result?);
-    }
-    out.into_iter()
-        .map(|o| o.ok_or_else(|| anyhow!("internal error: an architecture was not probed")))
-        .collect()
-}
-
-/// Median seconds of one forward + backward of the calibration encoder (4 SA-SDP layers with
-/// 4 heads, B = 32, T = 128, H = 256, FFN 1024, vocabulary 30 522) over `reps` runs, for
-/// comparison with other engines on the same machine.
-pub fn calibration_seconds(reps: usize) -> Result<f64> {
-    use crate::bench::flexibert::{Layer, Mixer, Record};
-    let layer = Layer {
-        mixer: Mixer::Sdp,
-        heads: 4,
-        ffn_width: 1024,
-        ffn_layers: 1,
-    };
-    let record = Record {
-        id: 0,
-        hidden_size: 256,
-        layers: vec![layer; 4],
-        scores: Default::default(),
-    };
-    let opts = ProbeOptions {
-        batch: 32,
-        seq_len: 128,
-        ..ProbeOptions::default()
-    };
-    let batch = Batch::for_bench(BenchKind::Flexibert, &opts)?;
-    let mut times: Vec<f64> = Vec::new();
-    for _ in 0..reps.max(1) {
-        times.push(probe_flexibert(&record, 0, &opts, &batch)?.seconds);
-    }
-    Ok(crate::stats::median(&times))
 }

@@ -19,15 +19,15 @@ use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use crate::bench::BenchKind;
+use super::FisherWidth;
 use crate::linalg;
-use crate::models::{Params, Tap, TapSite};
+use crate::nn::{Params, Tap, TapSite};
 
 /// Values of the extra-pass baselines of one architecture, with the time their passes took.
 #[derive(Clone, Debug, Default)]
 pub struct Extras {
-    /// Σ over linears of `mult · Σ_k ½ mean_n (a_nk ∂ℒ/∂a_nk)²` (mult: FlexiBERT `in`, GPT-2
-    /// `out`, the reference's broadcast factor).
+    /// Σ over linears of `mult · Σ_k ½ mean_n (a_nk ∂ℒ/∂a_nk)²` (mult: the family's
+    /// [`FisherWidth`], FlexiBERT `in`, GPT-2 `out`, the reference's broadcast factor).
     pub fisher: f64,
     /// Σ over every linear output of mean over (batch, channel) of the max over the sequence.
     pub attention_confidence: f64,
@@ -47,8 +47,8 @@ pub struct Extras {
 }
 
 /// Fisher, attention confidence and Jacob-Cov from the taps of the probe's pass and the
-/// gradients of its backward.
-pub fn from_taps(taps: &[Tap], grads: &GradStore, family: BenchKind) -> Result<Extras> {
+/// gradients of its backward; `fisher_width` is the family's Fisher multiplier.
+pub fn from_taps(taps: &[Tap], grads: &GradStore, fisher_width: FisherWidth) -> Result<Extras> {
     let mut out = Extras::default();
     for tap in taps {
         let Some(g) = grads.get(tap.var.as_tensor()) else {
@@ -62,9 +62,9 @@ pub fn from_taps(taps: &[Tap], grads: &GradStore, family: BenchKind) -> Result<E
                 let rows = tap.value.elem_count() / width.max(1);
                 let prod = (tap.value.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?)?;
                 let per_channel_sum = prod.sqr()?.sum_all()?.to_scalar::<f64>()?;
-                let mult = match family {
-                    BenchKind::Flexibert => in_dim,
-                    BenchKind::Gpt2 => out_dim,
+                let mult = match fisher_width {
+                    FisherWidth::Input => in_dim,
+                    FisherWidth::Output => out_dim,
                 };
                 out.fisher += mult as f64 * 0.5 * per_channel_sum / rows.max(1) as f64;
                 if tap.value.rank() >= 3 {
@@ -193,7 +193,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::Taps;
+    use crate::nn::Taps;
     use candle_core::Device;
 
     #[test]
@@ -229,7 +229,7 @@ mod tests {
         taps.set_enabled(true);
         let x = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
         let site = TapSite::Linear {
-            role: crate::models::LinearRole::FfnIn,
+            role: crate::nn::LinearRole::FfnIn,
             in_dim: 3,
             out_dim: 2,
         };
@@ -240,9 +240,9 @@ mod tests {
             .backward()
             .unwrap();
         let taps = taps.take();
-        let gpt2 = from_taps(&taps, &grads, BenchKind::Gpt2).unwrap();
+        let gpt2 = from_taps(&taps, &grads, FisherWidth::Output).unwrap();
         assert!((gpt2.fisher - 2.0 * 88.5).abs() < 1e-9, "{}", gpt2.fisher);
-        let bert = from_taps(&taps, &grads, BenchKind::Flexibert).unwrap();
+        let bert = from_taps(&taps, &grads, FisherWidth::Input).unwrap();
         assert!((bert.fisher - 3.0 * 88.5).abs() < 1e-9);
     }
 }

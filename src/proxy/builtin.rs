@@ -3,15 +3,15 @@
 //!
 //! Every function reads only the [`Probe`]; none runs a model. Clean semantics means: one
 //! forward per probe (no duplicated hooks), real gradients under the default backward signal,
-//! and no in-place mutation. A proxy whose definition differs by family dispatches on
-//! [`Probe::family`]; `decoder_params` is GPT-2 only and gives NaN on FlexiBERT.
+//! and no in-place mutation. Where a definition differs by family, the proxy asks the probe
+//! (its FFN activations, the linears it reads, ...), which answers after its family's
+//! [`Semantics`]; `decoder_params` applies only to families with decoder parameters (GPT-2) and
+//! gives NaN on the others.
 
 use crate::array::Array;
 use crate::bench::BenchKind;
 use crate::linalg;
-use crate::models::gpt2_flex::{GROUP_ATTN, GROUP_FFN};
-use crate::models::LinearRole;
-use crate::probe::{LinearProbe, Probe};
+use crate::probe::{Aggregate, Probe, Semantics};
 
 /// Whether a higher proxy value predicts a better architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -23,7 +23,7 @@ pub enum Orientation {
     LowerIsBetter,
 }
 
-/// A named proxy: its name, orientation, the families it is defined for, and its function.
+/// A named proxy: its name, orientation, which families it is defined for, and its function.
 pub struct Builtin {
     /// Name used on the command line.
     pub name: &'static str,
@@ -32,210 +32,212 @@ pub struct Builtin {
     /// True when the value needs the probe's extra passes ([`crate::probe::passes`]):
     /// such proxies are computed by `lpzero baselines` or when named in `score`.
     pub extra_passes: bool,
-    /// Benchmark families the proxy is defined for. On another family `compute` returns NaN
-    /// (ranked last by the scorer); `lpzero score --proxy all` should list only the proxies
-    /// that apply ([`for_family`]).
-    pub families: &'static [BenchKind],
+    /// Whether the proxy is defined for a family, from the family's [`Semantics`]. On another
+    /// family `compute` returns NaN (ranked last by the scorer); `lpzero score --proxy all`
+    /// lists only the proxies that apply ([`for_family`]).
+    pub applies: fn(&Semantics) -> bool,
     /// The computation.
     pub compute: fn(&Probe) -> f64,
 }
 
 impl Builtin {
-    /// True when the proxy is defined for `kind`.
+    /// True when the proxy is defined for the registered family `kind`.
     pub fn applies_to(&self, kind: BenchKind) -> bool {
-        self.families.contains(&kind)
+        (self.applies)(crate::models::family(kind).semantics())
     }
 }
 
-const BOTH: &[BenchKind] = &[BenchKind::Flexibert, BenchKind::Gpt2];
-const GPT2: &[BenchKind] = &[BenchKind::Gpt2];
+/// Defined for every family.
+const ANY: fn(&Semantics) -> bool = |_| true;
+/// Defined for the families with decoder parameters.
+const DECODERS: fn(&Semantics) -> bool = |s| !s.decoder_groups.is_empty();
 
 /// All built-in human-designed proxies. Every one is higher-is-better against the oriented
 /// ground truth (GLUE; `-valid_ppl` for GPT-2).
 ///
-/// Where the definition differs by family the probe's family selects it (spec §3.2 for
+/// Where the definition differs by family the probe's semantics select it (spec §3.2 for
 /// FlexiBERT, §3.3 for GPT-2, whose "linears" are the 4L Conv1D layers, weights in × out).
 pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "params",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: params,
     },
     Builtin {
         name: "decoder_params",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: GPT2,
+        applies: DECODERS,
         compute: decoder_params,
     },
     Builtin {
         name: "head_confidence",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: head_confidence,
     },
     Builtin {
         name: "head_confidence_normalized",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: head_confidence_normalized,
     },
     Builtin {
         name: "head_softmax_confidence",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: head_softmax_confidence,
     },
     Builtin {
         name: "head_softmax_confidence_normalized",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: head_softmax_confidence_normalized,
     },
     Builtin {
         name: "activation_distance",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: activation_distance,
     },
     Builtin {
         name: "synaptic_diversity",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: synaptic_diversity,
     },
     Builtin {
         name: "synaptic_diversity_normalized",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: synaptic_diversity_normalized,
     },
     Builtin {
         name: "synaptic_saliency",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: synaptic_saliency,
     },
     Builtin {
         name: "synaptic_saliency_normalized",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: synaptic_saliency_normalized,
     },
     Builtin {
         name: "head_importance",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: head_importance,
     },
     Builtin {
         name: "head_importance_normalized",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: head_importance_normalized,
     },
     Builtin {
         name: "grad_norm",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: grad_norm,
     },
     Builtin {
         name: "snip",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: snip,
     },
     Builtin {
         name: "jacobian_cosine",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: jacobian_cosine,
     },
     Builtin {
         name: "jacobian_score",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: jacobian_score,
     },
     Builtin {
         name: "attention_confidence",
         orientation: Orientation::HigherIsBetter,
         extra_passes: true,
-        families: BOTH,
+        applies: ANY,
         compute: attention_confidence,
     },
     Builtin {
         name: "fisher",
         orientation: Orientation::HigherIsBetter,
         extra_passes: true,
-        families: BOTH,
+        applies: ANY,
         compute: fisher,
     },
     Builtin {
         name: "grasp",
         orientation: Orientation::LowerIsBetter,
         extra_passes: true,
-        families: BOTH,
+        applies: ANY,
         compute: grasp,
     },
     Builtin {
         name: "synflow",
         orientation: Orientation::HigherIsBetter,
         extra_passes: true,
-        families: BOTH,
+        applies: ANY,
         compute: synflow,
     },
     Builtin {
         name: "logsynflow",
         orientation: Orientation::HigherIsBetter,
         extra_passes: true,
-        families: BOTH,
+        applies: ANY,
         compute: logsynflow,
     },
     Builtin {
         name: "jacob_cov",
         orientation: Orientation::HigherIsBetter,
         extra_passes: true,
-        families: BOTH,
+        applies: ANY,
         compute: jacob_cov,
     },
     Builtin {
         name: "jacob_cov_relu",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: jacob_cov_relu,
     },
     Builtin {
         name: "eznas",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: eznas,
     },
     Builtin {
         name: "w_pca",
         orientation: Orientation::HigherIsBetter,
         extra_passes: false,
-        families: BOTH,
+        applies: ANY,
         compute: w_pca,
     },
 ];
@@ -255,10 +257,7 @@ fn params(p: &Probe) -> f64 {
 }
 
 fn decoder_params(p: &Probe) -> f64 {
-    match p.family {
-        BenchKind::Gpt2 => (p.param_group(GROUP_ATTN) + p.param_group(GROUP_FFN)) as f64,
-        BenchKind::Flexibert => f64::NAN,
-    }
+    p.decoder_params().map_or(f64::NAN, |n| n as f64)
 }
 
 /// Σ_j over the output's last axis of max over axis 1, averaged over (batch, channel).
@@ -319,29 +318,13 @@ fn activation_distance_one(a: &Array) -> f64 {
         .sum()
 }
 
+/// The mean over the `act` entries (FlexiBERT), or their sum (GPT-2: the reference sums over
+/// the hooked Conv1D outputs, its harness's `sum_arr`).
 fn activation_distance(p: &Probe) -> f64 {
     let total = p.act.iter().map(activation_distance_one).sum::<f64>();
-    match p.family {
-        BenchKind::Flexibert => total / p.act.len() as f64,
-        // The reference sums over the hooked Conv1D outputs (its harness's `sum_arr`).
-        BenchKind::Gpt2 => total,
-    }
-}
-
-/// The linears `synaptic_diversity` sums over: FlexiBERT mixer-block linears (mixer linears and
-/// the output dense), GPT-2 every Conv1D.
-fn is_diversity_linear(p: &Probe, l: &LinearProbe) -> bool {
-    match p.family {
-        BenchKind::Flexibert => matches!(l.role, LinearRole::Mixer | LinearRole::MixerOutput),
-        BenchKind::Gpt2 => l.role.is_conv1d(),
-    }
-}
-
-/// The linears `synaptic_saliency` sums over: FlexiBERT FFN linears, GPT-2 every Conv1D.
-fn is_saliency_linear(p: &Probe, l: &LinearProbe) -> bool {
-    match p.family {
-        BenchKind::Flexibert => l.role.is_ffn(),
-        BenchKind::Gpt2 => l.role.is_conv1d(),
+    match p.semantics.activation_distance {
+        Aggregate::Mean => total / p.act.len() as f64,
+        Aggregate::Sum => total,
     }
 }
 
@@ -350,14 +333,16 @@ fn nuclear(a: &Array) -> f64 {
     linalg::nuclear_norm(a.data(), r, c)
 }
 
+/// Over the linears the probe's family names: FlexiBERT mixer-block linears (mixer linears and
+/// the output dense), GPT-2 every Conv1D.
 fn synaptic_diversity(p: &Probe) -> f64 {
-    p.linears_with(|l| is_diversity_linear(p, l))
+    p.diversity_linears()
         .map(|l| nuclear(&l.weight) * nuclear(&l.grad))
         .sum()
 }
 
 fn synaptic_diversity_normalized(p: &Probe) -> f64 {
-    synaptic_diversity(p) / p.linears_with(|l| is_diversity_linear(p, l)).count() as f64
+    synaptic_diversity(p) / p.diversity_linears().count() as f64
 }
 
 /// Σ |W ⊙ ∇W| (accumulated in f64).
@@ -370,35 +355,28 @@ fn saliency(weight: &Array, grad: &Array) -> f64 {
         .sum()
 }
 
+/// Over the linears the probe's family names: FlexiBERT FFN linears, GPT-2 every Conv1D.
 fn synaptic_saliency(p: &Probe) -> f64 {
-    p.linears_with(|l| is_saliency_linear(p, l))
+    p.saliency_linears()
         .map(|l| saliency(&l.weight, &l.grad))
         .sum()
 }
 
 fn synaptic_saliency_normalized(p: &Probe) -> f64 {
-    synaptic_saliency(p) / p.linears_with(|l| is_saliency_linear(p, l)).count() as f64
+    synaptic_saliency(p) / p.saliency_linears().count() as f64
 }
 
-/// `weight.shape[0] ≥ 128` over FlexiBERT mixer linears (out × in: ≥ 128 outputs) or GPT-2
-/// Conv1Ds (in × out: ≥ 128 *inputs*, the reference's quirk; for d_model = 64 only the MLP
-/// `c_proj` qualifies).
-fn is_important_head(p: &Probe, l: &LinearProbe) -> bool {
-    let kind = match p.family {
-        BenchKind::Flexibert => l.role == LinearRole::Mixer,
-        BenchKind::Gpt2 => l.role.is_conv1d(),
-    };
-    kind && l.weight.shape()[0] >= 128
-}
-
+/// Over the linears with `weight.shape[0] ≥ 128` among those the probe's family names:
+/// FlexiBERT mixer linears (out × in: ≥ 128 outputs), GPT-2 Conv1Ds (in × out: ≥ 128
+/// *inputs*, the reference's quirk; for d_model = 64 only the MLP `c_proj` qualifies).
 fn head_importance(p: &Probe) -> f64 {
-    p.linears_with(|l| is_important_head(p, l))
+    p.head_importance_linears()
         .map(|l| saliency(&l.weight, &l.grad))
         .sum()
 }
 
 fn head_importance_normalized(p: &Probe) -> f64 {
-    head_importance(p) / p.linears_with(|l| is_important_head(p, l)).count() as f64
+    head_importance(p) / p.head_importance_linears().count() as f64
 }
 
 /// Frobenius norm accumulated in f64.
@@ -483,23 +461,15 @@ fn jacob_cov(p: &Probe) -> f64 {
     extra(p, |e| e.jacob_cov)
 }
 
-/// The FFN pre-activations (or, for FlexiBERT, the GELU outputs, which are positive exactly
-/// where the pre-activations are): FlexiBERT every `act` entry, GPT-2 the `c_fc` outputs
-/// (every fourth Conv1D output, from the third).
-fn ffn_activations(p: &Probe) -> Vec<&Array> {
-    match p.family {
-        BenchKind::Flexibert => p.act.iter().collect(),
-        BenchKind::Gpt2 => p.act.iter().skip(2).step_by(4).collect(),
-    }
-}
-
 /// Tokens `jacob_cov_relu` uses: the first rows of the batch, at most this many tokens (at
 /// least one row). The reference uses all B·T (3 072 for GPT-2); ln det of that K costs more
 /// than the probe.
 pub const JACOB_COV_RELU_TOKENS: usize = 512;
 
+/// Over the FFN activations of the probe (FlexiBERT the GELU outputs, which are positive
+/// exactly where the pre-activations are; GPT-2 the `c_fc` pre-activations).
 fn jacob_cov_relu(p: &Probe) -> f64 {
-    let acts = ffn_activations(p);
+    let acts = p.ffn_activations();
     let Some(first) = acts.first() else {
         return f64::NAN;
     };
@@ -573,12 +543,6 @@ fn eznas(p: &Probe) -> f64 {
     total
 }
 
-/// GPT-2's `gelu_new` (tanh approximation).
-fn gelu_new(x: f32) -> f64 {
-    let x = x as f64;
-    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
-}
-
 /// Principal components of the tokens of batch row 0 (T × width, after the activation
 /// function) needed to reach 99 % of the variance.
 fn pca_components(a: &Array, activation: impl Fn(f32) -> f64) -> usize {
@@ -613,13 +577,13 @@ fn pca_components(a: &Array, activation: impl Fn(f32) -> f64) -> usize {
     ev.len()
 }
 
+/// Over the FFN activations of the probe, after the family's activation function
+/// ([`Semantics::ffn_activation`]; GPT-2 applies `gelu_new` to its pre-activations).
 fn w_pca(p: &Probe) -> f64 {
-    let components: usize = ffn_activations(p)
+    let components: usize = p
+        .ffn_activations()
         .into_iter()
-        .map(|a| match p.family {
-            BenchKind::Flexibert => pca_components(a, |v| v as f64),
-            BenchKind::Gpt2 => pca_components(a, gelu_new),
-        })
+        .map(|a| pca_components(a, p.semantics.ffn_activation))
         .sum();
     p.params as f64 * components as f64
 }
@@ -627,6 +591,10 @@ fn w_pca(p: &Probe) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::{flexibert, gpt2};
+    use crate::models::{flexibert::SEMANTICS as FLEXIBERT, gpt2_flex::SEMANTICS as GPT2};
+    use crate::nn::LinearRole;
+    use crate::probe::LinearProbe;
     use std::sync::Arc;
 
     fn arr(shape: &[usize], data: &[f32]) -> Array {
@@ -646,7 +614,7 @@ mod tests {
     fn probe() -> Probe {
         Probe {
             key: "0".into(),
-            family: BenchKind::Flexibert,
+            semantics: &FLEXIBERT,
             params: 42,
             param_groups: Vec::new(),
             act: Arc::new(vec![
@@ -752,7 +720,7 @@ mod tests {
             arr(&[1, 2, 1], &[-1.0, -1.0]),
         ]);
         let mut p = probe();
-        p.family = BenchKind::Gpt2;
+        p.semantics = &GPT2;
         p.param_groups = vec![
             ("AdaEmb", 1000),
             ("LayerNorm", 7),
@@ -848,10 +816,10 @@ mod tests {
 
     #[test]
     fn families_are_declared() {
-        let flex: Vec<&str> = for_family(BenchKind::Flexibert).map(|b| b.name).collect();
+        let flex: Vec<&str> = for_family(flexibert::KIND).map(|b| b.name).collect();
         assert!(!flex.contains(&"decoder_params"));
         assert!(flex.contains(&"snip"));
-        assert_eq!(for_family(BenchKind::Gpt2).count(), BUILTINS.len());
+        assert_eq!(for_family(gpt2::KIND).count(), BUILTINS.len());
     }
 
     #[test]

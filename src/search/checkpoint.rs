@@ -2,7 +2,7 @@
 //! end exactly where an uninterrupted run with the same seed ends.
 //!
 //! The file holds the options, the settings that produced the fitness inputs (for a benchmark
-//! search: the probe settings, see [`crate::probe::ProbeOptions::settings`]) and the fitness
+//! search: the probe settings, see [`crate::models::Family::settings`]) and the fitness
 //! ground truth (to refuse resuming on other inputs), the iteration reached, the RNG state, the
 //! population with its fitness, the hall of fame, the set of canonical keys already seen (the
 //! `duplicate` rule depends on it), the counters and the curve so far. The sub-expression memo

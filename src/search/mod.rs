@@ -522,7 +522,7 @@ pub struct FitnessData<'a> {
     /// Their ground truth, higher = better.
     pub truth: &'a [f64],
     /// How the inputs were made (for a benchmark, the probe settings of
-    /// [`crate::probe::ProbeOptions::settings`]; `null` when unknown): checkpoints record it
+    /// [`crate::models::Family::settings`]; `null` when unknown): checkpoints record it
     /// and a resume must match it, so a run never mixes inputs made in different ways.
     pub settings: &'a serde_json::Value,
 }

@@ -15,8 +15,9 @@ use serde_json::json;
 use super::{checkpoint, run_with_inputs, rundir, FitnessData, SearchOptions, SearchOutcome};
 use crate::bench::Benchmark;
 use crate::compare::{self, BaselineColumns, Comparison, Corr};
+use crate::models::{self, probe_map};
 use crate::probe::memory::{LimitSource, MemoryLimit};
-use crate::probe::{probe_map, Probe, ProbeOptions};
+use crate::probe::{Probe, ProbeOptions};
 use crate::proxy::builtin::Orientation;
 use crate::proxy::eval::list_bytes;
 use crate::proxy::eval::{self, InputSource};
@@ -194,7 +195,7 @@ pub fn fitness_phase(
     let start = Instant::now();
     let bench = job.bench;
     // Refuse an incompatible resume before any probing.
-    let settings = job.probe.settings(bench.kind)?;
+    let settings = models::family(bench.kind).settings(&job.probe)?;
     if let Some(path) = &job.resume {
         let truth = bench.truths(&job.fitness);
         checkpoint::load(path)?.check_compatible(opts, &settings, &truth)?;

@@ -1,0 +1,478 @@
+//! Network building blocks shared by every model family: the parameter registry, linear
+//! layers in both weight layouts, LayerNorm, dropout, gradient taps on activations, and the
+//! custom candle ops with their own backward ([`ops`]).
+//!
+//! The engine (candle) stays inside `nn`, the family models (`models`) and `probe`; a family's
+//! model file builds its network from these blocks.
+
+pub mod ops;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use crate::array::Array;
+use crate::rng::Rng;
+
+/// What a linear layer does in its network; proxies select linears by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum LinearRole {
+    /// A projection inside a token mixer (q, k, v, WMA's Ww, LT's input, DSC's kernel and
+    /// conv-out layers).
+    Mixer,
+    /// The dense of the output block after an SA or DSC mixer.
+    MixerOutput,
+    /// The first FFN dense (hidden → FFN width).
+    FfnIn,
+    /// A square FFN dense between two GELUs (only with more than one FFN layer).
+    FfnHidden,
+    /// The last FFN dense (FFN width → hidden).
+    FfnOut,
+    /// The embedding projection (embedding width → hidden).
+    EmbeddingProjection,
+    /// GPT-2 `attn.c_attn`: the fused q|k|v Conv1D (D → 3D).
+    AttnQkv,
+    /// GPT-2 `attn.c_proj`: the attention output Conv1D (D → D).
+    AttnProj,
+    /// GPT-2 `mlp.c_fc`: the first MLP Conv1D (D → d_inner).
+    MlpFc,
+    /// GPT-2 `mlp.c_proj`: the second MLP Conv1D (d_inner → D).
+    MlpProj,
+}
+
+impl LinearRole {
+    /// True for the GPT-2 Conv1D layers, whose weights are stored in × out.
+    pub fn is_conv1d(self) -> bool {
+        matches!(
+            self,
+            LinearRole::AttnQkv | LinearRole::AttnProj | LinearRole::MlpFc | LinearRole::MlpProj
+        )
+    }
+}
+
+/// Every trainable tensor of a model, by name, in creation order.
+///
+/// Each tensor also carries a group label (the group current when it was registered, see
+/// [`Params::set_group`]; empty unless a model sets one), so that a model can report its
+/// parameter count by kind, counted from the tensors themselves.
+#[derive(Default)]
+pub struct Params {
+    vars: Vec<(String, Var)>,
+    groups: Vec<&'static str>,
+    group: &'static str,
+    shapes_only: bool,
+}
+
+impl Params {
+    /// A registry whose random tensors are filled with zeros instead of drawn: the model has
+    /// every tensor with its real shape (for counting parameters) at a fraction of the cost.
+    pub fn shapes_only() -> Self {
+        Self {
+            shapes_only: true,
+            ..Self::default()
+        }
+    }
+
+    /// Labels every tensor registered from now on with `group` (e.g. `Attn`).
+    pub fn set_group(&mut self, group: &'static str) {
+        self.group = group;
+    }
+
+    /// Number of trainable scalars per group label, groups in order of first registration
+    /// (tensors registered without a group are left out).
+    pub fn count_by_group(&self) -> Vec<(&'static str, usize)> {
+        let mut out: Vec<(&'static str, usize)> = Vec::new();
+        for ((_, var), &g) in self.vars.iter().zip(&self.groups) {
+            if g.is_empty() {
+                continue;
+            }
+            match out.iter_mut().find(|(name, _)| *name == g) {
+                Some((_, n)) => *n += var.elem_count(),
+                None => out.push((g, var.elem_count())),
+            }
+        }
+        out
+    }
+
+    /// Registers a tensor drawn from N(0, std²) with the given shape.
+    pub fn normal(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        std: f64,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> candle_core::Result<Var> {
+        if self.shapes_only {
+            // Zero pages are mapped lazily: counting parameters touches no memory.
+            return self.push(name, Var::zeros(shape, DType::F32, device)?);
+        }
+        let n = shape.iter().product();
+        let data = rng.normal_vec(n, std);
+        self.push(name, Var::from_vec(data, shape, device)?)
+    }
+
+    /// Registers a tensor filled with `value`.
+    pub fn constant(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        value: f32,
+        device: &Device,
+    ) -> candle_core::Result<Var> {
+        if value == 0.0 {
+            return self.push(name, Var::zeros(shape, DType::F32, device)?);
+        }
+        let n = shape.iter().product();
+        self.push(name, Var::from_vec(vec![value; n], shape, device)?)
+    }
+
+    /// Registers an existing tensor as a trainable variable (a copy of it); for tests that
+    /// need given values.
+    #[cfg(test)]
+    pub(crate) fn register(&mut self, name: &str, t: Tensor) -> candle_core::Result<Var> {
+        self.push(name, Var::from_tensor(&t)?)
+    }
+
+    fn push(&mut self, name: &str, var: Var) -> candle_core::Result<Var> {
+        self.vars.push((name.to_string(), var.clone()));
+        self.groups.push(self.group);
+        Ok(var)
+    }
+
+    /// All variables with their names.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// Total number of trainable scalars (each tensor counted once).
+    pub fn count(&self) -> usize {
+        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+}
+
+/// A model built from a config into a parameter registry: `new` draws the weights, and
+/// `shapes_only` builds every tensor as zeros (the real shapes without the cost of drawing
+/// weights, for parameter counts). A family's model implements [`Build::build`] once.
+pub trait Build: Sized {
+    /// What the model is built from.
+    type Config;
+
+    /// Builds the model from `config`, registering its tensors in `params` and drawing its
+    /// weights from `rng`.
+    fn build(
+        config: &Self::Config,
+        params: Params,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> candle_core::Result<Self>;
+
+    /// The model with weights drawn from `rng`.
+    fn new(config: &Self::Config, rng: &mut Rng, device: &Device) -> candle_core::Result<Self> {
+        Self::build(config, Params::default(), rng, device)
+    }
+
+    /// The model with every tensor zero, on the CPU.
+    fn shapes_only(config: &Self::Config) -> candle_core::Result<Self> {
+        Self::build(
+            config,
+            Params::shapes_only(),
+            &mut Rng::new(0),
+            &Device::Cpu,
+        )
+    }
+}
+
+/// Arguments shared by every tensor created for one model.
+pub struct Init<'a> {
+    /// Parameter registry.
+    pub params: &'a mut Params,
+    /// Weight stream.
+    pub rng: &'a mut Rng,
+    /// Device holding the tensors.
+    pub device: &'a Device,
+    /// Standard deviation of weight initialisation.
+    pub std: f64,
+}
+
+impl Init<'_> {
+    /// Registers a tensor drawn from N(0, std²).
+    pub fn normal(&mut self, name: &str, shape: &[usize], std: f64) -> candle_core::Result<Var> {
+        self.params.normal(name, shape, std, self.rng, self.device)
+    }
+
+    /// Registers a tensor filled with `value`.
+    pub fn constant(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        value: f32,
+    ) -> candle_core::Result<Var> {
+        self.params.constant(name, shape, value, self.device)
+    }
+}
+
+/// How a linear layer stores its weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// out × in, `y = x Wᵀ + b` (PyTorch `Linear`).
+    OutIn,
+    /// in × out, `y = x W + b` (GPT-2's `Conv1D`).
+    InOut,
+}
+
+/// A dense layer over the last axis, in either weight layout ([`Layout`]).
+pub struct Linear {
+    /// Name for reports, e.g. `layer.2.mixer.query` or `h.0.attn.c_attn`.
+    pub name: String,
+    /// Layer (block) index, or `None` outside the layers.
+    pub layer: Option<usize>,
+    /// What the layer does.
+    pub role: LinearRole,
+    /// Weight, out × in or in × out ([`Linear::layout`]).
+    pub weight: Var,
+    /// Bias, out (absent for bias-free layers such as WMA's Ww).
+    pub bias: Option<Var>,
+    /// How `weight` is stored.
+    pub layout: Layout,
+}
+
+impl Linear {
+    /// A new out × in layer with N(0, std²) weights (`init.std`) and zero bias, registered in
+    /// `init.params` (weight first, then bias).
+    pub fn new(
+        init: &mut Init<'_>,
+        name: &str,
+        layer: Option<usize>,
+        role: LinearRole,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> candle_core::Result<Self> {
+        let std = init.std;
+        let weight = init.normal(&format!("{name}.weight"), &[out_dim, in_dim], std)?;
+        let bias = if bias {
+            Some(init.constant(&format!("{name}.bias"), &[out_dim], 0.0)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            name: name.to_string(),
+            layer,
+            role,
+            weight,
+            bias,
+            layout: Layout::OutIn,
+        })
+    }
+
+    /// A new in × out layer (GPT-2's `Conv1D`) with N(0, std²) weights and zero bias,
+    /// registered in `init.params` (weight first, then bias).
+    pub fn conv1d(
+        init: &mut Init<'_>,
+        name: String,
+        layer: usize,
+        role: LinearRole,
+        (in_dim, out_dim): (usize, usize),
+        std: f64,
+    ) -> candle_core::Result<Self> {
+        let weight = init.normal(&format!("{name}.weight"), &[in_dim, out_dim], std)?;
+        let bias = init.constant(&format!("{name}.bias"), &[out_dim], 0.0)?;
+        Ok(Self {
+            name,
+            layer: Some(layer),
+            role,
+            weight,
+            bias: Some(bias),
+            layout: Layout::InOut,
+        })
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        match self.layout {
+            Layout::OutIn => self.weight.dims()[0],
+            Layout::InOut => self.weight.dims()[1],
+        }
+    }
+
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        match self.layout {
+            Layout::OutIn => self.weight.dims()[1],
+            Layout::InOut => self.weight.dims()[0],
+        }
+    }
+
+    /// Where a tap on this layer's output sits.
+    pub fn tap_site(&self) -> TapSite {
+        TapSite::Linear {
+            role: self.role,
+            in_dim: self.in_dim(),
+            out_dim: self.out_dim(),
+        }
+    }
+
+    /// Applies the layer over the last axis of `x` (any leading shape).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has at least one axis");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let flat = x.reshape((rows, in_dim))?;
+        let mut y = match self.layout {
+            Layout::OutIn => flat.matmul(&self.weight.as_tensor().t()?)?,
+            Layout::InOut => flat.matmul(self.weight.as_tensor())?,
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b.as_tensor())?;
+        }
+        *dims.last_mut().expect("checked above") = self.out_dim();
+        y.reshape(dims)
+    }
+}
+
+/// A LayerNorm over the last axis with its `(γ, β)` pair and epsilon (biased variance,
+/// `eps` inside the square root).
+///
+/// It has two evaluations with the same definition: [`LayerNorm::forward`], one custom op
+/// with its own backward that accumulates the row moments in `f64` (fast and lean, used by
+/// GPT-2), and [`LayerNorm::forward_composed`], candle primitives in `f32` (candle's fused
+/// `layer_norm` has no backward and would silently cut the gradient). FlexiBERT uses the
+/// composed one: its probes, and so its proxy values, were computed with it, and the two
+/// differ in the last bits.
+pub struct LayerNorm {
+    /// Scale γ, initialised to 1.
+    pub gamma: Var,
+    /// Shift β, initialised to 0.
+    pub beta: Var,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// A LayerNorm of width `dim` at its initial values, registered in `params` as
+    /// `{name}.{gamma}` then `{name}.{beta}` with the family's `(gamma, beta)` suffixes.
+    pub fn new(
+        params: &mut Params,
+        name: &str,
+        (gamma, beta): (&str, &str),
+        dim: usize,
+        eps: f64,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            gamma: params.constant(&format!("{name}.{gamma}"), &[dim], 1.0, device)?,
+            beta: params.constant(&format!("{name}.{beta}"), &[dim], 0.0, device)?,
+            eps,
+        })
+    }
+
+    /// The custom-op evaluation ([`ops::layer_norm`]).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::layer_norm(x, &self.gamma, &self.beta, self.eps)
+    }
+
+    /// The evaluation composed of differentiable candle primitives.
+    pub fn forward_composed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .broadcast_mul(self.gamma.as_tensor())?
+            .broadcast_add(self.beta.as_tensor())
+    }
+}
+
+/// What a gradient tap sits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapSite {
+    /// The output of a linear layer.
+    Linear {
+        /// The layer's role.
+        role: LinearRole,
+        /// Input width.
+        in_dim: usize,
+        /// Output width.
+        out_dim: usize,
+    },
+    /// The word-embedding output that enters the network (B × T × width).
+    Embedding,
+}
+
+/// One tapped activation: its value and the zero variable added to it, whose gradient after
+/// a backward pass is ∂ℒ/∂(activation).
+pub struct Tap {
+    /// Where the tap sits.
+    pub site: TapSite,
+    /// The activation (detached).
+    pub value: Tensor,
+    /// The zero-valued variable added to the activation.
+    pub var: Var,
+}
+
+/// Gradient taps on intermediate activations.
+///
+/// candle keeps gradients for variables only, so to read ∂ℒ/∂a for an activation `a` (Fisher,
+/// the input Jacobian) a model adds a zero-valued variable to `a` when taps are on. Off by
+/// default: then a tap is the identity and costs nothing.
+#[derive(Default)]
+pub struct Taps {
+    on: std::sync::atomic::AtomicBool,
+    taps: std::sync::Mutex<Vec<Tap>>,
+}
+
+impl Taps {
+    /// Switches tapping on or off for the following forward passes.
+    pub fn set_enabled(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns `x` (plus a recorded zero variable when taps are on).
+    pub fn tap(&self, site: TapSite, x: Tensor) -> candle_core::Result<Tensor> {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(x);
+        }
+        let var = Var::zeros(x.dims(), x.dtype(), x.device())?;
+        let y = (&x + var.as_tensor())?;
+        let mut taps = self.taps.lock().unwrap_or_else(|e| e.into_inner());
+        taps.push(Tap {
+            site,
+            value: x.detach(),
+            var,
+        });
+        Ok(y)
+    }
+
+    /// `lin` applied to `x`, through a tap on its output.
+    pub fn linear(&self, lin: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.tap(lin.tap_site(), lin.forward(x)?)
+    }
+
+    /// Takes the taps recorded so far (execution order), leaving none.
+    pub fn take(&self) -> Vec<Tap> {
+        std::mem::take(&mut *self.taps.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Inverted dropout with a seeded mask; identity when `rng` is `None` or `p` is 0.
+pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
+    let Some(rng) = rng else {
+        return Ok(x.clone());
+    };
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.bernoulli(p) { 0.0 } else { keep })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.dims(), x.device())?;
+    x.mul(&mask)
+}
+
+/// Copies a tensor into a plain [`Array`] (f32, row-major).
+pub fn to_array(t: &Tensor) -> candle_core::Result<Array> {
+    let t = t.to_dtype(DType::F32)?;
+    let shape = t.dims().to_vec();
+    let data = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Array::new(shape, data).expect("tensor element count matches its shape"))
+}

@@ -1,0 +1,504 @@
+//! Custom candle ops with their own backward (checked against finite differences in the
+//! tests), to keep memory and time down on large probes: LayerNorm, `gelu_new`, a scaled
+//! causal softmax (masked entries get probability 0 and no gradient) and the row-wise
+//! log-sum-exp. Composed from candle primitives they kept 3–6 intermediate tensors each alive
+//! for the backward pass and spent most of a probe outside matrix multiplication. CPU only:
+//! none has a GPU kernel.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
+
+/// Row-wise log-sum-exp of an N × C matrix: N values.
+pub fn logsumexp_rows(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(LogSumExpRows)
+}
+
+/// The f32 data of a custom op's input; fails (naming `op`) unless it is contiguous f32.
+fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        (CpuStorage::F32(_), None) => Err(candle_core::Error::Msg(format!(
+            "{op}: expects a contiguous input"
+        ))),
+        _ => Err(candle_core::Error::Msg(format!("{op}: expects f32"))),
+    }
+}
+
+/// The f32 data of each of a custom op's inputs `(storage, layout)`, in order; fails (naming
+/// `op`) on the first one that is not contiguous f32.
+fn f32_inputs<'a, const N: usize>(
+    op: &'static str,
+    inputs: [(&'a CpuStorage, &Layout); N],
+) -> candle_core::Result<[&'a [f32]; N]> {
+    let mut out: [&[f32]; N] = [&[]; N];
+    for (slot, (s, l)) in out.iter_mut().zip(inputs) {
+        *slot = contiguous_f32(s, l, op)?;
+    }
+    Ok(out)
+}
+
+/// Contiguous versions of the tensors a backward pass hands to its gradient op (the op reads
+/// them with [`contiguous_f32`]).
+fn contiguous_all<const N: usize>(ts: [&Tensor; N]) -> candle_core::Result<[Tensor; N]> {
+    let mut out = ts.map(Tensor::clone);
+    for t in &mut out {
+        *t = t.contiguous()?;
+    }
+    Ok(out)
+}
+
+/// LayerNorm over the last axis of `x` (biased variance, `eps` inside the square root) with
+/// `γ` and `β`, as one custom op (the fast evaluation of [`super::LayerNorm`]).
+pub fn layer_norm(x: &Tensor, gamma: &Var, beta: &Var, eps: f64) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(gamma.as_tensor(), beta.as_tensor(), LayerNormOp { eps })
+}
+
+/// `gelu_new` (GPT-2's tanh approximation) of every element, as one custom op in `f32`; its
+/// definition is [`gelu_new_exact`].
+pub fn gelu_new(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluNew)
+}
+
+/// The values of a tensor as a row-major vector.
+fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// The custom op of [`layer_norm`].
+struct LayerNormOp {
+    eps: f64,
+}
+
+impl LayerNormOp {
+    /// Mean and 1/σ of one row, accumulated in f64.
+    fn moments(&self, row: &[f32]) -> (f32, f32) {
+        let n = row.len() as f64;
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        (mean as f32, (1.0 / (var + self.eps).sqrt()) as f32)
+    }
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [x, gamma, beta] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
+        let d = gamma.len();
+        if d == 0 || beta.len() != d || l1.dims().last() != Some(&d) {
+            return Err(candle_core::Error::Msg(format!(
+                "layer-norm: input {:?} does not end with the width of γ/β ({d})",
+                l1.dims()
+            )));
+        }
+        let mut out = vec![0f32; x.len()];
+        for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let (mean, rstd) = self.moments(row);
+            for j in 0..d {
+                o[j] = (row[j] - mean) * rstd * gamma[j] + beta[j];
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (xs, gs, gamma_v) = (values(x)?, values(grad)?, values(gamma)?);
+        let d = gamma_v.len();
+        let mut dx = vec![0f32; xs.len()];
+        let mut dgamma = vec![0f64; d];
+        let mut dbeta = vec![0f64; d];
+        let mut xhat = vec![0f32; d];
+        let mut gg = vec![0f32; d];
+        for ((row, g), out) in xs
+            .chunks_exact(d)
+            .zip(gs.chunks_exact(d))
+            .zip(dx.chunks_exact_mut(d))
+        {
+            let (mean, rstd) = self.moments(row);
+            let (mut a, mut b) = (0f64, 0f64);
+            for j in 0..d {
+                xhat[j] = (row[j] - mean) * rstd;
+                gg[j] = g[j] * gamma_v[j];
+                a += gg[j] as f64;
+                b += (gg[j] * xhat[j]) as f64;
+                dgamma[j] += (g[j] * xhat[j]) as f64;
+                dbeta[j] += g[j] as f64;
+            }
+            let (a, b) = ((a / d as f64) as f32, (b / d as f64) as f32);
+            for j in 0..d {
+                out[j] = rstd * (gg[j] - a - xhat[j] * b);
+            }
+        }
+        let device = x.device();
+        let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        Ok((
+            Some(Tensor::from_vec(dx, x.dims(), device)?),
+            Some(Tensor::from_vec(to_f32(dgamma), d, device)?),
+            Some(Tensor::from_vec(to_f32(dbeta), d, device)?),
+        ))
+    }
+}
+
+/// `gelu_new`, GPT-2's tanh approximation of GELU, `0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))`,
+/// evaluated in `f64`: the definition the custom op [`gelu_new`] follows in `f32`, and what a
+/// proxy applies to captured pre-activations (GPT-2's `w_pca`).
+pub fn gelu_new_exact(x: f32) -> f64 {
+    let x = x as f64;
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// √(2/π), the `gelu_new` constant.
+const GELU_K: f32 = 0.797_884_6;
+/// The cubic coefficient of `gelu_new`.
+const GELU_C: f32 = 0.044_715;
+
+/// `tanh(u)` as `1 − 2/(e^{2u} + 1)` (faster than `f32::tanh`, exact to f32 rounding; saturates
+/// cleanly at ±1).
+fn fast_tanh(u: f32) -> f32 {
+    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+}
+
+struct GeluNew;
+
+impl CustomOp1 for GeluNew {
+    fn name(&self) -> &'static str {
+        "gelu-new"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let out = x
+            .iter()
+            .map(|&v| 0.5 * v * (1.0 + fast_tanh(GELU_K * (v + GELU_C * v * v * v))))
+            .collect();
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (xs, ys, gs) = (values(x)?, values(res)?, values(grad)?);
+        let dx: Vec<f32> = xs
+            .iter()
+            .zip(&ys)
+            .zip(&gs)
+            .map(|((&v, &y), &g)| {
+                // The forward's tanh, recovered from y = ½x(1 + t) away from x = 0.
+                let t = if v.abs() > 1e-2 {
+                    2.0 * y / v - 1.0
+                } else {
+                    fast_tanh(GELU_K * (v + GELU_C * v * v * v))
+                };
+                let slope = 0.5 * (1.0 + t)
+                    + 0.5 * v * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * v * v);
+                g * slope
+            })
+            .collect();
+        Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+    }
+}
+
+/// Softmax over the last axis of `scale · scores` (`… × T × T`, contiguous) where entry
+/// `[i, j]` with `j > i` is masked: probability exactly 0 and no gradient (the reference
+/// replaces those scores by −10⁴, whose exponential underflows to 0 in f32).
+pub fn causal_softmax(scores: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
+    scores.apply_op1(CausalSoftmax { scale })
+}
+
+/// The custom op of [`causal_softmax`].
+struct CausalSoftmax {
+    scale: f32,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let dims = l.dims();
+        let t = *dims.last().unwrap_or(&0);
+        if dims.len() < 2 || dims[dims.len() - 2] != t {
+            return Err(candle_core::Error::Msg(format!(
+                "causal-softmax: expects … × T × T scores, got {dims:?}"
+            )));
+        }
+        let mut out = vec![0f32; x.len()];
+        for (r, (row, o)) in x.chunks_exact(t).zip(out.chunks_exact_mut(t)).enumerate() {
+            let i = r % t;
+            let window = &row[..=i];
+            let max = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (oj, &xj) in o[..=i].iter_mut().zip(window) {
+                *oj = ((xj - max) * self.scale).exp();
+                sum += *oj;
+            }
+            let inv = 1.0 / sum;
+            for oj in &mut o[..=i] {
+                *oj *= inv;
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let [res, grad] = contiguous_all([res, grad])?;
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad,
+            &SoftmaxGrad { scale: self.scale },
+        )?))
+    }
+}
+
+/// Backward of `softmax(scale · x)` over the last axis: `scale · p ⊙ (g − Σ_j g_j p_j)`.
+struct SoftmaxGrad {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [p, g] = f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
+        let t = *l1.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; p.len()];
+        for ((pr, gr), o) in p
+            .chunks_exact(t)
+            .zip(g.chunks_exact(t))
+            .zip(out.chunks_exact_mut(t))
+        {
+            let dot: f32 = pr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((oj, &pj), &gj) in o.iter_mut().zip(pr).zip(gr) {
+                *oj = self.scale * pj * (gj - dot);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Row-wise log-sum-exp of an N × C matrix (max-shifted, sum accumulated in f64).
+struct LogSumExpRows;
+
+impl CustomOp1 for LogSumExpRows {
+    fn name(&self) -> &'static str {
+        "logsumexp-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let (n, cols) = l.shape().dims2()?;
+        let mut out = Vec::with_capacity(n);
+        for row in x.chunks_exact(cols) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
+            out.push(max + sum.ln() as f32);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let [arg, res, grad] = contiguous_all([arg, res, grad])?;
+        Ok(Some(arg.apply_op3_no_bwd(&res, &grad, &LogSumExpGrad)?))
+    }
+}
+
+/// Backward of [`LogSumExpRows`]: `exp(x[n,c] − lse[n]) · g[n]`.
+struct LogSumExpGrad;
+
+impl CustomOp3 for LogSumExpGrad {
+    fn name(&self) -> &'static str {
+        "logsumexp-rows-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [x, lse, g] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
+        let (_, cols) = l1.shape().dims2()?;
+        let mut out = vec![0f32; x.len()];
+        for (((row, o), &m), &gn) in x
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(cols))
+            .zip(lse)
+            .zip(g)
+        {
+            for (oj, &v) in o.iter_mut().zip(row) {
+                *oj = (v - m).exp() * gn;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use candle_core::Device;
+
+    fn weighted_sum(out: &Tensor) -> Tensor {
+        let w = Rng::new(99).normal_vec(out.elem_count(), 1.0);
+        let w = Tensor::from_vec(w, out.dims(), out.device()).unwrap();
+        (out * w).unwrap().sum_all().unwrap()
+    }
+
+    /// Checks the analytic gradient of `f` with respect to each input against central
+    /// differences (f64 evaluation of an f32 op: step 1e-2, tolerance 3e-3).
+    fn check_gradients(
+        name: &str,
+        inputs: &[Vec<f32>],
+        shapes: &[&[usize]],
+        f: impl Fn(&[Tensor]) -> Tensor,
+    ) {
+        let dev = Device::Cpu;
+        let vars: Vec<Var> = inputs
+            .iter()
+            .zip(shapes)
+            .map(|(v, s)| Var::from_vec(v.clone(), *s, &dev).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let grads = weighted_sum(&f(&tensors)).backward().unwrap();
+        let value = |ins: &[Vec<f32>]| -> f64 {
+            let ts: Vec<Tensor> = ins
+                .iter()
+                .zip(shapes)
+                .map(|(v, s)| Tensor::from_vec(v.clone(), *s, &dev).unwrap())
+                .collect();
+            weighted_sum(&f(&ts)).to_scalar::<f32>().unwrap() as f64
+        };
+        for (a, var) in vars.iter().enumerate() {
+            let g = values(
+                grads
+                    .get(var.as_tensor())
+                    .expect("gradient reached the input"),
+            )
+            .unwrap();
+            for i in 0..inputs[a].len() {
+                let h = 1e-2f32;
+                let mut up = inputs.to_vec();
+                up[a][i] += h;
+                let mut down = inputs.to_vec();
+                down[a][i] -= h;
+                let numeric = (value(&up) - value(&down)) / (2.0 * h as f64);
+                assert!(
+                    (numeric - g[i] as f64).abs() < 3e-3 * (1.0 + numeric.abs()),
+                    "{name}: input {a} entry {i}: numeric {numeric} vs analytic {}",
+                    g[i]
+                );
+            }
+        }
+    }
+
+    /// The custom ops' backward agrees with a finite difference of their forward.
+    #[test]
+    fn custom_op_gradients_match_finite_differences() {
+        let x = Rng::new(1).normal_vec(2 * 3 * 4, 1.0);
+        let sq = Rng::new(1).normal_vec(2 * 3 * 3, 1.0);
+        check_gradients(
+            "causal-softmax",
+            std::slice::from_ref(&sq),
+            &[&[2, 3, 3]],
+            |t| causal_softmax(&t[0], 0.7).unwrap(),
+        );
+        check_gradients("logsumexp", std::slice::from_ref(&x), &[&[6, 4]], |t| {
+            logsumexp_rows(&t[0]).unwrap()
+        });
+        check_gradients(
+            "gelu-new",
+            &[x.iter().map(|v| 2.0 * v).collect()],
+            &[&[2, 3, 4]],
+            |t| gelu_new(&t[0]).unwrap(),
+        );
+        let gamma = Rng::new(3).normal_vec(4, 1.0);
+        let beta = Rng::new(4).normal_vec(4, 1.0);
+        check_gradients(
+            "layer-norm",
+            &[x, gamma, beta],
+            &[&[2, 3, 4], &[4], &[4]],
+            |t| {
+                t[0].apply_op3(&t[1], &t[2], LayerNormOp { eps: 1e-5 })
+                    .unwrap()
+            },
+        );
+    }
+
+    /// The custom LayerNorm and GELU agree with their composed definitions.
+    #[test]
+    fn custom_ops_match_composed_forms() {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(Rng::new(5).normal_vec(3 * 8, 2.0), (3, 8), &dev).unwrap();
+        let gamma = Var::from_vec(Rng::new(6).normal_vec(8, 1.0), 8, &dev).unwrap();
+        let beta = Var::from_vec(Rng::new(7).normal_vec(8, 1.0), 8, &dev).unwrap();
+        let ours = values(&layer_norm(&x, &gamma, &beta, 1e-5).unwrap()).unwrap();
+        let ln = super::super::LayerNorm {
+            gamma,
+            beta,
+            eps: 1e-5,
+        };
+        let composed = values(&ln.forward_composed(&x).unwrap()).unwrap();
+        assert!(ours
+            .iter()
+            .zip(&composed)
+            .all(|(a, b)| (a - b).abs() < 1e-5));
+        let ours = values(&gelu_new(&x).unwrap()).unwrap();
+        let candle = values(&x.gelu().unwrap()).unwrap();
+        assert!(ours.iter().zip(&candle).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+
+    #[test]
+    fn gelu_is_the_tanh_form() {
+        let xs = [-12.0f32, -2.0, -0.5, 0.003, 0.3, 1.7, 9.0];
+        let y: Vec<f32> = gelu_new(&Tensor::new(&xs, &Device::Cpu).unwrap())
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (&x, y) in xs.iter().zip(y) {
+            let expected = gelu_new_exact(x);
+            assert!((expected - y as f64).abs() < 1e-6, "{x}: {y} vs {expected}");
+        }
+    }
+}
