@@ -51,7 +51,7 @@ pub fn suite(kind: BenchKind, skip: &[String]) -> Result<Vec<Proxy>> {
     for name in skip {
         if !SUITE.contains(&name.as_str()) {
             bail!(
-                "--skip: `{name}` is not in the baseline suite ({})",
+                "`{name}` is not in the baseline suite ({})",
                 SUITE.join(", ")
             );
         }

@@ -13,6 +13,7 @@ use lpzero::models::flexibert::SizeMode;
 use lpzero::probe::{GradSignal, ProbeOptions, MAX_THREADS};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
+use lpzero::search::SearchOptions;
 
 use crate::out;
 
@@ -72,11 +73,11 @@ struct ProbeArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Backward signal for gradient-based proxies.
-    #[arg(long, value_enum, default_value_t = GradSignal::Projection)]
-    grad_signal: GradSignal,
+    #[arg(long, value_enum, default_value_t = GradSignalArg::Projection)]
+    grad_signal: GradSignalArg,
     /// FlexiBERT sizes: reference-faithful (H=256, FFN 1024) or the JSON's intended sizes.
-    #[arg(long, value_enum, default_value_t = SizeMode::Faithful)]
-    sizes: SizeMode,
+    #[arg(long, value_enum, default_value_t = SizesArg::Faithful)]
+    sizes: SizesArg,
     /// Dropout p = 0.1 during the probe (the reference's training mode).
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     dropout: OnOff,
@@ -98,10 +99,71 @@ enum FitnessSign {
     Either,
 }
 
+impl FitnessSign {
+    /// `either` for [`SearchOptions::either_sign`] on.
+    fn from_either(either: bool) -> Self {
+        if either {
+            FitnessSign::Either
+        } else {
+            FitnessSign::Oriented
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OnOff {
     On,
     Off,
+}
+
+impl OnOff {
+    /// `on` for true.
+    fn from_bool(on: bool) -> Self {
+        if on {
+            OnOff::On
+        } else {
+            OnOff::Off
+        }
+    }
+}
+
+/// `--grad-signal`: the values of [`GradSignal`].
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GradSignalArg {
+    /// The reference's loss: the sum of the last hidden state. Degenerate on the post-LN
+    /// encoder (the last LayerNorm makes it constant), so gradients are rounding noise.
+    Faithful,
+    /// Σ ⟨last hidden, r⟩ with a fixed seeded Gaussian `r`: real gradients.
+    Projection,
+}
+
+impl From<GradSignalArg> for GradSignal {
+    fn from(arg: GradSignalArg) -> Self {
+        match arg {
+            GradSignalArg::Faithful => GradSignal::Faithful,
+            GradSignalArg::Projection => GradSignal::Projection,
+        }
+    }
+}
+
+/// `--sizes`: the values of [`SizeMode`].
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SizesArg {
+    /// The reference's sizes (FlexiBERT: H = 256 and FFN width 1024 for every record, which
+    /// reproduces the reference parameter counts).
+    Faithful,
+    /// The sizes the record states (FlexiBERT: its `hidden_size` and per-layer
+    /// `feed_forward_dimension`).
+    Intended,
+}
+
+impl From<SizesArg> for SizeMode {
+    fn from(arg: SizesArg) -> Self {
+        match arg {
+            SizesArg::Faithful => SizeMode::Faithful,
+            SizesArg::Intended => SizeMode::Intended,
+        }
+    }
 }
 
 /// `--bench`: the name of a registered family (the help lists them).
@@ -119,9 +181,13 @@ impl ProbeArgs {
             (
                 "--grad-signal",
                 "grad_signal",
-                self.grad_signal != GradSignal::Projection,
+                GradSignal::from(self.grad_signal) != GradSignal::default(),
             ),
-            ("--sizes", "sizes", self.sizes != SizeMode::Faithful),
+            (
+                "--sizes",
+                "sizes",
+                SizeMode::from(self.sizes) != SizeMode::default(),
+            ),
         ] {
             if set && !family.option_names().contains(&name) {
                 eprintln!("warning: {flag} does not apply to {kind}; it is ignored");
@@ -131,8 +197,8 @@ impl ProbeArgs {
             batch: self.batch.unwrap_or(batch),
             seq_len: self.seq_len.unwrap_or(seq_len),
             seed: self.seed,
-            grad_signal: self.grad_signal,
-            sizes: self.sizes,
+            grad_signal: self.grad_signal.into(),
+            sizes: self.sizes.into(),
             dropout: self.dropout == OnOff::On,
             corpus: self.corpus.clone(),
             extra_passes: false,
@@ -166,8 +232,8 @@ struct ParamsArgs {
     #[command(flatten)]
     data: DataArgs,
     /// FlexiBERT sizes.
-    #[arg(long, value_enum, default_value_t = SizeMode::Faithful)]
-    sizes: SizeMode,
+    #[arg(long, value_enum, default_value_t = SizesArg::Faithful)]
+    sizes: SizesArg,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Csv)]
     format: Format,
@@ -224,43 +290,43 @@ struct BaselinesArgs {
 #[derive(Args, Clone)]
 struct GpArgs {
     /// Population size.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = SearchOptions::default().population)]
     population: usize,
     /// Iterations (one child per iteration).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = SearchOptions::default().iterations)]
     iterations: usize,
     /// Proxy structure: tree (the reference template), extended, linear, graph or free.
-    #[arg(long, default_value = "tree")]
+    #[arg(long, default_value_t = SearchOptions::default().structure.to_string())]
     structure: String,
     /// Unary operations per branch (tree and extended structures).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = SearchOptions::default().n_unary)]
     n_unary: usize,
     /// Which proxies count as good: `oriented` (fitness ρ against the ground truth, higher is
     /// better) or `either` (fitness |ρ|; a backward proxy enters the hall of fame as `neg(…)`).
-    #[arg(long, value_enum, default_value_t = FitnessSign::Oriented)]
+    #[arg(long, value_enum, default_value_t = FitnessSign::from_either(SearchOptions::default().either_sign))]
     fitness_sign: FitnessSign,
     /// How the values on the fitness set become a fitness: `spearman` (the reference),
     /// `kendall` (τ-b) or `robust` (mean ρ over 20 fixed random halves minus their spread).
-    #[arg(long, default_value = "spearman")]
+    #[arg(long, default_value_t = SearchOptions::default().fitness.to_string())]
     fitness: String,
     /// Parsimony pressure: fitness lowered by this much per node of the expression.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SearchOptions::default().parsimony)]
     parsimony: f64,
     /// Rule-based pruning on or off.
-    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    #[arg(long, value_enum, default_value_t = OnOff::from_bool(SearchOptions::default().rps.enabled))]
     rps: OnOff,
     /// Pruning rules to switch off, comma separated (e.g. `predictive,duplicate`).
     #[arg(long, default_value = "")]
     rps_disable: String,
     /// Checkpoint every N iterations (with --out).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = SearchOptions::default().checkpoint_every)]
     checkpoint_every: usize,
 }
 
 impl GpArgs {
     /// The search options these flags describe, with the GP seeded by `seed`.
     fn options(&self, seed: u64, threads: usize) -> Result<lpzero::search::SearchOptions> {
-        use lpzero::search::{FitnessMeasure, Rule, SearchOptions, Structure};
+        use lpzero::search::{FitnessMeasure, Rule, Structure};
         let structure: Structure = self
             .structure
             .parse()
@@ -425,7 +491,7 @@ fn require_truth(bench: &Benchmark, command: &str) -> Result<()> {
 fn params(a: ParamsArgs) -> Result<()> {
     let bench = load(&a.data)?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
-    let counts = lpzero::params::count_columns(&bench, &selection, a.sizes)?;
+    let counts = lpzero::params::count_columns(&bench, &selection, a.sizes.into())?;
     let text = match a.format {
         Format::Csv => {
             let mut header = vec!["id".to_string(), "total".to_string()];
@@ -569,7 +635,7 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let mut proxies = lpzero::baselines::suite(bench.kind, &skip)?;
+    let mut proxies = lpzero::baselines::suite(bench.kind, &skip).context("--skip")?;
     if let Some(extra) = &a.with {
         proxies.extend(Proxy::parse_list(extra, bench.kind).context("--with")?);
     }

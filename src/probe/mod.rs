@@ -30,7 +30,7 @@ use crate::rng::Rng;
 
 /// Which scalar is back-propagated to obtain gradients, in families that offer a choice
 /// (FlexiBERT; GPT-2 always back-propagates the mean next-token NLL, as the reference does).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GradSignal {
     /// The reference's loss: the sum of the last hidden state. Degenerate on the post-LN
@@ -43,7 +43,7 @@ pub enum GradSignal {
 
 /// How the model sizes are chosen from a record, in families whose reference built its proxy
 /// models at other sizes than the benchmark records say (FlexiBERT).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SizeMode {
     /// The reference's sizes (FlexiBERT: H = 256 and FFN width 1024 for every record, which
