@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::bench::{BenchKind, Benchmark};
 use crate::models;
 use crate::report::{self, json_number};
-use crate::scoring::{Proxy, ScoreTable};
+use crate::scoring::{Proxy, ScoreTable, TruthColumn};
 use crate::stats;
 
 /// The suite in report order (proxies that do not apply to a family are left out by
@@ -179,16 +179,7 @@ pub fn write(
     threads: usize,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let mut header = vec!["id".to_string()];
-    header.extend(table.names.iter().cloned());
-    let rows: Vec<Vec<String>> = (0..table.keys.len())
-        .map(|i| {
-            let mut row = vec![table.keys[i].clone()];
-            row.extend(table.values.iter().map(|v| report::csv_number(v[i])));
-            row
-        })
-        .collect();
-    report::write_csv_file(&dir.join("baselines.csv"), &header, &rows)?;
+    table.write_csv(&dir.join("baselines.csv"), TruthColumn::Omit)?;
 
     let proxy_total: f64 = table.proxy_seconds.iter().sum();
     let entries: Vec<_> = table

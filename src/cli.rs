@@ -546,23 +546,14 @@ fn score(a: ScoreArgs) -> Result<()> {
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
     bar.finish_and_clear();
     let has_truth = bench.has_truth();
-    let mut header = vec!["id".to_string(), "truth".to_string()];
-    header.extend(table.names.iter().cloned());
     // Without a ground truth the truth column stays empty.
-    let rows: Vec<Vec<String>> = (0..table.keys.len())
-        .map(|i| {
-            let truth = if has_truth {
-                report::csv_number(table.truth[i])
-            } else {
-                String::new()
-            };
-            let mut row = vec![table.keys[i].clone(), truth];
-            row.extend(table.values.iter().map(|v| report::csv_number(v[i])));
-            row
-        })
-        .collect();
+    let truth = if has_truth {
+        scoring::TruthColumn::Values
+    } else {
+        scoring::TruthColumn::Empty
+    };
     if let Some(path) = &a.out {
-        report::write_csv_file(path, &header, &rows)?;
+        table.write_csv(path, truth)?;
     }
     if a.json {
         // Besides the oriented correlations, the raw ones against the benchmark's own column
@@ -600,9 +591,7 @@ fn score(a: ScoreArgs) -> Result<()> {
             bench.kind,
             table.seconds
         ))?;
-        let mut csv = Vec::new();
-        report::write_csv(&mut csv, &header, &rows)?;
-        out::line(String::from_utf8(csv)?.trim_end())?;
+        out::line(table.csv(truth).trim_end())?;
     } else {
         out::line(format_args!(
             "{} architectures of {} ({}), {:.1} s",

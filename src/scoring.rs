@@ -175,6 +175,58 @@ pub struct ScoreTable {
     pub seconds: f64,
 }
 
+/// Whether and how a written score table has a `truth` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TruthColumn {
+    /// No `truth` column (`id,<proxy>...`).
+    Omit,
+    /// A `truth` column with each architecture's ground truth (`id,truth,<proxy>...`).
+    Values,
+    /// A `truth` column left empty, for architectures without a ground truth.
+    Empty,
+}
+
+impl ScoreTable {
+    /// The per-architecture values as CSV cells: the header `id`, `truth` (unless
+    /// [`TruthColumn::Omit`]) and one column per proxy, then one row per architecture
+    /// (numbers as [`crate::report::csv_number`] writes them).
+    pub fn csv_cells(&self, truth: TruthColumn) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut header = vec!["id".to_string()];
+        if truth != TruthColumn::Omit {
+            header.push("truth".to_string());
+        }
+        header.extend(self.names.iter().cloned());
+        let rows = (0..self.keys.len())
+            .map(|i| {
+                let mut row = vec![self.keys[i].clone()];
+                match truth {
+                    TruthColumn::Omit => {}
+                    TruthColumn::Values => row.push(crate::report::csv_number(self.truth[i])),
+                    TruthColumn::Empty => row.push(String::new()),
+                }
+                row.extend(self.values.iter().map(|v| crate::report::csv_number(v[i])));
+                row
+            })
+            .collect();
+        (header, rows)
+    }
+
+    /// The per-architecture values as CSV text ([`ScoreTable::csv_cells`]).
+    pub fn csv(&self, truth: TruthColumn) -> String {
+        let (header, rows) = self.csv_cells(truth);
+        let mut text = Vec::new();
+        crate::report::write_csv(&mut text, &header, &rows).expect("writing to memory cannot fail");
+        String::from_utf8(text).expect("CSV cells are text")
+    }
+
+    /// Writes the per-architecture values as a CSV file ([`ScoreTable::csv_cells`]), whole or
+    /// not at all ([`crate::report::write_csv_file`]).
+    pub fn write_csv(&self, path: &std::path::Path, truth: TruthColumn) -> Result<()> {
+        let (header, rows) = self.csv_cells(truth);
+        crate::report::write_csv_file(path, &header, &rows)
+    }
+}
+
 /// Probes the selected architectures once each and computes every proxy in `proxies`.
 pub fn score(
     bench: &Benchmark,
