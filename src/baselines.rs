@@ -300,77 +300,11 @@ pub fn write(
         .iter()
         .map(|s| (s.proxy.clone(), s.spearman))
         .collect();
-    report::write_atomic(&dir.join("baselines.svg"), bar_chart_svg(&title, &bars))?;
+    report::write_atomic(
+        &dir.join("baselines.svg"),
+        crate::svg::bar_chart(&title, &bars),
+    )?;
     Ok(())
-}
-
-/// A horizontal bar chart of values in [−1, 1], one bar per label (NaN: no bar, marked).
-pub fn bar_chart_svg(title: &str, bars: &[(String, f64)]) -> String {
-    let (left, width, row, top) = (200.0, 400.0, 22.0, 40.0);
-    let height = top + row * bars.len() as f64 + 40.0;
-    let zero = left + width / 2.0;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"10\" y=\"20\" font-size=\"14\">{}</text>\n",
-        escape(title),
-        w = left + width + 80.0,
-    );
-    for (i, (label, v)) in bars.iter().enumerate() {
-        let y = top + row * i as f64;
-        svg.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n",
-            left - 8.0,
-            y + 14.0,
-            escape(label)
-        ));
-        if v.is_finite() {
-            let v = v.clamp(-1.0, 1.0);
-            let len = v.abs() * width / 2.0;
-            let x = if v >= 0.0 { zero } else { zero - len };
-            let colour = if v >= 0.0 { "#3b7dd8" } else { "#d8703b" };
-            svg.push_str(&format!(
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{len:.1}\" height=\"{:.1}\" fill=\"{colour}\"/>\n\
-                 <text x=\"{:.1}\" y=\"{:.1}\">{v:.3}</text>\n",
-                y + 3.0,
-                row - 6.0,
-                left + width + 6.0,
-                y + 14.0
-            ));
-        } else {
-            svg.push_str(&format!(
-                "<text x=\"{:.1}\" y=\"{:.1}\">NaN</text>\n",
-                left + width + 6.0,
-                y + 14.0
-            ));
-        }
-    }
-    let axis_bottom = top + row * bars.len() as f64;
-    svg.push_str(&format!(
-        "<line x1=\"{zero}\" y1=\"{top}\" x2=\"{zero}\" y2=\"{axis_bottom}\" stroke=\"black\"/>\n"
-    ));
-    for (tick, label) in [
-        (-1.0, "−1"),
-        (-0.5, "−0.5"),
-        (0.0, "0"),
-        (0.5, "0.5"),
-        (1.0, "1"),
-    ] {
-        let x = zero + tick * width / 2.0;
-        svg.push_str(&format!(
-            "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
-            axis_bottom + 16.0
-        ));
-    }
-    svg.push_str("</svg>\n");
-    svg
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -411,14 +345,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ref.csv: line 4: ID `0`"), "{e}");
-    }
-
-    #[test]
-    fn bar_chart_marks_nan_and_escapes() {
-        let svg = bar_chart_svg("a<b", &[("x".into(), 0.5), ("y".into(), f64::NAN)]);
-        assert!(svg.contains("a&lt;b"));
-        assert!(svg.contains("NaN"));
-        assert!(svg.contains("0.500"));
-        assert_eq!(svg.matches("<rect").count(), 2);
     }
 }

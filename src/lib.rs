@@ -23,3 +23,4 @@ pub mod scoring;
 pub mod search;
 pub mod stats;
 pub mod study;
+pub mod svg;

@@ -388,7 +388,7 @@ fn chart(study: &serde_json::Value) -> String {
         study["splits"],
         study["bench"].as_str().unwrap_or("?")
     );
-    crate::baselines::bar_chart_svg(&title, &bars)
+    crate::svg::bar_chart(&title, &bars)
 }
 
 fn write(path: &std::path::Path, text: &str) -> Result<()> {

@@ -75,7 +75,7 @@ pub use genome::{Genome, GenomeSpec};
 pub use hall_of_fame::{HallEntry, HallOfFame};
 pub use options::{FitnessMeasure, SearchOptions, Structure};
 pub use rps::{PredictiveThreshold, RpsOptions, Rule, RuleCounts, StaticContext};
-pub use rundir::{curve_svg, scatter_svg, IterationLog, RunDir};
+pub use rundir::{curve_svg, IterationLog, RunDir};
 
 /// A member of the population: a valid proxy with its fitness.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

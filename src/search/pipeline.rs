@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{checkpoint, run_with_inputs, rundir, FitnessData, SearchOptions, SearchOutcome};
+use super::{checkpoint, run_with_inputs, FitnessData, SearchOptions, SearchOutcome};
 use crate::bench::Benchmark;
 use crate::compare::{self, BaselineColumns, Comparison, Corr};
 use crate::models::{self, probe_map};
@@ -377,7 +377,7 @@ pub fn summarize(
                 );
                 write(
                     &dir.join("scatter.svg"),
-                    &rundir::scatter_svg(&held_truth, &values, &title),
+                    &crate::svg::scatter(&held_truth, &values, &title),
                 )?;
             }
             (c.spearman, c.kendall)
@@ -497,7 +497,7 @@ fn heldout_chart(best: &str, ours: f64, cmp: &Comparison, n: usize) -> String {
     let shown: String = best.chars().take(90).collect();
     let ellipsis = if shown.len() < best.len() { "…" } else { "" };
     let title = format!("held-out Spearman on {n} architectures: {shown}{ellipsis}");
-    crate::baselines::bar_chart_svg(&title, &bars)
+    crate::svg::bar_chart(&title, &bars)
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
