@@ -23,7 +23,8 @@
 //!    sort the population by fitness (best first; stable, so ties keep population order);
 //!    draw two parents uniformly from the best `parent_pool()` (reference: the top half);
 //!    the child is a copy of the first parent, crossed with the second with probability
-//!    `p_crossover`, then mutated with probability `p_mutation` (if neither fires the child is a
+//!    `p_crossover`, then mutated with probability `p_mutation` (by one operator picked by the
+//!    mutation weights, [`variation::MutationWeights`]; if neither fires the child is a
 //!    copy, as in the reference; the `duplicate` rule then rejects it without evaluation);
 //!    the RPS filters it (static rules, then numeric and predictive rules during evaluation);
 //!    a valid child replaces the worst member (unconditionally, as in the reference), a
@@ -381,7 +382,7 @@ impl Search<'_> {
     }
 
     /// One GP iteration (see the module docs); returns its log line.
-    fn step(&mut self) -> IterationLog {
+    fn step(&mut self) -> Result<IterationLog> {
         let iteration = self.state.iteration + 1;
         let spec = self.opts.genome_spec();
         let order = self.order();
@@ -393,11 +394,11 @@ impl Search<'_> {
         let mut child = pop[a].genome.clone();
         let crossover = rng.bernoulli(self.opts.p_crossover);
         if crossover {
-            child = variation::crossover(&child, &pop[b].genome, &spec, rng);
+            child = variation::crossover(&child, &pop[b].genome, &spec, rng)?;
         }
         let mutation = rng.bernoulli(self.opts.p_mutation);
         if mutation {
-            child = variation::mutate(&child, &spec, rng);
+            child = variation::mutate(&child, &spec, &self.opts.mutation, rng);
         }
         let fitnesses: Vec<f64> = pop.iter().map(|m| m.fitness).collect();
         let threshold = self.opts.rps.predictive_threshold(&fitnesses);
@@ -418,7 +419,7 @@ impl Search<'_> {
         self.state.iteration = iteration;
         let point = self.curve_point(iteration);
         self.state.curve.push(point);
-        IterationLog {
+        Ok(IterationLog {
             iteration,
             best: point.best,
             median: point.median,
@@ -430,7 +431,7 @@ impl Search<'_> {
             crossover,
             mutation,
             replaced_worst: child_fitness.is_some(),
-        }
+        })
     }
 
     /// The outcome of the search in its current state.
@@ -582,7 +583,7 @@ pub fn run_with_inputs(
         search.initialize()?;
     }
     while search.state.iteration < opts.iterations {
-        let record = search.step();
+        let record = search.step()?;
         if let Some(d) = dir.as_mut() {
             d.log(&record)?;
             if opts.checkpoint_every > 0 && record.iteration.is_multiple_of(opts.checkpoint_every) {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::genome::GenomeSpec;
 use super::rps::RpsOptions;
 pub use super::structure::Structure;
+use super::variation::MutationWeights;
 
 /// How a candidate's values on the fitness set become its fitness (higher is better).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -131,6 +132,8 @@ pub struct SearchOptions {
     /// Parsimony pressure: the fitness is lowered by this much per node of the candidate's
     /// canonical expression (0: none, the reference).
     pub parsimony: f64,
+    /// The weights of the named mutation operators (the default is the reference's mutation).
+    pub mutation: MutationWeights,
 }
 
 impl Default for SearchOptions {
@@ -155,6 +158,7 @@ impl Default for SearchOptions {
             either_sign: false,
             fitness: FitnessMeasure::Spearman,
             parsimony: 0.0,
+            mutation: MutationWeights::default(),
         }
     }
 }
@@ -255,6 +259,7 @@ impl SearchOptions {
         if self.init_attempts_per_member == 0 {
             bail!("init_attempts_per_member must be at least 1");
         }
+        self.mutation.validate(self.structure)?;
         self.rps.validate()
     }
 

@@ -20,7 +20,21 @@
 //!   op and the binary op from either parent with ½; mutation keeps each gene with ½ else
 //!   redraws it from its table in [`super::genome`]).
 //!
-//! Crossing genomes of different structures is not meaningful: the first parent is returned.
+//! Mutation operators are named and weighted ([`MutationWeights`], in the manner of
+//! SymbolicRegression.jl's `MutationWeights`): a mutation first picks one operator of the
+//! genome's structure with probability proportional to its weight ([`Mutation`]). For the free
+//! structure the operators are `point`, `subtree` and `hoist` (the whole tree replaced by one of
+//! its inner subtrees: it shrinks a tree). For the gene-wise structures the reference's rule
+//! "each gene kept with probability ½, else redrawn" is itself one operator, `genes`, and the
+//! others apply the same rule to one kind of gene only: `input`, `unary`, `binary` and, for the
+//! extended structure, `reduce`, `total` and `post`. The defaults (`point` and `subtree` 1,
+//! `genes` 1, every other 0) are the mutation described above, draw for draw; when one
+//! operator alone has a weight, picking it draws nothing.
+//!
+//! Crossing genomes of different structures is not meaningful: it is an error.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
 use super::genome::{
     grow_expr, sample_binary, sample_free_unary, sample_from, sample_input, sample_unary,
@@ -31,9 +45,216 @@ use crate::proxy::expr::Expr;
 use crate::proxy::genotype::TreeGenotype;
 use crate::proxy::ops::UnaryOp;
 use crate::rng::Rng;
+use crate::search::structure::Structure;
 
 /// Probability that a tree crossover takes the binary op from the first parent (reference 0.2).
 pub const TREE_BINARY_FROM_SELF: f64 = 0.2;
+
+/// A mutation operator (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// Free: one node gets a new label of the same arity.
+    Point,
+    /// Free: one node is replaced by a freshly grown subtree.
+    Subtree,
+    /// Free: the tree is replaced by one of its inner subtrees.
+    Hoist,
+    /// Gene-wise: every gene kept with ½, else redrawn (the reference).
+    Genes,
+    /// Gene-wise: the inputs only.
+    Input,
+    /// Gene-wise: the unary chains only.
+    Unary,
+    /// Gene-wise: the binary op only (tree and extended).
+    Binary,
+    /// Extended: the per-branch reductions only.
+    Reduce,
+    /// Extended: the `total` flags only.
+    Total,
+    /// Extended: the post-reduction ops only.
+    Post,
+}
+
+impl Mutation {
+    /// Every operator, in [`MutationWeights`] field order.
+    pub const ALL: [Mutation; 10] = [
+        Mutation::Point,
+        Mutation::Subtree,
+        Mutation::Hoist,
+        Mutation::Genes,
+        Mutation::Input,
+        Mutation::Unary,
+        Mutation::Binary,
+        Mutation::Reduce,
+        Mutation::Total,
+        Mutation::Post,
+    ];
+
+    /// The operator's name (its [`MutationWeights`] field).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::Point => "point",
+            Mutation::Subtree => "subtree",
+            Mutation::Hoist => "hoist",
+            Mutation::Genes => "genes",
+            Mutation::Input => "input",
+            Mutation::Unary => "unary",
+            Mutation::Binary => "binary",
+            Mutation::Reduce => "reduce",
+            Mutation::Total => "total",
+            Mutation::Post => "post",
+        }
+    }
+
+    /// True when the operator applies to genomes of `structure`.
+    pub fn applies_to(self, structure: Structure) -> bool {
+        use Mutation::*;
+        match structure {
+            Structure::Free => matches!(self, Point | Subtree | Hoist),
+            Structure::Tree => matches!(self, Genes | Input | Unary | Binary),
+            Structure::Linear | Structure::Graph => matches!(self, Genes | Input | Unary),
+            Structure::Extended => !matches!(self, Point | Subtree | Hoist),
+        }
+    }
+}
+
+/// The weight of each mutation operator (see the module docs); a mutation picks one of the
+/// operators of its genome's structure with probability proportional to its weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MutationWeights {
+    /// [`Mutation::Point`] (free; default 1).
+    pub point: f64,
+    /// [`Mutation::Subtree`] (free; default 1).
+    pub subtree: f64,
+    /// [`Mutation::Hoist`] (free; default 0).
+    pub hoist: f64,
+    /// [`Mutation::Genes`] (gene-wise; default 1).
+    pub genes: f64,
+    /// [`Mutation::Input`] (gene-wise; default 0).
+    pub input: f64,
+    /// [`Mutation::Unary`] (gene-wise; default 0).
+    pub unary: f64,
+    /// [`Mutation::Binary`] (tree and extended; default 0).
+    pub binary: f64,
+    /// [`Mutation::Reduce`] (extended; default 0).
+    pub reduce: f64,
+    /// [`Mutation::Total`] (extended; default 0).
+    pub total: f64,
+    /// [`Mutation::Post`] (extended; default 0).
+    pub post: f64,
+}
+
+impl Default for MutationWeights {
+    /// The mutation of the reference (gene-wise) and of lpzero's free structure so far:
+    /// `point` 1, `subtree` 1, `genes` 1, every other 0.
+    fn default() -> Self {
+        Self {
+            point: 1.0,
+            subtree: 1.0,
+            hoist: 0.0,
+            genes: 1.0,
+            input: 0.0,
+            unary: 0.0,
+            binary: 0.0,
+            reduce: 0.0,
+            total: 0.0,
+            post: 0.0,
+        }
+    }
+}
+
+impl MutationWeights {
+    /// The weight of `op`.
+    pub fn weight(&self, op: Mutation) -> f64 {
+        match op {
+            Mutation::Point => self.point,
+            Mutation::Subtree => self.subtree,
+            Mutation::Hoist => self.hoist,
+            Mutation::Genes => self.genes,
+            Mutation::Input => self.input,
+            Mutation::Unary => self.unary,
+            Mutation::Binary => self.binary,
+            Mutation::Reduce => self.reduce,
+            Mutation::Total => self.total,
+            Mutation::Post => self.post,
+        }
+    }
+
+    /// Checks that every weight is finite and non-negative and that some operator of
+    /// `structure` has a positive weight.
+    pub fn validate(&self, structure: Structure) -> Result<()> {
+        for op in Mutation::ALL {
+            let w = self.weight(op);
+            if !(w.is_finite() && w >= 0.0) {
+                bail!(
+                    "mutation weight `{}` must be a finite number ≥ 0, got {w}",
+                    op.name()
+                );
+            }
+        }
+        if self.operators(structure).iter().all(|&(_, w)| w == 0.0) {
+            let names: Vec<&str> = self
+                .operators(structure)
+                .iter()
+                .map(|(op, _)| op.name())
+                .collect();
+            bail!(
+                "mutation weights: every operator of the {structure} structure ({}) has weight 0",
+                names.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The operators of `structure` with their weights, in [`Mutation::ALL`] order.
+    fn operators(&self, structure: Structure) -> Vec<(Mutation, f64)> {
+        Mutation::ALL
+            .into_iter()
+            .filter(|op| op.applies_to(structure))
+            .map(|op| (op, self.weight(op)))
+            .collect()
+    }
+
+    /// Picks the operator of a mutation of a `structure` genome, with probability proportional
+    /// to its weight; draws nothing when one operator alone has a positive weight. Expects
+    /// [`MutationWeights::validate`] to have passed.
+    pub fn choose(&self, structure: Structure, rng: &mut Rng) -> Mutation {
+        let ops = self.operators(structure);
+        let mut positive = ops.iter().filter(|(_, w)| *w > 0.0);
+        if let (Some(&(op, _)), None) = (positive.next(), positive.next()) {
+            return op;
+        }
+        let weights: Vec<f64> = ops.iter().map(|(_, w)| *w).collect();
+        ops[rng.weighted(&weights)].0
+    }
+}
+
+/// Which kinds of gene a gene-wise mutation redraws.
+#[derive(Clone, Copy)]
+struct Redraw {
+    input: bool,
+    unary: bool,
+    binary: bool,
+    reduce: bool,
+    total: bool,
+    post: bool,
+}
+
+impl Redraw {
+    /// The genes the gene-wise operator `op` redraws.
+    fn of(op: Mutation) -> Self {
+        let only = |kind: Mutation| op == Mutation::Genes || op == kind;
+        Redraw {
+            input: only(Mutation::Input),
+            unary: only(Mutation::Unary),
+            binary: only(Mutation::Binary),
+            reduce: only(Mutation::Reduce),
+            total: only(Mutation::Total),
+            post: only(Mutation::Post),
+        }
+    }
+}
 
 /// Gene-wise choice between two parents' op chains, producing exactly `len` genes.
 fn cross_chain(a: &[UnaryOp], b: &[UnaryOp], len: usize, rng: &mut Rng) -> Vec<UnaryOp> {
@@ -52,14 +273,24 @@ fn cross_chain(a: &[UnaryOp], b: &[UnaryOp], len: usize, rng: &mut Rng) -> Vec<U
         .collect()
 }
 
-/// Gene-wise mutation of an op chain, producing exactly `len` genes.
-fn mutate_chain(a: &[UnaryOp], len: usize, rng: &mut Rng) -> Vec<UnaryOp> {
+/// Gene-wise mutation of an op chain (`redraw`), or the chain kept, producing exactly `len`
+/// genes (a position the chain lacks is sampled).
+fn mutate_chain(a: &[UnaryOp], len: usize, redraw: bool, rng: &mut Rng) -> Vec<UnaryOp> {
     (0..len)
         .map(|i| match a.get(i) {
-            Some(&x) if rng.bernoulli(0.5) => x,
+            Some(&x) if !redraw || rng.bernoulli(0.5) => x,
             _ => sample_unary(rng),
         })
         .collect()
+}
+
+/// `x` with probability ½, else `draw()`; `x` itself when not `redraw`.
+fn keep_or<T>(x: T, redraw: bool, rng: &mut Rng, draw: impl FnOnce(&mut Rng) -> T) -> T {
+    if !redraw || rng.bernoulli(0.5) {
+        x
+    } else {
+        draw(rng)
+    }
 }
 
 /// One of two values with probability ½ each.
@@ -71,9 +302,10 @@ fn pick<T: Copy>(x: T, y: T, rng: &mut Rng) -> T {
     }
 }
 
-/// The child of `a` (the reference's `self`) and `b` (see the module docs).
-pub fn crossover(a: &Genome, b: &Genome, spec: &GenomeSpec, rng: &mut Rng) -> Genome {
-    match (a, b) {
+/// The child of `a` (the reference's `self`) and `b` (see the module docs); an error when the
+/// two parents have different structures.
+pub fn crossover(a: &Genome, b: &Genome, spec: &GenomeSpec, rng: &mut Rng) -> Result<Genome> {
+    Ok(match (a, b) {
         (Genome::Tree(x), Genome::Tree(y)) => {
             let inputs = [
                 pick(x.inputs[0], y.inputs[0], rng),
@@ -135,80 +367,67 @@ pub fn crossover(a: &Genome, b: &Genome, spec: &GenomeSpec, rng: &mut Rng) -> Ge
                 binary: pick(x.binary, y.binary, rng),
             })
         }
-        _ => a.clone(),
-    }
+        _ => bail!(
+            "cannot cross a {} genome with a {} genome: both parents must have the search's \
+             structure",
+            a.structure(),
+            b.structure()
+        ),
+    })
 }
 
-/// A mutated copy of `g` (see the module docs).
-pub fn mutate(g: &Genome, spec: &GenomeSpec, rng: &mut Rng) -> Genome {
+/// A mutated copy of `g`: one operator picked by `weights` for its structure (see the module
+/// docs), applied.
+pub fn mutate(g: &Genome, spec: &GenomeSpec, weights: &MutationWeights, rng: &mut Rng) -> Genome {
+    let op = weights.choose(g.structure(), rng);
+    let redraw = Redraw::of(op);
     match g {
         Genome::Tree(x) => {
-            let keep_or = |i, rng: &mut Rng| {
-                if rng.bernoulli(0.5) {
-                    i
-                } else {
-                    sample_input(rng)
-                }
-            };
-            let inputs = [keep_or(x.inputs[0], rng), keep_or(x.inputs[1], rng)];
-            let first = mutate_chain(&x.unary[0], spec.n_unary, rng);
-            let second = mutate_chain(&x.unary[1], spec.n_unary, rng);
-            let binary = if rng.bernoulli(0.5) {
-                x.binary
-            } else {
-                sample_binary(rng)
-            };
+            let input = |i, rng: &mut Rng| keep_or(i, redraw.input, rng, sample_input);
+            let inputs = [input(x.inputs[0], rng), input(x.inputs[1], rng)];
+            let first = mutate_chain(&x.unary[0], spec.n_unary, redraw.unary, rng);
+            let second = mutate_chain(&x.unary[1], spec.n_unary, redraw.unary, rng);
+            let binary = keep_or(x.binary, redraw.binary, rng, sample_binary);
             Genome::Tree(TreeGenotype {
                 inputs,
                 unary: [first, second],
                 binary,
             })
         }
-        Genome::Linear { input, ops } => {
-            let input = if rng.bernoulli(0.5) {
-                *input
-            } else {
-                sample_input(rng)
-            };
-            Genome::Linear {
-                input,
-                ops: mutate_chain(ops, spec.linear_length, rng),
-            }
-        }
+        Genome::Linear { input, ops } => Genome::Linear {
+            input: keep_or(*input, redraw.input, rng, sample_input),
+            ops: mutate_chain(ops, spec.linear_length, redraw.unary, rng),
+        },
         Genome::Graph { inputs, edges } => {
             let mut new_inputs = *inputs;
             for i in new_inputs.iter_mut() {
-                if !rng.bernoulli(0.5) {
-                    *i = sample_input(rng);
-                }
+                *i = keep_or(*i, redraw.input, rng, sample_input);
             }
             Genome::Graph {
                 inputs: new_inputs,
-                edges: mutate_chain(edges, GRAPH_EDGES, rng),
+                edges: mutate_chain(edges, GRAPH_EDGES, redraw.unary, rng),
             }
         }
         Genome::Free { expr } => Genome::Free {
-            expr: if rng.bernoulli(0.5) {
-                point_mutation(expr, rng)
-            } else {
-                subtree_mutation(expr, spec.max_depth, rng)
+            expr: match op {
+                Mutation::Point => point_mutation(expr, rng),
+                Mutation::Hoist => hoist_mutation(expr, rng),
+                _ => subtree_mutation(expr, spec.max_depth, rng),
             },
         },
         Genome::Extended(x) => {
             let branch = |k: usize, rng: &mut Rng| {
-                let input = if rng.bernoulli(0.5) {
-                    x.inputs[k]
-                } else {
-                    sample_input(rng)
-                };
-                let chain = mutate_chain(&x.unary[k], spec.n_unary, rng);
-                let reduce = keep_or_draw(x.reduce[k], &EXTENDED_REDUCTIONS, rng);
-                let total = if rng.bernoulli(0.5) {
-                    x.total[k]
-                } else {
+                let input = keep_or(x.inputs[k], redraw.input, rng, sample_input);
+                let chain = mutate_chain(&x.unary[k], spec.n_unary, redraw.unary, rng);
+                let reduce = keep_or(x.reduce[k], redraw.reduce, rng, |rng| {
+                    sample_from(&EXTENDED_REDUCTIONS, rng)
+                });
+                let total = keep_or(x.total[k], redraw.total, rng, |rng| {
                     rng.bernoulli(EXTENDED_TOTAL_P)
-                };
-                let post = keep_or_draw(x.post[k], &EXTENDED_POST_OPS, rng);
+                });
+                let post = keep_or(x.post[k], redraw.post, rng, |rng| {
+                    sample_from(&EXTENDED_POST_OPS, rng)
+                });
                 (input, chain, reduce, total, post)
             };
             let (i0, u0, r0, t0, p0) = branch(0, rng);
@@ -219,18 +438,11 @@ pub fn mutate(g: &Genome, spec: &GenomeSpec, rng: &mut Rng) -> Genome {
                 reduce: [r0, r1],
                 total: [t0, t1],
                 post: [p0, p1],
-                binary: keep_or_draw(x.binary, &EXTENDED_BINARY, rng),
+                binary: keep_or(x.binary, redraw.binary, rng, |rng| {
+                    sample_from(&EXTENDED_BINARY, rng)
+                }),
             })
         }
-    }
-}
-
-/// `x` with probability ½, else a fresh draw from `table`.
-fn keep_or_draw<T: Copy>(x: T, table: &[(T, f64)], rng: &mut Rng) -> T {
-    if rng.bernoulli(0.5) {
-        x
-    } else {
-        sample_from(table, rng)
     }
 }
 
@@ -303,6 +515,21 @@ pub fn point_mutation(e: &Expr, rng: &mut Rng) -> Expr {
     replace_at(e, target, &new)
 }
 
+/// Hoist mutation: the tree is replaced by one of its inner subtrees below the root (a unary
+/// or binary node), chosen uniformly; a tree without one is returned as it is.
+pub fn hoist_mutation(e: &Expr, rng: &mut Rng) -> Expr {
+    let inner: Vec<&Expr> = nodes_with_depth(e)
+        .into_iter()
+        .skip(1)
+        .map(|(n, _)| n)
+        .filter(|n| !matches!(n, Expr::Input(_)))
+        .collect();
+    if inner.is_empty() {
+        return e.clone();
+    }
+    inner[rng.range(0, inner.len())].clone()
+}
+
 /// Subtree mutation: one node is replaced by a freshly grown subtree within the depth limit.
 pub fn subtree_mutation(e: &Expr, max_depth: usize, rng: &mut Rng) -> Expr {
     let sites = nodes_with_depth(e);
@@ -319,7 +546,6 @@ mod tests {
     use crate::proxy::expr::Input;
     use crate::proxy::ops::BinaryOp;
     use crate::proxy::parse::parse;
-    use crate::search::options::Structure;
 
     fn spec(structure: Structure, n_unary: usize) -> GenomeSpec {
         GenomeSpec {
@@ -349,7 +575,7 @@ mod tests {
         let mut bin_from_a = 0;
         let mut input_from_a = 0;
         for _ in 0..trials {
-            let Genome::Tree(c) = crossover(&a, &b, &s, &mut rng) else {
+            let Ok(Genome::Tree(c)) = crossover(&a, &b, &s, &mut rng) else {
                 panic!()
             };
             assert!(c.unary.iter().flatten().all(|o| *o == Abs || *o == Exp));
@@ -373,7 +599,11 @@ mod tests {
         let a = Genome::random(&s3, &mut rng);
         let b = Genome::random(&spec(Structure::Tree, 1), &mut rng);
         for _ in 0..50 {
-            for c in [crossover(&a, &b, &s3, &mut rng), mutate(&b, &s3, &mut rng)] {
+            let w = MutationWeights::default();
+            for c in [
+                crossover(&a, &b, &s3, &mut rng).unwrap(),
+                mutate(&b, &s3, &w, &mut rng),
+            ] {
                 let Genome::Tree(t) = c else { panic!() };
                 assert_eq!(t.unary[0].len(), 3);
                 assert_eq!(t.unary[1].len(), 3);
@@ -390,7 +620,11 @@ mod tests {
             for _ in 0..300 {
                 let a = Genome::random(&s, &mut rng);
                 let b = Genome::random(&s, &mut rng);
-                for c in [crossover(&a, &b, &s, &mut rng), mutate(&a, &s, &mut rng)] {
+                let w = MutationWeights::default();
+                for c in [
+                    crossover(&a, &b, &s, &mut rng).unwrap(),
+                    mutate(&a, &s, &w, &mut rng),
+                ] {
                     assert_eq!(c.structure(), st);
                     let e = c.to_expr();
                     assert_eq!(parse(&e.to_string()).unwrap(), e);
@@ -427,5 +661,72 @@ mod tests {
             replace_at(&a, 2, &parse("grad").unwrap()).to_string(),
             "add(mean(grad), mean(act))"
         );
+    }
+
+    #[test]
+    fn crossing_structures_is_an_error() {
+        let mut rng = Rng::new(9);
+        let a = Genome::random(&spec(Structure::Tree, 2), &mut rng);
+        let b = Genome::random(&spec(Structure::Free, 2), &mut rng);
+        let e = crossover(&a, &b, &spec(Structure::Tree, 2), &mut rng)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tree") && e.contains("free"), "{e}");
+    }
+
+    #[test]
+    fn weighted_operators() {
+        let mut rng = Rng::new(10);
+        let w = MutationWeights::default();
+        // One operator alone draws nothing.
+        let before = rng.clone();
+        assert_eq!(w.choose(Structure::Tree, &mut rng), Mutation::Genes);
+        assert_eq!(rng, before);
+        // Point and subtree, one half each, as one Bernoulli(½) draw.
+        let mut other = rng.clone();
+        let op = w.choose(Structure::Free, &mut rng);
+        let point = other.bernoulli(0.5);
+        assert_eq!(op == Mutation::Point, point);
+        // Only the weighted kind of gene changes.
+        let inputs_only = MutationWeights {
+            genes: 0.0,
+            input: 1.0,
+            ..MutationWeights::default()
+        };
+        let s = spec(Structure::Tree, 2);
+        for _ in 0..50 {
+            let a = Genome::random(&s, &mut rng);
+            let (Genome::Tree(x), Genome::Tree(y)) = (&a, &mutate(&a, &s, &inputs_only, &mut rng))
+            else {
+                panic!()
+            };
+            assert_eq!((&x.unary, x.binary), (&y.unary, y.binary));
+        }
+        // Hoist shrinks a free tree.
+        let hoist = MutationWeights {
+            point: 0.0,
+            subtree: 0.0,
+            hoist: 1.0,
+            ..MutationWeights::default()
+        };
+        let e = parse("add(mean(pow2(head)), mean(act))").unwrap();
+        let g = Genome::Free { expr: e.clone() };
+        let Genome::Free { expr } = mutate(&g, &spec(Structure::Free, 2), &hoist, &mut rng) else {
+            panic!()
+        };
+        assert!(expr.size() < e.size(), "{expr}");
+        // Weights are checked per structure.
+        assert!(inputs_only.validate(Structure::Free).is_ok());
+        let none = MutationWeights {
+            genes: 0.0,
+            ..MutationWeights::default()
+        };
+        assert!(none.validate(Structure::Linear).is_err());
+        assert!(none.validate(Structure::Free).is_ok());
+        let negative = MutationWeights {
+            post: -1.0,
+            ..MutationWeights::default()
+        };
+        assert!(negative.validate(Structure::Tree).is_err());
     }
 }
