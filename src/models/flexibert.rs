@@ -10,7 +10,7 @@
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var, D};
 
-use super::{Counted, Family, FamilyInfo, Reference};
+use super::family::{Counted, Family, FamilyInfo, Reference};
 use crate::bench::flexibert::{Layer, Mixer, Record, KIND, REFERENCE_FILE};
 use crate::bench::Arch;
 use crate::nn::{dropout, Build, Init, LayerNorm, Linear, LinearRole, Params, TapSite, Taps};
@@ -876,7 +876,7 @@ fn signal(
 /// [`ProbeOptions::grad_signal`]; [`ProbeOptions::sizes`] chooses the sizes.
 pub struct FlexibertFamily;
 
-/// The FlexiBERT family, as registered in [`super::FAMILIES`].
+/// The FlexiBERT family, as registered in [`crate::models::FAMILIES`].
 pub static FAMILY: FlexibertFamily = FlexibertFamily;
 
 /// The FlexiBERT family as data.

@@ -22,7 +22,7 @@
 use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor, Var};
 
-use super::{Counted, Family, FamilyInfo};
+use super::family::{Counted, Family, FamilyInfo};
 use crate::bench::gpt2::{Record, KIND};
 use crate::bench::Arch;
 use crate::nn::{dropout, ops, Build, Init, LayerNorm, Linear, LinearRole, Params, TapSite, Taps};
@@ -805,7 +805,7 @@ pub static SEMANTICS: Semantics = Semantics {
 /// out). The backward signal is always the mean next-token NLL.
 pub struct Gpt2Family;
 
-/// The GPT-2 family, as registered in [`super::FAMILIES`].
+/// The GPT-2 family, as registered in [`crate::models::FAMILIES`].
 pub static FAMILY: Gpt2Family = Gpt2Family;
 
 /// The GPT-2 family as data.
