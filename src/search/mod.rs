@@ -300,6 +300,7 @@ impl Search<'_> {
                         key: key.clone(),
                         fitness: f,
                         iteration,
+                        ranking: ev.ranking,
                     });
                 }
             }
