@@ -14,6 +14,7 @@ use lpzero::scoring::{self, Proxy};
 
 use crate::out;
 
+mod export;
 mod shard;
 
 /// lpzero: discover zero-cost proxies for language-model NAS (LPZero) and use them.
@@ -44,6 +45,8 @@ enum Command {
     /// Join the JSON Lines files of a sharded `score` or `baselines` run (`--shard`) into
     /// exactly what the unsharded command writes; report missing and duplicate architectures.
     Merge(shard::MergeArgs),
+    /// Write an expression as a self-contained PyTorch function or a LaTeX formula.
+    Export(export::ExportArgs),
 }
 
 /// Options shared by every command that reads a benchmark.
@@ -379,6 +382,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench_cmd(a),
         Command::Study(a) => study(a),
         Command::Merge(a) => shard::merge(a),
+        Command::Export(a) => export::export(a),
     }
 }
 
