@@ -11,6 +11,7 @@ use lpzero::models::flexibert::SizeMode;
 use lpzero::probe::{default_batch_shape, GradSignal, ProbeOptions, MAX_THREADS};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
+use lpzero::shard::run::Scoring;
 
 use crate::out;
 
@@ -476,15 +477,8 @@ fn score(a: ScoreArgs) -> Result<()> {
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
     if let Some(s) = sharded {
-        let what = shard::ShardedScoring {
-            command: "score",
-            bench: &bench,
-            selection: &selection,
-            proxies: &proxies,
-            opts: &opts,
-            threads,
-        };
-        return shard::score_shard(what, s, a.out.as_deref(), a.json);
+        let what = Scoring::new("score", &bench, &selection, &proxies, &opts, threads);
+        return shard::score_shard(&what, s, a.out.as_deref(), a.json);
     }
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
@@ -584,15 +578,8 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
     if let Some(s) = sharded {
-        let what = shard::ShardedScoring {
-            command: "baselines",
-            bench: &bench,
-            selection: &selection,
-            proxies: &proxies,
-            opts: &opts,
-            threads,
-        };
-        return shard::score_shard(what, s, a.out.as_deref(), a.json);
+        let what = Scoring::new("baselines", &bench, &selection, &proxies, &opts, threads);
+        return shard::score_shard(&what, s, a.out.as_deref(), a.json);
     }
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;

@@ -17,7 +17,7 @@ use lpzero::proxy::expr::{eval, Expr, Input};
 use lpzero::proxy::ops::{BinaryOp, UnaryOp};
 use lpzero::rng::Rng;
 
-use common::{assert_fails, stdout_of};
+use common::{assert_fails, lpzero, stdout_of};
 
 /// The golden cases (`tests/golden/NAME.py`, `NAME.tex`); together they use every operation.
 const GOLDEN: &[(&str, &str)] = &[
@@ -118,13 +118,6 @@ fn latex_groups_are_balanced() {
             "{name}: unbalanced \\left and \\right"
         );
     }
-}
-
-fn lpzero(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lpzero"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::Args;
 
-use lpzero::bench::Benchmark;
-use lpzero::probe::ProbeOptions;
 use lpzero::report;
-use lpzero::scoring::Proxy;
-use lpzero::shard::{merge, run, Shard};
+use lpzero::shard::run::{self, Scoring};
+use lpzero::shard::{merge, Shard};
 
 use crate::out;
 
@@ -41,29 +39,8 @@ impl ShardArgs {
     }
 }
 
-/// What a sharded scoring command scores.
-pub struct ShardedScoring<'a> {
-    /// `score` or `baselines`.
-    pub command: &'a str,
-    /// The benchmark.
-    pub bench: &'a Benchmark,
-    /// The whole run's selection.
-    pub selection: &'a [usize],
-    /// The proxies.
-    pub proxies: &'a [Proxy],
-    /// Probe settings.
-    pub opts: &'a ProbeOptions,
-    /// Worker threads.
-    pub threads: usize,
-}
-
 /// Runs one shard of a scoring command into `out` and reports it on stdout.
-pub fn score_shard(
-    what: ShardedScoring,
-    shard: Shard,
-    out: Option<&Path>,
-    json: bool,
-) -> Result<()> {
+pub fn score_shard(what: &Scoring, shard: Shard, out: Option<&Path>, json: bool) -> Result<()> {
     let Some(out) = out else {
         bail!(
             "--shard {shard} needs --out FILE: the JSON Lines file where this shard writes its \
@@ -72,19 +49,9 @@ pub fn score_shard(
             shard.index
         );
     };
-    let job = run::ShardJob {
-        command: what.command,
-        bench: what.bench,
-        selection: what.selection,
-        proxies: what.proxies,
-        opts: what.opts,
-        threads: what.threads,
-        shard,
-        out,
-    };
     let share = shard.share(what.selection).len();
     let bar = report::progress(share, &format!("shard {shard}"), json);
-    let done = run::run(&job, || bar.inc(1))?;
+    let done = run::run(what, shard, out, || bar.inc(1))?;
     bar.finish_and_clear();
     if json {
         return out::line(serde_json::to_string(&done)?);

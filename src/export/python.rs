@@ -41,8 +41,23 @@ pub fn module(expr: &Expr, node: &Node) -> String {
          EXPRESSION = \"{expr}\"\n"
     );
     for (name, code) in HELPERS {
-        if helpers.contains(name) {
-            let _ = write!(out, "\n\n{}\n", code.trim());
+        if !helpers.contains(name) {
+            continue;
+        }
+        match name
+            .strip_prefix('_')
+            .filter(|op| ELEMENT_WISE.contains(op))
+        {
+            // `_add(a, b)` and its siblings differ only in the torch function they broadcast.
+            Some(op) => {
+                let _ = write!(
+                    out,
+                    "\n\ndef _{op}(a, b):\n    return _broadcast(torch.{op}, \"{op}\", a, b)\n"
+                );
+            }
+            None => {
+                let _ = write!(out, "\n\n{}\n", code.trim());
+            }
         }
     }
     let _ = write!(
@@ -72,6 +87,10 @@ one-element operand; `total` turns a list into one item, the sum of the item mea
 the mean over the items of each item's mean. Element-wise arithmetic runs in float32; reductions
 and the statistics of normalize, min_max, softmax and logsoftmax accumulate in float64.
 ";
+
+/// The binary ops that are element-wise torch functions of the same name (their helpers are
+/// written from one template).
+const ELEMENT_WISE: [&str; 3] = ["add", "sub", "mul"];
 
 /// Helpers every module needs.
 const ALWAYS: [&str; 5] = ["_NoValue", "_items", "_f64", "_mean64", "_value"];
@@ -203,7 +222,8 @@ fn helper(name: &str) -> (&'static str, &'static [&'static str]) {
     (code, deps)
 }
 
-/// Every helper, in the order a module lists them.
+/// Every helper, in the order a module lists them (the code of the [`ELEMENT_WISE`] ones is
+/// written by [`module`]).
 const HELPERS: &[(&str, &str)] = &[
     (
         "_NoValue",
@@ -495,27 +515,9 @@ def _broadcast(f, name, a, b):
                    f"got {tuple(a.shape)} and {tuple(b.shape)}")
 "#,
     ),
-    (
-        "_add",
-        r#"
-def _add(a, b):
-    return _broadcast(torch.add, "add", a, b)
-"#,
-    ),
-    (
-        "_sub",
-        r#"
-def _sub(a, b):
-    return _broadcast(torch.sub, "sub", a, b)
-"#,
-    ),
-    (
-        "_mul",
-        r#"
-def _mul(a, b):
-    return _broadcast(torch.mul, "mul", a, b)
-"#,
-    ),
+    ("_add", ""),
+    ("_sub", ""),
+    ("_mul", ""),
     (
         "_matmul",
         r#"

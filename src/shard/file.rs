@@ -62,6 +62,16 @@ impl RunOptions {
         Ok(format!("fnv1a64:{:016x}", fnv1a64(text.as_bytes())))
     }
 
+    /// Position in `selection` of each selected architecture (keyed by its position in the
+    /// benchmark).
+    pub fn positions(&self) -> HashMap<usize, usize> {
+        self.selection
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| (i, pos))
+            .collect()
+    }
+
     /// How `other` differs from `self`, one `field: was X, now Y` item per differing field
     /// (the probe settings one by one), for messages.
     pub fn differences(&self, other: &RunOptions) -> Vec<String> {
@@ -305,13 +315,7 @@ pub fn read(path: &Path) -> Result<Contents> {
         let Some(header) = &contents.header else {
             let header = parse_header(text)
                 .with_context(|| format!("{at}: not the header of an lpzero shard file"))?;
-            positions = header
-                .options
-                .selection
-                .iter()
-                .enumerate()
-                .map(|(pos, &i)| (i, pos))
-                .collect();
+            positions = header.options.positions();
             contents.header = Some(header);
             continue;
         };

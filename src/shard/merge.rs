@@ -84,14 +84,7 @@ pub fn read(files: &[PathBuf]) -> Result<Merged> {
         if contents.cut_bytes > 0 {
             m.cut.push((path.clone(), contents.cut_bytes));
         }
-        let positions: std::collections::HashMap<usize, usize> = m
-            .header
-            .options
-            .selection
-            .iter()
-            .enumerate()
-            .map(|(pos, &i)| (i, pos))
-            .collect();
+        let positions = m.header.options.positions();
         for (line, record) in contents.records {
             let at = format!("{}:{line}", path.display());
             let pos = positions[&record.index];

@@ -223,6 +223,10 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    fn auto(vars: &[(&str, &str)], count: Option<usize>) -> Shard {
+        Shard::resolve("auto", count, &env(vars)).unwrap()
+    }
+
     fn err(spec: &str, count: Option<usize>, vars: &[(&str, &str)]) -> String {
         format!("{:#}", Shard::resolve(spec, count, &env(vars)).unwrap_err())
     }
@@ -249,38 +253,25 @@ mod tests {
     #[test]
     fn auto_reads_slurm_and_kubernetes() {
         let slurm = [(SLURM_TASK_ID, "2"), (SLURM_TASK_COUNT, "4")];
-        let s = Shard::resolve("auto", None, &env(&slurm)).unwrap();
-        assert_eq!(s, Shard { index: 2, count: 4 });
+        assert_eq!(auto(&slurm, None), Shard { index: 2, count: 4 });
         // --array=1-4: ids 1..=4 are shards 0..=3; --array=0-12:4 in steps of 4.
         let one_based = [
             (SLURM_TASK_ID, "4"),
             (SLURM_TASK_COUNT, "4"),
             (SLURM_TASK_MIN, "1"),
         ];
-        assert_eq!(
-            Shard::resolve("auto", None, &env(&one_based)).unwrap(),
-            Shard { index: 3, count: 4 }
-        );
+        assert_eq!(auto(&one_based, None), Shard { index: 3, count: 4 });
         let stepped = [
             (SLURM_TASK_ID, "8"),
             (SLURM_TASK_COUNT, "4"),
             (SLURM_TASK_MIN, "0"),
             (SLURM_TASK_STEP, "4"),
         ];
-        assert_eq!(
-            Shard::resolve("auto", None, &env(&stepped)).unwrap(),
-            Shard { index: 2, count: 4 }
-        );
+        assert_eq!(auto(&stepped, None), Shard { index: 2, count: 4 });
         let k8s = [(K8S_COMPLETION_INDEX, "1")];
-        assert_eq!(
-            Shard::resolve("auto", Some(3), &env(&k8s)).unwrap(),
-            Shard { index: 1, count: 3 }
-        );
+        assert_eq!(auto(&k8s, Some(3)), Shard { index: 1, count: 3 });
         let k8s_env = [(K8S_COMPLETION_INDEX, "0"), (SHARD_COUNT_ENV, "5")];
-        assert_eq!(
-            Shard::resolve("auto", None, &env(&k8s_env)).unwrap(),
-            Shard { index: 0, count: 5 }
-        );
+        assert_eq!(auto(&k8s_env, None), Shard { index: 0, count: 5 });
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! Each architecture goes through [`scoring::score`] on its own, so a shard computes every
 //! value exactly as the unsharded command does (the probe of an architecture depends only on
 //! the settings and on its position in the benchmark). A command that scores architectures
-//! (`score`, `baselines`, and later ones) needs only a [`ShardJob`] and [`run`].
+//! (`score`, `baselines`, and later ones) needs only a [`Scoring`] and [`run`].
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -20,8 +21,8 @@ use crate::probe::ProbeOptions;
 use crate::report::{csv_number, peak_rss_mib};
 use crate::scoring::{self, Proxy, ScoreTable};
 
-/// One shard of a scoring command.
-pub struct ShardJob<'a> {
+/// What a scoring command scores (all of it; [`run`] takes one shard's share).
+pub struct Scoring<'a> {
     /// The command whose output the shards add up to (`score`, `baselines`).
     pub command: &'a str,
     /// The benchmark.
@@ -34,15 +35,30 @@ pub struct ShardJob<'a> {
     pub opts: &'a ProbeOptions,
     /// Worker threads (architectures probed at once).
     pub threads: usize,
-    /// This shard.
-    pub shard: Shard,
-    /// The shard file.
-    pub out: &'a std::path::Path,
 }
 
-impl ShardJob<'_> {
-    /// The header this shard writes (and that a resumed file must carry).
-    pub fn header(&self) -> Result<Header> {
+impl<'a> Scoring<'a> {
+    /// The scoring of `proxies` on the `selection` of `bench` by `command`.
+    pub fn new(
+        command: &'a str,
+        bench: &'a Benchmark,
+        selection: &'a [usize],
+        proxies: &'a [Proxy],
+        opts: &'a ProbeOptions,
+        threads: usize,
+    ) -> Self {
+        Self {
+            command,
+            bench,
+            selection,
+            proxies,
+            opts,
+            threads,
+        }
+    }
+
+    /// The header that `shard` writes (and that a resumed file must carry).
+    pub fn header(&self, shard: Shard) -> Result<Header> {
         let mut probe = self.opts.settings(self.bench.kind)?;
         probe["extra_passes"] = self.opts.extra_passes.into();
         let options = RunOptions {
@@ -60,7 +76,7 @@ impl ShardJob<'_> {
                 .collect(),
             has_truth: self.bench.has_truth(),
         };
-        Header::new(self.shard, options, Source::of(self.bench))
+        Header::new(shard, options, Source::of(self.bench))
     }
 }
 
@@ -85,22 +101,27 @@ pub struct ShardReport {
     pub seconds: f64,
 }
 
-/// Scores the architectures of the job's shard that its file does not hold yet, appending a
-/// line per architecture as it finishes; `on_done` is called after each one (for progress).
-/// On an error the lines written so far stay, so a re-run continues from there.
-pub fn run(job: &ShardJob, on_done: impl Fn() + Sync) -> Result<ShardReport> {
+/// Scores the architectures of `shard` that its file `out` does not hold yet, appending a line
+/// per architecture as it finishes; `on_done` is called after each one (for progress). On an
+/// error the lines written so far stay, so a re-run continues from there.
+pub fn run(
+    job: &Scoring,
+    shard: Shard,
+    out: &Path,
+    on_done: impl Fn() + Sync,
+) -> Result<ShardReport> {
     let start = Instant::now();
-    let header = job.header()?;
-    let opened = ShardFile::open(job.out, &header)?;
+    let header = job.header(shard)?;
+    let opened = ShardFile::open(out, &header)?;
     if opened.discarded_bytes > 0 {
         eprintln!(
             "warning: {}: discarded an incomplete last line ({} bytes, from a run that was \
              stopped while writing); its architecture is scored again",
-            job.out.display(),
+            out.display(),
             opened.discarded_bytes
         );
     }
-    let share = job.shard.share(job.selection);
+    let share = shard.share(job.selection);
     let done: std::collections::HashSet<usize> = opened.done.iter().copied().collect();
     let pending: Vec<usize> = share
         .iter()
@@ -136,14 +157,14 @@ pub fn run(job: &ShardJob, on_done: impl Fn() + Sync) -> Result<ShardReport> {
         return Err(e.context(format!(
             "shard {} stopped; the architectures written to {} are kept, and a re-run \
              continues from there",
-            job.shard,
-            job.out.display()
+            shard,
+            out.display()
         )));
     }
     Ok(ShardReport {
         command: job.command.to_string(),
-        shard: job.shard.to_string(),
-        out: job.out.to_path_buf(),
+        shard: shard.to_string(),
+        out: out.to_path_buf(),
         share: share.len(),
         skipped: share.len() - pending.len(),
         scored: pending.len(),
