@@ -248,6 +248,17 @@ fn a_killed_shard_resumes_and_probes_only_what_is_missing() {
         std::fs::read(&merged).unwrap(),
         std::fs::read(&full).unwrap()
     );
+    // A kill during the very first write leaves part of the header: the shard starts over.
+    let s2 = dir.join("s2.jsonl");
+    std::fs::write(&s2, &lines[0][..40]).unwrap();
+    let r = shard(0, &s2);
+    assert_eq!(
+        (r["skipped"].as_u64(), r["scored"].as_u64()),
+        (Some(0), Some(2))
+    );
+    let restarted = std::fs::read_to_string(&s2).unwrap();
+    assert_eq!(restarted.lines().count(), 3);
+    assert_eq!(restarted.lines().next(), Some(lines[0]));
     // A complete shard run again probes nothing.
     let r = shard(0, &s0);
     assert_eq!(
@@ -382,6 +393,13 @@ fn bad_shard_options_give_clear_errors() {
         &["shard index 5 is out of range for 3"],
     );
     assert!(!f.exists(), "no file is written on a bad option");
+    // An existing file that is not a shard file is never overwritten, even without a newline.
+    std::fs::write(&f, "id,truth").unwrap();
+    assert_fails(
+        &with(&["--shard", "0/2", "--out", path(&f)]),
+        &["is not an lpzero shard file"],
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "id,truth");
 }
 
 #[test]

@@ -437,6 +437,21 @@ impl ShardFile {
                 }
             }
             None => {
+                // No complete header: a new file, or one whose first write was cut. Anything
+                // else is not overwritten.
+                let head = existing
+                    .as_ref()
+                    .map_or(Ok(Vec::new()), |_| std::fs::read(path));
+                let head = head.with_context(|| format!("{}: cannot read", path.display()))?;
+                let start = format!("{{\"format\":\"{FORMAT}\"");
+                let n = head.len().min(start.len());
+                if head[..n] != start.as_bytes()[..n] {
+                    bail!(
+                        "{}: exists and is not an lpzero shard file; with --shard, --out names \
+                         the shard's JSON Lines file (choose a new path, or remove this file)",
+                        path.display()
+                    );
+                }
                 let mut text = serde_json::to_string(header)?;
                 text.push('\n');
                 if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
