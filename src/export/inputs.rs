@@ -77,7 +77,7 @@ pub fn write(path: &Path, source: &dyn InputSource) -> Result<()> {
     write_atomic(path, out)
 }
 
-/// Reads an inputs file written by [`write`].
+/// Reads an inputs file written by [`write()`].
 pub fn read(path: &Path) -> Result<HashMap<Input, Vec<Array>>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let end = bytes

@@ -7,7 +7,7 @@
 //!   are disjoint, cover the selection, and depend on nothing but `I`, `N` and the selection
 //!   (not on timing, threads or the other shards). [`Shard::resolve`] also reads `auto` from
 //!   the scheduler's environment.
-//! * [`file`]: the shard file: a header line that records everything that decides the values,
+//! * [`file`](mod@file): the shard file: a header line that records everything that decides the values,
 //!   then one line per architecture, appended and synced as each one finishes; a re-run
 //!   resumes it (after a kill or a preemption) and scores only what is not there yet.
 //! * [`run`]: the sharded form of [`crate::scoring::score`], used by `score` and `baselines`;
