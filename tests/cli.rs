@@ -4,12 +4,7 @@ mod common;
 
 use std::process::Command;
 
-fn lpzero(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lpzero"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::lpzero;
 
 #[test]
 fn params_csv_and_json() {
