@@ -14,8 +14,12 @@ use lpzero::probe::{GradSignal, ProbeOptions, MAX_THREADS};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
 use lpzero::search::SearchOptions;
+use lpzero::shard::run::Scoring;
 
 use crate::out;
+
+mod export;
+mod shard;
 
 /// lpzero: discover zero-cost proxies for language-model NAS (LPZero) and use them.
 #[derive(Parser)]
@@ -42,6 +46,11 @@ enum Command {
     /// Ranking-quality study: the search on several random fitness splits, each compared on
     /// its held-out architectures with every baseline and the pair ensemble.
     Study(StudyArgs),
+    /// Join the JSON Lines files of a sharded `score` or `baselines` run (`--shard`) into
+    /// exactly what the unsharded command writes; report missing and duplicate architectures.
+    Merge(shard::MergeArgs),
+    /// Write an expression as a self-contained PyTorch function or a LaTeX formula.
+    Export(export::ExportArgs),
 }
 
 /// Options shared by every command that reads a benchmark.
@@ -254,12 +263,15 @@ struct ScoreArgs {
     /// Architectures (e.g. `0..50`, `0..10,42`, `all`).
     #[arg(long, default_value = "all")]
     archs: String,
-    /// Write per-architecture values as CSV (`id,truth,<proxy>...`).
+    /// Write per-architecture values as CSV (`id,truth,<proxy>...`); with --shard, the
+    /// shard's JSON Lines file.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print exactly one JSON object (the summary) on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    shard: shard::ShardArgs,
 }
 
 #[derive(Args)]
@@ -271,7 +283,8 @@ struct BaselinesArgs {
     /// Architectures (e.g. `0..50`, `0..10,42`, `all`).
     #[arg(long, default_value = "all")]
     archs: String,
-    /// Output folder for baselines.{md,json,csv,svg} [default: baselines-<bench>].
+    /// Output folder for baselines.{md,json,csv,svg} [default: baselines-<bench>]; with
+    /// --shard, the shard's JSON Lines file.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Comma-separated proxies of the suite to leave out (e.g. `synaptic_diversity`).
@@ -284,6 +297,8 @@ struct BaselinesArgs {
     /// Print the summary (baselines.json) on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    shard: shard::ShardArgs,
 }
 
 /// The genetic-programming options shared by `search` and `study`.
@@ -451,6 +466,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Baselines(a) => baselines(a),
         Command::Bench(a) => bench_cmd(a),
         Command::Study(a) => study(a),
+        Command::Merge(a) => shard::merge(a),
+        Command::Export(a) => export::export(a),
     }
 }
 
@@ -536,22 +553,23 @@ fn set_engine_threads(workers: usize) {
 }
 
 fn score(a: ScoreArgs) -> Result<()> {
+    let sharded = a.shard.resolve()?;
     let bench = load(&a.data)?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
     let proxies = Proxy::parse_list(&a.proxy, bench.kind).context("--proxy")?;
     let opts = a.probe.options(bench.kind)?;
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
+    if let Some(s) = sharded {
+        let what = Scoring::new("score", &bench, &selection, &proxies, &opts, threads);
+        return shard::score_shard(&what, s, a.out.as_deref(), a.json);
+    }
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
     bar.finish_and_clear();
     let has_truth = bench.has_truth();
     // Without a ground truth the truth column stays empty.
-    let truth = if has_truth {
-        scoring::TruthColumn::Values
-    } else {
-        scoring::TruthColumn::Empty
-    };
+    let truth = scoring::TruthColumn::for_truth(has_truth);
     if let Some(path) = &a.out {
         table.write_csv(path, truth)?;
     }
@@ -600,21 +618,28 @@ fn score(a: ScoreArgs) -> Result<()> {
             bench.truth_name,
             table.seconds
         ))?;
+        correlation_table(&table.summaries)?;
+    }
+    Ok(())
+}
+
+/// Prints the correlation of each proxy with the ground truth, one row per proxy.
+fn correlation_table(summaries: &[scoring::ProxySummary]) -> Result<()> {
+    out::line(format_args!(
+        "{:<36} {:>9} {:>9} {:>8} {:>6}",
+        "proxy", "spearman", "kendall", "top10%", "nan"
+    ))?;
+    for s in summaries {
         out::line(format_args!(
-            "{:<36} {:>9} {:>9} {:>8} {:>6}",
-            "proxy", "spearman", "kendall", "top10%", "nan"
+            "{:<36} {:>9.4} {:>9.4} {:>8.3} {:>6}",
+            s.proxy, s.spearman, s.kendall, s.top10_overlap, s.non_finite
         ))?;
-        for s in &table.summaries {
-            out::line(format_args!(
-                "{:<36} {:>9.4} {:>9.4} {:>8.3} {:>6}",
-                s.proxy, s.spearman, s.kendall, s.top10_overlap, s.non_finite
-            ))?;
-        }
     }
     Ok(())
 }
 
 fn baselines(a: BaselinesArgs) -> Result<()> {
+    let sharded = a.shard.resolve()?;
     let bench = load(&a.data)?;
     require_truth(&bench, "baselines")?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
@@ -634,6 +659,10 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
     };
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
+    if let Some(s) = sharded {
+        let what = Scoring::new("baselines", &bench, &selection, &proxies, &opts, threads);
+        return shard::score_shard(&what, s, a.out.as_deref(), a.json);
+    }
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
     bar.finish_and_clear();

@@ -5,12 +5,15 @@
 //! `models` holds the model families (each one a [`models::Family`]: its network, how it is
 //! probed and counted, what its probes mean), `proxy` turns probes into scores, `stats`
 //! compares scores with ground truth; `params`, `scoring`, `baselines`, `search`, `compare`
-//! and `study` are the jobs built from these. `docs/architecture.md` draws the layers.
+//! and `study` are the jobs built from these; `shard` splits a scoring job over many
+//! processes and merges their files; `export` writes an expression as a PyTorch function or a
+//! LaTeX formula. `docs/architecture.md` draws the layers.
 
 pub mod array;
 pub mod baselines;
 pub mod bench;
 pub mod compare;
+pub mod export;
 pub mod linalg;
 pub mod models;
 pub mod nn;
@@ -21,6 +24,7 @@ pub mod report;
 pub mod rng;
 pub mod scoring;
 pub mod search;
+pub mod shard;
 pub mod stats;
 pub mod study;
 pub mod svg;

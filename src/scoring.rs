@@ -186,6 +186,18 @@ pub enum TruthColumn {
     Empty,
 }
 
+impl TruthColumn {
+    /// The `truth` column of `score`'s table: the values, or empty when the benchmark has no
+    /// ground truth.
+    pub fn for_truth(has_truth: bool) -> Self {
+        if has_truth {
+            TruthColumn::Values
+        } else {
+            TruthColumn::Empty
+        }
+    }
+}
+
 impl ScoreTable {
     /// The per-architecture values as CSV cells: the header `id`, `truth` (unless
     /// [`TruthColumn::Omit`]) and one column per proxy, then one row per architecture

@@ -112,7 +112,7 @@ pub fn run(
     // 2. One pass over the benchmark: every split's hall of fame and every baseline.
     let halls: Vec<Vec<crate::proxy::expr::Expr>> = phases
         .iter()
-        .map(FitnessPhase::hall)
+        .map(FitnessPhase::heldout_exprs)
         .collect::<Result<_>>()?;
     let all_exprs: Vec<_> = halls.iter().flatten().cloned().collect();
     let archs: Vec<usize> = (0..n).collect();

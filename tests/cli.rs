@@ -4,12 +4,7 @@ mod common;
 
 use std::process::Command;
 
-fn lpzero(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lpzero"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::lpzero;
 
 #[test]
 fn params_csv_and_json() {
@@ -288,6 +283,7 @@ fn search_writes_run_directory_and_summary() {
         assert!(v.get(key).is_some(), "summary lacks {key}: {v}");
     }
     assert_eq!(v["heldout_n"], 2);
+    assert!(v["heldout_spearman"].is_number(), "{v}");
     lpzero::proxy::parse::parse(v["best"].as_str().unwrap()).unwrap();
     // The comparison with every single-pass baseline on the same held-out architectures.
     let baselines = v["heldout_baselines"]
@@ -570,6 +566,7 @@ fn study_runs_splits_and_aggregates() {
     for (k, s) in splits.iter().enumerate() {
         assert_eq!(s["seed"], k as u64);
         assert_eq!(s["heldout_n"], 3);
+        assert!(s["heldout_spearman"].is_number(), "{s}");
         assert!(s["heldout_baselines"]["pair_ensemble"]["members"].is_array());
         assert!(out_dir.join(format!("split_{k}/summary.json")).is_file());
     }

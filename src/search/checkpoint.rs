@@ -92,6 +92,8 @@ struct FileHallEntry {
     key: String,
     fitness: Exact,
     iteration: usize,
+    #[serde(default)]
+    ranking: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -188,6 +190,7 @@ pub fn save(
                 key: e.key.clone(),
                 fitness: Exact(e.fitness),
                 iteration: e.iteration,
+                ranking: e.ranking,
             })
             .collect(),
         seen: state.seen.iter().cloned().collect(),
@@ -271,6 +274,7 @@ fn from_file(file: File) -> Result<Checkpoint, String> {
             key: e.key,
             fitness: e.fitness.0,
             iteration: e.iteration,
+            ranking: e.ranking,
         })
         .collect();
     let state = SearchState {

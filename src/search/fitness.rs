@@ -43,6 +43,9 @@ pub struct Evaluation {
     /// The fitness is |ρ| of a proxy whose ρ is negative (only with
     /// [`FitnessSet::with_either_sign`]): `neg` of the proxy has this fitness.
     pub negated: bool,
+    /// A hash of the ranks the proxy gives the fitness architectures (0 when rejected); two
+    /// proxies with equal hashes rank the set alike (e.g. `x` and `sqrt(x)`).
+    pub ranking: u64,
 }
 
 impl<'a> FitnessSet<'a> {
@@ -202,6 +205,7 @@ impl<'a> FitnessSet<'a> {
             archs_evaluated: done,
             seconds: start.elapsed().as_secs_f64(),
             negated: false,
+            ranking: 0,
         };
         // The predictive rule needs the first k values before the rest are worth computing.
         let split = if predictive.is_some() { k } else { n };
@@ -246,7 +250,12 @@ impl<'a> FitnessSet<'a> {
             return reject(Rule::DegenerateCorrelation, n);
         }
         let negated = self.either_sign && rho < 0.0;
+        let ranks: Vec<u8> = crate::stats::ranks(&values)
+            .iter()
+            .flat_map(|r| r.to_bits().to_le_bytes())
+            .collect();
         Evaluation {
+            ranking: crate::report::fnv1a64(&ranks).max(1),
             fitness: Some(if negated { -rho } else { rho }),
             rule: None,
             archs_evaluated: n,

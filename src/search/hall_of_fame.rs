@@ -1,7 +1,9 @@
 //! The hall of fame: the best distinct proxies seen during a search.
 //!
 //! Distinct means distinct canonical keys ([`crate::proxy::canonical::key`]), so equivalent
-//! expressions (`add(a, b)` and `add(b, a)`) take one place. Entries are ordered by fitness,
+//! expressions (`add(a, b)` and `add(b, a)`) take one place, and distinct rankings of the
+//! fitness set ([`HallEntry::ranking`]): `x` and `sqrt(x)` rank every architecture alike, so
+//! the first one found keeps the place and the hall of fame stays diverse. Entries are ordered by fitness,
 //! best first; among equal fitness the one found first comes first. The hall of fame keeps the
 //! best proxies even after the population has lost them.
 
@@ -18,6 +20,9 @@ pub struct HallEntry {
     pub fitness: f64,
     /// The iteration that found it (0: the initial population).
     pub iteration: usize,
+    /// A hash of the ranks it gives the fitness architectures (0: unknown, never matches).
+    #[serde(default)]
+    pub ranking: u64,
 }
 
 /// The best `capacity` distinct proxies, best first.
@@ -77,7 +82,13 @@ impl HallOfFame {
 
     /// Offers an entry; returns true when it entered (a new key good enough to be kept).
     pub fn insert(&mut self, entry: HallEntry) -> bool {
-        if self.capacity == 0 || self.entries.iter().any(|e| e.key == entry.key) {
+        let same_ranking = |e: &HallEntry| entry.ranking != 0 && e.ranking == entry.ranking;
+        if self.capacity == 0
+            || self
+                .entries
+                .iter()
+                .any(|e| e.key == entry.key || same_ranking(e))
+        {
             return false;
         }
         // After all entries with fitness >= the new one (earlier finds win ties).
@@ -120,7 +131,28 @@ mod tests {
             key: key.to_string(),
             fitness,
             iteration,
+            ranking: 0,
         }
+    }
+
+    #[test]
+    fn one_place_per_ranking() {
+        let mut h = HallOfFame::new(3);
+        assert!(h.insert(HallEntry {
+            ranking: 7,
+            ..e("x", 0.8, 0)
+        }));
+        assert!(!h.insert(HallEntry {
+            ranking: 7,
+            ..e("sqrt(x)", 0.8, 1)
+        }));
+        assert!(h.insert(HallEntry {
+            ranking: 8,
+            ..e("y", 0.8, 2)
+        }));
+        // Unknown rankings never collide.
+        assert!(h.insert(e("z", 0.7, 3)));
+        assert_eq!(h.entries().len(), 3);
     }
 
     #[test]

@@ -305,6 +305,7 @@ impl Search<'_> {
                         key: key.clone(),
                         fitness: f,
                         iteration,
+                        ranking: ev.ranking,
                     });
                 }
             }

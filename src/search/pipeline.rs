@@ -166,15 +166,20 @@ pub struct FitnessPhase {
 }
 
 impl FitnessPhase {
-    /// The hall of fame as expressions, best first.
-    pub fn hall(&self) -> Result<Vec<Expr>> {
-        self.outcome
+    /// What the held-out pass evaluates: the hall of fame (best first), then the search's best
+    /// proxy (which the hall of fame may hold under another expression with the same ranking of
+    /// the fitness set).
+    pub fn heldout_exprs(&self) -> Result<Vec<Expr>> {
+        let mut exprs = self
+            .outcome
             .hall_of_fame
             .iter()
             .map(|h| {
                 parse::parse(&h.expr).with_context(|| format!("hall of fame entry `{}`", h.expr))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        exprs.push(self.outcome.best.clone());
+        Ok(exprs)
     }
 }
 
@@ -299,7 +304,7 @@ pub fn search_benchmark(
     let start = Instant::now();
     let baselines = baseline_proxies(job.bench.kind)?;
     let phase = fitness_phase(job, opts, &baselines, progress)?;
-    let hall = phase.hall()?;
+    let hall = phase.heldout_exprs()?;
     let heldout_start = Instant::now();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let n_held = job.heldout.len();
@@ -329,8 +334,8 @@ pub fn search_benchmark(
 }
 
 /// The summary of a search from its fitness phase and the held-out rows of
-/// [`heldout_values`] (the hall of fame's values, then the baselines', per held-out
-/// architecture of `job.heldout`; empty when there is no held-out set). Writes `scatter.svg`
+/// [`heldout_values`] (per held-out architecture of `job.heldout`, the values of
+/// [`FitnessPhase::heldout_exprs`] then the baselines'; empty when there is no held-out set). Writes `scatter.svg`
 /// and `heldout.svg` into the run folder when there is one (not `summary.json`).
 pub fn summarize(
     job: &SearchJob<'_>,
@@ -361,14 +366,13 @@ pub fn summarize(
         hall_json.push(entry);
     }
     let best_text = outcome.best.to_string();
-    let best_index = outcome
-        .hall_of_fame
-        .iter()
-        .position(|h| h.key == outcome.best_key);
-    let (held_rho, held_tau) = match (n_held, best_index) {
-        (0, _) | (_, None) => (f64::NAN, f64::NAN),
-        (_, Some(k)) => {
-            let values = column(k);
+    // Columns of `rows`: the hall of fame, the best proxy, then the baselines.
+    let best_column = n_hall;
+    let first_baseline = n_hall + 1;
+    let (held_rho, held_tau) = match n_held {
+        0 => (f64::NAN, f64::NAN),
+        _ => {
+            let values = column(best_column);
             let (c, _) = correlate(&values);
             if let Some(dir) = &job.out {
                 let title = format!(
@@ -388,7 +392,9 @@ pub fn summarize(
         let fit_cols: Vec<Vec<f64>> = (0..baselines.len())
             .map(|b| phase.fitness_baselines.iter().map(|r| r[b]).collect())
             .collect();
-        let held_cols: Vec<Vec<f64>> = (0..baselines.len()).map(|b| column(n_hall + b)).collect();
+        let held_cols: Vec<Vec<f64>> = (0..baselines.len())
+            .map(|b| column(first_baseline + b))
+            .collect();
         let names: Vec<String> = baselines.iter().map(Proxy::name).collect();
         let columns: Vec<BaselineColumns<'_>> = baselines
             .iter()
@@ -422,10 +428,10 @@ pub fn summarize(
             Corr::of(&held_truth, &compare::rank_sum(&refs)),
         )
     });
-    if let (Some(dir), Some(cmp), Some(k)) = (&job.out, &comparison, best_index) {
+    if let (Some(dir), Some(cmp)) = (&job.out, &comparison) {
         write(
             &dir.join("heldout.svg"),
-            &heldout_chart(&outcome.hall_of_fame[k].expr, held_rho, cmp, n_held),
+            &heldout_chart(&best_text, held_rho, cmp, n_held),
         )?;
     }
     Ok(json!({

@@ -102,6 +102,14 @@ pub fn shipped_source() -> lpzero::bench::DataSource {
     lpzero::bench::DataSource::Dir(shipped_data())
 }
 
+/// Runs the `lpzero` binary with `args`.
+pub fn lpzero(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lpzero"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// The stdout of a run that must succeed (panics with its stderr otherwise).
 pub fn stdout_of(out: &std::process::Output) -> String {
     assert!(

@@ -1,0 +1,198 @@
+//! The sharded form of [`scoring::score`]: score this shard's share of the selection, one
+//! architecture at a time on each worker thread, and append each architecture's line to the
+//! shard file as soon as it is done.
+//!
+//! Each architecture goes through [`scoring::score`] on its own, so a shard computes every
+//! value exactly as the unsharded command does (the probe of an architecture depends only on
+//! the settings and on its position in the benchmark). A command that scores architectures
+//! (`score`, `baselines`, and later ones) needs only a [`Scoring`] and [`run`].
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::file::{fingerprint, Header, Record, RunOptions, ShardFile, Source};
+use super::Shard;
+use crate::bench::Benchmark;
+use crate::probe::ProbeOptions;
+use crate::report::{csv_number, peak_rss_mib};
+use crate::scoring::{self, Proxy, ScoreTable};
+
+/// What a scoring command scores (all of it; [`run`] takes one shard's share).
+pub struct Scoring<'a> {
+    /// The command whose output the shards add up to (`score`, `baselines`).
+    pub command: &'a str,
+    /// The benchmark.
+    pub bench: &'a Benchmark,
+    /// The whole run's selection (positions in the benchmark), in output order.
+    pub selection: &'a [usize],
+    /// The proxies, in output order.
+    pub proxies: &'a [Proxy],
+    /// The probe settings.
+    pub opts: &'a ProbeOptions,
+    /// Worker threads (architectures probed at once).
+    pub threads: usize,
+}
+
+impl<'a> Scoring<'a> {
+    /// The scoring of `proxies` on the `selection` of `bench` by `command`.
+    pub fn new(
+        command: &'a str,
+        bench: &'a Benchmark,
+        selection: &'a [usize],
+        proxies: &'a [Proxy],
+        opts: &'a ProbeOptions,
+        threads: usize,
+    ) -> Self {
+        Self {
+            command,
+            bench,
+            selection,
+            proxies,
+            opts,
+            threads,
+        }
+    }
+
+    /// The header that `shard` writes (and that a resumed file must carry).
+    pub fn header(&self, shard: Shard) -> Result<Header> {
+        let mut probe = crate::models::family(self.bench.kind).settings(self.opts)?;
+        probe["extra_passes"] = self.opts.extra_passes.into();
+        let options = RunOptions {
+            lpzero: env!("CARGO_PKG_VERSION").to_string(),
+            command: self.command.to_string(),
+            bench: self.bench.kind.name().to_string(),
+            data: fingerprint(self.bench, self.selection),
+            probe,
+            proxies: self.proxies.iter().map(Proxy::name).collect(),
+            selection: self.selection.to_vec(),
+            keys: self
+                .selection
+                .iter()
+                .map(|&i| self.bench.entries[i].key.clone())
+                .collect(),
+            has_truth: self.bench.has_truth(),
+        };
+        Header::new(shard, options, Source::of(self.bench))
+    }
+}
+
+/// What a shard run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ShardReport {
+    /// The command.
+    pub command: String,
+    /// The shard, `I/N`.
+    pub shard: String,
+    /// The shard file.
+    pub out: std::path::PathBuf,
+    /// Architectures in this shard's share.
+    pub share: usize,
+    /// Of those, already in the file from an earlier run (not probed again).
+    pub skipped: usize,
+    /// Of those, scored by this run.
+    pub scored: usize,
+    /// Bytes of a cut last line (from a killed run) that were discarded.
+    pub discarded_bytes: u64,
+    /// Wall-clock seconds of this run.
+    pub seconds: f64,
+}
+
+/// Scores the architectures of `shard` that its file `out` does not hold yet, appending a line
+/// per architecture as it finishes; `on_done` is called after each one (for progress). On an
+/// error the lines written so far stay, so a re-run continues from there.
+pub fn run(
+    job: &Scoring,
+    shard: Shard,
+    out: &Path,
+    on_done: impl Fn() + Sync,
+) -> Result<ShardReport> {
+    let start = Instant::now();
+    let header = job.header(shard)?;
+    let opened = ShardFile::open(out, &header)?;
+    if opened.discarded_bytes > 0 {
+        eprintln!(
+            "warning: {}: discarded an incomplete last line ({} bytes, from a run that was \
+             stopped while writing); its architecture is scored again",
+            out.display(),
+            opened.discarded_bytes
+        );
+    }
+    let share = shard.share(job.selection);
+    let done: std::collections::HashSet<usize> = opened.done.iter().copied().collect();
+    let pending: Vec<usize> = share
+        .iter()
+        .copied()
+        .filter(|i| !done.contains(i))
+        .collect();
+    let file = &opened.file;
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let workers = job.threads.clamp(1, pending.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= pending.len() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let index = pending[k];
+                let result = scoring::score(job.bench, &[index], job.proxies, job.opts, 1, || {})
+                    .and_then(|table| file.append(&record(&table, index, job.bench)));
+                on_done();
+                if let Err(e) = result {
+                    stop.store(true, Ordering::Relaxed);
+                    let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(e);
+                    break;
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e.context(format!(
+            "shard {} stopped; the architectures written to {} are kept, and a re-run \
+             continues from there",
+            shard,
+            out.display()
+        )));
+    }
+    Ok(ShardReport {
+        command: job.command.to_string(),
+        shard: shard.to_string(),
+        out: out.to_path_buf(),
+        share: share.len(),
+        skipped: share.len() - pending.len(),
+        scored: pending.len(),
+        discarded_bytes: opened.discarded_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The line of the one architecture (`index`) that `table` scored.
+fn record(table: &ScoreTable, index: usize, bench: &Benchmark) -> Record {
+    let one = |v: &[f64]| v.first().copied().unwrap_or(f64::NAN);
+    Record {
+        id: table.keys.first().cloned().unwrap_or_default(),
+        index,
+        truth: bench.has_truth().then(|| csv_number(one(&table.truth))),
+        values: table
+            .names
+            .iter()
+            .zip(&table.values)
+            .map(|(name, v)| (name.clone(), csv_number(one(v))))
+            .collect(),
+        probe_seconds: one(&table.arch_probe_seconds),
+        proxy_seconds: table
+            .names
+            .iter()
+            .cloned()
+            .zip(table.proxy_seconds.iter().copied())
+            .collect(),
+        peak_rss_mib: peak_rss_mib(),
+    }
+}
