@@ -108,17 +108,6 @@ enum FitnessSign {
     Either,
 }
 
-impl FitnessSign {
-    /// `either` for [`SearchOptions::either_sign`] on.
-    fn from_either(either: bool) -> Self {
-        if either {
-            FitnessSign::Either
-        } else {
-            FitnessSign::Oriented
-        }
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OnOff {
     On,
@@ -136,42 +125,46 @@ impl OnOff {
     }
 }
 
-/// `--grad-signal`: the values of [`GradSignal`].
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum GradSignalArg {
-    /// The reference's loss: the sum of the last hidden state. Degenerate on the post-LN
-    /// encoder (the last LayerNorm makes it constant), so gradients are rounding noise.
-    Faithful,
-    /// Σ ⟨last hidden, r⟩ with a fixed seeded Gaussian `r`: real gradients.
-    Projection,
+/// A command-line value enum for a library enum with the same variants (clap's derive stays
+/// out of the library): the enum, with the variants' docs as their help, and its conversion.
+macro_rules! value_enum_for {
+    ($(#[$doc:meta])* $name:ident => $lib:ident { $($(#[$vdoc:meta])* $variant:ident,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+        enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl From<$name> for $lib {
+            fn from(arg: $name) -> Self {
+                match arg {
+                    $($name::$variant => $lib::$variant,)+
+                }
+            }
+        }
+    };
 }
 
-impl From<GradSignalArg> for GradSignal {
-    fn from(arg: GradSignalArg) -> Self {
-        match arg {
-            GradSignalArg::Faithful => GradSignal::Faithful,
-            GradSignalArg::Projection => GradSignal::Projection,
-        }
+value_enum_for! {
+    /// `--grad-signal`: the values of [`GradSignal`].
+    GradSignalArg => GradSignal {
+        /// The reference's loss: the sum of the last hidden state. Degenerate on the post-LN
+        /// encoder (the last LayerNorm makes it constant), so gradients are rounding noise.
+        Faithful,
+        /// Σ ⟨last hidden, r⟩ with a fixed seeded Gaussian `r`: real gradients.
+        Projection,
     }
 }
 
-/// `--sizes`: the values of [`SizeMode`].
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum SizesArg {
-    /// The reference's sizes (FlexiBERT: H = 256 and FFN width 1024 for every record, which
-    /// reproduces the reference parameter counts).
-    Faithful,
-    /// The sizes the record states (FlexiBERT: its `hidden_size` and per-layer
-    /// `feed_forward_dimension`).
-    Intended,
-}
-
-impl From<SizesArg> for SizeMode {
-    fn from(arg: SizesArg) -> Self {
-        match arg {
-            SizesArg::Faithful => SizeMode::Faithful,
-            SizesArg::Intended => SizeMode::Intended,
-        }
+value_enum_for! {
+    /// `--sizes`: the values of [`SizeMode`].
+    SizesArg => SizeMode {
+        /// The reference's sizes (FlexiBERT: H = 256 and FFN width 1024 for every record,
+        /// which reproduces the reference parameter counts).
+        Faithful,
+        /// The sizes the record states (FlexiBERT: its `hidden_size` and per-layer
+        /// `feed_forward_dimension`).
+        Intended,
     }
 }
 
@@ -318,7 +311,7 @@ struct GpArgs {
     n_unary: usize,
     /// Which proxies count as good: `oriented` (fitness ρ against the ground truth, higher is
     /// better) or `either` (fitness |ρ|; a backward proxy enters the hall of fame as `neg(…)`).
-    #[arg(long, value_enum, default_value_t = FitnessSign::from_either(SearchOptions::default().either_sign))]
+    #[arg(long, value_enum, default_value_t = if SearchOptions::default().either_sign { FitnessSign::Either } else { FitnessSign::Oriented })]
     fitness_sign: FitnessSign,
     /// How the values on the fitness set become a fitness: `spearman` (the reference),
     /// `kendall` (τ-b) or `robust` (mean ρ over 20 fixed random halves minus their spread).

@@ -471,16 +471,6 @@ impl FlexiBert {
         &self.config
     }
 
-    /// Every trainable tensor.
-    pub fn params(&self) -> &Params {
-        &self.params
-    }
-
-    /// Gradient taps on every linear output and on the word embeddings (off by default).
-    pub fn taps(&self) -> &Taps {
-        &self.taps
-    }
-
     /// The position-embedding table (its gradient feeds the Jacobian proxies).
     pub fn position_table(&self) -> &Var {
         &self.position
@@ -927,7 +917,7 @@ impl Family for FlexibertFamily {
     fn count_params(&self, arch: &Arch, opts: &ProbeOptions) -> Result<Counted> {
         let config = Config::from_record(arch.of::<Record>()?, opts.sizes)?;
         Ok(Counted {
-            total: FlexiBert::shapes_only(&config)?.params().count(),
+            total: FlexiBert::shapes_only(&config)?.network().params.count(),
             columns: Vec::new(),
         })
     }
@@ -1045,7 +1035,11 @@ mod tests {
         };
         for sizes in [SizeMode::Faithful, SizeMode::Intended] {
             let config = Config::from_record(&record, sizes).unwrap();
-            let built = FlexiBert::shapes_only(&config).unwrap().params().count();
+            let built = FlexiBert::shapes_only(&config)
+                .unwrap()
+                .network()
+                .params
+                .count();
             assert_eq!(config.parameter_count(), built as f64, "{sizes:?}");
             assert!(config.activation_floats_per_token(16) > 0.0);
         }
@@ -1137,18 +1131,8 @@ mod tests {
             .backward()
             .unwrap();
         let mut missing = Vec::new();
-        for (name, var) in model.params().vars() {
-            let norm = grads
-                .get(var.as_tensor())
-                .map(|g| {
-                    g.sqr()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                })
-                .unwrap_or(0.0);
+        for (name, var) in model.network().params.vars() {
+            let norm = crate::nn::squared_grad(&grads, var.as_tensor());
             let key_bias = name.ends_with("key.bias");
             if key_bias {
                 assert!(

@@ -408,17 +408,6 @@ impl Gpt2Flex {
         &self.config
     }
 
-    /// Every trainable tensor (tied tensors once).
-    pub fn params(&self) -> &Params {
-        &self.params
-    }
-
-    /// Gradient taps on every Conv1D output and on the scaled word embeddings (off by
-    /// default).
-    pub fn taps(&self) -> &Taps {
-        &self.taps
-    }
-
     /// Σ over rows of the head-cluster logits (shortlist and cluster columns, projection and
     /// bias, no log-softmax) of final hidden states `z` (N × D): Synflow's readout.
     pub fn head_logits_sum(&self, z: &Tensor) -> candle_core::Result<Tensor> {
@@ -875,7 +864,7 @@ impl Family for Gpt2Family {
     /// `nonembedding = Attn + FFN + LayerNorm`.
     fn count_params(&self, arch: &Arch, _opts: &ProbeOptions) -> Result<Counted> {
         let model = Gpt2Flex::shapes_only(&Config::from_record(arch.of::<Record>()?)?)?;
-        let groups = model.params().count_by_group();
+        let groups = model.network().params.count_by_group();
         let group = |name: &str| {
             groups
                 .iter()
@@ -885,7 +874,7 @@ impl Family for Gpt2Family {
         };
         let (attn, ffn) = (group(GROUP_ATTN), group(GROUP_FFN));
         Ok(Counted {
-            total: model.params().count(),
+            total: model.network().params.count(),
             columns: vec![
                 (COLUMNS[0], group(GROUP_ADA_EMB)),
                 (COLUMNS[1], attn),
@@ -990,21 +979,12 @@ mod tests {
     fn grad_norms(model: &Gpt2Flex, loss: &Tensor) -> Vec<(String, f32)> {
         let grads = loss.backward().unwrap();
         model
-            .params()
+            .network()
+            .params
             .vars()
             .iter()
             .map(|(name, var)| {
-                let norm = grads
-                    .get(var.as_tensor())
-                    .map(|g| {
-                        g.sqr()
-                            .unwrap()
-                            .sum_all()
-                            .unwrap()
-                            .to_scalar::<f32>()
-                            .unwrap()
-                    })
-                    .unwrap_or(0.0);
+                let norm = crate::nn::squared_grad(&grads, var.as_tensor());
                 (name.clone(), norm)
             })
             .collect()
@@ -1023,7 +1003,11 @@ mod tests {
                     ..tiny_record(k, e)
                 })
                 .unwrap();
-                let built = Gpt2Flex::shapes_only(&config).unwrap().params().count();
+                let built = Gpt2Flex::shapes_only(&config)
+                    .unwrap()
+                    .network()
+                    .params
+                    .count();
                 assert_eq!(config.parameter_count(), built as f64, "k {k} e {e}");
             }
         }
@@ -1103,8 +1087,12 @@ mod tests {
         assert_eq!(w[0], vec![16, 48]);
         assert_eq!(w[3], vec![24, 16]);
         assert_eq!(
-            Gpt2Flex::shapes_only(&config).unwrap().params().count(),
-            model.params().count()
+            Gpt2Flex::shapes_only(&config)
+                .unwrap()
+                .network()
+                .params
+                .count(),
+            model.network().params.count()
         );
     }
 

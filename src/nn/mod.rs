@@ -469,6 +469,18 @@ pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> candle_core::Result
     x.mul(&mask)
 }
 
+/// Σg² of the gradient of `t` in `grads` (0 when none reached it): the tests' check that
+/// every trainable tensor gets a gradient.
+#[cfg(test)]
+pub(crate) fn squared_grad(grads: &candle_core::backprop::GradStore, t: &Tensor) -> f32 {
+    grads.get(t).map_or(0.0, |g| {
+        g.sqr()
+            .and_then(|s| s.sum_all())
+            .and_then(|s| s.to_scalar::<f32>())
+            .expect("a gradient has a sum of squares")
+    })
+}
+
 /// Copies a tensor into a plain [`Array`] (f32, row-major).
 pub fn to_array(t: &Tensor) -> candle_core::Result<Array> {
     let t = t.to_dtype(DType::F32)?;
