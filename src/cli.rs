@@ -78,12 +78,13 @@ struct ProbeArgs {
     /// Seed of weights, batch, dropout and projection vector.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Backward signal for gradient-based proxies.
-    #[arg(long, value_enum, default_value_t = GradSignal::Projection)]
-    grad_signal: GradSignal,
-    /// FlexiBERT sizes: reference-faithful (H=256, FFN 1024) or the JSON's intended sizes.
-    #[arg(long, value_enum, default_value_t = SizeMode::Faithful)]
-    sizes: SizeMode,
+    /// Backward signal for gradient-based proxies (FlexiBERT) [default: projection].
+    #[arg(long, value_enum)]
+    grad_signal: Option<GradSignal>,
+    /// FlexiBERT sizes: the JSON's intended sizes (the networks that were trained) or the
+    /// reference-faithful H=256, FFN 1024 [default: intended].
+    #[arg(long, value_enum)]
+    sizes: Option<SizeMode>,
     /// Dropout p = 0.1 during the probe (the reference's training mode).
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     dropout: OnOff,
@@ -114,17 +115,15 @@ enum OnOff {
 impl ProbeArgs {
     fn options(&self, kind: BenchKind) -> Result<ProbeOptions> {
         let (batch, seq_len) = default_batch_shape(kind);
-        if kind == BenchKind::Gpt2
-            && (self.grad_signal != GradSignal::Projection || self.sizes != SizeMode::Faithful)
-        {
+        if kind == BenchKind::Gpt2 && (self.grad_signal.is_some() || self.sizes.is_some()) {
             eprintln!("warning: --grad-signal and --sizes apply to flexibert only; gpt2 always back-propagates the mean next-token loss");
         }
         let opts = ProbeOptions {
             batch: self.batch.unwrap_or(batch),
             seq_len: self.seq_len.unwrap_or(seq_len),
             seed: self.seed,
-            grad_signal: self.grad_signal,
-            sizes: self.sizes,
+            grad_signal: self.grad_signal.unwrap_or_default(),
+            sizes: self.sizes.unwrap_or_default(),
             dropout: self.dropout == OnOff::On,
             corpus: self.corpus.clone(),
             extra_passes: false,
@@ -156,8 +155,9 @@ enum Format {
 struct ParamsArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// FlexiBERT sizes.
-    #[arg(long, value_enum, default_value_t = SizeMode::Faithful)]
+    /// FlexiBERT sizes: intended (the JSON's sizes) or faithful (the reference's H=256,
+    /// FFN 1024, which reproduce the reference's parameter column).
+    #[arg(long, value_enum, default_value_t = SizeMode::Intended)]
     sizes: SizeMode,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Csv)]
@@ -226,8 +226,9 @@ struct GpArgs {
     /// Iterations (one child per iteration).
     #[arg(long, default_value_t = 1000)]
     iterations: usize,
-    /// Proxy structure: tree (the reference template), extended, linear, graph or free.
-    #[arg(long, default_value = "tree")]
+    /// Proxy structure: extended (the default), tree (the reference template), linear,
+    /// graph or free.
+    #[arg(long, default_value = "extended")]
     structure: String,
     /// Unary operations per branch (tree and extended structures).
     #[arg(long, default_value_t = 2)]
@@ -236,9 +237,10 @@ struct GpArgs {
     /// better) or `either` (fitness |ρ|; a backward proxy enters the hall of fame as `neg(…)`).
     #[arg(long, value_enum, default_value_t = FitnessSign::Oriented)]
     fitness_sign: FitnessSign,
-    /// How the values on the fitness set become a fitness: `spearman` (the reference),
-    /// `kendall` (τ-b) or `robust` (mean ρ over 20 fixed random halves minus their spread).
-    #[arg(long, default_value = "spearman")]
+    /// How the values on the fitness set become a fitness: `kendall` (τ-b, the default),
+    /// `spearman` (the reference) or `robust` (mean ρ over 20 fixed random halves minus their
+    /// spread).
+    #[arg(long, default_value = "kendall")]
     fitness: String,
     /// Parsimony pressure: fitness lowered by this much per node of the expression.
     #[arg(long, default_value_t = 0.0)]
