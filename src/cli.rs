@@ -81,12 +81,13 @@ struct ProbeArgs {
     /// Seed of weights, batch, dropout and projection vector.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Backward signal for gradient-based proxies.
-    #[arg(long, value_enum, default_value_t = GradSignalArg::Projection)]
-    grad_signal: GradSignalArg,
-    /// FlexiBERT sizes: reference-faithful (H=256, FFN 1024) or the JSON's intended sizes.
-    #[arg(long, value_enum, default_value_t = SizesArg::Faithful)]
-    sizes: SizesArg,
+    /// Backward signal for gradient-based proxies (FlexiBERT) [default: projection].
+    #[arg(long, value_enum)]
+    grad_signal: Option<GradSignalArg>,
+    /// FlexiBERT sizes: the JSON's intended sizes (the networks that were trained) or the
+    /// reference-faithful H=256, FFN 1024 [default: intended].
+    #[arg(long, value_enum)]
+    sizes: Option<SizesArg>,
     /// Dropout p = 0.1 during the probe (the reference's training mode).
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     dropout: OnOff,
@@ -126,7 +127,8 @@ impl OnOff {
 }
 
 /// A command-line value enum for a library enum with the same variants (clap's derive stays
-/// out of the library): the enum, with the variants' docs as their help, and its conversion.
+/// out of the library): the enum, with the variants' docs as their help, and its conversions
+/// both ways (the library's default becomes the flag's).
 macro_rules! value_enum_for {
     ($(#[$doc:meta])* $name:ident => $lib:ident { $($(#[$vdoc:meta])* $variant:ident,)+ }) => {
         $(#[$doc])*
@@ -139,6 +141,14 @@ macro_rules! value_enum_for {
             fn from(arg: $name) -> Self {
                 match arg {
                     $($name::$variant => $lib::$variant,)+
+                }
+            }
+        }
+
+        impl From<$lib> for $name {
+            fn from(value: $lib) -> Self {
+                match value {
+                    $($lib::$variant => $name::$variant,)+
                 }
             }
         }
@@ -163,7 +173,7 @@ value_enum_for! {
         /// which reproduces the reference parameter counts).
         Faithful,
         /// The sizes the record states (FlexiBERT: its `hidden_size` and per-layer
-        /// `feed_forward_dimension`).
+        /// `feed_forward_dimension`): the networks that were trained.
         Intended,
     }
 }
@@ -179,19 +189,11 @@ impl ProbeArgs {
     fn options(&self, kind: BenchKind) -> Result<ProbeOptions> {
         let family = models::family(kind);
         let (batch, seq_len) = family.default_batch_shape();
-        for (flag, name, set) in [
-            (
-                "--grad-signal",
-                "grad_signal",
-                GradSignal::from(self.grad_signal) != GradSignal::default(),
-            ),
-            (
-                "--sizes",
-                "sizes",
-                SizeMode::from(self.sizes) != SizeMode::default(),
-            ),
+        for (flag, name, given) in [
+            ("--grad-signal", "grad_signal", self.grad_signal.is_some()),
+            ("--sizes", "sizes", self.sizes.is_some()),
         ] {
-            if set && !family.option_names().contains(&name) {
+            if given && !family.option_names().contains(&name) {
                 eprintln!("warning: {flag} does not apply to {kind}; it is ignored");
             }
         }
@@ -199,8 +201,10 @@ impl ProbeArgs {
             batch: self.batch.unwrap_or(batch),
             seq_len: self.seq_len.unwrap_or(seq_len),
             seed: self.seed,
-            grad_signal: self.grad_signal.into(),
-            sizes: self.sizes.into(),
+            grad_signal: self
+                .grad_signal
+                .map_or_else(GradSignal::default, Into::into),
+            sizes: self.sizes.map_or_else(SizeMode::default, Into::into),
             dropout: self.dropout == OnOff::On,
             corpus: self.corpus.clone(),
             extra_passes: false,
@@ -233,8 +237,9 @@ enum Format {
 struct ParamsArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// FlexiBERT sizes.
-    #[arg(long, value_enum, default_value_t = SizesArg::Faithful)]
+    /// FlexiBERT sizes: intended (the JSON's sizes) or faithful (the reference's H=256,
+    /// FFN 1024, which reproduce the reference's parameter column).
+    #[arg(long, value_enum, default_value_t = SizesArg::from(SizeMode::default()))]
     sizes: SizesArg,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Csv)]
@@ -303,7 +308,8 @@ struct GpArgs {
     /// Iterations (one child per iteration).
     #[arg(long, default_value_t = SearchOptions::default().iterations)]
     iterations: usize,
-    /// Proxy structure: tree (the reference template), extended, linear, graph or free.
+    /// Proxy structure: extended (the default), tree (the reference template), linear,
+    /// graph or free.
     #[arg(long, default_value_t = SearchOptions::default().structure.to_string())]
     structure: String,
     /// Unary operations per branch (tree and extended structures).
@@ -313,8 +319,9 @@ struct GpArgs {
     /// better) or `either` (fitness |ρ|; a backward proxy enters the hall of fame as `neg(…)`).
     #[arg(long, value_enum, default_value_t = if SearchOptions::default().either_sign { FitnessSign::Either } else { FitnessSign::Oriented })]
     fitness_sign: FitnessSign,
-    /// How the values on the fitness set become a fitness: `spearman` (the reference),
-    /// `kendall` (τ-b) or `robust` (mean ρ over 20 fixed random halves minus their spread).
+    /// How the values on the fitness set become a fitness: `kendall` (τ-b, the default),
+    /// `spearman` (the reference) or `robust` (mean ρ over 20 fixed random halves minus their
+    /// spread).
     #[arg(long, default_value_t = SearchOptions::default().fitness.to_string())]
     fitness: String,
     /// Parsimony pressure: fitness lowered by this much per node of the expression.

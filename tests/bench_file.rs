@@ -84,8 +84,11 @@ fn gpt2_example_matches_the_shipped_records() {
 fn example_scores_like_the_shipped_benchmark() {
     let file = example("bench_file_example.jsonl");
     let (a, b) = (tmp("example.csv"), tmp("shipped.csv"));
+    // The reference's sizes, whose counts the assertions below spell out.
     let mine = common::stdout_of(&lpzero(&[
         "score",
+        "--sizes",
+        "faithful",
         "--bench-file",
         file.to_str().unwrap(),
         "--proxy",
@@ -96,6 +99,8 @@ fn example_scores_like_the_shipped_benchmark() {
     ]));
     let shipped = common::stdout_of(&lpzero(&[
         "score",
+        "--sizes",
+        "faithful",
         "--bench",
         "flexibert",
         "--archs",
@@ -131,6 +136,8 @@ fn example_scores_like_the_shipped_benchmark() {
     // Other commands read it too; a --bench that agrees is accepted.
     let out = common::stdout_of(&lpzero(&[
         "params",
+        "--sizes",
+        "faithful",
         "--bench",
         "flexibert",
         "--bench-file",
@@ -162,6 +169,8 @@ fn records_without_truth_are_scored_but_not_searched() {
     let csv = tmp("candidates.csv");
     let out = common::stdout_of(&lpzero(&[
         "score",
+        "--sizes",
+        "faithful",
         "--bench-file",
         f,
         "--proxy",
@@ -182,7 +191,15 @@ fn records_without_truth_are_scored_but_not_searched() {
         "{csv}"
     );
     // The table output lists the values.
-    let out = common::stdout_of(&lpzero(&["score", "--bench-file", f, "--proxy", "params"]));
+    let out = common::stdout_of(&lpzero(&[
+        "score",
+        "--sizes",
+        "faithful",
+        "--bench-file",
+        f,
+        "--proxy",
+        "params",
+    ]));
     assert!(out.contains("no ground truth") && out.contains("flexibert_1,,11106199"));
 
     for command in ["search", "baselines"] {

@@ -10,7 +10,15 @@ use common::lpzero;
 fn params_csv_and_json() {
     let dir = common::fixture_data_dir("params", &common::fixture_records());
     let d = dir.to_str().unwrap();
-    let out = lpzero(&["params", "--bench", "flexibert", "--data-dir", d]);
+    let out = lpzero(&[
+        "params",
+        "--bench",
+        "flexibert",
+        "--data-dir",
+        d,
+        "--sizes",
+        "faithful",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -25,6 +33,8 @@ fn params_csv_and_json() {
         "params",
         "--data-dir",
         d,
+        "--sizes",
+        "faithful",
         "--format",
         "json",
         "--archs",
@@ -32,6 +42,11 @@ fn params_csv_and_json() {
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v, serde_json::json!([{"id": "1", "total": 11106199}]));
+    // The default is the intended sizes (the fixture's records are H = 128).
+    let default = common::stdout_of(&lpzero(&["params", "--data-dir", d]));
+    let intended = common::stdout_of(&lpzero(&["params", "--data-dir", d, "--sizes", "intended"]));
+    assert_eq!(default, intended);
+    assert_ne!(default, text);
 }
 
 #[test]

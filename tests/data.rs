@@ -99,7 +99,15 @@ fn binary_works_without_a_data_folder() {
 
     let out = lpzero_in(
         &cwd,
-        &["params", "--bench", "flexibert", "--archs", "0"],
+        &[
+            "params",
+            "--bench",
+            "flexibert",
+            "--archs",
+            "0",
+            "--sizes",
+            "faithful",
+        ],
         None,
     );
     assert_eq!(common::stdout_of(&out), "id,total\n0,13330176\n");
@@ -153,6 +161,9 @@ fn baselines_read_the_embedded_reference_table() {
             "baselines",
             "--archs",
             "0..6",
+            // The reference table was computed at the reference's sizes.
+            "--sizes",
+            "faithful",
             "--batch",
             "1",
             "--seq-len",

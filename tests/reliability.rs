@@ -164,7 +164,7 @@ fn resume_refuses_other_probe_settings_and_edited_checkpoints() {
             vec!["--dropout", "on"],
             "dropout: false in the checkpoint, true now",
         ),
-        (vec!["--sizes", "intended"], "sizes"),
+        (vec!["--sizes", "faithful"], "sizes"),
         (vec!["--seed", "3"], "seed"),
     ] {
         fails_with(&resume(&change), &["cannot resume", name]);

@@ -554,7 +554,7 @@ mod tests {
             iterations: 12,
             hall_of_fame: 4,
             checkpoint_every: 6,
-            ..SearchOptions::default()
+            ..SearchOptions::reference()
         }
     }
 

@@ -25,7 +25,8 @@ fn small(structure: Structure, seed: u64, iterations: usize) -> SearchOptions {
         seed,
         hall_of_fame: 5,
         checkpoint_every: 10,
-        ..SearchOptions::default()
+        // The reference search (Spearman fitness): the tests check its mechanics.
+        ..SearchOptions::reference()
     }
 }
 
