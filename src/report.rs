@@ -181,6 +181,31 @@ pub fn clip_to(text: &str, max: usize) -> Cow<'_, str> {
     ))
 }
 
+/// The entry of `all` called `text` (as `name` spells it; ASCII case-insensitive, surrounding
+/// whitespace ignored), or the message ``unknown {what} `text`: expected a, b or c`` (the
+/// text clipped, see [`clip`]): how the name tables of options parse.
+pub fn find_named<T: Copy>(
+    text: &str,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+    what: &str,
+) -> Result<T, String> {
+    let text = text.trim();
+    if let Some(&found) = all.iter().find(|&&x| text.eq_ignore_ascii_case(name(x))) {
+        return Ok(found);
+    }
+    let names: Vec<&str> = all.iter().map(|&x| name(x)).collect();
+    let expected = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        Some((last, _)) => last.to_string(),
+        None => "nothing".to_string(),
+    };
+    Err(format!(
+        "unknown {what} `{}`: expected {expected}",
+        clip(text)
+    ))
+}
+
 /// A byte count for people: `512 B`, `3.4 kB`, `12.0 MB`, `1.50 GB`, `2.3 TB` (powers of
 /// 1000, so they read like the GB of `LPZERO_PROBE_MEMORY_GB`).
 pub fn format_bytes(bytes: f64) -> String {

@@ -71,16 +71,7 @@ impl FromStr for FitnessMeasure {
 
     /// Accepts `spearman`, `kendall` or `robust` (ASCII case-insensitive).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        Self::ALL
-            .into_iter()
-            .find(|x| s.eq_ignore_ascii_case(x.name()))
-            .ok_or_else(|| {
-                format!(
-                    "unknown fitness measure `{}`: expected spearman, kendall or robust",
-                    crate::report::clip(s)
-                )
-            })
+        crate::report::find_named(s, &Self::ALL, Self::name, "fitness measure")
     }
 }
 

@@ -58,15 +58,6 @@ impl FromStr for Structure {
 
     /// Accepts `tree`, `linear`, `graph`, `free` or `extended` (ASCII case-insensitive).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        Self::ALL
-            .into_iter()
-            .find(|x| s.eq_ignore_ascii_case(x.name()))
-            .ok_or_else(|| {
-                format!(
-                    "unknown structure `{}`: expected tree, linear, graph, free or extended",
-                    crate::report::clip(s)
-                )
-            })
+        crate::report::find_named(s, &Self::ALL, Self::name, "structure")
     }
 }
