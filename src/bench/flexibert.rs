@@ -15,6 +15,8 @@ use serde::Deserialize;
 use super::bounds::{self, at_most};
 use super::{Arch, BenchFormat, BenchKind, Benchmark, DataSource, Entry, FieldError};
 
+pub mod space;
+
 /// The FlexiBERT family's benchmark format: truth `glue`, higher is better; a bench-file
 /// record is numbered by its position.
 const FORMAT: BenchFormat = BenchFormat {

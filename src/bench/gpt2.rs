@@ -29,6 +29,8 @@ use super::bounds::{self, at_most};
 use super::{Arch, BenchFormat, BenchKind, Benchmark, DataSource, Entry, FieldError};
 use crate::report::{clip_to, MESSAGE_CHARS};
 
+pub mod space;
+
 /// The GPT-2 family's benchmark format: truth `valid_ppl`, lower is better; a bench-file
 /// record is keyed by its id.
 const FORMAT: BenchFormat = BenchFormat {

@@ -13,6 +13,7 @@ pub mod gpt2;
 pub mod json;
 pub mod jsonl;
 pub mod source;
+pub mod space;
 
 pub use source::{DataSource, DATA_ENV};
 
