@@ -77,7 +77,7 @@ struct ProbeArgs {
     /// Rows of the probe batch [default: flexibert 2, gpt2 16].
     #[arg(long)]
     batch: Option<usize>,
-    /// Tokens per row [default: flexibert 512, gpt2 192].
+    /// Tokens per row [default: flexibert 128, gpt2 192].
     #[arg(long)]
     seq_len: Option<usize>,
     /// Seed of weights, batch, dropout and projection vector.
@@ -923,4 +923,33 @@ fn search_report(summary: &SearchSummary, dir: Option<&std::path::Path>) -> Stri
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The probe flags' help states each family's defaults in text (clap cannot read the
+    /// library's constants); this keeps that text equal to the constants.
+    #[test]
+    fn probe_help_states_the_library_defaults() {
+        use lpzero::models::{flexibert, gpt2_flex};
+        let mut cmd = super::Cli::command();
+        let score = cmd
+            .find_subcommand_mut("score")
+            .expect("a score subcommand");
+        let help = score.render_long_help().to_string();
+        let batch = format!(
+            "[default: flexibert {}, gpt2 {}]",
+            flexibert::DEFAULT_BATCH,
+            gpt2_flex::DEFAULT_BATCH
+        );
+        let seq = format!(
+            "[default: flexibert {}, gpt2 {}]",
+            flexibert::DEFAULT_SEQ_LEN,
+            gpt2_flex::DEFAULT_SEQ_LEN
+        );
+        assert!(help.contains(&batch), "--batch help lacks {batch}:\n{help}");
+        assert!(help.contains(&seq), "--seq-len help lacks {seq}:\n{help}");
+    }
 }
