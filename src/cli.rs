@@ -13,6 +13,8 @@ use lpzero::models::flexibert::SizeMode;
 use lpzero::probe::{GradSignal, ProbeOptions, MAX_THREADS};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
+use lpzero::search::pipeline::Phase;
+use lpzero::search::summary::SearchSummary;
 use lpzero::search::SearchOptions;
 use lpzero::shard::run::Scoring;
 
@@ -75,7 +77,7 @@ struct ProbeArgs {
     /// Rows of the probe batch [default: flexibert 2, gpt2 16].
     #[arg(long)]
     batch: Option<usize>,
-    /// Tokens per row [default: flexibert 512, gpt2 192].
+    /// Tokens per row [default: flexibert 128, gpt2 192].
     #[arg(long)]
     seq_len: Option<usize>,
     /// Seed of weights, batch, dropout and projection vector.
@@ -782,9 +784,9 @@ fn search(a: SearchArgs) -> Result<()> {
     };
     let summary = pipeline::search_benchmark(&job, &opts, &|phase, done, _total| {
         let bar = match phase {
-            "probe" => &bars[0],
-            "search" => &bars[1],
-            _ => &bars[2],
+            Phase::Probe => &bars[0],
+            Phase::Search => &bars[1],
+            Phase::Heldout => &bars[2],
         };
         bar.set_position(done as u64);
     })?;
@@ -835,9 +837,9 @@ fn study(a: StudyArgs) -> Result<()> {
         },
         &|phase, done, _total| {
             let bar = match phase {
-                "probe" => &bars[0],
-                "search" => &bars[1],
-                _ => &bars[2],
+                Phase::Probe => &bars[0],
+                Phase::Search => &bars[1],
+                Phase::Heldout => &bars[2],
             };
             bar.set_position(done as u64);
         },
@@ -857,76 +859,61 @@ fn study(a: StudyArgs) -> Result<()> {
 /// The terminal report of a search: the found proxy, then the held-out table (searched proxy,
 /// hall-of-fame ensemble, pair ensemble and every baseline, best first) and whether the
 /// searched proxy won.
-fn search_report(summary: &serde_json::Value, dir: Option<&std::path::Path>) -> String {
+fn search_report(summary: &SearchSummary, dir: Option<&std::path::Path>) -> String {
     use std::fmt::Write as _;
-    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let mut s = String::new();
-    let _ = writeln!(s, "best proxy: {}", summary["best"].as_str().unwrap_or(""));
+    let _ = writeln!(s, "best proxy: {}", summary.best);
     let _ = writeln!(
         s,
         "fitness {:.4} ({}) on {} architectures; {:.0} s in total",
-        num(&summary["fitness"]),
-        summary["fitness_measure"].as_str().unwrap_or("?"),
-        summary["fitness_n"],
-        num(&summary["seconds"])
+        summary.fitness, summary.fitness_measure, summary.fitness_n, summary.seconds
     );
-    let Some(baselines) = summary["heldout_baselines"].as_object() else {
+    let Some(baselines) = &summary.heldout_baselines else {
         let _ = writeln!(s, "no held-out evaluation (--heldout off)");
         return s;
     };
     let mut rows: Vec<(String, f64, f64)> = baselines
         .iter()
         .map(|(name, c)| {
-            let label = match c["members"].as_array() {
-                Some(m) => format!(
-                    "{name} ({} + {})",
-                    m[0].as_str().unwrap_or("?"),
-                    m[1].as_str().unwrap_or("?")
-                ),
+            let label = match &c.members {
+                Some([a, b]) => format!("{name} ({a} + {b})"),
                 None => name.clone(),
             };
-            (label, num(&c["spearman"]), num(&c["kendall"]))
+            (label, c.spearman, c.kendall)
         })
         .collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let ours = num(&summary["heldout_spearman"]);
+    let ours = summary.heldout_spearman;
     rows.insert(
         0,
-        (
-            "searched proxy".to_string(),
-            ours,
-            num(&summary["heldout_kendall"]),
-        ),
+        ("searched proxy".to_string(), ours, summary.heldout_kendall),
     );
-    if let Some(h) = summary["hall_of_fame_ensemble"].as_object() {
+    if let Some(h) = &summary.hall_of_fame_ensemble {
         rows.insert(
             1,
             (
-                format!(
-                    "hall-of-fame ensemble ({} entries)",
-                    h["members"].as_array().map_or(0, Vec::len)
-                ),
-                num(&h["spearman"]),
-                num(&h["kendall"]),
+                format!("hall-of-fame ensemble ({} entries)", h.members.len()),
+                h.spearman,
+                h.kendall,
             ),
         );
     }
     let _ = writeln!(
         s,
         "\nheld out: {} architectures\n{:<52} {:>9} {:>9}",
-        summary["heldout_n"], "proxy", "spearman", "kendall"
+        summary.heldout_n, "proxy", "spearman", "kendall"
     );
     for (name, rho, tau) in rows {
         let _ = writeln!(s, "{name:<52} {rho:>9.4} {tau:>9.4}");
     }
-    let best = summary["best_baseline"].as_str().unwrap_or("?");
-    let margin = num(&summary["margin"]);
-    let verdict = if margin > 0.0 { "WON" } else { "LOST" };
+    let best = summary.best_baseline.as_deref().unwrap_or("?");
+    let margin = summary.margin.unwrap_or(f64::NAN);
+    let verdict = if summary.won() { "WON" } else { "LOST" };
     let _ = writeln!(
         s,
         "\n{verdict}: the searched proxy's held-out ρ is {ours:.4}, {margin:+.4} against the best \
          baseline ({best}, ρ {:.4})",
-        num(&summary["best_baseline_spearman"])
+        summary.best_baseline_spearman.unwrap_or(f64::NAN)
     );
     if let Some(d) = dir {
         let _ = writeln!(
@@ -936,4 +923,33 @@ fn search_report(summary: &serde_json::Value, dir: Option<&std::path::Path>) -> 
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The probe flags' help states each family's defaults in text (clap cannot read the
+    /// library's constants); this keeps that text equal to the constants.
+    #[test]
+    fn probe_help_states_the_library_defaults() {
+        use lpzero::models::{flexibert, gpt2_flex};
+        let mut cmd = super::Cli::command();
+        let score = cmd
+            .find_subcommand_mut("score")
+            .expect("a score subcommand");
+        let help = score.render_long_help().to_string();
+        let batch = format!(
+            "[default: flexibert {}, gpt2 {}]",
+            flexibert::DEFAULT_BATCH,
+            gpt2_flex::DEFAULT_BATCH
+        );
+        let seq = format!(
+            "[default: flexibert {}, gpt2 {}]",
+            flexibert::DEFAULT_SEQ_LEN,
+            gpt2_flex::DEFAULT_SEQ_LEN
+        );
+        assert!(help.contains(&batch), "--batch help lacks {batch}:\n{help}");
+        assert!(help.contains(&seq), "--seq-len help lacks {seq}:\n{help}");
+    }
 }

@@ -209,30 +209,6 @@ impl Comparison {
     pub fn margin(&self, ours: f64) -> f64 {
         ours - self.best.spearman
     }
-
-    /// The `heldout_baselines` object of a search summary: `{name: {spearman, kendall}}` for
-    /// every baseline plus `pair_ensemble` (with its `members` and `fitness_spearman`).
-    pub fn heldout_baselines_json(&self) -> serde_json::Value {
-        let mut map = serde_json::Map::new();
-        for (name, c) in &self.baselines {
-            map.insert(name.clone(), corr_json(c));
-        }
-        if let Some(p) = &self.pair_ensemble {
-            let mut v = corr_json(&p.heldout);
-            v["members"] = serde_json::json!(p.members);
-            v["fitness_spearman"] = crate::report::json_number(p.fitness_spearman);
-            map.insert("pair_ensemble".into(), v);
-        }
-        serde_json::Value::Object(map)
-    }
-}
-
-/// `{"spearman", "kendall"}` with NaN as null.
-pub fn corr_json(c: &Corr) -> serde_json::Value {
-    serde_json::json!({
-        "spearman": crate::report::json_number(c.spearman),
-        "kendall": crate::report::json_number(c.kendall),
-    })
 }
 
 #[cfg(test)]
@@ -291,8 +267,5 @@ mod tests {
         assert!(p.heldout.spearman > c.baselines["x"].spearman);
         assert_eq!(c.best_baseline, "pair_ensemble");
         assert_eq!(c.margin(1.0), 1.0 - p.heldout.spearman);
-        let json = c.heldout_baselines_json();
-        assert_eq!(json["pair_ensemble"]["members"][1], "y");
-        assert!(json["z"]["kendall"].is_number());
     }
 }

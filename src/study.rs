@@ -18,13 +18,72 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::bench::{self, Benchmark};
 use crate::probe::ProbeOptions;
-use crate::report::json_number;
 use crate::search::pipeline::{self, FitnessPhase, SearchJob};
+use crate::search::summary::SearchSummary;
 use crate::search::SearchOptions;
+
+/// The result of a study: what `study.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudyReport {
+    /// The benchmark family.
+    pub bench: String,
+    /// Number of splits.
+    pub splits: usize,
+    /// Fitness architectures per split.
+    pub fitness_n: usize,
+    /// Each split's seed.
+    pub seeds: Vec<u64>,
+    /// The probe options shared by the splits.
+    pub probe: ProbeOptions,
+    /// The search options (each split with its own seed).
+    pub search: SearchOptions,
+    /// Mean ± sd of every row and the win counts.
+    pub aggregate: Aggregate,
+    /// Every split's summary, as `search` writes it.
+    pub per_split: Vec<SearchSummary>,
+    /// Wall-clock seconds of the study.
+    pub seconds: f64,
+    /// Seconds of the one held-out pass.
+    pub heldout_seconds: f64,
+    /// Peak resident memory in MiB (Linux).
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// The held-out results of one row (a proxy or an ensemble) over the splits.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowStats {
+    /// Mean held-out ρ over the splits (finite values only).
+    pub spearman_mean: f64,
+    /// Its standard deviation (population).
+    pub spearman_sd: f64,
+    /// Mean held-out τ.
+    pub kendall_mean: f64,
+    /// Its standard deviation.
+    pub kendall_sd: f64,
+    /// Held-out ρ per split.
+    pub spearman: Vec<f64>,
+    /// Held-out τ per split.
+    pub kendall: Vec<f64>,
+}
+
+/// Every row's statistics and how often the searched proxy won.
+#[derive(Debug, Clone, Serialize)]
+pub struct Aggregate {
+    /// By row name: `searched`, `hall_of_fame_ensemble`, `pair_ensemble`,
+    /// `best_single_baseline` and every baseline.
+    pub rows: BTreeMap<String, RowStats>,
+    /// Splits where the searched proxy beat the best baseline (single or pair, chosen on
+    /// held-out ρ).
+    pub wins_over_best_baseline: usize,
+    /// Splits where it beat the pair ensemble.
+    pub wins_over_pair_ensemble: usize,
+    /// Number of splits.
+    pub splits: usize,
+}
 
 /// What a study needs besides the GP options.
 pub struct StudyJob<'a> {
@@ -44,9 +103,7 @@ pub struct StudyJob<'a> {
     pub out: Option<PathBuf>,
 }
 
-/// Progress callbacks: `(phase, done, total)` with phases `probe`, `search` (per split) and
-/// `heldout`.
-pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
+pub use crate::search::pipeline::{Phase, Progress};
 
 /// The rows of the per-split comparison that every study reports.
 const HEADLINE: [&str; 4] = [
@@ -56,13 +113,13 @@ const HEADLINE: [&str; 4] = [
     "best_single_baseline",
 ];
 
-/// Runs the study and returns `study.json`'s content (also written when `job.out` is set).
+/// Runs the study and returns its report (also written when `job.out` is set).
 pub fn run(
     job: &StudyJob<'_>,
     opts: &SearchOptions,
     on_split: &dyn Fn(usize),
     progress: Progress<'_>,
-) -> Result<serde_json::Value> {
+) -> Result<StudyReport> {
     let start = Instant::now();
     let bench = job.bench;
     let n = bench.len();
@@ -127,7 +184,7 @@ pub fn run(
         &baselines,
         || {
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            progress("heldout", d, n);
+            progress(Phase::Heldout, d, n);
         },
     )?;
     let heldout_seconds = heldout_start.elapsed().as_secs_f64();
@@ -153,27 +210,26 @@ pub fn run(
         }
         summaries.push(summary);
     }
-    let aggregate = aggregate(&summaries);
-    let study = json!({
-        "bench": bench.kind.name(),
-        "splits": job.splits,
-        "fitness_n": job.fitness_n,
-        "seeds": (0..job.splits).map(|k| job.first_seed + k as u64).collect::<Vec<_>>(),
-        "probe": job.probe,
-        "search": opts,
-        "aggregate": aggregate,
-        "per_split": summaries,
-        "seconds": start.elapsed().as_secs_f64(),
-        "heldout_seconds": heldout_seconds,
-        "peak_rss_mib": crate::report::peak_rss_mib(),
-    });
+    let study = StudyReport {
+        bench: bench.kind.name().to_string(),
+        splits: job.splits,
+        fitness_n: job.fitness_n,
+        seeds: (0..job.splits).map(|k| job.first_seed + k as u64).collect(),
+        probe: job.probe.clone(),
+        search: opts.clone(),
+        aggregate: aggregate(&summaries),
+        per_split: summaries,
+        seconds: start.elapsed().as_secs_f64(),
+        heldout_seconds,
+        peak_rss_mib: crate::report::peak_rss_mib(),
+    };
     if let Some(dir) = &job.out {
         write(
             &dir.join("study.json"),
             &serde_json::to_string_pretty(&study)?,
         )?;
         write(&dir.join("study.md"), &markdown(&study))?;
-        write(&dir.join("study.csv"), &csv(&summaries))?;
+        write(&dir.join("study.csv"), &csv(&study.per_split))?;
         write(&dir.join("study.svg"), &chart(&study))?;
     }
     Ok(study)
@@ -181,35 +237,34 @@ pub fn run(
 
 /// Per split, the held-out (ρ, τ) of every row: the searched proxy, the hall-of-fame ensemble,
 /// the pair ensemble, the best single baseline (by held-out ρ) and every baseline by name.
-fn split_rows(summary: &serde_json::Value) -> Vec<(String, f64, f64)> {
-    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+fn split_rows(summary: &SearchSummary) -> Vec<(String, f64, f64)> {
+    let ensemble = summary.hall_of_fame_ensemble.as_ref();
     let mut out = vec![
         (
             "searched".to_string(),
-            num(&summary["heldout_spearman"]),
-            num(&summary["heldout_kendall"]),
+            summary.heldout_spearman,
+            summary.heldout_kendall,
         ),
         (
             "hall_of_fame_ensemble".to_string(),
-            num(&summary["hall_of_fame_ensemble"]["spearman"]),
-            num(&summary["hall_of_fame_ensemble"]["kendall"]),
+            ensemble.map_or(f64::NAN, |e| e.spearman),
+            ensemble.map_or(f64::NAN, |e| e.kendall),
         ),
     ];
-    let Some(baselines) = summary["heldout_baselines"].as_object() else {
+    let Some(baselines) = &summary.heldout_baselines else {
         return out;
     };
-    let mut best_single = ("", f64::NAN, f64::NAN);
+    let mut best_single = (f64::NAN, f64::NAN);
     for (name, c) in baselines {
-        let (rho, tau) = (num(&c["spearman"]), num(&c["kendall"]));
-        if name != "pair_ensemble" && (best_single.1.is_nan() || rho > best_single.1) {
-            best_single = (name, rho, tau);
+        if name != "pair_ensemble" && (best_single.0.is_nan() || c.spearman > best_single.0) {
+            best_single = (c.spearman, c.kendall);
         }
-        out.push((name.clone(), rho, tau));
+        out.push((name.clone(), c.spearman, c.kendall));
     }
     out.push((
         "best_single_baseline".to_string(),
+        best_single.0,
         best_single.1,
-        best_single.2,
     ));
     out
 }
@@ -228,7 +283,7 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
 /// Mean ± sd of every row over the splits, and how often the searched proxy beat the best
 /// baseline (`best_baseline` of the summary: single or pair, chosen on held-out ρ) and the pair
 /// ensemble.
-fn aggregate(summaries: &[serde_json::Value]) -> serde_json::Value {
+fn aggregate(summaries: &[SearchSummary]) -> Aggregate {
     let mut by_row: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for s in summaries {
         for (name, rho, tau) in split_rows(s) {
@@ -237,126 +292,108 @@ fn aggregate(summaries: &[serde_json::Value]) -> serde_json::Value {
             e.1.push(tau);
         }
     }
-    let rows: serde_json::Map<String, serde_json::Value> = by_row
-        .iter()
-        .map(|(name, (rho, tau))| {
-            let (rm, rs) = mean_sd(rho);
-            let (tm, ts) = mean_sd(tau);
-            (
-                name.clone(),
-                json!({
-                    "spearman_mean": json_number(rm), "spearman_sd": json_number(rs),
-                    "kendall_mean": json_number(tm), "kendall_sd": json_number(ts),
-                    "spearman": rho.iter().map(|&x| json_number(x)).collect::<Vec<_>>(),
-                    "kendall": tau.iter().map(|&x| json_number(x)).collect::<Vec<_>>(),
-                }),
-            )
+    let rows = by_row
+        .into_iter()
+        .map(|(name, (spearman, kendall))| {
+            let (spearman_mean, spearman_sd) = mean_sd(&spearman);
+            let (kendall_mean, kendall_sd) = mean_sd(&kendall);
+            let stats = RowStats {
+                spearman_mean,
+                spearman_sd,
+                kendall_mean,
+                kendall_sd,
+                spearman,
+                kendall,
+            };
+            (name, stats)
         })
         .collect();
-    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    let wins_best = summaries.iter().filter(|s| num(&s["margin"]) > 0.0).count();
-    let wins_pair = summaries
-        .iter()
-        .filter(|s| {
-            num(&s["heldout_spearman"]) > num(&s["heldout_baselines"]["pair_ensemble"]["spearman"])
-        })
-        .count();
-    json!({
-        "rows": rows,
-        "wins_over_best_baseline": wins_best,
-        "wins_over_pair_ensemble": wins_pair,
-        "splits": summaries.len(),
-    })
+    Aggregate {
+        rows,
+        wins_over_best_baseline: summaries.iter().filter(|s| s.won()).count(),
+        wins_over_pair_ensemble: summaries
+            .iter()
+            .filter(|s| s.pair_spearman().is_some_and(|p| s.heldout_spearman > p))
+            .count(),
+        splits: summaries.len(),
+    }
 }
 
 /// `study.md`: the per-split table and the mean ± sd of every row.
-pub fn markdown(study: &serde_json::Value) -> String {
+pub fn markdown(study: &StudyReport) -> String {
     use std::fmt::Write as _;
-    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let mut s = String::new();
-    let agg = &study["aggregate"];
+    let agg = &study.aggregate;
     let _ = writeln!(
         s,
         "# Study: {} splits of {} fitness architectures on {}\n",
-        study["splits"],
-        study["fitness_n"],
-        study["bench"].as_str().unwrap_or("?")
+        study.splits, study.fitness_n, study.bench
     );
     let _ = writeln!(
         s,
         "| split seed | searched proxy | fitness | held-out ρ | τ | pair ensemble | ρ | best baseline | ρ | margin |\n|---|---|---|---|---|---|---|---|---|---|"
     );
-    for sm in study["per_split"].as_array().into_iter().flatten() {
-        let pair = &sm["heldout_baselines"]["pair_ensemble"];
-        let members = pair["members"]
-            .as_array()
-            .map(|m| {
-                m.iter()
-                    .map(|x| x.as_str().unwrap_or("?"))
-                    .collect::<Vec<_>>()
-                    .join(" + ")
-            })
+    let nan = f64::NAN;
+    for sm in &study.per_split {
+        let pair = sm
+            .heldout_baselines
+            .as_ref()
+            .and_then(|b| b.get("pair_ensemble"));
+        let members = pair
+            .and_then(|p| p.members.as_ref())
+            .map(|m| m.join(" + "))
             .unwrap_or_default();
         let _ = writeln!(
             s,
             "| {} | `{}` | {:.4} | {:.4} | {:.4} | {} | {:.4} | {} | {:.4} | {:+.4} |",
-            sm["seed"],
-            sm["best"].as_str().unwrap_or("?"),
-            num(&sm["fitness"]),
-            num(&sm["heldout_spearman"]),
-            num(&sm["heldout_kendall"]),
+            sm.seed,
+            sm.best,
+            sm.fitness,
+            sm.heldout_spearman,
+            sm.heldout_kendall,
             members,
-            num(&pair["spearman"]),
-            sm["best_baseline"].as_str().unwrap_or("?"),
-            num(&sm["best_baseline_spearman"]),
-            num(&sm["margin"]),
+            pair.map_or(nan, |p| p.spearman),
+            sm.best_baseline.as_deref().unwrap_or("?"),
+            sm.best_baseline_spearman.unwrap_or(nan),
+            sm.margin.unwrap_or(nan),
         );
     }
     let _ = writeln!(
         s,
         "\nThe searched proxy beat the best baseline (single or pair, chosen on held-out ρ) in {} \
          of {} splits and the pair ensemble in {} of {}.\n",
-        agg["wins_over_best_baseline"],
-        agg["splits"],
-        agg["wins_over_pair_ensemble"],
-        agg["splits"]
+        agg.wins_over_best_baseline, agg.splits, agg.wins_over_pair_ensemble, agg.splits
     );
     let _ = writeln!(
         s,
         "| proxy | held-out ρ (mean ± sd) | held-out τ (mean ± sd) |\n|---|---|---|"
     );
-    let mut rows: Vec<(&String, &serde_json::Value)> = agg["rows"]
-        .as_object()
-        .map(|m| m.iter().collect())
-        .unwrap_or_default();
+    let mut rows: Vec<(&String, &RowStats)> = agg.rows.iter().collect();
     let headline = |name: &str| HEADLINE.iter().position(|h| *h == name);
     rows.sort_by(|a, b| match (headline(a.0), headline(b.0)) {
         (Some(x), Some(y)) => x.cmp(&y),
         (Some(_), None) => std::cmp::Ordering::Less,
         (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => num(&b.1["spearman_mean"]).total_cmp(&num(&a.1["spearman_mean"])),
+        (None, None) => b.1.spearman_mean.total_cmp(&a.1.spearman_mean),
     });
     for (name, r) in rows {
         let _ = writeln!(
             s,
             "| {name} | {:.4} ± {:.4} | {:.4} ± {:.4} |",
-            num(&r["spearman_mean"]),
-            num(&r["spearman_sd"]),
-            num(&r["kendall_mean"]),
-            num(&r["kendall_sd"])
+            r.spearman_mean, r.spearman_sd, r.kendall_mean, r.kendall_sd
         );
     }
     s
 }
 
 /// `study.csv`: `split_seed,proxy,spearman,kendall`, one row per split and proxy.
-fn csv(summaries: &[serde_json::Value]) -> String {
+fn csv(summaries: &[SearchSummary]) -> String {
     let mut out = String::from("split_seed,proxy,spearman,kendall\n");
     for s in summaries {
         for (name, rho, tau) in split_rows(s) {
             out.push_str(&format!(
                 "{},{},{},{}\n",
-                s["seed"],
+                s.seed,
                 crate::report::csv_field(&name),
                 crate::report::csv_number(rho),
                 crate::report::csv_number(tau)
@@ -367,26 +404,20 @@ fn csv(summaries: &[serde_json::Value]) -> String {
 }
 
 /// `study.svg`: mean held-out ρ per row, the headline rows first.
-fn chart(study: &serde_json::Value) -> String {
-    let agg = &study["aggregate"]["rows"];
-    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    let mut bars: Vec<(String, f64)> = HEADLINE
+fn chart(study: &StudyReport) -> String {
+    let rows = &study.aggregate.rows;
+    let mean = |name: &str| rows.get(name).map_or(f64::NAN, |r| r.spearman_mean);
+    let mut bars: Vec<(String, f64)> = HEADLINE.iter().map(|h| (h.to_string(), mean(h))).collect();
+    let mut rest: Vec<(String, f64)> = rows
         .iter()
-        .map(|h| (h.to_string(), num(&agg[*h]["spearman_mean"])))
-        .collect();
-    let mut rest: Vec<(String, f64)> = agg
-        .as_object()
-        .into_iter()
-        .flatten()
         .filter(|(k, _)| !HEADLINE.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), num(&v["spearman_mean"])))
+        .map(|(k, r)| (k.clone(), r.spearman_mean))
         .collect();
     rest.sort_by(|a, b| b.1.total_cmp(&a.1));
     bars.extend(rest);
     let title = format!(
         "mean held-out Spearman over {} splits ({})",
-        study["splits"],
-        study["bench"].as_str().unwrap_or("?")
+        study.splits, study.bench
     );
     crate::svg::bar_chart(&title, &bars)
 }
@@ -398,36 +429,109 @@ fn write(path: &std::path::Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::family::Family;
+    use crate::search::summary::{BaselineResult, EnsembleResult};
+    use crate::search::{FitnessMeasure, Structure};
+
+    /// A summary with the given held-out ρ for the searched proxy, the pair ensemble and the
+    /// best single baseline (`eznas`; `params` is 0.1 below it).
+    fn split(ours: f64, pair: f64, single: f64) -> SearchSummary {
+        let head = crate::proxy::expr::Expr::input(crate::proxy::expr::Input::Head);
+        let corr = |spearman, kendall| BaselineResult {
+            spearman,
+            kendall,
+            members: None,
+            fitness_spearman: None,
+        };
+        let baselines = BTreeMap::from([
+            ("eznas".to_string(), corr(single, 0.2)),
+            ("params".to_string(), corr(single - 0.1, 0.1)),
+            (
+                "pair_ensemble".to_string(),
+                BaselineResult {
+                    members: Some(["a".into(), "b".into()]),
+                    fitness_spearman: Some(0.5),
+                    ..corr(pair, 0.3)
+                },
+            ),
+        ]);
+        SearchSummary {
+            bench: "flexibert".into(),
+            best: head.clone(),
+            fitness: 0.5,
+            fitness_measure: FitnessMeasure::Kendall,
+            fitness_spearman: 0.6,
+            heldout_spearman: ours,
+            heldout_kendall: ours / 2.0,
+            heldout_n: 10,
+            fitness_n: 5,
+            fitness_archs: Vec::new(),
+            seconds: 0.0,
+            probe_seconds: 0.0,
+            fitness_probe_bytes: 0,
+            search_seconds: 0.0,
+            heldout_seconds: 0.0,
+            evaluated: 0,
+            candidates: 0,
+            valid: 0,
+            rejected_by_rule: BTreeMap::new(),
+            seconds_saved_by_rule: BTreeMap::new(),
+            hall_of_fame: Vec::new(),
+            heldout_baselines: Some(baselines),
+            best_baseline: Some("pair_ensemble".into()),
+            best_baseline_spearman: Some(pair.max(single)),
+            best_baseline_kendall: Some(0.3),
+            margin: Some(ours - pair.max(single)),
+            hall_of_fame_ensemble: Some(EnsembleResult {
+                spearman: ours,
+                kendall: 0.1,
+                members: vec![head],
+                fitness_spearman: 0.5,
+            }),
+            seed: 0,
+            structure: Structure::Extended,
+            iterations: 1,
+            population: 2,
+            rps: true,
+            probe: crate::models::flexibert::FAMILY.probe_options(),
+            peak_rss_mib: None,
+        }
+    }
 
     #[test]
     fn aggregate_counts_wins_and_averages() {
-        let split = |ours: f64, pair: f64, single: f64| {
-            json!({
-                "seed": 0, "heldout_spearman": ours, "heldout_kendall": ours / 2.0,
-                "hall_of_fame_ensemble": {"spearman": ours, "kendall": 0.1},
-                "heldout_baselines": {
-                    "eznas": {"spearman": single, "kendall": 0.2},
-                    "params": {"spearman": single - 0.1, "kendall": 0.1},
-                    "pair_ensemble": {"spearman": pair, "kendall": 0.3, "members": ["a", "b"]},
-                },
-                "margin": ours - pair.max(single),
-            })
-        };
-        let s = [split(0.9, 0.8, 0.7), split(0.7, 0.85, 0.6)];
+        let s = vec![split(0.9, 0.8, 0.7), split(0.7, 0.85, 0.6)];
         let a = aggregate(&s);
-        assert_eq!(a["wins_over_best_baseline"], 1);
-        assert_eq!(a["wins_over_pair_ensemble"], 1);
-        let r = &a["rows"]["searched"];
-        assert!((r["spearman_mean"].as_f64().unwrap() - 0.8).abs() < 1e-12);
-        assert!((r["spearman_sd"].as_f64().unwrap() - 0.1).abs() < 1e-12);
-        let best = &a["rows"]["best_single_baseline"];
-        assert!((best["spearman_mean"].as_f64().unwrap() - 0.65).abs() < 1e-12);
-        let study = json!({"splits": 2, "fitness_n": 50, "bench": "flexibert", "aggregate": a,
-                           "per_split": s});
+        assert_eq!(a.wins_over_best_baseline, 1);
+        assert_eq!(a.wins_over_pair_ensemble, 1);
+        let r = &a.rows["searched"];
+        assert!((r.spearman_mean - 0.8).abs() < 1e-12);
+        assert!((r.spearman_sd - 0.1).abs() < 1e-12);
+        assert!((a.rows["best_single_baseline"].spearman_mean - 0.65).abs() < 1e-12);
+        let study = StudyReport {
+            bench: "flexibert".into(),
+            splits: 2,
+            fitness_n: 50,
+            seeds: vec![0, 1],
+            probe: crate::models::flexibert::FAMILY.probe_options(),
+            search: SearchOptions::default(),
+            aggregate: a,
+            per_split: s,
+            seconds: 0.0,
+            heldout_seconds: 0.0,
+            peak_rss_mib: None,
+        };
         let md = markdown(&study);
         assert!(md.contains("1 of 2 splits"), "{md}");
         assert!(md.contains("| searched | 0.8000 ± 0.1000"), "{md}");
-        assert!(csv(&s).lines().count() == 1 + 2 * 6);
+        assert_eq!(csv(&study.per_split).lines().count(), 1 + 2 * 6);
         assert!(chart(&study).contains("searched"));
+        // The JSON keeps the names scripts read.
+        let v = serde_json::to_value(&study).unwrap();
+        assert_eq!(v["aggregate"]["wins_over_pair_ensemble"], 1);
+        assert_eq!(
+            v["per_split"][0]["heldout_baselines"]["pair_ensemble"]["members"][1],
+            "b"
+        );
     }
 }

@@ -174,7 +174,7 @@ pub fn save(
             .iter()
             .map(|m| FileMember {
                 genome: m.genome.clone(),
-                expr: m.expr.clone(),
+                expr: m.expr.to_string(),
                 key: m.key.clone(),
                 fitness: Exact(m.fitness),
                 born: m.born,
@@ -186,7 +186,7 @@ pub fn save(
             .entries()
             .iter()
             .map(|e| FileHallEntry {
-                expr: e.expr.clone(),
+                expr: e.expr.to_string(),
                 key: e.key.clone(),
                 fitness: Exact(e.fitness),
                 iteration: e.iteration,
@@ -269,28 +269,41 @@ fn from_file(file: File) -> Result<Checkpoint, String> {
     let entries = file
         .hall_of_fame
         .into_iter()
-        .map(|e| HallEntry {
-            expr: e.expr,
-            key: e.key,
-            fitness: e.fitness.0,
-            iteration: e.iteration,
-            ranking: e.ranking,
+        .enumerate()
+        .map(|(i, e)| {
+            let expr = check_expr(&format!("hall-of-fame entry {}", i + 1), &e.expr, &e.key)?;
+            Ok(HallEntry {
+                negated: matches!(&expr, Expr::Unary(UnaryOp::Neg, _)),
+                expr,
+                key: e.key,
+                fitness: e.fitness.0,
+                iteration: e.iteration,
+                ranking: e.ranking,
+            })
         })
-        .collect();
-    let state = SearchState {
-        iteration: file.iteration,
-        rng: file.rng,
-        population: file
-            .population
-            .into_iter()
-            .map(|m| Member {
+        .collect::<Result<_, String>>()?;
+    let population = file
+        .population
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let expr = check_expr(&format!("population member {}", i + 1), &m.expr, &m.key)?;
+            Ok(Member {
+                // Reported negated exactly when it is not the genome's own expression (the
+                // consistency check then requires it to be `neg` of it).
+                negated: expr != m.genome.to_expr(),
                 genome: m.genome,
-                expr: m.expr,
+                expr,
                 key: m.key,
                 fitness: m.fitness.0,
                 born: m.born,
             })
-            .collect(),
+        })
+        .collect::<Result<_, String>>()?;
+    let state = SearchState {
+        iteration: file.iteration,
+        rng: file.rng,
+        population,
         hall_of_fame: HallOfFame::from_saved(file.hall_of_fame_capacity, entries)?,
         seen: file.seen.into_iter().collect::<BTreeSet<_>>(),
         counters: file.counters,
@@ -402,13 +415,12 @@ impl Checkpoint {
                 ));
             }
             m.genome.check(&spec).map_err(|e| format!("{what}: {e}"))?;
-            let text = check_expr(&what, &m.expr, &m.key)?.to_string();
             let plain = m.genome.to_expr();
-            let negated = Expr::unary(UnaryOp::Neg, plain.clone()).to_string();
-            if text != plain.to_string() && !(opts.either_sign && text == negated) {
+            let negated = Expr::unary(UnaryOp::Neg, plain.clone());
+            if m.expr != plain && !(opts.either_sign && m.expr == negated) {
                 return Err(format!(
                     "{what}: the expression `{}` is not its genome's `{}`",
-                    clip(&m.expr),
+                    clip(&m.expr.to_string()),
                     clip(&plain.to_string())
                 ));
             }
@@ -442,7 +454,6 @@ impl Checkpoint {
                     e.iteration
                 ));
             }
-            check_expr(&what, &e.expr, &e.key)?;
         }
         Ok(())
     }
@@ -683,7 +694,7 @@ mod tests {
             .state
             .population
             .iter()
-            .filter(|m| m.expr.starts_with("neg("));
+            .filter(|m| m.negated && m.expr.to_string().starts_with("neg("));
         assert!(negated.count() > 0, "no backward proxy in this run");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -3,17 +3,20 @@
 //! Distinct means distinct canonical keys ([`crate::proxy::canonical::key`]), so equivalent
 //! expressions (`add(a, b)` and `add(b, a)`) take one place, and distinct rankings of the
 //! fitness set ([`HallEntry::ranking`]): `x` and `sqrt(x)` rank every architecture alike, so
-//! the first one found keeps the place and the hall of fame stays diverse. Entries are ordered by fitness,
-//! best first; among equal fitness the one found first comes first. The hall of fame keeps the
+//! the first one found keeps the place and the hall of fame stays diverse. Entries are ordered
+//! by fitness, best first; among equal fitness the one found first comes first. The hall of fame keeps the
 //! best proxies even after the population has lost them.
 
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::expr::Expr;
+
 /// One proxy in the hall of fame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HallEntry {
-    /// The expression text as found (parse it with [`crate::proxy::parse::parse`]).
-    pub expr: String,
+    /// The expression as reported (`neg(…)` of the genome's when `negated`; serialised as its
+    /// text).
+    pub expr: Expr,
     /// Its canonical key.
     pub key: String,
     /// Its fitness (Spearman over the fitness set).
@@ -23,6 +26,9 @@ pub struct HallEntry {
     /// A hash of the ranks it gives the fitness architectures (0: unknown, never matches).
     #[serde(default)]
     pub ranking: u64,
+    /// The proxy found ranks backwards and is reported negated (only with `either_sign`).
+    #[serde(default)]
+    pub negated: bool,
 }
 
 /// The best `capacity` distinct proxies, best first.
@@ -127,11 +133,13 @@ mod tests {
 
     fn e(key: &str, fitness: f64, iteration: usize) -> HallEntry {
         HallEntry {
-            expr: key.to_string(),
+            // The hall of fame never reads the expression: any will do.
+            expr: Expr::input(crate::proxy::expr::Input::Act),
             key: key.to_string(),
             fitness,
             iteration,
             ranking: 0,
+            negated: false,
         }
     }
 

@@ -50,6 +50,7 @@ pub mod pipeline;
 pub mod rps;
 pub mod rundir;
 pub mod structure;
+pub mod summary;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -83,14 +84,19 @@ pub use rundir::{curve_svg, IterationLog, RunDir};
 pub struct Member {
     /// Its genome.
     pub genome: Genome,
-    /// Its expression text.
-    pub expr: String,
+    /// Its expression as reported: the genome's expression, or `neg(…)` of it when
+    /// `negated` (serialised as its text).
+    pub expr: Expr,
     /// Its canonical key.
     pub key: String,
-    /// Its fitness (Spearman over the fitness set).
+    /// Its fitness (over the fitness set, under the search's measure).
     pub fitness: f64,
     /// The iteration that produced it (0: the initial population).
     pub born: usize,
+    /// The genome's expression ranks backwards and is reported negated (only with
+    /// `either_sign`).
+    #[serde(default)]
+    pub negated: bool,
 }
 
 /// Best and median population fitness after one iteration (iteration 0: initial population).
@@ -240,6 +246,10 @@ impl Considered {
     fn fitness(&self) -> Option<f64> {
         self.evaluation.as_ref().and_then(|e| e.fitness)
     }
+
+    fn negated(&self) -> bool {
+        self.evaluation.as_ref().is_some_and(|e| e.negated)
+    }
 }
 
 /// The running search: options, fitness set, static context, memo and state.
@@ -301,11 +311,12 @@ impl Search<'_> {
                 c.valid += 1;
                 if let Some(f) = ev.fitness {
                     self.state.hall_of_fame.insert(HallEntry {
-                        expr: expr.to_string(),
+                        expr: expr.clone(),
                         key: key.clone(),
                         fitness: f,
                         iteration,
                         ranking: ev.ranking,
+                        negated: ev.negated,
                     });
                 }
             }
@@ -350,12 +361,14 @@ impl Search<'_> {
             let genome = Genome::random(&spec, &mut self.state.rng);
             let c = self.consider(genome, None, 0);
             if let Some(f) = c.fitness() {
+                let negated = c.negated();
                 self.state.population.push(Member {
                     genome: c.genome,
-                    expr: c.expr.to_string(),
+                    expr: c.expr,
                     key: c.key,
                     fitness: f,
                     born: 0,
+                    negated,
                 });
             }
         }
@@ -409,12 +422,14 @@ impl Search<'_> {
         let (child_text, child_key) = (c.expr.to_string(), c.key.clone());
         if let Some(f) = child_fitness {
             let worst = *order.last().expect("population is not empty");
+            let negated = c.negated();
             self.state.population[worst] = Member {
                 genome: c.genome,
-                expr: child_text.clone(),
+                expr: c.expr,
                 key: c.key,
                 fitness: f,
                 born: iteration,
+                negated,
             };
         }
         self.state.iteration = iteration;
@@ -447,7 +462,7 @@ impl Search<'_> {
         let n = self.set.len();
         SearchOutcome {
             // The member's text, which holds the `neg` of a backward proxy (see `consider`).
-            best: crate::proxy::parse::parse(&best.expr).unwrap_or_else(|_| best.genome.to_expr()),
+            best: best.expr.clone(),
             best_key: best.key.clone(),
             best_genome: best.genome.clone(),
             fitness_spearman: best.fitness,

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use serde_json::json;
+use anyhow::Result;
 
+use super::summary::{self, EnsembleResult, HallSummary, SearchSummary};
 use super::{checkpoint, run_with_inputs, FitnessData, SearchOptions, SearchOutcome};
 use crate::bench::Benchmark;
 use crate::compare::{self, BaselineColumns, Comparison, Corr};
@@ -22,8 +22,6 @@ use crate::proxy::builtin::Orientation;
 use crate::proxy::eval::list_bytes;
 use crate::proxy::eval::{self, InputSource};
 use crate::proxy::expr::Expr;
-use crate::proxy::parse;
-use crate::report::json_number;
 use crate::scoring::Proxy;
 use crate::stats;
 
@@ -45,8 +43,19 @@ pub struct SearchJob<'a> {
     pub resume: Option<PathBuf>,
 }
 
-/// Progress callbacks: `(phase, done, total)` with phases `probe`, `search`, `heldout`.
-pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
+/// The parts of a search a progress callback hears about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Probing the fitness architectures (`done` of `total` architectures).
+    Probe,
+    /// The GP loop (`done` of `total` iterations).
+    Search,
+    /// The held-out pass (`done` of `total` architectures).
+    Heldout,
+}
+
+/// Progress callbacks: `(phase, done, total)`.
+pub type Progress<'a> = &'a (dyn Fn(Phase, usize, usize) + Sync);
 
 /// Keeps only what expressions read, so a fitness set of many architectures fits in memory.
 fn slim(mut p: Probe) -> Probe {
@@ -170,14 +179,12 @@ impl FitnessPhase {
     /// proxy (which the hall of fame may hold under another expression with the same ranking of
     /// the fitness set).
     pub fn heldout_exprs(&self) -> Result<Vec<Expr>> {
-        let mut exprs = self
+        let mut exprs: Vec<Expr> = self
             .outcome
             .hall_of_fame
             .iter()
-            .map(|h| {
-                parse::parse(&h.expr).with_context(|| format!("hall of fame entry `{}`", h.expr))
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(|h| h.expr.clone())
+            .collect();
         exprs.push(self.outcome.best.clone());
         Ok(exprs)
     }
@@ -221,7 +228,7 @@ pub fn fitness_phase(
         },
         || {
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            progress("probe", n, total);
+            progress(Phase::Probe, n, total);
         },
     )?;
     let (probes, fitness_baselines): (Vec<Probe>, Vec<Vec<f64>>) = fitted.into_iter().unzip();
@@ -240,7 +247,7 @@ pub fn fitness_phase(
         &fitness,
         job.out.as_deref(),
         job.resume.as_deref(),
-        &|i| progress("search", i, iterations),
+        &|i| progress(Phase::Search, i, iterations),
     )?;
     let values_of = |e: &Expr| -> Vec<f64> {
         sources
@@ -252,8 +259,8 @@ pub fn fitness_phase(
     let hall_values = outcome
         .hall_of_fame
         .iter()
-        .map(|h| Ok(values_of(&parse::parse(&h.expr)?)))
-        .collect::<Result<_>>()?;
+        .map(|h| values_of(&h.expr))
+        .collect();
     Ok(FitnessPhase {
         outcome,
         fitness_baselines,
@@ -300,7 +307,7 @@ pub fn search_benchmark(
     job: &SearchJob<'_>,
     opts: &SearchOptions,
     progress: Progress<'_>,
-) -> Result<serde_json::Value> {
+) -> Result<SearchSummary> {
     let start = Instant::now();
     let baselines = baseline_proxies(job.bench.kind)?;
     let phase = fitness_phase(job, opts, &baselines, progress)?;
@@ -317,13 +324,13 @@ pub fn search_benchmark(
         &baselines,
         || {
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            progress("heldout", n, n_held);
+            progress(Phase::Heldout, n, n_held);
         },
     )?;
     let heldout_seconds = heldout_start.elapsed().as_secs_f64();
     let mut summary = summarize(job, opts, &phase, &baselines, &rows)?;
-    summary["heldout_seconds"] = json!(heldout_seconds);
-    summary["seconds"] = json!(start.elapsed().as_secs_f64());
+    summary.heldout_seconds = heldout_seconds;
+    summary.seconds = start.elapsed().as_secs_f64();
     if let Some(dir) = &job.out {
         write(
             &dir.join("summary.json"),
@@ -343,7 +350,7 @@ pub fn summarize(
     phase: &FitnessPhase,
     baselines: &[Proxy],
     rows: &[Vec<f64>],
-) -> Result<serde_json::Value> {
+) -> Result<SearchSummary> {
     let bench = job.bench;
     let outcome = &phase.outcome;
     let n_hall = outcome.hall_of_fame.len();
@@ -354,17 +361,23 @@ pub fn summarize(
         let (clean, bad) = stats::sanitize(values);
         (stats::correlate(&held_truth, &clean), bad)
     };
-    let mut hall_json = Vec::new();
-    for (k, h) in outcome.hall_of_fame.iter().enumerate() {
-        let mut entry = json!({"expr": h.expr, "key": h.key, "fitness_spearman": json_number(h.fitness), "iteration": h.iteration});
-        if n_held > 0 {
-            let (c, bad) = correlate(&column(k));
-            entry["heldout_spearman"] = json_number(c.spearman);
-            entry["heldout_kendall"] = json_number(c.kendall);
-            entry["heldout_non_finite"] = json!(bad);
-        }
-        hall_json.push(entry);
-    }
+    let hall_of_fame: Vec<HallSummary> = outcome
+        .hall_of_fame
+        .iter()
+        .enumerate()
+        .map(|(k, h)| {
+            let held = (n_held > 0).then(|| correlate(&column(k)));
+            HallSummary {
+                expr: h.expr.clone(),
+                key: h.key.clone(),
+                fitness: h.fitness,
+                iteration: h.iteration,
+                heldout_spearman: held.as_ref().map(|(c, _)| c.spearman),
+                heldout_kendall: held.as_ref().map(|(c, _)| c.kendall),
+                heldout_non_finite: held.map(|(_, bad)| bad),
+            }
+        })
+        .collect();
     let best_text = outcome.best.to_string();
     // Columns of `rows`: the hall of fame, the best proxy, then the baselines.
     let best_column = n_hall;
@@ -434,50 +447,54 @@ pub fn summarize(
             &heldout_chart(&best_text, held_rho, cmp, n_held),
         )?;
     }
-    Ok(json!({
-        "bench": bench.kind.name(),
-        "best": best_text,
-        "fitness": json_number(outcome.fitness_spearman),
-        "fitness_measure": opts.fitness.name(),
-        "fitness_spearman": json_number(phase.fitness_spearman),
-        "heldout_spearman": json_number(held_rho),
-        "heldout_kendall": json_number(held_tau),
-        "heldout_n": n_held,
-        "fitness_n": job.fitness.len(),
-        "fitness_archs": job.fitness.iter().map(|&i| bench.entries[i].key.clone()).collect::<Vec<_>>(),
-        "seconds": phase.probe_seconds + phase.search_seconds,
-        "probe_seconds": phase.probe_seconds,
-        "fitness_probe_bytes": phase.probe_bytes,
-        "search_seconds": phase.search_seconds,
-        "heldout_seconds": 0.0,
-        "evaluated": outcome.evaluated,
-        "candidates": outcome.candidates,
-        "valid": outcome.valid,
-        "rejected_by_rule": outcome.rejected_by_rule,
-        "seconds_saved_by_rule": outcome.seconds_saved_by_rule,
-        "hall_of_fame": hall_json,
-        "heldout_baselines": comparison.as_ref().map(Comparison::heldout_baselines_json),
-        "best_baseline": comparison.as_ref().map(|c| c.best_baseline.clone()),
-        "best_baseline_spearman": comparison.as_ref().map(|c| json_number(c.best.spearman)),
-        "best_baseline_kendall": comparison.as_ref().map(|c| json_number(c.best.kendall)),
-        "margin": comparison.as_ref().map(|c| json_number(c.margin(held_rho))),
-        "hall_of_fame_ensemble": hof_ensemble.map(|(members, fit_rho, c)| {
-            let mut v = compare::corr_json(&c);
-            v["members"] = json!(members
+    Ok(SearchSummary {
+        bench: bench.kind.name().to_string(),
+        best: outcome.best.clone(),
+        fitness: outcome.fitness_spearman,
+        fitness_measure: opts.fitness,
+        fitness_spearman: phase.fitness_spearman,
+        heldout_spearman: held_rho,
+        heldout_kendall: held_tau,
+        heldout_n: n_held,
+        fitness_n: job.fitness.len(),
+        fitness_archs: job
+            .fitness
+            .iter()
+            .map(|&i| bench.entries[i].key.clone())
+            .collect(),
+        seconds: phase.probe_seconds + phase.search_seconds,
+        probe_seconds: phase.probe_seconds,
+        fitness_probe_bytes: phase.probe_bytes,
+        search_seconds: phase.search_seconds,
+        heldout_seconds: 0.0,
+        evaluated: outcome.evaluated,
+        candidates: outcome.candidates,
+        valid: outcome.valid,
+        rejected_by_rule: outcome.rejected_by_rule.clone(),
+        seconds_saved_by_rule: outcome.seconds_saved_by_rule.clone(),
+        hall_of_fame,
+        heldout_baselines: comparison.as_ref().map(summary::heldout_baselines),
+        best_baseline: comparison.as_ref().map(|c| c.best_baseline.clone()),
+        best_baseline_spearman: comparison.as_ref().map(|c| c.best.spearman),
+        best_baseline_kendall: comparison.as_ref().map(|c| c.best.kendall),
+        margin: comparison.as_ref().map(|c| c.margin(held_rho)),
+        hall_of_fame_ensemble: hof_ensemble.map(|(members, fit_rho, c)| EnsembleResult {
+            spearman: c.spearman,
+            kendall: c.kendall,
+            members: members
                 .iter()
                 .map(|&h| outcome.hall_of_fame[h].expr.clone())
-                .collect::<Vec<_>>());
-            v["fitness_spearman"] = json_number(fit_rho);
-            v
+                .collect(),
+            fitness_spearman: fit_rho,
         }),
-        "seed": opts.seed,
-        "structure": opts.structure.name(),
-        "iterations": opts.iterations,
-        "population": opts.population,
-        "rps": opts.rps.enabled,
-        "probe": job.probe,
-        "peak_rss_mib": crate::report::peak_rss_mib(),
-    }))
+        seed: opts.seed,
+        structure: opts.structure,
+        iterations: opts.iterations,
+        population: opts.population,
+        rps: opts.rps.enabled,
+        probe: job.probe.clone(),
+        peak_rss_mib: crate::report::peak_rss_mib(),
+    })
 }
 
 /// The most hall-of-fame entries the hall-of-fame ensemble sums the ranks of.
