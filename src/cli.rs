@@ -21,6 +21,7 @@ use lpzero::shard::run::Scoring;
 use crate::out;
 
 mod export;
+mod nas;
 mod shard;
 
 /// lpzero: discover zero-cost proxies for language-model NAS (LPZero) and use them.
@@ -53,6 +54,10 @@ enum Command {
     Merge(shard::MergeArgs),
     /// Write an expression as a self-contained PyTorch function or a LaTeX formula.
     Export(export::ExportArgs),
+    /// Architecture search with a proxy: rank the benchmark's architectures or new ones drawn
+    /// from the family's design space (optionally evolved) under parameter and latency
+    /// budgets; write the top K in the benchmark's format and the Pareto front.
+    Nas(nas::NasArgs),
 }
 
 /// Options shared by every command that reads a benchmark.
@@ -470,6 +475,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Study(a) => study(a),
         Command::Merge(a) => shard::merge(a),
         Command::Export(a) => export::export(a),
+        Command::Nas(a) => nas::nas(a),
     }
 }
 

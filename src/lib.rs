@@ -16,6 +16,7 @@ pub mod compare;
 pub mod export;
 pub mod linalg;
 pub mod models;
+pub mod nas;
 pub mod nn;
 pub mod params;
 pub mod probe;

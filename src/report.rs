@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A progress bar on stderr, drawn only when stderr is a terminal and `quiet` is false.
@@ -73,6 +73,65 @@ pub fn write_csv(
         writeln!(out, "{}", line(row))?;
     }
     Ok(())
+}
+
+/// Reads CSV text as [`write_csv`] writes it (RFC 4180: fields may be quoted, a quote inside
+/// a quoted field is doubled, quoted fields may hold commas and line breaks): the rows, each a
+/// list of fields. Fails on an unclosed quote or text after a closing quote, naming the line.
+pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut field = String::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    let mut quoted = false;
+    let mut after_quote = false;
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => {
+                    quoted = false;
+                    after_quote = true;
+                }
+                '\n' => {
+                    line += 1;
+                    field.push(c);
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            ',' => {
+                row.push(std::mem::take(&mut field));
+                after_quote = false;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+                after_quote = false;
+                line += 1;
+            }
+            '"' if field.is_empty() && !after_quote => quoted = true,
+            _ if after_quote => {
+                bail!("line {line}: text after a closing quote; expected `,` or a line end")
+            }
+            _ => field.push(c),
+        }
+    }
+    if quoted {
+        bail!("line {line}: a quoted field is not closed; expected a closing `\"`");
+    }
+    if !field.is_empty() || !row.is_empty() || after_quote {
+        row.push(field);
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// Writes a CSV table to a file atomically ([`write_atomic`]), creating parent folders.
@@ -257,6 +316,25 @@ pub fn peak_rss_mib() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_reads_back_what_it_writes() {
+        let header = vec!["id".to_string(), "add(a, b)".to_string()];
+        let rows = vec![
+            vec!["x".to_string(), "say \"hi\"".to_string()],
+            vec!["two\nlines".to_string(), String::new()],
+        ];
+        let mut text = Vec::new();
+        write_csv(&mut text, &header, &rows).unwrap();
+        let back = parse_csv(std::str::from_utf8(&text).unwrap()).unwrap();
+        assert_eq!(back[0], header);
+        assert_eq!(&back[1..], &rows[..]);
+        assert_eq!(parse_csv("a,b\r\n1,2").unwrap()[1], vec!["1", "2"]);
+        let e = parse_csv("a\n\"open").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("not closed"), "{e}");
+        let e = parse_csv("\"a\"b,c").unwrap_err().to_string();
+        assert!(e.contains("after a closing quote"), "{e}");
+    }
 
     #[test]
     fn clip_keeps_short_text_and_cuts_long_text_on_characters() {

@@ -205,6 +205,64 @@ impl Frame {
     }
 }
 
+/// A Pareto plot: every point at (cost, score) in grey, the points of `front` (indices into
+/// `points`) in colour and joined in cost order. Non-finite points are left out.
+pub fn pareto(
+    points: &[(f64, f64)],
+    front: &[usize],
+    title: &str,
+    subtitle: &str,
+    x_label: &str,
+    y_label: &str,
+) -> String {
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let frame = Frame {
+        width: 640.0,
+        height: 480.0,
+        left: 80.0,
+        right: 25.0,
+        top: 55.0,
+        bottom: 55.0,
+        x: padded_range(points.iter().filter(finite).map(|p| p.0)),
+        y: padded_range(points.iter().filter(finite).map(|p| p.1)),
+    };
+    let mut s = frame.open(title, Some(subtitle), x_label, y_label);
+    for p in points.iter().filter(finite) {
+        let _ = writeln!(
+            s,
+            r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="#999" fill-opacity="0.6"/>"##,
+            frame.px(p.0),
+            frame.py(p.1)
+        );
+    }
+    let mut on_front: Vec<(f64, f64)> = front
+        .iter()
+        .filter_map(|&i| points.get(i).copied())
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
+    on_front.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    if on_front.len() > 1 {
+        let path: Vec<String> = on_front
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", frame.px(p.0), frame.py(p.1)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r##"<polyline points="{}" fill="none" stroke="#d62728" stroke-width="1.5"/>"##,
+            path.join(" ")
+        );
+    }
+    for p in &on_front {
+        let _ = writeln!(
+            s,
+            r##"<circle cx="{:.1}" cy="{:.1}" r="4" fill="#d62728"/>"##,
+            frame.px(p.0),
+            frame.py(p.1)
+        );
+    }
+    close(s)
+}
+
 /// A rank scatter plot of proxy scores against ground truth: one point per architecture at
 /// (rank of its truth, rank of its score), ranks 1 = lowest, ties averaged; non-finite scores
 /// rank last. The subtitle gives Spearman ρ, Kendall τ and n; a dashed diagonal marks perfect

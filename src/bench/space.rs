@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 
 use super::bounds::MAX_LAYERS;
-use super::{Arch, BenchKind};
+use super::{Arch, BenchKind, Benchmark, Entry};
 use crate::rng::Rng;
 
 /// Choices that narrow or widen a family's published space.
@@ -110,6 +110,67 @@ pub trait DesignSpace: Sync {
     /// The chosen architectures, best first, in the files of the family's benchmark (ready to
     /// train).
     fn native(&self, chosen: &[Chosen]) -> Result<Vec<NativeFile>>;
+}
+
+impl std::fmt::Debug for dyn DesignSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DesignSpace({})", self.kind())
+    }
+}
+
+/// A seeded draw of new architectures from a family's space: everything that decides them,
+/// so that the same draw can be made again (a sharded `lpzero nas` and its merge do).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sampling {
+    /// How many architectures.
+    pub n: usize,
+    /// The seed of the draw.
+    pub seed: u64,
+    /// The space's options.
+    pub opts: SpaceOptions,
+}
+
+/// Label of the random stream that [`Sampling::draw`] uses (derived from the seed).
+const SAMPLE_STREAM: u64 = 0x6e61_735f_6472_6177;
+
+/// The key [`Sampling::draw`] gives the `i`-th architecture of a draw of `n`: `s` and the
+/// number, zero-padded to the width of `n − 1`.
+pub fn sample_key(i: usize, n: usize) -> String {
+    let width = n.saturating_sub(1).to_string().len();
+    format!("s{i:0width$}")
+}
+
+impl Sampling {
+    /// Draws the architectures from `space` as a benchmark without ground truth: keys from
+    /// [`sample_key`], in draw order, each passed through the family's checks. The same
+    /// sampling gives the same benchmark, on any machine.
+    pub fn draw(&self, space: &dyn DesignSpace) -> Result<Benchmark> {
+        if self.n == 0 {
+            bail!("a sample of 0 architectures: expected at least 1");
+        }
+        self.opts.check()?;
+        let kind = space.kind();
+        let mut rng = Rng::derive(self.seed, &[SAMPLE_STREAM]);
+        let entries = (0..self.n)
+            .map(|i| {
+                let key = sample_key(i, self.n);
+                let arch = space.sample(&mut rng, &self.opts, i, &key)?;
+                Ok(Entry {
+                    key,
+                    truth: f64::NAN,
+                    arch,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Benchmark {
+            kind,
+            source: PathBuf::from(format!("sample:{} (seed {})", self.n, self.seed)),
+            data: None,
+            entries,
+            truth_name: "none (sampled architectures)",
+            raw_truth: kind.raw_truth(),
+        })
+    }
 }
 
 /// The architecture that `config` describes, read by the family's own reader of bench-file

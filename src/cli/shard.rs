@@ -75,7 +75,7 @@ pub struct MergeArgs {
     #[arg(required = true, value_name = "FILES")]
     files: Vec<PathBuf>,
     /// What the unsharded command writes: for `score` the CSV of --out, for `baselines` the
-    /// folder of baselines.{md,json,csv,svg}.
+    /// folder of baselines.{md,json,csv,svg}, for `nas` its output folder.
     #[arg(long)]
     out: PathBuf,
     /// Print one JSON object on stdout: n, merged, missing, duplicates, correlations.
@@ -124,9 +124,10 @@ pub fn merge(a: MergeArgs) -> Result<()> {
                 table.write_csv(&a.out, truth)?;
             }
             "baselines" => merge::write_baselines(&merged, table, &a.out)?,
+            "nas" => super::nas::merge(&merged, table, &a.out)?,
             other => bail!(
-                "{}: shards of `{}`, which lpzero merge cannot join (expected score or \
-                 baselines)",
+                "{}: shards of `{}`, which lpzero merge cannot join (expected score, \
+                 baselines or nas)",
                 a.files[0].display(),
                 report::clip(other)
             ),

@@ -5,6 +5,7 @@ use std::ops::RangeInclusive;
 
 use anyhow::{bail, Context, Result};
 
+use crate::bench::space::DesignSpace;
 use crate::bench::{Arch, BenchKind};
 use crate::probe::memory::ModelSize;
 use crate::probe::{Batch, Probe, ProbeOptions, Semantics, MAX_BATCH};
@@ -27,6 +28,9 @@ pub struct FamilyInfo {
     pub genotypes: &'static [&'static str],
     /// The benchmark's own table of reference proxy values, when it ships one.
     pub reference: Option<&'static Reference>,
+    /// The family's design space (its file is `bench/<family>/space.rs`): what `lpzero nas`
+    /// draws new architectures from and mutates them in.
+    pub design_space: &'static dyn DesignSpace,
 }
 
 /// What a model family provides besides its benchmark format (see the module docs): its
@@ -52,6 +56,23 @@ pub trait Family: Sync {
     /// The shapes that decide the memory one architecture needs (for
     /// [`crate::probe::memory`]).
     fn size(&self, arch: &Arch, opts: &ProbeOptions) -> Result<ModelSize>;
+
+    /// CPU inference latency of one architecture on `batch` (from [`Family::batch`]): the
+    /// model the probe builds, its forward pass timed `repeats` times after one warm-up pass
+    /// ([`crate::probe::time_forward`]), in milliseconds.
+    fn latency(
+        &self,
+        arch: &Arch,
+        index: usize,
+        opts: &ProbeOptions,
+        batch: &Batch,
+        repeats: usize,
+    ) -> Result<Vec<f64>>;
+
+    /// The family's design space ([`FamilyInfo::design_space`]).
+    fn design_space(&self) -> &'static dyn DesignSpace {
+        self.info().design_space
+    }
 
     /// The family ([`FamilyInfo::kind`]).
     fn kind(&self) -> BenchKind {

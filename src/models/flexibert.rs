@@ -881,6 +881,7 @@ static INFO: FamilyInfo = FamilyInfo {
     semantics: &SEMANTICS,
     genotypes: &["lpzero_bert", "lpzero_csv_bert"],
     reference: Some(&REFERENCE),
+    design_space: &crate::bench::flexibert::space::SPACE,
 };
 
 impl Family for FlexibertFamily {
@@ -906,13 +907,21 @@ impl Family for FlexibertFamily {
         let record = arch.of::<Record>()?;
         let config = Config::from_record(record, opts.sizes)?;
         probe::run(record.id.to_string(), index, opts, &SEMANTICS, |rng| {
-            let device = Device::Cpu;
-            Ok(Probed {
-                model: FlexiBert::new(&config, rng, &device)?,
-                ids: batch.tensor(&device)?,
-                opts,
-                cols: batch.cols,
-            })
+            Probed::build(&config, rng, opts, batch)
+        })
+    }
+
+    fn latency(
+        &self,
+        arch: &Arch,
+        index: usize,
+        opts: &ProbeOptions,
+        batch: &Batch,
+        repeats: usize,
+    ) -> Result<Vec<f64>> {
+        let config = Config::from_record(arch.of::<Record>()?, opts.sizes)?;
+        probe::time_forward(index, opts, repeats, |rng| {
+            Probed::build(&config, rng, opts, batch)
         })
     }
 
@@ -940,6 +949,24 @@ struct Probed<'a> {
     ids: Tensor,
     opts: &'a ProbeOptions,
     cols: usize,
+}
+
+impl<'a> Probed<'a> {
+    /// The model of `config` from the weight stream `rng`, with `batch` on the CPU.
+    fn build(
+        config: &Config,
+        rng: &mut Rng,
+        opts: &'a ProbeOptions,
+        batch: &Batch,
+    ) -> Result<Self> {
+        let device = Device::Cpu;
+        Ok(Probed {
+            model: FlexiBert::new(config, rng, &device)?,
+            ids: batch.tensor(&device)?,
+            opts,
+            cols: batch.cols,
+        })
+    }
 }
 
 impl ProbeModel for Probed<'_> {

@@ -806,6 +806,7 @@ static INFO: FamilyInfo = FamilyInfo {
     semantics: &SEMANTICS,
     genotypes: &["lpzero_gpt2"],
     reference: None,
+    design_space: &crate::bench::gpt2::space::SPACE,
 };
 
 impl Family for Gpt2Family {
@@ -841,21 +842,22 @@ impl Family for Gpt2Family {
     ) -> Result<Probe> {
         let record = arch.of::<Record>()?;
         let config = Config::from_record(record)?;
-        if batch.cols < 2 {
-            bail!(
-                "a GPT-2 batch needs at least 2 tokens per row (inputs and shifted targets), got {}",
-                batch.cols
-            );
-        }
-        let (inputs, targets) = batch.shifted();
-        let shape = (batch.rows, batch.cols - 1);
         probe::run(record.key.clone(), index, opts, &SEMANTICS, |rng| {
-            Ok(Probed {
-                model: Gpt2Flex::new(&config, rng, &Device::Cpu)?,
-                inputs,
-                targets,
-                shape,
-            })
+            Probed::build(&config, rng, batch)
+        })
+    }
+
+    fn latency(
+        &self,
+        arch: &Arch,
+        index: usize,
+        opts: &ProbeOptions,
+        batch: &Batch,
+        repeats: usize,
+    ) -> Result<Vec<f64>> {
+        let config = Config::from_record(arch.of::<Record>()?)?;
+        probe::time_forward(index, opts, repeats, |rng| {
+            Probed::build(&config, rng, batch)
         })
     }
 
@@ -899,6 +901,26 @@ struct Probed {
     inputs: Vec<u32>,
     targets: Vec<u32>,
     shape: (usize, usize),
+}
+
+impl Probed {
+    /// The model of `config` from the weight stream `rng`, with the inputs and shifted
+    /// targets of `batch` (which needs at least 2 tokens per row).
+    fn build(config: &Config, rng: &mut Rng, batch: &Batch) -> Result<Self> {
+        if batch.cols < 2 {
+            bail!(
+                "a GPT-2 batch needs at least 2 tokens per row (inputs and shifted targets), got {}",
+                batch.cols
+            );
+        }
+        let (inputs, targets) = batch.shifted();
+        Ok(Probed {
+            model: Gpt2Flex::new(config, rng, &Device::Cpu)?,
+            inputs,
+            targets,
+            shape: (batch.rows, batch.cols - 1),
+        })
+    }
 }
 
 impl ProbeModel for Probed {

@@ -30,7 +30,7 @@ use crate::rng::Rng;
 
 /// Which scalar is back-propagated to obtain gradients, in families that offer a choice
 /// (FlexiBERT; GPT-2 always back-propagates the mean next-token NLL, as the reference does).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GradSignal {
     /// The reference's loss: the sum of the last hidden state. Degenerate on the post-LN
@@ -43,7 +43,7 @@ pub enum GradSignal {
 
 /// How the model sizes are chosen from a record, in families whose reference built its proxy
 /// models at other sizes than the benchmark records say (FlexiBERT).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SizeMode {
     /// The reference's sizes (FlexiBERT: H = 256 and FFN width 1024 for every record, which
@@ -58,7 +58,7 @@ pub enum SizeMode {
 
 /// Everything that determines a probe besides the architecture. A family's defaults come
 /// from [`crate::models::Family::probe_options`].
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeOptions {
     /// Rows of the batch.
     pub batch: usize,
@@ -428,6 +428,33 @@ pub trait ProbeModel {
 fn arch_streams(opts: &ProbeOptions, index: usize) -> (Rng, Rng) {
     let stream = |label: u64| Rng::derive(opts.seed, &[label, index as u64]);
     (stream(1), stream(2))
+}
+
+/// CPU inference latency of one architecture: `build` makes the model from the weight stream
+/// of `index` (as [`run`] does), then its forward pass runs on the model's batch `1 + repeats`
+/// times without dropout and with the taps off; the first pass warms up (allocations, caches)
+/// and is not counted. Returns the `repeats` timed passes in milliseconds, in order.
+pub fn time_forward<M: ProbeModel>(
+    index: usize,
+    opts: &ProbeOptions,
+    repeats: usize,
+    build: impl FnOnce(&mut Rng) -> Result<M>,
+) -> Result<Vec<f64>> {
+    let (mut weight_rng, _) = arch_streams(opts, index);
+    let model = build(&mut weight_rng)?;
+    model.network().taps.set_enabled(false);
+    let mut times = Vec::with_capacity(repeats);
+    for pass in 0..=repeats {
+        let start = Instant::now();
+        let out = model.forward(None)?;
+        // The loss's value is read so that every lazy step has run.
+        out.loss.to_scalar::<f32>()?;
+        drop(out);
+        if pass > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times)
 }
 
 /// Probes one architecture: `build` makes the model from the weight stream of `index` (the

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::Shard;
+use crate::bench::space::Sampling;
 use crate::bench::{BenchKind, Benchmark, DataSource};
 use crate::report::{clip, fnv1a64};
 
@@ -37,7 +38,7 @@ pub const VERSION: u64 = 1;
 pub struct RunOptions {
     /// The lpzero version that wrote the file.
     pub lpzero: String,
-    /// The command: `score` or `baselines`.
+    /// The command: `score`, `baselines` or `nas`.
     pub command: String,
     /// The benchmark family.
     pub bench: String,
@@ -53,6 +54,10 @@ pub struct RunOptions {
     pub keys: Vec<String>,
     /// Whether the benchmark has a ground truth (else the CSV's truth column is empty).
     pub has_truth: bool,
+    /// The command's own settings that its merge needs (`nas`: its options), when it has
+    /// any; absent from the header otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<serde_json::Value>,
 }
 
 impl RunOptions {
@@ -124,6 +129,12 @@ pub enum Source {
         /// The file.
         path: PathBuf,
     },
+    /// Architectures drawn from the family's design space (`lpzero nas --space sample:N`),
+    /// drawn again to load.
+    Sampled {
+        /// The draw.
+        sampling: Sampling,
+    },
 }
 
 impl Source {
@@ -147,6 +158,9 @@ impl Source {
             Source::Embedded => Benchmark::load(kind, &DataSource::Embedded),
             Source::Dir { path } => Benchmark::load(kind, &DataSource::dir(path)?),
             Source::BenchFile { path } => crate::models::load_bench_file(path),
+            Source::Sampled { sampling } => {
+                sampling.draw(crate::models::family(kind).design_space())
+            }
         }
     }
 }

@@ -243,25 +243,7 @@ impl Merged {
 /// fingerprint. In `baselines.json`, `peak_rss_mib` is the largest any shard recorded and
 /// `threads` is 1 (the timings are compute time, see [`Merged::table`]).
 pub fn write_baselines(merged: &Merged, table: &ScoreTable, dir: &Path) -> Result<()> {
-    let header = &merged.header;
-    let kind = crate::models::kind_named(&header.options.bench)
-        .with_context(|| format!("unknown benchmark `{}`", clip(&header.options.bench)))?;
-    let bench = header.source.load(kind).with_context(|| {
-        format!(
-            "cannot load the benchmark the shards scored (recorded in their header as {}); \
-             run the merge where it can be read",
-            serde_json::to_string(&header.source).unwrap_or_default()
-        )
-    })?;
-    if bench.len() <= header.options.selection.iter().copied().max().unwrap_or(0)
-        || file::fingerprint(&bench, &header.options.selection) != header.options.data
-    {
-        bail!(
-            "the benchmark at {} is not the one the shards scored (its architectures or \
-             ground truth differ)",
-            bench.source.display()
-        );
-    }
+    let bench = merged.load_bench()?;
     let agreement = crate::baselines::reference_agreement(&bench, table)?;
     crate::baselines::write(dir, &bench, table, &agreement, 1)?;
     let path = dir.join("baselines.json");
@@ -273,4 +255,31 @@ pub fn write_baselines(merged: &Merged, table: &ScoreTable, dir: &Path) -> Resul
         .peak_rss_mib()
         .map_or(serde_json::Value::Null, report::json_number);
     report::write_atomic(&path, serde_json::to_string_pretty(&summary)?)
+}
+
+impl Merged {
+    /// The benchmark the shards scored, loaded again from where their header says they read
+    /// it; fails unless it has their fingerprint (the same architectures and truth).
+    pub fn load_bench(&self) -> Result<crate::bench::Benchmark> {
+        let header = &self.header;
+        let kind = crate::models::kind_named(&header.options.bench)
+            .with_context(|| format!("unknown benchmark `{}`", clip(&header.options.bench)))?;
+        let bench = header.source.load(kind).with_context(|| {
+            format!(
+                "cannot load the benchmark the shards scored (recorded in their header as {}); \
+             run the merge where it can be read",
+                serde_json::to_string(&header.source).unwrap_or_default()
+            )
+        })?;
+        if bench.len() <= header.options.selection.iter().copied().max().unwrap_or(0)
+            || file::fingerprint(&bench, &header.options.selection) != header.options.data
+        {
+            bail!(
+                "the benchmark at {} is not the one the shards scored (its architectures or \
+             ground truth differ)",
+                bench.source.display()
+            );
+        }
+        Ok(bench)
+    }
 }

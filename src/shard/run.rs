@@ -23,7 +23,7 @@ use crate::scoring::{self, Proxy, ScoreTable};
 
 /// What a scoring command scores (all of it; [`run`] takes one shard's share).
 pub struct Scoring<'a> {
-    /// The command whose output the shards add up to (`score`, `baselines`).
+    /// The command whose output the shards add up to (`score`, `baselines`, `nas`).
     pub command: &'a str,
     /// The benchmark.
     pub bench: &'a Benchmark,
@@ -35,6 +35,11 @@ pub struct Scoring<'a> {
     pub opts: &'a ProbeOptions,
     /// Worker threads (architectures probed at once).
     pub threads: usize,
+    /// Where the benchmark comes from, when [`Source::of`] cannot tell (sampled
+    /// architectures).
+    pub source: Option<Source>,
+    /// The command's own settings for its merge ([`super::file::RunOptions::task`]).
+    pub task: Option<serde_json::Value>,
 }
 
 impl<'a> Scoring<'a> {
@@ -54,7 +59,17 @@ impl<'a> Scoring<'a> {
             proxies,
             opts,
             threads,
+            source: None,
+            task: None,
         }
+    }
+
+    /// The same scoring, recorded with its benchmark's `source` and the command's `task`
+    /// settings (see the fields).
+    pub fn with(mut self, source: Option<Source>, task: serde_json::Value) -> Self {
+        self.source = source;
+        self.task = Some(task);
+        self
     }
 
     /// The header that `shard` writes (and that a resumed file must carry).
@@ -75,8 +90,13 @@ impl<'a> Scoring<'a> {
                 .map(|&i| self.bench.entries[i].key.clone())
                 .collect(),
             has_truth: self.bench.has_truth(),
+            task: self.task.clone(),
         };
-        Header::new(shard, options, Source::of(self.bench))
+        let source = self
+            .source
+            .clone()
+            .unwrap_or_else(|| Source::of(self.bench));
+        Header::new(shard, options, source)
     }
 }
 
