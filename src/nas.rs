@@ -494,7 +494,8 @@ impl Pool {
         }
         for generation in 1..=opts.evolve {
             if opts.max_latency_ms.is_some() {
-                self.measure_latency(&self.scored_within_params(opts), probe, opts.repeats)?;
+                let all = self.scored_within_params(opts);
+                self.measure_latency(&all, probe, opts.repeats, &|_, _| {})?;
             }
             let parents: Vec<usize> = self.ranked(opts).into_iter().take(opts.top).collect();
             if parents.is_empty() {
@@ -564,11 +565,13 @@ impl Pool {
 
     /// Measures the latency of the candidates at `positions` that have none yet: one row of
     /// the probe's tokens, the family's forward pass, median of `repeats` timed passes.
+    /// `progress(done, total)` is called before the first and after each measurement.
     pub fn measure_latency(
         &mut self,
         positions: &[usize],
         probe: &ProbeOptions,
         repeats: usize,
+        progress: &dyn Fn(usize, usize),
     ) -> Result<()> {
         let family = models::family(self.bench.kind);
         let opts = ProbeOptions {
@@ -578,15 +581,19 @@ impl Pool {
             ..probe.clone()
         };
         let batch = family.batch(&opts)?;
-        for &i in positions {
-            if self.candidates[i].latency_ms.is_some() {
-                continue;
-            }
+        let todo: Vec<usize> = positions
+            .iter()
+            .copied()
+            .filter(|&i| self.candidates[i].latency_ms.is_none())
+            .collect();
+        progress(0, todo.len());
+        for (done, &i) in todo.iter().enumerate() {
             let entry = &self.bench.entries[i];
             let times = family
                 .latency(&entry.arch, i, &opts, &batch, repeats)
                 .with_context(|| format!("measuring the latency of `{}`", entry.key))?;
             self.candidates[i].latency_ms = Some(stats::median(&times));
+            progress(done + 1, todo.len());
         }
         Ok(())
     }
@@ -643,11 +650,17 @@ pub struct NasResult {
 
 /// The last step: latency where needed (see the module docs), the eligible candidates
 /// ranked, the top `opts.top` and the Pareto front over the eligible ones.
-pub fn finish(mut pool: Pool, probe: &ProbeOptions, opts: &NasOptions) -> Result<NasResult> {
+/// `progress(done, total)` follows the latency measurements.
+pub fn finish(
+    mut pool: Pool,
+    probe: &ProbeOptions,
+    opts: &NasOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<NasResult> {
     let start = Instant::now();
     if opts.latency_for_all() {
         let all = pool.scored_within_params(opts);
-        pool.measure_latency(&all, probe, opts.repeats)?;
+        pool.measure_latency(&all, probe, opts.repeats, progress)?;
     }
     let ranked = pool.ranked(opts);
     let points: Vec<(f64, f64)> = ranked
@@ -667,7 +680,7 @@ pub fn finish(mut pool: Pool, probe: &ProbeOptions, opts: &NasOptions) -> Result
     let mut timed: Vec<usize> = top.iter().chain(&pareto).copied().collect();
     timed.sort_unstable();
     timed.dedup();
-    pool.measure_latency(&timed, probe, opts.repeats)?;
+    pool.measure_latency(&timed, probe, opts.repeats, progress)?;
     Ok(NasResult {
         pool,
         top,

@@ -220,7 +220,7 @@ pub fn nas(a: NasArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("nas-{}", base.kind)));
-    let (result, summary) = finish_and_write(pool, &proxy, &probe, &opts, &dir)?;
+    let (result, summary) = finish_and_write(pool, &proxy, &probe, &opts, &dir, a.json)?;
     if a.json {
         return out::line(serde_json::to_string(&summary)?);
     }
@@ -235,8 +235,14 @@ fn finish_and_write(
     probe: &ProbeOptions,
     opts: &NasOptions,
     dir: &Path,
+    quiet: bool,
 ) -> Result<(NasResult, serde_json::Value)> {
-    let result = nas::finish(pool, probe, opts)?;
+    let bar = report::progress(0, "timing", quiet);
+    let result = nas::finish(pool, probe, opts, &|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
     let summary = result.summary(&proxy.name(), opts, probe.seed)?;
     result.write(dir, &summary, opts)?;
     Ok((result, summary))
@@ -353,8 +359,8 @@ fn validate(a: &NasArgs, bench: &Benchmark, probe: &ProbeOptions, threads: usize
 
 /// `lpzero merge` of `nas` shards: the pool loaded again (drawn again for `sample:N`), the
 /// merged values applied, then the rest of the search as the unsharded run does it, into
-/// `dir` (`lpzero merge` reports on stdout).
-pub fn merge(merged: &Merged, table: &ScoreTable, dir: &Path) -> Result<()> {
+/// `dir` (`lpzero merge` reports on stdout; `json`: no progress bar).
+pub fn merge(merged: &Merged, table: &ScoreTable, dir: &Path, json: bool) -> Result<()> {
     let task: Task = merged
         .header
         .options
@@ -376,6 +382,6 @@ pub fn merge(merged: &Merged, table: &ScoreTable, dir: &Path) -> Result<()> {
         bail!("the shards scored other architectures than this lpzero selects for their settings");
     }
     pool.apply_values(&selection, table.values.first().map_or(&[][..], |v| v));
-    finish_and_write(pool, &proxy, &task.probe, &task.nas, dir)?;
+    finish_and_write(pool, &proxy, &task.probe, &task.nas, dir, json)?;
     Ok(())
 }

@@ -124,7 +124,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
                 table.write_csv(&a.out, truth)?;
             }
             "baselines" => merge::write_baselines(&merged, table, &a.out)?,
-            "nas" => super::nas::merge(&merged, table, &a.out)?,
+            "nas" => super::nas::merge(&merged, table, &a.out, a.json)?,
             other => bail!(
                 "{}: shards of `{}`, which lpzero merge cannot join (expected score, \
                  baselines or nas)",
