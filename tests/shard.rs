@@ -190,7 +190,7 @@ fn shard_auto_reads_slurm_and_kubernetes_variables() {
     );
     assert_fails(
         &lpzero_env(&args, &[("JOB_COMPLETION_INDEX", "0")]),
-        &["--shard-count N", "LPZERO_SHARD_COUNT"],
+        &["--shard auto", "--shard-count N", "LPZERO_SHARD_COUNT"],
     );
 }
 
@@ -376,11 +376,14 @@ fn bad_shard_options_give_clear_errors() {
     );
     assert_fails(
         &with(&["--shard", "0/2", "--shard-count", "2", "--out", path(&f)]),
-        &["--shard-count goes with --shard auto"],
+        &[
+            "--shard 0/2 --shard-count 2",
+            "a separate shard count goes with `auto` only",
+        ],
     );
     assert_fails(
         &with(&["--shard", "0/2", "--out", path(&dir)]),
-        &["is a folder", "--out names the shard's JSON Lines file"],
+        &["is a folder", "a shard is written to a JSON Lines file"],
     );
     assert_fails(
         &lpzero_env(

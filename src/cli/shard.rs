@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use lpzero::report;
@@ -34,7 +34,17 @@ impl ShardArgs {
         match (&self.shard, self.shard_count) {
             (None, Some(_)) => bail!("--shard-count goes with --shard auto"),
             (None, None) => Ok(None),
-            (Some(spec), count) => Shard::resolve(spec, count, &env).map(Some),
+            (Some(spec), count) => Shard::resolve(spec, count, &env)
+                .map(Some)
+                .with_context(|| match count {
+                    Some(n) => format!("--shard {spec} --shard-count {n}"),
+                    None if spec.trim() == "auto" => {
+                        "--shard auto (a Kubernetes Indexed Job gives \
+                                                      its count with --shard-count N)"
+                            .to_string()
+                    }
+                    None => format!("--shard {spec}"),
+                }),
         }
     }
 }

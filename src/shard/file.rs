@@ -401,7 +401,7 @@ impl ShardFile {
     pub fn open(path: &Path, header: &Header) -> Result<Opened> {
         if path.is_dir() {
             bail!(
-                "{}: is a folder; with --shard, --out names the shard's JSON Lines file",
+                "{}: is a folder; a shard is written to a JSON Lines file",
                 path.display()
             );
         }
@@ -420,7 +420,7 @@ impl ShardFile {
                 if old.run != header.run {
                     bail!(
                         "{}: holds a shard of another run, so it cannot be resumed: {}; use the \
-                         settings of that run, or another --out file",
+                         settings of that run, or another output file",
                         path.display(),
                         old.options.differences(&header.options).join("; ")
                     );
@@ -428,7 +428,7 @@ impl ShardFile {
                 if old.shard != header.shard {
                     bail!(
                         "{}: was written by shard {}, and this is shard {}; give each shard its \
-                         own --out file",
+                         own output file",
                         path.display(),
                         old.shard,
                         header.shard
@@ -461,8 +461,8 @@ impl ShardFile {
                 let n = head.len().min(start.len());
                 if head[..n] != start.as_bytes()[..n] {
                     bail!(
-                        "{}: exists and is not an lpzero shard file; with --shard, --out names \
-                         the shard's JSON Lines file (choose a new path, or remove this file)",
+                        "{}: exists and is not an lpzero shard file; a shard is written to its \
+                         own JSON Lines file (choose a new path, or remove this file)",
                         path.display()
                     );
                 }

@@ -87,7 +87,7 @@ impl Shard {
     ///   from `LPZERO_SHARD_COUNT` (Kubernetes does not pass `completions` to the pod).
     ///
     /// `count` is refused with `I/N`, which already names the count. Every failure names the
-    /// flag or the variable and says what was expected.
+    /// spec or the variable and says what was expected (the caller adds its flag).
     pub fn resolve(
         spec: &str,
         count: Option<usize>,
@@ -99,17 +99,17 @@ impl Shard {
         }
         let Some((i, n)) = spec.split_once('/') else {
             bail!(
-                "--shard `{}`: expected I/N (shard I of N, numbered from 0, e.g. 0/4) or `auto`",
+                "shard `{}`: expected I/N (shard I of N, numbered from 0, e.g. 0/4) or `auto`",
                 clip(spec)
             );
         };
         if count.is_some() {
             bail!(
-                "--shard-count goes with --shard auto only; --shard {} already names the count",
+                "a separate shard count goes with `auto` only; `{}` already names the count",
                 clip(spec)
             );
         }
-        let what = format!("--shard {}", clip(spec));
+        let what = format!("shard {}", clip(spec));
         let index = parse_count(i, &what, "the shard index I")?;
         let total = parse_count(n, &what, "the shard count N")?;
         Self::new(index, total, &what)
@@ -119,23 +119,23 @@ impl Shard {
     fn from_env(count: Option<usize>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
         let read = |name: &str| -> Result<Option<usize>> {
             env(name)
-                .map(|v| parse_count(&v, &format!("--shard auto: ${name}"), "a number"))
+                .map(|v| parse_count(&v, &format!("auto: ${name}"), "a number"))
                 .transpose()
         };
         let slurm = env(SLURM_TASK_ID).is_some();
         let k8s = env(K8S_COMPLETION_INDEX).is_some();
         if slurm && k8s {
             bail!(
-                "--shard auto: both ${SLURM_TASK_ID} (Slurm) and ${K8S_COMPLETION_INDEX} \
-                 (Kubernetes) are set; give the shard as --shard I/N"
+                "auto: both ${SLURM_TASK_ID} (Slurm) and ${K8S_COMPLETION_INDEX} \
+                 (Kubernetes) are set; give the shard as I/N"
             );
         }
         if slurm {
             let id = read(SLURM_TASK_ID)?.unwrap_or_default();
             let Some(total) = read(SLURM_TASK_COUNT)? else {
                 bail!(
-                    "--shard auto: ${SLURM_TASK_ID} is set but ${SLURM_TASK_COUNT} is not; \
-                     expected both inside a Slurm job array (or give --shard I/N)"
+                    "auto: ${SLURM_TASK_ID} is set but ${SLURM_TASK_COUNT} is not; \
+                     expected both inside a Slurm job array (or give the shard as I/N)"
                 );
             };
             let min = read(SLURM_TASK_MIN)?.unwrap_or(0);
@@ -143,7 +143,7 @@ impl Shard {
             let offset = id.checked_sub(min).filter(|d| d % step == 0);
             let Some(offset) = offset else {
                 bail!(
-                    "--shard auto: ${SLURM_TASK_ID}={id} is not ${SLURM_TASK_MIN}={min} plus a \
+                    "auto: ${SLURM_TASK_ID}={id} is not ${SLURM_TASK_MIN}={min} plus a \
                      multiple of ${SLURM_TASK_STEP}={step}; submit the array as a range such as \
                      --array=0-{}",
                     total.saturating_sub(1)
@@ -151,12 +151,12 @@ impl Shard {
             };
             if let Some(n) = count.filter(|&n| n != total) {
                 bail!(
-                    "--shard-count {n} disagrees with ${SLURM_TASK_COUNT}={total}; leave \
-                     --shard-count out inside a Slurm job array"
+                    "the shard count {n} disagrees with ${SLURM_TASK_COUNT}={total}; leave \
+                     the count out inside a Slurm job array"
                 );
             }
             let what = format!(
-                "--shard auto (${SLURM_TASK_ID}={id}, ${SLURM_TASK_COUNT}={total}, first index \
+                "auto (${SLURM_TASK_ID}={id}, ${SLURM_TASK_COUNT}={total}, first index \
                  {min}, step {step})"
             );
             return Self::new(offset / step, total, &what);
@@ -167,19 +167,19 @@ impl Shard {
                 Some(n) => n,
                 None => read(SHARD_COUNT_ENV)?.ok_or_else(|| {
                     anyhow::anyhow!(
-                        "--shard auto: ${K8S_COMPLETION_INDEX} is set, but not the number of \
-                         shards: give --shard-count N or set ${SHARD_COUNT_ENV}=N (the Job's \
+                        "auto: ${K8S_COMPLETION_INDEX} is set, but not the number of \
+                         shards: give a shard count or set ${SHARD_COUNT_ENV}=N (the Job's \
                          `completions`)"
                     )
                 })?,
             };
-            let what = format!("--shard auto (${K8S_COMPLETION_INDEX}={index}, {total} shard(s))");
+            let what = format!("auto (${K8S_COMPLETION_INDEX}={index}, {total} shard(s))");
             return Self::new(index, total, &what);
         }
         bail!(
-            "--shard auto: neither ${SLURM_TASK_ID} (a Slurm job array) nor \
+            "auto: neither ${SLURM_TASK_ID} (a Slurm job array) nor \
              ${K8S_COMPLETION_INDEX} (a Kubernetes Indexed Job) is set; run inside such a job \
-             or give --shard I/N"
+             or give the shard as I/N"
         )
     }
 
@@ -247,7 +247,7 @@ mod tests {
         assert!(err("a/3", None, &[]).contains("`a` is not the shard index I"));
         assert!(err("1/-2", None, &[]).contains("`-2` is not the shard count N"));
         assert!(err("3", None, &[]).contains("expected I/N"));
-        assert!(err("0/2", Some(2), &[]).contains("--shard-count goes with --shard auto"));
+        assert!(err("0/2", Some(2), &[]).contains("a separate shard count goes with `auto` only"));
     }
 
     #[test]
@@ -278,7 +278,7 @@ mod tests {
     fn auto_explains_what_is_missing() {
         assert!(err("auto", None, &[]).contains("neither $SLURM_ARRAY_TASK_ID"));
         assert!(err("auto", None, &[(SLURM_TASK_ID, "1")]).contains("$SLURM_ARRAY_TASK_COUNT"));
-        assert!(err("auto", None, &[(K8S_COMPLETION_INDEX, "1")]).contains("--shard-count N"));
+        assert!(err("auto", None, &[(K8S_COMPLETION_INDEX, "1")]).contains("give a shard count"));
         let e = err(
             "auto",
             None,
