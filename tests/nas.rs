@@ -294,4 +294,34 @@ fn bad_flags_are_named() {
         ]),
         &["--evolve does not go with --shard"],
     );
+    let table = tmp("decoder_scores.csv");
+    std::fs::write(&table, "id,decoder_params\nconfig_0_j0,1\n").unwrap();
+    assert_fails(
+        &nas(&[
+            "--bench",
+            "gpt2",
+            "--proxy",
+            "decoder_params",
+            "--scores",
+            table.to_str().unwrap(),
+            "--evolve",
+            "1",
+        ]),
+        &["--evolve makes new architectures", "--scores"],
+    );
+    // A table that lacks an architecture names the file and the architecture.
+    assert_fails(
+        &nas(&[
+            "--bench",
+            "gpt2",
+            "--proxy",
+            "decoder_params",
+            "--scores",
+            table.to_str().unwrap(),
+        ]),
+        &[
+            "decoder_scores.csv",
+            "no row for architecture `config_0_j1`",
+        ],
+    );
 }

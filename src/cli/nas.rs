@@ -195,6 +195,12 @@ pub fn nas(a: NasArgs) -> Result<()> {
             .with(source, serde_json::to_value(&task)?);
         return shard::score_shard(&what, s, a.out.as_deref(), a.json);
     }
+    if a.scores.is_some() && opts.evolve > 0 {
+        bail!(
+            "--evolve makes new architectures, which the score table of --scores has no values \
+             for; leave out --scores (the proxy is then computed by probing)"
+        );
+    }
     let column = match &a.scores {
         Some(path) => Some(ScoreColumn::read(path, &proxy.name()).context("--scores")?),
         None => None,
@@ -208,7 +214,12 @@ pub fn nas(a: NasArgs) -> Result<()> {
         },
     };
     let bar = report::progress(selection.len(), "scoring", a.json);
-    pool.score(&selection, &scorer, || bar.inc(1))?;
+    let scored = pool.score(&selection, &scorer, || bar.inc(1));
+    if a.scores.is_some() {
+        scored.context("--scores")?;
+    } else {
+        scored?;
+    }
     bar.finish_and_clear();
     let quiet = a.json || !std::io::IsTerminal::is_terminal(&std::io::stderr());
     pool.evolve(&opts, probe.seed, &scorer, &probe, &|g, best| {
@@ -221,6 +232,13 @@ pub fn nas(a: NasArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("nas-{}", base.kind)));
     let (result, summary) = finish_and_write(pool, &proxy, &probe, &opts, &dir, a.json)?;
+    if result.top.is_empty() {
+        eprintln!(
+            "warning: no candidate is within the budgets with a finite proxy value (see \
+             --max-params, --max-latency-ms and {}/candidates.csv)",
+            dir.display()
+        );
+    }
     if a.json {
         return out::line(serde_json::to_string(&summary)?);
     }
