@@ -6,8 +6,10 @@
 //! probed and counted, what its probes mean), `proxy` turns probes into scores, `stats`
 //! compares scores with ground truth; `params`, `scoring`, `baselines`, `search`, `compare`
 //! and `study` are the jobs built from these; `shard` splits a scoring job over many
-//! processes and merges their files; `export` writes an expression as a PyTorch function or a
-//! LaTeX formula. `docs/architecture.md` draws the layers.
+//! processes and merges their files; `nas` searches architectures with a proxy (the family's
+//! design space from `bench::space`, budgets, measured latency, the Pareto front); `export`
+//! writes an expression as a PyTorch function or a LaTeX formula. `docs/architecture.md`
+//! draws the layers.
 
 pub mod array;
 pub mod baselines;
