@@ -161,32 +161,23 @@ fn a_benchmark_subset_respects_the_budget_and_evolves() {
     assert!(csv.lines().any(|l| l.contains(",g1_0,1,")), "{csv}");
 }
 
-#[test]
-fn shards_merge_into_the_unsharded_result() {
-    let common = [
-        "--bench",
-        "gpt2",
-        "--proxy",
-        "decoder_params",
-        "--space",
-        "sample:4",
-        "--seed",
-        "3",
-    ];
-    let whole = tmp("whole");
+/// Runs `nas` with `common` unsharded and as two shards merged; both write the same
+/// candidates (latency aside). Returns the merged output folder.
+fn sharded_equals_whole(name: &str, common: &[&str]) -> PathBuf {
+    let whole = tmp(&format!("{name}_whole"));
     let mut args = common.to_vec();
     args.extend(["--out", whole.to_str().unwrap()]);
     stdout_of(&nas(&args));
     let mut files = Vec::new();
     for i in 0..2 {
-        let file = tmp(&format!("shard{i}.jsonl"));
+        let file = tmp(&format!("{name}_shard{i}.jsonl"));
         let shard = format!("{i}/2");
         let mut args = common.to_vec();
         args.extend(["--shard", &shard, "--out", file.to_str().unwrap()]);
         stdout_of(&nas(&args));
         files.push(file.to_str().unwrap().to_string());
     }
-    let merged = tmp("merged");
+    let merged = tmp(&format!("{name}_merged"));
     let text = stdout_of(&lpzero(&[
         "merge",
         &files[0],
@@ -204,7 +195,31 @@ fn shards_merge_into_the_unsharded_result() {
         candidates_without_latency(&whole),
         candidates_without_latency(&merged)
     );
+    merged
+}
+
+#[test]
+fn shards_of_a_sample_merge_into_the_unsharded_result() {
+    let common = [
+        "--bench",
+        "gpt2",
+        "--proxy",
+        "decoder_params",
+        "--space",
+        "sample:4",
+        "--seed",
+        "3",
+    ];
+    let merged = sharded_equals_whole("sample", &common);
     assert!(merged.join("top_k").is_dir());
+}
+
+#[test]
+fn shards_of_a_bench_file_merge_into_the_unsharded_result() {
+    let file = example("bench_file_example.jsonl");
+    let common = ["--bench-file", &file, "--proxy", "params", "--top", "2"];
+    let merged = sharded_equals_whole("file", &common);
+    assert!(merged.join("top_k.json").is_file());
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //!
 //! Written out as records shaped like those of `BERT_benchmark.json` (the training settings
 //! the benchmark used, `hparams.model_hparam_overrides` with `hidden_size` and
-//! `nas_config.encoder_layers`), without `scores`: the FlexiBERT loader reads such a file as
-//! a benchmark without ground truth.
+//! `nas_config.encoder_layers`), without `scores` (they are not trained yet, so the benchmark
+//! loader, which needs `scores.glue`, does not take the file as a benchmark); each record's
+//! `hidden_size` and `encoder_layers` read back through the family's checks.
 
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -176,5 +177,48 @@ impl DesignSpace for FlexibertSpace {
             path: NATIVE_FILE.into(),
             text: serde_json::to_string_pretty(&records)? + "\n",
         }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_records_read_back_as_the_same_architectures() {
+        let mut rng = Rng::new(4);
+        let opts = SpaceOptions::default();
+        let archs: Vec<Arch> = (0..6)
+            .map(|i| SPACE.sample(&mut rng, &opts, i, "a").unwrap())
+            .collect();
+        let keys: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+        let chosen: Vec<Chosen> = archs
+            .iter()
+            .zip(&keys)
+            .map(|(arch, key)| Chosen {
+                key,
+                arch,
+                notes: json!({"rank": 1}),
+            })
+            .collect();
+        let files = SPACE.native(&chosen).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, std::path::PathBuf::from(NATIVE_FILE));
+        let records: Vec<Value> = serde_json::from_str(&files[0].text).unwrap();
+        assert_eq!(records.len(), 6);
+        for (i, (record, arch)) in records.iter().zip(&archs).enumerate() {
+            assert_eq!(record["id"], i);
+            assert_eq!(record["lpzero"]["rank"], 1);
+            assert_eq!(record["hparams"]["num_train_steps"], 100000);
+            let overrides = &record["hparams"]["model_hparam_overrides"];
+            let config = json!({
+                "hidden_size": overrides["hidden_size"],
+                "encoder_layers": overrides["nas_config"]["encoder_layers"],
+            });
+            // The family's checks give the same architecture back.
+            let back = validated(KIND, &config, i, "k").unwrap();
+            let (a, b) = (back.of::<Record>().unwrap(), arch.of::<Record>().unwrap());
+            assert_eq!((&a.layers, a.hidden_size), (&b.layers, b.hidden_size));
+        }
     }
 }

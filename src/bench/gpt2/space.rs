@@ -238,3 +238,52 @@ impl DesignSpace for Gpt2Space {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    #[test]
+    fn native_configs_read_back_and_have_the_shipped_keys() {
+        let mut rng = Rng::new(6);
+        let opts = SpaceOptions::default();
+        let archs: Vec<Arch> = (0..4)
+            .map(|i| SPACE.sample(&mut rng, &opts, i, "a").unwrap())
+            .collect();
+        let keys = ["s0", "s/1", "s2", "s3"];
+        let chosen: Vec<Chosen> = archs
+            .iter()
+            .zip(keys)
+            .map(|(arch, key)| Chosen {
+                key,
+                arch,
+                notes: json!({"rank": 1}),
+            })
+            .collect();
+        let files = SPACE.native(&chosen).unwrap();
+        assert_eq!(files.len(), 4);
+        assert_eq!(
+            files[1].path,
+            Path::new("top_k/02_s_1/model_config.yaml"),
+            "rank, then the key with `/` replaced"
+        );
+        let shipped =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/gpt2_wt103/configs/config_0_j0.yaml");
+        let shipped: serde_yaml::Mapping =
+            serde_yaml::from_str(&std::fs::read_to_string(shipped).unwrap()).unwrap();
+        let key_set = |m: &serde_yaml::Mapping| -> BTreeSet<String> {
+            m.keys().map(|k| k.as_str().unwrap().to_string()).collect()
+        };
+        for (file, arch) in files.iter().zip(&archs) {
+            assert!(file.text.starts_with("# lpzero nas: {\"rank\":1}\n"));
+            let mine: serde_yaml::Mapping = serde_yaml::from_str(&file.text).unwrap();
+            assert_eq!(key_set(&mine), key_set(&shipped));
+            // The benchmark's own reader gives the same architecture back.
+            let record = super::super::parse_config(&file.text, &file.path, "k").unwrap();
+            let original = arch.of::<Record>().unwrap();
+            assert_eq!(config_of(&record), config_of(original));
+        }
+    }
+}
