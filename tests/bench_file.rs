@@ -26,9 +26,7 @@ fn lpzero(args: &[&str]) -> std::process::Output {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lpzero-bench-file-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::fresh_temp_path("bench-file", name)
 }
 
 #[test]

@@ -266,7 +266,7 @@ fn loader_errors_name_file_and_key() {
     assert_names(&msg, &["config_0_j2.yaml", "mem_len", "duplicate"]);
 
     // No configs folder at all.
-    let dir = std::env::temp_dir().join(format!("lpzero-gpt2-{}-empty", std::process::id()));
+    let dir = common::fresh_temp_path("gpt2", "empty");
     std::fs::create_dir_all(dir.join(gpt2::DIR)).unwrap();
     let msg = format!(
         "{:#}",

@@ -10,9 +10,7 @@ use common::{assert_fails, lpzero, stdout_of};
 use serde_json::Value;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lpzero-nas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::fresh_temp_path("nas", name)
 }
 
 fn example(name: &str) -> String {

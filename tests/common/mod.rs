@@ -65,9 +65,24 @@ pub fn fixture_records() -> Vec<serde_json::Value> {
     ]
 }
 
+/// A path `name` inside this test process's temporary folder `lpzero-{group}-{pid}`, with
+/// whatever an earlier process of the same id left there removed (process ids are reused, and
+/// a test killed midway leaves its files behind).
+pub fn fresh_temp_path(group: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lpzero-{group}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    if path.is_dir() {
+        std::fs::remove_dir_all(&path).unwrap();
+    } else if path.exists() {
+        std::fs::remove_file(&path).unwrap();
+    }
+    path
+}
+
 /// Writes a data directory holding `records` as the FlexiBERT benchmark; returns its path.
 pub fn fixture_data_dir(name: &str, records: &[serde_json::Value]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lpzero-test-{}-{name}", std::process::id()));
+    let dir = fresh_temp_path("test", name);
     std::fs::create_dir_all(dir.join("flexibert")).unwrap();
     std::fs::write(
         dir.join("flexibert/BERT_benchmark.json"),
