@@ -22,6 +22,8 @@ use crate::out;
 
 mod export;
 mod shard;
+mod subnet;
+mod subnet_search;
 
 /// lpzero: discover zero-cost proxies for language-model NAS (LPZero) and use them.
 #[derive(Parser)]
@@ -53,6 +55,9 @@ enum Command {
     Merge(shard::MergeArgs),
     /// Write an expression as a self-contained PyTorch function or a LaTeX formula.
     Export(export::ExportArgs),
+    /// Sub-networks of a pretrained Llama (LoNAS space): parameter counts, proxy scores, and
+    /// the NSGA-II search of proxy against parameters.
+    Subnet(subnet::SubnetArgs),
 }
 
 /// Options shared by every command that reads a benchmark.
@@ -470,6 +475,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Study(a) => study(a),
         Command::Merge(a) => shard::merge(a),
         Command::Export(a) => export::export(a),
+        Command::Subnet(a) => subnet::subnet(a),
     }
 }
 

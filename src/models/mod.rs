@@ -15,6 +15,7 @@
 pub mod family;
 pub mod flexibert;
 pub mod gpt2_flex;
+pub mod llama;
 
 pub use family::{Counted, Family, FamilyInfo, Reference};
 

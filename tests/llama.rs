@@ -1,0 +1,96 @@
+//! End-to-end runs of `lpzero subnet` on the shipped LLaMA-7B config and on a tiny random
+//! Llama written by the test.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assert_fails, lpzero, stdout_of};
+
+fn manifest(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lpzero-llama-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn llama_7b_params_are_exact() {
+    let model = manifest("examples/llama-7b");
+    for (subnet, total) in [("maximal", 6_738_415_616u64), ("heuristic", 5_656_285_184)] {
+        let out = lpzero(&[
+            "subnet", "params", "--model", &model, "--subnet", subnet, "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+        assert_eq!(v["total"], total, "{subnet}");
+        assert_eq!(v["ffn_widths"].as_array().unwrap().len(), 32);
+        assert!(v["non_embedding"].as_u64().unwrap() < total);
+        assert!(v["flops_per_token"].as_u64().unwrap() > 0);
+    }
+    let out = lpzero(&[
+        "subnet",
+        "params",
+        "--model",
+        &model,
+        "--subnet",
+        "nope.json",
+    ]);
+    assert_fails(&out, &["--subnet", "nope.json"]);
+}
+
+#[test]
+fn subnet_score_on_a_tiny_random_llama() {
+    let dir = temp_dir("score");
+    let config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64,
+        "initializer_range": 0.2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let csv = dir.join("scores.csv");
+    let out = lpzero(&[
+        "subnet",
+        "score",
+        "--model",
+        dir.to_str().unwrap(),
+        "--subnets",
+        "random:3",
+        "--proxy",
+        "params,snip,grad_norm,head_softmax_confidence",
+        "--seq-len",
+        "8",
+        "--out",
+        csv.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines[0].starts_with("subnet,total,non_embedding,flops_per_token,loss,seconds,params,snip")
+    );
+    // Streaming refuses a proxy that needs the whole probe, naming it.
+    let out = lpzero(&[
+        "subnet",
+        "score",
+        "--model",
+        dir.to_str().unwrap(),
+        "--subnets",
+        "heuristic",
+        "--proxy",
+        "head_softmax_confidence",
+        "--mode",
+        "stream",
+    ]);
+    assert_fails(&out, &["head_softmax_confidence"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
