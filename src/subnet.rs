@@ -73,6 +73,8 @@ pub fn resolve_subnets(
         })
     };
     let trimmed = text.trim_start();
+    let single =
+        !trimmed.starts_with('[') && serde_json::from_str::<serde_json::Value>(&text).is_ok();
     let list: Vec<Subnet> = if trimmed.starts_with('[') {
         let items: Vec<serde_json::Value> = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a JSON array", path.display()))?;
@@ -81,7 +83,7 @@ pub fn resolve_subnets(
             .enumerate()
             .map(|(i, v)| parse(&v.to_string(), &format!("item {i}")))
             .collect::<Result<_>>()?
-    } else if serde_json::from_str::<serde_json::Value>(&text).is_ok() {
+    } else if single {
         vec![parse(&text, "the sub-network")?]
     } else {
         text.lines()
@@ -102,7 +104,7 @@ pub fn resolve_subnets(
         .map(|(i, s)| {
             s.check(&model.config)
                 .with_context(|| format!("{}: sub-network {i}", path.display()))?;
-            let name = if i == 0 && !trimmed.starts_with('[') && text.lines().count() <= 1 {
+            let name = if single {
                 stem.clone()
             } else {
                 format!("{stem}-{i}")
@@ -218,4 +220,111 @@ fn join(v: &[usize]) -> String {
         .map(|x| x.to_string())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Runs the NSGA-II search ([`search::nsga2`]) with `proxy` (oriented: a lower-is-better
+/// proxy is negated) as fitness and the parameter count as the second objective.
+pub fn search_subnets(
+    model: &LlamaModel,
+    space: &SubnetSpace,
+    proxy: &Proxy,
+    opts: &ScoreOptions<'_>,
+    search_opts: &search::SearchOptions,
+    on_eval: impl FnMut(&search::Evaluated),
+) -> Result<search::SearchResult> {
+    let batch = llama::batch(
+        &model.config,
+        opts.batch,
+        opts.seq_len,
+        opts.corpus,
+        opts.seed,
+    )?;
+    let sign = match proxy.orientation() {
+        crate::proxy::builtin::Orientation::HigherIsBetter => 1.0,
+        crate::proxy::builtin::Orientation::LowerIsBetter => -1.0,
+    };
+    let proxies = std::slice::from_ref(proxy);
+    let fitness = |s: &Subnet| -> Result<f64> {
+        Ok(sign * llama::score(model, s, &batch, proxies, opts.mode)?.values[0])
+    };
+    let params = |s: &Subnet| -> Result<u64> { Ok(s.count(&model.config)?.total) };
+    search::nsga2(space, search_opts, fitness, params, on_eval)
+}
+
+/// The files [`write_search`] wrote.
+pub struct SearchFiles {
+    /// The front as JSON.
+    pub front_json: std::path::PathBuf,
+    /// The best sub-network within the budget (a file `subnet score --subnets` reads).
+    pub best: std::path::PathBuf,
+}
+
+/// Writes a search's folder: `front.csv` and `front.json` (the Pareto front within the
+/// budget), `evaluated.csv` (every sub-network), `front.svg` (fitness against parameters) and
+/// `best.json` (the best sub-network within the budget, when one fits).
+pub fn write_search(
+    dir: &Path,
+    proxy: &Proxy,
+    opts: &search::SearchOptions,
+    r: &search::SearchResult,
+) -> Result<SearchFiles> {
+    let header: Vec<String> = ["index", "params", "fitness", "ffn_widths", "heads"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let row = |e: &search::Evaluated| {
+        vec![
+            e.index.to_string(),
+            e.params.to_string(),
+            report::csv_number(e.fitness),
+            join(&e.subnet.ffn_widths),
+            e.subnet.heads.as_deref().map(join).unwrap_or_default(),
+        ]
+    };
+    let front: Vec<&search::Evaluated> = r.front.iter().map(|&i| &r.evaluated[i]).collect();
+    report::write_csv_file(
+        &dir.join("front.csv"),
+        &header,
+        &front.iter().map(|e| row(e)).collect::<Vec<_>>(),
+    )?;
+    report::write_csv_file(
+        &dir.join("evaluated.csv"),
+        &header,
+        &r.evaluated.iter().map(row).collect::<Vec<_>>(),
+    )?;
+    let front_json = dir.join("front.json");
+    let json = serde_json::json!({
+        "proxy": proxy.name(),
+        "orientation": proxy.orientation(),
+        "options": opts,
+        "evaluated": r.evaluated.len(),
+        "front": front,
+        "best": r.best.map(|b| &r.evaluated[b]),
+    });
+    report::write_atomic(&front_json, serde_json::to_string_pretty(&json)? + "\n")?;
+    let points: Vec<(f64, f64)> = r
+        .evaluated
+        .iter()
+        .map(|e| (e.params as f64, e.fitness))
+        .collect();
+    let budget = (opts.max_params != u64::MAX).then_some(opts.max_params as f64);
+    let svg = crate::svg::pareto(
+        &points,
+        &r.front,
+        budget,
+        (
+            &format!("NSGA-II: {} against parameters", proxy.name()),
+            "parameters",
+            "fitness (oriented proxy, higher = better)",
+        ),
+    );
+    report::write_atomic(&dir.join("front.svg"), svg)?;
+    let best = dir.join("best.json");
+    if let Some(b) = r.best {
+        report::write_atomic(
+            &best,
+            serde_json::to_string_pretty(&r.evaluated[b].subnet)? + "\n",
+        )?;
+    }
+    Ok(SearchFiles { front_json, best })
 }

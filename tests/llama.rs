@@ -94,3 +94,68 @@ fn subnet_score_on_a_tiny_random_llama() {
     assert_fails(&out, &["head_softmax_confidence"]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn subnet_search_writes_a_front_and_a_best_subnet_that_score_reads() {
+    let dir = temp_dir("search");
+    let config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3,
+        "num_attention_heads": 2, "vocab_size": 40, "initializer_range": 0.2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let model = dir.to_str().unwrap();
+    let heur = lpzero(&[
+        "subnet",
+        "params",
+        "--model",
+        model,
+        "--subnet",
+        "heuristic",
+        "--json",
+    ]);
+    let budget: serde_json::Value = serde_json::from_str(&stdout_of(&heur)).unwrap();
+    let budget = budget["total"].as_u64().unwrap();
+    let out_dir = dir.join("run");
+    let out = lpzero(&[
+        "subnet",
+        "search",
+        "--model",
+        model,
+        "--proxy",
+        "grad_norm",
+        "--max-params",
+        &budget.to_string(),
+        "--population",
+        "6",
+        "--generations",
+        "2",
+        "--seq-len",
+        "8",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let front: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert!(!front["front"].as_array().unwrap().is_empty());
+    for f in ["front.csv", "evaluated.csv", "front.svg", "best.json"] {
+        assert!(out_dir.join(f).is_file(), "{f}");
+    }
+    let best = out_dir.join("best.json");
+    let out = lpzero(&[
+        "subnet",
+        "score",
+        "--model",
+        model,
+        "--subnets",
+        best.to_str().unwrap(),
+        "--proxy",
+        "params",
+        "--seq-len",
+        "8",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(v[0]["name"], "best");
+    assert!(v[0]["count"]["total"].as_u64().unwrap() <= budget);
+    let _ = std::fs::remove_dir_all(dir);
+}
