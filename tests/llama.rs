@@ -159,3 +159,65 @@ fn subnet_search_writes_a_front_and_a_best_subnet_that_score_reads() {
     assert!(v[0]["count"]["total"].as_u64().unwrap() <= budget);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn llama_bench_file_records_are_scored_through_the_family_seam() {
+    let dir = temp_dir("benchfile");
+    let config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "vocab_size": 40, "initializer_range": 0.2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let model = dir.to_str().unwrap();
+    let lines: Vec<String> = [
+        ([32, 32], 10.0),
+        ([16, 16], 14.0),
+        ([24, 32], 11.0),
+        ([16, 24], 13.0),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (w, t))| {
+        serde_json::json!({"id": format!("s{i}"), "family": "llama",
+                "config": {"model": model, "ffn_widths": w}, "truth": t, "higher_is_better": false})
+        .to_string()
+    })
+    .collect();
+    let file = dir.join("subnets.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let f = file.to_str().unwrap();
+    let out = lpzero(&["params", "--bench-file", f]);
+    let text = stdout_of(&out);
+    assert!(
+        text.starts_with("id,total,non_embedding,flops_per_token"),
+        "{text}"
+    );
+    let out = lpzero(&[
+        "score",
+        "--bench-file",
+        f,
+        "--proxy",
+        "params,snip",
+        "--seq-len",
+        "8",
+        "--json",
+    ]);
+    let text = stdout_of(&out);
+    assert!(text.contains("\"params\""), "{text}");
+    // A sub-network that does not fit the model is named.
+    let bad = dir.join("bad.jsonl");
+    let rec = serde_json::json!({"id": "x", "family": "llama",
+        "config": {"model": model, "ffn_widths": [64, 32]}, "truth": 1.0, "higher_is_better": false});
+    std::fs::write(&bad, rec.to_string()).unwrap();
+    let out = lpzero(&[
+        "score",
+        "--bench-file",
+        bad.to_str().unwrap(),
+        "--proxy",
+        "snip",
+        "--seq-len",
+        "8",
+    ]);
+    assert_fails(&out, &["ffn_widths[0]"]);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -18,6 +18,7 @@
 //! probabilities, and the position gradient is `∂ℒ/∂(input embedding)` per position.
 
 pub mod config;
+pub mod family;
 pub mod net;
 pub mod stream;
 pub mod subnet;
@@ -30,6 +31,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 pub use config::LlamaConfig;
+pub use family::FAMILY;
 pub use subnet::{Named, Subnet, SubnetCount, SubnetSpace};
 pub use weights::WeightSource;
 
