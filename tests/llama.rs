@@ -221,3 +221,38 @@ fn llama_bench_file_records_are_scored_through_the_family_seam() {
     assert_fails(&out, &["ffn_widths[0]"]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn head_and_ffn_choices_shape_the_space() {
+    let dir = temp_dir("choices");
+    let config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let model = dir.to_str().unwrap();
+    let count = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "subnet",
+            "params",
+            "--model",
+            model,
+            "--subnet",
+            "heuristic",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&stdout_of(&lpzero(&args))).unwrap()
+    };
+    let plain = count(&[]);
+    assert_eq!(plain["ffn_widths"], serde_json::json!([24, 24]));
+    // Heuristic heads: the middle of {4, 2} is 2 (one key/value head): fewer parameters.
+    let heads = count(&["--head-choices", "4,2"]);
+    assert!(heads["total"].as_u64() < plain["total"].as_u64());
+    let ffn = count(&["--ffn-choices", "32,8,16"]);
+    assert_eq!(ffn["ffn_widths"], serde_json::json!([16, 16]));
+    // A head count that is not a multiple of the group size is refused by name.
+    let out = lpzero(&["subnet", "params", "--model", model, "--head-choices", "3"]);
+    assert_fails(&out, &["--head-choices", "heads"]);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
-use lpzero::models::llama::{LlamaModel, Mode};
+use lpzero::models::llama::{LlamaModel, Mode, SubnetSpace};
 use lpzero::report;
 use lpzero::subnet::{self, ScoreOptions};
 
@@ -38,12 +38,33 @@ pub struct ModelArgs {
     /// Seed of random weights (when the folder has none) and of the probe batch.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// FFN width choices, comma-separated [default: LoNAS's 100, 87.5, 75, 62.5, 50 % of
+    /// intermediate_size].
+    #[arg(long, value_delimiter = ',')]
+    pub ffn_choices: Option<Vec<usize>>,
+    /// Query-head choices per layer, comma-separated (multiples of the query heads per
+    /// key/value head) [default: heads are not searched].
+    #[arg(long, value_delimiter = ',')]
+    pub head_choices: Option<Vec<usize>>,
 }
 
 impl ModelArgs {
     /// Opens the model.
     pub fn open(&self) -> Result<LlamaModel> {
         LlamaModel::open(&self.model, self.seed).context("--model")
+    }
+
+    /// The sub-network space: LoNAS's, or the given choices.
+    pub fn space(&self, model: &LlamaModel) -> Result<SubnetSpace> {
+        if self.ffn_choices.is_none() && self.head_choices.is_none() {
+            return Ok(model.space());
+        }
+        let ffn = match &self.ffn_choices {
+            Some(f) => f.clone(),
+            None => model.space().ffn_choices,
+        };
+        SubnetSpace::new(&model.config, ffn, self.head_choices.clone())
+            .context("--ffn-choices/--head-choices")
     }
 }
 
@@ -143,7 +164,7 @@ pub fn subnet(a: SubnetArgs) -> Result<()> {
 
 fn params(a: ParamsArgs) -> Result<()> {
     let model = a.model.open()?;
-    let space = model.space();
+    let space = a.model.space(&model)?;
     let subnet = model.subnet(&space, &a.subnet).context("--subnet")?;
     let count = subnet::params(&model, &subnet)?;
     let text = if a.json {
@@ -156,7 +177,7 @@ fn params(a: ParamsArgs) -> Result<()> {
 
 fn score(a: ScoreArgs) -> Result<()> {
     let model = a.model.open()?;
-    let space = model.space();
+    let space = a.model.space(&model)?;
     let subnets =
         subnet::resolve_subnets(&model, &space, &a.subnets, a.model.seed).context("--subnets")?;
     let proxies = subnet::parse_proxies(&a.proxy).context("--proxy")?;

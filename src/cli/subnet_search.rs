@@ -43,7 +43,7 @@ pub struct SearchArgs {
 /// Runs the search and writes its folder.
 pub fn search(a: SearchArgs) -> Result<()> {
     let model = a.model.open()?;
-    let space = model.space();
+    let space = a.model.space(&model)?;
     let proxies = subnet::parse_proxies(&a.proxy).context("--proxy")?;
     if proxies.len() != 1 {
         bail!("--proxy: expected one proxy, got {}", proxies.len());
