@@ -144,6 +144,9 @@ pub struct ScoreOptions<'a> {
     pub seed: u64,
     /// Whole probe, streaming, or chosen by size.
     pub mode: Mode,
+    /// Called after each layer of each pass (`2 × layers` calls per sub-network), for
+    /// progress.
+    pub on_layer: Option<&'a dyn Fn()>,
 }
 
 /// Scores every sub-network of `subnets` with `proxies`, calling `done` after each.
@@ -163,8 +166,9 @@ pub fn score_subnets(
     )?;
     let mut out = Vec::with_capacity(subnets.len());
     for (name, subnet) in subnets {
-        let score = llama::score(model, subnet, &batch, proxies, opts.mode)
-            .with_context(|| format!("sub-network {name}"))?;
+        let score =
+            llama::score_with_progress(model, subnet, &batch, proxies, opts.mode, opts.on_layer)
+                .with_context(|| format!("sub-network {name}"))?;
         let scored = ScoredSubnet {
             name: name.clone(),
             subnet: subnet.clone(),
@@ -245,7 +249,9 @@ pub fn search_subnets(
     };
     let proxies = std::slice::from_ref(proxy);
     let fitness = |s: &Subnet| -> Result<f64> {
-        Ok(sign * llama::score(model, s, &batch, proxies, opts.mode)?.values[0])
+        let score =
+            llama::score_with_progress(model, s, &batch, proxies, opts.mode, opts.on_layer)?;
+        Ok(sign * score.values[0])
     };
     let params = |s: &Subnet| -> Result<u64> { Ok(s.count(&model.config)?.total) };
     search::nsga2(space, search_opts, fitness, params, on_eval)

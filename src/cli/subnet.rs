@@ -128,6 +128,7 @@ impl BatchArgs {
             corpus: self.corpus.as_deref(),
             seed,
             mode: self.mode.into(),
+            on_layer: None,
         }
     }
 }
@@ -181,11 +182,14 @@ fn score(a: ScoreArgs) -> Result<()> {
     let subnets =
         subnet::resolve_subnets(&model, &space, &a.subnets, a.model.seed).context("--subnets")?;
     let proxies = subnet::parse_proxies(&a.proxy).context("--proxy")?;
-    let bar = report::progress(subnets.len(), "scoring", a.json);
-    let opts = a.batch.options(a.model.seed);
+    // Progress by layer pass: a LLaMA-7B sub-network takes minutes.
+    let steps = 2 * model.config.num_hidden_layers;
+    let bar = report::progress(subnets.len() * steps, "layer passes", a.json);
+    let tick = || bar.inc(1);
+    let mut opts = a.batch.options(a.model.seed);
+    opts.on_layer = Some(&tick);
     let json = a.json;
     let rows = subnet::score_subnets(&model, &subnets, &proxies, &opts, |r| {
-        bar.inc(1);
         if !json {
             let values: Vec<String> = proxies
                 .iter()

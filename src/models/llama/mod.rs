@@ -122,6 +122,7 @@ impl LlamaModel {
             config: &self.config,
             weights: &self.weights,
             subnet,
+            on_layer: None,
         }
     }
 
@@ -253,6 +254,18 @@ pub fn score(
     proxies: &[Proxy],
     mode: Mode,
 ) -> Result<SubnetScore> {
+    score_with_progress(model, subnet, batch, proxies, mode, None)
+}
+
+/// [`score`], calling `on_layer` after each layer of each pass (`2 × layers` calls).
+pub fn score_with_progress(
+    model: &LlamaModel,
+    subnet: &Subnet,
+    batch: &Batch,
+    proxies: &[Proxy],
+    mode: Mode,
+    on_layer: Option<&dyn Fn()>,
+) -> Result<SubnetScore> {
     if let Some(p) = proxies.iter().find(|p| p.needs_extra_passes()) {
         bail!(
             "proxy `{}` needs extra passes, which the llama family does not run",
@@ -265,7 +278,8 @@ pub fn score(
         Mode::Stream => false,
         Mode::Auto => whole_probe_bytes(&model.config, subnet, batch)? <= WHOLE_PROBE_BYTES,
     };
-    let m = model.with(subnet);
+    let mut m = model.with(subnet);
+    m.on_layer = on_layer;
     if whole {
         let probe = whole_probe(&m, batch, "subnet")?;
         let values = proxies.iter().map(|p| p.compute(&probe)).collect();

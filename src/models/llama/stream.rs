@@ -43,6 +43,9 @@ pub struct Model<'a> {
     pub weights: &'a WeightSource,
     /// The active sub-network (checked against `config` by [`probe`]).
     pub subnet: &'a Subnet,
+    /// Called after each layer of each pass (for progress): `2 × layers` calls per probe,
+    /// `layers` per [`Model::loss`].
+    pub on_layer: Option<&'a dyn Fn()>,
 }
 
 /// What the backward pass exposes of one decoder layer.
@@ -138,6 +141,13 @@ impl Model<'_> {
             .load(FINAL_NORM, &[self.config.hidden_size], Init::Ones)
     }
 
+    /// Reports one finished layer ([`Model::on_layer`]).
+    fn tick(&self) {
+        if let Some(f) = self.on_layer {
+            f();
+        }
+    }
+
     /// `(heads, kv_heads, head size)` of layer `l`.
     pub fn attn_shape(&self, l: usize) -> (usize, usize, usize) {
         let c = self.config;
@@ -181,6 +191,7 @@ impl Model<'_> {
         for l in 0..self.config.num_hidden_layers {
             let w = self.layer_weights(l)?;
             x = net::layer(&x, &w, self.attn_shape(l), self.config.rms_norm_eps, &rope)?.y;
+            self.tick();
         }
         let logits = self.logits(&x)?;
         Ok(net::nll(&logits, &targets)?.to_scalar::<f32>()? as f64)
@@ -207,6 +218,7 @@ pub fn probe(
         let w = model.layer_weights(l)?;
         let y = net::layer(&xs[l], &w, model.attn_shape(l), eps, &rope)?.y;
         xs.push(y);
+        model.tick();
     }
     let last = Var::from_tensor(&xs.pop().expect("one state per layer and the input"))?;
     let loss = net::nll(&model.logits(last.as_tensor())?, &targets)?;
@@ -271,6 +283,7 @@ pub fn probe(
         drop(grads);
         drop(out);
         visit(layer)?;
+        model.tick();
     }
     let position_grad = g.sum(0)?;
     Ok(PassSummary {

@@ -555,3 +555,20 @@ fn streaming_and_whole_scores_agree() {
         assert!(v.values[0].is_finite(), "{}: {}", b.name, v.values[0]);
     }
 }
+
+#[test]
+fn progress_counts_two_passes_per_layer() {
+    let c = tiny();
+    let model = LlamaModel {
+        dir: PathBuf::new(),
+        config: c.clone(),
+        weights: WeightSource::Random { seed: 1, std: 0.2 },
+    };
+    let sub = Subnet::full(&c);
+    let batch = super::batch(&c, 1, 4, None, 0).unwrap();
+    let n = std::cell::Cell::new(0);
+    let tick = || n.set(n.get() + 1);
+    let p = [Proxy::parse("snip").unwrap()];
+    score_with_progress(&model, &sub, &batch, &p, Mode::Stream, Some(&tick)).unwrap();
+    assert_eq!(n.get(), 2 * c.num_hidden_layers);
+}
