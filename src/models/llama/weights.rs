@@ -29,11 +29,13 @@ pub enum Init {
 
 /// The source of a model's weights.
 pub enum WeightSource {
-    /// Memory-mapped safetensors files.
+    /// Safetensors files, memory-mapped for each load and unmapped after it, so that the
+    /// pages of a 7B checkpoint do not stay mapped (and counted in the resident set) as a
+    /// streaming probe walks through its layers.
     Files {
-        /// The mapped files.
-        tensors: MmapedSafetensors,
-        /// Their paths (for messages).
+        /// Which file holds each tensor.
+        routing: HashMap<String, usize>,
+        /// The files.
         files: Vec<PathBuf>,
     },
     /// Seeded random weights.
@@ -114,12 +116,13 @@ impl WeightSource {
                 bail!("{}: listed weight file does not exist", f.display());
             }
         }
-        // SAFETY: the files are mapped read-only; lpzero never writes to them while mapped (a
-        // file changed by another process under the mapping is the caller's error, as with
-        // any reader of safetensors files).
-        let tensors = unsafe { MmapedSafetensors::multi(&files) }
-            .with_context(|| format!("{}: cannot map the safetensors files", dir.display()))?;
-        Ok(WeightSource::Files { tensors, files })
+        let mut routing = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for (name, _) in map_file(f)?.tensors() {
+                routing.insert(name, i);
+            }
+        }
+        Ok(WeightSource::Files { routing, files })
     }
 
     /// True for drawn weights.
@@ -130,17 +133,20 @@ impl WeightSource {
     /// The tensor `name` as f32 on the CPU, checked to have `shape`.
     pub fn load(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         match self {
-            WeightSource::Files { tensors, files } => {
-                let t = tensors.load(name, &Device::Cpu).map_err(|e| {
-                    anyhow!(
-                        "tensor `{name}`: not found in {} ({e})",
+            WeightSource::Files { routing, files } => {
+                let Some(&i) = routing.get(name) else {
+                    bail!(
+                        "tensor `{name}`: not found in {}",
                         files
                             .iter()
                             .map(|f| f.display().to_string())
                             .collect::<Vec<_>>()
                             .join(", ")
-                    )
-                })?;
+                    );
+                };
+                let t = map_file(&files[i])?
+                    .load(name, &Device::Cpu)
+                    .with_context(|| format!("{}: tensor `{name}`", files[i].display()))?;
                 if t.dims() != shape {
                     bail!(
                         "tensor `{name}`: expected shape {shape:?} (from config.json), found {:?}",
@@ -159,6 +165,15 @@ impl WeightSource {
             }
         }
     }
+}
+
+/// `path` memory-mapped, its header read.
+fn map_file(path: &Path) -> Result<MmapedSafetensors> {
+    // SAFETY: the file is mapped read-only and only for the duration of one read; lpzero
+    // never writes to it (a file changed by another process under the mapping is the
+    // caller's error, as with any reader of safetensors files).
+    unsafe { MmapedSafetensors::new(path) }
+        .with_context(|| format!("{}: cannot map as safetensors", path.display()))
 }
 
 /// `n` values of N(0, std²) for the tensor `name`, drawn in [`CHUNK`]-sized pieces, each from
