@@ -23,6 +23,8 @@ use crate::out;
 mod export;
 mod nas;
 mod shard;
+mod subnet;
+mod subnet_search;
 
 /// lpzero: discover zero-cost proxies for language-model NAS (LPZero) and use them.
 #[derive(Parser)]
@@ -58,6 +60,9 @@ enum Command {
     /// from the family's design space (optionally evolved) under parameter and latency
     /// budgets; write the top K in the benchmark's format and the Pareto front.
     Nas(nas::NasArgs),
+    /// Sub-networks of a pretrained Llama (LoNAS space): parameter counts, proxy scores, and
+    /// the NSGA-II search of proxy against parameters.
+    Subnet(subnet::SubnetArgs),
 }
 
 /// Options shared by every command that reads a benchmark.
@@ -476,6 +481,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Merge(a) => shard::merge(a),
         Command::Export(a) => export::export(a),
         Command::Nas(a) => nas::nas(a),
+        Command::Subnet(a) => subnet::subnet(a),
     }
 }
 

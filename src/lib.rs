@@ -30,4 +30,5 @@ pub mod search;
 pub mod shard;
 pub mod stats;
 pub mod study;
+pub mod subnet;
 pub mod svg;

@@ -377,6 +377,73 @@ pub fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
     close(svg)
 }
 
+/// A Pareto plot: every evaluated point `(x, y)` in grey, the points of `front` (indices into
+/// `points`) in blue joined in x order, and a dashed vertical line at `budget` when given.
+/// Non-finite points are left out.
+pub fn pareto(
+    points: &[(f64, f64)],
+    front: &[usize],
+    budget: Option<f64>,
+    (title, x_label, y_label): (&str, &str, &str),
+) -> String {
+    let finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
+    let frame = Frame {
+        width: 640.0,
+        height: 480.0,
+        left: 80.0,
+        right: 25.0,
+        top: 55.0,
+        bottom: 55.0,
+        x: padded_range(points.iter().map(|p| p.0).chain(budget)),
+        y: padded_range(points.iter().filter(|p| finite(p)).map(|p| p.1)),
+    };
+    let subtitle = format!("{} evaluated, {} on the front", points.len(), front.len());
+    let mut s = frame.open(title, Some(&subtitle), x_label, y_label);
+    if let Some(b) = budget.filter(|b| b.is_finite()) {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#d62728" stroke-dasharray="4 4"/>"##,
+            frame.py(frame.y.0),
+            frame.py(frame.y.1),
+            x = frame.px(b)
+        );
+    }
+    for p in points.iter().filter(|p| finite(p)) {
+        let _ = writeln!(
+            s,
+            r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="#999" fill-opacity="0.6"/>"##,
+            frame.px(p.0),
+            frame.py(p.1)
+        );
+    }
+    let mut on_front: Vec<(f64, f64)> = front
+        .iter()
+        .map(|&i| points[i])
+        .filter(|p| finite(p))
+        .collect();
+    on_front.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if on_front.len() > 1 {
+        let path: Vec<String> = on_front
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", frame.px(p.0), frame.py(p.1)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r##"<polyline points="{}" fill="none" stroke="#1f77b4"/>"##,
+            path.join(" ")
+        );
+    }
+    for p in &on_front {
+        let _ = writeln!(
+            s,
+            r##"<circle cx="{:.1}" cy="{:.1}" r="4" fill="#1f77b4"/>"##,
+            frame.px(p.0),
+            frame.py(p.1)
+        );
+    }
+    close(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -345,7 +345,7 @@ fn unknown_or_mixed_families_are_rejected() {
         &[
             "line 3",
             "field `family`",
-            "\"flexibert\" or \"gpt2\"",
+            "\"flexibert\", \"gpt2\" or \"llama\"",
             "resnet",
         ],
     );

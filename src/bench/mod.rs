@@ -12,6 +12,7 @@ pub mod flexibert;
 pub mod gpt2;
 pub mod json;
 pub mod jsonl;
+pub mod llama;
 pub mod source;
 pub mod space;
 

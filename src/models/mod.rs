@@ -15,6 +15,7 @@
 pub mod family;
 pub mod flexibert;
 pub mod gpt2_flex;
+pub mod llama;
 
 pub use family::{Counted, Family, FamilyInfo, Reference};
 
@@ -30,7 +31,7 @@ use crate::probe::{Probe, ProbeOptions};
 
 /// Every family lpzero knows, in the order commands list them: the registration of a
 /// family is its line here.
-pub static FAMILIES: &[&dyn Family] = &[&flexibert::FAMILY, &gpt2_flex::FAMILY];
+pub static FAMILIES: &[&dyn Family] = &[&flexibert::FAMILY, &gpt2_flex::FAMILY, &llama::FAMILY];
 
 /// The registered family of `kind`.
 ///

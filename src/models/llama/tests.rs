@@ -1,0 +1,574 @@
+//! Tests of the Llama family on tiny random models the tests write themselves.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor, Var};
+
+use super::net::{self, LayerWeights, Rope};
+use super::weights::{self, Init};
+use super::*;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lpzero-llama-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tiny config: H 16, FFN 24, 2 layers, 4 heads over 2 key/value heads (GQA), vocab 50.
+fn tiny() -> LlamaConfig {
+    LlamaConfig::from_json(
+        r#"{"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "vocab_size": 50, "tie_word_embeddings": false,
+            "initializer_range": 0.2}"#,
+    )
+    .unwrap()
+}
+
+fn vec1(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "entry {i}: {x} vs {y}"
+        );
+    }
+}
+
+fn t(data: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_vec(data.to_vec(), shape, &Device::Cpu).unwrap()
+}
+
+/// Central finite differences of `f` at `x` against the autograd gradient of `f`.
+fn check_grad(x: &[f32], shape: &[usize], f: impl Fn(&Tensor) -> Tensor) {
+    let var = Var::from_tensor(&t(x, shape)).unwrap();
+    let y = f(var.as_tensor());
+    let grads = y.backward().unwrap();
+    let g = vec1(grads.get(var.as_tensor()).unwrap());
+    let h = 1e-2f32;
+    for i in 0..x.len() {
+        let mut plus = x.to_vec();
+        plus[i] += h;
+        let mut minus = x.to_vec();
+        minus[i] -= h;
+        let fp = f(&t(&plus, shape)).to_scalar::<f32>().unwrap() as f64;
+        let fm = f(&t(&minus, shape)).to_scalar::<f32>().unwrap() as f64;
+        let fd = ((fp - fm) / (2.0 * h as f64)) as f32;
+        assert!(
+            (fd - g[i]).abs() <= 2e-2 * (1.0 + fd.abs()),
+            "entry {i}: finite difference {fd}, autograd {}",
+            g[i]
+        );
+    }
+}
+
+/// A fixed pseudo-random vector (no dependence on the crate's streams).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = crate::rng::Rng::new(seed);
+    rng.normal_vec(n, 1.0)
+}
+
+#[test]
+fn config_reads_defaults_and_names_bad_fields() {
+    let c = LlamaConfig::from_json(
+        r#"{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "vocab_size": 10, "architectures": ["LlamaForCausalLM"]}"#,
+    )
+    .unwrap();
+    assert_eq!(c.kv_heads(), 2);
+    assert_eq!(c.rms_norm_eps, 1e-6);
+    assert_eq!(c.rope_theta, 10000.0);
+    assert!(!c.tie_word_embeddings);
+    let err = LlamaConfig::from_json(r#"{"hidden_size": "x"}"#).unwrap_err();
+    assert!(format!("{err:#}").contains("hidden_size"), "{err:#}");
+    let err = LlamaConfig::from_json(
+        r#"{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 3, "vocab_size": 10}"#,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("num_key_value_heads"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn rms_norm_matches_hand_values_and_finite_differences() {
+    // x = [3, 4]: mean square 12.5, so y = x / sqrt(12.5) · w.
+    let y = net::rms_norm(&t(&[3.0, 4.0], &[1, 2]), &t(&[1.0, 2.0], &[2]), 0.0).unwrap();
+    let s = 12.5f32.sqrt();
+    close(&vec1(&y), &[3.0 / s, 8.0 / s], 1e-6);
+    let r = t(&values(6, 1), &[2, 3]);
+    let w = t(&[0.5, 1.5, -1.0], &[3]);
+    check_grad(&values(6, 2), &[2, 3], |x| {
+        net::rms_norm(x, &w, 1e-5)
+            .unwrap()
+            .mul(&r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    });
+}
+
+#[test]
+fn rope_matches_hand_values_and_finite_differences() {
+    // head size 4: angles p·1 and p·10000^(−1/2) = p/100; halves [1, 2] and [3, 4].
+    let rope = Rope::new(2, 4, 10000.0, &Device::Cpu).unwrap();
+    let x = t(&[1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0], &[1, 1, 2, 4]);
+    let y = vec1(&rope.apply(&x).unwrap());
+    let (c1, s1, c2, s2) = (1f32.cos(), 1f32.sin(), 0.01f32.cos(), 0.01f32.sin());
+    let want = [
+        1.0,
+        2.0,
+        3.0,
+        4.0,
+        c1 - 3.0 * s1,
+        2.0 * c2 - 4.0 * s2,
+        3.0 * c1 + s1,
+        4.0 * c2 + 2.0 * s2,
+    ];
+    close(&y, &want, 1e-6);
+    let r = t(&values(16, 3), &[1, 2, 2, 4]);
+    let rope = Rope::new(2, 4, 10000.0, &Device::Cpu).unwrap();
+    check_grad(&values(16, 4), &[1, 2, 2, 4], |x| {
+        rope.apply(x).unwrap().mul(&r).unwrap().sum_all().unwrap()
+    });
+}
+
+#[test]
+fn swiglu_matches_hand_values_and_finite_differences() {
+    let y = net::swiglu(&t(&[0.0, 1.0, -1.0], &[3]), &t(&[2.0, 3.0, 4.0], &[3])).unwrap();
+    let silu = |v: f32| v / (1.0 + (-v).exp());
+    close(&vec1(&y), &[0.0, 3.0 * silu(1.0), 4.0 * silu(-1.0)], 1e-6);
+    let up = t(&values(5, 5), &[5]);
+    check_grad(&values(5, 6), &[5], |g| {
+        net::swiglu(g, &up).unwrap().sum_all().unwrap()
+    });
+}
+
+#[test]
+fn grouped_query_attention_shares_key_value_heads() {
+    // 4 query heads of size 2 over 2 key/value heads equals 4 key/value heads where heads
+    // 2i and 2i+1 repeat key/value head i.
+    let (b, tt, d) = (1, 3, 2);
+    let rope = Rope::new(tt, d, 10000.0, &Device::Cpu).unwrap();
+    let q = t(&values(b * tt * 4 * d, 7), &[b, tt, 4 * d]);
+    let k = values(b * tt * 2 * d, 8);
+    let v = values(b * tt * 2 * d, 9);
+    let repeat = |x: &[f32]| -> Vec<f32> {
+        x.chunks(2 * d)
+            .flat_map(|tok| {
+                let (h0, h1) = tok.split_at(d);
+                [h0, h0, h1, h1].concat()
+            })
+            .collect()
+    };
+    let (gqa, _) = net::attention(
+        &q,
+        &t(&k, &[b, tt, 2 * d]),
+        &t(&v, &[b, tt, 2 * d]),
+        (4, 2, d),
+        &rope,
+    )
+    .unwrap();
+    let (mha, probs) = net::attention(
+        &q,
+        &t(&repeat(&k), &[b, tt, 4 * d]),
+        &t(&repeat(&v), &[b, tt, 4 * d]),
+        (4, 4, d),
+        &rope,
+    )
+    .unwrap();
+    close(&vec1(&gqa), &vec1(&mha), 1e-6);
+    // The first token attends only to itself: its output is its value.
+    let first = &vec1(&gqa)[..4 * d];
+    close(first, &repeat(&v[..2 * d]), 1e-6);
+    let p = vec1(&probs);
+    assert_eq!(p[1], 0.0, "causal mask");
+    // Finite differences through the whole attention (with the key/value input).
+    let r = t(&values(b * tt * 4 * d, 10), &[b, tt, 4 * d]);
+    let kt = t(&k, &[b, tt, 2 * d]);
+    check_grad(&values(b * tt * 2 * d, 11), &[b, tt, 2 * d], |vv| {
+        let (y, _) = net::attention(&q, &kt, vv, (4, 2, d), &rope).unwrap();
+        y.mul(&r).unwrap().sum_all().unwrap()
+    });
+    check_grad(&k, &[b, tt, 2 * d], |kk| {
+        let (y, _) = net::attention(&q, kk, &t(&v, &[b, tt, 2 * d]), (4, 2, d), &rope).unwrap();
+        y.mul(&r).unwrap().sum_all().unwrap()
+    });
+}
+
+#[test]
+fn decoder_layer_gradients_match_finite_differences() {
+    let c = tiny();
+    let model = LlamaModel {
+        dir: PathBuf::new(),
+        config: c.clone(),
+        weights: WeightSource::Random { seed: 3, std: 0.2 },
+    };
+    let subnet = Subnet::full(&c);
+    let m = model.with(&subnet);
+    let w = m.layer_weights(0).unwrap();
+    let rope = Rope::new(3, c.head_dim(), c.rope_theta, &Device::Cpu).unwrap();
+    let x = t(&values(3 * 16, 12), &[1, 3, 16]);
+    let r = t(&values(3 * 16, 13), &[1, 3, 16]);
+    let shape = m.attn_shape(0);
+    let down = vec1(&w.down);
+    check_grad(&down, &[16, 24], |dw| {
+        let lw = LayerWeights {
+            attn_norm: w.attn_norm.clone(),
+            q: w.q.clone(),
+            k: w.k.clone(),
+            v: w.v.clone(),
+            o: w.o.clone(),
+            ffn_norm: w.ffn_norm.clone(),
+            gate: w.gate.clone(),
+            up: w.up.clone(),
+            down: dw.clone(),
+        };
+        let y = net::layer(&x, &lw, shape, c.rms_norm_eps, &rope).unwrap().y;
+        y.mul(&r).unwrap().sum_all().unwrap()
+    });
+    check_grad(&vec1(&x), &[1, 3, 16], |xx| {
+        let y = net::layer(xx, &w, shape, c.rms_norm_eps, &rope).unwrap().y;
+        y.mul(&r).unwrap().sum_all().unwrap()
+    });
+}
+
+/// Writes a tiny random model (config.json and model.safetensors) to a new folder.
+fn write_tiny(name: &str, seed: u64) -> (PathBuf, LlamaConfig) {
+    let c = tiny();
+    let dir = temp_dir(name);
+    let source = WeightSource::Random { seed, std: 0.2 };
+    weights::save_model(&dir, &c, weights::materialize(&c, &source).unwrap()).unwrap();
+    (dir, c)
+}
+
+#[test]
+fn safetensors_round_trip_single_and_sharded() {
+    let (dir, c) = write_tiny("roundtrip", 5);
+    let drawn = LlamaModel {
+        dir: PathBuf::new(),
+        config: c.clone(),
+        weights: WeightSource::Random { seed: 5, std: 0.2 },
+    };
+    let read = LlamaModel::open(&dir, 999).unwrap();
+    assert!(!read.weights.is_random());
+    let batch = super::batch(&c, 2, 5, None, 1).unwrap();
+    let full = Subnet::full(&c);
+    let a = drawn.with(&full).loss(&batch).unwrap();
+    let b = read.with(&full).loss(&batch).unwrap();
+    assert_eq!(a, b);
+    // Two shards and an index.
+    let shard_dir = temp_dir("sharded");
+    std::fs::copy(dir.join("config.json"), shard_dir.join("config.json")).unwrap();
+    let tensors = weights::materialize(&c, &drawn.weights).unwrap();
+    let (first, second) = tensors.split_at(tensors.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (part, file) in [
+        (first, "model-00001-of-00002.safetensors"),
+        (second, "model-00002-of-00002.safetensors"),
+    ] {
+        for (n, _) in part {
+            map.insert(n.clone(), file.into());
+        }
+        weights::save(&shard_dir.join(file), part.to_vec()).unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(shard_dir.join(weights::INDEX_FILE), index.to_string()).unwrap();
+    let sharded = LlamaModel::open(&shard_dir, 0).unwrap();
+    assert_eq!(sharded.with(&full).loss(&batch).unwrap(), a);
+    // A tensor of the wrong shape is named.
+    let bad = temp_dir("badshape");
+    let mut c2 = c.clone();
+    c2.intermediate_size = 20;
+    let json = serde_json::to_string(&c2).unwrap();
+    std::fs::write(bad.join("config.json"), json).unwrap();
+    std::fs::copy(dir.join("model.safetensors"), bad.join("model.safetensors")).unwrap();
+    let m = LlamaModel::open(&bad, 0).unwrap();
+    let sub = Subnet::full(&c2);
+    let err = m.with(&sub).loss(&batch).unwrap_err();
+    assert!(format!("{err:#}").contains("mlp.gate_proj"), "{err:#}");
+    for d in [dir, shard_dir, bad] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn seeded_weights_are_deterministic() {
+    let c = tiny();
+    let a = WeightSource::Random { seed: 1, std: 0.02 };
+    let b = WeightSource::Random { seed: 1, std: 0.02 };
+    let x = a.load(weights::EMBED, &[50, 16], Init::Normal).unwrap();
+    let y = b.load(weights::EMBED, &[50, 16], Init::Normal).unwrap();
+    assert_eq!(vec1(&x), vec1(&y));
+    let z = WeightSource::Random { seed: 2, std: 0.02 }
+        .load(weights::EMBED, &[50, 16], Init::Normal)
+        .unwrap();
+    assert_ne!(vec1(&x), vec1(&z));
+    assert_eq!(c.head_dim(), 4);
+}
+
+#[test]
+fn llama_7b_counts_match_the_published_values() {
+    let c = LlamaConfig::llama_7b();
+    let space = SubnetSpace::lonas(&c);
+    assert_eq!(space.ffn_choices, vec![11008, 9632, 8256, 6880, 5504]);
+    let max = space.named(Named::Maximal).count(&c).unwrap();
+    assert_eq!(max.total, 6_738_415_616);
+    let heur = space.named(Named::Heuristic);
+    assert_eq!(heur.ffn_widths, vec![8256; 32]);
+    assert_eq!(heur.count(&c).unwrap().total, 5_656_285_184);
+    let min = space.named(Named::Minimal).count(&c).unwrap();
+    assert!(min.total < 5_656_285_184);
+    // The shipped example config gives the same numbers.
+    let shipped = LlamaConfig::from_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/llama-7b/config.json"),
+    )
+    .unwrap();
+    assert_eq!(shipped, c);
+}
+
+#[test]
+fn counts_match_the_tensors_of_a_built_model() {
+    let c = tiny();
+    let specs = weights::tensor_specs(&c);
+    let total: usize = specs
+        .iter()
+        .map(|(_, s, _)| s.iter().product::<usize>())
+        .sum();
+    assert_eq!(Subnet::full(&c).count(&c).unwrap().total, total as u64);
+    // A sub-network counts exactly its sliced tensors.
+    let sub = Subnet {
+        ffn_widths: vec![12, 18],
+        heads: Some(vec![2, 4]),
+    };
+    let model = LlamaModel {
+        dir: PathBuf::new(),
+        config: c.clone(),
+        weights: WeightSource::Random { seed: 0, std: 0.2 },
+    };
+    let m = model.with(&sub);
+    let mut sliced = 2 * 50 * 16 + 16;
+    for l in 0..2 {
+        let w = m.layer_weights(l).unwrap();
+        sliced += w.attn_norm.elem_count() + w.ffn_norm.elem_count();
+        sliced += w
+            .linears()
+            .iter()
+            .map(|(_, t)| t.elem_count())
+            .sum::<usize>();
+    }
+    assert_eq!(sub.count(&c).unwrap().total, sliced as u64);
+}
+
+#[test]
+fn slicing_keeps_leading_rows_and_columns() {
+    let c = tiny();
+    let model = LlamaModel {
+        dir: PathBuf::new(),
+        config: c.clone(),
+        weights: WeightSource::Random { seed: 4, std: 0.2 },
+    };
+    let full = Subnet::full(&c);
+    let sub = Subnet {
+        ffn_widths: vec![12, 24],
+        heads: Some(vec![2, 4]),
+    };
+    let wf = model.with(&full).layer_weights(0).unwrap();
+    let ws = model.with(&sub).layer_weights(0).unwrap();
+    assert_eq!(ws.gate.dims(), &[12, 16]);
+    assert_eq!(ws.down.dims(), &[16, 12]);
+    assert_eq!(ws.q.dims(), &[8, 16]);
+    assert_eq!(ws.k.dims(), &[4, 16]);
+    assert_eq!(ws.o.dims(), &[16, 8]);
+    assert_eq!(vec1(&ws.gate), vec1(&wf.gate.narrow(0, 0, 12).unwrap()));
+    assert_eq!(vec1(&ws.down), vec1(&wf.down.narrow(1, 0, 12).unwrap()));
+    assert_eq!(vec1(&ws.o), vec1(&wf.o.narrow(1, 0, 8).unwrap()));
+    assert_eq!(vec1(&ws.k), vec1(&wf.k.narrow(0, 0, 4).unwrap()));
+}
+
+#[test]
+fn a_subnet_changes_parameters_and_outputs() {
+    // The LoNAS bug to guard against: activating a sub-network must change both.
+    let (dir, c) = write_tiny("subnet-changes", 6);
+    let model = LlamaModel::open(&dir, 0).unwrap();
+    let space = model.space();
+    let batch = super::batch(&c, 2, 6, None, 2).unwrap();
+    let (max, heur) = (space.named(Named::Maximal), space.named(Named::Heuristic));
+    assert_ne!(max, heur);
+    let (pm, ph) = (max.count(&c).unwrap(), heur.count(&c).unwrap());
+    assert!(pm.total > ph.total);
+    let (lm, lh) = (
+        model.with(&max).loss(&batch).unwrap(),
+        model.with(&heur).loss(&batch).unwrap(),
+    );
+    assert_ne!(lm, lh);
+    let proxies = [
+        Proxy::parse("params").unwrap(),
+        Proxy::parse("snip").unwrap(),
+    ];
+    let sm = score(&model, &max, &batch, &proxies, Mode::Auto).unwrap();
+    let sh = score(&model, &heur, &batch, &proxies, Mode::Auto).unwrap();
+    assert_eq!(sm.values[0], pm.total as f64);
+    assert_eq!(sh.values[0], ph.total as f64);
+    assert_ne!(sm.values[1], sh.values[1]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One backward through the whole network (every layer's weights as variables at once): the
+/// reference for the streaming pass.
+fn whole_graph_grads(model: &LlamaModel, subnet: &Subnet, batch: &Batch) -> (f64, Vec<Vec<f32>>) {
+    let m = model.with(subnet);
+    let c = &model.config;
+    let (inputs, targets) = batch.shifted();
+    let tt = batch.cols - 1;
+    let rope = Rope::new(tt, c.head_dim(), c.rope_theta, &Device::Cpu).unwrap();
+    let mut x = m.embed(&inputs, batch.rows, tt).unwrap();
+    let mut vars = Vec::new();
+    for l in 0..c.num_hidden_layers {
+        let w = m.layer_weights(l).unwrap();
+        let v: Vec<Var> = w
+            .linears()
+            .iter()
+            .map(|(_, t)| Var::from_tensor(t).unwrap())
+            .collect();
+        let lw = LayerWeights {
+            attn_norm: w.attn_norm.clone(),
+            q: v[0].as_tensor().clone(),
+            k: v[1].as_tensor().clone(),
+            v: v[2].as_tensor().clone(),
+            o: v[3].as_tensor().clone(),
+            ffn_norm: w.ffn_norm.clone(),
+            gate: v[4].as_tensor().clone(),
+            up: v[5].as_tensor().clone(),
+            down: v[6].as_tensor().clone(),
+        };
+        x = net::layer(&x, &lw, m.attn_shape(l), c.rms_norm_eps, &rope)
+            .unwrap()
+            .y;
+        vars.extend(v);
+    }
+    let loss = net::nll(&m.logits(&x).unwrap(), &targets).unwrap();
+    let grads = loss.backward().unwrap();
+    let g = vars
+        .iter()
+        .map(|v| vec1(grads.get(v.as_tensor()).unwrap()))
+        .collect();
+    (loss.to_scalar::<f32>().unwrap() as f64, g)
+}
+
+#[test]
+fn streaming_gradients_equal_one_whole_backward() {
+    let c = tiny();
+    let model = LlamaModel {
+        dir: PathBuf::new(),
+        config: c.clone(),
+        weights: WeightSource::Random { seed: 8, std: 0.2 },
+    };
+    let sub = Subnet {
+        ffn_widths: vec![12, 24],
+        heads: Some(vec![4, 2]),
+    };
+    let batch = super::batch(&c, 2, 5, None, 3).unwrap();
+    let (loss, want) = whole_graph_grads(&model, &sub, &batch);
+    let probe = whole_probe(&model.with(&sub), &batch, "t").unwrap();
+    assert!((probe.loss - loss).abs() < 1e-6);
+    assert_eq!(probe.linears.len(), 14);
+    for (lin, g) in probe.linears.iter().zip(&want) {
+        close(lin.grad.data(), g, 1e-4);
+        assert!(
+            lin.grad.data().iter().any(|&x| x != 0.0),
+            "{} has no gradient",
+            lin.name
+        );
+    }
+    assert_eq!(probe.act.len(), 2);
+    assert_eq!(probe.act[0].shape(), &[2, 5, 12]);
+    assert_eq!(probe.softmax[1].shape(), &[2, 2, 5, 5]);
+    assert_eq!(probe.position_grad.shape(), &[5, 16]);
+}
+
+#[test]
+fn streaming_and_whole_scores_agree() {
+    let c = tiny();
+    let model = LlamaModel {
+        dir: PathBuf::new(),
+        config: c.clone(),
+        weights: WeightSource::Random { seed: 9, std: 0.2 },
+    };
+    let sub = model.space().named(Named::Heuristic);
+    let batch = super::batch(&c, 1, 8, None, 4).unwrap();
+    let proxies: Vec<Proxy> = [
+        "params",
+        "grad_norm",
+        "snip",
+        "synaptic_saliency",
+        "synaptic_diversity",
+        "head_importance",
+        "mean(abs(mul(weight, grad)))",
+        "lpzero_gpt2",
+    ]
+    .iter()
+    .filter_map(|p| Proxy::parse(p).ok())
+    .filter(|p| StreamProxy::of(p).is_ok())
+    .collect();
+    assert!(proxies.len() >= 7);
+    let whole = score(&model, &sub, &batch, &proxies, Mode::Whole).unwrap();
+    let streamed = score(&model, &sub, &batch, &proxies, Mode::Stream).unwrap();
+    assert!(streamed.streamed && !whole.streamed);
+    for (p, (a, b)) in proxies
+        .iter()
+        .zip(whole.values.iter().zip(&streamed.values))
+    {
+        assert!(
+            (a - b).abs() <= 1e-9 * a.abs().max(1.0) || (a.is_nan() && b.is_nan()),
+            "{}: whole {a}, streamed {b}",
+            p.name()
+        );
+    }
+    // A proxy that needs the whole probe is refused when streaming, by name.
+    let err = score(
+        &model,
+        &sub,
+        &batch,
+        &[Proxy::parse("head_softmax_confidence").unwrap()],
+        Mode::Stream,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("head_softmax_confidence"));
+    // Every single-pass built-in has a value on the whole probe.
+    for b in crate::proxy::builtin::BUILTINS
+        .iter()
+        .filter(|b| !b.extra_passes)
+    {
+        // No decoder groups; head importance reads only linears with ≥ 128 rows.
+        if b.name == "decoder_params" || b.name.starts_with("head_importance") {
+            continue;
+        }
+        let v = score(&model, &sub, &batch, &[Proxy::Builtin(b)], Mode::Whole).unwrap();
+        assert!(v.values[0].is_finite(), "{}: {}", b.name, v.values[0]);
+    }
+}
+
+#[test]
+fn progress_counts_two_passes_per_layer() {
+    let c = tiny();
+    let model = LlamaModel {
+        dir: PathBuf::new(),
+        config: c.clone(),
+        weights: WeightSource::Random { seed: 1, std: 0.2 },
+    };
+    let sub = Subnet::full(&c);
+    let batch = super::batch(&c, 1, 4, None, 0).unwrap();
+    let n = std::cell::Cell::new(0);
+    let tick = || n.set(n.get() + 1);
+    let p = [Proxy::parse("snip").unwrap()];
+    score_with_progress(&model, &sub, &batch, &p, Mode::Stream, Some(&tick)).unwrap();
+    assert_eq!(n.get(), 2 * c.num_hidden_layers);
+}

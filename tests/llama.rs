@@ -1,0 +1,258 @@
+//! End-to-end runs of `lpzero subnet` on the shipped LLaMA-7B config and on a tiny random
+//! Llama written by the test.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assert_fails, lpzero, stdout_of};
+
+fn manifest(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lpzero-llama-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn llama_7b_params_are_exact() {
+    let model = manifest("examples/llama-7b");
+    for (subnet, total) in [("maximal", 6_738_415_616u64), ("heuristic", 5_656_285_184)] {
+        let out = lpzero(&[
+            "subnet", "params", "--model", &model, "--subnet", subnet, "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+        assert_eq!(v["total"], total, "{subnet}");
+        assert_eq!(v["ffn_widths"].as_array().unwrap().len(), 32);
+        assert!(v["non_embedding"].as_u64().unwrap() < total);
+        assert!(v["flops_per_token"].as_u64().unwrap() > 0);
+    }
+    let out = lpzero(&[
+        "subnet",
+        "params",
+        "--model",
+        &model,
+        "--subnet",
+        "nope.json",
+    ]);
+    assert_fails(&out, &["--subnet", "nope.json"]);
+}
+
+#[test]
+fn subnet_score_on_a_tiny_random_llama() {
+    let dir = temp_dir("score");
+    let config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64,
+        "initializer_range": 0.2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let csv = dir.join("scores.csv");
+    let out = lpzero(&[
+        "subnet",
+        "score",
+        "--model",
+        dir.to_str().unwrap(),
+        "--subnets",
+        "random:3",
+        "--proxy",
+        "params,snip,grad_norm,head_softmax_confidence",
+        "--seq-len",
+        "8",
+        "--out",
+        csv.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines[0].starts_with("subnet,total,non_embedding,flops_per_token,loss,seconds,params,snip")
+    );
+    // Streaming refuses a proxy that needs the whole probe, naming it.
+    let out = lpzero(&[
+        "subnet",
+        "score",
+        "--model",
+        dir.to_str().unwrap(),
+        "--subnets",
+        "heuristic",
+        "--proxy",
+        "head_softmax_confidence",
+        "--mode",
+        "stream",
+    ]);
+    assert_fails(&out, &["head_softmax_confidence"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn subnet_search_writes_a_front_and_a_best_subnet_that_score_reads() {
+    let dir = temp_dir("search");
+    let config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3,
+        "num_attention_heads": 2, "vocab_size": 40, "initializer_range": 0.2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let model = dir.to_str().unwrap();
+    let heur = lpzero(&[
+        "subnet",
+        "params",
+        "--model",
+        model,
+        "--subnet",
+        "heuristic",
+        "--json",
+    ]);
+    let budget: serde_json::Value = serde_json::from_str(&stdout_of(&heur)).unwrap();
+    let budget = budget["total"].as_u64().unwrap();
+    let out_dir = dir.join("run");
+    let out = lpzero(&[
+        "subnet",
+        "search",
+        "--model",
+        model,
+        "--proxy",
+        "grad_norm",
+        "--max-params",
+        &budget.to_string(),
+        "--population",
+        "6",
+        "--generations",
+        "2",
+        "--seq-len",
+        "8",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let front: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert!(!front["front"].as_array().unwrap().is_empty());
+    for f in ["front.csv", "evaluated.csv", "front.svg", "best.json"] {
+        assert!(out_dir.join(f).is_file(), "{f}");
+    }
+    let best = out_dir.join("best.json");
+    let out = lpzero(&[
+        "subnet",
+        "score",
+        "--model",
+        model,
+        "--subnets",
+        best.to_str().unwrap(),
+        "--proxy",
+        "params",
+        "--seq-len",
+        "8",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(v[0]["name"], "best");
+    assert!(v[0]["count"]["total"].as_u64().unwrap() <= budget);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn llama_bench_file_records_are_scored_through_the_family_seam() {
+    let dir = temp_dir("benchfile");
+    let config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "vocab_size": 40, "initializer_range": 0.2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let model = dir.to_str().unwrap();
+    let lines: Vec<String> = [
+        ([32, 32], 10.0),
+        ([16, 16], 14.0),
+        ([24, 32], 11.0),
+        ([16, 24], 13.0),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (w, t))| {
+        serde_json::json!({"id": format!("s{i}"), "family": "llama",
+                "config": {"model": model, "ffn_widths": w}, "truth": t, "higher_is_better": false})
+        .to_string()
+    })
+    .collect();
+    let file = dir.join("subnets.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let f = file.to_str().unwrap();
+    let out = lpzero(&["params", "--bench-file", f]);
+    let text = stdout_of(&out);
+    assert!(
+        text.starts_with("id,total,non_embedding,flops_per_token"),
+        "{text}"
+    );
+    let out = lpzero(&[
+        "score",
+        "--bench-file",
+        f,
+        "--proxy",
+        "params,snip",
+        "--seq-len",
+        "8",
+        "--json",
+    ]);
+    let text = stdout_of(&out);
+    assert!(text.contains("\"params\""), "{text}");
+    // A sub-network that does not fit the model is named.
+    let bad = dir.join("bad.jsonl");
+    let rec = serde_json::json!({"id": "x", "family": "llama",
+        "config": {"model": model, "ffn_widths": [64, 32]}, "truth": 1.0, "higher_is_better": false});
+    std::fs::write(&bad, rec.to_string()).unwrap();
+    let out = lpzero(&[
+        "score",
+        "--bench-file",
+        bad.to_str().unwrap(),
+        "--proxy",
+        "snip",
+        "--seq-len",
+        "8",
+    ]);
+    assert_fails(&out, &["ffn_widths[0]"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn head_and_ffn_choices_shape_the_space() {
+    let dir = temp_dir("choices");
+    let config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let model = dir.to_str().unwrap();
+    let count = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "subnet",
+            "params",
+            "--model",
+            model,
+            "--subnet",
+            "heuristic",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&stdout_of(&lpzero(&args))).unwrap()
+    };
+    let plain = count(&[]);
+    assert_eq!(plain["ffn_widths"], serde_json::json!([24, 24]));
+    // Heuristic heads: the middle of {4, 2} is 2 (one key/value head): fewer parameters.
+    let heads = count(&["--head-choices", "4,2"]);
+    assert!(heads["total"].as_u64() < plain["total"].as_u64());
+    let ffn = count(&["--ffn-choices", "32,8,16"]);
+    assert_eq!(ffn["ffn_widths"], serde_json::json!([16, 16]));
+    // A head count that is not a multiple of the group size is refused by name.
+    let out = lpzero(&["subnet", "params", "--model", model, "--head-choices", "3"]);
+    assert_fails(&out, &["--head-choices", "heads"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
