@@ -257,6 +257,8 @@ pub fn prepare(
     opts: &NasOptions,
 ) -> Result<(Pool, Vec<usize>)> {
     opts.check()?;
+    // Every pool is written out through the design space, so a family without one stops here.
+    models::family(base.kind).design_space()?;
     let (bench, sampling) = match opts.space {
         SpaceChoice::Benchmark => (base.clone(), None),
         SpaceChoice::Sample(n) => {
@@ -266,7 +268,7 @@ pub fn prepare(
                 opts: opts.space_opts.clone(),
             };
             let family = models::family(base.kind);
-            (sampling.draw(family.design_space())?, Some(sampling))
+            (sampling.draw(family.design_space()?)?, Some(sampling))
         }
     };
     pool_of(bench, sampling, proxy, probe, opts)
@@ -487,7 +489,7 @@ impl Pool {
         probe: &ProbeOptions,
         on_generation: &dyn Fn(usize, f64),
     ) -> Result<()> {
-        let space = models::family(self.bench.kind).design_space();
+        let space = models::family(self.bench.kind).design_space()?;
         let mut seen: HashSet<String> = HashSet::new();
         for e in &self.bench.entries {
             seen.insert(space.config(&e.arch)?.to_string());
@@ -705,7 +707,7 @@ impl NasResult {
             "generation": c.generation,
         });
         if self.pool.sampling.is_some() || c.generation > 0 {
-            let space = models::family(self.pool.bench.kind).design_space();
+            let space = models::family(self.pool.bench.kind).design_space()?;
             v["config"] = space.config(&self.pool.bench.entries[i].arch)?;
         }
         if let Some(t) = c.truth {
@@ -747,7 +749,7 @@ impl NasResult {
     pub fn write(&self, dir: &Path, summary: &Value, opts: &NasOptions) -> Result<()> {
         let pool = &self.pool;
         let kind = pool.bench.kind;
-        let space = models::family(kind).design_space();
+        let space = models::family(kind).design_space()?;
         report::write_atomic(
             &dir.join("nas.json"),
             serde_json::to_string_pretty(summary)? + "\n",
@@ -818,6 +820,7 @@ impl NasResult {
         let svg = crate::svg::pareto(
             &points,
             &on_front,
+            None,
             &format!("lpzero nas: {} on {kind}", clip(proxy)),
             &format!(
                 "{} eligible of {} candidates, {} on the front",
@@ -825,8 +828,7 @@ impl NasResult {
                 pool.candidates.len(),
                 self.pareto.len()
             ),
-            x_label,
-            "proxy score (higher = better)",
+            (x_label, "proxy score (higher = better)"),
         );
         report::write_atomic(&dir.join("pareto.svg"), svg)?;
         let mut lines = String::new();

@@ -318,11 +318,9 @@ pub fn write_search(
         &points,
         &r.front,
         budget,
-        (
-            &format!("NSGA-II: {} against parameters", proxy.name()),
-            "parameters",
-            "fitness (oriented proxy, higher = better)",
-        ),
+        &format!("NSGA-II: {} against parameters", proxy.name()),
+        &format!("{} evaluated, {} on the front", points.len(), r.front.len()),
+        ("parameters", "fitness (oriented proxy, higher = better)"),
     );
     report::write_atomic(&dir.join("front.svg"), svg)?;
     let best = dir.join("best.json");

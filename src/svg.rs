@@ -206,14 +206,15 @@ impl Frame {
 }
 
 /// A Pareto plot: every point at (cost, score) in grey, the points of `front` (indices into
-/// `points`) in colour and joined in cost order. Non-finite points are left out.
+/// `points`) in colour and joined in cost order, and a dashed vertical line at the cost
+/// `budget` when given. Non-finite points are left out.
 pub fn pareto(
     points: &[(f64, f64)],
     front: &[usize],
+    budget: Option<f64>,
     title: &str,
     subtitle: &str,
-    x_label: &str,
-    y_label: &str,
+    (x_label, y_label): (&str, &str),
 ) -> String {
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
     let frame = Frame {
@@ -223,10 +224,25 @@ pub fn pareto(
         right: 25.0,
         top: 55.0,
         bottom: 55.0,
-        x: padded_range(points.iter().filter(finite).map(|p| p.0)),
+        x: padded_range(
+            points
+                .iter()
+                .filter(finite)
+                .map(|p| p.0)
+                .chain(budget.filter(|b| b.is_finite())),
+        ),
         y: padded_range(points.iter().filter(finite).map(|p| p.1)),
     };
     let mut s = frame.open(title, Some(subtitle), x_label, y_label);
+    if let Some(b) = budget.filter(|b| b.is_finite()) {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#555" stroke-dasharray="4 4"/>"##,
+            frame.py(frame.y.0),
+            frame.py(frame.y.1),
+            x = frame.px(b)
+        );
+    }
     for p in points.iter().filter(finite) {
         let _ = writeln!(
             s,
@@ -375,73 +391,6 @@ pub fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
         ));
     }
     close(svg)
-}
-
-/// A Pareto plot: every evaluated point `(x, y)` in grey, the points of `front` (indices into
-/// `points`) in blue joined in x order, and a dashed vertical line at `budget` when given.
-/// Non-finite points are left out.
-pub fn pareto(
-    points: &[(f64, f64)],
-    front: &[usize],
-    budget: Option<f64>,
-    (title, x_label, y_label): (&str, &str, &str),
-) -> String {
-    let finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
-    let frame = Frame {
-        width: 640.0,
-        height: 480.0,
-        left: 80.0,
-        right: 25.0,
-        top: 55.0,
-        bottom: 55.0,
-        x: padded_range(points.iter().map(|p| p.0).chain(budget)),
-        y: padded_range(points.iter().filter(|p| finite(p)).map(|p| p.1)),
-    };
-    let subtitle = format!("{} evaluated, {} on the front", points.len(), front.len());
-    let mut s = frame.open(title, Some(&subtitle), x_label, y_label);
-    if let Some(b) = budget.filter(|b| b.is_finite()) {
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#d62728" stroke-dasharray="4 4"/>"##,
-            frame.py(frame.y.0),
-            frame.py(frame.y.1),
-            x = frame.px(b)
-        );
-    }
-    for p in points.iter().filter(|p| finite(p)) {
-        let _ = writeln!(
-            s,
-            r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="#999" fill-opacity="0.6"/>"##,
-            frame.px(p.0),
-            frame.py(p.1)
-        );
-    }
-    let mut on_front: Vec<(f64, f64)> = front
-        .iter()
-        .map(|&i| points[i])
-        .filter(|p| finite(p))
-        .collect();
-    on_front.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if on_front.len() > 1 {
-        let path: Vec<String> = on_front
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", frame.px(p.0), frame.py(p.1)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r##"<polyline points="{}" fill="none" stroke="#1f77b4"/>"##,
-            path.join(" ")
-        );
-    }
-    for p in &on_front {
-        let _ = writeln!(
-            s,
-            r##"<circle cx="{:.1}" cy="{:.1}" r="4" fill="#1f77b4"/>"##,
-            frame.px(p.0),
-            frame.py(p.1)
-        );
-    }
-    close(s)
 }
 
 #[cfg(test)]

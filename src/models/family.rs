@@ -30,7 +30,7 @@ pub struct FamilyInfo {
     pub reference: Option<&'static Reference>,
     /// The family's design space (its file is `bench/<family>/space.rs`): what `lpzero nas`
     /// draws new architectures from and mutates them in.
-    pub design_space: &'static dyn DesignSpace,
+    pub design_space: Option<&'static dyn DesignSpace>,
 }
 
 /// What a model family provides besides its benchmark format (see the module docs): its
@@ -69,9 +69,16 @@ pub trait Family: Sync {
         repeats: usize,
     ) -> Result<Vec<f64>>;
 
-    /// The family's design space ([`FamilyInfo::design_space`]).
-    fn design_space(&self) -> &'static dyn DesignSpace {
-        self.info().design_space
+    /// The family's design space ([`FamilyInfo::design_space`]); an error for a family
+    /// without one (Llama: its sub-networks have their own space and search, `crate::subnet`).
+    fn design_space(&self) -> Result<&'static dyn DesignSpace> {
+        self.info().design_space.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the {} family has no design space of new architectures to rank, draw or \
+                 write out",
+                self.kind()
+            )
+        })
     }
 
     /// The family ([`FamilyInfo::kind`]).

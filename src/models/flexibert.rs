@@ -881,7 +881,7 @@ static INFO: FamilyInfo = FamilyInfo {
     semantics: &SEMANTICS,
     genotypes: &["lpzero_bert", "lpzero_csv_bert"],
     reference: Some(&REFERENCE),
-    design_space: &crate::bench::flexibert::space::SPACE,
+    design_space: Some(&crate::bench::flexibert::space::SPACE),
 };
 
 impl Family for FlexibertFamily {

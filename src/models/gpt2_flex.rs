@@ -806,7 +806,7 @@ static INFO: FamilyInfo = FamilyInfo {
     semantics: &SEMANTICS,
     genotypes: &["lpzero_gpt2"],
     reference: None,
-    design_space: &crate::bench::gpt2::space::SPACE,
+    design_space: Some(&crate::bench::gpt2::space::SPACE),
 };
 
 impl Family for Gpt2Family {

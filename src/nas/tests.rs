@@ -3,7 +3,7 @@ use crate::bench::space::validated;
 use crate::bench::{flexibert, gpt2, BenchKind};
 
 fn space_of(kind: BenchKind) -> &'static dyn crate::bench::space::DesignSpace {
-    models::family(kind).design_space()
+    models::family(kind).design_space().unwrap()
 }
 
 /// Checks that `config` lies in the family's published space (the values the spec lists).

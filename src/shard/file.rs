@@ -159,7 +159,7 @@ impl Source {
             Source::Dir { path } => Benchmark::load(kind, &DataSource::dir(path)?),
             Source::BenchFile { path } => crate::models::load_bench_file(path),
             Source::Sampled { sampling } => {
-                sampling.draw(crate::models::family(kind).design_space())
+                sampling.draw(crate::models::family(kind).design_space()?)
             }
         }
     }

@@ -24,6 +24,7 @@ static INFO: FamilyInfo = FamilyInfo {
     semantics: &SEMANTICS,
     genotypes: &[],
     reference: None,
+    design_space: None,
 };
 
 /// The Llama family, as registered in [`crate::models::FAMILIES`].
@@ -78,6 +79,19 @@ impl Family for Llama {
             batch.ids.iter_mut().for_each(|id| *id %= vocab);
         }
         whole_probe(&model.with(&subnet), &batch, &index.to_string())
+    }
+
+    /// Not measured: latency serves `nas`, and Llama has no design space for it (its
+    /// sub-networks are searched against parameters by `crate::subnet`).
+    fn latency(
+        &self,
+        _arch: &Arch,
+        _index: usize,
+        _opts: &ProbeOptions,
+        _batch: &Batch,
+        _repeats: usize,
+    ) -> Result<Vec<f64>> {
+        bail!("the llama family does not measure inference latency")
     }
 
     fn count_params(&self, arch: &Arch, opts: &ProbeOptions) -> Result<Counted> {
