@@ -460,6 +460,10 @@ struct BenchArgs {
     /// Timed probes of the calibration encoder (the median is reported).
     #[arg(long, default_value_t = 3)]
     calibration_reps: usize,
+    /// Proxies computed from the probes (as `score --proxy`); those with extra passes add
+    /// them to the probes.
+    #[arg(long, default_value = "all")]
+    proxy: String,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -721,7 +725,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     // The calibration above uses every core inside one model; the sweep below parallelises
     // across architectures.
     set_engine_threads(threads);
-    let proxies = Proxy::parse_list("all", bench.kind)?;
+    let proxies = Proxy::parse_list(&a.proxy, bench.kind).context("--proxy")?;
     let bar = report::progress(selection.len(), "probing", a.json);
     let start = Instant::now();
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
