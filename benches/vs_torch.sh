@@ -38,7 +38,7 @@ case "$what" in
     [ -n "$index" ] || { echo "GPT-2 architecture $arch: not in the benchmark" >&2; exit 1; }
     config="$here/../data/gpt2_wt103/configs/$arch.yaml"
     label="GPT-2 $arch (index $index) ${shape[*]:-default shape}"
-    ours() { "$lpzero" bench --bench gpt2 --archs "$index" --proxy params --threads 1 "${shape[@]}" --json | field per_arch_seconds_median; }
+    ours() { "$lpzero" bench --bench gpt2 --archs "$index" --proxy grad_norm --threads 1 "${shape[@]}" --json | field per_arch_seconds_median; }
     theirs() { "$python" "$here/gpt2_twin.py" "$config" "${shape[@]}" --reps 1 --threads "$threads" 2>/dev/null | field probe_seconds; }
     ;;
   *)
