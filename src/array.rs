@@ -4,14 +4,17 @@
 //! so the engine behind a model family can be replaced without touching them.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A dense, row-major n-dimensional array of `f32` values with its shape.
 ///
-/// A 0-dimensional array (empty shape) holds exactly one value: a scalar.
+/// A 0-dimensional array (empty shape) holds exactly one value: a scalar. The values are
+/// immutable and shared: cloning an array shares them (a probe's `weight` and `grad` lists
+/// are the same values as its `linears`, not copies).
 #[derive(Clone, PartialEq)]
 pub struct Array {
     shape: Vec<usize>,
-    data: Vec<f32>,
+    data: Arc<Vec<f32>>,
 }
 
 impl Array {
@@ -26,14 +29,17 @@ impl Array {
                 data.len()
             ));
         }
-        Ok(Self { shape, data })
+        Ok(Self {
+            shape,
+            data: Arc::new(data),
+        })
     }
 
     /// A 0-dimensional array holding `value`.
     pub fn scalar(value: f32) -> Self {
         Self {
             shape: Vec::new(),
-            data: vec![value],
+            data: Arc::new(vec![value]),
         }
     }
 
@@ -42,7 +48,7 @@ impl Array {
         let n = shape.iter().product();
         Self {
             shape,
-            data: vec![value; n],
+            data: Arc::new(vec![value; n]),
         }
     }
 
@@ -80,7 +86,7 @@ impl Array {
     pub fn map(&self, f: impl Fn(f32) -> f32) -> Self {
         Self {
             shape: self.shape.clone(),
-            data: self.data.iter().map(|&x| f(x)).collect(),
+            data: Arc::new(self.data.iter().map(|&x| f(x)).collect()),
         }
     }
 

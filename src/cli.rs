@@ -464,6 +464,16 @@ struct BenchArgs {
     /// Also time the calibration encoder (4 SA-SDP layers, B=32, T=128, H=256, FFN 1024).
     #[arg(long)]
     calibration: bool,
+    /// Time the calibration encoder only (implies --calibration; no architecture is probed).
+    #[arg(long)]
+    calibration_only: bool,
+    /// Timed probes of the calibration encoder (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    calibration_reps: usize,
+    /// Proxies computed from the probes (as `score --proxy`); those with extra passes add
+    /// them to the probes.
+    #[arg(long, default_value = "all")]
+    proxy: String,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -705,21 +715,29 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     let opts = a.probe.options(bench.kind)?;
     let threads = a.probe.threads()?;
     let mut result = serde_json::json!({
-        "bench": bench.kind.name(), "n": selection.len(), "threads": threads,
+        "bench": bench.kind.name(), "threads": threads,
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "batch": opts.batch, "seq_len": opts.seq_len,
     });
-    if a.calibration {
-        let secs = models::flexibert::calibration_seconds(3)?;
+    if a.calibration || a.calibration_only {
+        let secs = models::flexibert::calibration_seconds(a.calibration_reps)?;
         result["calibration_forward_backward_seconds"] = serde_json::json!(secs);
+        result["calibration_peak_rss_mib"] = serde_json::json!(report::peak_rss_mib());
         if !a.json {
             eprintln!("calibration encoder (4×SA-SDP, B=32, T=128, H=256, FFN 1024): median {secs:.3} s per forward+backward");
         }
+        if a.calibration_only {
+            return bench_print(&result, a.json);
+        }
+        // The sweep's peak is its own.
+        report::reset_peak_rss();
     }
+    result["n"] = serde_json::json!(selection.len());
+    result["batch"] = serde_json::json!(opts.batch);
+    result["seq_len"] = serde_json::json!(opts.seq_len);
     // The calibration above uses every core inside one model; the sweep below parallelises
     // across architectures.
     set_engine_threads(threads);
-    let proxies = Proxy::parse_list("all", bench.kind)?;
+    let proxies = Proxy::parse_list(&a.proxy, bench.kind).context("--proxy")?;
     let bar = report::progress(selection.len(), "probing", a.json);
     let start = Instant::now();
     let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
@@ -737,11 +755,24 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             result[name] = serde_json::json!({"id": table.keys[i], "seconds": times[i]});
         }
     }
-    result["peak_rss_mib"] = serde_json::json!(lpzero::report::peak_rss_mib());
-    if a.json {
-        out::line(serde_json::to_string(&result)?)
+    result["proxy_seconds_sum"] = serde_json::json!(table.proxy_seconds.iter().sum::<f64>());
+    let per_proxy: serde_json::Map<String, serde_json::Value> = table
+        .names
+        .iter()
+        .zip(&table.proxy_seconds)
+        .map(|(n, s)| (n.clone(), serde_json::json!(s)))
+        .collect();
+    result["proxy_seconds"] = serde_json::Value::Object(per_proxy);
+    result["peak_rss_mib"] = serde_json::json!(report::peak_rss_mib());
+    bench_print(&result, a.json)
+}
+
+/// Prints `lpzero bench`'s result: one JSON line with `--json`, pretty-printed otherwise.
+fn bench_print(result: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
+        out::line(serde_json::to_string(result)?)
     } else {
-        out::line(serde_json::to_string_pretty(&result)?)
+        out::line(serde_json::to_string_pretty(result)?)
     }
 }
 

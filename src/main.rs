@@ -6,6 +6,7 @@ mod out;
 use clap::Parser;
 
 fn main() {
+    lpzero::probe::memory::reuse_freed_memory();
     let args = cli::Cli::parse();
     if let Err(err) = cli::run(args) {
         if err.downcast_ref::<out::Closed>().is_some() {

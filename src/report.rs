@@ -313,6 +313,14 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Resets the peak resident set size of this process to its current size (Linux:
+/// `/proc/self/clear_refs`), so that a later [`peak_rss_mib`] measures what follows; does
+/// nothing where that file cannot be written.
+pub fn reset_peak_rss() {
+    // Best effort: the peak then only covers more than asked.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

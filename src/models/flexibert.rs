@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor, Var, D};
 use super::family::{Counted, Family, FamilyInfo, Reference};
 use crate::bench::flexibert::{Layer, Mixer, Record, KIND, REFERENCE_FILE};
 use crate::bench::Arch;
-use crate::nn::{dropout, Build, Init, LayerNorm, Linear, LinearRole, Params, TapSite, Taps};
+use crate::nn::{dropout, ops, Build, Init, LayerNorm, Linear, LinearRole, Params, TapSite, Taps};
 use crate::probe::memory::ModelSize;
 use crate::probe::{
     self, Aggregate, Batch, Captures, FisherWidth, GradSignal, Network, Pass, Probe, ProbeModel,
@@ -546,7 +546,7 @@ impl FlexiBert {
         let pos = self.position.as_tensor().narrow(0, 0, t)?;
         let typ = self.token_type.as_tensor().narrow(0, 0, 1)?;
         let e = words.broadcast_add(&pos.broadcast_add(&typ)?)?;
-        let e = self.emb_ln.forward_composed(&e)?;
+        let e = self.emb_ln.forward(&e)?;
         let e = dropout(&e, p, dropout_rng.as_deref_mut())?;
         let mut x = match &self.projection {
             Some(proj) => self.taps.linear(proj, &e)?,
@@ -568,13 +568,13 @@ impl FlexiBert {
                         p,
                         dropout_rng.as_deref_mut(),
                     )?;
-                    ln.forward_composed(&(y + &x)?)?
+                    ln.forward(&(y + &x)?)?
                 }
                 None => mixed,
             };
             let mut z = a.clone();
             for dense in &layer.ffn {
-                z = self.taps.linear(dense, &z)?.gelu_erf()?;
+                z = ops::gelu_erf(&self.taps.linear(dense, &z)?)?;
                 fwd.act.push(z.clone());
             }
             let y = dropout(
@@ -582,7 +582,7 @@ impl FlexiBert {
                 p,
                 dropout_rng.as_deref_mut(),
             )?;
-            x = layer.ffn_ln.forward_composed(&(y + &a)?)?;
+            x = layer.ffn_ln.forward(&(y + &a)?)?;
         }
         fwd.last_hidden = x;
         Ok(fwd)
@@ -671,7 +671,7 @@ impl FlexiBert {
                     .taps
                     .linear(kernel_layer, &gate)?
                     .reshape((b, t, heads_a, *kernel))?;
-                let cw = candle_nn::ops::softmax(&cw, D::Minus1)?;
+                let cw = ops::softmax_last(&cw, 1.0)?;
                 let o = self.taps.linear(conv_out, x)?;
                 let opad = o.pad_with_zeros(1, pad, pad)?;
                 let mut conv = Tensor::zeros((b, t, heads_a, d_a), x.dtype(), x.device())?;
@@ -704,8 +704,7 @@ fn attention(
         x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
     };
     let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
-    let scores = (qh.matmul(&kh.t()?)? / (d as f64).sqrt())?;
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let probs = ops::softmax_last(&qh.matmul(&kh.t()?)?, 1.0 / (d as f32).sqrt())?;
     let dropped = dropout(&probs, p, dropout_rng)?;
     let ctx = dropped.matmul(&vh)?.transpose(1, 2)?.reshape((b, t, w))?;
     Ok((ctx, probs))

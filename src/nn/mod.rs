@@ -334,10 +334,9 @@ impl Linear {
 ///
 /// It has two evaluations with the same definition: [`LayerNorm::forward`], one custom op
 /// with its own backward that accumulates the row moments in `f64` (fast and lean, used by
-/// GPT-2), and [`LayerNorm::forward_composed`], candle primitives in `f32` (candle's fused
-/// `layer_norm` has no backward and would silently cut the gradient). FlexiBERT uses the
-/// composed one: its probes, and so its proxy values, were computed with it, and the two
-/// differ in the last bits.
+/// every family), and [`LayerNorm::forward_composed`], candle primitives in `f32` (candle's
+/// fused `layer_norm` has no backward and would silently cut the gradient), kept as the
+/// reference the custom op is tested against. The two differ in the last bits.
 pub struct LayerNorm {
     /// Scale γ, initialised to 1.
     pub gamma: Var,

@@ -1,7 +1,7 @@
 //! Custom candle ops with their own backward (checked against finite differences in the
-//! tests), to keep memory and time down on large probes: LayerNorm, `gelu_new`, a scaled
-//! causal softmax (masked entries get probability 0 and no gradient) and the row-wise
-//! log-sum-exp. Composed from candle primitives they kept 3–6 intermediate tensors each alive
+//! tests), to keep memory and time down on large probes: LayerNorm, `gelu_new`, the exact
+//! (erf) GELU, a scaled softmax over the last axis, plain or causal (masked entries get
+//! probability 0 and no gradient), and the row-wise log-sum-exp. Composed from candle primitives they kept 3–6 intermediate tensors each alive
 //! for the backward pass and spent most of a probe outside matrix multiplication. CPU only:
 //! none has a GPU kernel.
 
@@ -61,6 +61,12 @@ pub fn layer_norm(x: &Tensor, gamma: &Var, beta: &Var, eps: f64) -> candle_core:
 /// definition is [`gelu_new_exact`].
 pub fn gelu_new(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(GeluNew)
+}
+
+/// The exact GELU `½x(1 + erf(x/√2))` of every element, as one custom op in `f32` (the same
+/// forward values as candle's `gelu_erf`, whose composed backward allocates five temporaries).
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluErf)
 }
 
 /// The values of a tensor as a row-major vector.
@@ -221,31 +227,52 @@ impl CustomOp1 for GeluNew {
 /// `[i, j]` with `j > i` is masked: probability exactly 0 and no gradient (the reference
 /// replaces those scores by −10⁴, whose exponential underflows to 0 in f32).
 pub fn causal_softmax(scores: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
-    scores.apply_op1(CausalSoftmax { scale })
+    scores.apply_op1(Softmax {
+        scale,
+        causal: true,
+    })
 }
 
-/// The custom op of [`causal_softmax`].
-struct CausalSoftmax {
+/// Softmax over the last axis of `scale · x` (any shape; `scale` > 0), as one custom op: the
+/// attention softmax with its `1/√d` folded in, without the four temporaries of candle's
+/// composed `softmax`.
+pub fn softmax_last(x: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax {
+        scale,
+        causal: false,
+    })
+}
+
+/// The custom op of [`softmax_last`] and [`causal_softmax`].
+struct Softmax {
+    /// Multiplies the input (must be positive: the max is taken before scaling).
     scale: f32,
+    /// Rows are the rows of `… × T × T` scores and row `i` keeps its first `i + 1` entries.
+    causal: bool,
 }
 
-impl CustomOp1 for CausalSoftmax {
+impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
-        "causal-softmax"
+        if self.causal {
+            "causal-softmax"
+        } else {
+            "softmax"
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
         let dims = l.dims();
         let t = *dims.last().unwrap_or(&0);
-        if dims.len() < 2 || dims[dims.len() - 2] != t {
+        if t == 0 || (self.causal && (dims.len() < 2 || dims[dims.len() - 2] != t)) {
             return Err(candle_core::Error::Msg(format!(
-                "causal-softmax: expects … × T × T scores, got {dims:?}"
+                "{}: expects … × T × T scores (causal) or a non-empty last axis, got {dims:?}",
+                self.name()
             )));
         }
         let mut out = vec![0f32; x.len()];
         for (r, (row, o)) in x.chunks_exact(t).zip(out.chunks_exact_mut(t)).enumerate() {
-            let i = r % t;
+            let i = if self.causal { r % t } else { t - 1 };
             let window = &row[..=i];
             let max = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
@@ -272,6 +299,49 @@ impl CustomOp1 for CausalSoftmax {
             &grad,
             &SoftmaxGrad { scale: self.scale },
         )?))
+    }
+}
+
+/// The custom op of [`gelu_erf`].
+struct GeluErf;
+
+/// 1/√(2π), the standard normal density at 0.
+const INV_SQRT_TAU: f32 = 0.398_942_3;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::cpu::erf::erf_f32;
+        let x = contiguous_f32(s, l, self.name())?;
+        let out = x
+            .iter()
+            .map(|&v| (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v)
+            .collect();
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (xs, ys, gs) = (values(x)?, values(res)?, values(grad)?);
+        // d/dx ½x(1 + erf(x/√2)) = Φ(x) + x φ(x), with Φ(x) = y/x recovered from the forward
+        // away from x = 0.
+        let dx: Vec<f32> = xs
+            .iter()
+            .zip(&ys)
+            .zip(&gs)
+            .map(|((&v, &y), &g)| {
+                let cdf = if v.abs() > 1e-2 {
+                    y / v
+                } else {
+                    0.5 * (1.0
+                        + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+                };
+                g * (cdf + v * INV_SQRT_TAU * (-0.5 * v * v).exp())
+            })
+            .collect();
+        Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
     }
 }
 
@@ -444,6 +514,15 @@ mod tests {
             &[&[2, 3, 3]],
             |t| causal_softmax(&t[0], 0.7).unwrap(),
         );
+        check_gradients("softmax", std::slice::from_ref(&x), &[&[6, 4]], |t| {
+            softmax_last(&t[0], 0.7).unwrap()
+        });
+        check_gradients(
+            "gelu-erf",
+            &[x.iter().map(|v| 2.0 * v).collect()],
+            &[&[2, 3, 4]],
+            |t| gelu_erf(&t[0]).unwrap(),
+        );
         check_gradients("logsumexp", std::slice::from_ref(&x), &[&[6, 4]], |t| {
             logsumexp_rows(&t[0]).unwrap()
         });
@@ -487,6 +566,12 @@ mod tests {
         let ours = values(&gelu_new(&x).unwrap()).unwrap();
         let candle = values(&x.gelu().unwrap()).unwrap();
         assert!(ours.iter().zip(&candle).all(|(a, b)| (a - b).abs() < 1e-5));
+        let ours = values(&gelu_erf(&x).unwrap()).unwrap();
+        let candle = values(&x.gelu_erf().unwrap()).unwrap();
+        assert_eq!(ours, candle);
+        let ours = values(&softmax_last(&x, 0.5).unwrap()).unwrap();
+        let candle = values(&candle_nn::ops::softmax(&(&x * 0.5).unwrap(), 1).unwrap()).unwrap();
+        assert!(ours.iter().zip(&candle).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 
     #[test]

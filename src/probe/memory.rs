@@ -16,6 +16,25 @@ use super::ProbeOptions;
 use crate::bench::{Benchmark, Entry};
 use crate::report::{available_memory_bytes, format_bytes};
 
+/// Makes the C allocator keep freed memory for reuse instead of handing it back to the
+/// system (glibc: no `mmap` for blocks under 32 MiB, no trimming of the heap top).
+///
+/// A probe allocates a fresh buffer for almost every engine operation; by default glibc maps
+/// each large one anew and unmaps it on free, so every operation paid for page faults and for
+/// the kernel clearing its pages (about a fifth of a probe's time). Reusing the freed memory
+/// made the calibration probe about 20 % faster; the peak resident size is unchanged (the
+/// memory kept is what the previous operation freed). A process-wide setting: the binary
+/// calls it once at start. Does nothing on other C libraries.
+pub fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any thread
+    // starts, and a refused value leaves the default in place.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// Environment variable that sets the memory probing may use, in GB (10⁹ bytes).
 pub const MEMORY_ENV: &str = "LPZERO_PROBE_MEMORY_GB";
 
