@@ -12,11 +12,13 @@
 # Usage: scripts/nas_validate.sh [path/to/lpzero]   (default: target/release/lpzero)
 set -eu
 LPZERO=${1:-target/release/lpzero}
-# The best expression of the FlexiBERT search, seed 1 (results/README.md).
-SEARCHED='add(mean(no_op(sqrt(head))), mean(softmax(sigmoid(grad))))'
+# The proxy found by split seed 0 of the FlexiBERT study (the README's first command,
+# `search --fitness-archs random:50`, finds it), scored at the default probe with the
+# baselines in results/flexibert_default_probe_searched.csv (results/README.md).
+SEARCHED='add(log(total(frobenius_norm(normalize(abslog(head))))), neg(mean(relu(abs(softmax)))))'
 "$LPZERO" nas --bench flexibert --validate \
-    --proxy "eznas;lpzero_bert;$SEARCHED" \
-    --scores results/baselines/flexibert/baselines.csv --out results/nas/flexibert
+    --proxy "$SEARCHED;eznas;lpzero_bert" \
+    --scores results/flexibert_default_probe_searched.csv --out results/nas/flexibert
 "$LPZERO" nas --bench gpt2 --validate \
     --proxy lpzero_gpt2,decoder_params,eznas \
     --scores results/baselines/gpt2/baselines.csv --out results/nas/gpt2
