@@ -12,9 +12,9 @@
 # Usage: scripts/nas_validate.sh [path/to/lpzero]   (default: target/release/lpzero)
 set -eu
 LPZERO=${1:-target/release/lpzero}
-# The proxy found by split seed 0 of the FlexiBERT study (the README's first command,
-# `search --fitness-archs random:50`, finds it), scored at the default probe with the
-# baselines in results/flexibert_default_probe_searched.csv (results/README.md).
+# The proxy found by split seed 0 of the FlexiBERT study run made before the probe speed
+# work (results/README.md), scored at the default probe with the baselines in
+# results/flexibert_default_probe_searched.csv.
 SEARCHED='add(log(total(frobenius_norm(normalize(abslog(head))))), neg(mean(relu(abs(softmax)))))'
 "$LPZERO" nas --bench flexibert --validate \
     --proxy "$SEARCHED;eznas;lpzero_bert" \
