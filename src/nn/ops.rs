@@ -5,6 +5,7 @@
 //! for the backward pass and spent most of a probe outside matrix multiplication. CPU only:
 //! none has a GPU kernel.
 
+use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
 
 /// Row-wise log-sum-exp of an N × C matrix: N values.
@@ -72,6 +73,35 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
 /// The values of a tensor as a row-major vector.
 fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// The forward of an element-wise op: `f` of every element of the contiguous f32 input.
+fn map_elements(
+    s: &CpuStorage,
+    l: &Layout,
+    op: &'static str,
+    f: impl Fn(f32) -> f32,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let out = contiguous_f32(s, l, op)?.iter().map(|&v| f(v)).collect();
+    Ok((CpuStorage::F32(out), l.shape().clone()))
+}
+
+/// The backward of an element-wise op: `f(x, y, g)` per element, from the input `x`, the
+/// forward's result `y` and the incoming gradient `g`, shaped as `x`.
+fn element_grad(
+    x: &Tensor,
+    res: &Tensor,
+    grad: &Tensor,
+    f: impl Fn(f32, f32, f32) -> f32,
+) -> candle_core::Result<Option<Tensor>> {
+    let (xs, ys, gs) = (values(x)?, values(res)?, values(grad)?);
+    let dx: Vec<f32> = xs
+        .iter()
+        .zip(&ys)
+        .zip(&gs)
+        .map(|((&v, &y), &g)| f(v, y, g))
+        .collect();
+    Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
 }
 
 /// The custom op of [`layer_norm`].
@@ -193,33 +223,23 @@ impl CustomOp1 for GeluNew {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        let out = x
-            .iter()
-            .map(|&v| 0.5 * v * (1.0 + fast_tanh(GELU_K * (v + GELU_C * v * v * v))))
-            .collect();
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        map_elements(s, l, self.name(), |v| {
+            0.5 * v * (1.0 + fast_tanh(GELU_K * (v + GELU_C * v * v * v)))
+        })
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (xs, ys, gs) = (values(x)?, values(res)?, values(grad)?);
-        let dx: Vec<f32> = xs
-            .iter()
-            .zip(&ys)
-            .zip(&gs)
-            .map(|((&v, &y), &g)| {
-                // The forward's tanh, recovered from y = ½x(1 + t) away from x = 0.
-                let t = if v.abs() > 1e-2 {
-                    2.0 * y / v - 1.0
-                } else {
-                    fast_tanh(GELU_K * (v + GELU_C * v * v * v))
-                };
-                let slope = 0.5 * (1.0 + t)
-                    + 0.5 * v * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * v * v);
-                g * slope
-            })
-            .collect();
-        Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+        element_grad(x, res, grad, |v, y, g| {
+            // The forward's tanh, recovered from y = ½x(1 + t) away from x = 0.
+            let t = if v.abs() > 1e-2 {
+                2.0 * y / v - 1.0
+            } else {
+                fast_tanh(GELU_K * (v + GELU_C * v * v * v))
+            };
+            let slope =
+                0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * v * v);
+            g * slope
+        })
     }
 }
 
@@ -314,34 +334,22 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::cpu::erf::erf_f32;
-        let x = contiguous_f32(s, l, self.name())?;
-        let out = x
-            .iter()
-            .map(|&v| (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v)
-            .collect();
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        map_elements(s, l, self.name(), |v| {
+            (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
+        })
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (xs, ys, gs) = (values(x)?, values(res)?, values(grad)?);
         // d/dx ½x(1 + erf(x/√2)) = Φ(x) + x φ(x), with Φ(x) = y/x recovered from the forward
         // away from x = 0.
-        let dx: Vec<f32> = xs
-            .iter()
-            .zip(&ys)
-            .zip(&gs)
-            .map(|((&v, &y), &g)| {
-                let cdf = if v.abs() > 1e-2 {
-                    y / v
-                } else {
-                    0.5 * (1.0
-                        + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
-                };
-                g * (cdf + v * INV_SQRT_TAU * (-0.5 * v * v).exp())
-            })
-            .collect();
-        Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+        element_grad(x, res, grad, |v, y, g| {
+            let cdf = if v.abs() > 1e-2 {
+                y / v
+            } else {
+                0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+            };
+            g * (cdf + v * INV_SQRT_TAU * (-0.5 * v * v).exp())
+        })
     }
 }
 
