@@ -71,10 +71,7 @@ fn lpzero_in(dir: &Path, args: &[&str], data_env: Option<&Path>) -> std::process
 }
 
 fn empty_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lpzero-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::fresh_temp_dir("data", name)
 }
 
 /// From a directory with no data beside it and no `$LPZERO_DATA`, the built-in copy is used.

@@ -15,10 +15,7 @@ fn manifest(path: &str) -> String {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lpzero-llama-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::fresh_temp_dir("llama-cli", name)
 }
 
 #[test]

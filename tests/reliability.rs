@@ -45,10 +45,7 @@ fn succeeds(out: &Output) {
 
 /// A fresh, empty temporary folder.
 fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lpzero-rel-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::fresh_temp_dir("rel", name)
 }
 
 fn s(p: &Path) -> &str {

@@ -80,6 +80,14 @@ pub fn fresh_temp_path(group: &str, name: &str) -> PathBuf {
     path
 }
 
+/// A new, empty folder `name` inside this test process's temporary folder (see
+/// [`fresh_temp_path`]).
+pub fn fresh_temp_dir(group: &str, name: &str) -> PathBuf {
+    let dir = fresh_temp_path(group, name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Writes a data directory holding `records` as the FlexiBERT benchmark; returns its path.
 pub fn fixture_data_dir(name: &str, records: &[serde_json::Value]) -> PathBuf {
     let dir = fresh_temp_path("test", name);
