@@ -348,6 +348,11 @@ struct GpArgs {
     /// Checkpoint every N iterations (with --out).
     #[arg(long, default_value_t = SearchOptions::default().checkpoint_every)]
     checkpoint_every: usize,
+    /// Independent GP runs on the fitness set (seeds derived from --seed); the one with the
+    /// best fitness is reported and the hall of fame merges all of them. With --out each run
+    /// has its folder `restart_<r>/`.
+    #[arg(long, default_value_t = SearchOptions::default().restarts)]
+    restarts: usize,
 }
 
 impl GpArgs {
@@ -373,6 +378,7 @@ impl GpArgs {
             either_sign: self.fitness_sign == FitnessSign::Either,
             fitness,
             parsimony: self.parsimony,
+            restarts: self.restarts,
             ..SearchOptions::default()
         };
         opts.rps.enabled = self.rps == OnOff::On;
@@ -813,7 +819,7 @@ fn search(a: SearchArgs) -> Result<()> {
     }
     let bars = [
         report::progress(fitness.len(), "probing fitness set", a.json),
-        report::progress(a.gp.iterations, "searching", a.json),
+        report::progress(a.gp.iterations * a.gp.restarts, "searching", a.json),
         report::progress(heldout.len(), "held-out evaluation", a.json),
     ];
     let job = pipeline::SearchJob {
@@ -864,7 +870,7 @@ fn study(a: StudyArgs) -> Result<()> {
     let split = std::sync::Mutex::new(0usize);
     let bars = [
         report::progress(a.fitness_n, "probing fitness set", a.json),
-        report::progress(a.gp.iterations, "searching", a.json),
+        report::progress(a.gp.iterations * a.gp.restarts, "searching", a.json),
         report::progress(bench.len(), "held-out evaluation", a.json),
     ];
     let study = lpzero::study::run(
@@ -911,6 +917,20 @@ fn search_report(summary: &SearchSummary, dir: Option<&std::path::Path>) -> Stri
         "fitness {:.4} ({}) on {} architectures; {:.0} s in total",
         summary.fitness, summary.fitness_measure, summary.fitness_n, summary.seconds
     );
+    if summary.restarts.len() > 1 {
+        let fits: Vec<String> = summary
+            .restarts
+            .iter()
+            .map(|r| format!("{:.4}", r.fitness))
+            .collect();
+        let _ = writeln!(
+            s,
+            "{} GP restarts, best fitness {}; reported: restart {} (hall of fame merged)",
+            summary.restarts.len(),
+            fits.join(", "),
+            summary.chosen_restart
+        );
+    }
     let Some(baselines) = &summary.heldout_baselines else {
         let _ = writeln!(s, "no held-out evaluation (--heldout off)");
         return s;

@@ -251,6 +251,14 @@ fn split_rows(summary: &SearchSummary) -> Vec<(String, f64, f64)> {
             ensemble.map_or(f64::NAN, |e| e.kendall),
         ),
     ];
+    // With restarts, the first run alone: what a single-run search would have reported.
+    if let (true, Some(first)) = (summary.restarts.len() > 1, summary.restarts.first()) {
+        out.push((
+            "single_run".to_string(),
+            first.heldout_spearman.unwrap_or(f64::NAN),
+            first.heldout_kendall.unwrap_or(f64::NAN),
+        ));
+    }
     let Some(baselines) = &summary.heldout_baselines else {
         return out;
     };
@@ -488,6 +496,8 @@ mod tests {
                 members: vec![head],
                 fitness_spearman: 0.5,
             }),
+            restarts: Vec::new(),
+            chosen_restart: 0,
             seed: 0,
             structure: Structure::Extended,
             iterations: 1,

@@ -330,11 +330,32 @@ fn search_writes_run_directory_and_summary() {
     assert!(baselines
         .values()
         .all(|c| c["spearman"].as_f64().is_none_or(|r| r <= best_rho)));
-    for file in lpzero::search::rundir::RUN_FILES {
+    // The default search runs 3 GP restarts: the search folder holds the summary, plots and
+    // merged hall of fame; each restart folder a complete run folder.
+    for file in [
+        "summary.json",
+        "hall_of_fame.json",
+        "curve.svg",
+        "scatter.svg",
+        "heldout.svg",
+    ] {
         assert!(run.join(file).is_file(), "missing {file}");
     }
-    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 15);
+    let restarts = v["restarts"].as_array().expect("restarts");
+    assert_eq!(restarts.len(), 3, "{v}");
+    let chosen = v["chosen_restart"].as_u64().unwrap() as usize;
+    assert_eq!(restarts[chosen]["best"], v["best"]);
+    assert_eq!(restarts[0]["seed"], v["seed"]);
+    for (r, restart) in restarts.iter().enumerate() {
+        assert!(restart["fitness"].as_f64().unwrap() <= v["fitness"].as_f64().unwrap());
+        assert!(restart["heldout_spearman"].is_number(), "{restart}");
+        let folder = run.join(format!("restart_{r}"));
+        for file in ["config.json", "log.jsonl", "curve.csv", "curve.svg", "checkpoint.json"] {
+            assert!(folder.join(file).is_file(), "restart {r}: missing {file}");
+        }
+        let log = std::fs::read_to_string(folder.join("log.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), 15);
+    }
     assert!(v["fitness_probe_bytes"].as_u64().unwrap() > 0, "{v}");
 
     // A probe that needs more than the memory limit stops the search, before it is built, with

@@ -179,7 +179,8 @@ fn resume_refuses_other_probe_settings_and_edited_checkpoints() {
     );
 
     // An edited checkpoint is refused.
-    let ck = run.join("checkpoint.json");
+    // The default search runs 3 restarts, each with its checkpoint in `restart_<r>/`.
+    let ck = run.join("restart_0").join("checkpoint.json");
     let text = std::fs::read_to_string(&ck).unwrap();
     std::fs::write(&ck, text.replace("\"iteration\": 6", "\"iteration\": 9999")).unwrap();
     fails_with(
@@ -193,8 +194,11 @@ fn resume_refuses_other_probe_settings_and_edited_checkpoints() {
     let mut args = search_args(d, "9", Some(s(&run)));
     args.extend(["--resume", s(&run), "--corpus", s(&copy)]);
     succeeds(&lpzero(&args));
-    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 9);
+    for r in 0..3 {
+        let log = run.join(format!("restart_{r}")).join("log.jsonl");
+        let log = std::fs::read_to_string(log).unwrap();
+        assert_eq!(log.lines().count(), 9, "restart {r}");
+    }
     let _ = std::fs::remove_dir_all(&work);
 }
 
@@ -261,7 +265,7 @@ fn outputs_are_written_whole_or_refused() {
     );
     let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
     let out = lpzero(&search_args(d, "3", Some(s(&run))));
-    fails_with(&out, &["not empty", "checkpoint.json"]);
+    fails_with(&out, &["not empty", "curve.svg"]);
     assert_eq!(
         std::fs::read_to_string(run.join("summary.json")).unwrap(),
         summary

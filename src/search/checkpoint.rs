@@ -279,6 +279,7 @@ fn from_file(file: File) -> Result<Checkpoint, String> {
                 fitness: e.fitness.0,
                 iteration: e.iteration,
                 ranking: e.ranking,
+                restart: 0,
             })
         })
         .collect::<Result<_, String>>()?;

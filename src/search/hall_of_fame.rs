@@ -29,6 +29,10 @@ pub struct HallEntry {
     /// The proxy found ranks backwards and is reported negated (only with `either_sign`).
     #[serde(default)]
     pub negated: bool,
+    /// The restart that found it ([`crate::search::SearchOptions::restarts`]; 0 in a single
+    /// run).
+    #[serde(default)]
+    pub restart: usize,
 }
 
 /// The best `capacity` distinct proxies, best first.
@@ -140,6 +144,7 @@ mod tests {
             iteration,
             ranking: 0,
             negated: false,
+            restart: 0,
         }
     }
 

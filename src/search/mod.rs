@@ -47,6 +47,7 @@ pub mod genome;
 pub mod hall_of_fame;
 pub mod options;
 pub mod pipeline;
+pub mod restarts;
 pub mod rps;
 pub mod rundir;
 pub mod structure;
@@ -76,6 +77,7 @@ pub use fitness::{Evaluation, FitnessSet};
 pub use genome::{Genome, GenomeSpec};
 pub use hall_of_fame::{HallEntry, HallOfFame};
 pub use options::{FitnessMeasure, SearchOptions, Structure};
+pub use restarts::run_restarts;
 pub use rps::{PredictiveThreshold, RpsOptions, Rule, RuleCounts, StaticContext};
 pub use rundir::{curve_svg, IterationLog, RunDir};
 
@@ -210,6 +212,11 @@ pub struct SearchOutcome {
     pub resumed_from: Option<usize>,
     /// Memo counters of this process (a resumed run starts with an empty memo).
     pub memo: MemoStats,
+    /// Every restart's seed, fitness and best proxy ([`SearchOptions::restarts`]; one entry
+    /// for a single run).
+    pub restarts: Vec<restarts::RestartResult>,
+    /// The restart whose best proxy is reported (the best fitness; the first on ties).
+    pub chosen_restart: usize,
 }
 
 impl SearchOutcome {
@@ -317,6 +324,7 @@ impl Search<'_> {
                         iteration,
                         ranking: ev.ranking,
                         negated: ev.negated,
+                        restart: 0,
                     });
                 }
             }
@@ -493,6 +501,12 @@ impl Search<'_> {
                     large_bytes: a.large_bytes + b.large_bytes,
                     over_budget: a.over_budget + b.over_budget,
                 }),
+            restarts: vec![restarts::RestartResult {
+                seed: self.opts.seed,
+                fitness: best.fitness,
+                best: best.expr.clone(),
+            }],
+            chosen_restart: 0,
             population,
         }
     }

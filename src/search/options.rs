@@ -128,6 +128,12 @@ pub struct SearchOptions {
     pub parsimony: f64,
     /// The weights of the named mutation operators (the default is the reference's mutation).
     pub mutation: MutationWeights,
+    /// Independent GP runs on the same fitness set (restart 0 with `seed`, the others with
+    /// seeds derived from it); the search reports the run with the best fitness and a hall of
+    /// fame merged over all of them. One run's outcome swings with tiny numeric changes (a
+    /// run can settle on a poor basin), so several restarts make the reported proxy depend
+    /// less on one trajectory (results/README.md, "Restarts"). The reference is one run.
+    pub restarts: usize,
 }
 
 impl Default for SearchOptions {
@@ -139,6 +145,7 @@ impl Default for SearchOptions {
         Self {
             structure: Structure::Extended,
             fitness: FitnessMeasure::Kendall,
+            restarts: DEFAULT_RESTARTS,
             ..Self::reference()
         }
     }
@@ -169,9 +176,15 @@ impl SearchOptions {
             fitness: FitnessMeasure::Spearman,
             parsimony: 0.0,
             mutation: MutationWeights::default(),
+            restarts: 1,
         }
     }
 }
+
+/// lpzero's default number of GP restarts ([`SearchOptions::restarts`]).
+pub const DEFAULT_RESTARTS: usize = 3;
+/// Most restarts accepted.
+pub const MAX_RESTARTS: usize = 1000;
 
 /// Largest population accepted: a thousand times the reference's 80, far beyond any useful
 /// search (each member costs an evaluation on every fitness architecture).
@@ -212,6 +225,12 @@ impl SearchOptions {
             bail!(
                 "population must be within 2..={MAX_POPULATION}, got {} (the reference uses 80)",
                 self.population
+            );
+        }
+        if !(1..=MAX_RESTARTS).contains(&self.restarts) {
+            bail!(
+                "restarts must be within 1..={MAX_RESTARTS}, got {}",
+                self.restarts
             );
         }
         if self.iterations > MAX_ITERATIONS {
@@ -302,10 +321,12 @@ mod tests {
             SearchOptions {
                 structure: Structure::Tree,
                 fitness: FitnessMeasure::Spearman,
+                restarts: 1,
                 ..d
             },
             SearchOptions::reference()
         );
+        assert_eq!(d.restarts, DEFAULT_RESTARTS);
         let o = SearchOptions::reference();
         assert_eq!(o.population, 80);
         assert_eq!(o.iterations, 1000);

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::summary::{self, EnsembleResult, HallSummary, SearchSummary};
-use super::{checkpoint, run_with_inputs, FitnessData, SearchOptions, SearchOutcome};
+use super::summary::{self, EnsembleResult, HallSummary, RestartSummary, SearchSummary};
+use super::{checkpoint, restarts, FitnessData, SearchOptions, SearchOutcome};
 use crate::bench::Benchmark;
 use crate::compare::{self, BaselineColumns, Comparison, Corr};
 use crate::models::{self, probe_map};
@@ -177,15 +177,12 @@ pub struct FitnessPhase {
 impl FitnessPhase {
     /// What the held-out pass evaluates: the hall of fame (best first), then the search's best
     /// proxy (which the hall of fame may hold under another expression with the same ranking of
-    /// the fitness set).
+    /// the fitness set), then every restart's best proxy (in restart order).
     pub fn heldout_exprs(&self) -> Result<Vec<Expr>> {
-        let mut exprs: Vec<Expr> = self
-            .outcome
-            .hall_of_fame
-            .iter()
-            .map(|h| h.expr.clone())
-            .collect();
-        exprs.push(self.outcome.best.clone());
+        let outcome = &self.outcome;
+        let mut exprs: Vec<Expr> = outcome.hall_of_fame.iter().map(|h| h.expr.clone()).collect();
+        exprs.push(outcome.best.clone());
+        exprs.extend(outcome.restarts.iter().map(|r| r.best.clone()));
         Ok(exprs)
     }
 }
@@ -208,9 +205,15 @@ pub fn fitness_phase(
     let bench = job.bench;
     // Refuse an incompatible resume before any probing.
     let settings = models::family(bench.kind).settings(&job.probe)?;
-    if let Some(path) = &job.resume {
-        let truth = bench.truths(&job.fitness);
-        checkpoint::load(path)?.check_compatible(opts, &settings, &truth)?;
+    let truth = bench.truths(&job.fitness);
+    for (r, path) in restarts::resume_paths(opts, job.resume.as_deref())?
+        .iter()
+        .enumerate()
+    {
+        if let Some(path) = path {
+            let restart = restarts::restart_options(opts, r);
+            checkpoint::load(path)?.check_compatible(&restart, &settings, &truth)?;
+        }
     }
     let total = job.fitness.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -235,14 +238,13 @@ pub fn fitness_phase(
     let probe_bytes = guard.held.into_inner();
     let probe_seconds = start.elapsed().as_secs_f64();
     let sources: Vec<&dyn InputSource> = probes.iter().map(|p| p as &dyn InputSource).collect();
-    let truth = bench.truths(&job.fitness);
-    let iterations = opts.iterations;
+    let iterations = opts.iterations * opts.restarts;
     let fitness = FitnessData {
         probes: &sources,
         truth: &truth,
         settings: &settings,
     };
-    let outcome = run_with_inputs(
+    let outcome = restarts::run_restarts(
         opts,
         &fitness,
         job.out.as_deref(),
@@ -372,6 +374,7 @@ pub fn summarize(
                 key: h.key.clone(),
                 fitness: h.fitness,
                 iteration: h.iteration,
+                restart: h.restart,
                 heldout_spearman: held.as_ref().map(|(c, _)| c.spearman),
                 heldout_kendall: held.as_ref().map(|(c, _)| c.kendall),
                 heldout_non_finite: held.map(|(_, bad)| bad),
@@ -379,9 +382,26 @@ pub fn summarize(
         })
         .collect();
     let best_text = outcome.best.to_string();
-    // Columns of `rows`: the hall of fame, the best proxy, then the baselines.
+    // Columns of `rows`: the hall of fame, the best proxy, every restart's best, then the
+    // baselines.
     let best_column = n_hall;
-    let first_baseline = n_hall + 1;
+    let n_restarts = outcome.restarts.len();
+    let first_baseline = n_hall + 1 + n_restarts;
+    let restarts: Vec<RestartSummary> = outcome
+        .restarts
+        .iter()
+        .enumerate()
+        .map(|(r, res)| {
+            let held = (n_held > 0).then(|| correlate(&column(n_hall + 1 + r)).0);
+            RestartSummary {
+                seed: res.seed,
+                fitness: res.fitness,
+                best: res.best.clone(),
+                heldout_spearman: held.as_ref().map(|c| c.spearman),
+                heldout_kendall: held.as_ref().map(|c| c.kendall),
+            }
+        })
+        .collect();
     let (held_rho, held_tau) = match n_held {
         0 => (f64::NAN, f64::NAN),
         _ => {
@@ -487,6 +507,8 @@ pub fn summarize(
                 .collect(),
             fitness_spearman: fit_rho,
         }),
+        restarts,
+        chosen_restart: outcome.chosen_restart,
         seed: opts.seed,
         structure: opts.structure,
         iterations: opts.iterations,

@@ -51,7 +51,8 @@ pub const RUN_FILES: [&str; 9] = [
 
 /// Makes `dir` ready for a new run without losing an earlier one: a missing or empty folder is
 /// fine; a folder holding anything is refused, unless `overwrite`, which deletes the
-/// [`RUN_FILES`] it holds (other files are left alone). Fails when `dir` is not a folder.
+/// [`RUN_FILES`] it holds and those of its restart folders (`restart_<r>/`, removed when that
+/// empties them; other files are left alone). Fails when `dir` is not a folder.
 pub fn claim(dir: &Path, overwrite: bool) -> Result<()> {
     if !dir.exists() {
         return Ok(());
@@ -83,6 +84,18 @@ pub fn claim(dir: &Path, overwrite: bool) -> Result<()> {
         if path.is_file() {
             std::fs::remove_file(&path)
                 .with_context(|| format!("{}: cannot remove", path.display()))?;
+        }
+    }
+    let is_restart = |n: &str| {
+        n.strip_prefix("restart_")
+            .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+    };
+    for name in names.iter().filter(|n| is_restart(n)) {
+        let sub = dir.join(name);
+        if sub.is_dir() {
+            claim(&sub, true)?;
+            // Left in place when it still holds files that are not a run's.
+            let _ = std::fs::remove_dir(&sub);
         }
     }
     Ok(())
@@ -270,6 +283,7 @@ pub fn write_hall_of_fame(path: &Path, entries: &[HallEntry]) -> Result<()> {
                 "key": e.key,
                 "fitness": json_number(e.fitness),
                 "iteration": e.iteration,
+                "restart": e.restart,
             })
         })
         .collect();

@@ -72,6 +72,11 @@ pub struct SearchSummary {
     pub margin: Option<f64>,
     /// The rank sum of hall-of-fame proxies chosen greedily on the fitness set, held out.
     pub hall_of_fame_ensemble: Option<EnsembleResult>,
+    /// Every GP restart: seed, fitness, best proxy and that proxy's held-out correlations
+    /// (one entry for a single run).
+    pub restarts: Vec<RestartSummary>,
+    /// The restart whose best proxy is `best` (the best fitness).
+    pub chosen_restart: usize,
     /// The GP seed.
     pub seed: u64,
     /// The proxy structure searched.
@@ -99,6 +104,8 @@ pub struct HallSummary {
     pub fitness: f64,
     /// The iteration that found it.
     pub iteration: usize,
+    /// The restart that found it.
+    pub restart: usize,
     /// Held-out ρ (absent without a held-out set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heldout_spearman: Option<f64>,
@@ -108,6 +115,23 @@ pub struct HallSummary {
     /// Held-out architectures where it was NaN or infinite (ranked last).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heldout_non_finite: Option<usize>,
+}
+
+/// One GP restart in a summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartSummary {
+    /// The seed it ran with.
+    pub seed: u64,
+    /// The fitness of its best proxy.
+    pub fitness: f64,
+    /// Its best proxy.
+    pub best: Expr,
+    /// That proxy's held-out ρ (absent without a held-out set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heldout_spearman: Option<f64>,
+    /// Its held-out τ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heldout_kendall: Option<f64>,
 }
 
 /// A baseline's (or the pair ensemble's) held-out correlations.

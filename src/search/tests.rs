@@ -313,3 +313,89 @@ fn either_sign_finds_backward_proxies_and_reports_them_negated() {
         .collect();
     assert!((crate::stats::spearman(&s.truth, &best) - out.fitness_spearman).abs() < 1e-9);
 }
+
+#[test]
+fn restarts_report_the_fittest_run_and_merge_the_halls() {
+    let s = Synthetic::new(30, 7);
+    let probes = s.sources();
+    let fitness = FitnessData {
+        probes: &probes,
+        truth: &s.truth,
+        settings: &serde_json::Value::Null,
+    };
+    let base = small(Structure::Tree, 3, 25);
+    // One restart is the plain search.
+    let plain = run_quiet(&base, &s);
+    let one = run_restarts(&base, &fitness, None, None, &|_| {}).unwrap();
+    assert_eq!(one.reproducible_summary(), plain.reproducible_summary());
+    assert_eq!(one.restarts.len(), 1);
+    // Three restarts: each is the plain search with its own seed, run 0 with the search's.
+    let opts = SearchOptions {
+        restarts: 3,
+        ..base.clone()
+    };
+    let dir = temp_dir("restarts");
+    let ticks = Cell::new(0usize);
+    let out = run_restarts(&opts, &fitness, Some(&dir), None, &|i| {
+        assert_eq!(i, ticks.get() + 1, "iterations count across restarts");
+        ticks.set(i);
+    })
+    .unwrap();
+    assert_eq!(ticks.get(), 3 * 25);
+    let runs: Vec<SearchOutcome> = (0..3)
+        .map(|r| run_quiet(&restarts::restart_options(&opts, r), &s))
+        .collect();
+    assert_eq!(runs[0].best, plain.best);
+    let seeds: Vec<u64> = out.restarts.iter().map(|r| r.seed).collect();
+    assert_eq!(seeds[0], 3);
+    assert!(seeds[1] != seeds[0] && seeds[2] != seeds[1] && seeds[2] != seeds[0]);
+    for (r, run) in runs.iter().enumerate() {
+        assert_eq!(out.restarts[r].best, run.best);
+        assert_eq!(out.restarts[r].fitness, run.fitness_spearman);
+    }
+    // The reported run is the fittest (the first on ties).
+    let fits: Vec<f64> = runs.iter().map(|r| r.fitness_spearman).collect();
+    let chosen = out.chosen_restart;
+    assert!(fits.iter().all(|&f| f <= fits[chosen]));
+    assert!(fits[..chosen].iter().all(|&f| f < fits[chosen]));
+    assert_eq!(out.best, runs[chosen].best);
+    assert_eq!(out.curve, runs[chosen].curve);
+    assert_eq!(
+        out.candidates,
+        runs.iter().map(|r| r.candidates).sum::<u64>()
+    );
+    // The merged hall of fame holds the best distinct entries of all runs, best first.
+    let mut all: Vec<(f64, usize)> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(r, run)| run.hall_of_fame.iter().map(move |e| (e.fitness, r)))
+        .collect();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    assert_eq!(out.hall_of_fame.len(), opts.hall_of_fame);
+    assert_eq!(out.hall_of_fame[0].fitness, all[0].0);
+    assert!(out.hall_of_fame.windows(2).all(|w| w[0].fitness >= w[1].fitness));
+    for e in &out.hall_of_fame {
+        assert!(runs[e.restart].hall_of_fame.iter().any(|h| h.key == e.key));
+    }
+    // Each restart has its run folder, and resuming from the search folder ends the same.
+    for r in 0..3 {
+        assert!(restarts::restart_dir(&dir, r).join("checkpoint.json").is_file());
+    }
+    let hall: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("hall_of_fame.json")).unwrap())
+            .unwrap();
+    assert_eq!(hall[0]["key"], out.hall_of_fame[0].key.as_str());
+    assert_eq!(hall[0]["restart"], out.hall_of_fame[0].restart);
+    assert!(dir.join("curve.svg").is_file());
+    let again = run_restarts(&opts, &fitness, Some(&dir), Some(&dir), &|_| {}).unwrap();
+    assert_eq!(again.best, out.best);
+    assert_eq!(again.hall_of_fame, out.hall_of_fame);
+    // A checkpoint file cannot resume several restarts.
+    let file = restarts::restart_dir(&dir, 0).join("checkpoint.json");
+    let err = run_restarts(&opts, &fitness, None, Some(&file), &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("run folder"), "{err}");
+    // Overwriting the folder clears the restart folders too.
+    rundir::claim(&dir, true).unwrap();
+    assert!(!restarts::restart_dir(&dir, 0).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
