@@ -545,7 +545,7 @@ fn streaming_and_whole_scores_agree() {
     // Every single-pass built-in has a value on the whole probe.
     for b in crate::proxy::builtin::BUILTINS
         .iter()
-        .filter(|b| !b.extra_passes)
+        .filter(|b| !b.extra_passes())
     {
         // No decoder groups; head importance reads only linears with ≥ 128 rows.
         if b.name == "decoder_params" || b.name.starts_with("head_importance") {
