@@ -75,7 +75,7 @@ impl Proxy {
     pub fn parse_list(text: &str, kind: BenchKind) -> Result<Vec<Self>> {
         if text.trim() == "all" {
             let mut all: Vec<Self> = builtin::for_family(kind)
-                .filter(|b| !b.extra_passes)
+                .filter(|b| !b.extra_passes())
                 .map(Proxy::Builtin)
                 .collect();
             for name in models::family(kind).genotypes() {
@@ -119,7 +119,7 @@ impl Proxy {
 
     /// True when the proxy needs the probe's extra passes.
     pub fn needs_extra_passes(&self) -> bool {
-        matches!(self, Proxy::Builtin(b) if b.extra_passes)
+        matches!(self, Proxy::Builtin(b) if b.extra_passes())
     }
 
     /// The proxy's value on a probe (may be NaN or infinite: a handled outcome).

@@ -21,7 +21,7 @@ pub fn parse_proxies(text: &str) -> Result<Vec<Proxy>> {
     if text.trim() == "all" {
         return Ok(BUILTINS
             .iter()
-            .filter(|b| !b.extra_passes && (b.applies)(&llama::SEMANTICS))
+            .filter(|b| !b.extra_passes() && (b.applies)(&llama::SEMANTICS))
             .map(Proxy::Builtin)
             .collect());
     }

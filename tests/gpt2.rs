@@ -499,7 +499,7 @@ fn probe_contents_and_determinism() {
     for b in builtin::for_family(gpt2::KIND) {
         let v = (b.compute)(&full);
         assert!(v.is_finite(), "{}: {v}", b.name);
-        if b.extra_passes {
+        if b.extra_passes() {
             assert!((b.compute)(&p).is_nan(), "{} without extra passes", b.name);
         }
     }

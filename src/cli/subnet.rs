@@ -88,7 +88,9 @@ pub enum ModeArg {
     Auto,
     /// Always the whole probe (every proxy).
     Whole,
-    /// Always streaming (proxies that add up over linears).
+    /// Always streaming: one layer's weights at a time, every layer's activations kept; it
+    /// refuses, by name, what it cannot compute exactly (`total` over weight or grad, the
+    /// built-ins that divide by their number of linears).
     Stream,
 }
 

@@ -29,9 +29,9 @@ pub struct Builtin {
     pub name: &'static str,
     /// What a higher value means.
     pub orientation: Orientation,
-    /// True when the value needs the probe's extra passes ([`crate::probe::passes`]):
-    /// such proxies are computed by `lpzero baselines` or when named in `score`.
-    pub extra_passes: bool,
+    /// What the computation reads of the probe (an extra-pass proxy is computed by
+    /// `lpzero baselines` or when named in `score`).
+    pub reads: Reads,
     /// Whether the proxy is defined for a family, from the family's [`Semantics`]. On another
     /// family `compute` returns NaN (ranked last by the scorer); `lpzero score --proxy all`
     /// lists only the proxies that apply ([`for_family`]).
@@ -40,7 +40,31 @@ pub struct Builtin {
     pub compute: fn(&Probe) -> f64,
 }
 
+/// What a built-in proxy reads of a probe. A probe assembled in parts (the Llama family's
+/// layer-by-layer pass, which cannot hold every linear's weights and gradients at once) knows
+/// from it whether and how it can compute the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// Only the parameter counts.
+    Counts,
+    /// What the pass produced besides the linears: the captures (`act`, `head`, `softmax`,
+    /// the mixer outputs), the position gradient, the loss, and the counts. No linear.
+    Captures,
+    /// Only the linears, as a sum of one term per linear: its value on a set of linears is the
+    /// sum of its values on the parts of any split of the set.
+    LinearSum,
+    /// The linears all together (a sum divided by how many linears it read).
+    AllLinears,
+    /// The results of the extra passes ([`crate::probe::passes`]).
+    Extras,
+}
+
 impl Builtin {
+    /// True when the value needs the probe's extra passes ([`crate::probe::passes`]).
+    pub fn extra_passes(&self) -> bool {
+        self.reads == Reads::Extras
+    }
+
     /// True when the proxy is defined for the registered family `kind`.
     pub fn applies_to(&self, kind: BenchKind) -> bool {
         (self.applies)(crate::models::family(kind).semantics())
@@ -61,182 +85,182 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "params",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Counts,
         applies: ANY,
         compute: params,
     },
     Builtin {
         name: "decoder_params",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Counts,
         applies: DECODERS,
         compute: decoder_params,
     },
     Builtin {
         name: "head_confidence",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Captures,
         applies: ANY,
         compute: head_confidence,
     },
     Builtin {
         name: "head_confidence_normalized",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Captures,
         applies: ANY,
         compute: head_confidence_normalized,
     },
     Builtin {
         name: "head_softmax_confidence",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Captures,
         applies: ANY,
         compute: head_softmax_confidence,
     },
     Builtin {
         name: "head_softmax_confidence_normalized",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Captures,
         applies: ANY,
         compute: head_softmax_confidence_normalized,
     },
     Builtin {
         name: "activation_distance",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Captures,
         applies: ANY,
         compute: activation_distance,
     },
     Builtin {
         name: "synaptic_diversity",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::LinearSum,
         applies: ANY,
         compute: synaptic_diversity,
     },
     Builtin {
         name: "synaptic_diversity_normalized",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::AllLinears,
         applies: ANY,
         compute: synaptic_diversity_normalized,
     },
     Builtin {
         name: "synaptic_saliency",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::LinearSum,
         applies: ANY,
         compute: synaptic_saliency,
     },
     Builtin {
         name: "synaptic_saliency_normalized",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::AllLinears,
         applies: ANY,
         compute: synaptic_saliency_normalized,
     },
     Builtin {
         name: "head_importance",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::LinearSum,
         applies: ANY,
         compute: head_importance,
     },
     Builtin {
         name: "head_importance_normalized",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::AllLinears,
         applies: ANY,
         compute: head_importance_normalized,
     },
     Builtin {
         name: "grad_norm",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::LinearSum,
         applies: ANY,
         compute: grad_norm,
     },
     Builtin {
         name: "snip",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::LinearSum,
         applies: ANY,
         compute: snip,
     },
     Builtin {
         name: "jacobian_cosine",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Captures,
         applies: ANY,
         compute: jacobian_cosine,
     },
     Builtin {
         name: "jacobian_score",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Captures,
         applies: ANY,
         compute: jacobian_score,
     },
     Builtin {
         name: "attention_confidence",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: true,
+        reads: Reads::Extras,
         applies: ANY,
         compute: attention_confidence,
     },
     Builtin {
         name: "fisher",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: true,
+        reads: Reads::Extras,
         applies: ANY,
         compute: fisher,
     },
     Builtin {
         name: "grasp",
         orientation: Orientation::LowerIsBetter,
-        extra_passes: true,
+        reads: Reads::Extras,
         applies: ANY,
         compute: grasp,
     },
     Builtin {
         name: "synflow",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: true,
+        reads: Reads::Extras,
         applies: ANY,
         compute: synflow,
     },
     Builtin {
         name: "logsynflow",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: true,
+        reads: Reads::Extras,
         applies: ANY,
         compute: logsynflow,
     },
     Builtin {
         name: "jacob_cov",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: true,
+        reads: Reads::Extras,
         applies: ANY,
         compute: jacob_cov,
     },
     Builtin {
         name: "jacob_cov_relu",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Captures,
         applies: ANY,
         compute: jacob_cov_relu,
     },
     Builtin {
         name: "eznas",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::LinearSum,
         applies: ANY,
         compute: eznas,
     },
     Builtin {
         name: "w_pca",
         orientation: Orientation::HigherIsBetter,
-        extra_passes: false,
+        reads: Reads::Captures,
         applies: ANY,
         compute: w_pca,
     },
@@ -820,6 +844,54 @@ mod tests {
         assert!(!flex.contains(&"decoder_params"));
         assert!(flex.contains(&"snip"));
         assert_eq!(for_family(gpt2::KIND).count(), BUILTINS.len());
+    }
+
+    /// `p` with the parts of a probe that `reads` does not cover emptied.
+    fn only(p: &Probe, reads: Reads) -> Probe {
+        let mut q = p.clone();
+        if reads != Reads::Captures {
+            let empty = Arc::new(Vec::new());
+            (q.act, q.head, q.mixer_outputs) = (empty.clone(), empty.clone(), empty);
+            q.softmax = Vec::new();
+            q.position_grad = Array::full(vec![0, 0], 0.0);
+        }
+        if reads != Reads::LinearSum {
+            q.linears = Vec::new();
+        }
+        q
+    }
+
+    #[test]
+    fn reads_declare_what_each_proxy_reads() {
+        // A proxy gives the same value on the parts of the probe it declares it reads, and a
+        // linear sum is the sum of its values on the parts of a split of the linears.
+        for p in [probe(), gpt2_probe()] {
+            for b in BUILTINS {
+                let all = (b.compute)(&p);
+                match b.reads {
+                    Reads::Counts | Reads::Captures => {
+                        let part = (b.compute)(&only(&p, b.reads));
+                        assert!(
+                            part.to_bits() == all.to_bits() || (part.is_nan() && all.is_nan()),
+                            "{}: {part} vs {all}",
+                            b.name
+                        );
+                    }
+                    Reads::LinearSum => {
+                        let mut first = only(&p, b.reads);
+                        let second = first.linears.split_off(2);
+                        let rest = Probe {
+                            linears: second,
+                            ..first.clone()
+                        };
+                        let sum = (b.compute)(&first) + (b.compute)(&rest);
+                        assert!((sum - all).abs() <= 1e-12 * all.abs(), "{}", b.name);
+                    }
+                    Reads::AllLinears => assert!(all.is_finite(), "{}", b.name),
+                    Reads::Extras => assert!(b.extra_passes() && all.is_nan(), "{}", b.name),
+                }
+            }
+        }
     }
 
     #[test]

@@ -205,11 +205,47 @@ fn eval_cow<'a>(expr: &Expr, inputs: &'a dyn InputSource) -> Result<Cow<'a, [Arr
 /// The value of a list: the mean over items of each item's mean, in `f64` (the reference's
 /// `convert_to_float`). NaN/inf are returned as they are; an empty list is an error.
 pub fn reduce(items: &[Array]) -> Result<f64, EvalError> {
-    if items.is_empty() {
+    mean_of_item_means(items.iter().map(Array::mean_f64))
+}
+
+/// The value of a list from its items' means, in item order: what [`reduce`] gives for the
+/// list, bit for bit. For a caller that evaluates the items one at a time ([`item_count`]).
+pub fn mean_of_item_means(means: impl IntoIterator<Item = f64>) -> Result<f64, EvalError> {
+    let mut n = 0usize;
+    let total: f64 = means.into_iter().inspect(|_| n += 1).sum();
+    if n == 0 {
         return Err(EvalError::EmptyResult);
     }
-    let total: f64 = items.iter().map(Array::mean_f64).sum();
-    Ok(total / items.len() as f64)
+    Ok(total / n as f64)
+}
+
+/// How many items [`eval_list`] gives for `expr` when input `i` has `len(i)` items, found
+/// from the tree alone (nothing is evaluated), or the error [`eval_list`] gives for a reason
+/// other than an item's values ([`EvalError::Op`] needs the values).
+///
+/// It follows [`eval_list`]'s rules: an input has its length (an empty one is an error), a run
+/// of item-wise unary ops keeps it, `total` makes one item, a binary op pairs items up to the
+/// shorter operand, and a disconnected operand is dropped.
+///
+/// Together with the fact that every op but `total` works item by item (a unary op maps each
+/// item, a binary op combines the items at one position), this lets an expression without
+/// `total` be evaluated one position at a time: item `k` of its list is the single item it
+/// evaluates to on the inputs' items at position `k` alone.
+pub fn item_count(expr: &Expr, len: &dyn Fn(Input) -> usize) -> Result<usize, EvalError> {
+    match expr {
+        Expr::Input(i) => match len(*i) {
+            0 => Err(EvalError::EmptyInput(*i)),
+            n => Ok(n),
+        },
+        Expr::Unary(op, x) if op.is_list_level() => item_count(x, len).map(|_| 1),
+        Expr::Unary(..) => item_count(unary_chain(expr)?.1, len),
+        Expr::Binary(op, a, b) => match (a.is_disconnected(), b.is_disconnected()) {
+            (true, true) => Err(EvalError::BothDisconnected(*op)),
+            (true, false) => item_count(b, len),
+            (false, true) => item_count(a, len),
+            (false, false) => Ok(item_count(a, len)?.min(item_count(b, len)?)),
+        },
+    }
 }
 
 /// Evaluates `expr` on one architecture's inputs: [`reduce`] of [`eval_list`].
@@ -564,6 +600,64 @@ mod tests {
             }
         }
         assert!(memo.stats().hits > 0);
+    }
+
+    #[test]
+    fn item_count_and_evaluation_one_position_at_a_time() {
+        let s = source(7);
+        let len = |i: Input| s[&i].len();
+        let texts = [
+            "act",
+            "neg(softmax)",
+            "mean(pow2(head))",
+            "add(act, head)",
+            "add(mean(act), mean(weight))",
+            "mul(abs(grad), weight)",
+            "sub(disconnect(act), weight)",
+            "add(disconnect(act), disconnect(weight))",
+            "disconnect(act)",
+            "total(act)",
+            "add(total(act), grad)",
+            "matmul(act, weight)",
+        ];
+        for t in texts {
+            let e = parse(t).unwrap();
+            let count = item_count(&e, &len);
+            let list = eval_list(&e, &s);
+            match (&list, &count) {
+                (Ok(l), Ok(n)) => assert_eq!(l.len(), *n, "{t}"),
+                (Err(EvalError::Op(_)), Ok(_)) => {}
+                (Err(a), Err(b)) => assert_eq!(a, b, "{t}"),
+                _ => panic!("{t}: eval_list {list:?}, item_count {count:?}"),
+            }
+            let (Ok(list), Ok(n), false) = (list, count, t.contains("total")) else {
+                continue;
+            };
+            // Without `total`, item k is the one item of the inputs' items at k alone, and the
+            // value is the mean of the item means.
+            assert_eq!(list.len(), n, "{t}");
+            let mut means = Vec::new();
+            for (k, want) in list.iter().enumerate() {
+                let at = |i: Input| s[&i].get(k..=k).unwrap_or(&[]);
+                let one = Inputs {
+                    act: at(Input::Act),
+                    head: at(Input::Head),
+                    softmax: at(Input::Softmax),
+                    grad: at(Input::Grad),
+                    weight: at(Input::Weight),
+                };
+                let item = eval_list(&e, &one).unwrap();
+                assert_eq!(item.len(), 1, "{t}");
+                assert_eq!(item[0].data(), want.data(), "{t}, item {k}");
+                means.push(eval(&e, &one).unwrap());
+            }
+            let whole = eval(&e, &s).unwrap();
+            assert_eq!(
+                mean_of_item_means(means).unwrap().to_bits(),
+                whole.to_bits(),
+                "{t}"
+            );
+        }
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //!
 //! * [`config`]: the `config.json` keys; [`weights`]: the weight source; [`subnet`]: the
 //!   sub-network space, named sub-networks and parameter counts; [`net`]: the blocks;
-//!   [`stream`]: the layer-by-layer probe that keeps one layer in memory.
+//!   [`stream`]: the layer-by-layer probe that keeps one layer in memory; [`streamed`]: the
+//!   proxies computed on it.
 //! * [`LlamaModel`] ties a folder to its config and weights; [`score`] probes one sub-network
 //!   and computes proxies, either from a whole [`Probe`] (small models: every proxy that
 //!   does not need extra passes) or streaming, layer by layer (large models: the proxies that
-//!   add up over linears, see [`StreamProxy`]).
+//!   read no linear, the sums over linears and the expressions without `total`, with the
+//!   whole probe's values; see [`StreamProxy`]).
 //!
 //! The expression inputs are those of the reference's LLaMA support: `weight` and `grad` are
 //! the seven linears of every decoder layer (q, k, v, o, gate, up, down; out × in; the LM head
@@ -21,6 +23,7 @@ pub mod config;
 pub mod family;
 pub mod net;
 pub mod stream;
+pub mod streamed;
 pub mod subnet;
 pub mod weights;
 
@@ -32,17 +35,15 @@ use anyhow::{bail, Context, Result};
 
 pub use config::LlamaConfig;
 pub use family::FAMILY;
+pub use streamed::{StreamProxy, STREAM_CAPTURE_BYTES};
 pub use subnet::{Named, Subnet, SubnetCount, SubnetSpace};
 pub use weights::WeightSource;
 
 use crate::array::Array;
 use crate::nn::{to_array, LinearRole};
 use crate::probe::{as_captured, Aggregate, Batch, FisherWidth, LinearProbe, Probe, Semantics};
-use crate::proxy::builtin::Builtin;
-use crate::proxy::eval::{eval, Inputs};
-use crate::proxy::expr::{Expr, Input};
-use crate::proxy::ops::UnaryOp;
 use crate::scoring::Proxy;
+use stream::{CaptureLists, Captured, PassSummary};
 
 /// What a Llama probe means to the proxies: `act` holds the SwiGLU products (the FFN
 /// activations, one per layer), the linear sets are the attention projections (diversity,
@@ -139,76 +140,6 @@ impl LlamaModel {
     }
 }
 
-/// How a proxy is computed when the model is scored streaming: quantities that add up over
-/// the decoder linears, so that each layer contributes its share and is dropped.
-pub enum StreamProxy {
-    /// The parameter count (from the config).
-    Params,
-    /// A built-in proxy that is a sum over linears (`grad_norm`, `snip`,
-    /// `synaptic_saliency`, `synaptic_diversity`, `head_importance`): the sum of its value on
-    /// each layer's linears.
-    Sum(&'static Builtin),
-    /// An expression over `weight` and `grad` without a list-level op: the mean over linears
-    /// of its value on each linear alone (exactly the whole-list value, a mean of per-item
-    /// means).
-    PerLinear(Expr),
-}
-
-/// Built-in proxies that are plain sums over the probe's linears.
-pub const SUMMED_BUILTINS: &[&str] = &[
-    "grad_norm",
-    "snip",
-    "synaptic_saliency",
-    "synaptic_diversity",
-    "head_importance",
-];
-
-impl StreamProxy {
-    /// How `proxy` streams, or an error saying why it cannot.
-    pub fn of(proxy: &Proxy) -> Result<Self> {
-        match proxy {
-            Proxy::Builtin(b) if b.name == "params" => Ok(StreamProxy::Params),
-            Proxy::Builtin(b) if SUMMED_BUILTINS.contains(&b.name) => Ok(StreamProxy::Sum(b)),
-            Proxy::Builtin(b) => bail!(
-                "proxy `{}` needs the whole probe, which is too large for this model; streaming \
-                 computes params, {}, and expressions over weight and grad",
-                b.name,
-                SUMMED_BUILTINS.join(", ")
-            ),
-            Proxy::Expr { name, expr, .. } => {
-                let canon = crate::proxy::canonical::canonical(expr);
-                let wrong = canon
-                    .inputs()
-                    .into_iter()
-                    .find(|i| !matches!(i, Input::Grad | Input::Weight));
-                if let Some(i) = wrong {
-                    bail!(
-                        "proxy `{name}` reads `{}`, which is too large to keep for this model; \
-                         streaming computes expressions over weight and grad",
-                        i.name()
-                    );
-                }
-                if uses_op(&canon, UnaryOp::Total) {
-                    bail!(
-                        "proxy `{name}` uses `total`, which needs every linear at once; \
-                         streaming computes expressions whose value is a mean over linears"
-                    );
-                }
-                Ok(StreamProxy::PerLinear(canon))
-            }
-        }
-    }
-}
-
-/// True when `op` occurs in `e`.
-fn uses_op(e: &Expr, op: UnaryOp) -> bool {
-    match e {
-        Expr::Input(_) => false,
-        Expr::Unary(o, x) => *o == op || uses_op(x, op),
-        Expr::Binary(_, a, b) => uses_op(a, op) || uses_op(b, op),
-    }
-}
-
 /// One sub-network's scores.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SubnetScore {
@@ -234,15 +165,12 @@ pub enum Mode {
 }
 
 /// Estimated bytes of a whole probe of `subnet`: weights and gradients of every decoder
-/// linear (f32), and the captures.
+/// linear (f32), and the captures ([`stream::capture_bytes`]).
 pub fn whole_probe_bytes(config: &LlamaConfig, subnet: &Subnet, batch: &Batch) -> Result<u64> {
     let count = subnet.count(config)?;
     let linears =
         count.non_embedding - (2 * config.num_hidden_layers as u64 + 1) * config.hidden_size as u64;
-    let tokens = (batch.rows * batch.cols) as u64;
-    let per_layer = tokens * (config.intermediate_size as u64 + 3 * config.hidden_size as u64)
-        + tokens * batch.cols as u64 * config.num_attention_heads as u64;
-    Ok(4 * (2 * linears + per_layer * config.num_hidden_layers as u64))
+    Ok(4 * 2 * linears + stream::capture_bytes(config, subnet, batch))
 }
 
 /// Probes `subnet` of `model` once on `batch` and computes `proxies` (module docs). Proxies
@@ -290,52 +218,16 @@ pub fn score_with_progress(
             streamed: false,
         });
     }
-    let plan = proxies
-        .iter()
-        .map(StreamProxy::of)
-        .collect::<Result<Vec<_>>>()?;
-    let params = subnet.count(&model.config)?.total as f64;
-    // Per proxy: running sum and number of linears.
-    let mut acc = vec![(0f64, 0usize); plan.len()];
-    let summary = stream::probe(&m, batch, false, |layer| {
-        let part = partial_probe(layer.linears);
-        for (p, (sum, n)) in plan.iter().zip(acc.iter_mut()) {
-            match p {
-                StreamProxy::Params => {}
-                StreamProxy::Sum(b) => *sum += (b.compute)(&part),
-                StreamProxy::PerLinear(expr) => {
-                    for lin in &part.linears {
-                        let inputs = Inputs {
-                            weight: std::slice::from_ref(&lin.weight),
-                            grad: std::slice::from_ref(&lin.grad),
-                            ..Inputs::default()
-                        };
-                        *sum += eval(expr, &inputs).unwrap_or(f64::NAN);
-                        *n += 1;
-                    }
-                }
-            }
-        }
-        Ok(())
-    })?;
-    let values = plan
-        .iter()
-        .zip(&acc)
-        .map(|(p, &(sum, n))| match p {
-            StreamProxy::Params => params,
-            StreamProxy::Sum(_) => sum,
-            StreamProxy::PerLinear(_) => sum / n as f64,
-        })
-        .collect();
+    let (values, loss) = streamed::score(&m, batch, proxies)?;
     Ok(SubnetScore {
         values,
-        loss: summary.loss,
+        loss,
         seconds: start.elapsed().as_secs_f64(),
         streamed: true,
     })
 }
 
-/// A probe holding only `linears` (what the summed built-ins read).
+/// A probe holding only `linears` (what the built-ins that sum over linears read).
 fn partial_probe(linears: Vec<LinearProbe>) -> Probe {
     let empty = Arc::new(Vec::new());
     Probe {
@@ -357,51 +249,62 @@ fn partial_probe(linears: Vec<LinearProbe>) -> Probe {
     }
 }
 
-/// The whole probe of a sub-network (every layer's linears and captures kept), built by the
-/// streaming pass; `key` names it.
-pub fn whole_probe(m: &stream::Model<'_>, batch: &Batch, key: &str) -> Result<Probe> {
-    let start = Instant::now();
-    let mut layers = Vec::with_capacity(m.config.num_hidden_layers);
-    let summary = stream::probe(m, batch, true, |layer| {
-        layers.push(layer);
-        Ok(())
-    })?;
-    layers.reverse();
-    let mut linears = Vec::new();
-    let (mut act, mut head, mut softmax, mut mixer) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for layer in layers {
-        let missing = || anyhow::anyhow!("internal error: a layer's captures were not kept");
-        act.push(to_array(&layer.act.ok_or_else(missing)?)?);
-        let q = to_array(&layer.q.ok_or_else(missing)?)?;
-        let (k, v) = layer.kv.ok_or_else(missing)?;
-        mixer.push(q.clone());
-        mixer.push(to_array(&k)?);
-        mixer.push(to_array(&v)?);
-        head.push(q);
-        softmax.push(to_array(&layer.probs.ok_or_else(missing)?)?);
-        linears.extend(layer.linears);
-    }
+/// The probe of `m` made of what a pass produced: its captures (`None` when not kept: empty
+/// lists), the linears kept (all for a whole probe, none for the streaming pass's end), the
+/// loss and position gradient of `summary`; `key` names it.
+fn assemble(
+    m: &stream::Model<'_>,
+    key: &str,
+    captures: Option<CaptureLists>,
+    linears: Vec<LinearProbe>,
+    summary: &PassSummary,
+    seconds: f64,
+) -> Result<Probe> {
+    let lists = captures.unwrap_or(CaptureLists {
+        act: Vec::new(),
+        head: Vec::new(),
+        softmax: Vec::new(),
+        mixer_outputs: Vec::new(),
+    });
     let weight = linears.iter().map(|l| l.weight.clone()).collect();
     let grad = linears.iter().map(|l| l.grad.clone()).collect();
-    let params = m.subnet.count(m.config)?.total as usize;
     Ok(Probe {
         key: key.to_string(),
         semantics: &SEMANTICS,
-        params,
+        params: m.subnet.count(m.config)?.total as usize,
         param_groups: Vec::new(),
-        act: Arc::new(act),
-        head: Arc::new(head),
-        softmax,
-        mixer_outputs: Arc::new(mixer),
+        act: Arc::new(lists.act),
+        head: Arc::new(lists.head),
+        softmax: lists.softmax,
+        mixer_outputs: Arc::new(lists.mixer_outputs),
         weight,
         grad,
         linears,
         position_grad: to_array(&summary.position_grad)?,
         loss: summary.loss,
         extras: None,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
     })
+}
+
+/// The whole probe of a sub-network (every layer's linears and captures kept), built by the
+/// streaming pass; `key` names it.
+pub fn whole_probe(m: &stream::Model<'_>, batch: &Batch, key: &str) -> Result<Probe> {
+    let start = Instant::now();
+    let mut captured = Captured::new(m.config.num_hidden_layers);
+    let mut layers = Vec::with_capacity(m.config.num_hidden_layers);
+    let summary = stream::probe(m, batch, true, |layer| {
+        let captures = layer
+            .captures
+            .context("internal error: a layer's captures were not kept")?;
+        captured.insert(layer.layer, captures);
+        layers.push(layer.linears);
+        Ok(())
+    })?;
+    let linears = layers.into_iter().rev().flatten().collect();
+    let lists = captured.into_lists()?;
+    let seconds = start.elapsed().as_secs_f64();
+    assemble(m, key, Some(lists), linears, &summary, seconds)
 }
 
 /// The probe batch: `rows × (seq_len + 1)` ids from `corpus` (whitespace-separated ids below

@@ -8,7 +8,8 @@
 //! 3. Backward, last layer first: the layer's weights are loaded again as variables, the layer
 //!    is recomputed from its kept input, and `Σ y ⊙ ∂ℒ/∂y` is back-propagated; this gives the
 //!    weights' gradients and `∂ℒ/∂x`, which feeds the layer below. The layer is handed to a
-//!    visitor ([`LayerProbe`]) and dropped.
+//!    visitor ([`LayerProbe`]) and dropped; only its captures, when asked for, outlive it
+//!    ([`Captured`]: at a few tokens they are small next to the weights).
 //!
 //! The gradients are exactly those of one backward pass through the whole network (the tests
 //! check this against a pass that keeps every layer).
@@ -20,6 +21,7 @@ use super::config::LlamaConfig;
 use super::net::{self, LayerWeights, Rope};
 use super::subnet::Subnet;
 use super::weights::{layer_name, Init, WeightSource, EMBED, FINAL_NORM, LM_HEAD};
+use crate::array::Array;
 use crate::nn::{to_array, LinearRole};
 use crate::probe::{Batch, LinearProbe};
 
@@ -54,14 +56,98 @@ pub struct LayerProbe {
     pub layer: usize,
     /// Its seven linears (q, k, v, o, gate, up, down), sliced weights and their gradients.
     pub linears: Vec<LinearProbe>,
-    /// The SwiGLU product (B × T × width), when captures are kept.
-    pub act: Option<Tensor>,
-    /// The `q_proj` output, when captures are kept.
-    pub q: Option<Tensor>,
-    /// The `k_proj` and `v_proj` outputs, when captures are kept.
-    pub kv: Option<(Tensor, Tensor)>,
-    /// The attention probabilities (B × heads × T × T), when captures are kept.
-    pub probs: Option<Tensor>,
+    /// Its captures, when the pass keeps them.
+    pub captures: Option<LayerCaptures>,
+}
+
+/// What the proxies read of one layer's forward computation (the activations of the
+/// recomputation in the backward pass, the same values as the forward's).
+pub struct LayerCaptures {
+    /// The SwiGLU product (B × T × width).
+    pub act: Array,
+    /// The `q_proj` output (B × T × heads·d).
+    pub q: Array,
+    /// The `k_proj` output (B × T × kv_heads·d).
+    pub k: Array,
+    /// The `v_proj` output (B × T × kv_heads·d).
+    pub v: Array,
+    /// The attention probabilities (B × heads × T × T).
+    pub probs: Array,
+}
+
+/// Every layer's captures, held by layer index while the backward pass hands them over (last
+/// layer first), then laid out as a probe's lists ([`Captured::into_lists`]).
+pub struct Captured {
+    layers: Vec<Option<LayerCaptures>>,
+}
+
+/// The probe lists made of every layer's captures, in layer order (see [`crate::probe::Probe`]
+/// and the module docs of [`super`] for what each means).
+pub struct CaptureLists {
+    /// Per layer the SwiGLU product.
+    pub act: Vec<Array>,
+    /// Per layer the `q_proj` output.
+    pub head: Vec<Array>,
+    /// Per layer the attention probabilities.
+    pub softmax: Vec<Array>,
+    /// Per layer the `q_proj`, `k_proj` and `v_proj` outputs (what `head_confidence` reads).
+    pub mixer_outputs: Vec<Array>,
+}
+
+impl Captured {
+    /// Room for the captures of `layers` layers, none held yet.
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers: (0..layers).map(|_| None).collect(),
+        }
+    }
+
+    /// Holds the captures of layer `layer`.
+    pub fn insert(&mut self, layer: usize, captures: LayerCaptures) {
+        self.layers[layer] = Some(captures);
+    }
+
+    /// The captures of layer `layer`, when held.
+    pub fn layer(&self, layer: usize) -> Option<&LayerCaptures> {
+        self.layers.get(layer).and_then(Option::as_ref)
+    }
+
+    /// The lists of a probe; fails when a layer's captures are missing.
+    pub fn into_lists(self) -> Result<CaptureLists> {
+        let mut lists = CaptureLists {
+            act: Vec::with_capacity(self.layers.len()),
+            head: Vec::with_capacity(self.layers.len()),
+            softmax: Vec::with_capacity(self.layers.len()),
+            mixer_outputs: Vec::with_capacity(3 * self.layers.len()),
+        };
+        for (l, layer) in self.layers.into_iter().enumerate() {
+            let c = layer
+                .with_context(|| format!("internal error: layer {l}'s captures were not kept"))?;
+            lists.act.push(c.act);
+            lists.head.push(c.q.clone());
+            lists.mixer_outputs.extend([c.q, c.k, c.v]);
+            lists.softmax.push(c.probs);
+        }
+        Ok(lists)
+    }
+}
+
+/// Bytes of every layer's captures of `subnet` on `batch` as a probe's lists hold them
+/// ([`CaptureLists`], `f32`; the `q_proj` output twice, as `head` and among the mixer
+/// outputs): what a pass that keeps them holds at its end. `subnet` must fit `config`
+/// ([`Subnet::check`]).
+pub fn capture_bytes(config: &LlamaConfig, subnet: &Subnet, batch: &Batch) -> u64 {
+    let (b, t) = (batch.rows as u64, batch.cols.saturating_sub(1) as u64);
+    let d = config.head_dim() as u64;
+    let floats: u64 = (0..config.num_hidden_layers)
+        .map(|l| {
+            let heads = subnet.heads_of(config, l) as u64;
+            let kv = subnet.kv_heads_of(config, l) as u64;
+            let width = subnet.ffn_widths[l] as u64;
+            b * t * (width + (2 * heads + 2 * kv) * d) + b * heads * t * t
+        })
+        .sum();
+    4 * floats
 }
 
 /// What a whole pass gives besides the layers.
@@ -199,8 +285,8 @@ impl Model<'_> {
 }
 
 /// Probes `model` on `batch` layer by layer (module docs), handing each decoder layer to
-/// `visit`, last layer first. `captures` keeps the layer's activations in its
-/// [`LayerProbe`] (small models); without it only weights and gradients are handed over.
+/// `visit`, last layer first. `captures` hands over the layer's activations in its
+/// [`LayerProbe`]; without it only weights and gradients are.
 pub fn probe(
     model: &Model<'_>,
     batch: &Batch,
@@ -271,17 +357,24 @@ pub fn probe(
             .get(x.as_tensor())
             .context("internal error: no gradient reached a layer input")?
             .clone();
-        let keep = |t: &Tensor| captures.then(|| t.detach());
+        drop(grads);
+        let captures = if captures {
+            Some(LayerCaptures {
+                act: to_array(&out.act)?,
+                q: to_array(&out.q)?,
+                k: to_array(&out.k)?,
+                v: to_array(&out.v)?,
+                probs: to_array(&out.probs)?,
+            })
+        } else {
+            None
+        };
+        drop(out);
         let layer = LayerProbe {
             layer: l,
             linears,
-            act: keep(&out.act),
-            q: keep(&out.q),
-            kv: captures.then(|| (out.k.detach(), out.v.detach())),
-            probs: keep(&out.probs),
+            captures,
         };
-        drop(grads);
-        drop(out);
         visit(layer)?;
         model.tick();
     }

@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor, Var};
 use super::net::{self, LayerWeights, Rope};
 use super::weights::{self, Init};
 use super::*;
+use crate::proxy::builtin::Reads;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lpzero-llama-{}-{name}", std::process::id()));
@@ -494,66 +495,200 @@ fn streaming_gradients_equal_one_whole_backward() {
     assert_eq!(probe.position_grad.shape(), &[5, 16]);
 }
 
-#[test]
-fn streaming_and_whole_scores_agree() {
-    let c = tiny();
+/// A random model of `layers` tiny layers and a sub-network whose FFN widths and heads vary
+/// by layer, so that a proxy reading the wrong layer's arrays gets another value.
+fn varied(layers: usize, seed: u64) -> (LlamaModel, Subnet) {
+    let mut c = tiny();
+    c.num_hidden_layers = layers;
+    let sub = Subnet {
+        ffn_widths: (0..layers).map(|l| [24, 12, 18][l % 3]).collect(),
+        heads: Some((0..layers).map(|l| [4, 2][l % 2]).collect()),
+    };
     let model = LlamaModel {
         dir: PathBuf::new(),
-        config: c.clone(),
-        weights: WeightSource::Random { seed: 9, std: 0.2 },
+        config: c,
+        weights: WeightSource::Random { seed, std: 0.2 },
     };
-    let sub = model.space().named(Named::Heuristic);
-    let batch = super::batch(&c, 1, 8, None, 4).unwrap();
-    let proxies: Vec<Proxy> = [
-        "params",
-        "grad_norm",
-        "snip",
-        "synaptic_saliency",
-        "synaptic_diversity",
-        "head_importance",
-        "mean(abs(mul(weight, grad)))",
-        "lpzero_gpt2",
-    ]
-    .iter()
-    .filter_map(|p| Proxy::parse(p).ok())
-    .filter(|p| StreamProxy::of(p).is_ok())
-    .collect();
-    assert!(proxies.len() >= 7);
-    let whole = score(&model, &sub, &batch, &proxies, Mode::Whole).unwrap();
-    let streamed = score(&model, &sub, &batch, &proxies, Mode::Stream).unwrap();
+    (model, sub)
+}
+
+/// Scores `proxies` with a whole probe and streaming, and checks that every value is the
+/// same up to float rounding (`finite`: and that it is a number, so that the check means
+/// something).
+fn assert_streaming_equals_whole(
+    model: &LlamaModel,
+    sub: &Subnet,
+    batch: &Batch,
+    proxies: &[Proxy],
+    finite: impl Fn(&Proxy) -> bool,
+) {
+    let whole = score(model, sub, batch, proxies, Mode::Whole).unwrap();
+    let streamed = score(model, sub, batch, proxies, Mode::Stream).unwrap();
     assert!(streamed.streamed && !whole.streamed);
+    assert_eq!(whole.loss, streamed.loss);
     for (p, (a, b)) in proxies
         .iter()
         .zip(whole.values.iter().zip(&streamed.values))
     {
+        if finite(p) {
+            assert!(a.is_finite(), "{}: whole probe {a}", p.name());
+        }
         assert!(
             (a - b).abs() <= 1e-9 * a.abs().max(1.0) || (a.is_nan() && b.is_nan()),
             "{}: whole {a}, streamed {b}",
             p.name()
         );
     }
-    // A proxy that needs the whole probe is refused when streaming, by name.
-    let err = score(
-        &model,
-        &sub,
-        &batch,
-        &[Proxy::parse("head_softmax_confidence").unwrap()],
-        Mode::Stream,
-    )
-    .unwrap_err();
-    assert!(format!("{err:#}").contains("head_softmax_confidence"));
-    // Every single-pass built-in has a value on the whole probe.
+}
+
+#[test]
+fn streamed_builtins_equal_the_whole_probe_or_are_refused() {
+    let (model, sub) = varied(3, 9);
+    let batch = super::batch(&model.config, 2, 6, None, 4).unwrap();
+    let layers = model.config.num_hidden_layers;
+    let mut streams = Vec::new();
     for b in crate::proxy::builtin::BUILTINS
         .iter()
-        .filter(|b| !b.extra_passes)
+        .filter(|b| !b.extra_passes())
     {
-        // No decoder groups; head importance reads only linears with ≥ 128 rows.
-        if b.name == "decoder_params" || b.name.starts_with("head_importance") {
-            continue;
+        let p = Proxy::Builtin(b);
+        match StreamProxy::of(&p, layers) {
+            Ok(_) => streams.push(p),
+            Err(err) => {
+                // Only what reads every linear at once is refused, by name.
+                assert_eq!(b.reads, Reads::AllLinears, "{} refused: {err:#}", b.name);
+                let text = format!("{err:#}");
+                assert!(text.contains(&format!("`{}`", b.name)), "{text}");
+                assert!(text.contains("together"), "{text}");
+                let err = score(&model, &sub, &batch, &[p], Mode::Stream).unwrap_err();
+                assert_eq!(format!("{err:#}"), text);
+            }
         }
+    }
+    let names: Vec<String> = streams.iter().map(Proxy::name).collect();
+    for needed in [
+        "params",
+        "head_confidence",
+        "head_softmax_confidence_normalized",
+        "activation_distance",
+        "jacobian_cosine",
+        "jacobian_score",
+        "jacob_cov_relu",
+        "eznas",
+        "w_pca",
+        "snip",
+        "synaptic_diversity",
+    ] {
+        assert!(
+            names.iter().any(|n| n == needed),
+            "{needed} does not stream"
+        );
+    }
+    // No decoder parameter groups in a Llama (NaN both ways); head importance reads linears
+    // with ≥ 128 rows, none here (0 both ways).
+    assert_streaming_equals_whole(&model, &sub, &batch, &streams, |p| {
+        p.name() != "decoder_params"
+    });
+    // Every single-pass built-in has a value on the whole probe (but the two above and the
+    // mean head importance, 0 / 0 here).
+    for b in crate::proxy::builtin::BUILTINS.iter().filter(|b| {
+        !b.extra_passes() && b.name != "decoder_params" && b.name != "head_importance_normalized"
+    }) {
         let v = score(&model, &sub, &batch, &[Proxy::Builtin(b)], Mode::Whole).unwrap();
         assert!(v.values[0].is_finite(), "{}: {}", b.name, v.values[0]);
     }
+}
+
+#[test]
+fn streamed_expressions_equal_the_whole_probe() {
+    // 8 layers: 56 linears, so an expression pairing act (8 items) with weight reads linear 7,
+    // the first of layer 1, beside the act of layer 7.
+    let (model, sub) = varied(8, 10);
+    let batch = super::batch(&model.config, 1, 7, None, 5).unwrap();
+    // Each expression with whether the pass must keep the captures for it.
+    let texts = [
+        // Captures only (`total` too: the lists are whole at the end).
+        ("mean(l1_norm(softmax))", true),
+        ("add(std(head), mean(abs(act)))", true),
+        ("log(total(abs(act)))", true),
+        ("lpzero_bert", true),
+        ("lpzero_csv_bert", true),
+        // Captures with weight or grad, item by item.
+        ("add(mean(act), mean(weight))", true),
+        ("mul(std(head), frobenius_norm(grad))", true),
+        ("sub(l1_norm(softmax), mean(abs(mul(weight, grad))))", true),
+        ("add(mean(pow2(act)), mean(abs(weight)))", true),
+        // (Its canonical form drops the disconnected operand.)
+        ("sub(disconnect(act), mean(abs(weight)))", false),
+        // Weight and grad only.
+        ("mean(abs(mul(weight, grad)))", false),
+        ("lpzero_gpt2", false),
+        // No value either way (shapes that do not combine).
+        ("matmul(act, weight)", true),
+    ];
+    let layers = model.config.num_hidden_layers;
+    let mut proxies = Vec::new();
+    for (text, captures) in texts {
+        let p = Proxy::parse(text).unwrap();
+        let plan = StreamProxy::of(&p, layers).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(plan.reads_captures(), captures, "{text}");
+        proxies.push(p);
+    }
+    assert_streaming_equals_whole(&model, &sub, &batch, &proxies, |p| {
+        p.name() != "matmul(act, weight)"
+    });
+}
+
+#[test]
+fn streaming_refuses_what_it_cannot_compute_exactly() {
+    let (model, sub) = varied(2, 11);
+    let batch = super::batch(&model.config, 1, 5, None, 6).unwrap();
+    let refused = |text: &str| {
+        let p = Proxy::parse(text).unwrap();
+        let err = score(&model, &sub, &batch, &[p], Mode::Stream).unwrap_err();
+        format!("{err:#}")
+    };
+    // `total` over weight or grad needs every linear at once.
+    for text in [
+        "total(weight)",
+        "add(total(mean(grad)), act)",
+        "mul(total(act), grad)",
+    ] {
+        let err = refused(text);
+        assert!(err.contains(&format!("`{text}`")), "{err}");
+        assert!(err.contains("`total`"), "{err}");
+    }
+    // A sum divided by the number of linears it read.
+    let err = refused("synaptic_saliency_normalized");
+    assert!(err.contains("`synaptic_saliency_normalized`"), "{err}");
+    assert!(err.contains("together"), "{err}");
+    // Extra passes are not run for this family at all.
+    assert!(refused("fisher").contains("extra passes"));
+    // Captures too large for the streaming pass: refused before probing, naming the proxy.
+    let huge = super::batch(&model.config, 64, 4096, None, 6).unwrap();
+    let bytes = stream::capture_bytes(&model.config, &sub, &huge);
+    assert!(bytes > STREAM_CAPTURE_BYTES, "{bytes}");
+    for text in ["head_confidence", "add(mean(act), mean(weight))"] {
+        let p = Proxy::parse(text).unwrap();
+        let err = score(&model, &sub, &huge, &[p], Mode::Stream).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains(&format!("`{text}`")), "{err}");
+        assert!(err.contains("lower the batch rows"), "{err}");
+    }
+    // The estimate is exact: the bytes of the whole probe's captures.
+    let probe = whole_probe(&model.with(&sub), &batch, "t").unwrap();
+    let floats: usize = probe
+        .act
+        .iter()
+        .chain(probe.head.iter())
+        .chain(&probe.softmax)
+        .chain(probe.mixer_outputs.iter())
+        .map(Array::len)
+        .sum();
+    assert_eq!(
+        stream::capture_bytes(&model.config, &sub, &batch),
+        4 * floats as u64
+    );
 }
 
 #[test]
