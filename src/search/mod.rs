@@ -10,6 +10,7 @@
 //!   ([`crate::proxy::eval::Memo`]);
 //! * [`hall_of_fame`]: the best distinct proxies;
 //! * [`checkpoint`]: save/restore of the full state;
+//! * [`restarts`]: several independent runs on one fitness set, the fittest reported;
 //! * [`rundir`]: the run folder (config, log, curve, plots, hall of fame).
 //!
 //! # The loop ([`run`])
