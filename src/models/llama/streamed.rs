@@ -19,7 +19,8 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::stream::{self, Captured, LayerCaptures, ROLES};
+use super::net::ROLES;
+use super::stream::{self, Captured, LayerCaptures};
 use super::{assemble, partial_probe, SEMANTICS};
 use crate::array::Array;
 use crate::probe::{Batch, LinearProbe};
