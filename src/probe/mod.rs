@@ -404,7 +404,9 @@ pub struct Network<'a> {
     /// Every linear layer, module order: what `linears` holds and what GraSP and Synflow
     /// score.
     pub linears: Vec<&'a Linear>,
-    /// The position-embedding table (its gradient feeds the Jacobian proxies).
+    /// The position-embedding table (its gradient feeds the Jacobian proxies). A family
+    /// without one (Llama) gives a zero offset added to the input embeddings per position,
+    /// whose gradient is the same per-position gradient.
     pub position_table: &'a Var,
 }
 
