@@ -315,7 +315,7 @@ fn main() -> Result<()> {
         let nll = m.loss(&held)?;
         ppl.push(nll.exp());
         params.push(s.count(&model.config)?.total as f64);
-        let probe = whole_probe(&m, &probe_batch, &format!("{i}"))?;
+        let probe = whole_probe(&m, &probe_batch, &format!("{i}"), false)?;
         values.push(proxies.iter().map(|p| p.compute(&probe)).collect());
         probes.push(probe);
         if (i + 1) % 10 == 0 {

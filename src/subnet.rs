@@ -15,7 +15,8 @@ use crate::rng::Rng;
 use crate::scoring::Proxy;
 
 /// Parses `--proxy` for the llama family: `all` (every built-in that applies to the family
-/// and needs no extra pass), a `,`-separated list of names, or a `;`-separated list of
+/// and needs no extra pass, as `score`'s `all`: the extra-pass ones cost passes of their own
+/// and run when named), a `,`-separated list of names, or a `;`-separated list of
 /// expressions.
 pub fn parse_proxies(text: &str) -> Result<Vec<Proxy>> {
     if text.trim() == "all" {

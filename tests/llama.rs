@@ -123,6 +123,69 @@ fn subnet_score_on_a_tiny_random_llama() {
 }
 
 #[test]
+fn subnet_score_runs_the_extra_pass_proxies_on_the_whole_probe() {
+    let dir = temp_dir("extra");
+    let config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64,
+        "initializer_range": 0.2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let model = dir.to_str().unwrap();
+    let extra = "fisher,grasp,synflow,logsynflow,jacob_cov,attention_confidence";
+    let score = |proxy: &str, mode: &str| {
+        lpzero(&[
+            "subnet",
+            "score",
+            "--model",
+            model,
+            "--subnets",
+            "random:2",
+            "--proxy",
+            proxy,
+            "--batch",
+            "2",
+            "--seq-len",
+            "8",
+            "--mode",
+            mode,
+            "--json",
+        ])
+    };
+    // `auto` probes a tiny model whole; the extra-pass proxies sit beside the others.
+    for mode in ["whole", "auto"] {
+        let out = score(&format!("snip,{extra},head_confidence"), mode);
+        let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+        let rows = v.as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        for row in rows {
+            assert_eq!(row["score"]["streamed"], false);
+            let values = row["score"]["values"].as_array().unwrap();
+            assert_eq!(values.len(), 8);
+            for (i, x) in values.iter().enumerate() {
+                // logsynflow (index 4) may be +∞ (JSON null): see the README.
+                if i != 4 {
+                    assert!(x.as_f64().is_some_and(f64::is_finite), "{mode} {i}: {x}");
+                }
+            }
+        }
+    }
+    // `all` (the single-pass built-ins) works on the same model.
+    let out = score("all", "auto");
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert!(v[0]["score"]["values"].as_array().unwrap().len() > 10);
+    // Streaming refuses them by name, pointing at the whole probe.
+    for name in extra.split(',') {
+        let out = score(name, "stream");
+        assert_fails(
+            &out,
+            &[&format!("`{name}`"), "extra passes", "mode `whole`"],
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn subnet_search_writes_a_front_and_a_best_subnet_that_score_reads() {
     let dir = temp_dir("search");
     let config = serde_json::json!({
@@ -231,6 +294,24 @@ fn llama_bench_file_records_are_scored_through_the_family_seam() {
     ]);
     let text = stdout_of(&out);
     assert!(text.contains("\"params\""), "{text}");
+    // Through the family seam too, the extra passes run when a proxy needs them.
+    let out = lpzero(&[
+        "score",
+        "--bench-file",
+        f,
+        "--proxy",
+        "fisher,grasp",
+        "--seq-len",
+        "8",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let proxies = v["proxies"].as_array().unwrap();
+    assert_eq!(proxies.len(), 2);
+    for p in proxies {
+        assert_eq!(p["non_finite"], 0, "{p}");
+        assert!(p["spearman"].is_number(), "{p}");
+    }
     // A sub-network that does not fit the model is named.
     let bad = dir.join("bad.jsonl");
     let rec = serde_json::json!({"id": "x", "family": "llama",

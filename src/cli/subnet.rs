@@ -86,11 +86,12 @@ struct ParamsArgs {
 pub enum ModeArg {
     /// Whole probe for small models, streaming above 2 GiB of probe.
     Auto,
-    /// Always the whole probe (every proxy).
+    /// Always the whole probe (every proxy; the extra-pass ones run their passes on the whole
+    /// sub-network).
     Whole,
     /// Always streaming: one layer's weights at a time, every layer's activations kept; it
     /// refuses, by name, what it cannot compute exactly (`total` over weight or grad, the
-    /// built-ins that divide by their number of linears).
+    /// built-ins that divide by their number of linears, the extra-pass proxies).
     Stream,
 }
 
@@ -143,7 +144,9 @@ struct ScoreArgs {
     /// JSON array of them, or JSON Lines.
     #[arg(long)]
     subnets: String,
-    /// Proxies: built-in names separated by `,`, expressions separated by `;`, or `all`.
+    /// Proxies: built-in names separated by `,`, expressions separated by `;`, or `all` (the
+    /// built-ins of one pass; the extra-pass ones, fisher, grasp, synflow, logsynflow,
+    /// jacob_cov and attention_confidence, run on the whole probe when named).
     #[arg(long)]
     proxy: String,
     #[command(flatten)]

@@ -125,11 +125,11 @@ impl Params {
         self.push(name, Var::from_vec(vec![value; n], shape, device)?)
     }
 
-    /// Registers an existing tensor as a trainable variable (a copy of it); for tests that
-    /// need given values.
-    #[cfg(test)]
-    pub(crate) fn register(&mut self, name: &str, t: Tensor) -> candle_core::Result<Var> {
-        self.push(name, Var::from_tensor(&t)?)
+    /// Registers an existing tensor as a trainable variable (a copy of it): for weights read
+    /// from a checkpoint (the Llama family's whole-network graph) and for tests that need
+    /// given values.
+    pub fn register(&mut self, name: &str, t: &Tensor) -> candle_core::Result<Var> {
+        self.push(name, Var::from_tensor(t)?)
     }
 
     fn push(&mut self, name: &str, var: Var) -> candle_core::Result<Var> {

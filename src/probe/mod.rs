@@ -404,7 +404,9 @@ pub struct Network<'a> {
     /// Every linear layer, module order: what `linears` holds and what GraSP and Synflow
     /// score.
     pub linears: Vec<&'a Linear>,
-    /// The position-embedding table (its gradient feeds the Jacobian proxies).
+    /// The position-embedding table (its gradient feeds the Jacobian proxies). A family
+    /// without one (Llama) gives a zero offset added to the input embeddings per position,
+    /// whose gradient is the same per-position gradient.
     pub position_table: &'a Var,
 }
 
@@ -510,20 +512,8 @@ pub fn run<M: ProbeModel>(
     let extras = match tapped {
         None => None,
         Some(ex) => {
-            let weights: Vec<&Var> = network.linears.iter().map(|l| &l.weight).collect();
-            let loss = || {
-                let mut masks = masks.clone();
-                Ok(model.forward(opts.dropout.then_some(&mut masks))?.loss)
-            };
-            let readout = || model.readout();
-            Some(passes::run(
-                ex,
-                network.params,
-                &weights,
-                grads,
-                loss,
-                readout,
-            )?)
+            let masks = opts.dropout.then_some(&masks);
+            Some(passes_after_backward(&model, &network, ex, grads, masks)?)
         }
     };
     let inputs = || {
@@ -551,6 +541,43 @@ pub fn run<M: ProbeModel>(
         extras,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The extra passes ([`passes`]) alone, for a family whose probe is not made by [`run`] (the
+/// Llama family assembles its probe from a layer-by-layer pass, which holds no graph of the
+/// whole network): one forward of `model` with its taps on and without dropout, one backward,
+/// then what [`run`] does after its own backward (the tapped values: Fisher with
+/// `fisher_width`, attention confidence, Jacob-Cov; GraSP's pass; Synflow's pass). The model's
+/// parameters end absolute-valued (Synflow's pass).
+pub fn extra_passes<M: ProbeModel>(model: &M, fisher_width: FisherWidth) -> Result<passes::Extras> {
+    let network = model.network();
+    network.taps.set_enabled(true);
+    let Pass { loss, captures } = model.forward(None)?;
+    drop(captures);
+    let mut grads = loss.backward()?;
+    drop(loss);
+    let tapped = tapped_extras(network.taps, &mut grads, fisher_width)?
+        .context("internal error: the model's forward pass recorded no gradient tap")?;
+    passes_after_backward(model, &network, tapped, grads, None)
+}
+
+/// Completes the tapped values `tapped` of a pass of `model` whose gradients are `grads` with
+/// GraSP's and Synflow's passes over the network's linears ([`passes::run`]); GraSP's fresh
+/// forward draws its dropout masks from a copy of `masks` (the pass's own masks), none without.
+fn passes_after_backward<M: ProbeModel>(
+    model: &M,
+    network: &Network<'_>,
+    tapped: passes::Extras,
+    grads: GradStore,
+    masks: Option<&Rng>,
+) -> Result<passes::Extras> {
+    let weights: Vec<&Var> = network.linears.iter().map(|l| &l.weight).collect();
+    let loss = || {
+        let mut masks = masks.cloned();
+        Ok(model.forward(masks.as_mut())?.loss)
+    };
+    let readout = || model.readout();
+    passes::run(tapped, network.params, &weights, grads, loss, readout)
 }
 
 /// The tap-based extra values (Fisher, attention confidence, Jacob-Cov) when the model's taps

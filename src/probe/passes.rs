@@ -215,7 +215,7 @@ mod tests {
     fn synflow_uses_absolute_weights() {
         let mut params = Params::default();
         let t = Tensor::new(&[[1f32, -2.0], [3.0, -4.0]], &Device::Cpu).unwrap();
-        let w = params.register("w", t).unwrap();
+        let w = params.register("w", &t).unwrap();
         // R = Σ W: ∇W = 1, so synflow = Σ |W| = 10 and logsynflow = Σ |W| |ln 1| = 0.
         let (syn, logsyn) = synflow(&params, &[&w], || w.as_tensor().sum_all()).unwrap();
         assert_eq!((syn, logsyn), (10.0, 0.0));

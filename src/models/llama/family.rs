@@ -1,6 +1,7 @@
 //! The Llama family behind the family seam ([`crate::models::Family`]): a bench-file record is
 //! a sub-network of a model folder ([`crate::bench::llama::Record`]), probed whole
-//! ([`super::whole_probe`]) with the probe options' seed for drawn weights.
+//! ([`super::whole_probe`], with the extra passes when the probe options ask for them) with the
+//! probe options' seed for drawn weights.
 
 use anyhow::{bail, Context, Result};
 
@@ -78,7 +79,12 @@ impl Family for Llama {
         } else {
             batch.ids.iter_mut().for_each(|id| *id %= vocab);
         }
-        whole_probe(&model.with(&subnet), &batch, &index.to_string())
+        whole_probe(
+            &model.with(&subnet),
+            &batch,
+            &index.to_string(),
+            opts.extra_passes,
+        )
     }
 
     /// Not measured: latency serves `nas`, and Llama has no design space for it (its

@@ -6,12 +6,13 @@
 //! * [`config`]: the `config.json` keys; [`weights`]: the weight source; [`subnet`]: the
 //!   sub-network space, named sub-networks and parameter counts; [`net`]: the blocks;
 //!   [`stream`]: the layer-by-layer probe that keeps one layer in memory; [`streamed`]: the
-//!   proxies computed on it.
+//!   proxies computed on it; [`graph`]: the sub-network as one autograd graph, on which the
+//!   extra passes run.
 //! * [`LlamaModel`] ties a folder to its config and weights; [`score`] probes one sub-network
-//!   and computes proxies, either from a whole [`Probe`] (small models: every proxy that
-//!   does not need extra passes) or streaming, layer by layer (large models: the proxies that
-//!   read no linear, the sums over linears and the expressions without `total`, with the
-//!   whole probe's values; see [`StreamProxy`]).
+//!   and computes proxies, either from a whole [`Probe`] (small models: every proxy, the
+//!   extra-pass ones with their passes on the [`graph::Graph`]) or streaming, layer by layer
+//!   (large models: the proxies that read no linear, the sums over linears and the
+//!   expressions without `total`, with the whole probe's values; see [`StreamProxy`]).
 //!
 //! The expression inputs are those of the reference's LLaMA support: `weight` and `grad` are
 //! the seven linears of every decoder layer (q, k, v, o, gate, up, down; out × in; the LM head
@@ -21,6 +22,7 @@
 
 pub mod config;
 pub mod family;
+pub mod graph;
 pub mod net;
 pub mod stream;
 pub mod streamed;
@@ -62,7 +64,9 @@ pub static SEMANTICS: Semantics = Semantics {
         LinearRole::FfnIn,
         LinearRole::FfnOut,
     ],
-    fisher_width: FisherWidth::Output,
+    // Llama's linears are PyTorch `nn.Linear`s (out × in): the reference broadcasts a linear's
+    // per-output-channel Fisher value over the `in` entries of its weight row (spec §3.3).
+    fisher_width: FisherWidth::Input,
     decoder_groups: &[],
 };
 
@@ -174,7 +178,8 @@ pub fn whole_probe_bytes(config: &LlamaConfig, subnet: &Subnet, batch: &Batch) -
 }
 
 /// Probes `subnet` of `model` once on `batch` and computes `proxies` (module docs). Proxies
-/// that need extra passes (Fisher, GraSP, Synflow, ...) are refused.
+/// that need extra passes (Fisher, GraSP, Synflow, ...) run them on the whole probe and are
+/// refused, by name, on the streaming pass.
 pub fn score(
     model: &LlamaModel,
     subnet: &Subnet,
@@ -194,12 +199,6 @@ pub fn score_with_progress(
     mode: Mode,
     on_layer: Option<&dyn Fn()>,
 ) -> Result<SubnetScore> {
-    if let Some(p) = proxies.iter().find(|p| p.needs_extra_passes()) {
-        bail!(
-            "proxy `{}` needs extra passes, which the llama family does not run",
-            p.name()
-        );
-    }
     let start = Instant::now();
     let whole = match mode {
         Mode::Whole => true,
@@ -209,7 +208,8 @@ pub fn score_with_progress(
     let mut m = model.with(subnet);
     m.on_layer = on_layer;
     if whole {
-        let probe = whole_probe(&m, batch, "subnet")?;
+        let extra_passes = proxies.iter().any(Proxy::needs_extra_passes);
+        let probe = whole_probe(&m, batch, "subnet", extra_passes)?;
         let values = proxies.iter().map(|p| p.compute(&probe)).collect();
         return Ok(SubnetScore {
             values,
@@ -288,9 +288,22 @@ fn assemble(
 }
 
 /// The whole probe of a sub-network (every layer's linears and captures kept), built by the
-/// streaming pass; `key` names it.
-pub fn whole_probe(m: &stream::Model<'_>, batch: &Batch, key: &str) -> Result<Probe> {
+/// streaming pass; `key` names it. With `extra_passes` it also holds the values of the
+/// extra-pass proxies ([`Probe::extras`]), from the passes run first on the sub-network's
+/// whole graph ([`graph::Graph`], dropped before the streaming pass).
+pub fn whole_probe(
+    m: &stream::Model<'_>,
+    batch: &Batch,
+    key: &str,
+    extra_passes: bool,
+) -> Result<Probe> {
     let start = Instant::now();
+    let extras = if extra_passes {
+        let graph = graph::Graph::new(m, batch)?;
+        Some(crate::probe::extra_passes(&graph, SEMANTICS.fisher_width)?)
+    } else {
+        None
+    };
     let mut captured = Captured::new(m.config.num_hidden_layers);
     let mut layers = Vec::with_capacity(m.config.num_hidden_layers);
     let summary = stream::probe(m, batch, true, |layer| {
@@ -304,7 +317,8 @@ pub fn whole_probe(m: &stream::Model<'_>, batch: &Batch, key: &str) -> Result<Pr
     let linears = layers.into_iter().rev().flatten().collect();
     let lists = captured.into_lists()?;
     let seconds = start.elapsed().as_secs_f64();
-    assemble(m, key, Some(lists), linears, &summary, seconds)
+    let probe = assemble(m, key, Some(lists), linears, &summary, seconds)?;
+    Ok(Probe { extras, ..probe })
 }
 
 /// The probe batch: `rows × (seq_len + 1)` ids from `corpus` (whitespace-separated ids below

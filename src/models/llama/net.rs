@@ -2,11 +2,25 @@
 //! (rotating halves, as Hugging Face does), grouped-query causal attention, the SwiGLU FFN, one
 //! decoder layer, and the next-token loss. They take plain tensors (a [`candle_core::Var`]'s
 //! tensor when gradients are wanted), so the same code serves the forward-only and the
-//! recomputing backward passes of [`super::stream`].
+//! recomputing backward passes of [`super::stream`], and the whole-network graph of
+//! [`super::graph`] (which taps the linears' outputs for the extra passes).
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::nn::ops;
+use crate::nn::{ops, LinearRole, TapSite, Taps};
+
+/// The role each of a layer's seven linears plays for the proxies, in the order of
+/// [`LayerWeights::linears`] (q, k, v are mixer projections, o the mixer's output dense, gate
+/// and up the FFN input, down its output).
+pub const ROLES: [LinearRole; 7] = [
+    LinearRole::Mixer,
+    LinearRole::Mixer,
+    LinearRole::Mixer,
+    LinearRole::MixerOutput,
+    LinearRole::FfnIn,
+    LinearRole::FfnIn,
+    LinearRole::FfnOut,
+];
 
 /// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) · w` (no mean subtraction, no bias).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
@@ -168,19 +182,61 @@ pub fn attention(
 pub fn layer(
     x: &Tensor,
     w: &LayerWeights,
-    (heads, kv_heads, d): (usize, usize, usize),
+    shape: (usize, usize, usize),
     eps: f64,
     rope: &Rope,
 ) -> candle_core::Result<LayerOut> {
+    decoder_layer(x, w, shape, eps, rope, None)
+}
+
+/// [`layer`] with each linear's output passed through `taps` (a gradient tap when they are
+/// on, [`TapSite::Linear`] with the linear's role from [`ROLES`]): what Fisher and attention
+/// confidence read ([`crate::probe::passes::from_taps`]).
+pub fn tapped_layer(
+    x: &Tensor,
+    w: &LayerWeights,
+    shape: (usize, usize, usize),
+    eps: f64,
+    rope: &Rope,
+    taps: &Taps,
+) -> candle_core::Result<LayerOut> {
+    decoder_layer(x, w, shape, eps, rope, Some(taps))
+}
+
+/// The decoder layer of [`layer`] and [`tapped_layer`].
+fn decoder_layer(
+    x: &Tensor,
+    w: &LayerWeights,
+    (heads, kv_heads, d): (usize, usize, usize),
+    eps: f64,
+    rope: &Rope,
+    taps: Option<&Taps>,
+) -> candle_core::Result<LayerOut> {
+    // Linear `i` of the layer (the order of `ROLES`) applied to `x`, through its tap.
+    let lin = |i: usize, x: &Tensor, w: &Tensor| -> candle_core::Result<Tensor> {
+        let y = linear(x, w)?;
+        match taps {
+            None => Ok(y),
+            Some(taps) => {
+                let (out_dim, in_dim) = w.dims2()?;
+                let site = TapSite::Linear {
+                    role: ROLES[i],
+                    in_dim,
+                    out_dim,
+                };
+                taps.tap(site, y)
+            }
+        }
+    };
     let h = rms_norm(x, &w.attn_norm, eps)?;
-    let q = linear(&h, &w.q)?;
-    let k = linear(&h, &w.k)?;
-    let v = linear(&h, &w.v)?;
+    let q = lin(0, &h, &w.q)?;
+    let k = lin(1, &h, &w.k)?;
+    let v = lin(2, &h, &w.v)?;
     let (mixed, probs) = attention(&q, &k, &v, (heads, kv_heads, d), rope)?;
-    let x = (x + linear(&mixed, &w.o)?)?;
+    let x = (x + lin(3, &mixed, &w.o)?)?;
     let h = rms_norm(&x, &w.ffn_norm, eps)?;
-    let act = swiglu(&linear(&h, &w.gate)?, &linear(&h, &w.up)?)?;
-    let y = (&x + linear(&act, &w.down)?)?;
+    let act = swiglu(&lin(4, &h, &w.gate)?, &lin(5, &h, &w.up)?)?;
+    let y = (&x + lin(6, &act, &w.down)?)?;
     Ok(LayerOut {
         y,
         act,
@@ -189,6 +245,14 @@ pub fn layer(
         v,
         probs,
     })
+}
+
+/// The logits of the last hidden state `x` (B × T × H) through the final norm's scale `norm`
+/// (H) and the LM head `head` (V × H): N × V, N = B·T.
+pub fn logits(x: &Tensor, norm: &Tensor, head: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let h = rms_norm(x, norm, eps)?;
+    let (b, t, hd) = h.dims3()?;
+    h.reshape((b * t, hd))?.matmul(&head.t()?)
 }
 
 /// Mean next-token negative log-likelihood of `logits` (N × V) against `targets` (N ids).

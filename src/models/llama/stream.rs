@@ -18,24 +18,12 @@ use anyhow::{Context, Result};
 use candle_core::{Tensor, Var};
 
 use super::config::LlamaConfig;
-use super::net::{self, LayerWeights, Rope};
+use super::net::{self, LayerWeights, Rope, ROLES};
 use super::subnet::Subnet;
 use super::weights::{layer_name, Init, WeightSource, EMBED, FINAL_NORM, LM_HEAD};
 use crate::array::Array;
-use crate::nn::{to_array, LinearRole};
+use crate::nn::to_array;
 use crate::probe::{Batch, LinearProbe};
-
-/// The role each of a layer's seven linears plays for the proxies (q, k, v are mixer
-/// projections, o the mixer's output dense, gate and up the FFN input, down its output).
-pub const ROLES: [LinearRole; 7] = [
-    LinearRole::Mixer,
-    LinearRole::Mixer,
-    LinearRole::Mixer,
-    LinearRole::MixerOutput,
-    LinearRole::FfnIn,
-    LinearRole::FfnIn,
-    LinearRole::FfnOut,
-];
 
 /// A model to probe: its config, weights and the sub-network to activate.
 pub struct Model<'a> {
@@ -255,10 +243,8 @@ impl Model<'_> {
 
     /// The logits of the last hidden state `x` (B × T × H): N × V, N = B·T.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let h = net::rms_norm(x, &self.final_norm()?, self.config.rms_norm_eps)?;
-        let (b, t, hd) = h.dims3()?;
-        let head = self.lm_head()?;
-        Ok(h.reshape((b * t, hd))?.matmul(&head.t()?)?)
+        let (norm, head) = (self.final_norm()?, self.lm_head()?);
+        Ok(net::logits(x, &norm, &head, self.config.rms_norm_eps)?)
     }
 
     /// Forward only: the mean next-token NLL of `batch` (each row: inputs then the shifted

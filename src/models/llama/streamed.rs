@@ -15,11 +15,14 @@
 //!   ([`StreamProxy::PerItem`]); the value is the mean of the item means, added in item order,
 //!   so the same bits as the whole evaluation ([`crate::proxy::eval::item_count`] says why this
 //!   holds). An expression that applies `total` needs a whole list at once and is refused;
-//!   so are the built-ins that read every linear together and those that need extra passes.
+//!   so are the built-ins that read every linear together, and those that need extra passes
+//!   (they run on the sub-network's whole graph, [`super::graph`], which a model too large
+//!   for the whole probe does not fit).
 
 use anyhow::{bail, Context, Result};
 
-use super::stream::{self, Captured, LayerCaptures, ROLES};
+use super::net::ROLES;
+use super::stream::{self, Captured, LayerCaptures};
 use super::{assemble, partial_probe, SEMANTICS};
 use crate::array::Array;
 use crate::probe::{Batch, LinearProbe};
@@ -90,7 +93,10 @@ impl StreamProxy {
                     streamable_builtins().join(", ")
                 ),
                 Reads::Extras => bail!(
-                    "proxy `{}` needs extra passes, which the llama family does not run",
+                    "proxy `{}` needs extra passes (gradient taps, GraSP's second pass, \
+                     Synflow's pass on the absolute-valued network), which run on the whole \
+                     sub-network at once, not on the streaming pass: score it with the whole \
+                     probe (mode `whole`), on a model whose whole probe fits in memory",
                     b.name
                 ),
             },

@@ -422,50 +422,28 @@ fn a_subnet_changes_parameters_and_outputs() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// One backward through the whole network (every layer's weights as variables at once): the
-/// reference for the streaming pass.
-fn whole_graph_grads(model: &LlamaModel, subnet: &Subnet, batch: &Batch) -> (f64, Vec<Vec<f32>>) {
-    let m = model.with(subnet);
-    let c = &model.config;
-    let (inputs, targets) = batch.shifted();
-    let tt = batch.cols - 1;
-    let rope = Rope::new(tt, c.head_dim(), c.rope_theta, &Device::Cpu).unwrap();
-    let mut x = m.embed(&inputs, batch.rows, tt).unwrap();
-    let mut vars = Vec::new();
-    for l in 0..c.num_hidden_layers {
-        let w = m.layer_weights(l).unwrap();
-        let v: Vec<Var> = w
-            .linears()
-            .iter()
-            .map(|(_, t)| Var::from_tensor(t).unwrap())
-            .collect();
-        let lw = LayerWeights {
-            attn_norm: w.attn_norm.clone(),
-            q: v[0].as_tensor().clone(),
-            k: v[1].as_tensor().clone(),
-            v: v[2].as_tensor().clone(),
-            o: v[3].as_tensor().clone(),
-            ffn_norm: w.ffn_norm.clone(),
-            gate: v[4].as_tensor().clone(),
-            up: v[5].as_tensor().clone(),
-            down: v[6].as_tensor().clone(),
-        };
-        x = net::layer(&x, &lw, m.attn_shape(l), c.rms_norm_eps, &rope)
-            .unwrap()
-            .y;
-        vars.extend(v);
-    }
-    let loss = net::nll(&m.logits(&x).unwrap(), &targets).unwrap();
-    let grads = loss.backward().unwrap();
-    let g = vars
-        .iter()
-        .map(|v| vec1(grads.get(v.as_tensor()).unwrap()))
-        .collect();
-    (loss.to_scalar::<f32>().unwrap() as f64, g)
+/// The probe of `sub` made by the shared probing path ([`crate::probe::run`]) on the
+/// sub-network's whole graph ([`graph::Graph`]: every layer's weights as variables at once,
+/// one forward and one backward through all of them): the reference for the streaming pass.
+fn graph_probe(model: &LlamaModel, sub: &Subnet, batch: &Batch, extra_passes: bool) -> Probe {
+    let opts = crate::probe::ProbeOptions {
+        batch: batch.rows,
+        seq_len: batch.cols - 1,
+        seed: 0,
+        grad_signal: Default::default(),
+        sizes: Default::default(),
+        dropout: false,
+        corpus: None,
+        extra_passes,
+    };
+    crate::probe::run("graph".into(), 0, &opts, &SEMANTICS, |_| {
+        graph::Graph::new(&model.with(sub), batch)
+    })
+    .unwrap()
 }
 
 #[test]
-fn streaming_gradients_equal_one_whole_backward() {
+fn streaming_probe_equals_one_whole_backward() {
     let c = tiny();
     let model = LlamaModel {
         dir: PathBuf::new(),
@@ -477,18 +455,35 @@ fn streaming_gradients_equal_one_whole_backward() {
         heads: Some(vec![4, 2]),
     };
     let batch = super::batch(&c, 2, 5, None, 3).unwrap();
-    let (loss, want) = whole_graph_grads(&model, &sub, &batch);
-    let probe = whole_probe(&model.with(&sub), &batch, "t").unwrap();
-    assert!((probe.loss - loss).abs() < 1e-6);
+    let want = graph_probe(&model, &sub, &batch, false);
+    let probe = whole_probe(&model.with(&sub), &batch, "t", false).unwrap();
+    assert!((probe.loss - want.loss).abs() < 1e-6);
+    // The graph holds exactly the sub-network's tensors.
+    assert_eq!(probe.params, want.params);
     assert_eq!(probe.linears.len(), 14);
-    for (lin, g) in probe.linears.iter().zip(&want) {
-        close(lin.grad.data(), g, 1e-4);
+    assert_eq!(want.linears.len(), 14);
+    for (lin, w) in probe.linears.iter().zip(&want.linears) {
+        assert_eq!((&lin.name, lin.layer, lin.role), (&w.name, w.layer, w.role));
+        assert!(lin.weight == w.weight, "{}", lin.name);
+        close(lin.grad.data(), w.grad.data(), 1e-4);
         assert!(
             lin.grad.data().iter().any(|&x| x != 0.0),
             "{} has no gradient",
             lin.name
         );
     }
+    let lists = |p: &Probe| -> Vec<Array> {
+        let mut all: Vec<Array> = p.act.iter().chain(p.head.iter()).cloned().collect();
+        all.extend(p.softmax.iter().chain(p.mixer_outputs.iter()).cloned());
+        all
+    };
+    let (got, expected) = (lists(&probe), lists(&want));
+    assert_eq!(got.len(), expected.len());
+    for (a, b) in got.iter().zip(&expected) {
+        assert_eq!(a.shape(), b.shape());
+        close(a.data(), b.data(), 1e-5);
+    }
+    close(probe.position_grad.data(), want.position_grad.data(), 1e-4);
     assert_eq!(probe.act.len(), 2);
     assert_eq!(probe.act[0].shape(), &[2, 5, 12]);
     assert_eq!(probe.softmax[1].shape(), &[2, 2, 5, 5]);
@@ -662,8 +657,22 @@ fn streaming_refuses_what_it_cannot_compute_exactly() {
     let err = refused("synaptic_saliency_normalized");
     assert!(err.contains("`synaptic_saliency_normalized`"), "{err}");
     assert!(err.contains("together"), "{err}");
-    // Extra passes are not run for this family at all.
-    assert!(refused("fisher").contains("extra passes"));
+    // Extra passes run on the whole graph only: refused by name, pointing at the whole probe.
+    let extra: Vec<&str> = crate::proxy::builtin::BUILTINS
+        .iter()
+        .filter(|b| b.extra_passes())
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(extra.len(), 6, "{extra:?}");
+    for name in extra {
+        let err = refused(name);
+        assert!(
+            err.contains(&format!("proxy `{name}` needs extra passes")),
+            "{err}"
+        );
+        assert!(err.contains("not on the streaming pass"), "{err}");
+        assert!(err.contains("mode `whole`"), "{err}");
+    }
     // Captures too large for the streaming pass: refused before probing, naming the proxy.
     let huge = super::batch(&model.config, 64, 4096, None, 6).unwrap();
     let bytes = stream::capture_bytes(&model.config, &sub, &huge);
@@ -676,7 +685,7 @@ fn streaming_refuses_what_it_cannot_compute_exactly() {
         assert!(err.contains("lower the batch rows"), "{err}");
     }
     // The estimate is exact: the bytes of the whole probe's captures.
-    let probe = whole_probe(&model.with(&sub), &batch, "t").unwrap();
+    let probe = whole_probe(&model.with(&sub), &batch, "t", false).unwrap();
     let floats: usize = probe
         .act
         .iter()
@@ -706,4 +715,248 @@ fn progress_counts_two_passes_per_layer() {
     let p = [Proxy::parse("snip").unwrap()];
     score_with_progress(&model, &sub, &batch, &p, Mode::Stream, Some(&tick)).unwrap();
     assert_eq!(n.get(), 2 * c.num_hidden_layers);
+}
+
+/// The extra-pass built-ins, in table order.
+fn extra_pass_proxies() -> Vec<Proxy> {
+    crate::proxy::builtin::BUILTINS
+        .iter()
+        .filter(|b| b.extra_passes())
+        .map(Proxy::Builtin)
+        .collect()
+}
+
+#[test]
+fn extra_pass_proxies_have_values_on_the_whole_probe() {
+    let (model, sub) = varied(2, 12);
+    let batch = super::batch(&model.config, 2, 5, None, 7).unwrap();
+    let extra = extra_pass_proxies();
+    let names: Vec<String> = extra.iter().map(Proxy::name).collect();
+    for needed in [
+        "fisher",
+        "grasp",
+        "synflow",
+        "logsynflow",
+        "jacob_cov",
+        "attention_confidence",
+    ] {
+        assert!(names.iter().any(|n| n == needed), "{needed}: {names:?}");
+    }
+    let whole = score(&model, &sub, &batch, &extra, Mode::Whole).unwrap();
+    assert!(!whole.streamed);
+    for (name, v) in names.iter().zip(&whole.values) {
+        if name == "logsynflow" {
+            // Synflow's all-ones input makes every token the same vector, so q_proj and k_proj
+            // get no gradient (see the finite-difference test): their |ln |∇W|| terms are +∞
+            // or rounding noise, never NaN.
+            assert!(*v > 0.0, "{name}: {v}");
+        } else {
+            assert!(v.is_finite(), "{name}: {v}");
+        }
+    }
+    // A tiny model fits the whole probe: `auto` runs the same passes.
+    let auto = score(&model, &sub, &batch, &extra, Mode::Auto).unwrap();
+    assert!(!auto.streamed);
+    assert_eq!(auto.values, whole.values);
+    // The passes run on their own graph: the single-pass proxies keep their values, and the
+    // probe's own loss is unchanged.
+    let single = ["snip", "head_confidence"].map(|n| Proxy::parse(n).unwrap());
+    let mut mixed: Vec<Proxy> = ["snip", "head_confidence"]
+        .iter()
+        .map(|n| Proxy::parse(n).unwrap())
+        .collect();
+    mixed.extend(extra_pass_proxies());
+    let alone = score(&model, &sub, &batch, &single, Mode::Whole).unwrap();
+    let together = score(&model, &sub, &batch, &mixed, Mode::Whole).unwrap();
+    assert_eq!(alone.values[..], together.values[..2]);
+    assert_eq!(together.values[2..], whole.values[..]);
+    assert_eq!(alone.loss, together.loss);
+    // Synflow reads no token (its input is all ones): another batch of the same shape gives
+    // the same bits, while the proxies of the probe's own signal move.
+    let other = super::batch(&model.config, 2, 5, None, 8).unwrap();
+    assert_ne!(other.ids, batch.ids);
+    let moved = score(&model, &sub, &other, &extra, Mode::Whole).unwrap();
+    for ((name, a), b) in names.iter().zip(&whole.values).zip(&moved.values) {
+        match name.as_str() {
+            "synflow" | "logsynflow" => assert_eq!(a, b, "{name}"),
+            _ => assert_ne!(a, b, "{name}"),
+        }
+    }
+}
+
+#[test]
+fn the_bench_file_path_runs_the_extra_passes_when_asked() {
+    let (dir, c) = write_tiny("family-extras", 13);
+    let sub = Subnet {
+        ffn_widths: vec![12, 24],
+        heads: None,
+    };
+    let arch = crate::bench::Arch::new(crate::bench::llama::Record {
+        model: dir.to_string_lossy().into_owned(),
+        ffn_widths: sub.ffn_widths.clone(),
+        heads: None,
+    });
+    let fam: &dyn crate::models::Family = &FAMILY;
+    let mut opts = fam.probe_options();
+    opts.seq_len = 6;
+    let batch = fam.build_batch(&opts).unwrap();
+    let plain = fam.probe(&arch, 0, &opts, &batch).unwrap();
+    assert!(plain.extras.is_none());
+    opts.extra_passes = true;
+    let probe = fam.probe(&arch, 0, &opts, &batch).unwrap();
+    let fisher = Proxy::parse("fisher").unwrap();
+    assert!(fisher.compute(&plain).is_nan());
+    assert!(fisher.compute(&probe).is_finite());
+    assert_eq!(probe.loss, plain.loss);
+    assert_eq!(probe.params as u64, sub.count(&c).unwrap().total);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Synflow's readout computed independently of the engine: a plain `f64` Llama forward of one
+/// row of `tokens` all-ones input embeddings through the decoder layers `layers` (per layer the
+/// nine tensors attention norm, q, k, v, o, FFN norm, gate, up, down; out × in, row-major) with
+/// `shapes` (heads, key/value heads, head size), the final norm and the LM head: the sum of
+/// the logits.
+fn f64_readout(
+    c: &LlamaConfig,
+    shapes: &[(usize, usize, usize)],
+    layers: &[Vec<Vec<f64>>],
+    (final_norm, head): (&[f64], &[f64]),
+    tokens: usize,
+) -> f64 {
+    let norm = |x: &[f64], w: &[f64]| -> Vec<f64> {
+        let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+        let inv = 1.0 / (ms + c.rms_norm_eps).sqrt();
+        x.iter().zip(w).map(|(v, w)| v * inv * w).collect()
+    };
+    let mv = |w: &[f64], x: &[f64]| -> Vec<f64> {
+        w.chunks(x.len())
+            .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect()
+    };
+    let rope = |x: &mut [f64], p: usize| {
+        let half = x.len() / 2;
+        for i in 0..half {
+            let angle = p as f64 * c.rope_theta.powf(-2.0 * i as f64 / x.len() as f64);
+            let (a, b) = (x[i], x[i + half]);
+            x[i] = a * angle.cos() - b * angle.sin();
+            x[i + half] = b * angle.cos() + a * angle.sin();
+        }
+    };
+    let mut x = vec![vec![1.0; c.hidden_size]; tokens];
+    for (w, &(heads, kv, d)) in layers.iter().zip(shapes) {
+        let hn: Vec<Vec<f64>> = x.iter().map(|t| norm(t, &w[0])).collect();
+        let proj = |i: usize| -> Vec<Vec<f64>> { hn.iter().map(|t| mv(&w[i], t)).collect() };
+        let (mut q, mut k, v) = (proj(1), proj(2), proj(3));
+        for p in 0..tokens {
+            q[p].chunks_mut(d).for_each(|h| rope(h, p));
+            k[p].chunks_mut(d).for_each(|h| rope(h, p));
+        }
+        for p in 0..tokens {
+            let mut mixed = vec![0.0; heads * d];
+            for hd in 0..heads {
+                let g = hd / (heads / kv);
+                let qh = &q[p][hd * d..(hd + 1) * d];
+                let scores: Vec<f64> = (0..=p)
+                    .map(|u| {
+                        let kh = &k[u][g * d..(g + 1) * d];
+                        qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for (u, eu) in e.iter().enumerate() {
+                    for j in 0..d {
+                        mixed[hd * d + j] += eu / z * v[u][g * d + j];
+                    }
+                }
+            }
+            let o = mv(&w[4], &mixed);
+            x[p].iter_mut().zip(o).for_each(|(a, b)| *a += b);
+        }
+        for t in x.iter_mut() {
+            let hn = norm(t, &w[5]);
+            let (gate, up) = (mv(&w[6], &hn), mv(&w[7], &hn));
+            let act: Vec<f64> = gate
+                .iter()
+                .zip(&up)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
+            t.iter_mut().zip(mv(&w[8], &act)).for_each(|(a, b)| *a += b);
+        }
+    }
+    x.iter()
+        .map(|t| mv(head, &norm(t, final_norm)).iter().sum::<f64>())
+        .sum()
+}
+
+#[test]
+fn synflow_matches_finite_differences_of_an_f64_forward() {
+    // Spec §3.3 for a decoder (as the GPT-2 family reads it): every parameter absolute-valued,
+    // one row of all-ones input embeddings, R = Σ of the LM head's logits, and Σ |W ⊙ ∂R/∂W|
+    // over the seven linears of every layer. Here ∂R/∂W comes from central differences of
+    // an independent f64 forward, one weight at a time.
+    let (model, sub) = varied(2, 14);
+    let c = &model.config;
+    let tokens = 4;
+    let batch = super::batch(c, 1, tokens, None, 9).unwrap();
+    let m = model.with(&sub);
+    let abs = |t: &Tensor| -> Vec<f64> { vec1(t).iter().map(|&v| (v as f64).abs()).collect() };
+    let mut layers: Vec<Vec<Vec<f64>>> = (0..c.num_hidden_layers)
+        .map(|l| {
+            let w = m.layer_weights(l).unwrap();
+            [
+                &w.attn_norm,
+                &w.q,
+                &w.k,
+                &w.v,
+                &w.o,
+                &w.ffn_norm,
+                &w.gate,
+                &w.up,
+                &w.down,
+            ]
+            .into_iter()
+            .map(abs)
+            .collect()
+        })
+        .collect();
+    let shapes: Vec<_> = (0..c.num_hidden_layers).map(|l| m.attn_shape(l)).collect();
+    let (final_norm, head) = (abs(&m.final_norm().unwrap()), abs(&m.lm_head().unwrap()));
+    let readout =
+        |layers: &[Vec<Vec<f64>>]| f64_readout(c, &shapes, layers, (&final_norm, &head), tokens);
+    let step = 1e-6;
+    let (mut want, mut query_key) = (0.0, 0.0);
+    for l in 0..layers.len() {
+        // The linears among the nine tensors (not the norms).
+        for i in [1, 2, 3, 4, 6, 7, 8] {
+            for e in 0..layers[l][i].len() {
+                let w = layers[l][i][e];
+                layers[l][i][e] = w + step;
+                let plus = readout(&layers);
+                layers[l][i][e] = w - step;
+                let minus = readout(&layers);
+                layers[l][i][e] = w;
+                let term = w * ((plus - minus) / (2.0 * step)).abs();
+                want += term;
+                if i <= 2 {
+                    query_key += term;
+                }
+            }
+        }
+    }
+    // What the definition implies for a RoPE decoder: all-ones input rows stay identical
+    // through every layer, so attention mixes identical values and q_proj, k_proj do not
+    // move the readout (their terms are rounding noise).
+    assert!(query_key <= 1e-6 * want, "q/k terms {query_key} of {want}");
+    let synflow = Proxy::parse("synflow").unwrap();
+    let got = score(&model, &sub, &batch, &[synflow], Mode::Whole)
+        .unwrap()
+        .values[0];
+    assert!(want > 0.0 && want.is_finite(), "{want}");
+    assert!(
+        (got - want).abs() <= 1e-4 * want,
+        "synflow {got}, finite differences {want}"
+    );
 }
