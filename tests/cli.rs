@@ -350,7 +350,13 @@ fn search_writes_run_directory_and_summary() {
         assert!(restart["fitness"].as_f64().unwrap() <= v["fitness"].as_f64().unwrap());
         assert!(restart["heldout_spearman"].is_number(), "{restart}");
         let folder = run.join(format!("restart_{r}"));
-        for file in ["config.json", "log.jsonl", "curve.csv", "curve.svg", "checkpoint.json"] {
+        for file in [
+            "config.json",
+            "log.jsonl",
+            "curve.csv",
+            "curve.svg",
+            "checkpoint.json",
+        ] {
             assert!(folder.join(file).is_file(), "restart {r}: missing {file}");
         }
         let log = std::fs::read_to_string(folder.join("log.jsonl")).unwrap();

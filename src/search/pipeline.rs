@@ -180,7 +180,11 @@ impl FitnessPhase {
     /// the fitness set), then every restart's best proxy (in restart order).
     pub fn heldout_exprs(&self) -> Result<Vec<Expr>> {
         let outcome = &self.outcome;
-        let mut exprs: Vec<Expr> = outcome.hall_of_fame.iter().map(|h| h.expr.clone()).collect();
+        let mut exprs: Vec<Expr> = outcome
+            .hall_of_fame
+            .iter()
+            .map(|h| h.expr.clone())
+            .collect();
         exprs.push(outcome.best.clone());
         exprs.extend(outcome.restarts.iter().map(|r| r.best.clone()));
         Ok(exprs)

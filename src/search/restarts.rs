@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{checkpoint, run_with_inputs, rundir, FitnessData, HallOfFame, SearchOptions, SearchOutcome};
+use super::{
+    checkpoint, run_with_inputs, rundir, FitnessData, HallOfFame, SearchOptions, SearchOutcome,
+};
 use crate::proxy::expr::Expr;
 use crate::rng::Rng;
 
@@ -128,16 +130,13 @@ pub fn run_restarts(
 /// One outcome from several restarts' (in restart order, at least one): the best run's, with
 /// the merged hall of fame (`capacity` entries), the counters summed and the restart list.
 pub fn merge(outcomes: Vec<SearchOutcome>, capacity: usize) -> SearchOutcome {
-    let chosen = outcomes
-        .iter()
-        .enumerate()
-        .fold(0, |best, (r, o)| {
-            if o.fitness_spearman > outcomes[best].fitness_spearman {
-                r
-            } else {
-                best
-            }
-        });
+    let chosen = outcomes.iter().enumerate().fold(0, |best, (r, o)| {
+        if o.fitness_spearman > outcomes[best].fitness_spearman {
+            r
+        } else {
+            best
+        }
+    });
     let mut hall = HallOfFame::new(capacity);
     for (r, o) in outcomes.iter().enumerate() {
         for e in &o.hall_of_fame {
@@ -186,7 +185,10 @@ pub fn merge(outcomes: Vec<SearchOutcome>, capacity: usize) -> SearchOutcome {
         memo.large_bytes += o.memo.large_bytes;
         memo.over_budget += o.memo.over_budget;
     }
-    let best = outcomes.into_iter().nth(chosen).expect("at least one restart");
+    let best = outcomes
+        .into_iter()
+        .nth(chosen)
+        .expect("at least one restart");
     SearchOutcome {
         hall_of_fame: hall.entries().to_vec(),
         candidates,

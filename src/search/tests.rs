@@ -373,13 +373,18 @@ fn restarts_report_the_fittest_run_and_merge_the_halls() {
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
     assert_eq!(out.hall_of_fame.len(), opts.hall_of_fame);
     assert_eq!(out.hall_of_fame[0].fitness, all[0].0);
-    assert!(out.hall_of_fame.windows(2).all(|w| w[0].fitness >= w[1].fitness));
+    assert!(out
+        .hall_of_fame
+        .windows(2)
+        .all(|w| w[0].fitness >= w[1].fitness));
     for e in &out.hall_of_fame {
         assert!(runs[e.restart].hall_of_fame.iter().any(|h| h.key == e.key));
     }
     // Each restart has its run folder, and resuming from the search folder ends the same.
     for r in 0..3 {
-        assert!(restarts::restart_dir(&dir, r).join("checkpoint.json").is_file());
+        assert!(restarts::restart_dir(&dir, r)
+            .join("checkpoint.json")
+            .is_file());
     }
     let hall: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("hall_of_fame.json")).unwrap())
