@@ -796,6 +796,7 @@ pub static SEMANTICS: Semantics = Semantics {
     expression_linears: MIXER,
     fisher_width: FisherWidth::Input,
     decoder_groups: &[],
+    synflow_reaches_every_linear: true,
 };
 
 /// The columns of the benchmark's reference proxy table ([`REFERENCE_FILE`]) that lpzero's

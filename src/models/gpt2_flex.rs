@@ -784,6 +784,7 @@ pub static SEMANTICS: Semantics = Semantics {
     expression_linears: CONV1D,
     fisher_width: FisherWidth::Output,
     decoder_groups: &[GROUP_ATTN, GROUP_FFN],
+    synflow_reaches_every_linear: true,
 };
 
 /// The GPT-2 family: 200 GPT-2 Flex decoders with WikiText-103 perplexities.

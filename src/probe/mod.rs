@@ -271,6 +271,12 @@ pub struct Semantics {
     /// The parameter groups that make up the decoder parameters (`decoder_params`); empty
     /// when the family has none (the proxy is then NaN and not listed for it).
     pub decoder_groups: &'static [&'static str],
+    /// True when Synflow's all-ones input reaches every linear with a gradient. False for a
+    /// family whose positions enter only through rotary embeddings (Llama): the all-ones rows
+    /// stay identical, attention mixes identical values, and the q and k projections get no
+    /// Synflow gradient, so `logsynflow` (a log of each gradient) is undefined there: NaN, and
+    /// not listed for the family. `synflow` itself is well defined (those terms are zero).
+    pub synflow_reaches_every_linear: bool,
 }
 
 /// What one forward + backward of one architecture exposes to proxies.

@@ -233,7 +233,7 @@ pub const BUILTINS: &[Builtin] = &[
         name: "logsynflow",
         orientation: Orientation::HigherIsBetter,
         reads: Reads::Extras,
-        applies: ANY,
+        applies: |s| s.synflow_reaches_every_linear,
         compute: logsynflow,
     },
     Builtin {
@@ -478,6 +478,9 @@ fn synflow(p: &Probe) -> f64 {
 }
 
 fn logsynflow(p: &Probe) -> f64 {
+    if !p.semantics.synflow_reaches_every_linear {
+        return f64::NAN;
+    }
     extra(p, |e| e.logsynflow)
 }
 

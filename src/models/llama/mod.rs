@@ -68,6 +68,7 @@ pub static SEMANTICS: Semantics = Semantics {
     // per-output-channel Fisher value over the `in` entries of its weight row (spec §3.3).
     fisher_width: FisherWidth::Input,
     decoder_groups: &[],
+    synflow_reaches_every_linear: false,
 };
 
 /// Largest estimated size of a whole probe (weights, gradients and captures as arrays) that
