@@ -46,10 +46,7 @@ impl Corr {
 /// `values` made higher-is-better (negated when `orientation` is lower-is-better), with NaN
 /// and ±Inf replaced so that they rank last ([`stats::sanitize`]).
 pub fn oriented(values: &[f64], orientation: Orientation) -> Vec<f64> {
-    let sign = match orientation {
-        Orientation::HigherIsBetter => 1.0,
-        Orientation::LowerIsBetter => -1.0,
-    };
+    let sign = orientation.sign();
     let flipped: Vec<f64> = values.iter().map(|v| sign * v).collect();
     stats::sanitize(&flipped).0
 }

@@ -413,10 +413,7 @@ impl Pool {
     /// Sets the values of the candidates at `selection` (pool positions), parallel to
     /// `values`.
     pub fn apply_values(&mut self, selection: &[usize], values: &[f64]) {
-        let sign = match self.orientation {
-            Orientation::HigherIsBetter => 1.0,
-            Orientation::LowerIsBetter => -1.0,
-        };
+        let sign = self.orientation.sign();
         for (&i, &v) in selection.iter().zip(values) {
             let c = &mut self.candidates[i];
             c.value = Some(v);

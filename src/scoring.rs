@@ -358,10 +358,7 @@ pub fn summarize(
     truth: &[f64],
     values: &[f64],
 ) -> ProxySummary {
-    let sign = match orientation {
-        Orientation::HigherIsBetter => 1.0,
-        Orientation::LowerIsBetter => -1.0,
-    };
+    let sign = orientation.sign();
     let oriented: Vec<f64> = values.iter().map(|v| sign * v).collect();
     let (oriented, non_finite) = stats::sanitize(&oriented);
     let clean: Vec<f64> = oriented.iter().map(|v| sign * v).collect();

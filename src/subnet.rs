@@ -150,6 +150,19 @@ pub struct ScoreOptions<'a> {
     pub on_layer: Option<&'a dyn Fn()>,
 }
 
+impl ScoreOptions<'_> {
+    /// The probe batch these options describe, for `model`.
+    fn probe_batch(&self, model: &LlamaModel) -> Result<crate::probe::Batch> {
+        llama::batch(
+            &model.config,
+            self.batch,
+            self.seq_len,
+            self.corpus,
+            self.seed,
+        )
+    }
+}
+
 /// Scores every sub-network of `subnets` with `proxies`, calling `done` after each.
 pub fn score_subnets(
     model: &LlamaModel,
@@ -158,13 +171,7 @@ pub fn score_subnets(
     opts: &ScoreOptions<'_>,
     mut done: impl FnMut(&ScoredSubnet),
 ) -> Result<Vec<ScoredSubnet>> {
-    let batch = llama::batch(
-        &model.config,
-        opts.batch,
-        opts.seq_len,
-        opts.corpus,
-        opts.seed,
-    )?;
+    let batch = opts.probe_batch(model)?;
     let mut out = Vec::with_capacity(subnets.len());
     for (name, subnet) in subnets {
         let score =
@@ -237,17 +244,8 @@ pub fn search_subnets(
     search_opts: &search::SearchOptions,
     on_eval: impl FnMut(&search::Evaluated),
 ) -> Result<search::SearchResult> {
-    let batch = llama::batch(
-        &model.config,
-        opts.batch,
-        opts.seq_len,
-        opts.corpus,
-        opts.seed,
-    )?;
-    let sign = match proxy.orientation() {
-        crate::proxy::builtin::Orientation::HigherIsBetter => 1.0,
-        crate::proxy::builtin::Orientation::LowerIsBetter => -1.0,
-    };
+    let batch = opts.probe_batch(model)?;
+    let sign = proxy.orientation().sign();
     let proxies = std::slice::from_ref(proxy);
     let fitness = |s: &Subnet| -> Result<f64> {
         let score =

@@ -342,10 +342,7 @@ fn validate(a: &NasArgs, bench: &Benchmark, probe: &ProbeOptions, threads: usize
         .iter()
         .zip(&values)
         .map(|(p, v)| {
-            let sign = match p.orientation() {
-                lpzero::proxy::builtin::Orientation::HigherIsBetter => 1.0,
-                lpzero::proxy::builtin::Orientation::LowerIsBetter => -1.0,
-            };
+            let sign = p.orientation().sign();
             v.iter().map(|x| sign * x).collect()
         })
         .collect();

@@ -23,6 +23,16 @@ pub enum Orientation {
     LowerIsBetter,
 }
 
+impl Orientation {
+    /// The factor that makes a value higher-is-better: 1 or −1.
+    pub fn sign(self) -> f64 {
+        match self {
+            Orientation::HigherIsBetter => 1.0,
+            Orientation::LowerIsBetter => -1.0,
+        }
+    }
+}
+
 /// A named proxy: its name, orientation, which families it is defined for, and its function.
 pub struct Builtin {
     /// Name used on the command line.

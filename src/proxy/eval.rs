@@ -303,6 +303,21 @@ pub struct MemoStats {
     pub over_budget: u64,
 }
 
+impl std::ops::Add for MemoStats {
+    type Output = Self;
+
+    /// Counters of two memos together (e.g. one per evaluation thread, or per restart).
+    fn add(self, b: Self) -> Self {
+        Self {
+            hits: self.hits + b.hits,
+            misses: self.misses + b.misses,
+            entries: self.entries + b.entries,
+            large_bytes: self.large_bytes + b.large_bytes,
+            over_budget: self.over_budget + b.over_budget,
+        }
+    }
+}
+
 /// When `src` serves one and the same list as `head` and `act` (GPT-2 probes do), `expr` with
 /// every `head` read as `act`, so that both spellings share memo entries; `None` otherwise.
 fn alias_head(expr: &Expr, src: &dyn InputSource) -> Option<Expr> {

@@ -495,13 +495,7 @@ impl Search<'_> {
                 .memos
                 .iter()
                 .map(Memo::stats)
-                .fold(MemoStats::default(), |a, b| MemoStats {
-                    hits: a.hits + b.hits,
-                    misses: a.misses + b.misses,
-                    entries: a.entries + b.entries,
-                    large_bytes: a.large_bytes + b.large_bytes,
-                    over_budget: a.over_budget + b.over_budget,
-                }),
+                .fold(MemoStats::default(), |a, b| a + b),
             restarts: vec![restarts::RestartResult {
                 seed: self.opts.seed,
                 fitness: best.fitness,

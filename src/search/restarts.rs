@@ -12,6 +12,7 @@
 //! and resumes from there, so an interrupted search continues restart by restart; the search
 //! folder itself gets the merged `hall_of_fame.json` and the reported run's `curve.svg`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -158,33 +159,14 @@ pub fn merge(outcomes: Vec<SearchOutcome>, capacity: usize) -> SearchOutcome {
         sum(|o| o.arch_evaluations),
         sum(|o| o.rejected),
     );
-    let add_maps = |f: fn(&SearchOutcome) -> Vec<(String, f64)>| {
-        let mut total = std::collections::BTreeMap::<String, f64>::new();
-        for o in &outcomes {
-            for (k, v) in f(o) {
-                *total.entry(k).or_default() += v;
-            }
-        }
-        total
-    };
-    let saved = add_maps(|o| o.saved_evaluations_by_rule.clone().into_iter().collect());
-    let seconds_saved = add_maps(|o| o.seconds_saved_by_rule.clone().into_iter().collect());
-    let mut rejected_by_rule = std::collections::BTreeMap::<String, u64>::new();
-    for o in &outcomes {
-        for (k, v) in &o.rejected_by_rule {
-            *rejected_by_rule.entry(k.clone()).or_default() += v;
-        }
-    }
+    let saved = summed(outcomes.iter().map(|o| &o.saved_evaluations_by_rule));
+    let seconds_saved = summed(outcomes.iter().map(|o| &o.seconds_saved_by_rule));
+    let rejected_by_rule = summed(outcomes.iter().map(|o| &o.rejected_by_rule));
     let seconds = outcomes.iter().map(|o| o.seconds).sum();
     let resumed_from = outcomes.iter().find_map(|o| o.resumed_from);
-    let mut memo = super::MemoStats::default();
-    for o in &outcomes {
-        memo.hits += o.memo.hits;
-        memo.misses += o.memo.misses;
-        memo.entries += o.memo.entries;
-        memo.large_bytes += o.memo.large_bytes;
-        memo.over_budget += o.memo.over_budget;
-    }
+    let memo = outcomes
+        .iter()
+        .fold(super::MemoStats::default(), |a, o| a + o.memo);
     let best = outcomes
         .into_iter()
         .nth(chosen)
@@ -207,4 +189,17 @@ pub fn merge(outcomes: Vec<SearchOutcome>, capacity: usize) -> SearchOutcome {
         chosen_restart: chosen,
         ..best
     }
+}
+
+/// The per-key sums of `maps` (a key missing from one map counts as zero there).
+fn summed<'a, V: Copy + Default + std::ops::AddAssign + 'a>(
+    maps: impl Iterator<Item = &'a BTreeMap<String, V>>,
+) -> BTreeMap<String, V> {
+    let mut total = BTreeMap::new();
+    for map in maps {
+        for (k, &v) in map {
+            *total.entry(k.clone()).or_default() += v;
+        }
+    }
+    total
 }
