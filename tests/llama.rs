@@ -18,6 +18,21 @@ fn temp_dir(name: &str) -> PathBuf {
     common::fresh_temp_dir("llama-cli", name)
 }
 
+/// A fresh folder holding the `config.json` of a tiny random Llama: hidden 16, FFN 32, 2
+/// layers, 2 heads, vocab 40, init std 0.2, with `changes` (a JSON object) applied on top.
+fn tiny_model(name: &str, changes: serde_json::Value) -> PathBuf {
+    let dir = temp_dir(name);
+    let mut config = serde_json::json!({
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "vocab_size": 40, "initializer_range": 0.2
+    });
+    for (k, v) in changes.as_object().expect("changes are an object") {
+        config[k] = v.clone();
+    }
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
 #[test]
 fn llama_7b_params_are_exact() {
     let model = manifest("examples/llama-7b");
@@ -44,13 +59,10 @@ fn llama_7b_params_are_exact() {
 
 #[test]
 fn subnet_score_on_a_tiny_random_llama() {
-    let dir = temp_dir("score");
-    let config = serde_json::json!({
-        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64,
-        "initializer_range": 0.2
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let dir = tiny_model(
+        "score",
+        serde_json::json!({"num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64}),
+    );
     let csv = dir.join("scores.csv");
     let out = lpzero(&[
         "subnet",
@@ -124,13 +136,10 @@ fn subnet_score_on_a_tiny_random_llama() {
 
 #[test]
 fn subnet_score_runs_the_extra_pass_proxies_on_the_whole_probe() {
-    let dir = temp_dir("extra");
-    let config = serde_json::json!({
-        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64,
-        "initializer_range": 0.2
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let dir = tiny_model(
+        "extra",
+        serde_json::json!({"num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64}),
+    );
     let model = dir.to_str().unwrap();
     let extra = "fisher,grasp,synflow,logsynflow,jacob_cov,attention_confidence";
     let score = |proxy: &str, mode: &str| {
@@ -189,12 +198,7 @@ fn subnet_score_runs_the_extra_pass_proxies_on_the_whole_probe() {
 
 #[test]
 fn subnet_search_writes_a_front_and_a_best_subnet_that_score_reads() {
-    let dir = temp_dir("search");
-    let config = serde_json::json!({
-        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3,
-        "num_attention_heads": 2, "vocab_size": 40, "initializer_range": 0.2
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let dir = tiny_model("search", serde_json::json!({"num_hidden_layers": 3}));
     let model = dir.to_str().unwrap();
     let heur = lpzero(&[
         "subnet",
@@ -254,12 +258,7 @@ fn subnet_search_writes_a_front_and_a_best_subnet_that_score_reads() {
 
 #[test]
 fn llama_bench_file_records_are_scored_through_the_family_seam() {
-    let dir = temp_dir("benchfile");
-    let config = serde_json::json!({
-        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "vocab_size": 40, "initializer_range": 0.2
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let dir = tiny_model("benchfile", serde_json::json!({}));
     let model = dir.to_str().unwrap();
     let lines: Vec<String> = [
         ([32, 32], 10.0),
@@ -334,12 +333,11 @@ fn llama_bench_file_records_are_scored_through_the_family_seam() {
 
 #[test]
 fn head_and_ffn_choices_shape_the_space() {
-    let dir = temp_dir("choices");
-    let config = serde_json::json!({
-        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    // Parameter counts only: the initialiser does not matter.
+    let dir = tiny_model(
+        "choices",
+        serde_json::json!({"num_attention_heads": 4, "num_key_value_heads": 2}),
+    );
     let model = dir.to_str().unwrap();
     let count = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec![
