@@ -450,6 +450,8 @@ fn sizes_are_bounded_with_clear_messages() {
             "iterations must be at most 10000000",
         ),
         ("--n-unary", "1000", "n_unary must be within 0..=16"),
+        ("--restarts", "0", "restarts must be within 1..=1000"),
+        ("--restarts", "5000", "restarts must be within 1..=1000"),
     ] {
         let out = lpzero(&[
             "search",
