@@ -1,13 +1,14 @@
 //! The Llama ranking experiment: how well do zero-cost proxies rank the LoNAS sub-networks of
 //! a pretrained Llama by held-out perplexity?
 //!
-//! 1. Trains a small Llama (H 128, FFN 352, 4 layers, 4 heads over 2 key/value heads, tied
-//!    embedding; ≈1.4 M parameters) on the CPython-docs corpus of `data/corpus/` (PSF License
+//! 1. Trains a small Llama (by default H 256, FFN 704, 4 layers, 4 heads over 2 key/value
+//!    heads, tied embedding; 3.46 M parameters) on the CPython-docs corpus of `data/corpus/` (PSF License
 //!    2.0, see its README), LoNAS-style: every step activates a sub-network (sandwich rule:
 //!    the maximal, the minimal, then a random one), so sliced sub-networks are trained too.
 //!    The token ids are BERT WordPiece ids, renumbered by frequency into a compact vocabulary.
 //!    Lines 0–111 train, lines 112–127 are held out. Saves `model/` (config.json and
-//!    model.safetensors); a second run reuses it.
+//!    model.safetensors; a second run reuses it). The training log in `summary.json` has the
+//!    held-out loss of the maximal network every 50 steps.
 //! 2. Draws 100 distinct random sub-networks and measures each one's held-out perplexity with
 //!    the sliced weights (the ground truth).
 //! 3. Probes each sub-network once (2 × 64 training tokens) and computes every single-pass
@@ -17,7 +18,8 @@
 //!    the other 70, beside every proxy on the same 70.
 //!
 //! ```text
-//! cargo run --release --example llama_ranking -- results/llama [--steps 600] [--iterations 200]
+//! cargo run --release --example llama_ranking -- results/llama [--steps 1000] [--iterations 150]
+//!     [--subnets 100] [--seed 0] [--hidden 256] [--ffn 704] [--layers 4]
 //! ```
 //!
 //! Writes `ground_truth.csv`, `proxies.csv`, `summary.json` and `summary.md` to the folder.
@@ -53,16 +55,22 @@ struct Args {
     iterations: usize,
     subnets: usize,
     seed: u64,
+    hidden: usize,
+    ffn: usize,
+    layers: usize,
 }
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let mut a = Args {
         out: PathBuf::from("results/llama"),
-        steps: 600,
-        iterations: 200,
+        steps: 1000,
+        iterations: 150,
         subnets: 100,
         seed: 0,
+        hidden: 256,
+        ffn: 704,
+        layers: 4,
     };
     let mut out = None;
     while let Some(x) = it.next() {
@@ -77,6 +85,9 @@ fn args() -> Result<Args> {
             "--iterations" => a.iterations = num("--iterations")?,
             "--subnets" => a.subnets = num("--subnets")?,
             "--seed" => a.seed = num("--seed")? as u64,
+            "--hidden" => a.hidden = num("--hidden")?,
+            "--ffn" => a.ffn = num("--ffn")?,
+            "--layers" => a.layers = num("--layers")?,
             _ if !x.starts_with("--") && out.is_none() => out = Some(PathBuf::from(x)),
             _ => bail!("unknown argument `{x}`"),
         }
@@ -114,11 +125,20 @@ fn corpus() -> Result<(Vec<Vec<u32>>, usize)> {
     Ok((lines, ids.len()))
 }
 
-fn config(vocab: usize) -> LlamaConfig {
-    LlamaConfig {
-        hidden_size: 128,
-        intermediate_size: 352,
-        num_hidden_layers: 4,
+fn config(a: &Args, vocab: usize) -> Result<LlamaConfig> {
+    if a.hidden == 0 || a.hidden % 8 != 0 {
+        bail!(
+            "--hidden: expected a positive multiple of 8 (4 heads of an even size), got {}",
+            a.hidden
+        );
+    }
+    if a.ffn < 5 || a.layers == 0 {
+        bail!("--ffn: expected at least 5 and --layers at least 1");
+    }
+    Ok(LlamaConfig {
+        hidden_size: a.hidden,
+        intermediate_size: a.ffn,
+        num_hidden_layers: a.layers,
         num_attention_heads: 4,
         num_key_value_heads: Some(2),
         rms_norm_eps: 1e-5,
@@ -127,7 +147,7 @@ fn config(vocab: usize) -> LlamaConfig {
         tie_word_embeddings: true,
         initializer_range: 0.02,
         max_position_embeddings: 512,
-    }
+    })
 }
 
 /// The mean NLL of `batch` through the trainable `vars` with `subnet` active (FFN slices).
@@ -175,6 +195,7 @@ fn train(
     dir: &Path,
     c: &LlamaConfig,
     train_ids: &[u32],
+    held: &Batch,
     steps: usize,
     seed: u64,
 ) -> Result<serde_json::Value> {
@@ -235,12 +256,14 @@ fn train(
         if (step + 1) % 50 == 0 || step + 1 == steps {
             let mean = recent.iter().sum::<f64>() / recent.len() as f64;
             recent.clear();
+            let maximal = space.named(Named::Maximal);
+            let held_loss = train_loss(c, &vars, &maximal, held, &rope)?.to_scalar::<f32>()? as f64;
             eprintln!(
-                "step {}/{steps}: train loss {mean:.3} ({:.0} s)",
+                "step {}/{steps}: train loss {mean:.3}, held-out loss {held_loss:.3} ({:.0} s)",
                 step + 1,
                 start.elapsed().as_secs_f64()
             );
-            log.push(serde_json::json!({"step": step + 1, "train_loss": mean}));
+            log.push(serde_json::json!({"step": step + 1, "train_loss": mean, "heldout_loss": held_loss}));
         }
     }
     let tensors = weights::tensor_specs(c)
@@ -263,17 +286,9 @@ fn train(
 fn main() -> Result<()> {
     let a = args()?;
     let (lines, vocab) = corpus()?;
-    let c = config(vocab);
+    let c = config(&a, vocab)?;
     let model_dir = a.out.join("model");
     let train_ids: Vec<u32> = lines[..TRAIN_LINES].iter().flatten().copied().collect();
-    let training = if model_dir.join("model.safetensors").is_file() {
-        eprintln!("reusing {}", model_dir.display());
-        serde_json::Value::Null
-    } else {
-        train(&model_dir, &c, &train_ids, a.steps, a.seed)?
-    };
-    let model = LlamaModel::open(&model_dir, 0)?;
-    let space = model.space();
     // Held-out batch: three 129-token windows of each held-out line.
     let mut held = Vec::new();
     for line in &lines[TRAIN_LINES..] {
@@ -286,6 +301,33 @@ fn main() -> Result<()> {
         ids: held,
         cols: SEQ + 1,
     };
+    let training = if model_dir.join("model.safetensors").is_file() {
+        eprintln!("reusing {}", model_dir.display());
+        serde_json::Value::Null
+    } else {
+        train(&model_dir, &c, &train_ids, &held, a.steps, a.seed)?
+    };
+    let model = LlamaModel::open(&model_dir, 0)?;
+    let saved = &model.config;
+    if (
+        saved.hidden_size,
+        saved.intermediate_size,
+        saved.num_hidden_layers,
+    ) != (c.hidden_size, c.intermediate_size, c.num_hidden_layers)
+    {
+        bail!(
+            "{}: the saved model has hidden {}, FFN {}, {} layers but this run asks for {}, {}, {}; \
+             remove the folder to retrain or pass the saved sizes",
+            model_dir.display(),
+            saved.hidden_size,
+            saved.intermediate_size,
+            saved.num_hidden_layers,
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_hidden_layers
+        );
+    }
+    let space = model.space();
     let probe_batch = Batch {
         ids: train_ids[..2 * 65].to_vec(),
         rows: 2,
