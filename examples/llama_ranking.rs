@@ -126,7 +126,7 @@ fn corpus() -> Result<(Vec<Vec<u32>>, usize)> {
 }
 
 fn config(a: &Args, vocab: usize) -> Result<LlamaConfig> {
-    if a.hidden == 0 || a.hidden % 8 != 0 {
+    if a.hidden == 0 || !a.hidden.is_multiple_of(8) {
         bail!(
             "--hidden: expected a positive multiple of 8 (4 heads of an even size), got {}",
             a.hidden

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lpzero::bench::{self, BenchKind, Benchmark, DataSource};
 use lpzero::models;
 use lpzero::models::flexibert::SizeMode;
-use lpzero::probe::{GradSignal, ProbeOptions, MAX_THREADS};
+use lpzero::probe::{GradSignal, ProbeOptions, Storage, MAX_THREADS};
 use lpzero::report;
 use lpzero::scoring::{self, Proxy};
 use lpzero::search::pipeline::Phase;
@@ -106,6 +106,10 @@ struct ProbeArgs {
     /// Token ids (whitespace separated) to use instead of the synthetic batch.
     #[arg(long)]
     corpus: Option<PathBuf>,
+    /// How each probe's arrays are kept once computed: f32, or bf16 (half the memory of a
+    /// search's fitness set; every proxy and expression then reads the rounded values).
+    #[arg(long, value_enum, default_value_t = Storage::default().into())]
+    probe_storage: StorageArg,
     /// Worker threads (architectures probed in parallel; `search` also evaluates each candidate
     /// on the fitness architectures with this many threads); default: all cores.
     #[arg(long)]
@@ -190,6 +194,16 @@ value_enum_for! {
     }
 }
 
+value_enum_for! {
+    /// `--probe-storage`: the values of [`Storage`].
+    StorageArg => Storage {
+        /// Full f32 values, as computed.
+        F32,
+        /// bfloat16 values: half the memory, the f32 range, ≤ 2^-9 relative error each.
+        Bf16,
+    }
+}
+
 /// `--bench`: the name of a registered family (the help lists them).
 fn bench_kind_parser() -> impl clap::builder::TypedValueParser<Value = BenchKind> {
     let names: Vec<&'static str> = models::kinds().into_iter().map(BenchKind::name).collect();
@@ -220,6 +234,7 @@ impl ProbeArgs {
             dropout: self.dropout == OnOff::On,
             corpus: self.corpus.clone(),
             extra_passes: false,
+            storage: self.probe_storage.into(),
         };
         family
             .validate(&opts)

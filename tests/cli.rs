@@ -659,3 +659,98 @@ fn study_runs_splits_and_aggregates() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("fitness"), "{err}");
 }
+
+/// `--probe-storage bf16`: a search keeps about half the bytes of fitness probes and says so
+/// in its summary; `score` values move by no more than the rounding (and some do move).
+#[test]
+fn probe_storage_bf16_halves_the_fitness_probes() {
+    let dir = common::fixture_data_dir("storage", &search_fixture());
+    let d = dir.to_str().unwrap();
+    let search = |storage: &str| -> serde_json::Value {
+        let out = lpzero(&[
+            "search",
+            "--data-dir",
+            d,
+            "--fitness-archs",
+            "0..6",
+            "--population",
+            "4",
+            "--iterations",
+            "3",
+            "--restarts",
+            "1",
+            "--heldout",
+            "off",
+            "--batch",
+            "1",
+            "--seq-len",
+            "16",
+            "--probe-storage",
+            storage,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (full, half) = (search("f32"), search("bf16"));
+    assert_eq!(full["probe"]["storage"], "f32", "{full}");
+    assert_eq!(half["probe"]["storage"], "bf16", "{half}");
+    let bytes = |v: &serde_json::Value| v["fitness_probe_bytes"].as_f64().unwrap();
+    let ratio = bytes(&half) / bytes(&full);
+    assert!((0.45..0.6).contains(&ratio), "bf16/f32 probe bytes {ratio}");
+
+    let score = |storage: &str| -> Vec<Vec<f64>> {
+        let csv = dir.join(format!("score_{storage}.csv"));
+        let out = lpzero(&[
+            "score",
+            "--data-dir",
+            d,
+            "--proxy",
+            "all",
+            "--archs",
+            "0..6",
+            "--batch",
+            "1",
+            "--seq-len",
+            "16",
+            "--probe-storage",
+            storage,
+            "--out",
+            csv.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Rows: id, truth, then one value per proxy.
+        std::fs::read_to_string(&csv)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|row| {
+                row.split(',')
+                    .skip(2)
+                    .map(|x| x.parse().unwrap_or(f64::NAN))
+                    .collect()
+            })
+            .collect()
+    };
+    let (a, b) = (score("f32"), score("bf16"));
+    assert_eq!(a.len(), b.len());
+    let mut moved = 0;
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        if x.is_finite() {
+            moved += usize::from(x != y);
+            assert!(
+                (x - y).abs() <= 0.02 * x.abs().max(1e-12),
+                "f32 {x}, bf16 {y}"
+            );
+        }
+    }
+    assert!(moved > 0, "bf16 storage changed no value");
+}

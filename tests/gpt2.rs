@@ -624,3 +624,74 @@ fn score_json_reports_the_raw_correlation_with_perplexity() {
         -v["kendall"].as_f64().unwrap()
     );
 }
+
+/// bf16 storage (`ProbeOptions::storage`): every array is rounded, the lists and arrays that
+/// were shared stay shared (so the memory really halves), and every proxy value stays within
+/// the rounding error of the f32 value; f32 storage leaves the probe untouched.
+#[test]
+fn bf16_storage_rounds_every_array_and_keeps_sharing() {
+    use lpzero::array::{from_bf16, to_bf16};
+    use lpzero::probe::Storage;
+    use lpzero::proxy::eval::list_bytes;
+    use std::sync::Arc;
+    let opts = ProbeOptions {
+        batch: 2,
+        seq_len: 8,
+        ..FAMILY.probe_options()
+    };
+    let p = probe(&tiny_record(), 3, &opts);
+    let same = p.clone().stored_as(Storage::F32);
+    assert!(same
+        .weight
+        .iter()
+        .zip(&p.weight)
+        .all(|(a, b)| a.values_id() == b.values_id()));
+    let c = p.clone().stored_as(Storage::Bf16);
+    assert!(Arc::ptr_eq(&c.act, &c.head) && Arc::ptr_eq(&c.act, &c.mixer_outputs));
+    let lists = [&c.act[..], &c.softmax, &c.weight, &c.grad];
+    assert!(lists.iter().all(|l| l.iter().all(|a| a.is_compact())));
+    assert!(!c.position_grad.is_compact(), "position_grad stays f32");
+    assert_eq!(c.position_grad.values_id(), p.position_grad.values_id());
+    for (lin, (w, g)) in c.linears.iter().zip(c.weight.iter().zip(&c.grad)) {
+        assert!(lin.weight.is_compact() && lin.grad.is_compact());
+        assert_eq!(lin.weight.values_id(), w.values_id(), "{}", lin.name);
+        assert_eq!(lin.grad.values_id(), g.values_id(), "{}", lin.name);
+    }
+    let value_bytes = |l: &[lpzero::array::Array]| l.iter().map(|a| a.value_bytes()).sum::<usize>();
+    assert_eq!(2 * value_bytes(&c.weight), value_bytes(&p.weight));
+    assert!(list_bytes(&c.grad) < list_bytes(&p.grad));
+    for (a, b) in p.act.iter().zip(c.act.iter()) {
+        let rounded: Vec<f32> = a.data().iter().map(|&x| from_bf16(to_bf16(x))).collect();
+        assert_eq!(*b.data(), *rounded);
+    }
+    // Every proxy reads the rounded values: close to f32, not always equal.
+    let mut differ = 0;
+    let genotypes = ["lpzero_gpt2", "lpzero_bert"].map(|g| builtin_genotype(g).unwrap());
+    let exprs: Vec<_> = ["mean(mul(weight, grad))", "total(frobenius_norm(softmax))"]
+        .iter()
+        .map(|e| lpzero::proxy::parse::parse(e).unwrap())
+        .chain(genotypes)
+        .collect();
+    let mut values: Vec<(String, f64, f64)> = builtin::for_family(gpt2::KIND)
+        .filter(|b| !b.extra_passes())
+        .map(|b| (b.name.to_string(), (b.compute)(&p), (b.compute)(&c)))
+        .collect();
+    for e in &exprs {
+        let v = |q: &Probe| eval(e, q).unwrap_or(f64::NAN);
+        values.push((e.to_string(), v(&p), v(&c)));
+    }
+    for (name, full, half) in &values {
+        if full.is_nan() {
+            assert!(half.is_nan(), "{name}: {half} for NaN");
+            continue;
+        }
+        differ += usize::from(full != half);
+        let rel = (full - half).abs() / full.abs().max(1e-30);
+        assert!(rel < 0.02, "{name}: f32 {full}, bf16 {half} ({rel:.2e})");
+    }
+    assert!(
+        differ >= values.len() / 2,
+        "only {differ} of {} values moved",
+        values.len()
+    );
+}

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::bench::space::DesignSpace;
 use crate::bench::{Arch, BenchKind};
 use crate::probe::memory::ModelSize;
-use crate::probe::{Batch, Probe, ProbeOptions, Semantics, MAX_BATCH};
+use crate::probe::{Batch, Probe, ProbeOptions, Semantics, Storage, MAX_BATCH};
 
 /// What a family is, as data: the part of [`Family`] that needs no code.
 #[derive(Debug)]
@@ -122,7 +122,8 @@ pub trait Family: Sync {
     }
 
     /// The family's default probe options: [`Family::default_batch_shape`], seed 0, the
-    /// default backward signal and sizes, no dropout, the synthetic batch, no extra passes.
+    /// default backward signal and sizes, no dropout, the synthetic batch, no extra passes,
+    /// f32 storage.
     fn probe_options(&self) -> ProbeOptions {
         let (batch, seq_len) = self.default_batch_shape();
         ProbeOptions {
@@ -134,6 +135,7 @@ pub trait Family: Sync {
             dropout: false,
             corpus: None,
             extra_passes: false,
+            storage: Default::default(),
         }
     }
 
@@ -205,6 +207,11 @@ pub trait Family: Sync {
         let all = serde_json::to_value(opts)?;
         for &name in self.option_names() {
             settings[name] = all[name].clone();
+        }
+        if opts.storage != Storage::F32 {
+            // Values read the stored arrays. (Absent for f32, so that checkpoints written
+            // before the choice existed still resume.)
+            settings["storage"] = opts.storage.name().into();
         }
         Ok(settings)
     }

@@ -100,7 +100,7 @@ pub fn probe_map<T: Send>(
                 let entry = &bench.entries[index];
                 let result = family
                     .probe(&entry.arch, index, opts, batch)
-                    .and_then(|p| f(index, p))
+                    .and_then(|p| f(index, p.stored_as(opts.storage)))
                     .with_context(|| format!("{} architecture {}", bench.kind, entry.key));
                 let failed = result.is_err();
                 on_done();

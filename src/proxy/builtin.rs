@@ -364,7 +364,7 @@ fn activation_distance(p: &Probe) -> f64 {
 
 fn nuclear(a: &Array) -> f64 {
     let (r, c) = a.dims2().expect("linear weights are matrices");
-    linalg::nuclear_norm(a.data(), r, c)
+    linalg::nuclear_norm(&a.data(), r, c)
 }
 
 /// Over the linears the probe's family names: FlexiBERT mixer-block linears (mixer linears and
@@ -384,7 +384,7 @@ fn saliency(weight: &Array, grad: &Array) -> f64 {
     weight
         .data()
         .iter()
-        .zip(grad.data())
+        .zip(grad.data().iter())
         .map(|(&w, &g)| (w as f64 * g as f64).abs())
         .sum()
 }
@@ -434,7 +434,7 @@ fn snip(p: &Probe) -> f64 {
 fn jacobian_rows(p: &Probe) -> (Vec<f32>, usize, usize) {
     let (pos, dims) = p.position_grad.dims2().expect("position table is a matrix");
     (
-        linalg::transpose(p.position_grad.data(), pos, dims),
+        linalg::transpose(&p.position_grad.data(), pos, dims),
         dims,
         pos,
     )

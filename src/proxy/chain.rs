@@ -140,21 +140,19 @@ fn columns(a: &Array) -> usize {
 
 /// Streams `a` through `steps` and hands every transformed chunk, with the position of its
 /// first element, to `sink`.
+/// A compact (bfloat16) array is decoded one chunk at a time on the way.
 fn stream(steps: &[Step], a: &Array, mut sink: impl FnMut(usize, &[f32])) {
-    let data = a.data();
     if steps.is_empty() {
-        for (k, chunk) in data.chunks(CHUNK).enumerate() {
-            sink(k * CHUNK, chunk);
-        }
+        a.for_each_chunk(CHUNK, sink);
         return;
     }
-    let mut buf = vec![0.0_f32; CHUNK.min(data.len())];
-    for (k, chunk) in data.chunks(CHUNK).enumerate() {
+    let mut buf = vec![0.0_f32; CHUNK.min(a.len())];
+    a.for_each_chunk(CHUNK, |at, chunk| {
         let b = &mut buf[..chunk.len()];
         b.copy_from_slice(chunk);
-        transform(steps, b, k * CHUNK);
-        sink(k * CHUNK, b);
-    }
+        transform(steps, b, at);
+        sink(at, b);
+    });
 }
 
 /// Defines `fn name(args)` that runs `body` compiled for AVX2 when the CPU has it (so its
@@ -581,7 +579,7 @@ mod tests {
                 let same = a.shape() == before.shape()
                     && a.data()
                         .iter()
-                        .zip(before.data())
+                        .zip(before.data().iter())
                         .all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(same, "{op} mutated its input");
                 match out {
@@ -671,8 +669,8 @@ mod tests {
             1e-6
         ));
         assert_eq!(
-            un(UnaryOp::Pow2, &h).data(),
-            &[f32::INFINITY, f32::INFINITY]
+            un(UnaryOp::Pow2, &h).data()[..],
+            [f32::INFINITY, f32::INFINITY]
         );
         // Empty arrays.
         let e = arr(&[0], &[]);
@@ -732,8 +730,8 @@ mod tests {
         assert_all_close(&un(UnaryOp::Softmax, &v), &[1.0 / 3.0; 3]);
         // Stable for huge values.
         let h = arr(&[2], &[1e30, -1e30]);
-        assert_eq!(un(UnaryOp::Softmax, &h).data(), &[1.0, 0.0]);
-        assert_eq!(un(UnaryOp::LogSoftmax, &h).data(), &[0.0, -2e30]);
+        assert_eq!(un(UnaryOp::Softmax, &h).data()[..], [1.0, 0.0]);
+        assert_eq!(un(UnaryOp::LogSoftmax, &h).data()[..], [0.0, -2e30]);
         let big = arr(&[2], &[1000.0, 1000.0]);
         assert_all_close(&un(UnaryOp::Softmax, &big), &[0.5, 0.5]);
         // 3-D: axis 0 has length 2, every one of the 4 columns sums to one.
@@ -768,7 +766,7 @@ mod tests {
         assert!(un(UnaryOp::Mean, &n).data()[0].is_nan());
         assert!(un(UnaryOp::MinMax, &n).data().iter().all(|x| x.is_nan()));
         // Normalize maps NaN results to 0.
-        assert_eq!(un(UnaryOp::Normalize, &n).data(), &[0.0, 0.0, 0.0]);
+        assert_eq!(un(UnaryOp::Normalize, &n).data()[..], [0.0, 0.0, 0.0]);
         assert!(un(UnaryOp::Softmax, &Array::scalar(f32::NAN)).data()[0].is_nan());
         assert_eq!(
             un(UnaryOp::Exp, &Array::scalar(1e30)),

@@ -350,12 +350,13 @@ impl Default for Memo {
     }
 }
 
-/// Approximate heap size of a list: 4 bytes per element plus the shape and array headers.
+/// Approximate heap size of a list: its values ([`Array::value_bytes`]: 4 bytes per element,
+/// 2 when compact) plus the shape and array headers.
 pub fn list_bytes(items: &[Array]) -> u64 {
     items
         .iter()
         .map(|a| {
-            (a.len() * std::mem::size_of::<f32>()
+            (a.value_bytes()
                 + a.ndim() * std::mem::size_of::<usize>()
                 + std::mem::size_of::<Array>()) as u64
         })

@@ -472,7 +472,7 @@ pub fn apply_binary(op: BinaryOp, a: &Array, b: &Array) -> Result<Array, OpError
         BinaryOp::Matmul => {
             if let (Some((m, k)), Some((k2, n))) = (a.dims2(), b.dims2()) {
                 if k == k2 {
-                    return Ok(matmul(a.data(), b.data(), m, k, n));
+                    return Ok(matmul(&a.data(), &b.data(), m, k, n));
                 }
             }
             if a.len() == 1 || b.len() == 1 {
@@ -497,7 +497,7 @@ fn broadcast(
         let data = a
             .data()
             .iter()
-            .zip(b.data())
+            .zip(b.data().iter())
             .map(|(&x, &y)| f(x, y))
             .collect();
         return Ok(Array::new(a.shape().to_vec(), data).expect("same shape"));
@@ -615,23 +615,23 @@ mod tests {
         let a = arr(&[2, 2], &[1.0, 2.0, 3.0, 4.0]);
         let b = arr(&[2, 2], &[10.0, 20.0, 30.0, 40.0]);
         assert_eq!(
-            apply_binary(BinaryOp::Add, &a, &b).unwrap().data(),
-            &[11.0, 22.0, 33.0, 44.0]
+            apply_binary(BinaryOp::Add, &a, &b).unwrap().data()[..],
+            [11.0, 22.0, 33.0, 44.0]
         );
         assert_eq!(
-            apply_binary(BinaryOp::Sub, &a, &b).unwrap().data(),
-            &[-9.0, -18.0, -27.0, -36.0]
+            apply_binary(BinaryOp::Sub, &a, &b).unwrap().data()[..],
+            [-9.0, -18.0, -27.0, -36.0]
         );
         assert_eq!(
-            apply_binary(BinaryOp::Mul, &a, &b).unwrap().data(),
-            &[10.0, 40.0, 90.0, 160.0]
+            apply_binary(BinaryOp::Mul, &a, &b).unwrap().data()[..],
+            [10.0, 40.0, 90.0, 160.0]
         );
         let s = Array::scalar(2.0);
         let left = apply_binary(BinaryOp::Sub, &s, &a).unwrap();
         assert_eq!(left.shape(), &[2, 2]);
-        assert_eq!(left.data(), &[1.0, 0.0, -1.0, -2.0]);
+        assert_eq!(left.data()[..], [1.0, 0.0, -1.0, -2.0]);
         let right = apply_binary(BinaryOp::Sub, &a, &arr(&[1, 1], &[2.0])).unwrap();
-        assert_eq!(right.data(), &[-1.0, 0.0, 1.0, 2.0]);
+        assert_eq!(right.data()[..], [-1.0, 0.0, 1.0, 2.0]);
         let ss = apply_binary(BinaryOp::Add, &Array::scalar(1.0), &Array::scalar(2.0)).unwrap();
         assert_eq!(ss, Array::scalar(3.0));
         let mixed =
@@ -660,9 +660,9 @@ mod tests {
         let b = arr(&[3, 2], &[7.0, 8.0, 9.0, 10.0, 11.0, 12.0]);
         let c = apply_binary(BinaryOp::Matmul, &a, &b).unwrap();
         assert_eq!(c.shape(), &[2, 2]);
-        assert_eq!(c.data(), &[58.0, 64.0, 139.0, 154.0]);
+        assert_eq!(c.data()[..], [58.0, 64.0, 139.0, 154.0]);
         let s = apply_binary(BinaryOp::Matmul, &Array::scalar(2.0), &a).unwrap();
-        assert_eq!(s.data(), &[2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
+        assert_eq!(s.data()[..], [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
         let s = apply_binary(BinaryOp::Matmul, &Array::scalar(2.0), &Array::scalar(3.0)).unwrap();
         assert_eq!(s, Array::scalar(6.0));
         assert!(matches!(
@@ -672,6 +672,6 @@ mod tests {
         let v = arr(&[3], &[1.0, 2.0, 3.0]);
         assert!(apply_binary(BinaryOp::Matmul, &v, &v).is_err());
         let e = apply_binary(BinaryOp::Matmul, &arr(&[2, 0], &[]), &arr(&[0, 3], &[])).unwrap();
-        assert_eq!(e.data(), &[0.0; 6]);
+        assert_eq!(e.data()[..], [0.0; 6]);
     }
 }

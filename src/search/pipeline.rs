@@ -129,8 +129,9 @@ impl MemoryGuard {
         if held as f64 > limit.bytes {
             anyhow::bail!(
                 "the fitness probes need more memory than probing may use: they hold {} after \
-                 {done} of {} architectures, and the limit is {}{reserved}. Lower the batch \
-                 rows or seq_len, or use fewer fitness architectures",
+                 {done} of {} architectures, and the limit is {}{reserved}. Keep the probes \
+                 as bf16 (half the memory), lower the batch rows or seq_len, or use fewer \
+                 fitness architectures",
                 gb(held),
                 self.total,
                 limit.describe()

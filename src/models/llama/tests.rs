@@ -435,6 +435,7 @@ fn graph_probe(model: &LlamaModel, sub: &Subnet, batch: &Batch, extra_passes: bo
         dropout: false,
         corpus: None,
         extra_passes,
+        storage: Default::default(),
     };
     crate::probe::run("graph".into(), 0, &opts, &SEMANTICS, |_| {
         graph::Graph::new(&model.with(sub), batch)
@@ -465,7 +466,7 @@ fn streaming_probe_equals_one_whole_backward() {
     for (lin, w) in probe.linears.iter().zip(&want.linears) {
         assert_eq!((&lin.name, lin.layer, lin.role), (&w.name, w.layer, w.role));
         assert!(lin.weight == w.weight, "{}", lin.name);
-        close(lin.grad.data(), w.grad.data(), 1e-4);
+        close(&lin.grad.data(), &w.grad.data(), 1e-4);
         assert!(
             lin.grad.data().iter().any(|&x| x != 0.0),
             "{} has no gradient",
@@ -481,9 +482,13 @@ fn streaming_probe_equals_one_whole_backward() {
     assert_eq!(got.len(), expected.len());
     for (a, b) in got.iter().zip(&expected) {
         assert_eq!(a.shape(), b.shape());
-        close(a.data(), b.data(), 1e-5);
+        close(&a.data(), &b.data(), 1e-5);
     }
-    close(probe.position_grad.data(), want.position_grad.data(), 1e-4);
+    close(
+        &probe.position_grad.data(),
+        &want.position_grad.data(),
+        1e-4,
+    );
     assert_eq!(probe.act.len(), 2);
     assert_eq!(probe.act[0].shape(), &[2, 5, 12]);
     assert_eq!(probe.softmax[1].shape(), &[2, 2, 5, 5]);
