@@ -132,6 +132,38 @@ impl Proxy {
     }
 }
 
+/// Every proxy's value on one probe, in order, each with the seconds it took: what
+/// [`Proxy::compute`] gives for each, bit for bit, except that a built-in that is another
+/// listed built-in's value divided by a count ([`builtin::derived_from`]) is derived from that
+/// value once it is known instead of being computed again.
+pub fn compute_all_timed(proxies: &[Proxy], probe: &Probe) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::with_capacity(proxies.len());
+    for p in proxies {
+        let start = Instant::now();
+        let known = match p {
+            Proxy::Builtin(b) => builtin::derived_from(b.name).and_then(|(base, divisor)| {
+                proxies
+                    .iter()
+                    .zip(&out)
+                    .find(|(q, _)| matches!(q, Proxy::Builtin(c) if c.name == base))
+                    .map(|(_, (v, _))| v / divisor(probe))
+            }),
+            Proxy::Expr { .. } => None,
+        };
+        let v = known.unwrap_or_else(|| p.compute(probe));
+        out.push((v, start.elapsed().as_secs_f64()));
+    }
+    out
+}
+
+/// [`compute_all_timed`] without the timings.
+pub fn compute_all(proxies: &[Proxy], probe: &Probe) -> Vec<f64> {
+    compute_all_timed(proxies, probe)
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect()
+}
+
 /// Correlation of one proxy with the ground truth over the scored architectures.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProxySummary {
@@ -294,10 +326,8 @@ pub fn score(
                 .max(1) as f64;
             let timed: Vec<(f64, f64)> = proxies
                 .iter()
-                .map(|p| {
-                    let start = Instant::now();
-                    let v = p.compute(&probe);
-                    let mut secs = start.elapsed().as_secs_f64();
+                .zip(compute_all_timed(proxies, &probe))
+                .map(|(p, (v, mut secs))| {
                     if let (Some(ex), Proxy::Builtin(b)) = (&probe.extras, p) {
                         let pass = match b.name {
                             "grasp" => ex.grasp_seconds,

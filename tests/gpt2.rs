@@ -695,3 +695,30 @@ fn bf16_storage_rounds_every_array_and_keeps_sharing() {
         values.len()
     );
 }
+
+/// `scoring::compute_all` (which derives `synaptic_diversity_normalized` from
+/// `synaptic_diversity` instead of recomputing every nuclear norm) gives every proxy's own
+/// value bit for bit, in any order of the list.
+#[test]
+fn compute_all_equals_each_proxy_on_its_own() {
+    use lpzero::scoring::{compute_all, Proxy};
+    let opts = ProbeOptions {
+        batch: 2,
+        seq_len: 8,
+        ..FAMILY.probe_options()
+    };
+    let p = probe(&tiny_record(), 3, &opts);
+    let mut proxies = Proxy::parse_list("all", gpt2::KIND).unwrap();
+    assert!(proxies
+        .iter()
+        .any(|q| q.name() == "synaptic_diversity_normalized"));
+    for _ in 0..2 {
+        let each: Vec<u64> = proxies.iter().map(|q| q.compute(&p).to_bits()).collect();
+        let all: Vec<u64> = compute_all(&proxies, &p)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(all, each);
+        proxies.reverse();
+    }
+}

@@ -376,7 +376,34 @@ fn synaptic_diversity(p: &Probe) -> f64 {
 }
 
 fn synaptic_diversity_normalized(p: &Probe) -> f64 {
-    synaptic_diversity(p) / p.diversity_linears().count() as f64
+    synaptic_diversity(p) / diversity_count(p)
+}
+
+/// The number of linears `synaptic_diversity` sums over.
+fn diversity_count(p: &Probe) -> f64 {
+    p.diversity_linears().count() as f64
+}
+
+/// A count read from a probe that a derived built-in divides its base's value by.
+pub type Divisor = fn(&Probe) -> f64;
+
+/// Built-ins whose value is another built-in's divided by a count read from the probe:
+/// `(name, base, divisor)`, with `compute(p) == base.compute(p) / divisor(p)` bit for bit.
+const DERIVED: &[(&str, &str, Divisor)] = &[(
+    "synaptic_diversity_normalized",
+    "synaptic_diversity",
+    diversity_count,
+)];
+
+/// For a built-in that is another's value divided by a count ([`DERIVED`]): the base's name
+/// and the divisor, so a caller that computes both derives this one from the base's value
+/// (the same bits) instead of repeating the work (for `synaptic_diversity_normalized`, every
+/// nuclear norm a second time).
+pub fn derived_from(name: &str) -> Option<(&'static str, Divisor)> {
+    DERIVED
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|&(_, base, divisor)| (base, divisor))
 }
 
 /// Σ |W ⊙ ∇W| (accumulated in f64).

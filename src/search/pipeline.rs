@@ -229,7 +229,7 @@ pub fn fitness_phase(
         &job.probe,
         job.threads,
         |_, p| {
-            let values: Vec<f64> = baselines.iter().map(|b| b.compute(&p)).collect();
+            let values = crate::scoring::compute_all(baselines, &p);
             let p = slim(p);
             guard.add(&p)?;
             Ok((p, values))
@@ -302,7 +302,7 @@ pub fn heldout_values(
             Ok(exprs
                 .iter()
                 .map(|e| eval::eval(e, &p).unwrap_or(f64::NAN))
-                .chain(baselines.iter().map(|b| b.compute(&p)))
+                .chain(crate::scoring::compute_all(baselines, &p))
                 .collect())
         },
         on_done,

@@ -211,7 +211,7 @@ pub fn score_with_progress(
     if whole {
         let extra_passes = proxies.iter().any(Proxy::needs_extra_passes);
         let probe = whole_probe(&m, batch, "subnet", extra_passes)?;
-        let values = proxies.iter().map(|p| p.compute(&probe)).collect();
+        let values = crate::scoring::compute_all(proxies, &probe);
         return Ok(SubnetScore {
             values,
             loss: probe.loss,
