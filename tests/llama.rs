@@ -97,7 +97,7 @@ fn subnet_score_on_a_tiny_random_llama() {
             "--subnets",
             "heuristic",
             "--proxy",
-            "head_softmax_confidence;add(mean(act), mean(weight))",
+            "head_softmax_confidence;add(mean(act), mean(weight));synaptic_saliency_normalized",
             "--seq-len",
             "8",
             "--mode",
@@ -117,6 +117,7 @@ fn subnet_score_on_a_tiny_random_llama() {
             "{whole:?} vs {streamed:?}"
         );
     }
+    assert_eq!(whole.len(), 3);
     // It refuses a proxy that needs every linear at once, naming it.
     let out = lpzero(&[
         "subnet",
@@ -126,11 +127,11 @@ fn subnet_score_on_a_tiny_random_llama() {
         "--subnets",
         "heuristic",
         "--proxy",
-        "synaptic_saliency_normalized",
+        "total(weight)",
         "--mode",
         "stream",
     ]);
-    assert_fails(&out, &["synaptic_saliency_normalized", "together"]);
+    assert_fails(&out, &["total(weight)", "`total`"]);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -389,11 +389,25 @@ pub type Divisor = fn(&Probe) -> f64;
 
 /// Built-ins whose value is another built-in's divided by a count read from the probe:
 /// `(name, base, divisor)`, with `compute(p) == base.compute(p) / divisor(p)` bit for bit.
-const DERIVED: &[(&str, &str, Divisor)] = &[(
-    "synaptic_diversity_normalized",
-    "synaptic_diversity",
-    diversity_count,
-)];
+/// Each divisor counts linears, so it is a sum over any split of the linears (the streaming
+/// pass of a large model adds it up layer by layer).
+const DERIVED: &[(&str, &str, Divisor)] = &[
+    (
+        "synaptic_diversity_normalized",
+        "synaptic_diversity",
+        diversity_count,
+    ),
+    (
+        "synaptic_saliency_normalized",
+        "synaptic_saliency",
+        saliency_count,
+    ),
+    (
+        "head_importance_normalized",
+        "head_importance",
+        head_importance_count,
+    ),
+];
 
 /// For a built-in that is another's value divided by a count ([`DERIVED`]): the base's name
 /// and the divisor, so a caller that computes both derives this one from the base's value
@@ -424,7 +438,12 @@ fn synaptic_saliency(p: &Probe) -> f64 {
 }
 
 fn synaptic_saliency_normalized(p: &Probe) -> f64 {
-    synaptic_saliency(p) / p.saliency_linears().count() as f64
+    synaptic_saliency(p) / saliency_count(p)
+}
+
+/// The number of linears `synaptic_saliency` sums over.
+fn saliency_count(p: &Probe) -> f64 {
+    p.saliency_linears().count() as f64
 }
 
 /// Over the linears with `weight.shape[0] ≥ 128` among those the probe's family names:
@@ -437,7 +456,12 @@ fn head_importance(p: &Probe) -> f64 {
 }
 
 fn head_importance_normalized(p: &Probe) -> f64 {
-    head_importance(p) / p.head_importance_linears().count() as f64
+    head_importance(p) / head_importance_count(p)
+}
+
+/// The number of linears `head_importance` sums over.
+fn head_importance_count(p: &Probe) -> f64 {
+    p.head_importance_linears().count() as f64
 }
 
 /// Frobenius norm accumulated in f64.

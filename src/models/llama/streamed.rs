@@ -9,13 +9,16 @@
 //!   the end from a probe holding everything the pass produced but the linears
 //!   ([`StreamProxy::AtEnd`]), i.e. from the same arrays as the whole probe;
 //! * a built-in that is a sum over linears adds up its value on each layer's linears
-//!   ([`StreamProxy::LayerSum`]; the same value up to the order of the additions);
+//!   ([`StreamProxy::LayerSum`]; the same value up to the order of the additions), and one
+//!   that is such a sum divided by its number of linears (the `_normalized` twins,
+//!   [`crate::proxy::builtin::derived_from`]) adds up both and divides at the end
+//!   ([`StreamProxy::LayerRatio`]);
 //! * an expression over `weight` or `grad` is evaluated one item at a time, item `k` when the
 //!   `k`-th linear streams past, with the `k`-th capture items beside it
 //!   ([`StreamProxy::PerItem`]); the value is the mean of the item means, added in item order,
 //!   so the same bits as the whole evaluation ([`crate::proxy::eval::item_count`] says why this
 //!   holds). An expression that applies `total` needs a whole list at once and is refused;
-//!   so are the built-ins that read every linear together, and those that need extra passes
+//!   so are the built-ins that need extra passes
 //!   (they run on the sub-network's whole graph, [`super::graph`], which a model too large
 //!   for the whole probe does not fit).
 
@@ -26,7 +29,7 @@ use super::stream::{self, Captured, LayerCaptures};
 use super::{assemble, partial_probe, SEMANTICS};
 use crate::array::Array;
 use crate::probe::{Batch, LinearProbe};
-use crate::proxy::builtin::{Builtin, Reads, BUILTINS};
+use crate::proxy::builtin::{derived_from, Builtin, Divisor, Reads, BUILTINS};
 use crate::proxy::canonical::canonical;
 use crate::proxy::eval::{eval, item_count, mean_of_item_means, EvalError, Inputs};
 use crate::proxy::expr::{Expr, Input};
@@ -51,6 +54,14 @@ pub enum StreamProxy {
     /// A built-in that is a sum over linears ([`Reads::LinearSum`]): the sum of its values on
     /// each layer's linears.
     LayerSum(&'static Builtin),
+    /// A built-in that is such a sum divided by its number of linears: the base's sum over
+    /// layers divided by the divisor's sum over layers.
+    LayerRatio {
+        /// The sum over linears.
+        base: &'static Builtin,
+        /// The number of linears the base sums over (additive over layers).
+        divisor: Divisor,
+    },
     /// An expression over `weight` or `grad` without `total`, evaluated item by item.
     PerItem {
         /// The expression (canonical form: the same value, bit for bit).
@@ -85,6 +96,10 @@ impl StreamProxy {
                 Reads::Counts => Ok(StreamProxy::AtEnd { captures: false }),
                 Reads::Captures => Ok(StreamProxy::AtEnd { captures: true }),
                 Reads::LinearSum => Ok(StreamProxy::LayerSum(b)),
+                Reads::AllLinears if ratio_of_sums(b).is_some() => {
+                    let (base, divisor) = ratio_of_sums(b).expect("just checked");
+                    Ok(StreamProxy::LayerRatio { base, divisor })
+                }
                 Reads::AllLinears => bail!(
                     "proxy `{}` reads every linear's weights and gradients together, which the \
                      streaming pass does not hold for this model (it keeps one layer at a \
@@ -130,16 +145,27 @@ impl StreamProxy {
     pub fn reads_captures(&self) -> bool {
         match self {
             StreamProxy::AtEnd { captures } | StreamProxy::PerItem { captures, .. } => *captures,
-            StreamProxy::LayerSum(_) => false,
+            StreamProxy::LayerSum(_) | StreamProxy::LayerRatio { .. } => false,
         }
     }
+}
+
+/// For a built-in that is a sum over linears divided by their number: the sum's built-in and
+/// the divisor.
+fn ratio_of_sums(b: &Builtin) -> Option<(&'static Builtin, Divisor)> {
+    let (base, divisor) = derived_from(b.name)?;
+    let base = BUILTINS.iter().find(|c| c.name == base)?;
+    (base.reads == Reads::LinearSum).then_some((base, divisor))
 }
 
 /// The built-ins the streaming pass computes, in table order (for messages).
 pub fn streamable_builtins() -> Vec<&'static str> {
     BUILTINS
         .iter()
-        .filter(|b| matches!(b.reads, Reads::Counts | Reads::Captures | Reads::LinearSum))
+        .filter(|b| {
+            matches!(b.reads, Reads::Counts | Reads::Captures | Reads::LinearSum)
+                || ratio_of_sums(b).is_some()
+        })
         .filter(|b| (b.applies)(&SEMANTICS))
         .map(|b| b.name)
         .collect()
@@ -151,6 +177,8 @@ enum Acc {
     AtEnd,
     /// The running sum over layers.
     Sum(f64),
+    /// The running sums of a ratio's numerator and denominator.
+    Ratio(f64, f64),
     /// Each item's mean, once its linear has streamed past.
     Items(Vec<Option<f64>>),
 }
@@ -187,6 +215,7 @@ pub fn score(m: &stream::Model<'_>, batch: &Batch, proxies: &[Proxy]) -> Result<
         .map(|p| match p {
             StreamProxy::AtEnd { .. } => Acc::AtEnd,
             StreamProxy::LayerSum(_) => Acc::Sum(0.0),
+            StreamProxy::LayerRatio { .. } => Acc::Ratio(0.0, 0.0),
             StreamProxy::PerItem { items, .. } => {
                 Acc::Items(vec![None; *items.as_ref().unwrap_or(&0)])
             }
@@ -201,6 +230,10 @@ pub fn score(m: &stream::Model<'_>, batch: &Batch, proxies: &[Proxy]) -> Result<
         for (p, a) in plan.iter().zip(acc.iter_mut()) {
             match (p, a) {
                 (StreamProxy::LayerSum(b), Acc::Sum(sum)) => *sum += (b.compute)(&part),
+                (StreamProxy::LayerRatio { base, divisor }, Acc::Ratio(sum, count)) => {
+                    *sum += (base.compute)(&part);
+                    *count += divisor(&part);
+                }
                 (StreamProxy::PerItem { expr, captures, .. }, Acc::Items(means)) => {
                     for (j, lin) in part.linears.iter().enumerate() {
                         let k = layer.layer * ROLES.len() + j;
@@ -233,6 +266,7 @@ pub fn score(m: &stream::Model<'_>, batch: &Batch, proxies: &[Proxy]) -> Result<
         .map(|(p, a)| match a {
             Acc::AtEnd => Ok(p.compute(&light)),
             Acc::Sum(sum) => Ok(sum),
+            Acc::Ratio(sum, count) => Ok(sum / count),
             Acc::Items(means) => {
                 let means = means
                     .into_iter()
