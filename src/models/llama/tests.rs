@@ -284,6 +284,35 @@ fn safetensors_round_trip_single_and_sharded() {
     std::fs::write(shard_dir.join(weights::INDEX_FILE), index.to_string()).unwrap();
     let sharded = LlamaModel::open(&shard_dir, 0).unwrap();
     assert_eq!(sharded.with(&full).loss(&batch).unwrap(), a);
+    // Half-precision checkpoints (how LLaMA weights are published): read as f32 of the stored
+    // values, so the model equals the f32 one whose weights are those rounded values.
+    for dtype in [candle_core::DType::BF16, candle_core::DType::F16] {
+        let half_dir = temp_dir(&format!("half-{dtype:?}"));
+        std::fs::copy(dir.join("config.json"), half_dir.join("config.json")).unwrap();
+        let half: Vec<(String, candle_core::Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.to_dtype(dtype).unwrap()))
+            .collect();
+        weights::save(&half_dir.join("model.safetensors"), half.clone()).unwrap();
+        let rounded_dir = temp_dir(&format!("rounded-{dtype:?}"));
+        std::fs::copy(dir.join("config.json"), rounded_dir.join("config.json")).unwrap();
+        let rounded = half
+            .into_iter()
+            .map(|(n, t)| (n, t.to_dtype(candle_core::DType::F32).unwrap()))
+            .collect();
+        weights::save(&rounded_dir.join("model.safetensors"), rounded).unwrap();
+        let h = LlamaModel::open(&half_dir, 0).unwrap();
+        let r = LlamaModel::open(&rounded_dir, 0).unwrap();
+        let lh = h.with(&full).loss(&batch).unwrap();
+        assert_eq!(lh, r.with(&full).loss(&batch).unwrap(), "{dtype:?}");
+        assert!(
+            lh != a && (lh - a).abs() < 0.01 * a.abs(),
+            "{dtype:?}: {lh} vs {a}"
+        );
+        for d in [half_dir, rounded_dir] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
     // A tensor of the wrong shape is named.
     let bad = temp_dir("badshape");
     let mut c2 = c.clone();
