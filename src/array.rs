@@ -21,12 +21,12 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Array {
     shape: Vec<usize>,
-    data: Storage,
+    data: Values,
 }
 
 /// How an array's values are held.
 #[derive(Clone)]
-enum Storage {
+enum Values {
     /// Full precision.
     F32(Arc<Vec<f32>>),
     /// bfloat16 bit patterns (see [`to_bf16`]).
@@ -71,7 +71,7 @@ impl Array {
         }
         Ok(Self {
             shape,
-            data: Storage::F32(Arc::new(data)),
+            data: Values::F32(Arc::new(data)),
         })
     }
 
@@ -79,7 +79,7 @@ impl Array {
     pub fn scalar(value: f32) -> Self {
         Self {
             shape: Vec::new(),
-            data: Storage::F32(Arc::new(vec![value])),
+            data: Values::F32(Arc::new(vec![value])),
         }
     }
 
@@ -88,7 +88,7 @@ impl Array {
         let n = shape.iter().product();
         Self {
             shape,
-            data: Storage::F32(Arc::new(vec![value; n])),
+            data: Values::F32(Arc::new(vec![value; n])),
         }
     }
 
@@ -96,8 +96,8 @@ impl Array {
     /// already compact is shared, not copied.
     pub fn to_bf16(&self) -> Self {
         let data = match &self.data {
-            Storage::F32(v) => Storage::Bf16(Arc::new(v.iter().map(|&x| to_bf16(x)).collect())),
-            Storage::Bf16(_) => self.data.clone(),
+            Values::F32(v) => Values::Bf16(Arc::new(v.iter().map(|&x| to_bf16(x)).collect())),
+            Values::Bf16(_) => self.data.clone(),
         };
         Self {
             shape: self.shape.clone(),
@@ -110,21 +110,21 @@ impl Array {
     /// converting many arrays.
     pub fn values_id(&self) -> usize {
         match &self.data {
-            Storage::F32(v) => Arc::as_ptr(v) as usize,
-            Storage::Bf16(v) => Arc::as_ptr(v) as usize,
+            Values::F32(v) => Arc::as_ptr(v) as usize,
+            Values::Bf16(v) => Arc::as_ptr(v) as usize,
         }
     }
 
     /// True when the values are stored as bfloat16.
     pub fn is_compact(&self) -> bool {
-        matches!(self.data, Storage::Bf16(_))
+        matches!(self.data, Values::Bf16(_))
     }
 
     /// Bytes the values take in memory (4 per element, 2 when compact).
     pub fn value_bytes(&self) -> usize {
         match &self.data {
-            Storage::F32(v) => v.len() * std::mem::size_of::<f32>(),
-            Storage::Bf16(v) => v.len() * std::mem::size_of::<u16>(),
+            Values::F32(v) => v.len() * std::mem::size_of::<f32>(),
+            Values::Bf16(v) => v.len() * std::mem::size_of::<u16>(),
         }
     }
 
@@ -141,8 +141,8 @@ impl Array {
     /// Number of elements.
     pub fn len(&self) -> usize {
         match &self.data {
-            Storage::F32(v) => v.len(),
-            Storage::Bf16(v) => v.len(),
+            Values::F32(v) => v.len(),
+            Values::Bf16(v) => v.len(),
         }
     }
 
@@ -160,8 +160,8 @@ impl Array {
     /// compact (use [`Array::read`] to decode a part at a time).
     pub fn data(&self) -> Cow<'_, [f32]> {
         match &self.data {
-            Storage::F32(v) => Cow::Borrowed(v.as_slice()),
-            Storage::Bf16(v) => Cow::Owned(v.iter().map(|&h| from_bf16(h)).collect()),
+            Values::F32(v) => Cow::Borrowed(v.as_slice()),
+            Values::Bf16(v) => Cow::Owned(v.iter().map(|&h| from_bf16(h)).collect()),
         }
     }
 
@@ -172,8 +172,8 @@ impl Array {
     pub fn read(&self, start: usize, out: &mut [f32]) {
         let end = start + out.len();
         match &self.data {
-            Storage::F32(v) => out.copy_from_slice(&v[start..end]),
-            Storage::Bf16(v) => {
+            Values::F32(v) => out.copy_from_slice(&v[start..end]),
+            Values::Bf16(v) => {
                 for (o, &h) in out.iter_mut().zip(&v[start..end]) {
                     *o = from_bf16(h);
                 }
@@ -187,12 +187,12 @@ impl Array {
     pub fn for_each_chunk(&self, chunk: usize, mut f: impl FnMut(usize, &[f32])) {
         let chunk = chunk.max(1);
         match &self.data {
-            Storage::F32(v) => {
+            Values::F32(v) => {
                 for (k, c) in v.chunks(chunk).enumerate() {
                     f(k * chunk, c);
                 }
             }
-            Storage::Bf16(v) => {
+            Values::Bf16(v) => {
                 let mut buf = vec![0.0_f32; chunk.min(v.len())];
                 for (k, c) in v.chunks(chunk).enumerate() {
                     let b = &mut buf[..c.len()];
@@ -209,15 +209,15 @@ impl Array {
     pub fn map(&self, f: impl Fn(f32) -> f32) -> Self {
         Self {
             shape: self.shape.clone(),
-            data: Storage::F32(Arc::new(self.data().iter().map(|&x| f(x)).collect())),
+            data: Values::F32(Arc::new(self.data().iter().map(|&x| f(x)).collect())),
         }
     }
 
     /// Sum of all elements, accumulated in f64.
     pub fn sum_f64(&self) -> f64 {
         match &self.data {
-            Storage::F32(v) => v.iter().map(|&x| x as f64).sum(),
-            Storage::Bf16(v) => v.iter().map(|&h| from_bf16(h) as f64).sum(),
+            Values::F32(v) => v.iter().map(|&x| x as f64).sum(),
+            Values::Bf16(v) => v.iter().map(|&h| from_bf16(h) as f64).sum(),
         }
     }
 
@@ -240,7 +240,9 @@ impl Array {
 
 impl fmt::Debug for Array {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let head: Vec<f32> = self.data().iter().take(6).copied().collect();
+        // The first values only (a compact array is not decoded whole for this).
+        let mut head = vec![0.0_f32; self.len().min(6)];
+        self.read(0, &mut head);
         write!(f, "Array{:?}{:?}", self.shape, head)?;
         if self.is_compact() {
             write!(f, "(bf16)")?;

@@ -625,6 +625,16 @@ fn score_json_reports_the_raw_correlation_with_perplexity() {
     );
 }
 
+/// The probe of [`tiny_record`] at position 3, batch 2 × 8.
+fn tiny_probe() -> Probe {
+    let opts = ProbeOptions {
+        batch: 2,
+        seq_len: 8,
+        ..FAMILY.probe_options()
+    };
+    probe(&tiny_record(), 3, &opts)
+}
+
 /// bf16 storage (`ProbeOptions::storage`): every array is rounded, the lists and arrays that
 /// were shared stay shared (so the memory really halves), and every proxy value stays within
 /// the rounding error of the f32 value; f32 storage leaves the probe untouched.
@@ -634,12 +644,7 @@ fn bf16_storage_rounds_every_array_and_keeps_sharing() {
     use lpzero::probe::Storage;
     use lpzero::proxy::eval::list_bytes;
     use std::sync::Arc;
-    let opts = ProbeOptions {
-        batch: 2,
-        seq_len: 8,
-        ..FAMILY.probe_options()
-    };
-    let p = probe(&tiny_record(), 3, &opts);
+    let p = tiny_probe();
     let same = p.clone().stored_as(Storage::F32);
     assert!(same
         .weight
@@ -702,12 +707,7 @@ fn bf16_storage_rounds_every_array_and_keeps_sharing() {
 #[test]
 fn compute_all_equals_each_proxy_on_its_own() {
     use lpzero::scoring::{compute_all, Proxy};
-    let opts = ProbeOptions {
-        batch: 2,
-        seq_len: 8,
-        ..FAMILY.probe_options()
-    };
-    let p = probe(&tiny_record(), 3, &opts);
+    let p = tiny_probe();
     let mut proxies = Proxy::parse_list("all", gpt2::KIND).unwrap();
     assert!(proxies
         .iter()

@@ -96,17 +96,16 @@ impl StreamProxy {
                 Reads::Counts => Ok(StreamProxy::AtEnd { captures: false }),
                 Reads::Captures => Ok(StreamProxy::AtEnd { captures: true }),
                 Reads::LinearSum => Ok(StreamProxy::LayerSum(b)),
-                Reads::AllLinears if ratio_of_sums(b).is_some() => {
-                    let (base, divisor) = ratio_of_sums(b).expect("just checked");
-                    Ok(StreamProxy::LayerRatio { base, divisor })
-                }
-                Reads::AllLinears => bail!(
-                    "proxy `{}` reads every linear's weights and gradients together, which the \
-                     streaming pass does not hold for this model (it keeps one layer at a \
-                     time); streaming computes the built-ins {} and expressions",
-                    b.name,
-                    streamable_builtins().join(", ")
-                ),
+                Reads::AllLinears => match ratio_of_sums(b) {
+                    Some((base, divisor)) => Ok(StreamProxy::LayerRatio { base, divisor }),
+                    None => bail!(
+                        "proxy `{}` reads every linear's weights and gradients together, which \
+                         the streaming pass does not hold for this model (it keeps one layer at \
+                         a time); streaming computes the built-ins {} and expressions",
+                        b.name,
+                        streamable_builtins().join(", ")
+                    ),
+                },
                 Reads::Extras => bail!(
                     "proxy `{}` needs extra passes (gradient taps, GraSP's second pass, \
                      Synflow's pass on the absolute-valued network), which run on the whole \
