@@ -753,4 +753,20 @@ fn probe_storage_bf16_halves_the_fitness_probes() {
         }
     }
     assert!(moved > 0, "bf16 storage changed no value");
+
+    // A storage that does not exist is refused with the ones that do.
+    let bad = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        "params",
+        "--probe-storage",
+        "f16",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "{err}");
+    for part in ["--probe-storage", "f16", "f32", "bf16"] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
 }
