@@ -11,6 +11,9 @@
 //! writes an expression as a PyTorch function or a LaTeX formula. `docs/architecture.md`
 //! draws the layers.
 
+#[macro_use]
+mod simd;
+
 pub mod array;
 pub mod baselines;
 pub mod bench;

@@ -4,6 +4,8 @@
 //! a run is a pure function of its `--seed` (independent of thread scheduling, because every
 //! architecture gets its own stream derived from the seed and its index).
 
+use std::ops::Range;
+
 /// A xoshiro256++ generator seeded through SplitMix64.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rng {
@@ -101,19 +103,41 @@ impl Rng {
 
     /// `n` samples of N(0, std²) as f32.
     pub fn normal_vec(&mut self, n: usize, std: f64) -> Vec<f32> {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
+        self.normal_vec_in(n, std, std::slice::from_ref(&(0..n)))
+    }
+
+    /// What [`Rng::normal_vec`] returns inside the index ranges `wanted` (sorted, disjoint), and
+    /// 0 outside them. The generator advances exactly as `normal_vec` would, so everything drawn
+    /// afterwards is unchanged: a lookup table of which a forward pass reads a few rows costs the
+    /// generator steps of its other rows, not their logarithms and sines.
+    pub fn normal_vec_in(&mut self, n: usize, std: f64, wanted: &[Range<usize>]) -> Vec<f32> {
+        debug_assert!(
+            wanted.windows(2).all(|w| w[0].end <= w[1].start),
+            "normal_vec_in: ranges must be sorted and disjoint"
+        );
+        let mut out = vec![0f32; n];
+        let mut next = 0;
+        let mut i = 0;
+        while i < n {
             let u1 = self.uniform();
             if u1 <= 0.0 {
                 continue;
             }
             let u2 = self.uniform();
-            let r = (-2.0 * u1.ln()).sqrt() * std;
-            let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
-            out.push((r * c) as f32);
-            if out.len() < n {
-                out.push((r * s) as f32);
+            // The pair fills out[i] and, when there is room, out[i + 1].
+            let end = (i + 2).min(n);
+            while next < wanted.len() && wanted[next].end <= i {
+                next += 1;
             }
+            if next < wanted.len() && wanted[next].start < end {
+                let r = (-2.0 * u1.ln()).sqrt() * std;
+                let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+                // Both halves are computed either way, so that the sine and cosine stay one
+                // `sincos` call.
+                let pair = [(r * c) as f32, (r * s) as f32];
+                out[i..end].copy_from_slice(&pair[..end - i]);
+            }
+            i = end;
         }
         out
     }
@@ -178,6 +202,39 @@ mod tests {
         let var: f64 = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
         assert!(mean.abs() < 2e-4, "{mean}");
         assert!((var.sqrt() - 0.02).abs() < 2e-4, "{}", var.sqrt());
+    }
+
+    #[test]
+    fn normal_vec_in_draws_the_same_values_and_advances_alike() {
+        // Odd length and ranges starting and ending mid-pair.
+        let n = 1001;
+        let wanted = [3..4, 10..27, 400..401, 998..1001];
+        let mut full_rng = Rng::new(9);
+        let full = full_rng.normal_vec(n, 0.5);
+        let mut part_rng = Rng::new(9);
+        let part = part_rng.normal_vec_in(n, 0.5, &wanted);
+        assert_eq!(part.len(), n);
+        for (i, (&p, &f)) in part.iter().zip(&full).enumerate() {
+            if wanted.iter().any(|r| r.contains(&i)) {
+                assert_eq!(p.to_bits(), f.to_bits(), "index {i}");
+            } else if p != 0.0 {
+                // Outside the ranges only the other half of a wanted pair may be filled.
+                let pair = i / 2 * 2;
+                assert!(
+                    wanted
+                        .iter()
+                        .any(|r| r.contains(&pair) || r.contains(&(pair + 1))),
+                    "index {i} is {p}, expected 0"
+                );
+                assert_eq!(p.to_bits(), f.to_bits(), "index {i}");
+            }
+        }
+        assert!(part[500] == 0.0 && full[500] != 0.0);
+        assert_eq!(
+            part_rng, full_rng,
+            "the generators must end in the same state"
+        );
+        assert_eq!(Rng::new(9).normal_vec_in(n, 0.5, &[]), vec![0.0; n]);
     }
 
     #[test]

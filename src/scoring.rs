@@ -69,7 +69,7 @@ impl Proxy {
         )
     }
 
-    /// Parses a `;`-separated list, or a `,`-separated list of names (`all` = every built-in
+    /// Parses a `;`-separated list, or a `,`-separated list of names only (`all` = every built-in
     /// proxy of the family computed from the probe's single pass, and the family's published
     /// LPZero genotypes; `lpzero baselines` adds the extra-pass baselines).
     pub fn parse_list(text: &str, kind: BenchKind) -> Result<Vec<Self>> {
@@ -83,7 +83,12 @@ impl Proxy {
             }
             return Ok(all);
         }
-        let sep = if text.contains('(') { ';' } else { ',' };
+        // Expressions hold commas, so a list with one is `;`-separated; names may use either.
+        let sep = if text.contains(';') || text.contains('(') {
+            ';'
+        } else {
+            ','
+        };
         if text.trim().is_empty() {
             bail!("no proxy given: expected a name, an expression, a list of them, or `all`");
         }
@@ -406,5 +411,34 @@ pub fn summarize(
         spearman: c.spearman,
         kendall: c.kendall,
         top10_overlap,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_lists_split_on_semicolons_or_on_commas_between_names() {
+        let kind = crate::bench::flexibert::KIND;
+        let names = |text: &str| -> Vec<String> {
+            Proxy::parse_list(text, kind)
+                .unwrap()
+                .iter()
+                .map(Proxy::name)
+                .collect()
+        };
+        assert_eq!(names("eznas,snip"), ["eznas", "snip"]);
+        assert_eq!(names("eznas; snip"), ["eznas", "snip"]);
+        assert_eq!(
+            names("snip;add(mean(head), mean(act))"),
+            ["snip", "add(mean(head), mean(act))"]
+        );
+        assert_eq!(names("add(mean(head), mean(act))").len(), 1);
+        let Err(err) = Proxy::parse_list("eznas;;snip", kind) else {
+            panic!("an empty item must be refused");
+        };
+        let err = err.to_string();
+        assert!(err.contains("item 2") && err.contains("empty"), "{err}");
     }
 }

@@ -246,22 +246,15 @@ impl Build for FlexiBert {
         device: &Device,
     ) -> candle_core::Result<Self> {
         let (e, h) = (config.embedding_size, config.hidden_size);
-        let word = params.normal(
+        // Padding row (id 0) starts at zero.
+        let word = params.lookup_table(
             "embeddings.word",
-            &[config.vocab_size, e],
+            (config.vocab_size, e),
             config.init_std,
+            Some(0),
             rng,
             device,
         )?;
-        // Padding row (id 0) starts at zero.
-        let word = {
-            let t = word.as_tensor();
-            let rest = t.narrow(0, 1, config.vocab_size - 1)?;
-            let zero = Tensor::zeros((1, e), t.dtype(), device)?;
-            let fixed = Tensor::cat(&[&zero, &rest], 0)?;
-            word.set(&fixed)?;
-            word
-        };
         let position = params.normal(
             "embeddings.position",
             &[config.max_positions, e],
@@ -961,7 +954,8 @@ impl<'a> Probed<'a> {
     ) -> Result<Self> {
         let device = Device::Cpu;
         Ok(Probed {
-            model: FlexiBert::new(config, rng, &device)?,
+            // The probe reads the word table only through this batch's lookups.
+            model: FlexiBert::build(config, Params::reading_rows(&batch.ids), rng, &device)?,
             ids: batch.tensor(&device)?,
             opts,
             cols: batch.cols,
@@ -1073,6 +1067,73 @@ mod tests {
             assert_eq!(config.parameter_count(), built as f64, "{sizes:?}");
             assert!(config.activation_floats_per_token(16) > 0.0);
         }
+    }
+
+    #[test]
+    fn word_rows_drawn_for_one_batch_give_the_same_model_and_stream() {
+        let layer = |mixer| Layer {
+            mixer,
+            heads: 2,
+            ffn_width: 48,
+            ffn_layers: 1,
+        };
+        let record = Record {
+            id: 0,
+            hidden_size: 32,
+            layers: vec![layer(Mixer::Sdp), layer(Mixer::Dsc { kernel: 5 })],
+            scores: Default::default(),
+        };
+        let config = Config::from_record(&record, SizeMode::Intended).unwrap();
+        let e = config.embedding_size;
+        let ids = [5u32, 17, 0, 17, 30_000, 2];
+        let mut full_rng = Rng::new(3);
+        let full = FlexiBert::new(&config, &mut full_rng, &Device::Cpu).unwrap();
+        let mut lazy_rng = Rng::new(3);
+        let lazy = FlexiBert::build(
+            &config,
+            Params::reading_rows(&ids),
+            &mut lazy_rng,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(full_rng, lazy_rng, "the weight stream must advance alike");
+        let values = |v: &Var| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (fp, lp) = (full.network().params, lazy.network().params);
+        assert_eq!(fp.vars().len(), lp.vars().len());
+        for ((name, f), (lname, l)) in fp.vars().iter().zip(lp.vars()) {
+            assert_eq!(name, lname);
+            let (f, l) = (values(f), values(l));
+            if name != "embeddings.word" {
+                assert_eq!(f, l, "{name}");
+                continue;
+            }
+            for (row, (fr, lr)) in f.chunks(e).zip(l.chunks(e)).enumerate() {
+                if row == 0 {
+                    assert!(fr.iter().chain(lr).all(|&x| x == 0.0), "padding row");
+                } else if ids.contains(&(row as u32)) {
+                    assert_eq!(fr, lr, "row {row} is read and must be drawn");
+                } else {
+                    assert!(lr.iter().all(|&x| x == 0.0), "row {row} is not read");
+                }
+            }
+        }
+        let ids = Tensor::from_vec(ids.to_vec(), (2, 3), &Device::Cpu).unwrap();
+        let out = |m: &FlexiBert| {
+            let f = m.forward(&ids, None).unwrap();
+            f.last_hidden
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (fo, lo) = (out(&full), out(&lazy));
+        assert!(fo.iter().zip(&lo).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Params {
     groups: Vec<&'static str>,
     group: &'static str,
     shapes_only: bool,
+    /// The rows of the lookup tables ([`Params::lookup_table`]) that the model's forward passes
+    /// will read, sorted and distinct; `None`: every row is drawn.
+    rows_read: Option<Vec<usize>>,
 }
 
 impl Params {
@@ -67,6 +70,21 @@ impl Params {
     pub fn shapes_only() -> Self {
         Self {
             shapes_only: true,
+            ..Self::default()
+        }
+    }
+
+    /// A registry for a model that will only ever look up the token ids `ids` in its lookup
+    /// tables ([`Params::lookup_table`]): the other rows of a table are 0 instead of drawn, at
+    /// no change to anything else drawn (the weight stream advances as if they were). For a
+    /// probe of one batch whose proxies read no table values (the word embeddings are read
+    /// only through the lookup, and their unread rows get a zero gradient either way).
+    pub fn reading_rows(ids: &[u32]) -> Self {
+        let mut rows: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        Self {
+            rows_read: Some(rows),
             ..Self::default()
         }
     }
@@ -108,6 +126,39 @@ impl Params {
         let n = shape.iter().product();
         let data = rng.normal_vec(n, std);
         self.push(name, Var::from_vec(data, shape, device)?)
+    }
+
+    /// Registers a `rows × cols` table read by row lookup (an embedding), drawn from N(0, std²),
+    /// with row `zero_row` (a padding id) set to 0. Under [`Params::reading_rows`] only the rows
+    /// read are drawn; the stream advances as for the whole table either way.
+    pub fn lookup_table(
+        &mut self,
+        name: &str,
+        (rows, cols): (usize, usize),
+        std: f64,
+        zero_row: Option<usize>,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> candle_core::Result<Var> {
+        if self.shapes_only {
+            return self.push(name, Var::zeros((rows, cols), DType::F32, device)?);
+        }
+        let n = rows * cols;
+        let mut data = match &self.rows_read {
+            None => rng.normal_vec(n, std),
+            Some(read) => {
+                let wanted: Vec<_> = read
+                    .iter()
+                    .filter(|&&r| r < rows)
+                    .map(|&r| r * cols..(r + 1) * cols)
+                    .collect();
+                rng.normal_vec_in(n, std, &wanted)
+            }
+        };
+        if let Some(z) = zero_row.filter(|&z| z < rows) {
+            data[z * cols..(z + 1) * cols].fill(0.0);
+        }
+        self.push(name, Var::from_vec(data, (rows, cols), device)?)
     }
 
     /// Registers a tensor filled with `value`.

@@ -624,7 +624,7 @@ fn eznas(p: &Probe) -> f64 {
                 }
             })
             .collect();
-        let gram = linalg::gram(&s, rows, cols);
+        let gram = linalg::gram_lower(&s, rows, cols);
         let log_det = linalg::psd_log_det(gram.iter().map(|&v| v as f64).collect(), rows);
         total += 1.0 / (1.0 + (-log_det).exp());
     }

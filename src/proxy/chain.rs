@@ -155,39 +155,6 @@ fn stream(steps: &[Step], a: &Array, mut sink: impl FnMut(usize, &[f32])) {
     });
 }
 
-/// Defines `fn name(args)` that runs `body` compiled for AVX2 when the CPU has it (so its
-/// loops use 256-bit vectors), else compiled for the baseline. Both give the same bits: no
-/// fused multiply-add is ever formed.
-macro_rules! vectorised {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn generic($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) {
-                    generic($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F (checked just above).
-                    return unsafe { avx512($($arg),*) };
-                }
-                #[target_feature(enable = "avx2")]
-                fn avx2($($arg: $ty),*) {
-                    generic($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2 (checked just above).
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            generic($($arg),*)
-        }
-    };
-}
-
 vectorised! {
     /// Applies every step to a chunk whose first element has position `offset`.
     fn transform(steps: &[Step], b: &mut [f32], offset: usize) {
