@@ -517,9 +517,13 @@ impl FlexiBert {
         dropout_rng: Option<&mut Rng>,
     ) -> candle_core::Result<Forward> {
         let (b, t) = ids.dims2()?;
+        // The word table gets no gradient: no proxy reads one (they read the linears and the
+        // position table), and with 30 522 rows it was the largest tensor of the backward pass
+        // (zero-filled, scattered into, then added). Every other gradient is unchanged.
         let words = self
             .word
             .as_tensor()
+            .detach()
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.config.embedding_size))?;
         self.forward_words(words, dropout_rng)
