@@ -282,9 +282,17 @@ struct ScoreArgs {
     data: DataArgs,
     #[command(flatten)]
     probe: ProbeArgs,
-    /// Proxy name, a comma-separated list, or `all`.
+    /// Proxy name, expression, or a list of them separated by `,` or `;` (outside
+    /// parentheses); `all` (also as a list item) = every single-pass built-in and the family's
+    /// published genotypes.
     #[arg(long)]
     proxy: String,
+    /// Add a column `rank_sum`: the sum of every listed proxy's rank (each by its orientation,
+    /// non-finite values last) over the scored architectures, higher = better. This is how a
+    /// search's combined ensemble (`proxy_list` in its summary) scores new architectures; the
+    /// CSV's column can then drive `nas --scores FILE --proxy rank_sum`.
+    #[arg(long)]
+    rank_sum: bool,
     /// Architectures (e.g. `0..50`, `0..10,42`, `all`).
     #[arg(long, default_value = "all")]
     archs: String,
@@ -606,12 +614,22 @@ fn score(a: ScoreArgs) -> Result<()> {
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
     if let Some(s) = sharded {
+        if a.rank_sum {
+            bail!(
+                "--rank-sum ranks every scored architecture together, so it cannot run per \
+                 shard: merge the shards (`lpzero merge`), then sum the ranks of the merged \
+                 table's columns, or score without --shard"
+            );
+        }
         let what = Scoring::new("score", &bench, &selection, &proxies, &opts, threads);
         return shard::score_shard(&what, s, a.out.as_deref(), a.json);
     }
     let bar = report::progress(selection.len(), "probing", a.json);
-    let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
+    let mut table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
     bar.finish_and_clear();
+    if a.rank_sum {
+        table.add_rank_sum(&proxies).context("--rank-sum")?;
+    }
     let has_truth = bench.has_truth();
     // Without a ground truth the truth column stays empty.
     let truth = scoring::TruthColumn::for_truth(has_truth);
@@ -976,6 +994,20 @@ fn search_report(summary: &SearchSummary, dir: Option<&std::path::Path>) -> Stri
             ),
         );
     }
+    if let Some(c) = &summary.combined_ensemble {
+        rows.insert(
+            2.min(rows.len()),
+            (
+                format!(
+                    "combined ensemble ({} searched + {} pair baselines)",
+                    c.searched.len(),
+                    c.baselines.len()
+                ),
+                c.spearman,
+                c.kendall,
+            ),
+        );
+    }
     let _ = writeln!(
         s,
         "\nheld out: {} architectures\n{:<52} {:>9} {:>9}",
@@ -993,6 +1025,20 @@ fn search_report(summary: &SearchSummary, dir: Option<&std::path::Path>) -> Stri
          baseline ({best}, ρ {:.4})",
         summary.best_baseline_spearman.unwrap_or(f64::NAN)
     );
+    if let Some(c) = &summary.combined_ensemble {
+        let verdict = if summary.combined_won() {
+            "WON"
+        } else {
+            "LOST"
+        };
+        let _ = writeln!(
+            s,
+            "{verdict}: the combined ensemble's held-out ρ is {:.4}, {:+.4} against the same; \
+             score it with `lpzero score --bench {} --rank-sum --proxy '{}'` and this search's probe \
+             options",
+            c.spearman, c.margin, summary.bench, c.proxy_list
+        );
+    }
     if let Some(d) = dir {
         let _ = writeln!(
             s,

@@ -252,7 +252,7 @@ pub struct Pool {
 /// positions within the parameter budget, in pool order).
 pub fn prepare(
     base: &Benchmark,
-    proxy: &Proxy,
+    orientation: Orientation,
     probe: &ProbeOptions,
     opts: &NasOptions,
 ) -> Result<(Pool, Vec<usize>)> {
@@ -271,14 +271,14 @@ pub fn prepare(
             (sampling.draw(family.design_space()?)?, Some(sampling))
         }
     };
-    pool_of(bench, sampling, proxy, probe, opts)
+    pool_of(bench, sampling, orientation, probe, opts)
 }
 
 /// [`prepare`] on a pool already made (a merge loads it again from the shards' header).
 pub fn pool_of(
     bench: Benchmark,
     sampling: Option<Sampling>,
-    proxy: &Proxy,
+    orientation: Orientation,
     probe: &ProbeOptions,
     opts: &NasOptions,
 ) -> Result<(Pool, Vec<usize>)> {
@@ -310,7 +310,7 @@ pub fn pool_of(
         bench,
         candidates,
         sampling,
-        orientation: proxy.orientation(),
+        orientation,
         score_seconds: 0.0,
     };
     Ok((pool, selection))

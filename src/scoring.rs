@@ -69,41 +69,46 @@ impl Proxy {
         )
     }
 
-    /// Parses a `;`-separated list, or a `,`-separated list of names only (`all` = every built-in
-    /// proxy of the family computed from the probe's single pass, and the family's published
-    /// LPZero genotypes; `lpzero baselines` adds the extra-pass baselines).
+    /// Parses a list of proxies separated by `,` or `;` outside parentheses (so expressions, which
+    /// hold commas inside their calls, mix freely with names). The item `all` stands for every
+    /// built-in proxy of the family computed from the probe's single pass and the family's
+    /// published LPZero genotypes (`lpzero baselines` adds the extra-pass baselines); a proxy
+    /// named twice is kept once, at its first place.
     pub fn parse_list(text: &str, kind: BenchKind) -> Result<Vec<Self>> {
-        if text.trim() == "all" {
-            let mut all: Vec<Self> = builtin::for_family(kind)
-                .filter(|b| !b.extra_passes())
-                .map(Proxy::Builtin)
-                .collect();
-            for name in models::family(kind).genotypes() {
-                all.push(Self::parse(name)?);
-            }
-            return Ok(all);
-        }
-        // Expressions hold commas, so a list with one is `;`-separated; names may use either.
-        let sep = if text.contains(';') || text.contains('(') {
-            ';'
-        } else {
-            ','
-        };
         if text.trim().is_empty() {
             bail!("no proxy given: expected a name, an expression, a list of them, or `all`");
         }
-        text.split(sep)
-            .enumerate()
-            .map(|(i, s)| match s.trim() {
+        let mut out: Vec<Self> = Vec::new();
+        for (i, item) in split_top_level(text).into_iter().enumerate() {
+            let found = match item.trim() {
                 "" => bail!(
-                    "item {} of the proxy list `{}` is empty (two `{sep}` in a row, or one at an \
-                     end)",
+                    "item {} of the proxy list `{}` is empty (two separators in a row, or one at \
+                     an end)",
                     i + 1,
                     clip(text)
                 ),
-                name => Self::parse(name),
-            })
-            .collect()
+                "all" => Self::all(kind)?,
+                name => vec![Self::parse(name)?],
+            };
+            for proxy in found {
+                if !out.iter().any(|p| p.name() == proxy.name()) {
+                    out.push(proxy);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every built-in single-pass proxy of the family, then its published genotypes.
+    fn all(kind: BenchKind) -> Result<Vec<Self>> {
+        let mut all: Vec<Self> = builtin::for_family(kind)
+            .filter(|b| !b.extra_passes())
+            .map(Proxy::Builtin)
+            .collect();
+        for name in models::family(kind).genotypes() {
+            all.push(Self::parse(name)?);
+        }
+        Ok(all)
     }
 
     /// The proxy's name.
@@ -211,6 +216,45 @@ pub struct ScoreTable {
     /// Wall-clock seconds of the whole scoring.
     pub seconds: f64,
 }
+
+impl ScoreTable {
+    /// Appends the column [`RANK_SUM`]: for every architecture, the sum over `proxies` (the
+    /// table's columns, in order) of its rank by that proxy's orientation, NaN and infinite
+    /// values ranked last; higher = better. A rank-sum ensemble, as the search reports one.
+    pub fn add_rank_sum(&mut self, proxies: &[Proxy]) -> Result<()> {
+        if proxies.len() != self.names.len() || proxies.len() < 2 {
+            bail!(
+                "a rank sum needs at least two proxies, one per column (got {} proxies for {} \
+                 columns)",
+                proxies.len(),
+                self.names.len()
+            );
+        }
+        if self.names.iter().any(|n| n == RANK_SUM) {
+            bail!("a proxy is already named `{RANK_SUM}`");
+        }
+        let oriented: Vec<Vec<f64>> = proxies
+            .iter()
+            .zip(&self.values)
+            .map(|(p, v)| crate::compare::oriented(v, p.orientation()))
+            .collect();
+        let refs: Vec<&[f64]> = oriented.iter().map(Vec::as_slice).collect();
+        let sum = crate::compare::rank_sum(&refs);
+        self.summaries.push(summarize(
+            RANK_SUM,
+            Orientation::HigherIsBetter,
+            &self.truth,
+            &sum,
+        ));
+        self.names.push(RANK_SUM.to_string());
+        self.values.push(sum);
+        self.proxy_seconds.push(0.0);
+        Ok(())
+    }
+}
+
+/// Name of the rank-sum column (`score --rank-sum`).
+pub const RANK_SUM: &str = "rank_sum";
 
 /// Whether and how a written score table has a `truth` column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -414,12 +458,69 @@ pub fn summarize(
     }
 }
 
+/// Splits a proxy list at every `,` and `;` outside parentheses. Unbalanced parentheses are left
+/// to the expression parser, which names the problem.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (at, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' | ';' if depth <= 0 => {
+                items.push(&text[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&text[start..]);
+    items
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn proxy_lists_split_on_semicolons_or_on_commas_between_names() {
+    fn rank_sum_adds_oriented_ranks_with_non_finite_values_last() {
+        let proxies = Proxy::parse_list("snip, lpzero_gpt2", crate::bench::gpt2::KIND).unwrap();
+        assert_eq!(proxies[1].orientation(), Orientation::LowerIsBetter);
+        let summaries = |n| (0..n).map(|_| summarize("x", Orientation::HigherIsBetter, &[], &[]));
+        let mut table = ScoreTable {
+            keys: vec!["a".into(), "b".into(), "c".into()],
+            truth: vec![1.0, 2.0, 3.0],
+            // snip: higher is better, NaN last; lpzero_gpt2: lower is better.
+            values: vec![vec![5.0, f64::NAN, 7.0], vec![30.0, 20.0, 10.0]],
+            names: vec!["snip".into(), "lpzero_gpt2".into()],
+            summaries: summaries(2).collect(),
+            probe_seconds: 0.0,
+            arch_probe_seconds: vec![0.0; 3],
+            proxy_seconds: vec![0.0; 2],
+            seconds: 0.0,
+        };
+        table.add_rank_sum(&proxies).unwrap();
+        assert_eq!(table.names.last().unwrap(), RANK_SUM);
+        // Ranks (1 = worst): snip a 2, b 1, c 3; lpzero_gpt2 a 1, b 2, c 3.
+        assert_eq!(table.values[2], vec![3.0, 3.0, 6.0]);
+        let s = table.summaries.last().unwrap();
+        assert_eq!((s.proxy.as_str(), s.n), (RANK_SUM, 3));
+        assert!(s.spearman > 0.8, "{}", s.spearman);
+        // A second rank sum, or one proxy, is refused.
+        assert!(table.add_rank_sum(&proxies).is_err());
+        let mut one = ScoreTable {
+            values: vec![vec![1.0, 2.0, 3.0]],
+            names: vec!["snip".into()],
+            summaries: summaries(1).collect(),
+            proxy_seconds: vec![0.0],
+            ..table
+        };
+        let err = one.add_rank_sum(&proxies[..1]).unwrap_err().to_string();
+        assert!(err.contains("at least two"), "{err}");
+    }
+
+    #[test]
+    fn proxy_lists_split_on_commas_and_semicolons_outside_parentheses() {
         let kind = crate::bench::flexibert::KIND;
         let names = |text: &str| -> Vec<String> {
             Proxy::parse_list(text, kind)
@@ -435,6 +536,16 @@ mod tests {
             ["snip", "add(mean(head), mean(act))"]
         );
         assert_eq!(names("add(mean(head), mean(act))").len(), 1);
+        assert_eq!(
+            names("eznas,snip;add(mean(head), mean(act)), w_pca"),
+            ["eznas", "snip", "add(mean(head), mean(act))", "w_pca"]
+        );
+        // `all` may be one item among others; a proxy named twice is kept once.
+        let all = names("all");
+        let mixed = names("eznas,all;mean(head)");
+        assert_eq!(mixed.len(), all.len() + 1, "{mixed:?}");
+        assert_eq!(mixed[0], "eznas");
+        assert_eq!(mixed.last().unwrap(), "mean(head)");
         let Err(err) = Proxy::parse_list("eznas;;snip", kind) else {
             panic!("an empty item must be refused");
         };

@@ -81,6 +81,11 @@ pub struct Aggregate {
     pub wins_over_best_baseline: usize,
     /// Splits where it beat the pair ensemble.
     pub wins_over_pair_ensemble: usize,
+    /// Splits where the combined ensemble (hall-of-fame ensemble + pair ensemble members)
+    /// beat the best baseline (single or pair, chosen on held-out ρ).
+    pub combined_wins_over_best_baseline: usize,
+    /// Splits where the combined ensemble beat the pair ensemble.
+    pub combined_wins_over_pair_ensemble: usize,
     /// Number of splits.
     pub splits: usize,
 }
@@ -106,9 +111,10 @@ pub struct StudyJob<'a> {
 pub use crate::search::pipeline::{Phase, Progress};
 
 /// The rows of the per-split comparison that every study reports.
-const HEADLINE: [&str; 4] = [
+const HEADLINE: [&str; 5] = [
     "searched",
     "hall_of_fame_ensemble",
+    "combined_ensemble",
     "pair_ensemble",
     "best_single_baseline",
 ];
@@ -239,6 +245,7 @@ pub fn run(
 /// the pair ensemble, the best single baseline (by held-out ρ) and every baseline by name.
 fn split_rows(summary: &SearchSummary) -> Vec<(String, f64, f64)> {
     let ensemble = summary.hall_of_fame_ensemble.as_ref();
+    let combined = summary.combined_ensemble.as_ref();
     let mut out = vec![
         (
             "searched".to_string(),
@@ -249,6 +256,11 @@ fn split_rows(summary: &SearchSummary) -> Vec<(String, f64, f64)> {
             "hall_of_fame_ensemble".to_string(),
             ensemble.map_or(f64::NAN, |e| e.spearman),
             ensemble.map_or(f64::NAN, |e| e.kendall),
+        ),
+        (
+            "combined_ensemble".to_string(),
+            combined.map_or(f64::NAN, |e| e.spearman),
+            combined.map_or(f64::NAN, |e| e.kendall),
         ),
     ];
     // With restarts, the first run alone: what a single-run search would have reported.
@@ -323,6 +335,14 @@ fn aggregate(summaries: &[SearchSummary]) -> Aggregate {
             .iter()
             .filter(|s| s.pair_spearman().is_some_and(|p| s.heldout_spearman > p))
             .count(),
+        combined_wins_over_best_baseline: summaries.iter().filter(|s| s.combined_won()).count(),
+        combined_wins_over_pair_ensemble: summaries
+            .iter()
+            .filter(|s| {
+                let combined = s.combined_ensemble.as_ref().map(|c| c.spearman);
+                matches!((combined, s.pair_spearman()), (Some(c), Some(p)) if c > p)
+            })
+            .count(),
         splits: summaries.len(),
     }
 }
@@ -339,7 +359,7 @@ pub fn markdown(study: &StudyReport) -> String {
     );
     let _ = writeln!(
         s,
-        "| split seed | searched proxy | fitness | held-out ρ | τ | pair ensemble | ρ | best baseline | ρ | margin |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| split seed | searched proxy | fitness | held-out ρ | τ | combined ensemble ρ | τ | pair ensemble | ρ | best baseline | ρ | margin |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let nan = f64::NAN;
     for sm in &study.per_split {
@@ -353,12 +373,14 @@ pub fn markdown(study: &StudyReport) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "| {} | `{}` | {:.4} | {:.4} | {:.4} | {} | {:.4} | {} | {:.4} | {:+.4} |",
+            "| {} | `{}` | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.4} | {} | {:.4} | {:+.4} |",
             sm.seed,
             sm.best,
             sm.fitness,
             sm.heldout_spearman,
             sm.heldout_kendall,
+            sm.combined_ensemble.as_ref().map_or(nan, |c| c.spearman),
+            sm.combined_ensemble.as_ref().map_or(nan, |c| c.kendall),
             members,
             pair.map_or(nan, |p| p.spearman),
             sm.best_baseline.as_deref().unwrap_or("?"),
@@ -371,6 +393,16 @@ pub fn markdown(study: &StudyReport) -> String {
         "\nThe searched proxy beat the best baseline (single or pair, chosen on held-out ρ) in {} \
          of {} splits and the pair ensemble in {} of {}.\n",
         agg.wins_over_best_baseline, agg.splits, agg.wins_over_pair_ensemble, agg.splits
+    );
+    let _ = writeln!(
+        s,
+        "The combined ensemble (the hall-of-fame ensemble's searched proxies and the pair \
+         ensemble's two baselines, ranks summed; every member chosen on the fitness set) beat the \
+         best baseline in {} of {} splits and the pair ensemble in {} of {}.\n",
+        agg.combined_wins_over_best_baseline,
+        agg.splits,
+        agg.combined_wins_over_pair_ensemble,
+        agg.splits
     );
     let _ = writeln!(
         s,
@@ -438,11 +470,12 @@ fn write(path: &std::path::Path, text: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::models::family::Family;
-    use crate::search::summary::{BaselineResult, EnsembleResult};
+    use crate::search::summary::{BaselineResult, CombinedEnsemble, EnsembleResult};
     use crate::search::{FitnessMeasure, Structure};
 
     /// A summary with the given held-out ρ for the searched proxy, the pair ensemble and the
-    /// best single baseline (`eznas`; `params` is 0.1 below it).
+    /// best single baseline (`eznas`; `params` is 0.1 below it); the combined ensemble is 0.2
+    /// above the searched proxy.
     fn split(ours: f64, pair: f64, single: f64) -> SearchSummary {
         let head = crate::proxy::expr::Expr::input(crate::proxy::expr::Input::Head);
         let corr = |spearman, kendall| BaselineResult {
@@ -493,8 +526,20 @@ mod tests {
             hall_of_fame_ensemble: Some(EnsembleResult {
                 spearman: ours,
                 kendall: 0.1,
-                members: vec![head],
+                members: vec![head.clone()],
                 fitness_spearman: 0.5,
+            }),
+            combined_ensemble: Some(CombinedEnsemble {
+                spearman: ours + 0.2,
+                kendall: 0.4,
+                fitness_spearman: 0.7,
+                proxy_list: CombinedEnsemble::list_of(
+                    std::slice::from_ref(&head),
+                    &["a".into(), "b".into()],
+                ),
+                searched: vec![head],
+                baselines: vec!["a".into(), "b".into()],
+                margin: ours + 0.2 - pair.max(single),
             }),
             restarts: Vec::new(),
             chosen_restart: 0,
@@ -514,6 +559,10 @@ mod tests {
         let a = aggregate(&s);
         assert_eq!(a.wins_over_best_baseline, 1);
         assert_eq!(a.wins_over_pair_ensemble, 1);
+        // The combined ensemble (0.2 above) wins the second split too.
+        assert_eq!(a.combined_wins_over_best_baseline, 2);
+        assert_eq!(a.combined_wins_over_pair_ensemble, 2);
+        assert!((a.rows["combined_ensemble"].spearman_mean - 1.0).abs() < 1e-12);
         let r = &a.rows["searched"];
         assert!((r.spearman_mean - 0.8).abs() < 1e-12);
         assert!((r.spearman_sd - 0.1).abs() < 1e-12);
@@ -534,11 +583,14 @@ mod tests {
         let md = markdown(&study);
         assert!(md.contains("1 of 2 splits"), "{md}");
         assert!(md.contains("| searched | 0.8000 ± 0.1000"), "{md}");
-        assert_eq!(csv(&study.per_split).lines().count(), 1 + 2 * 6);
+        assert!(md.contains("pair ensemble in 2 of 2"), "{md}");
+        assert_eq!(csv(&study.per_split).lines().count(), 1 + 2 * 7);
         assert!(chart(&study).contains("searched"));
         // The JSON keeps the names scripts read.
         let v = serde_json::to_value(&study).unwrap();
         assert_eq!(v["aggregate"]["wins_over_pair_ensemble"], 1);
+        assert_eq!(v["aggregate"]["combined_wins_over_pair_ensemble"], 2);
+        assert_eq!(v["per_split"][0]["combined_ensemble"]["baselines"][0], "a");
         assert_eq!(
             v["per_split"][0]["heldout_baselines"]["pair_ensemble"]["members"][1],
             "b"

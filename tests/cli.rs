@@ -330,6 +330,23 @@ fn search_writes_run_directory_and_summary() {
     assert!(baselines
         .values()
         .all(|c| c["spearman"].as_f64().is_none_or(|r| r <= best_rho)));
+    // The combined ensemble: the hall-of-fame ensemble's proxies and the pair's baselines,
+    // as one proxy list `score --rank-sum` reads.
+    let combined = &v["combined_ensemble"];
+    assert_eq!(
+        combined["searched"], v["hall_of_fame_ensemble"]["members"],
+        "{v}"
+    );
+    assert_eq!(combined["baselines"], pair["members"], "{v}");
+    assert!(combined.get("spearman").is_some() && combined.get("margin").is_some());
+    let list = combined["proxy_list"].as_str().unwrap();
+    let proxies = lpzero::scoring::Proxy::parse_list(list, lpzero::bench::flexibert::KIND).unwrap();
+    let n_searched = combined["searched"].as_array().unwrap().len();
+    assert_eq!(proxies.len(), n_searched + 2, "{list}");
+    assert_eq!(
+        proxies[n_searched].name(),
+        pair["members"][0].as_str().unwrap()
+    );
     // The default search runs 3 GP restarts: the search folder holds the summary, plots and
     // merged hall of fame; each restart folder a complete run folder.
     for file in [

@@ -338,3 +338,75 @@ fn bad_flags_are_named() {
         ],
     );
 }
+
+#[test]
+fn a_rank_sum_ensemble_is_scored_then_ranks_the_nas() {
+    let file = example("bench_file_example.jsonl");
+    let scores = tmp("rank_sum.csv");
+    let text = stdout_of(&lpzero(&[
+        "score",
+        "--bench-file",
+        &file,
+        "--proxy",
+        "params; head_confidence",
+        "--rank-sum",
+        "--batch",
+        "1",
+        "--seq-len",
+        "8",
+        "--out",
+        scores.to_str().unwrap(),
+    ]));
+    assert!(text.contains("rank_sum"), "{text}");
+    // The column is the sum of the two columns' ranks (both higher-is-better).
+    let table = std::fs::read_to_string(&scores).unwrap();
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header.last(), Some(&"rank_sum"), "{table}");
+    let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| {
+            l.split(',')
+                .skip(1)
+                .map(|c| c.parse().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    let rank = |col: usize, row: usize| -> f64 {
+        let v = rows[row][col - 1];
+        let below = rows.iter().filter(|r| r[col - 1] < v).count() as f64;
+        let tied = rows.iter().filter(|r| r[col - 1] == v).count() as f64;
+        below + (tied + 1.0) / 2.0
+    };
+    for (row, r) in rows.iter().enumerate() {
+        let expected = rank(at("params"), row) + rank(at("head_confidence"), row);
+        assert_eq!(r[at("rank_sum") - 1], expected, "{table}");
+    }
+    // `nas` reads the ensemble's column; its top is the highest rank sum.
+    let out = tmp("rank_sum_nas");
+    let text = stdout_of(&nas(&[
+        "--bench-file",
+        &file,
+        "--proxy",
+        "rank_sum",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--top",
+        "1",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let best = rows
+        .iter()
+        .map(|r| r[at("rank_sum") - 1])
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(v["top"][0]["score"].as_f64(), Some(best), "{text}");
+    assert_eq!(v["proxy"], "rank_sum");
+    // Without a score table there is nothing to read it from.
+    assert_fails(
+        &nas(&["--bench-file", &file, "--proxy", "rank_sum"]),
+        &["--proxy rank_sum", "--scores"],
+    );
+}

@@ -10,8 +10,9 @@ use lpzero::bench::space::SpaceOptions;
 use lpzero::bench::Benchmark;
 use lpzero::nas::{self, CostAxis, NasOptions, NasResult, Pool, ScoreColumn, Scorer, SpaceChoice};
 use lpzero::probe::ProbeOptions;
+use lpzero::proxy::builtin::Orientation;
 use lpzero::report;
-use lpzero::scoring::{Proxy, ScoreTable};
+use lpzero::scoring::{Proxy, ScoreTable, RANK_SUM};
 use lpzero::shard::file::Source;
 use lpzero::shard::merge::Merged;
 use lpzero::shard::run::Scoring;
@@ -36,6 +37,7 @@ pub struct NasArgs {
     #[command(flatten)]
     probe: ProbeArgs,
     /// The proxy that ranks the architectures (a name, a genotype or an expression); with
+    /// --scores also `rank_sum`, the ensemble column `score --rank-sum` writes; with
     /// --validate, a list as for `score --proxy`.
     #[arg(long)]
     proxy: String,
@@ -167,8 +169,20 @@ pub fn nas(a: NasArgs) -> Result<()> {
     if a.validate {
         return validate(&a, &base, &probe, threads);
     }
-    let proxy = Proxy::parse(a.proxy.trim()).context("--proxy")?;
-    let (mut pool, selection) = nas::prepare(&base, &proxy, &probe, &opts)?;
+    // `rank_sum` is the column `score --rank-sum` writes: an ensemble, read from --scores only.
+    let proxy = match (&a.scores, a.proxy.trim()) {
+        (Some(_), RANK_SUM) => None,
+        (None, RANK_SUM) => bail!(
+            "--proxy {RANK_SUM} is the ensemble column `score --rank-sum` writes: give that \
+             table with --scores"
+        ),
+        (_, text) => Some(Proxy::parse(text).context("--proxy")?),
+    };
+    let name = proxy.as_ref().map_or(RANK_SUM.to_string(), Proxy::name);
+    let orientation = proxy
+        .as_ref()
+        .map_or(Orientation::HigherIsBetter, Proxy::orientation);
+    let (mut pool, selection) = nas::prepare(&base, orientation, &probe, &opts)?;
     if let Some(s) = sharded {
         for (given, flag) in [
             (opts.evolve > 0, "--evolve"),
@@ -185,7 +199,7 @@ pub fn nas(a: NasArgs) -> Result<()> {
         let task = Task {
             nas: opts.clone(),
             probe: probe.clone(),
-            proxy: proxy.name(),
+            proxy: name.clone(),
         };
         let source = pool
             .sampling
@@ -202,16 +216,17 @@ pub fn nas(a: NasArgs) -> Result<()> {
         );
     }
     let column = match &a.scores {
-        Some(path) => Some(ScoreColumn::read(path, &proxy.name()).context("--scores")?),
+        Some(path) => Some(ScoreColumn::read(path, &name).context("--scores")?),
         None => None,
     };
-    let scorer = match &column {
-        Some(c) => Scorer::Table(c),
-        None => Scorer::Probe {
-            proxy: &proxy,
+    let scorer = match (&column, &proxy) {
+        (Some(c), _) => Scorer::Table(c),
+        (None, Some(proxy)) => Scorer::Probe {
+            proxy,
             probe: &probe,
             threads,
         },
+        (None, None) => bail!("--proxy {RANK_SUM} is read from a score table: give --scores"),
     };
     let bar = report::progress(selection.len(), "scoring", a.json);
     let scored = pool.score(&selection, &scorer, || bar.inc(1));
@@ -231,7 +246,7 @@ pub fn nas(a: NasArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("nas-{}", base.kind)));
-    let (result, summary) = finish_and_write(pool, &proxy, &probe, &opts, &dir, a.json)?;
+    let (result, summary) = finish_and_write(pool, &name, &probe, &opts, &dir, a.json)?;
     if result.top.is_empty() {
         eprintln!(
             "warning: no candidate is within the budgets with a finite proxy value (see \
@@ -249,7 +264,7 @@ pub fn nas(a: NasArgs) -> Result<()> {
 /// summary.
 fn finish_and_write(
     pool: Pool,
-    proxy: &Proxy,
+    proxy: &str,
     probe: &ProbeOptions,
     opts: &NasOptions,
     dir: &Path,
@@ -261,7 +276,7 @@ fn finish_and_write(
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    let summary = result.summary(&proxy.name(), opts, probe.seed)?;
+    let summary = result.summary(proxy, opts, probe.seed)?;
     result.write(dir, &summary, opts)?;
     Ok((result, summary))
 }
@@ -392,11 +407,12 @@ pub fn merge(merged: &Merged, table: &ScoreTable, dir: &Path, json: bool) -> Res
         _ => None,
     };
     one_engine_thread();
-    let (mut pool, selection) = nas::pool_of(bench, sampling, &proxy, &task.probe, &task.nas)?;
+    let (mut pool, selection) =
+        nas::pool_of(bench, sampling, proxy.orientation(), &task.probe, &task.nas)?;
     if selection != merged.header.options.selection {
         bail!("the shards scored other architectures than this lpzero selects for their settings");
     }
     pool.apply_values(&selection, table.values.first().map_or(&[][..], |v| v));
-    finish_and_write(pool, &proxy, &task.probe, &task.nas, dir, json)?;
+    finish_and_write(pool, &proxy.name(), &task.probe, &task.nas, dir, json)?;
     Ok(())
 }

@@ -154,7 +154,7 @@ fn the_pool_scores_only_what_fits_the_parameter_budget() {
     let proxy = Proxy::parse("params").unwrap();
     let probe = models::family(flexibert::KIND).probe_options();
     let all = NasOptions::default();
-    let (pool, selection) = pool_of(base.clone(), None, &proxy, &probe, &all).unwrap();
+    let (pool, selection) = pool_of(base.clone(), None, proxy.orientation(), &probe, &all).unwrap();
     assert_eq!(selection, (0..12).collect::<Vec<_>>());
     let median = param_quantile(
         &pool.candidates.iter().map(|c| c.params).collect::<Vec<_>>(),
@@ -164,7 +164,7 @@ fn the_pool_scores_only_what_fits_the_parameter_budget() {
         max_params: Some(median),
         ..NasOptions::default()
     };
-    let (mut pool, selection) = pool_of(base, None, &proxy, &probe, &opts).unwrap();
+    let (mut pool, selection) = pool_of(base, None, proxy.orientation(), &probe, &opts).unwrap();
     assert!(!selection.is_empty() && selection.len() < 12);
     assert!(selection
         .iter()

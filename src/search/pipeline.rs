@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::summary::{self, EnsembleResult, HallSummary, RestartSummary, SearchSummary};
+use super::summary::{
+    self, CombinedEnsemble, EnsembleResult, HallSummary, RestartSummary, SearchSummary,
+};
 use super::{checkpoint, restarts, FitnessData, SearchOptions, SearchOutcome};
 use crate::bench::Benchmark;
 use crate::compare::{self, BaselineColumns, Comparison, Corr};
@@ -447,18 +449,16 @@ pub fn summarize(
         Comparison::new(&bench.truths(&job.fitness), &held_truth, &columns)
     });
     // The hall-of-fame ensemble: a rank sum of hall entries chosen greedily on the fitness set.
+    let hall_fit: Vec<Vec<f64>> = phase
+        .hall_values
+        .iter()
+        .map(|v| compare::oriented(v, Orientation::HigherIsBetter))
+        .collect();
+    let hall_held = |h: usize| compare::oriented(&column(h), Orientation::HigherIsBetter);
     let hof_ensemble = (n_held > 0 && n_hall > 0).then(|| {
-        let fit_cols: Vec<Vec<f64>> = phase
-            .hall_values
-            .iter()
-            .map(|v| compare::oriented(v, Orientation::HigherIsBetter))
-            .collect();
         let (members, fit_rho) =
-            compare::greedy_ensemble(&bench.truths(&job.fitness), &fit_cols, HOF_ENSEMBLE_SIZE);
-        let cols: Vec<Vec<f64>> = members
-            .iter()
-            .map(|&h| compare::oriented(&column(h), Orientation::HigherIsBetter))
-            .collect();
+            compare::greedy_ensemble(&bench.truths(&job.fitness), &hall_fit, HOF_ENSEMBLE_SIZE);
+        let cols: Vec<Vec<f64>> = members.iter().map(|&h| hall_held(h)).collect();
         let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
         (
             members,
@@ -466,10 +466,57 @@ pub fn summarize(
             Corr::of(&held_truth, &compare::rank_sum(&refs)),
         )
     });
+    // The combined ensemble: the hall-of-fame ensemble's members and the pair's two baselines.
+    let combined = match (
+        &hof_ensemble,
+        comparison.as_ref().and_then(|c| c.pair_ensemble.as_ref()),
+    ) {
+        (Some((members, _, _)), Some(pair)) if !members.is_empty() => {
+            let index = |name: &str| baselines.iter().position(|b| b.name() == name);
+            let pair_index: Vec<usize> = pair.members.iter().filter_map(|m| index(m)).collect();
+            let oriented_baseline =
+                |b: usize, values: Vec<f64>| compare::oriented(&values, baselines[b].orientation());
+            let mut fit: Vec<Vec<f64>> = members.iter().map(|&h| hall_fit[h].clone()).collect();
+            let mut held: Vec<Vec<f64>> = members.iter().map(|&h| hall_held(h)).collect();
+            for &b in &pair_index {
+                let f = phase.fitness_baselines.iter().map(|r| r[b]).collect();
+                fit.push(oriented_baseline(b, f));
+                held.push(oriented_baseline(b, column(first_baseline + b)));
+            }
+            let sum = |cols: &[Vec<f64>]| {
+                let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+                compare::rank_sum(&refs)
+            };
+            let held_corr = Corr::of(&held_truth, &sum(&held));
+            let searched: Vec<Expr> = members
+                .iter()
+                .map(|&h| outcome.hall_of_fame[h].expr.clone())
+                .collect();
+            let names = pair.members.to_vec();
+            Some(CombinedEnsemble {
+                spearman: held_corr.spearman,
+                kendall: held_corr.kendall,
+                fitness_spearman: crate::stats::spearman(&bench.truths(&job.fitness), &sum(&fit)),
+                proxy_list: CombinedEnsemble::list_of(&searched, &names),
+                searched,
+                baselines: names,
+                margin: comparison
+                    .as_ref()
+                    .map_or(f64::NAN, |c| c.margin(held_corr.spearman)),
+            })
+        }
+        _ => None,
+    };
     if let (Some(dir), Some(cmp)) = (&job.out, &comparison) {
         write(
             &dir.join("heldout.svg"),
-            &heldout_chart(&best_text, held_rho, cmp, n_held),
+            &heldout_chart(
+                &best_text,
+                held_rho,
+                combined.as_ref().map(|c| c.spearman),
+                cmp,
+                n_held,
+            ),
         )?;
     }
     Ok(SearchSummary {
@@ -512,6 +559,7 @@ pub fn summarize(
                 .collect(),
             fitness_spearman: fit_rho,
         }),
+        combined_ensemble: combined,
         restarts,
         chosen_restart: outcome.chosen_restart,
         seed: opts.seed,
@@ -527,9 +575,15 @@ pub fn summarize(
 /// The most hall-of-fame entries the hall-of-fame ensemble sums the ranks of.
 pub const HOF_ENSEMBLE_SIZE: usize = 5;
 
-/// Bar chart of held-out ρ: the searched proxy first, then the pair ensemble and every
-/// baseline, best first.
-fn heldout_chart(best: &str, ours: f64, cmp: &Comparison, n: usize) -> String {
+/// Bar chart of held-out ρ: the searched proxy first (and the combined ensemble second), then
+/// the pair ensemble and every baseline, best first.
+fn heldout_chart(
+    best: &str,
+    ours: f64,
+    combined: Option<f64>,
+    cmp: &Comparison,
+    n: usize,
+) -> String {
     let mut bars: Vec<(String, f64)> = cmp
         .baselines
         .iter()
@@ -543,6 +597,9 @@ fn heldout_chart(best: &str, ours: f64, cmp: &Comparison, n: usize) -> String {
     }
     bars.sort_by(|a, b| b.1.total_cmp(&a.1));
     bars.insert(0, ("searched proxy".to_string(), ours));
+    if let Some(rho) = combined {
+        bars.insert(1, ("combined ensemble (searched + pair)".to_string(), rho));
+    }
     // The expression can be long: the title names it, cut to a readable length.
     let shown: String = best.chars().take(90).collect();
     let ellipsis = if shown.len() < best.len() { "…" } else { "" };

@@ -72,6 +72,10 @@ pub struct SearchSummary {
     pub margin: Option<f64>,
     /// The rank sum of hall-of-fame proxies chosen greedily on the fitness set, held out.
     pub hall_of_fame_ensemble: Option<EnsembleResult>,
+    /// The rank sum of the hall-of-fame ensemble's members and the pair ensemble's two
+    /// baselines, held out: what the search recommends for ranking (every member chosen on the
+    /// fitness set).
+    pub combined_ensemble: Option<CombinedEnsemble>,
     /// Every GP restart: seed, fitness, best proxy and that proxy's held-out correlations
     /// (one entry for a single run).
     pub restarts: Vec<RestartSummary>,
@@ -174,6 +178,41 @@ pub struct EnsembleResult {
     pub fitness_spearman: f64,
 }
 
+/// The combined ensemble in a summary: the searched proxies of the hall-of-fame ensemble and the
+/// two baselines of the pair ensemble, their ranks summed with equal weight per member.
+///
+/// Searched and hand-designed proxies read different things (the search's favourites are
+/// structural, the baselines' gradients and attention), so their errors partly cancel; on the
+/// fitness set alone the search cannot tell which of its proxies will carry over, and the pair
+/// is the best simple combination of baselines there. Every member is chosen on the fitness set.
+#[derive(Debug, Clone, Serialize)]
+pub struct CombinedEnsemble {
+    /// Held-out Spearman ρ of the rank sum.
+    pub spearman: f64,
+    /// Held-out Kendall τ-b.
+    pub kendall: f64,
+    /// The ρ of the rank sum on the fitness set.
+    pub fitness_spearman: f64,
+    /// The searched members (the hall-of-fame ensemble's).
+    pub searched: Vec<Expr>,
+    /// The baseline members (the pair ensemble's).
+    pub baselines: Vec<String>,
+    /// Held-out ρ minus the best baseline's (single or pair).
+    pub margin: f64,
+    /// The members as one `--proxy` list: `lpzero score --proxy LIST --rank-sum` (with the same
+    /// probe options) scores the ensemble on any architectures.
+    pub proxy_list: String,
+}
+
+impl CombinedEnsemble {
+    /// The `--proxy` list of `searched` then `baselines`, `;`-separated.
+    pub fn list_of(searched: &[Expr], baselines: &[String]) -> String {
+        let mut items: Vec<String> = searched.iter().map(Expr::to_string).collect();
+        items.extend(baselines.iter().cloned());
+        items.join("; ")
+    }
+}
+
 /// The `heldout_baselines` map of a comparison: every baseline by name, plus `pair_ensemble`.
 pub fn heldout_baselines(c: &Comparison) -> BTreeMap<String, BaselineResult> {
     let mut map: BTreeMap<String, BaselineResult> = c
@@ -200,6 +239,13 @@ impl SearchSummary {
     /// held-out set).
     pub fn won(&self) -> bool {
         self.margin.is_some_and(|m| m > 0.0)
+    }
+
+    /// Whether the combined ensemble beat the best baseline held out.
+    pub fn combined_won(&self) -> bool {
+        self.combined_ensemble
+            .as_ref()
+            .is_some_and(|c| c.margin > 0.0)
     }
 
     /// The held-out ρ of the pair ensemble, if there is one.
