@@ -222,24 +222,10 @@ impl ScoreTable {
     /// table's columns, in order) of its rank by that proxy's orientation, NaN and infinite
     /// values ranked last; higher = better. A rank-sum ensemble, as the search reports one.
     pub fn add_rank_sum(&mut self, proxies: &[Proxy]) -> Result<()> {
-        if proxies.len() != self.names.len() || proxies.len() < 2 {
-            bail!(
-                "a rank sum needs at least two proxies, one per column (got {} proxies for {} \
-                 columns)",
-                proxies.len(),
-                self.names.len()
-            );
-        }
         if self.names.iter().any(|n| n == RANK_SUM) {
             bail!("a proxy is already named `{RANK_SUM}`");
         }
-        let oriented: Vec<Vec<f64>> = proxies
-            .iter()
-            .zip(&self.values)
-            .map(|(p, v)| crate::compare::oriented(v, p.orientation()))
-            .collect();
-        let refs: Vec<&[f64]> = oriented.iter().map(Vec::as_slice).collect();
-        let sum = crate::compare::rank_sum(&refs);
+        let sum = rank_sum_of(proxies, &self.values)?;
         self.summaries.push(summarize(
             RANK_SUM,
             Orientation::HigherIsBetter,
@@ -255,6 +241,27 @@ impl ScoreTable {
 
 /// Name of the rank-sum column (`score --rank-sum`).
 pub const RANK_SUM: &str = "rank_sum";
+
+/// The rank-sum ensemble of `proxies` from their values (`values[p][a]`, one row per proxy):
+/// per architecture, the sum of its ranks by each proxy's orientation, NaN and infinite values
+/// ranked last; higher = better.
+pub fn rank_sum_of(proxies: &[Proxy], values: &[Vec<f64>]) -> Result<Vec<f64>> {
+    if proxies.len() != values.len() || proxies.len() < 2 {
+        bail!(
+            "a rank sum needs at least two proxies, one per column (got {} proxies for {} \
+             columns)",
+            proxies.len(),
+            values.len()
+        );
+    }
+    let oriented: Vec<Vec<f64>> = proxies
+        .iter()
+        .zip(values)
+        .map(|(p, v)| crate::compare::oriented(v, p.orientation()))
+        .collect();
+    let refs: Vec<&[f64]> = oriented.iter().map(Vec::as_slice).collect();
+    Ok(crate::compare::rank_sum(&refs))
+}
 
 /// Whether and how a written score table has a `truth` column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

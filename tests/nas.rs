@@ -410,3 +410,42 @@ fn a_rank_sum_ensemble_is_scored_then_ranks_the_nas() {
         &["--proxy rank_sum", "--scores"],
     );
 }
+
+#[test]
+fn validation_adds_the_rank_sum_of_the_listed_proxies() {
+    let file = example("bench_file_example.jsonl");
+    let scores = tmp("scores_two.csv");
+    // Two made-up columns that order the records alike: their rank sum orders them so too.
+    std::fs::write(
+        &scores,
+        "id,params,snip\nflexibert_0,1,10\nflexibert_1,4,40\nflexibert_35,2,20\nflexibert_250,3,30\n",
+    )
+    .unwrap();
+    let text = stdout_of(&lpzero(&[
+        "nas",
+        "--bench-file",
+        &file,
+        "--proxy",
+        "params,snip",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--validate",
+        "--rank-sum",
+        "--json",
+        "--out",
+        tmp("validate_rank_sum").to_str().unwrap(),
+    ]));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let of = |name: &str| -> Vec<&Value> { rows.iter().filter(|r| r["proxy"] == name).collect() };
+    assert_eq!(of("rank_sum").len(), 3, "one row per quantile: {v}");
+    for (p, r) in of("params").iter().zip(of("rank_sum")) {
+        assert_eq!(p["proxy_top1"], r["proxy_top1"], "{v}");
+        assert_eq!(p["within"], r["within"], "{v}");
+    }
+    // Without --validate the flag is refused by name.
+    assert_fails(
+        &nas(&["--bench-file", &file, "--proxy", "params", "--rank-sum"]),
+        &["--validate"],
+    );
+}

@@ -81,6 +81,11 @@ pub struct NasArgs {
     /// validation.{md,json} to --out.
     #[arg(long)]
     validate: bool,
+    /// With --validate: validate the rank sum of the listed proxies too (the ensemble
+    /// `score --rank-sum` computes, e.g. a search's `combined_ensemble.proxy_list`), as the
+    /// row `rank_sum`.
+    #[arg(long, requires = "validate")]
+    rank_sum: bool,
     /// Output folder [default: nas-<bench>]; with --shard, the shard's JSON Lines file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -353,7 +358,7 @@ fn validate(a: &NasArgs, bench: &Benchmark, probe: &ProbeOptions, threads: usize
             table.values
         }
     };
-    let scores: Vec<Vec<f64>> = proxies
+    let mut scores: Vec<Vec<f64>> = proxies
         .iter()
         .zip(&values)
         .map(|(p, v)| {
@@ -361,6 +366,11 @@ fn validate(a: &NasArgs, bench: &Benchmark, probe: &ProbeOptions, threads: usize
             v.iter().map(|x| sign * x).collect()
         })
         .collect();
+    let mut names = names;
+    if a.rank_sum {
+        scores.push(lpzero::scoring::rank_sum_of(&proxies, &values).context("--rank-sum")?);
+        names.push(RANK_SUM.to_string());
+    }
     let truth = bench.truths(&all);
     let rows = nas::validate(&names, &scores, &truth, &params)?;
     let (raw_name, sign) = bench.raw_truth;
