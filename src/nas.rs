@@ -249,7 +249,8 @@ pub struct Pool {
 
 /// The pool's initial architectures for `opts.space` (the benchmark itself, or a draw seeded
 /// by `seed` from the family's design space), counted, with the selection to score (the
-/// positions within the parameter budget, in pool order).
+/// positions within the parameter budget, in pool order). `orientation` is the ranking
+/// proxy's (a score table's `rank_sum` column is higher-is-better).
 pub fn prepare(
     base: &Benchmark,
     orientation: Orientation,
