@@ -132,6 +132,9 @@ pub struct BaselineColumns<'a> {
 pub struct PairEnsemble {
     /// The two baselines, in suite order.
     pub members: [String; 2],
+    /// Their positions among the compared columns ([`Comparison::new`]'s `columns`).
+    #[serde(skip)]
+    pub columns: [usize; 2],
     /// ρ of their rank sum on the fitness set (what chose them).
     pub fitness_spearman: f64,
     /// Held-out ρ and τ of their rank sum.
@@ -190,6 +193,7 @@ impl Comparison {
             consider("pair_ensemble", heldout);
             PairEnsemble {
                 members: [columns[i].name.to_string(), columns[j].name.to_string()],
+                columns: [i, j],
                 fitness_spearman: rho,
                 heldout,
             }
@@ -261,6 +265,7 @@ mod tests {
         let c = Comparison::new(&truth[fit.clone()], &truth[held.clone()], &cols);
         let p = c.pair_ensemble.as_ref().unwrap();
         assert_eq!(p.members, ["x".to_string(), "y".to_string()]);
+        assert_eq!(p.columns, [0, 1]);
         assert!(p.heldout.spearman > c.baselines["x"].spearman);
         assert_eq!(c.best_baseline, "pair_ensemble");
         assert_eq!(c.margin(1.0), 1.0 - p.heldout.spearman);

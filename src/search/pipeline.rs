@@ -472,13 +472,12 @@ pub fn summarize(
         comparison.as_ref().and_then(|c| c.pair_ensemble.as_ref()),
     ) {
         (Some((members, _, _)), Some(pair)) if !members.is_empty() => {
-            let index = |name: &str| baselines.iter().position(|b| b.name() == name);
-            let pair_index: Vec<usize> = pair.members.iter().filter_map(|m| index(m)).collect();
             let oriented_baseline =
                 |b: usize, values: Vec<f64>| compare::oriented(&values, baselines[b].orientation());
             let mut fit: Vec<Vec<f64>> = members.iter().map(|&h| hall_fit[h].clone()).collect();
             let mut held: Vec<Vec<f64>> = members.iter().map(|&h| hall_held(h)).collect();
-            for &b in &pair_index {
+            // The comparison's columns are the baselines, in order.
+            for &b in &pair.columns {
                 let f = phase.fitness_baselines.iter().map(|r| r[b]).collect();
                 fit.push(oriented_baseline(b, f));
                 held.push(oriented_baseline(b, column(first_baseline + b)));
