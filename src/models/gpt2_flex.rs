@@ -553,7 +553,7 @@ impl Gpt2Flex {
         let shortlist = c.cutoffs[0];
         let (w_head, b_head) = self.head_weight()?;
         let hp = self.project_out(z, 0)?;
-        let logits = hp.matmul(&w_head.t()?)?.broadcast_add(&b_head)?;
+        let logits = ops::linear(&hp, &w_head, &b_head, true, None)?;
         let columns: Vec<u32> = targets
             .iter()
             .map(|&y| match c.cluster_of(y as usize) {
@@ -578,7 +578,7 @@ impl Gpt2Flex {
             let zi = z.index_select(&Tensor::from_vec(rows.clone(), rows.len(), device)?, 0)?;
             let pi = self.project_out(&zi, i)?;
             let (wi, bi) = (self.out_weight(i)?, self.out_bias(i)?);
-            let li = pi.matmul(&wi.t()?)?.broadcast_add(&bi)?;
+            let li = ops::linear(&pi, &wi, &bi, true, None)?;
             total = (total + ops::logsumexp_rows(&li)?.sum_all()?)?;
             total = (total - picked_logits(&pi, &wi, &bi, local, device)?.sum_all()?)?;
         }

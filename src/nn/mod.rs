@@ -7,6 +7,7 @@
 
 pub mod ops;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::array::Array;
@@ -364,17 +365,51 @@ impl Linear {
 
     /// Applies the layer over the last axis of `x` (any leading shape).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_tapped(x, None)
+    }
+
+    /// Whether [`Linear::forward`] on `x` is the fused op [`ops::linear`], which can carry a
+    /// gradient tap: an f32 layer with a bias on an f32 input on the CPU.
+    fn fuses(&self, x: &Tensor) -> bool {
+        self.bias.is_some()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+    }
+
+    /// [`Linear::forward`], with ∂ℒ/∂(output) left in `tap` by the backward pass; `tap` needs
+    /// a layer and input that [`Linear::fuses`].
+    fn forward_tapped(
+        &self,
+        x: &Tensor,
+        tap: Option<ops::GradSlot>,
+    ) -> candle_core::Result<Tensor> {
         let mut dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one axis");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = x.reshape((rows, in_dim))?;
-        let mut y = match self.layout {
-            Layout::OutIn => flat.matmul(&self.weight.as_tensor().t()?)?,
-            Layout::InOut => flat.matmul(self.weight.as_tensor())?,
+        let w = self.weight.as_tensor();
+        let y = match &self.bias {
+            Some(b) if self.fuses(x) => {
+                ops::linear(&flat, w, b.as_tensor(), self.layout == Layout::OutIn, tap)?
+            }
+            _ if tap.is_some() => {
+                return Err(candle_core::Error::Msg(format!(
+                    "linear {}: a gradient tap needs an f32 layer with a bias",
+                    self.name
+                )))
+            }
+            bias => {
+                let y = match self.layout {
+                    Layout::OutIn => flat.matmul(&w.t()?)?,
+                    Layout::InOut => flat.matmul(w)?,
+                };
+                match bias {
+                    Some(b) => y.broadcast_add(b.as_tensor())?,
+                    None => y,
+                }
+            }
         };
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b.as_tensor())?;
-        }
         *dims.last_mut().expect("checked above") = self.out_dim();
         y.reshape(dims)
     }
@@ -448,22 +483,62 @@ pub enum TapSite {
     Embedding,
 }
 
-/// One tapped activation: its value and the zero variable added to it, whose gradient after
-/// a backward pass is ∂ℒ/∂(activation).
+/// One tapped activation: its value and where its gradient ∂ℒ/∂(activation) is after a
+/// backward pass ([`Tap::grad`]).
 pub struct Tap {
     /// Where the tap sits.
     pub site: TapSite,
     /// The activation (detached).
     pub value: Tensor,
-    /// The zero-valued variable added to the activation.
-    pub var: Var,
+    /// Where the gradient ends up.
+    grad: TapGrad,
+}
+
+/// Where a tap's gradient ends up.
+enum TapGrad {
+    /// In the backward's gradient store, as the gradient of this zero-valued variable added
+    /// to the activation.
+    Var(Var),
+    /// In this slot, filled by the backward of the fused linear op ([`ops::linear`]) that
+    /// computed the activation.
+    Slot(ops::GradSlot),
+}
+
+impl Tap {
+    /// ∂ℒ/∂(activation) after a backward pass whose gradients are `grads`, shaped as
+    /// [`Tap::value`]; `None` when the backward did not reach the tap.
+    pub fn grad(&self, grads: &GradStore) -> candle_core::Result<Option<Tensor>> {
+        match &self.grad {
+            TapGrad::Var(var) => Ok(grads.get(var.as_tensor()).cloned()),
+            TapGrad::Slot(slot) => slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|g| g.reshape(self.value.dims()))
+                .transpose(),
+        }
+    }
+
+    /// Frees the tap's gradient (as large as the activation): removes it from `grads` or
+    /// empties its slot.
+    pub fn release(&self, grads: &mut GradStore) {
+        match &self.grad {
+            TapGrad::Var(var) => {
+                grads.remove(var.as_tensor());
+            }
+            TapGrad::Slot(slot) => {
+                slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
+        }
+    }
 }
 
 /// Gradient taps on intermediate activations.
 ///
 /// candle keeps gradients for variables only, so to read ∂ℒ/∂a for an activation `a` (Fisher,
-/// the input Jacobian) a model adds a zero-valued variable to `a` when taps are on. Off by
-/// default: then a tap is the identity and costs nothing.
+/// the input Jacobian) a model adds a zero-valued variable to `a` when taps are on, or, for
+/// the output of a fused linear layer ([`Taps::linear`]), the layer's backward hands its
+/// output gradient over. Off by default: then a tap is the identity and costs nothing.
 #[derive(Default)]
 pub struct Taps {
     on: std::sync::atomic::AtomicBool,
@@ -483,18 +558,29 @@ impl Taps {
         }
         let var = Var::zeros(x.dims(), x.dtype(), x.device())?;
         let y = (&x + var.as_tensor())?;
-        let mut taps = self.taps.lock().unwrap_or_else(|e| e.into_inner());
-        taps.push(Tap {
-            site,
-            value: x.detach(),
-            var,
-        });
+        self.record(site, x.detach(), TapGrad::Var(var));
         Ok(y)
     }
 
-    /// `lin` applied to `x`, through a tap on its output.
+    /// `lin` applied to `x`, through a tap on its output (the fused layer's own when it
+    /// [`Linear::fuses`], the same values and gradients).
     pub fn linear(&self, lin: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.tap(lin.tap_site(), lin.forward(x)?)
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return lin.forward(x);
+        }
+        if !lin.fuses(x) {
+            return self.tap(lin.tap_site(), lin.forward(x)?);
+        }
+        let slot = ops::GradSlot::default();
+        let y = lin.forward_tapped(x, Some(slot.clone()))?;
+        self.record(lin.tap_site(), y.detach(), TapGrad::Slot(slot));
+        Ok(y)
+    }
+
+    /// Appends a tap to the record.
+    fn record(&self, site: TapSite, value: Tensor, grad: TapGrad) {
+        let mut taps = self.taps.lock().unwrap_or_else(|e| e.into_inner());
+        taps.push(Tap { site, value, grad });
     }
 
     /// Takes the taps recorded so far (execution order), leaving none.

@@ -1,12 +1,38 @@
 //! Custom candle ops with their own backward (checked against finite differences in the
-//! tests), to keep memory and time down on large probes: LayerNorm, `gelu_new`, the exact
+//! tests), to keep memory and time down on large probes: a dense layer with its bias (and an
+//! optional gradient tap on its output), LayerNorm, `gelu_new`, the exact
 //! (erf) GELU, a scaled softmax over the last axis, plain or causal (masked entries get
 //! probability 0 and no gradient), and the row-wise log-sum-exp. Composed from candle primitives they kept 3–6 intermediate tensors each alive
 //! for the backward pass and spent most of a probe outside matrix multiplication. CPU only:
 //! none has a GPU kernel.
 
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
 use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
+
+/// Where a dense layer's backward leaves the gradient of its output (see [`linear`]): empty
+/// until the backward pass reaches the layer.
+pub type GradSlot = Arc<Mutex<Option<Tensor>>>;
+
+/// `x W + b` (N × out) for the rows of `x` (N × in), one op; `w_out_in`: `w` is stored out ×
+/// in and used transposed (PyTorch `Linear`), otherwise in × out (GPT-2 `Conv1D`). The same
+/// values, and the same gradients for `x`, `w` and `b`, as candle's `matmul` followed by
+/// `broadcast_add` (the product is candle's own, the bias added in place, and the backward
+/// makes the same calls), but the autograd graph holds the op's inputs only: composed, the
+/// product before the bias stayed alive for the backward pass, as large as the output.
+/// `tap`, when given, receives ∂ℒ/∂(output) during the backward pass, a gradient tap without
+/// the zero variable and the sum a tap otherwise adds (two more tensors of the output's size).
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    w_out_in: bool,
+    tap: Option<GradSlot>,
+) -> candle_core::Result<Tensor> {
+    x.apply_op3(w, b, LinearOp { w_out_in, tap })
+}
 
 /// Row-wise log-sum-exp of an N × C matrix: N values.
 pub fn logsumexp_rows(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -102,6 +128,87 @@ fn element_grad(
         .map(|((&v, &y), &g)| f(v, y, g))
         .collect();
     Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+}
+
+/// The custom op of [`linear`].
+struct LinearOp {
+    w_out_in: bool,
+    tap: Option<GradSlot>,
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, k) = l1.shape().dims2()?;
+        let wl = if self.w_out_in {
+            l2.transpose(0, 1)?
+        } else {
+            l2.clone()
+        };
+        let (k2, n) = wl.shape().dims2()?;
+        let bias = contiguous_f32(s3, l3, self.name())?;
+        if k2 != k || bias.len() != n {
+            return Err(candle_core::Error::Msg(format!(
+                "linear: input {:?}, weight {:?} and bias {:?} do not fit",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )));
+        }
+        if !matches!((s1, s2), (CpuStorage::F32(_), CpuStorage::F32(_))) {
+            return Err(candle_core::Error::Msg("linear: expects f32".into()));
+        }
+        // candle's own product (what `Tensor::matmul` calls, zeros when nothing is summed).
+        let mut out = if rows * n == 0 || k == 0 {
+            vec![0f32; rows * n]
+        } else {
+            match s1.matmul(s2, (1, rows, n, k), l1, &wl)? {
+                CpuStorage::F32(v) => v,
+                _ => return Err(candle_core::Error::Msg("linear: expects f32".into())),
+            }
+        };
+        if n > 0 {
+            for row in out.chunks_exact_mut(n) {
+                for (y, &bj) in row.iter_mut().zip(bias) {
+                    *y += bj;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+
+    /// The calls candle's backward makes for `matmul` (through the transpose for an out × in
+    /// weight) and for the broadcast bias.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if let Some(slot) = &self.tap {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(grad.clone());
+        }
+        let (dx, dw) = if self.w_out_in {
+            (grad.matmul(w)?, x.t()?.matmul(grad)?.t()?)
+        } else {
+            (grad.matmul(&w.t()?)?, x.t()?.matmul(grad)?)
+        };
+        let db = grad.sum_keepdim(0)?.squeeze(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
 }
 
 /// The custom op of [`layer_norm`].
@@ -508,6 +615,57 @@ mod tests {
                     g[i]
                 );
             }
+        }
+    }
+
+    /// The fused dense layer gives candle's `matmul` + `broadcast_add` bit for bit: the
+    /// output and the gradients of the input, the weight (either layout) and the bias; its
+    /// tap slot holds the gradient of the output.
+    #[test]
+    fn linear_is_matmul_plus_bias_bit_for_bit() {
+        let dev = Device::Cpu;
+        let (rows, k, n) = (37, 19, 23);
+        let x = Var::from_vec(Rng::new(1).normal_vec(rows * k, 1.0), (rows, k), &dev).unwrap();
+        let b = Var::from_vec(Rng::new(3).normal_vec(n, 0.5), n, &dev).unwrap();
+        for out_in in [true, false] {
+            let shape = if out_in { (n, k) } else { (k, n) };
+            let w = Var::from_vec(Rng::new(2).normal_vec(n * k, 1.0), shape, &dev).unwrap();
+            let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+            let composed = if out_in {
+                xt.matmul(&wt.t().unwrap()).unwrap()
+            } else {
+                xt.matmul(wt).unwrap()
+            }
+            .broadcast_add(bt)
+            .unwrap();
+            let slot = GradSlot::default();
+            let fused = linear(xt, wt, bt, out_in, Some(slot.clone())).unwrap();
+            assert_eq!(values(&fused).unwrap(), values(&composed).unwrap());
+            // A non-linear readout, so the output gradient differs per entry.
+            let readout = |y: &Tensor| weighted_sum(&y.sqr().unwrap());
+            let g_composed = readout(&composed).backward().unwrap();
+            let g_fused = readout(&fused).backward().unwrap();
+            for (what, t) in [("x", xt), ("w", wt), ("b", bt)] {
+                let (a, c) = (g_fused.get(t).unwrap(), g_composed.get(t).unwrap());
+                assert_eq!(a.dims(), c.dims(), "{what}");
+                assert_eq!(
+                    values(a).unwrap(),
+                    values(c).unwrap(),
+                    "out_in {out_in}: {what}"
+                );
+            }
+            let tapped = slot
+                .lock()
+                .unwrap()
+                .clone()
+                .expect("the backward filled the tap");
+            let expected: Vec<f32> = values(&composed)
+                .unwrap()
+                .iter()
+                .zip(Rng::new(99).normal_vec(rows * n, 1.0))
+                .map(|(y, w)| 2.0 * y * w)
+                .collect();
+            assert_eq!(values(&tapped).unwrap(), expected);
         }
     }
 

@@ -569,6 +569,7 @@ pub fn run<M: ProbeModel>(
     // Free the autograd graph before the captures are converted and before any extra pass.
     drop(loss);
     let tapped = tapped_extras(network.taps, &mut grads, semantics.fisher_width)?;
+    let grads = parameter_grads(grads, &network);
     let linears = network
         .linears
         .iter()
@@ -636,6 +637,7 @@ pub fn extra_passes<M: ProbeModel>(model: &M, fisher_width: FisherWidth) -> Resu
     drop(loss);
     let tapped = tapped_extras(network.taps, &mut grads, fisher_width)?
         .context("internal error: the model's forward pass recorded no gradient tap")?;
+    let grads = parameter_grads(grads, &network);
     passes_after_backward(model, &network, tapped, grads, None)
 }
 
@@ -658,6 +660,31 @@ fn passes_after_backward<M: ProbeModel>(
     passes::run(tapped, network.params, &weights, grads, loss, readout)
 }
 
+/// The gradients of the network's parameters (every variable, every linear's weight, the
+/// position table) from `grads`, detached, in a store of their own; the rest of `grads` is
+/// dropped. The store a backward pass returns keeps each gradient's own autograd history,
+/// and that history references the forward pass's tensors: as long as it lives, the whole
+/// forward graph does (and so do the gradients of constants, such as masks, that nothing
+/// reads). Dropping it frees that memory before the captures are converted and before
+/// GraSP's second forward; the values are the same tensors.
+fn parameter_grads(mut grads: GradStore, network: &Network<'_>) -> GradStore {
+    let mut kept = GradStore::default();
+    let tensors = network
+        .params
+        .vars()
+        .iter()
+        .map(|(_, v)| v)
+        .chain(network.linears.iter().map(|l| &l.weight))
+        .chain(std::iter::once(network.position_table))
+        .map(Var::as_tensor);
+    for t in tensors {
+        if let Some(g) = grads.remove(t) {
+            kept.insert(t, g.detach());
+        }
+    }
+    kept
+}
+
 /// The tap-based extra values (Fisher, attention confidence, Jacob-Cov) when the model's taps
 /// were on; the taps' own gradients are then removed from `grads` (they are as large as the
 /// activations).
@@ -673,7 +700,7 @@ fn tapped_extras(
     }
     let ex = passes::from_taps(&recorded, grads, fisher_width)?;
     for tap in &recorded {
-        grads.remove(tap.var.as_tensor());
+        tap.release(grads);
     }
     Ok(Some(ex))
 }

@@ -51,7 +51,7 @@ pub struct Extras {
 pub fn from_taps(taps: &[Tap], grads: &GradStore, fisher_width: FisherWidth) -> Result<Extras> {
     let mut out = Extras::default();
     for tap in taps {
-        let Some(g) = grads.get(tap.var.as_tensor()) else {
+        let Some(g) = tap.grad(grads)? else {
             continue;
         };
         match tap.site {
@@ -221,6 +221,51 @@ mod tests {
         assert_eq!((syn, logsyn), (10.0, 0.0));
         let abs = w.as_tensor().to_vec2::<f32>().unwrap();
         assert_eq!(abs, vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
+    }
+
+    /// A linear layer's fused tap and the zero-variable tap on the same output give the same
+    /// gradient, the same Fisher and attention confidence, and the same input gradient.
+    #[test]
+    fn fused_linear_tap_is_the_zero_variable_tap() {
+        use crate::nn::{Layout, Linear, LinearRole};
+        use crate::rng::Rng;
+        let dev = Device::Cpu;
+        let x = Var::from_vec(Rng::new(5).normal_vec(2 * 5 * 3, 1.0), (2, 5, 3), &dev).unwrap();
+        let lin = Linear {
+            name: "l".into(),
+            layer: Some(0),
+            role: LinearRole::FfnIn,
+            weight: Var::from_vec(Rng::new(6).normal_vec(4 * 3, 1.0), (4, 3), &dev).unwrap(),
+            bias: Some(Var::from_vec(Rng::new(7).normal_vec(4, 1.0), 4, &dev).unwrap()),
+            layout: Layout::OutIn,
+        };
+        let run = |fused: bool| {
+            let taps = Taps::default();
+            taps.set_enabled(true);
+            let y = if fused {
+                taps.linear(&lin, x.as_tensor()).unwrap()
+            } else {
+                taps.tap(lin.tap_site(), lin.forward(x.as_tensor()).unwrap())
+                    .unwrap()
+            };
+            let grads = y.tanh().unwrap().sum_all().unwrap().backward().unwrap();
+            let taps = taps.take();
+            assert_eq!(taps.len(), 1);
+            let g = taps[0]
+                .grad(&grads)
+                .unwrap()
+                .expect("the tap has a gradient");
+            assert_eq!(g.dims(), &[2, 5, 4]);
+            let ex = from_taps(&taps, &grads, FisherWidth::Output).unwrap();
+            let dx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+            (
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                ex.fisher,
+                ex.attention_confidence,
+                dx.to_vec1::<f32>().unwrap(),
+            )
+        };
+        assert_eq!(run(true), run(false));
     }
 
     #[test]
