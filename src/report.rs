@@ -307,10 +307,19 @@ pub fn available_memory_bytes() -> Option<u64> {
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), or `None` elsewhere.
 pub fn peak_rss_mib() -> Option<f64> {
+    status_kib("VmHWM:").map(|kib| kib / 1024.0)
+}
+
+/// Resident memory of this process now in MiB (Linux `VmRSS`), or `None` elsewhere.
+pub fn rss_mib() -> Option<f64> {
+    status_kib("VmRSS:").map(|kib| kib / 1024.0)
+}
+
+/// The value in KiB of the line starting with `key` in `/proc/self/status`.
+fn status_kib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Resets the peak resident set size of this process to its current size (Linux:
@@ -324,6 +333,15 @@ pub fn reset_peak_rss() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On Linux the resident size reads as a positive number no larger than the peak.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn resident_size_is_positive_and_below_the_peak() {
+        let now = rss_mib().expect("VmRSS is readable on Linux");
+        let peak = peak_rss_mib().expect("VmHWM is readable on Linux");
+        assert!(now > 0.0 && now <= peak, "rss {now} MiB, peak {peak} MiB");
+    }
 
     #[test]
     fn csv_reads_back_what_it_writes() {

@@ -35,6 +35,30 @@ pub fn reuse_freed_memory() {
     }
 }
 
+/// Resident size (MiB) above which [`release_freed_memory`] hands freed memory back.
+const RELEASE_ABOVE_MIB: f64 = 2048.0;
+
+/// Hands the memory freed so far back to the system (glibc `malloc_trim`) when the process
+/// holds more than 2 GiB; called before each probe.
+///
+/// [`reuse_freed_memory`] has each worker thread keep what it freed for its next
+/// allocations. With several threads and large probes (GPT-2 at 16 × 192: up to 6 GB for
+/// one probe with the extra passes) every thread then kept as much as its largest probe ever
+/// needed, and the peak was the sum of those, not of what ran at the same time. Returning it
+/// once per probe costs page faults on the next probe's first touch, which is why small
+/// processes (a FlexiBERT probe needs well under 1 GB) skip it. Does nothing on other C
+/// libraries or where the resident size cannot be read.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if crate::report::rss_mib().is_some_and(|mib| mib > RELEASE_ABOVE_MIB) {
+        // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe
+        // (it locks each arena in turn).
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// Environment variable that sets the memory probing may use, in GB (10⁹ bytes).
 pub const MEMORY_ENV: &str = "LPZERO_PROBE_MEMORY_GB";
 

@@ -550,6 +550,7 @@ pub fn run<M: ProbeModel>(
     semantics: &'static Semantics,
     build: impl FnOnce(&mut Rng) -> Result<M>,
 ) -> Result<Probe> {
+    memory::release_freed_memory();
     let start = Instant::now();
     let (mut weight_rng, mut dropout_rng) = arch_streams(opts, index);
     let model = build(&mut weight_rng)?;
