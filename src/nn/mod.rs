@@ -518,19 +518,6 @@ impl Tap {
                 .transpose(),
         }
     }
-
-    /// Frees the tap's gradient (as large as the activation): removes it from `grads` or
-    /// empties its slot.
-    pub fn release(&self, grads: &mut GradStore) {
-        match &self.grad {
-            TapGrad::Var(var) => {
-                grads.remove(var.as_tensor());
-            }
-            TapGrad::Slot(slot) => {
-                slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            }
-        }
-    }
 }
 
 /// Gradient taps on intermediate activations.

@@ -566,10 +566,10 @@ pub fn run<M: ProbeModel>(
     let softmax = detach(captures.softmax);
     let mixer_outputs = captures.mixer_outputs.map(detach);
     let loss_value = loss.to_scalar::<f32>()? as f64;
-    let mut grads = loss.backward()?;
+    let grads = loss.backward()?;
     // Free the autograd graph before the captures are converted and before any extra pass.
     drop(loss);
-    let tapped = tapped_extras(network.taps, &mut grads, semantics.fisher_width)?;
+    let tapped = tapped_extras(network.taps, &grads, semantics.fisher_width)?;
     let grads = parameter_grads(grads, &network);
     let linears = network
         .linears
@@ -634,9 +634,9 @@ pub fn extra_passes<M: ProbeModel>(model: &M, fisher_width: FisherWidth) -> Resu
     network.taps.set_enabled(true);
     let Pass { loss, captures } = model.forward(None)?;
     drop(captures);
-    let mut grads = loss.backward()?;
+    let grads = loss.backward()?;
     drop(loss);
-    let tapped = tapped_extras(network.taps, &mut grads, fisher_width)?
+    let tapped = tapped_extras(network.taps, &grads, fisher_width)?
         .context("internal error: the model's forward pass recorded no gradient tap")?;
     let grads = parameter_grads(grads, &network);
     passes_after_backward(model, &network, tapped, grads, None)
@@ -687,11 +687,12 @@ fn parameter_grads(mut grads: GradStore, network: &Network<'_>) -> GradStore {
 }
 
 /// The tap-based extra values (Fisher, attention confidence, Jacob-Cov) when the model's taps
-/// were on; the taps' own gradients are then removed from `grads` (they are as large as the
-/// activations).
+/// were on. The taps' gradients (as large as the activations) are not parameters: the
+/// callers' [`parameter_grads`], right after, drops them with the rest of the store and the
+/// graph (which holds the fused layers' gradient slots).
 fn tapped_extras(
     taps: &Taps,
-    grads: &mut GradStore,
+    grads: &GradStore,
     fisher_width: FisherWidth,
 ) -> Result<Option<passes::Extras>> {
     let recorded = taps.take();
@@ -699,9 +700,5 @@ fn tapped_extras(
     if recorded.is_empty() {
         return Ok(None);
     }
-    let ex = passes::from_taps(&recorded, grads, fisher_width)?;
-    for tap in &recorded {
-        tap.release(grads);
-    }
-    Ok(Some(ex))
+    Ok(Some(passes::from_taps(&recorded, grads, fisher_width)?))
 }
