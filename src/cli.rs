@@ -350,6 +350,10 @@ struct GpArgs {
     /// Unary operations per branch (tree and extended structures).
     #[arg(long, default_value_t = SearchOptions::default().n_unary)]
     n_unary: usize,
+    /// Extended structure: probability that a branch starts from an element-wise pair of
+    /// inputs such as `mul(weight, grad)` (0: none).
+    #[arg(long, default_value_t = SearchOptions::default().pairs)]
+    pairs: f64,
     /// Which proxies count as good: `oriented` (fitness ρ against the ground truth, higher is
     /// better) or `either` (fitness |ρ|; a backward proxy enters the hall of fame as `neg(…)`).
     #[arg(long, value_enum, default_value_t = if SearchOptions::default().either_sign { FitnessSign::Either } else { FitnessSign::Oriented })]
@@ -395,6 +399,7 @@ impl GpArgs {
             iterations: self.iterations,
             structure,
             n_unary: self.n_unary,
+            pairs: self.pairs,
             seed,
             checkpoint_every: self.checkpoint_every,
             threads,

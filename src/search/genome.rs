@@ -31,7 +31,10 @@
 //!   the branch is summed over its items (`total`, so a proxy can grow with depth), and one op
 //!   after the reduction (`log`, `sqrt`, ...), so branches can be combined scale-free
 //!   (`add(log(a), log(b))` ranks like `a · b`). With `mean`, no `total` and `no_op` it is the
-//!   reference template, so the reference space is a subset.
+//!   reference template, so the reference space is a subset. With the search option `pairs`
+//!   above 0 a branch may also start from an element-wise pair of inputs
+//!   ([`ElementwisePair`], e.g. `mul(weight, grad)`, the W⊙∇W of SNIP), a binary op before
+//!   the reduction.
 //!
 //! Random sampling uses the reference weights (spec §4.5): inputs uniformly over [`Input::ALL`],
 //! unary ops by [`UNARY_SAMPLING_WEIGHTS`], binary ops by [`BINARY_SAMPLING_WEIGHTS`].
@@ -55,7 +58,7 @@ pub const GRAPH_EDGES: usize = 2 + 3 + 4;
 pub const FREE_NODE_WEIGHTS: [f64; 3] = [0.25, 0.5, 0.25];
 
 /// The sizes that shape genomes (taken from [`super::SearchOptions::genome_spec`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenomeSpec {
     /// Which representation.
     pub structure: Structure,
@@ -65,6 +68,10 @@ pub struct GenomeSpec {
     pub linear_length: usize,
     /// Maximum depth of a free tree (≥ 2).
     pub max_depth: usize,
+    /// Probability that a freshly drawn extended branch reads an element-wise pair of inputs
+    /// ([`ElementwisePair`]) instead of one input; 0 (the default) draws nothing for it, so
+    /// searches without pairs are draw for draw what they were before pairs existed.
+    pub pairs: f64,
 }
 
 /// One individual's heritable material (serde: tagged by `structure`).
@@ -113,6 +120,45 @@ pub struct ExtendedGenotype {
     pub post: [UnaryOp; 2],
     /// The op joining the branches.
     pub binary: BinaryOp,
+    /// Each branch's element-wise partner: with `Some`, the branch's chain starts from
+    /// `op(input, with)` item by item (for example `mul(weight, grad)`, the W⊙∇W behind SNIP
+    /// and synaptic saliency) instead of from the input alone. Absent in files written
+    /// without pairs.
+    #[serde(default, skip_serializing_if = "no_pairs")]
+    pub pair: [Option<ElementwisePair>; 2],
+}
+
+/// The second operand of an extended branch's element-wise pair (see
+/// [`ExtendedGenotype::pair`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ElementwisePair {
+    /// The element-wise op (one of [`EXTENDED_BINARY`]).
+    pub op: BinaryOp,
+    /// The input it combines the branch's input with, item by item (the items must have
+    /// equal shapes, or the candidate has no value and is pruned).
+    pub with: Input,
+}
+
+impl ElementwisePair {
+    /// A pair for a branch reading `input`, drawn with probability `p` (nothing drawn when `p`
+    /// is 0): op from [`EXTENDED_BINARY`], partner uniformly from the other inputs (a pair
+    /// of an input with itself is a unary op the chain already has: `mul(x, x)` is `pow2(x)`).
+    pub fn maybe_random(p: f64, input: Input, rng: &mut Rng) -> Option<Self> {
+        if p > 0.0 && rng.bernoulli(p) {
+            let others: Vec<Input> = Input::ALL.into_iter().filter(|&i| i != input).collect();
+            Some(Self {
+                op: sample_from(&EXTENDED_BINARY, rng),
+                with: others[rng.range(0, others.len())],
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// True when neither branch has a pair (serde: the field is then left out).
+fn no_pairs(pair: &[Option<ElementwisePair>; 2]) -> bool {
+    pair.iter().all(Option::is_none)
 }
 
 /// Reductions an extended branch can end with, and their sampling weights (not normalised).
@@ -153,8 +199,9 @@ pub fn sample_from<T: Copy>(table: &[(T, f64)], rng: &mut Rng) -> T {
 }
 
 impl ExtendedGenotype {
-    /// A random extended genotype with `n_unary` item-wise ops per branch.
-    pub fn random(n_unary: usize, rng: &mut Rng) -> Self {
+    /// A random extended genotype with `n_unary` item-wise ops per branch, each branch with an
+    /// element-wise pair with probability `pairs` (drawn after the rest, nothing drawn at 0).
+    pub fn random(n_unary: usize, pairs: f64, rng: &mut Rng) -> Self {
         let branch = |rng: &mut Rng| {
             (
                 sample_input(rng),
@@ -166,22 +213,32 @@ impl ExtendedGenotype {
         };
         let (i0, u0, r0, t0, p0) = branch(rng);
         let (i1, u1, r1, t1, p1) = branch(rng);
+        let binary = sample_from(&EXTENDED_BINARY, rng);
+        let pair = [
+            ElementwisePair::maybe_random(pairs, i0, rng),
+            ElementwisePair::maybe_random(pairs, i1, rng),
+        ];
         Self {
             inputs: [i0, i1],
             unary: [u0, u1],
             reduce: [r0, r1],
             total: [t0, t1],
             post: [p0, p1],
-            binary: sample_from(&EXTENDED_BINARY, rng),
+            binary,
+            pair,
         }
     }
 
     /// The expression `binary(branch 0, branch 1)`.
     pub fn to_expr(&self) -> Expr {
         let branch = |k: usize| {
+            let start = match self.pair[k] {
+                Some(p) => Expr::binary(p.op, Expr::Input(self.inputs[k]), Expr::Input(p.with)),
+                None => Expr::Input(self.inputs[k]),
+            };
             let chain = self.unary[k]
                 .iter()
-                .fold(Expr::Input(self.inputs[k]), |e, &op| Expr::unary(op, e));
+                .fold(start, |e, &op| Expr::unary(op, e));
             let reduced = Expr::unary(self.reduce[k], chain);
             let summed = if self.total[k] {
                 Expr::unary(UnaryOp::Total, reduced)
@@ -274,7 +331,9 @@ impl Genome {
             Structure::Free => Genome::Free {
                 expr: grow_expr(spec.max_depth, true, rng),
             },
-            Structure::Extended => Genome::Extended(ExtendedGenotype::random(spec.n_unary, rng)),
+            Structure::Extended => {
+                Genome::Extended(ExtendedGenotype::random(spec.n_unary, spec.pairs, rng))
+            }
         }
     }
 
@@ -334,6 +393,15 @@ impl Genome {
                 }
                 if let Some(op) = g.post.iter().find(|p| !known(p, &EXTENDED_POST_OPS)) {
                     return Err(format!("`{op}` is not a post op of the extended template"));
+                }
+                let pair_ops = g.pair.iter().flatten().map(|p| p.op);
+                if let Some(op) = pair_ops
+                    .into_iter()
+                    .find(|op| !EXTENDED_BINARY.iter().any(|(o, _)| o == op))
+                {
+                    return Err(format!(
+                        "`{op}` is not an element-wise pair op of the extended template"
+                    ));
                 }
                 match g.unary.iter().find(|c| c.len() != spec.n_unary) {
                     Some(c) => ("unary ops in a branch", c.len(), spec.n_unary),
@@ -414,6 +482,7 @@ mod tests {
             n_unary: 2,
             linear_length: 4,
             max_depth: 5,
+            pairs: 0.0,
         }
     }
 
@@ -464,6 +533,7 @@ mod tests {
             total: [true, false],
             post: [Log, NoOp],
             binary: BinaryOp::Sub,
+            pair: [None, None],
         };
         assert_eq!(
             g.to_expr().to_string(),
@@ -478,6 +548,7 @@ mod tests {
             total: [false, false],
             post: [NoOp, NoOp],
             binary: t.binary,
+            pair: [None, None],
         };
         assert_eq!(
             crate::proxy::canonical::key(&e.to_expr()),
@@ -485,10 +556,88 @@ mod tests {
         );
         let mut rng = Rng::new(3);
         let totals = (0..400)
-            .map(|_| ExtendedGenotype::random(2, &mut rng))
+            .map(|_| ExtendedGenotype::random(2, 0.0, &mut rng))
             .filter(|g| g.total[0])
             .count();
         assert!((150..250).contains(&totals), "{totals}");
+    }
+
+    #[test]
+    fn extended_pairs_start_a_branch_from_an_element_wise_pair() {
+        use UnaryOp::*;
+        let g = ExtendedGenotype {
+            inputs: [Input::Weight, Input::Head],
+            unary: [vec![Abs, NoOp], vec![NoOp, NoOp]],
+            reduce: [Sum, Mean],
+            total: [true, false],
+            post: [NoOp, Log],
+            binary: BinaryOp::Add,
+            pair: [
+                Some(ElementwisePair {
+                    op: BinaryOp::Mul,
+                    with: Input::Grad,
+                }),
+                None,
+            ],
+        };
+        assert_eq!(
+            g.to_expr().to_string(),
+            "add(no_op(total(sum(no_op(abs(mul(weight, grad)))))), log(mean(no_op(no_op(head)))))"
+        );
+        let json = serde_json::to_string(&Genome::Extended(g.clone())).unwrap();
+        assert!(json.contains("\"pair\""), "{json}");
+        assert_eq!(
+            serde_json::from_str::<Genome>(&json).unwrap(),
+            Genome::Extended(g.clone())
+        );
+        // Without pairs the field is left out, and files without it read back as no pairs.
+        let plain = ExtendedGenotype {
+            pair: [None, None],
+            ..g
+        };
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("pair"), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ExtendedGenotype>(&json).unwrap(),
+            plain
+        );
+
+        // The pair genes are drawn after the others, and `pairs = 0` draws nothing for them:
+        // a tiny `pairs` gives the same other genes but leaves the RNG elsewhere.
+        let mut a = Rng::new(9);
+        let mut with = spec(Structure::Extended);
+        let without = with;
+        with.pairs = 1e-300;
+        for _ in 0..50 {
+            let mut b = a.clone();
+            let x = Genome::random(&without, &mut a);
+            let Genome::Extended(y) = Genome::random(&with, &mut b) else {
+                unreachable!()
+            };
+            assert_eq!(
+                Genome::Extended(ExtendedGenotype {
+                    pair: [None, None],
+                    ..y
+                }),
+                x
+            );
+            assert_ne!(a, b);
+        }
+        // At `pairs = 0.5` about half the branches have a pair, each op from the binary table.
+        with.pairs = 0.5;
+        let mut rng = Rng::new(4);
+        let mut paired = 0;
+        for _ in 0..400 {
+            let Genome::Extended(g) = Genome::random(&with, &mut rng) else {
+                unreachable!()
+            };
+            assert!(Genome::Extended(g.clone()).check(&with).is_ok());
+            paired += g.pair.iter().flatten().count();
+            for (p, input) in g.pair.iter().zip(g.inputs) {
+                assert!(p.is_none_or(|p| p.with != input), "{g:?}");
+            }
+        }
+        assert!((300..500).contains(&paired), "{paired}");
     }
 
     #[test]

@@ -98,6 +98,12 @@ pub struct SearchOptions {
     pub linear_length: usize,
     /// Maximum depth (nodes on the longest root-to-leaf path) in the free structure.
     pub max_depth: usize,
+    /// Extended structure: probability that a freshly drawn branch starts from an element-wise
+    /// pair of inputs, `op(x, y)` before its chain and reduction (e.g. `mul(weight, grad)`,
+    /// the W⊙∇W of SNIP and synaptic saliency). 0 (the default, left out of files) keeps the
+    /// extended template as it was, draw for draw.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pairs: f64,
     /// Seed of the one RNG that drives sampling, selection and variation.
     pub seed: u64,
     /// Number of best distinct proxies (by canonical key) kept in the hall of fame.
@@ -166,6 +172,7 @@ impl SearchOptions {
             n_unary: 2,
             linear_length: 4,
             max_depth: 5,
+            pairs: 0.0,
             seed: 0,
             hall_of_fame: 10,
             checkpoint_every: 50,
@@ -180,6 +187,12 @@ impl SearchOptions {
             restarts: 1,
         }
     }
+}
+
+/// True for exactly 0 (serde: a field added later is left out of files when unused, so
+/// files written before it existed and after are the same).
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// lpzero's default number of GP restarts ([`SearchOptions::restarts`]).
@@ -291,6 +304,16 @@ impl SearchOptions {
                 self.parsimony
             );
         }
+        if !(0.0..=1.0).contains(&self.pairs) {
+            bail!("pairs must be a probability in [0, 1], got {}", self.pairs);
+        }
+        if self.mutation.pair > 0.0 && self.pairs == 0.0 {
+            bail!(
+                "mutation weight `pair` is {} but pairs is 0: there are no element-wise pairs \
+                 to mutate",
+                self.mutation.pair
+            );
+        }
         if self.init_attempts_per_member == 0 {
             bail!("init_attempts_per_member must be at least 1");
         }
@@ -310,6 +333,7 @@ impl SearchOptions {
             n_unary: self.n_unary,
             linear_length: self.linear_length,
             max_depth: self.max_depth,
+            pairs: self.pairs,
         }
     }
 }
@@ -406,9 +430,41 @@ mod tests {
                 hall_of_fame: 0,
                 ..Default::default()
             },
+            SearchOptions {
+                pairs: 1.5,
+                ..Default::default()
+            },
+            SearchOptions {
+                pairs: f64::NAN,
+                ..Default::default()
+            },
+            SearchOptions {
+                mutation: MutationWeights {
+                    pair: 1.0,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         ];
         for o in bad {
             assert!(o.validate().is_err(), "{o:?}");
         }
+        let paired = SearchOptions {
+            pairs: 0.3,
+            mutation: MutationWeights {
+                pair: 1.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        paired.validate().unwrap();
+        // `pairs` is written only when used, and read back.
+        let json = serde_json::to_string(&paired).unwrap();
+        assert_eq!(
+            serde_json::from_str::<SearchOptions>(&json).unwrap(),
+            paired
+        );
+        let json = serde_json::to_string(&SearchOptions::default()).unwrap();
+        assert!(!json.contains("pair"), "{json}");
     }
 }

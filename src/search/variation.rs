@@ -18,7 +18,10 @@
 //!
 //! * **Extended**: gene-wise like the tree (each input, chain op, reduction, `total` flag, post
 //!   op and the binary op from either parent with ½; mutation keeps each gene with ½ else
-//!   redraws it from its table in [`super::genome`]).
+//!   redraws it from its table in [`super::genome`]). A branch's element-wise pair is one
+//!   more gene, crossed and mutated the same way, except that nothing is drawn for it when
+//!   both parents agree (crossover) or when the search has no pairs (mutation), so searches
+//!   without pairs keep their draws.
 //!
 //! Mutation operators are named and weighted ([`MutationWeights`], in the manner of
 //! SymbolicRegression.jl's `MutationWeights`): a mutation first picks one operator of the
@@ -27,7 +30,7 @@
 //! its inner subtrees: it shrinks a tree). For the gene-wise structures the reference's rule
 //! "each gene kept with probability ½, else redrawn" is itself one operator, `genes`, and the
 //! others apply the same rule to one kind of gene only: `input`, `unary`, `binary` and, for the
-//! extended structure, `reduce`, `total` and `post`. The defaults (`point` and `subtree` 1,
+//! extended structure, `reduce`, `total`, `post` and `pair`. The defaults (`point` and `subtree` 1,
 //! `genes` 1, every other 0) are the mutation described above, draw for draw; when one
 //! operator alone has a weight, picking it draws nothing.
 //!
@@ -38,8 +41,8 @@ use serde::{Deserialize, Serialize};
 
 use super::genome::{
     grow_expr, sample_binary, sample_free_unary, sample_from, sample_input, sample_unary,
-    ExtendedGenotype, Genome, GenomeSpec, EXTENDED_BINARY, EXTENDED_POST_OPS, EXTENDED_REDUCTIONS,
-    EXTENDED_TOTAL_P, GRAPH_EDGES,
+    ElementwisePair, ExtendedGenotype, Genome, GenomeSpec, EXTENDED_BINARY, EXTENDED_POST_OPS,
+    EXTENDED_REDUCTIONS, EXTENDED_TOTAL_P, GRAPH_EDGES,
 };
 use crate::proxy::expr::Expr;
 use crate::proxy::genotype::TreeGenotype;
@@ -73,11 +76,13 @@ pub enum Mutation {
     Total,
     /// Extended: the post-reduction ops only.
     Post,
+    /// Extended: the element-wise pairs only (with the search option `pairs` above 0).
+    Pair,
 }
 
 impl Mutation {
     /// Every operator, in [`MutationWeights`] field order.
-    pub const ALL: [Mutation; 10] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::Point,
         Mutation::Subtree,
         Mutation::Hoist,
@@ -88,6 +93,7 @@ impl Mutation {
         Mutation::Reduce,
         Mutation::Total,
         Mutation::Post,
+        Mutation::Pair,
     ];
 
     /// The operator's name (its [`MutationWeights`] field).
@@ -103,6 +109,7 @@ impl Mutation {
             Mutation::Reduce => "reduce",
             Mutation::Total => "total",
             Mutation::Post => "post",
+            Mutation::Pair => "pair",
         }
     }
 
@@ -143,6 +150,14 @@ pub struct MutationWeights {
     pub total: f64,
     /// [`Mutation::Post`] (extended; default 0).
     pub post: f64,
+    /// [`Mutation::Pair`] (extended; default 0; left out of files when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pair: f64,
+}
+
+/// True for a weight of exactly 0 (serde: such a new field is left out of files).
+fn is_zero(w: &f64) -> bool {
+    *w == 0.0
 }
 
 impl Default for MutationWeights {
@@ -160,6 +175,7 @@ impl Default for MutationWeights {
             reduce: 0.0,
             total: 0.0,
             post: 0.0,
+            pair: 0.0,
         }
     }
 }
@@ -178,6 +194,7 @@ impl MutationWeights {
             Mutation::Reduce => self.reduce,
             Mutation::Total => self.total,
             Mutation::Post => self.post,
+            Mutation::Pair => self.pair,
         }
     }
 
@@ -239,6 +256,7 @@ struct Redraw {
     reduce: bool,
     total: bool,
     post: bool,
+    pair: bool,
 }
 
 impl Redraw {
@@ -252,6 +270,7 @@ impl Redraw {
             reduce: only(Mutation::Reduce),
             total: only(Mutation::Total),
             post: only(Mutation::Post),
+            pair: only(Mutation::Pair),
         }
     }
 }
@@ -299,6 +318,16 @@ fn pick<T: Copy>(x: T, y: T, rng: &mut Rng) -> T {
         x
     } else {
         y
+    }
+}
+
+/// Like [`pick`], but drawing nothing when the two values are equal (for genes added after
+/// the search's draws were fixed: parents without them keep the old sequence of draws).
+fn pick_if_different<T: Copy + PartialEq>(x: T, y: T, rng: &mut Rng) -> T {
+    if x == y {
+        x
+    } else {
+        pick(x, y, rng)
     }
 }
 
@@ -358,13 +387,19 @@ pub fn crossover(a: &Genome, b: &Genome, spec: &GenomeSpec, rng: &mut Rng) -> Re
             };
             let (i0, u0, r0, t0, p0) = both(0, rng);
             let (i1, u1, r1, t1, p1) = both(1, rng);
+            let binary = pick(x.binary, y.binary, rng);
+            let pair = [
+                pick_if_different(x.pair[0], y.pair[0], rng),
+                pick_if_different(x.pair[1], y.pair[1], rng),
+            ];
             Genome::Extended(ExtendedGenotype {
                 inputs: [i0, i1],
                 unary: [u0, u1],
                 reduce: [r0, r1],
                 total: [t0, t1],
                 post: [p0, p1],
-                binary: pick(x.binary, y.binary, rng),
+                binary,
+                pair,
             })
         }
         _ => bail!(
@@ -432,15 +467,25 @@ pub fn mutate(g: &Genome, spec: &GenomeSpec, weights: &MutationWeights, rng: &mu
             };
             let (i0, u0, r0, t0, p0) = branch(0, rng);
             let (i1, u1, r1, t1, p1) = branch(1, rng);
+            let binary = keep_or(x.binary, redraw.binary, rng, |rng| {
+                sample_from(&EXTENDED_BINARY, rng)
+            });
+            // Without pairs in the search nothing is drawn (a pair read from a file is kept).
+            let pair_redraw = redraw.pair && spec.pairs > 0.0;
+            let mut pair = x.pair;
+            for (p, input) in pair.iter_mut().zip([i0, i1]) {
+                *p = keep_or(*p, pair_redraw, rng, |rng| {
+                    ElementwisePair::maybe_random(spec.pairs, input, rng)
+                });
+            }
             Genome::Extended(ExtendedGenotype {
                 inputs: [i0, i1],
                 unary: [u0, u1],
                 reduce: [r0, r1],
                 total: [t0, t1],
                 post: [p0, p1],
-                binary: keep_or(x.binary, redraw.binary, rng, |rng| {
-                    sample_from(&EXTENDED_BINARY, rng)
-                }),
+                binary,
+                pair,
             })
         }
     }
@@ -553,6 +598,7 @@ mod tests {
             n_unary,
             linear_length: 4,
             max_depth: 5,
+            pairs: 0.0,
         }
     }
 
@@ -641,6 +687,59 @@ mod tests {
                 }
             }
             assert!(changed > 300, "{st}: only {changed} offspring differ");
+        }
+    }
+
+    #[test]
+    fn element_wise_pairs_are_crossed_and_mutated_as_genes() {
+        let mut s = spec(Structure::Extended, 2);
+        s.pairs = 0.5;
+        let mut rng = Rng::new(12);
+        let pair_only = MutationWeights {
+            genes: 0.0,
+            pair: 1.0,
+            ..MutationWeights::default()
+        };
+        let (mut changed, mut from_a) = (0, 0);
+        for _ in 0..300 {
+            let (a, b) = (Genome::random(&s, &mut rng), Genome::random(&s, &mut rng));
+            let (Genome::Extended(x), Genome::Extended(y)) = (&a, &b) else {
+                panic!()
+            };
+            // Crossover takes each branch's pair from one parent; equal pairs draw nothing.
+            let Genome::Extended(c) = crossover(&a, &b, &s, &mut rng).unwrap() else {
+                panic!()
+            };
+            for k in 0..2 {
+                assert!(c.pair[k] == x.pair[k] || c.pair[k] == y.pair[k]);
+                from_a += usize::from(x.pair[k] != y.pair[k] && c.pair[k] == x.pair[k]);
+            }
+            // The `pair` operator changes nothing but the pairs.
+            let Genome::Extended(m) = mutate(&a, &s, &pair_only, &mut rng) else {
+                panic!()
+            };
+            assert_eq!(
+                ExtendedGenotype {
+                    pair: x.pair,
+                    ..m.clone()
+                },
+                *x
+            );
+            changed += usize::from(m.pair != x.pair);
+        }
+        assert!(changed > 60, "{changed}");
+        assert!(from_a > 60, "{from_a}");
+        // Without pairs in the search, mutation keeps a pair read from a file as it is.
+        s.pairs = 0.0;
+        let mut g = ExtendedGenotype::random(2, 1.0, &mut rng);
+        g.inputs = [crate::proxy::expr::Input::Weight; 2];
+        let a = Genome::Extended(g.clone());
+        let w = MutationWeights::default();
+        for _ in 0..20 {
+            let Genome::Extended(m) = mutate(&a, &s, &w, &mut rng) else {
+                panic!()
+            };
+            assert_eq!(m.pair, g.pair);
         }
     }
 
