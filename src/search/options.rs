@@ -102,7 +102,7 @@ pub struct SearchOptions {
     /// pair of inputs, `op(x, y)` before its chain and reduction (e.g. `mul(weight, grad)`,
     /// the W⊙∇W of SNIP and synaptic saliency). 0 (the default, left out of files) keeps the
     /// extended template as it was, draw for draw.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "super::variation::is_zero")]
     pub pairs: f64,
     /// Seed of the one RNG that drives sampling, selection and variation.
     pub seed: u64,
@@ -187,12 +187,6 @@ impl SearchOptions {
             restarts: 1,
         }
     }
-}
-
-/// True for exactly 0 (serde: a field added later is left out of files when unused, so
-/// files written before it existed and after are the same).
-fn is_zero(x: &f64) -> bool {
-    *x == 0.0
 }
 
 /// lpzero's default number of GP restarts ([`SearchOptions::restarts`]).
@@ -306,6 +300,14 @@ impl SearchOptions {
         }
         if !(0.0..=1.0).contains(&self.pairs) {
             bail!("pairs must be a probability in [0, 1], got {}", self.pairs);
+        }
+        if self.pairs > 0.0 && self.structure != Structure::Extended {
+            bail!(
+                "pairs is {} but the structure is {}: element-wise pairs are genes of the \
+                 extended structure only (the free structure can write any binary op)",
+                self.pairs,
+                self.structure
+            );
         }
         if self.mutation.pair > 0.0 && self.pairs == 0.0 {
             bail!(
@@ -436,6 +438,11 @@ mod tests {
             },
             SearchOptions {
                 pairs: f64::NAN,
+                ..Default::default()
+            },
+            SearchOptions {
+                pairs: 0.3,
+                structure: Structure::Free,
                 ..Default::default()
             },
             SearchOptions {

@@ -155,8 +155,9 @@ pub struct MutationWeights {
     pub pair: f64,
 }
 
-/// True for a weight of exactly 0 (serde: such a new field is left out of files).
-fn is_zero(w: &f64) -> bool {
+/// True for exactly 0 (serde: an option or weight added later is left out of files while
+/// unused, so files written before it existed and after are the same).
+pub(crate) fn is_zero(w: &f64) -> bool {
     *w == 0.0
 }
 
