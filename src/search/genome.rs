@@ -192,6 +192,12 @@ pub const EXTENDED_BINARY: [(BinaryOp, f64); 3] = [
 /// Probability that a freshly drawn extended branch is summed over its items.
 pub const EXTENDED_TOTAL_P: f64 = 0.5;
 
+/// True when `x` is one of the entries of a weighted table (a genome read from a file may
+/// hold a value its table does not).
+fn in_table<T: PartialEq>(x: &T, table: &[(T, f64)]) -> bool {
+    table.iter().any(|(t, _)| t == x)
+}
+
 /// One entry of a weighted table.
 pub fn sample_from<T: Copy>(table: &[(T, f64)], rng: &mut Rng) -> T {
     let weights: Vec<f64> = table.iter().map(|(_, w)| *w).collect();
@@ -384,21 +390,20 @@ impl Genome {
                 }
             }
             Genome::Extended(g) => {
-                let known =
-                    |op: &UnaryOp, table: &[(UnaryOp, f64)]| table.iter().any(|(o, _)| o == op);
-                if let Some(op) = g.reduce.iter().find(|r| !known(r, &EXTENDED_REDUCTIONS)) {
+                if let Some(op) = g
+                    .reduce
+                    .iter()
+                    .find(|&r| !in_table(r, &EXTENDED_REDUCTIONS))
+                {
                     return Err(format!(
                         "`{op}` is not a reduction of the extended template"
                     ));
                 }
-                if let Some(op) = g.post.iter().find(|p| !known(p, &EXTENDED_POST_OPS)) {
+                if let Some(op) = g.post.iter().find(|&p| !in_table(p, &EXTENDED_POST_OPS)) {
                     return Err(format!("`{op}` is not a post op of the extended template"));
                 }
-                let pair_ops = g.pair.iter().flatten().map(|p| p.op);
-                if let Some(op) = pair_ops
-                    .into_iter()
-                    .find(|op| !EXTENDED_BINARY.iter().any(|(o, _)| o == op))
-                {
+                let mut pair_ops = g.pair.iter().flatten().map(|p| p.op);
+                if let Some(op) = pair_ops.find(|op| !in_table(op, &EXTENDED_BINARY)) {
                     return Err(format!(
                         "`{op}` is not an element-wise pair op of the extended template"
                     ));
@@ -593,7 +598,7 @@ mod tests {
         // Without pairs the field is left out, and files without it read back as no pairs.
         let plain = ExtendedGenotype {
             pair: [None, None],
-            ..g
+            ..g.clone()
         };
         let json = serde_json::to_string(&plain).unwrap();
         assert!(!json.contains("pair"), "{json}");
@@ -638,6 +643,19 @@ mod tests {
             }
         }
         assert!((300..500).contains(&paired), "{paired}");
+        // A pair op outside the binary table (a hand-edited file) is refused by name.
+        let bad = Genome::Extended(ExtendedGenotype {
+            pair: [
+                None,
+                Some(ElementwisePair {
+                    op: BinaryOp::Matmul,
+                    with: Input::Grad,
+                }),
+            ],
+            ..g
+        });
+        let e = bad.check(&with).unwrap_err();
+        assert!(e.contains("`matmul` is not an element-wise pair op"), "{e}");
     }
 
     #[test]

@@ -732,8 +732,7 @@ mod tests {
         assert!(from_a > 60, "{from_a}");
         // Without pairs in the search, mutation keeps a pair read from a file as it is.
         s.pairs = 0.0;
-        let mut g = ExtendedGenotype::random(2, 1.0, &mut rng);
-        g.inputs = [crate::proxy::expr::Input::Weight; 2];
+        let g = ExtendedGenotype::random(2, 1.0, &mut rng);
         let a = Genome::Extended(g.clone());
         let w = MutationWeights::default();
         for _ in 0..20 {
