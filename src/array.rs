@@ -33,6 +33,24 @@ enum Values {
     Bf16(Arc<Vec<u16>>),
 }
 
+/// An array's values as stored ([`Array::stored`]): `f32` values or bfloat16 bit patterns.
+#[derive(Clone, Copy, Debug)]
+pub enum Stored<'a> {
+    /// Full precision.
+    F32(&'a [f32]),
+    /// bfloat16 bit patterns (see [`to_bf16`]).
+    Bf16(&'a [u16]),
+}
+
+/// Owned values in either stored form, to build an array with [`Array::from_stored`].
+#[derive(Clone, Debug)]
+pub enum StoredOwned {
+    /// Full precision.
+    F32(Vec<f32>),
+    /// bfloat16 bit patterns (see [`to_bf16`]).
+    Bf16(Vec<u16>),
+}
+
 /// The bfloat16 nearest to `x` (ties to even), as its bit pattern. Infinities stay infinite,
 /// a NaN stays a NaN (quiet), and values beyond bfloat16's largest finite value become
 /// infinite, as round-to-nearest prescribes.
@@ -113,6 +131,29 @@ impl Array {
             Values::F32(v) => Arc::as_ptr(v) as usize,
             Values::Bf16(v) => Arc::as_ptr(v) as usize,
         }
+    }
+
+    /// The values exactly as stored (for writing them elsewhere and reading them back with
+    /// [`Array::from_stored`] without a rounding step).
+    pub fn stored(&self) -> Stored<'_> {
+        match &self.data {
+            Values::F32(v) => Stored::F32(v),
+            Values::Bf16(v) => Stored::Bf16(v),
+        }
+    }
+
+    /// An array of `shape` holding values in either stored form (what [`Array::stored`] gave);
+    /// fails when the element count does not match the shape.
+    pub fn from_stored(shape: Vec<usize>, values: StoredOwned) -> Result<Self, String> {
+        let (n, data) = match values {
+            StoredOwned::F32(v) => (v.len(), Values::F32(Arc::new(v))),
+            StoredOwned::Bf16(v) => (v.len(), Values::Bf16(Arc::new(v))),
+        };
+        let want: usize = shape.iter().product();
+        if n != want {
+            return Err(format!("shape {shape:?} needs {want} values, got {n}"));
+        }
+        Ok(Self { shape, data })
     }
 
     /// True when the values are stored as bfloat16.

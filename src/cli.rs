@@ -438,6 +438,8 @@ struct SearchArgs {
     /// varying --seed varies only the search and its fitness sample.
     #[arg(long)]
     probe_seed: Option<u64>,
+    #[command(flatten)]
+    spill: SpillArgs,
     /// Fitness architectures: a range (`0..50`) or `random:N` (drawn with --seed); every
     /// other architecture is held out.
     #[arg(long, default_value = "0..50")]
@@ -460,6 +462,18 @@ struct SearchArgs {
     json: bool,
 }
 
+/// Where a search keeps its fitness probes (`search`, `study`).
+#[derive(Args)]
+struct SpillArgs {
+    /// Keep the fitness probes' arrays in a file in this directory instead of memory (the
+    /// same values, read back at every evaluation; the system caches the file in memory it
+    /// has to spare). For fitness sets larger than the memory the search may use (GPT-2 at
+    /// 16 × 192: about 210 MB per architecture as bf16). The file is removed when the search
+    /// ends.
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
+}
+
 #[derive(Args)]
 struct StudyArgs {
     #[command(flatten)]
@@ -468,6 +482,8 @@ struct StudyArgs {
     probe: ProbeArgs,
     #[command(flatten)]
     gp: GpArgs,
+    #[command(flatten)]
+    spill: SpillArgs,
     /// Number of random fitness splits; split k uses seed --seed + k for its fitness sample
     /// and its search. The probes use --probe-seed for every split.
     #[arg(long, default_value_t = 5)]
@@ -868,6 +884,7 @@ fn search(a: SearchArgs) -> Result<()> {
         threads,
         out: out.clone(),
         resume: a.resume.clone(),
+        spill_dir: a.spill.spill_dir.clone(),
     };
     let summary = pipeline::search_benchmark(&job, &opts, &|phase, done, _total| {
         let bar = match phase {
@@ -904,6 +921,7 @@ fn study(a: StudyArgs) -> Result<()> {
         probe,
         threads,
         out: a.out.clone(),
+        spill_dir: a.spill.spill_dir.clone(),
     };
     let split = std::sync::Mutex::new(0usize);
     let bars = [

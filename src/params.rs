@@ -50,7 +50,7 @@ pub fn count_columns(
     let limit = memory::MemoryLimit::current()?;
     let size_of = |entry: &crate::bench::Entry| family.size(&entry.arch, &opts);
     let work = memory::Work::Build;
-    memory::check_fits(bench, selection, &opts, 1, limit, work, &size_of)?;
+    memory::check_fits(bench, selection, &opts, limit, work, &size_of)?;
     selection
         .iter()
         .map(|&i| {

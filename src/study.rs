@@ -106,6 +106,8 @@ pub struct StudyJob<'a> {
     pub threads: usize,
     /// Study folder (written when given).
     pub out: Option<PathBuf>,
+    /// Where each split keeps its fitness probes ([`SearchJob::spill_dir`]).
+    pub spill_dir: Option<PathBuf>,
 }
 
 pub use crate::search::pipeline::{Phase, Progress};
@@ -161,6 +163,7 @@ pub fn run(
             threads: job.threads,
             out: job.out.as_ref().map(|d| d.join(format!("split_{seed}"))),
             resume: None,
+            spill_dir: job.spill_dir.clone(),
         };
         let split_opts = SearchOptions {
             seed,
@@ -510,6 +513,7 @@ mod tests {
             seconds: 0.0,
             probe_seconds: 0.0,
             fitness_probe_bytes: 0,
+            fitness_spilled_bytes: 0,
             search_seconds: 0.0,
             heldout_seconds: 0.0,
             evaluated: 0,

@@ -253,6 +253,76 @@ fn search_fixture() -> Vec<serde_json::Value> {
 }
 
 #[test]
+fn a_spilled_fitness_set_gives_the_same_search() {
+    let dir = common::fixture_data_dir("spill", &search_fixture());
+    let d = dir.to_str().unwrap();
+    let spill = dir.join("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let run = |storage: &str, spill_dir: Option<&str>| {
+        let mut args = vec![
+            "search",
+            "--data-dir",
+            d,
+            "--fitness-archs",
+            "0..6",
+            "--population",
+            "6",
+            "--iterations",
+            "15",
+            "--batch",
+            "1",
+            "--seq-len",
+            "16",
+            "--threads",
+            "2",
+            "--probe-storage",
+            storage,
+            "--json",
+        ];
+        if let Some(s) = spill_dir {
+            args.extend(["--spill-dir", s]);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&common::stdout_of(&lpzero(&args))).unwrap();
+        v
+    };
+    for storage in ["f32", "bf16"] {
+        let memory = run(storage, None);
+        let disk = run(storage, Some(spill.to_str().unwrap()));
+        for key in [
+            "best",
+            "fitness_spearman",
+            "heldout_spearman",
+            "heldout_kendall",
+            "evaluated",
+            "heldout_baselines",
+            "hall_of_fame",
+        ] {
+            assert_eq!(memory[key], disk[key], "{storage} {key}");
+        }
+        assert!(memory["fitness_probe_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(memory["fitness_spilled_bytes"], 0);
+        assert_eq!(disk["fitness_probe_bytes"], 0);
+        assert!(disk["fitness_spilled_bytes"].as_u64().unwrap() > 0);
+    }
+    // The spill file is gone once the search ends.
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0);
+    // A directory that does not exist is named in the error.
+    let out = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--fitness-archs",
+        "0..6",
+        "--spill-dir",
+        "/nonexistent/spill",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/spill"), "{err}");
+}
+
+#[test]
 fn search_writes_run_directory_and_summary() {
     let dir = common::fixture_data_dir("search", &search_fixture());
     let d = dir.to_str().unwrap();

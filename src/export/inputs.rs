@@ -53,7 +53,8 @@ pub fn write(path: &Path, source: &dyn InputSource) -> Result<()> {
     let mut data: Vec<u8> = Vec::new();
     let mut offset = 0;
     for input in Input::ALL {
-        let arrays = source.input(input).unwrap_or(&[]);
+        let list = source.input(input);
+        let arrays: &[Array] = list.as_deref().unwrap_or(&[]);
         let mut slots = Vec::with_capacity(arrays.len());
         for a in arrays {
             slots.push(Slot {

@@ -69,7 +69,9 @@ pub fn load_bench_file(path: &Path) -> Result<Benchmark> {
 /// order; `on_done` is called after each architecture (for progress).
 ///
 /// Before anything is built, fails when an architecture needs more memory than probing may
-/// use ([`memory::check_fits`]).
+/// use ([`memory::check_fits`]); while probing, runs probes at once only while their
+/// estimated needs fit in that limit together ([`memory::Gate`]), so a low
+/// `$LPZERO_PROBE_MEMORY_GB` makes large architectures take turns.
 pub fn probe_map<T: Send>(
     bench: &Benchmark,
     selection: &[usize],
@@ -83,14 +85,15 @@ pub fn probe_map<T: Send>(
     let limit = memory::MemoryLimit::current()?;
     let size_of = |entry: &crate::bench::Entry| family.size(&entry.arch, opts);
     let work = memory::Work::Probe;
-    memory::check_fits(bench, selection, opts, threads, limit, work, &size_of)?;
+    memory::check_fits(bench, selection, opts, limit, work, &size_of)?;
+    let gate = memory::Gate::new(limit.as_ref());
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel();
     let threads = threads.clamp(1, selection.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let tx = tx.clone();
-            let (next, batch, f, on_done) = (&next, &batch, &f, &on_done);
+            let (next, batch, f, on_done, gate) = (&next, &batch, &f, &on_done, &gate);
             scope.spawn(move || loop {
                 let pos = next.fetch_add(1, Ordering::Relaxed);
                 if pos >= selection.len() {
@@ -98,10 +101,15 @@ pub fn probe_map<T: Send>(
                 }
                 let index = selection[pos];
                 let entry = &bench.entries[index];
+                // Hand back what this thread's last probe freed before waiting for room.
+                memory::release_freed_memory();
+                let need = size_of(entry).map_or(0.0, |s| memory::probe_bytes(&s, opts));
+                let pass = gate.enter(need);
                 let result = family
                     .probe(&entry.arch, index, opts, batch)
                     .and_then(|p| f(index, p.stored_as(opts.storage)))
                     .with_context(|| format!("{} architecture {}", bench.kind, entry.key));
+                drop(pass);
                 let failed = result.is_err();
                 on_done();
                 if tx.send((pos, result)).is_err() || failed {

@@ -176,15 +176,68 @@ pub fn parameter_bytes(size: &ModelSize) -> f64 {
     VALUE_BYTES * size.parameters
 }
 
+/// Lets probes run at the same time only while their estimated needs ([`probe_bytes`]) fit
+/// in the limit together: a worker about to probe waits for others to finish when its
+/// probe would take the sum past it. One probe may always run (a probe larger than the limit
+/// alone is refused before, by [`check_fits`]). Which probes overlap changes no value: each
+/// probe depends only on its architecture and the options.
+pub struct Gate {
+    /// Bytes that may be in flight at once (`None`: no limit known, nobody waits).
+    limit: Option<u64>,
+    /// Estimated bytes and number of probes in flight.
+    held: std::sync::Mutex<(u64, usize)>,
+    freed: std::sync::Condvar,
+}
+
+/// A probe let through a [`Gate`]; its estimate is given back when dropped.
+pub struct Pass<'a> {
+    gate: &'a Gate,
+    bytes: u64,
+}
+
+impl Gate {
+    /// A gate for `limit` (`None`: every probe goes at once).
+    pub fn new(limit: Option<&MemoryLimit>) -> Self {
+        Self {
+            limit: limit.map(|l| l.bytes as u64),
+            held: std::sync::Mutex::new((0, 0)),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits until a probe estimated at `bytes` fits beside those in flight (or none is in
+    /// flight), then counts it until the pass is dropped.
+    pub fn enter(&self, bytes: f64) -> Pass<'_> {
+        let bytes = bytes.max(0.0) as u64;
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(limit) = self.limit {
+            while held.1 > 0 && held.0.saturating_add(bytes) > limit {
+                held = self.freed.wait(held).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        held.0 += bytes;
+        held.1 += 1;
+        Pass { gate: self, bytes }
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        let mut held = self.gate.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 -= self.bytes;
+        held.1 -= 1;
+        self.gate.freed.notify_all();
+    }
+}
+
 /// Fails when one of the selected architectures needs more memory for `work` than `limit`
 /// (the largest is named, with its estimate and what to lower); `size_of` gives an entry's
-/// [`ModelSize`] (its family's). When `threads` probes at once may not fit, it only warns on
-/// stderr, since they rarely all peak together.
+/// [`ModelSize`] (its family's). Several probes at once are kept within the limit by a
+/// [`Gate`].
 pub fn check_fits(
     bench: &Benchmark,
     selection: &[usize],
     opts: &ProbeOptions,
-    threads: usize,
     limit: Option<MemoryLimit>,
     work: Work,
     size_of: &dyn Fn(&Entry) -> Result<ModelSize>,
@@ -231,26 +284,45 @@ pub fn check_fits(
             limit.describe()
         );
     }
-    if work == Work::Build {
-        return Ok(());
-    }
-    let parallel = threads.clamp(1, selection.len().max(1)) as f64;
-    if bytes * parallel > limit.bytes {
-        eprintln!(
-            "warning: {} probes at once may need up to {} (architecture {key} alone about {}), \
-             and the limit is {}; use fewer threads if the system runs out of memory",
-            parallel,
-            format_bytes(bytes * parallel),
-            format_bytes(bytes),
-            limit.describe()
-        );
-    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gate_lets_probes_overlap_only_within_the_limit() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let limit = MemoryLimit {
+            bytes: 10.0,
+            source: LimitSource::Environment,
+        };
+        let gate = Gate::new(Some(&limit));
+        let big = gate.enter(6.0);
+        // 4 more fit beside 6 at once.
+        drop(gate.enter(4.0));
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel();
+            let gate = &gate;
+            s.spawn(move || {
+                let _p = gate.enter(6.0);
+                tx.send(()).unwrap();
+            });
+            // 6 + 6 > 10: the second waits while the first is in flight...
+            assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+            drop(big);
+            // ...and goes once it is done.
+            rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        });
+        // Alone, a probe over the limit still goes (check_fits refuses those before).
+        drop(gate.enter(50.0));
+        // Without a known limit nobody waits.
+        let open = Gate::new(None);
+        let _a = open.enter(1e12);
+        let _b = open.enter(1e12);
+    }
 
     #[test]
     fn the_variable_must_be_a_positive_number() {

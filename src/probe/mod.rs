@@ -15,6 +15,7 @@
 
 pub mod memory;
 pub mod passes;
+pub mod spill;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -50,10 +50,62 @@ use super::ops::{apply_binary, BinaryOp, OpError, UnaryOp};
 use crate::array::Array;
 use crate::probe::Probe;
 
-/// Where an expression reads its input lists from (a probe, a test fixture, ...).
+/// Where an expression reads its input lists from (a probe, a test fixture, a probe kept on
+/// disk, ...).
 pub trait InputSource: Sync {
-    /// The list for `which`, or `None` when this source does not provide it.
-    fn input(&self, which: Input) -> Option<&[Array]>;
+    /// The list for `which`, or `None` when this source does not provide it (or, for a source
+    /// that loads its lists, could not load it: such a source keeps the reason for its owner).
+    fn input(&self, which: Input) -> Option<InputList<'_>>;
+
+    /// True when `head` and `act` are one and the same list (GPT-2 probes), so that an
+    /// evaluator may read `head` as `act` and share work between the two spellings. By default:
+    /// both lists are borrowed and are the same slice.
+    fn serves_head_as_act(&self) -> bool {
+        match (self.input(Input::Head), self.input(Input::Act)) {
+            (Some(InputList::Borrowed(head)), Some(InputList::Borrowed(act))) => {
+                std::ptr::eq(head, act)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An input list as a source serves it, or a computed list during evaluation: borrowed from
+/// the source, or shared (loaded for this read, or held by a [`Memo`]).
+#[derive(Debug, Clone)]
+pub enum InputList<'a> {
+    /// A list the source holds.
+    Borrowed(&'a [Array]),
+    /// A list made for the reader (loaded from storage, or computed), shared without copying.
+    Shared(Arc<Vec<Array>>),
+}
+
+impl std::ops::Deref for InputList<'_> {
+    type Target = [Array];
+
+    fn deref(&self) -> &[Array] {
+        match self {
+            InputList::Borrowed(s) => s,
+            InputList::Shared(v) => v,
+        }
+    }
+}
+
+impl<'a> From<&'a [Array]> for InputList<'a> {
+    fn from(list: &'a [Array]) -> Self {
+        InputList::Borrowed(list)
+    }
+}
+
+impl<'a> InputList<'a> {
+    /// The list as a copy-on-write slice: borrowed when the source holds it, else the shared
+    /// arrays (cloning an [`Array`] shares its values, so this copies no values).
+    pub fn into_cow(self) -> Cow<'a, [Array]> {
+        match self {
+            InputList::Borrowed(s) => Cow::Borrowed(s),
+            InputList::Shared(v) => Cow::Owned(Arc::unwrap_or_clone(v)),
+        }
+    }
 }
 
 /// The five input lists of one architecture, borrowed. A list that was not computed can be left
@@ -73,20 +125,20 @@ pub struct Inputs<'a> {
 }
 
 impl InputSource for Inputs<'_> {
-    fn input(&self, which: Input) -> Option<&[Array]> {
-        Some(match which {
+    fn input(&self, which: Input) -> Option<InputList<'_>> {
+        Some(InputList::Borrowed(match which {
             Input::Act => self.act,
             Input::Head => self.head,
             Input::Softmax => self.softmax,
             Input::Grad => self.grad,
             Input::Weight => self.weight,
-        })
+        }))
     }
 }
 
 impl InputSource for HashMap<Input, Vec<Array>> {
-    fn input(&self, which: Input) -> Option<&[Array]> {
-        self.get(&which).map(Vec::as_slice)
+    fn input(&self, which: Input) -> Option<InputList<'_>> {
+        self.get(&which).map(|l| InputList::Borrowed(l))
     }
 }
 
@@ -180,7 +232,7 @@ fn eval_cow<'a>(expr: &Expr, inputs: &'a dyn InputSource) -> Result<Cow<'a, [Arr
             if list.is_empty() {
                 return Err(EvalError::EmptyInput(*i));
             }
-            Ok(Cow::Borrowed(list))
+            Ok(list.into_cow())
         }
         Expr::Unary(op, x) if op.is_list_level() => Ok(Cow::Owned(total(&eval_cow(x, inputs)?))),
         Expr::Unary(..) => {
@@ -256,14 +308,14 @@ pub fn eval(expr: &Expr, inputs: &dyn InputSource) -> Result<f64, EvalError> {
 /// A probe is the input source of its architecture: its `act`, `head`, `softmax`, `grad` and
 /// `weight` lists, whose meaning is its family's (see [`crate::probe::Probe`]).
 impl InputSource for Probe {
-    fn input(&self, which: Input) -> Option<&[Array]> {
-        Some(match which {
+    fn input(&self, which: Input) -> Option<InputList<'_>> {
+        Some(InputList::Borrowed(match which {
             Input::Act => &self.act,
             Input::Head => &self.head,
             Input::Softmax => &self.softmax,
             Input::Grad => &self.grad,
             Input::Weight => &self.weight,
-        })
+        }))
     }
 }
 
@@ -272,21 +324,6 @@ pub const DEFAULT_BUDGET_BYTES: u64 = 1 << 30;
 
 /// A memoised result: the list of item arrays (shared) or why there is none.
 type Entry = Result<Arc<Vec<Array>>, EvalError>;
-
-/// A value during evaluation: an input list borrowed from the source, or a computed list.
-enum Val<'a> {
-    Borrowed(&'a [Array]),
-    Shared(Arc<Vec<Array>>),
-}
-
-impl Val<'_> {
-    fn items(&self) -> &[Array] {
-        match self {
-            Val::Borrowed(s) => s,
-            Val::Shared(v) => v,
-        }
-    }
-}
 
 /// Hit/miss and size counters of a [`Memo`] (for logs and tests).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -321,8 +358,7 @@ impl std::ops::Add for MemoStats {
 /// When `src` serves one and the same list as `head` and `act` (GPT-2 probes do), `expr` with
 /// every `head` read as `act`, so that both spellings share memo entries; `None` otherwise.
 fn alias_head(expr: &Expr, src: &dyn InputSource) -> Option<Expr> {
-    let (head, act) = (src.input(Input::Head)?, src.input(Input::Act)?);
-    if !std::ptr::eq(head, act) || !expr.inputs().contains(&Input::Head) {
+    if !expr.inputs().contains(&Input::Head) || !src.serves_head_as_act() {
         return None;
     }
     fn swap(e: &Expr) -> Expr {
@@ -433,7 +469,7 @@ impl Memo {
             None => expr,
         };
         let v = self.eval_node(arch, expr, src)?;
-        reduce(v.items())
+        reduce(&v)
     }
 
     /// The list of item arrays of `expr` on architecture `arch` (canonicalised first), without
@@ -445,7 +481,7 @@ impl Memo {
         src: &dyn InputSource,
     ) -> Result<Vec<Array>, EvalError> {
         let v = self.eval_node(arch, &canonical(expr), src)?;
-        Ok(v.items().to_vec())
+        Ok(v.to_vec())
     }
 
     /// Evaluates one node, looking it up first (inputs are borrowed, never stored).
@@ -454,14 +490,14 @@ impl Memo {
         arch: usize,
         expr: &Expr,
         src: &'a dyn InputSource,
-    ) -> Result<Val<'a>, EvalError> {
+    ) -> Result<InputList<'a>, EvalError> {
         match expr {
             Expr::Input(i) => {
                 let list = src.input(*i).ok_or(EvalError::MissingInput(*i))?;
                 if list.is_empty() {
                     return Err(EvalError::EmptyInput(*i));
                 }
-                Ok(Val::Borrowed(list))
+                Ok(list)
             }
             // No value; nothing to compute or store.
             Expr::Unary(UnaryOp::Disconnect, _) => Err(EvalError::Disconnected),
@@ -478,13 +514,13 @@ impl Memo {
                 let key = (arch, expr.to_string());
                 if let Some(entry) = self.map.get(&key) {
                     self.stats.hits += 1;
-                    return entry.clone().map(Val::Shared);
+                    return entry.clone().map(InputList::Shared);
                 }
                 self.stats.misses += 1;
                 let computed = self.compute(arch, expr, src);
                 let entry: Entry = computed.map(Arc::new);
                 self.store(key, &entry);
-                entry.map(Val::Shared)
+                entry.map(InputList::Shared)
             }
         }
     }
@@ -499,19 +535,19 @@ impl Memo {
         match expr {
             Expr::Unary(op, x) if op.is_list_level() => {
                 let items = self.eval_node(arch, x, src)?;
-                Ok(total(items.items()))
+                Ok(total(&items))
             }
             Expr::Unary(..) => {
                 // The run of unary ops streams through each item in one go (no intermediate
                 // lists; the same bits as op by op, see `proxy::chain`).
                 let (ops, base) = unary_chain(expr)?;
                 let items = self.eval_node(arch, base, src)?;
-                apply_chain_list(&ops, items.items())
+                apply_chain_list(&ops, &items)
             }
             Expr::Binary(op, a, b) => {
                 let left = self.eval_node(arch, a, src)?;
                 let right = self.eval_node(arch, b, src)?;
-                Ok(apply_binary_list(*op, left.items(), right.items())?)
+                Ok(apply_binary_list(*op, &left, &right)?)
             }
             Expr::Input(_) => unreachable!("inputs are not computed"),
         }

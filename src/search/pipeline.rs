@@ -19,6 +19,7 @@ use crate::bench::Benchmark;
 use crate::compare::{self, BaselineColumns, Comparison, Corr};
 use crate::models::{self, probe_map};
 use crate::probe::memory::{LimitSource, MemoryLimit};
+use crate::probe::spill::{SpillFile, Spilled};
 use crate::probe::{Probe, ProbeOptions};
 use crate::proxy::builtin::Orientation;
 use crate::proxy::eval::list_bytes;
@@ -43,6 +44,9 @@ pub struct SearchJob<'a> {
     pub out: Option<PathBuf>,
     /// Run directory or checkpoint to resume from.
     pub resume: Option<PathBuf>,
+    /// Keep the fitness probes' inputs in a spill file in this directory instead of memory
+    /// ([`crate::probe::spill`]: the same values, read back per evaluation); `None`: memory.
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// The parts of a search a progress callback hears about.
@@ -60,6 +64,21 @@ pub enum Phase {
 pub type Progress<'a> = &'a (dyn Fn(Phase, usize, usize) + Sync);
 
 /// Keeps only what expressions read, so a fitness set of many architectures fits in memory.
+/// A fitness probe as the search keeps it: in memory, or in a spill file.
+enum Held {
+    Memory(Probe),
+    Disk(Spilled),
+}
+
+impl Held {
+    fn source(&self) -> &dyn InputSource {
+        match self {
+            Held::Memory(p) => p,
+            Held::Disk(s) => s,
+        }
+    }
+}
+
 fn slim(mut p: Probe) -> Probe {
     p.linears = Default::default();
     p.mixer_outputs = Default::default();
@@ -167,8 +186,10 @@ pub struct FitnessPhase {
     pub probe_seconds: f64,
     /// Seconds spent in the GP loop.
     pub search_seconds: f64,
-    /// Bytes the slimmed fitness probes held.
+    /// Bytes the slimmed fitness probes held in memory (0 when they were spilled).
     pub probe_bytes: u64,
+    /// Bytes the fitness probes took in the spill file (0 when they were kept in memory).
+    pub spilled_bytes: u64,
     /// Spearman ρ of the best proxy on the fitness set (its fitness when the measure is
     /// Spearman).
     pub fitness_spearman: f64,
@@ -225,6 +246,11 @@ pub fn fitness_phase(
     let total = job.fitness.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let guard = MemoryGuard::new(opts.memo_budget_bytes, total)?;
+    let spill = job
+        .spill_dir
+        .as_deref()
+        .map(SpillFile::create_in)
+        .transpose()?;
     let fitted = probe_map(
         bench,
         &job.fitness,
@@ -233,18 +259,25 @@ pub fn fitness_phase(
         |_, p| {
             let values = crate::scoring::compute_all(baselines, &p);
             let p = slim(p);
-            guard.add(&p)?;
-            Ok((p, values))
+            let held = match &spill {
+                Some(file) => Held::Disk(file.spill(&p)?),
+                None => {
+                    guard.add(&p)?;
+                    Held::Memory(p)
+                }
+            };
+            Ok((held, values))
         },
         || {
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             progress(Phase::Probe, n, total);
         },
     )?;
-    let (probes, fitness_baselines): (Vec<Probe>, Vec<Vec<f64>>) = fitted.into_iter().unzip();
+    let (probes, fitness_baselines): (Vec<Held>, Vec<Vec<f64>>) = fitted.into_iter().unzip();
     let probe_bytes = guard.held.into_inner();
+    let spilled_bytes = spill.as_ref().map_or(0, |f| f.bytes());
     let probe_seconds = start.elapsed().as_secs_f64();
-    let sources: Vec<&dyn InputSource> = probes.iter().map(|p| p as &dyn InputSource).collect();
+    let sources: Vec<&dyn InputSource> = probes.iter().map(Held::source).collect();
     let iterations = opts.iterations * opts.restarts;
     let fitness = FitnessData {
         probes: &sources,
@@ -270,12 +303,17 @@ pub fn fitness_phase(
         .iter()
         .map(|h| values_of(&h.expr))
         .collect();
+    if let Some(file) = &spill {
+        // A failed read served "no list": the search must not stand on it.
+        file.check()?;
+    }
     Ok(FitnessPhase {
         outcome,
         fitness_baselines,
         probe_seconds,
         search_seconds: start.elapsed().as_secs_f64() - probe_seconds,
         probe_bytes,
+        spilled_bytes,
         fitness_spearman,
         hall_values,
     })
@@ -536,6 +574,7 @@ pub fn summarize(
         seconds: phase.probe_seconds + phase.search_seconds,
         probe_seconds: phase.probe_seconds,
         fitness_probe_bytes: phase.probe_bytes,
+        fitness_spilled_bytes: phase.spilled_bytes,
         search_seconds: phase.search_seconds,
         heldout_seconds: 0.0,
         evaluated: outcome.evaluated,

@@ -42,8 +42,11 @@ pub struct SearchSummary {
     pub seconds: f64,
     /// Seconds spent probing the fitness set.
     pub probe_seconds: f64,
-    /// Bytes the fitness probes held.
+    /// Bytes the fitness probes held in memory (0 when they were kept in a spill file).
     pub fitness_probe_bytes: u64,
+    /// Bytes the fitness probes took in the spill file (`--spill-dir`; 0 when in memory).
+    #[serde(default)]
+    pub fitness_spilled_bytes: u64,
     /// Seconds of the GP loop.
     pub search_seconds: f64,
     /// Seconds of the held-out pass.

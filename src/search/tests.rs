@@ -242,8 +242,8 @@ fn hopeless_configuration_errors_out() {
     // Every input list is empty, so no candidate ever has a value.
     struct Empty;
     impl InputSource for Empty {
-        fn input(&self, _: crate::proxy::expr::Input) -> Option<&[crate::array::Array]> {
-            Some(&[])
+        fn input(&self, _: crate::proxy::expr::Input) -> Option<crate::proxy::eval::InputList<'_>> {
+            Some(crate::proxy::eval::InputList::Borrowed(&[]))
         }
     }
     let probes: Vec<&dyn InputSource> = vec![&Empty, &Empty, &Empty];

@@ -1,7 +1,7 @@
 //! Test fixtures: a synthetic benchmark whose `head` magnitude tracks the ground truth.
 
 use crate::array::Array;
-use crate::proxy::eval::InputSource;
+use crate::proxy::eval::{InputList, InputSource};
 use crate::proxy::expr::Input;
 use crate::rng::Rng;
 
@@ -11,8 +11,8 @@ pub struct FakeArch {
 }
 
 impl InputSource for FakeArch {
-    fn input(&self, which: Input) -> Option<&[Array]> {
-        Some(&self.lists[which.index()])
+    fn input(&self, which: Input) -> Option<InputList<'_>> {
+        Some(InputList::Borrowed(&self.lists[which.index()]))
     }
 }
 
