@@ -78,19 +78,7 @@ impl PartialEq for Array {
 impl Array {
     /// Wraps `data` with `shape`; fails when the element count does not match the shape.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self, String> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(format!(
-                "shape {:?} needs {} values, got {}",
-                shape,
-                n,
-                data.len()
-            ));
-        }
-        Ok(Self {
-            shape,
-            data: Values::F32(Arc::new(data)),
-        })
+        Self::from_stored(shape, StoredOwned::F32(data))
     }
 
     /// A 0-dimensional array holding `value`.

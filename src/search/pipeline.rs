@@ -63,14 +63,14 @@ pub enum Phase {
 /// Progress callbacks: `(phase, done, total)`.
 pub type Progress<'a> = &'a (dyn Fn(Phase, usize, usize) + Sync);
 
-/// Keeps only what expressions read, so a fitness set of many architectures fits in memory.
-/// A fitness probe as the search keeps it: in memory, or in a spill file.
+/// A fitness probe as the search keeps it: in memory, or in a spill file (`--spill-dir`).
 enum Held {
     Memory(Probe),
     Disk(Spilled),
 }
 
 impl Held {
+    /// What expressions read from it.
     fn source(&self) -> &dyn InputSource {
         match self {
             Held::Memory(p) => p,
@@ -79,6 +79,7 @@ impl Held {
     }
 }
 
+/// Keeps only what expressions read, so a fitness set of many architectures fits in memory.
 fn slim(mut p: Probe) -> Probe {
     p.linears = Default::default();
     p.mixer_outputs = Default::default();
@@ -151,8 +152,8 @@ impl MemoryGuard {
             anyhow::bail!(
                 "the fitness probes need more memory than probing may use: they hold {} after \
                  {done} of {} architectures, and the limit is {}{reserved}. Keep the probes \
-                 as bf16 (half the memory), lower the batch rows or seq_len, or use fewer \
-                 fitness architectures",
+                 as bf16 (half the memory) or in a spill file on disk (`--spill-dir`), lower \
+                 the batch rows or seq_len, or use fewer fitness architectures",
                 gb(held),
                 self.total,
                 limit.describe()
