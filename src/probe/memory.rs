@@ -164,10 +164,24 @@ pub struct ModelSize {
     pub activation_floats_per_token: f64,
 }
 
-/// Estimated peak bytes of probing a model of `size` with `opts` (see the module docs).
+/// Share of the estimate a probe without the extra passes is counted at: since the forward
+/// graph is freed after the backward (`probe::parameter_grads`), such a probe peaked at 0.64–0.72
+/// of the estimate on four GPT-2 decoders at 16 × 192 (the largest 4.58 GB of 6.38) and at
+/// 0.42–0.58 on three FlexiBERT encoders (whole-process peak RSS, one thread); with the extra
+/// passes at about the whole estimate (GPT-2's largest 6.21 GB of 6.38).
+const PLAIN_PROBE_SHARE: f64 = 0.75;
+
+/// Estimated peak bytes of probing a model of `size` with `opts` (see the module docs):
+/// [`PLAIN_PROBE_SHARE`] of it without the extra passes.
 pub fn probe_bytes(size: &ModelSize, opts: &ProbeOptions) -> f64 {
     let tokens = opts.batch as f64 * opts.seq_len as f64;
-    VALUE_BYTES * (PARAMETER_COPIES * size.parameters + tokens * size.activation_floats_per_token)
+    let full = VALUE_BYTES
+        * (PARAMETER_COPIES * size.parameters + tokens * size.activation_floats_per_token);
+    if opts.extra_passes {
+        full
+    } else {
+        PLAIN_PROBE_SHARE * full
+    }
 }
 
 /// Bytes of the parameters of a model of `size` alone (what building it costs, as for counting

@@ -226,13 +226,6 @@ pub struct Spilled {
     head_is_act: bool,
 }
 
-impl Spilled {
-    /// The file the lists are in.
-    pub fn file(&self) -> &Arc<SpillFile> {
-        &self.file
-    }
-}
-
 impl InputSource for Spilled {
     fn input(&self, which: Input) -> Option<InputList<'_>> {
         let which = if self.head_is_act && which == Input::Head {
