@@ -468,8 +468,8 @@ struct SpillArgs {
     /// Keep the fitness probes' arrays in a file in this directory instead of memory (the
     /// same values, read back at every evaluation; the system caches the file in memory it
     /// has to spare). For fitness sets larger than the memory the search may use (GPT-2 at
-    /// 16 × 192: about 210 MB per architecture as bf16). The file is removed when the search
-    /// ends.
+    /// 16 × 192: about 210 MB per architecture as bf16). Use a directory on disk (not a
+    /// RAM-backed tmpfs). The file is removed when the search ends.
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
 }
