@@ -252,6 +252,23 @@ fn search_fixture() -> Vec<serde_json::Value> {
     recs
 }
 
+/// The summary of `search --data-dir d --batch 1 --seq-len 16 --json ARGS` (which must succeed)
+/// on a fixture of small records.
+fn fixture_search(d: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec![
+        "search",
+        "--data-dir",
+        d,
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--json",
+    ];
+    all.extend(args);
+    serde_json::from_str(&common::stdout_of(&lpzero(&all))).unwrap()
+}
+
 #[test]
 fn a_spilled_fitness_set_gives_the_same_search() {
     let dir = common::fixture_data_dir("spill", &search_fixture());
@@ -260,31 +277,21 @@ fn a_spilled_fitness_set_gives_the_same_search() {
     std::fs::create_dir_all(&spill).unwrap();
     let run = |storage: &str, spill_dir: Option<&str>| {
         let mut args = vec![
-            "search",
-            "--data-dir",
-            d,
             "--fitness-archs",
             "0..6",
             "--population",
             "6",
             "--iterations",
             "15",
-            "--batch",
-            "1",
-            "--seq-len",
-            "16",
             "--threads",
             "2",
             "--probe-storage",
             storage,
-            "--json",
         ];
         if let Some(s) = spill_dir {
             args.extend(["--spill-dir", s]);
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&common::stdout_of(&lpzero(&args))).unwrap();
-        v
+        fixture_search(d, &args)
     };
     for storage in ["f32", "bf16"] {
         let memory = run(storage, None);
@@ -709,30 +716,23 @@ fn study_runs_splits_and_aggregates() {
         assert!(out_dir.join(file).is_file(), "missing {file}");
     }
     // A split's result equals `search --seed S --probe-seed 0 --fitness-archs random:5`.
-    let single = lpzero(&[
-        "search",
-        "--data-dir",
+    let s = fixture_search(
         d,
-        "--seed",
-        "1",
-        "--probe-seed",
-        "0",
-        "--fitness-archs",
-        "random:5",
-        "--population",
-        "6",
-        "--iterations",
-        "4",
-        "--structure",
-        "extended",
-        "--batch",
-        "1",
-        "--seq-len",
-        "16",
-        "--json",
-    ]);
-    assert!(single.status.success());
-    let s: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+        &[
+            "--seed",
+            "1",
+            "--probe-seed",
+            "0",
+            "--fitness-archs",
+            "random:5",
+            "--population",
+            "6",
+            "--iterations",
+            "4",
+            "--structure",
+            "extended",
+        ],
+    );
     for key in [
         "best",
         "heldout_spearman",
@@ -753,35 +753,24 @@ fn study_runs_splits_and_aggregates() {
 fn probe_storage_bf16_halves_the_fitness_probes() {
     let dir = common::fixture_data_dir("storage", &search_fixture());
     let d = dir.to_str().unwrap();
-    let search = |storage: &str| -> serde_json::Value {
-        let out = lpzero(&[
-            "search",
-            "--data-dir",
+    let search = |storage: &str| {
+        fixture_search(
             d,
-            "--fitness-archs",
-            "0..6",
-            "--population",
-            "4",
-            "--iterations",
-            "3",
-            "--restarts",
-            "1",
-            "--heldout",
-            "off",
-            "--batch",
-            "1",
-            "--seq-len",
-            "16",
-            "--probe-storage",
-            storage,
-            "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+            &[
+                "--fitness-archs",
+                "0..6",
+                "--population",
+                "4",
+                "--iterations",
+                "3",
+                "--restarts",
+                "1",
+                "--heldout",
+                "off",
+                "--probe-storage",
+                storage,
+            ],
+        )
     };
     let (full, half) = (search("f32"), search("bf16"));
     assert_eq!(full["probe"]["storage"], "f32", "{full}");

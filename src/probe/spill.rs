@@ -27,12 +27,43 @@ use crate::proxy::expr::Input;
 /// Bytes converted per write or read call (the values go through a buffer of this size).
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// A value type an array may be stored as, with its bytes in the file (native order: the file
+/// is written and read by the same process).
+trait Raw: Copy {
+    /// Bytes per value.
+    const WIDTH: usize;
+    /// Appends the value's bytes.
+    fn put(self, out: &mut Vec<u8>);
+    /// The value of `WIDTH` bytes.
+    fn get(bytes: &[u8]) -> Self;
+}
+
+impl Raw for f32 {
+    const WIDTH: usize = 4;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend(self.to_ne_bytes());
+    }
+    fn get(b: &[u8]) -> Self {
+        f32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+impl Raw for u16 {
+    const WIDTH: usize = 2;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend(self.to_ne_bytes());
+    }
+    fn get(b: &[u8]) -> Self {
+        u16::from_ne_bytes([b[0], b[1]])
+    }
+}
+
 /// One file holding the input lists of many sources, written once and read many times from
 /// several threads.
 pub struct SpillFile {
     file: File,
-    /// Where the file was created (for messages; the name itself is already unlinked).
-    path: PathBuf,
+    /// The directory the file was created in (for messages; the file is already unlinked).
+    dir: PathBuf,
     /// Bytes written (or reserved for a write in progress) so far.
     end: Mutex<u64>,
     /// The first failed read, kept for the owner ([`SpillFile::check`]): a read happens where
@@ -66,7 +97,7 @@ impl SpillFile {
             .with_context(|| format!("unlinking the spill file {}", path.display()))?;
         Ok(Arc::new(Self {
             file,
-            path,
+            dir: dir.to_path_buf(),
             end: Mutex::new(0),
             failure: Mutex::new(None),
         }))
@@ -106,7 +137,7 @@ impl SpillFile {
         match &*self.failure.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => anyhow::bail!(
                 "reading the fitness probes back from the spill file in {} failed: {e}",
-                self.dir()
+                self.dir.display()
             ),
             None => Ok(()),
         }
@@ -114,11 +145,20 @@ impl SpillFile {
 
     /// Appends one array's stored values; returns where they are.
     fn write(&self, a: &Array) -> Result<Slot> {
-        let (compact, width) = match a.stored() {
-            Stored::F32(_) => (false, 4),
-            Stored::Bf16(_) => (true, 2),
+        let (offset, compact) = match a.stored() {
+            Stored::F32(v) => (self.append(v)?, false),
+            Stored::Bf16(v) => (self.append(v)?, true),
         };
-        let bytes = (a.len() * width) as u64;
+        Ok(Slot {
+            shape: a.shape().to_vec(),
+            offset,
+            compact,
+        })
+    }
+
+    /// Appends `values` at a range reserved for them; returns its byte offset.
+    fn append<T: Raw>(&self, values: &[T]) -> Result<u64> {
+        let bytes = (values.len() * T::WIDTH) as u64;
         let offset = {
             let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
             let at = *end;
@@ -127,75 +167,43 @@ impl SpillFile {
         };
         let mut buf = Vec::with_capacity(CHUNK_BYTES.min(bytes as usize));
         let mut at = offset;
-        let mut flush = |buf: &mut Vec<u8>| -> Result<()> {
-            write_at(&self.file, buf, at).with_context(|| {
+        for chunk in values.chunks(CHUNK_BYTES / T::WIDTH) {
+            buf.clear();
+            chunk.iter().for_each(|&x| x.put(&mut buf));
+            write_at(&self.file, &buf, at).with_context(|| {
                 format!(
                     "writing a probe to the spill file in {} (is the disk full?)",
-                    self.dir()
+                    self.dir.display()
                 )
             })?;
             at += buf.len() as u64;
-            buf.clear();
-            Ok(())
-        };
-        match a.stored() {
-            Stored::F32(v) => {
-                for c in v.chunks(CHUNK_BYTES / 4) {
-                    buf.extend(c.iter().flat_map(|x| x.to_ne_bytes()));
-                    flush(&mut buf)?;
-                }
-            }
-            Stored::Bf16(v) => {
-                for c in v.chunks(CHUNK_BYTES / 2) {
-                    buf.extend(c.iter().flat_map(|x| x.to_ne_bytes()));
-                    flush(&mut buf)?;
-                }
-            }
         }
-        Ok(Slot {
-            shape: a.shape().to_vec(),
-            offset,
-            compact,
-        })
+        Ok(offset)
     }
 
     /// Reads one array back.
     fn read(&self, slot: &Slot) -> std::io::Result<Array> {
         let n: usize = slot.shape.iter().product();
-        let width = if slot.compact { 2 } else { 4 };
-        let mut buf = vec![0u8; CHUNK_BYTES.min(n * width)];
-        let mut at = slot.offset;
         let values = if slot.compact {
-            let mut v = Vec::with_capacity(n);
-            while v.len() < n {
-                let b = &mut buf[..((n - v.len()) * 2).min(CHUNK_BYTES)];
-                read_at(&self.file, b, at)?;
-                at += b.len() as u64;
-                v.extend(b.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]])));
-            }
-            StoredOwned::Bf16(v)
+            StoredOwned::Bf16(self.read_values(slot.offset, n)?)
         } else {
-            let mut v = Vec::with_capacity(n);
-            while v.len() < n {
-                let b = &mut buf[..((n - v.len()) * 4).min(CHUNK_BYTES)];
-                read_at(&self.file, b, at)?;
-                at += b.len() as u64;
-                v.extend(
-                    b.chunks_exact(4)
-                        .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])),
-                );
-            }
-            StoredOwned::F32(v)
+            StoredOwned::F32(self.read_values(slot.offset, n)?)
         };
         Array::from_stored(slot.shape.clone(), values).map_err(std::io::Error::other)
     }
 
-    /// The directory the file was created in (for messages).
-    fn dir(&self) -> String {
-        self.path.parent().map_or_else(
-            || self.path.display().to_string(),
-            |d| d.display().to_string(),
-        )
+    /// Reads `n` values starting at byte `offset`.
+    fn read_values<T: Raw>(&self, offset: u64, n: usize) -> std::io::Result<Vec<T>> {
+        let mut buf = vec![0u8; CHUNK_BYTES.min(n * T::WIDTH)];
+        let mut values = Vec::with_capacity(n);
+        let mut at = offset;
+        while values.len() < n {
+            let b = &mut buf[..((n - values.len()) * T::WIDTH).min(CHUNK_BYTES)];
+            read_at(&self.file, b, at)?;
+            at += b.len() as u64;
+            values.extend(b.chunks_exact(T::WIDTH).map(T::get));
+        }
+        Ok(values)
     }
 
     /// Keeps the first failed read for [`SpillFile::check`].

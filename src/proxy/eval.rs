@@ -31,8 +31,8 @@
 //! * Memory: lists whose items are all 0-d scalars are always stored (they are tiny). Larger lists
 //!   are stored only while the total size of stored large lists stays within a byte budget
 //!   ([`Memo::with_budget`], default [`DEFAULT_BUDGET_BYTES`] = 1 GiB); past it they are
-//!   recomputed when needed. Input lists are never copied into the memo: they are borrowed from
-//!   the [`InputSource`].
+//!   recomputed when needed. Input lists are never stored in the memo: they are read from the
+//!   [`InputSource`] (borrowed from a probe in memory, loaded from a spilled one).
 //!
 //! The memo is only a cache: [`Memo::value`] returns exactly what
 //! [`eval`] returns (same number, same error), which the tests check.
@@ -88,12 +88,6 @@ impl std::ops::Deref for InputList<'_> {
             InputList::Borrowed(s) => s,
             InputList::Shared(v) => v,
         }
-    }
-}
-
-impl<'a> From<&'a [Array]> for InputList<'a> {
-    fn from(list: &'a [Array]) -> Self {
-        InputList::Borrowed(list)
     }
 }
 
@@ -216,6 +210,16 @@ pub fn apply_binary_list(
         .collect()
 }
 
+/// The list of input `i` from `src`: an error when the source does not provide it or it is
+/// empty.
+fn read_input(src: &dyn InputSource, i: Input) -> Result<InputList<'_>, EvalError> {
+    let list = src.input(i).ok_or(EvalError::MissingInput(i))?;
+    if list.is_empty() {
+        return Err(EvalError::EmptyInput(i));
+    }
+    Ok(list)
+}
+
 /// Evaluates `expr` to its list of arrays (one per item), without the final reduction.
 ///
 /// Pure and recursive over the tree: inputs come from `inputs`, unary ops map over items, binary
@@ -227,13 +231,7 @@ pub fn eval_list(expr: &Expr, inputs: &dyn InputSource) -> Result<Vec<Array>, Ev
 /// [`eval_list`] that borrows input lists instead of copying them when a node is an input.
 fn eval_cow<'a>(expr: &Expr, inputs: &'a dyn InputSource) -> Result<Cow<'a, [Array]>, EvalError> {
     match expr {
-        Expr::Input(i) => {
-            let list = inputs.input(*i).ok_or(EvalError::MissingInput(*i))?;
-            if list.is_empty() {
-                return Err(EvalError::EmptyInput(*i));
-            }
-            Ok(list.into_cow())
-        }
+        Expr::Input(i) => Ok(read_input(inputs, *i)?.into_cow()),
         Expr::Unary(op, x) if op.is_list_level() => Ok(Cow::Owned(total(&eval_cow(x, inputs)?))),
         Expr::Unary(..) => {
             // The whole run of unary ops streams through each item at once (`proxy::chain`).
@@ -484,7 +482,7 @@ impl Memo {
         Ok(v.to_vec())
     }
 
-    /// Evaluates one node, looking it up first (inputs are borrowed, never stored).
+    /// Evaluates one node, looking it up first (inputs are read from the source, never stored).
     fn eval_node<'a>(
         &mut self,
         arch: usize,
@@ -492,13 +490,7 @@ impl Memo {
         src: &'a dyn InputSource,
     ) -> Result<InputList<'a>, EvalError> {
         match expr {
-            Expr::Input(i) => {
-                let list = src.input(*i).ok_or(EvalError::MissingInput(*i))?;
-                if list.is_empty() {
-                    return Err(EvalError::EmptyInput(*i));
-                }
-                Ok(list)
-            }
+            Expr::Input(i) => read_input(src, *i),
             // No value; nothing to compute or store.
             Expr::Unary(UnaryOp::Disconnect, _) => Err(EvalError::Disconnected),
             Expr::Binary(op, a, b) if a.is_disconnected() || b.is_disconnected() => {
