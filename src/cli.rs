@@ -354,6 +354,11 @@ struct GpArgs {
     /// inputs such as `mul(weight, grad)` (0: none).
     #[arg(long, default_value_t = SearchOptions::default().pairs)]
     pairs: f64,
+    /// Extended structure: probability that the two branches are joined by their ranks across
+    /// the scored architectures (`rank_add`, a rank-sum ensemble inside the proxy) instead of
+    /// by value (0: never).
+    #[arg(long, default_value_t = SearchOptions::default().rank_join)]
+    rank_join: f64,
     /// Which proxies count as good: `oriented` (fitness ρ against the ground truth, higher is
     /// better) or `either` (fitness |ρ|; a backward proxy enters the hall of fame as `neg(…)`).
     #[arg(long, value_enum, default_value_t = if SearchOptions::default().either_sign { FitnessSign::Either } else { FitnessSign::Oriented })]
@@ -400,6 +405,7 @@ impl GpArgs {
             structure,
             n_unary: self.n_unary,
             pairs: self.pairs,
+            rank_join: self.rank_join,
             seed,
             checkpoint_every: self.checkpoint_every,
             threads,

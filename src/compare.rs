@@ -13,7 +13,7 @@
 //!
 //! Rank aggregation works on oriented values (negated when lower is better) with NaN and ±Inf
 //! ranked last ([`oriented`]); ranks are averaged over ties and summed with equal weights
-//! ([`rank_sum`]). A rank sum depends on the set it is computed over, which is fine for
+//! ([`stats::rank_sum`]). A rank sum depends on the set it is computed over, which is fine for
 //! ranking: it is always computed within the set being ranked.
 
 use std::collections::BTreeMap;
@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::proxy::builtin::Orientation;
-use crate::stats;
+use crate::stats::{self, rank_sum};
 
 /// Spearman ρ and Kendall τ-b of a proxy against the ground truth (higher is better).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -49,22 +49,6 @@ pub fn oriented(values: &[f64], orientation: Orientation) -> Vec<f64> {
     let sign = orientation.sign();
     let flipped: Vec<f64> = values.iter().map(|v| sign * v).collect();
     stats::sanitize(&flipped).0
-}
-
-/// The sum of the (tie-averaged) ranks of oriented columns, one value per architecture.
-///
-/// # Panics
-/// If the columns differ in length.
-pub fn rank_sum(columns: &[&[f64]]) -> Vec<f64> {
-    let n = columns.first().map_or(0, |c| c.len());
-    let mut out = vec![0.0; n];
-    for c in columns {
-        assert_eq!(c.len(), n, "rank_sum: columns differ in length");
-        for (o, r) in out.iter_mut().zip(stats::ranks(c)) {
-            *o += r;
-        }
-    }
-    out
 }
 
 /// The two columns whose rank sum has the highest Spearman ρ with `truth`: `(i, j, ρ)` with

@@ -127,6 +127,15 @@ impl Proxy {
         }
     }
 
+    /// The operands of a rank join (`rank_add(a, b)`, [`crate::proxy::set`]): a proxy whose
+    /// values are ranks across the scored set, not a function of one probe.
+    pub fn rank_join(&self) -> Option<[&Expr; 2]> {
+        match self {
+            Proxy::Expr { expr, .. } => crate::proxy::set::rank_join(expr),
+            Proxy::Builtin(_) => None,
+        }
+    }
+
     /// True when the proxy needs the probe's extra passes.
     pub fn needs_extra_passes(&self) -> bool {
         matches!(self, Proxy::Builtin(b) if b.extra_passes())
@@ -164,6 +173,21 @@ pub fn compute_all_timed(proxies: &[Proxy], probe: &Probe) -> Vec<(f64, f64)> {
         out.push((v, start.elapsed().as_secs_f64()));
     }
     out
+}
+
+/// Fails, naming the proxy and `job`, when a proxy of `proxies` is a rank join: for jobs that
+/// score architectures one at a time or in changing groups, where ranks across "the scored
+/// set" would mean nothing.
+pub fn refuse_rank_joins(proxies: &[Proxy], job: &str) -> Result<()> {
+    if let Some(p) = proxies.iter().find(|p| p.rank_join().is_some()) {
+        bail!(
+            "`{}` is a rank join (a sum of ranks across the architectures scored together), which \
+             {job} cannot score: score its two operands and join them with `lpzero score \
+             --rank-sum` over the whole set",
+            clip(&p.name())
+        );
+    }
+    Ok(())
 }
 
 /// [`compute_all_timed`] without the timings.
@@ -260,7 +284,7 @@ pub fn rank_sum_of(proxies: &[Proxy], values: &[Vec<f64>]) -> Result<Vec<f64>> {
         .map(|(p, v)| crate::compare::oriented(v, p.orientation()))
         .collect();
     let refs: Vec<&[f64]> = oriented.iter().map(Vec::as_slice).collect();
-    Ok(crate::compare::rank_sum(&refs))
+    Ok(crate::stats::rank_sum(&refs))
 }
 
 /// Whether and how a written score table has a `truth` column.
@@ -327,7 +351,9 @@ impl ScoreTable {
     }
 }
 
-/// Probes the selected architectures once each and computes every proxy in `proxies`.
+/// Probes the selected architectures once each and computes every proxy in `proxies`. A rank
+/// join (`rank_add(a, b)`) is joined across `selection`: its operands are computed on every
+/// probe, then their ranks over the selection are added.
 pub fn score(
     bench: &Benchmark,
     selection: &[usize],
@@ -396,7 +422,13 @@ pub fn score(
                     (v, secs)
                 })
                 .collect();
-            Ok((probe_secs.max(0.0), timed))
+            let operands: Vec<f64> = proxies
+                .iter()
+                .filter_map(Proxy::rank_join)
+                .flatten()
+                .map(|e| eval(e, &probe).unwrap_or(f64::NAN))
+                .collect();
+            Ok((probe_secs.max(0.0), timed, operands))
         },
         on_done,
     )?;
@@ -405,13 +437,21 @@ pub fn score(
     let mut proxy_seconds = vec![0.0; proxies.len()];
     let mut probe_seconds = 0.0;
     let mut arch_probe_seconds = Vec::with_capacity(rows.len());
-    for (secs, row) in &rows {
+    for (secs, row, _) in &rows {
         probe_seconds += secs;
         arch_probe_seconds.push(*secs);
         for (p, (v, t)) in row.iter().enumerate() {
             values[p].push(*v);
             proxy_seconds[p] += t;
         }
+    }
+    let joins = proxies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.rank_join().is_some());
+    for (j, (p, _)) in joins.enumerate() {
+        let operand = |k: usize| -> Vec<f64> { rows.iter().map(|(_, _, o)| o[k]).collect() };
+        values[p] = crate::proxy::set::rank_add(&operand(2 * j), &operand(2 * j + 1));
     }
     let summaries = proxies
         .iter()

@@ -110,6 +110,22 @@ pub fn ranks(x: &[f64]) -> Vec<f64> {
     out
 }
 
+/// The sum of the (tie-averaged) ranks of oriented columns, one value per architecture.
+///
+/// # Panics
+/// If the columns differ in length.
+pub fn rank_sum(columns: &[&[f64]]) -> Vec<f64> {
+    let n = columns.first().map_or(0, |c| c.len());
+    let mut out = vec![0.0; n];
+    for c in columns {
+        assert_eq!(c.len(), n, "rank_sum: columns differ in length");
+        for (o, r) in out.iter_mut().zip(ranks(c)) {
+            *o += r;
+        }
+    }
+    out
+}
+
 /// Pearson's linear correlation coefficient of `x` and `y`.
 ///
 /// Sums are accumulated in `f64` on mean-centred data, which keeps the result accurate

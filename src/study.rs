@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::bench::{self, Benchmark};
 use crate::probe::ProbeOptions;
+use crate::proxy::set::SetPlan;
 use crate::search::pipeline::{self, FitnessPhase, SearchJob};
 use crate::search::summary::SearchSummary;
 use crate::search::SearchOptions;
@@ -184,12 +185,15 @@ pub fn run(
     let archs: Vec<usize> = (0..n).collect();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let heldout_start = Instant::now();
-    let rows = pipeline::heldout_values(
+    // Parts, not values: a rank join ranks within each split's held-out set, as its search's
+    // own held-out pass does.
+    let plan = SetPlan::new(&all_exprs);
+    let rows = pipeline::part_values(
         bench,
         &archs,
         &job.probe,
         job.threads,
-        &all_exprs,
+        &plan,
         &baselines,
         || {
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -200,16 +204,21 @@ pub fn run(
     // 3. Per split: its hall of fame's columns and the baselines, on its held-out rows.
     let mut summaries = Vec::with_capacity(job.splits);
     let mut offset = 0;
+    let n_parts = plan.parts().len();
     for ((split_job, split_opts), (phase, hall)) in jobs.iter().zip(phases.iter().zip(&halls)) {
-        let columns: Vec<usize> = (offset..offset + hall.len())
-            .chain(all_exprs.len()..all_exprs.len() + baselines.len())
+        // The split's parts are a contiguous run of the whole plan's, in the same order.
+        let split_plan = SetPlan::new(hall);
+        let k = split_plan.parts().len();
+        let columns: Vec<usize> = (offset..offset + k)
+            .chain(n_parts..n_parts + baselines.len())
             .collect();
-        offset += hall.len();
-        let split_rows: Vec<Vec<f64>> = split_job
+        offset += k;
+        let part_rows: Vec<Vec<f64>> = split_job
             .heldout
             .iter()
             .map(|&i| columns.iter().map(|&c| rows[i][c]).collect())
             .collect();
+        let split_rows = split_plan.join_rows(&part_rows);
         let summary = pipeline::summarize(split_job, split_opts, phase, &baselines, &split_rows)?;
         if let Some(dir) = &split_job.out {
             write(

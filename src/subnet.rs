@@ -35,7 +35,12 @@ pub fn parse_proxies(text: &str) -> Result<Vec<Proxy>> {
             clip(text)
         );
     }
-    items.into_iter().map(Proxy::parse).collect()
+    let proxies = items
+        .into_iter()
+        .map(Proxy::parse)
+        .collect::<Result<Vec<_>>>()?;
+    crate::scoring::refuse_rank_joins(&proxies, "sub-network scoring")?;
+    Ok(proxies)
 }
 
 /// The sub-networks to score: `random:N` (N drawn from `space` with `seed`), a named one

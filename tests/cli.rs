@@ -330,6 +330,72 @@ fn a_spilled_fitness_set_gives_the_same_search() {
 }
 
 #[test]
+fn a_rank_join_search_is_scored_over_its_held_out_set() {
+    let dir = common::fixture_data_dir("rank_join", &search_fixture());
+    let d = dir.to_str().unwrap();
+    let v = fixture_search(
+        d,
+        &[
+            "--fitness-archs",
+            "0..4",
+            "--population",
+            "6",
+            "--iterations",
+            "10",
+            "--restarts",
+            "1",
+            "--rank-join",
+            "1",
+        ],
+    );
+    let best = v["best"].as_str().unwrap();
+    assert!(best.starts_with("rank_add("), "{best}");
+    // `score` over the same held-out architectures ranks within them, as the search did.
+    let out = lpzero(&[
+        "score",
+        "--data-dir",
+        d,
+        "--proxy",
+        best,
+        "--archs",
+        "4..8",
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["heldout_spearman"].is_number(), "{v}");
+    assert_eq!(scored["spearman"], v["heldout_spearman"]);
+    // A rank join is no function of one network: export and sharded runs refuse it by name.
+    for args in [
+        vec!["export", best, "--to", "python"],
+        vec![
+            "score",
+            "--data-dir",
+            d,
+            "--proxy",
+            best,
+            "--shard",
+            "0/2",
+            "--out",
+            "x.jsonl",
+        ],
+    ] {
+        let out = lpzero(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("rank join"), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn search_writes_run_directory_and_summary() {
     let dir = common::fixture_data_dir("search", &search_fixture());
     let d = dir.to_str().unwrap();
@@ -666,80 +732,91 @@ fn baselines_write_every_file_and_check_the_reference() {
 fn study_runs_splits_and_aggregates() {
     let dir = common::fixture_data_dir("study", &search_fixture());
     let d = dir.to_str().unwrap();
-    let out_dir = dir.join("study");
-    let args = [
-        "study",
-        "--data-dir",
-        d,
-        "--splits",
-        "2",
-        "--fitness-n",
-        "5",
-        "--population",
-        "6",
-        "--iterations",
-        "4",
-        "--structure",
-        "extended",
-        "--batch",
-        "1",
-        "--seq-len",
-        "16",
-        "--json",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ];
-    let out = lpzero(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["splits"], 2);
-    let splits = v["per_split"].as_array().unwrap();
-    assert_eq!(splits.len(), 2);
-    for (k, s) in splits.iter().enumerate() {
-        assert_eq!(s["seed"], k as u64);
-        assert_eq!(s["heldout_n"], 3);
-        assert!(s["heldout_spearman"].is_number(), "{s}");
-        assert!(s["heldout_baselines"]["pair_ensemble"]["members"].is_array());
-        assert!(out_dir.join(format!("split_{k}/summary.json")).is_file());
-    }
-    // The two splits draw different fitness sets.
-    assert_ne!(splits[0]["fitness_archs"], splits[1]["fitness_archs"]);
-    let rows = &v["aggregate"]["rows"];
-    for row in ["searched", "pair_ensemble", "best_single_baseline", "eznas"] {
-        assert_eq!(rows[row]["spearman"].as_array().unwrap().len(), 2, "{row}");
-    }
-    for file in ["study.json", "study.md", "study.csv", "study.svg"] {
-        assert!(out_dir.join(file).is_file(), "missing {file}");
-    }
-    // A split's result equals `search --seed S --probe-seed 0 --fitness-archs random:5`.
-    let s = fixture_search(
-        d,
-        &[
-            "--seed",
-            "1",
-            "--probe-seed",
-            "0",
-            "--fitness-archs",
-            "random:5",
+    // Twice: with value joins, and with rank joins only (each split's joins rank within its
+    // own held-out architectures, as its search alone does).
+    for rank_join in ["0", "1"] {
+        let out_dir = dir.join(format!("study_{rank_join}"));
+        let args = [
+            "study",
+            "--data-dir",
+            d,
+            "--splits",
+            "2",
+            "--fitness-n",
+            "5",
             "--population",
             "6",
             "--iterations",
             "4",
             "--structure",
             "extended",
-        ],
-    );
-    for key in [
-        "best",
-        "heldout_spearman",
-        "heldout_baselines",
-        "fitness_archs",
-    ] {
-        assert_eq!(s[key], splits[1][key], "{key}");
+            "--rank-join",
+            rank_join,
+            "--batch",
+            "1",
+            "--seq-len",
+            "16",
+            "--json",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        let out = lpzero(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["splits"], 2);
+        let splits = v["per_split"].as_array().unwrap();
+        assert_eq!(splits.len(), 2);
+        for (k, s) in splits.iter().enumerate() {
+            assert_eq!(s["seed"], k as u64);
+            assert_eq!(s["heldout_n"], 3);
+            assert!(s["heldout_spearman"].is_number(), "{s}");
+            assert!(s["heldout_baselines"]["pair_ensemble"]["members"].is_array());
+            assert!(out_dir.join(format!("split_{k}/summary.json")).is_file());
+            let joined = s["best"].as_str().unwrap().starts_with("rank_add(");
+            assert_eq!(joined, rank_join == "1", "{}", s["best"]);
+        }
+        // The two splits draw different fitness sets.
+        assert_ne!(splits[0]["fitness_archs"], splits[1]["fitness_archs"]);
+        let rows = &v["aggregate"]["rows"];
+        for row in ["searched", "pair_ensemble", "best_single_baseline", "eznas"] {
+            assert_eq!(rows[row]["spearman"].as_array().unwrap().len(), 2, "{row}");
+        }
+        for file in ["study.json", "study.md", "study.csv", "study.svg"] {
+            assert!(out_dir.join(file).is_file(), "missing {file}");
+        }
+        // A split's result equals `search --seed S --probe-seed 0 --fitness-archs random:5`.
+        let s = fixture_search(
+            d,
+            &[
+                "--seed",
+                "1",
+                "--probe-seed",
+                "0",
+                "--fitness-archs",
+                "random:5",
+                "--population",
+                "6",
+                "--iterations",
+                "4",
+                "--structure",
+                "extended",
+                "--rank-join",
+                rank_join,
+            ],
+        );
+        for key in [
+            "best",
+            "heldout_spearman",
+            "hall_of_fame_ensemble",
+            "heldout_baselines",
+            "fitness_archs",
+        ] {
+            assert_eq!(s[key], splits[1][key], "{key}");
+        }
     }
     // Bad input is named.
     let bad = lpzero(&["study", "--data-dir", d, "--fitness-n", "8"]);

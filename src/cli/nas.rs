@@ -183,6 +183,12 @@ pub fn nas(a: NasArgs) -> Result<()> {
         ),
         (_, text) => Some(Proxy::parse(text).context("--proxy")?),
     };
+    // Probing, the pool and its evolved children are scored in changing groups: ranks across
+    // a group would not compare between groups (a table given with --scores is one set).
+    if a.scores.is_none() {
+        lpzero::scoring::refuse_rank_joins(proxy.as_slice(), "`lpzero nas` without --scores")
+            .context("--proxy")?;
+    }
     let name = proxy.as_ref().map_or(RANK_SUM.to_string(), Proxy::name);
     let orientation = proxy
         .as_ref()

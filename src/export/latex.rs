@@ -179,6 +179,8 @@ fn item(node: &Node, index: &str) -> Tex {
                 BinaryOp::Add => "+",
                 BinaryOp::Sub => "-",
                 BinaryOp::Mul => "\\odot",
+                // `export` refuses a rank join before lowering; written as a sum if it came.
+                BinaryOp::RankAdd => "+",
             };
             let text = format!("{} {sign} {}", wrap_compound(a), wrap_compound(b));
             tex(text, Kind::Compound)

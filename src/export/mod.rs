@@ -31,6 +31,16 @@ pub enum Target {
 
 /// The text of `expr` exported to `target`.
 pub fn export(expr: &Expr, target: Target) -> Result<String> {
+    if let Some([a, b]) = crate::proxy::set::rank_join(expr) {
+        bail!(
+            "`{}` is a rank join: its value is a sum of ranks across the architectures scored \
+             together, so it is not a function of one network; export its two operands (`{}` and \
+             `{}`) and add their ranks over the set you score",
+            clip(&expr.to_string()),
+            clip(&a.to_string()),
+            clip(&b.to_string())
+        );
+    }
     let node = lower(expr)?;
     Ok(match target {
         Target::Python => python::module(expr, &node),

@@ -199,6 +199,8 @@ fn binary_helper(op: BinaryOp) -> &'static str {
         BinaryOp::Sub => "_sub",
         BinaryOp::Mul => "_mul",
         BinaryOp::Matmul => "_matmul",
+        // `export` refuses a rank join before lowering (it is not a per-network function).
+        BinaryOp::RankAdd => "_unreachable",
     }
 }
 

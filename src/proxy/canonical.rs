@@ -122,7 +122,8 @@ fn simplify_binary(op: BinaryOp, a: Expr, b: Expr) -> Expr {
             if let (Some(x), Some(y)) = (strip_neg(&a), strip_neg(&b)) {
                 return simplify_binary(op, x.clone(), y.clone());
             }
-        }
+        } // Ranks are not signs: `rank_add(neg(a), b)` is not `rank_add(a, b)` negated.
+        BinaryOp::RankAdd => {}
     }
     if op.is_commutative() && a.to_string() > b.to_string() {
         return Expr::binary(op, b, a);

@@ -337,6 +337,12 @@ pub enum BinaryOp {
     /// `matmul` (idx 3, reference `matrix_multiplication`): the matrix product of 2-D arrays;
     /// a one-element operand multiplies like a scalar.
     Matmul,
+    /// `rank_add` (lpzero's, not in the reference space; index 4): a *set-level* join, the sum
+    /// of the two operands' ranks across the architectures scored together (the rank sum of a
+    /// pair ensemble, inside one expression). It has no value on one architecture alone, so
+    /// it may only be the root of an expression ([`crate::proxy::eval::rank_join`]);
+    /// [`apply_binary`] refuses it.
+    RankAdd,
 }
 
 impl BinaryOp {
@@ -365,6 +371,7 @@ impl BinaryOp {
             BinaryOp::Sub => "sub",
             BinaryOp::Mul => "mul",
             BinaryOp::Matmul => "matmul",
+            BinaryOp::RankAdd => "rank_add",
         }
     }
 
@@ -375,18 +382,38 @@ impl BinaryOp {
             BinaryOp::Sub => "element_wise_difference",
             BinaryOp::Mul => "element_wise_product",
             BinaryOp::Matmul => "matrix_multiplication",
+            BinaryOp::RankAdd => "rank_add",
         }
     }
 
-    /// The reference sampling weight of this operation (spec §4.5).
+    /// The reference sampling weight of this operation (spec §4.5; 0 for `rank_add`, which the
+    /// reference space does not have).
     pub fn sampling_weight(self) -> f64 {
-        BINARY_SAMPLING_WEIGHTS[self.index()]
+        BINARY_SAMPLING_WEIGHTS
+            .get(self.index())
+            .copied()
+            .unwrap_or(0.0)
     }
 
-    /// True when `op(a, b)` equals `op(b, a)` exactly (`add` and `mul`).
+    /// True when `op(a, b)` equals `op(b, a)` exactly (`add`, `mul` and `rank_add`).
     pub fn is_commutative(self) -> bool {
-        matches!(self, BinaryOp::Add | BinaryOp::Mul)
+        matches!(self, BinaryOp::Add | BinaryOp::Mul | BinaryOp::RankAdd)
     }
+
+    /// True for a join that ranks across a set of architectures (`rank_add`): it has no value
+    /// on one architecture.
+    pub fn is_set_level(self) -> bool {
+        matches!(self, BinaryOp::RankAdd)
+    }
+
+    /// Every operation a text may name: [`Self::ALL`] and `rank_add`.
+    pub const NAMED: [BinaryOp; 5] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Matmul,
+        BinaryOp::RankAdd,
+    ];
 }
 
 impl fmt::Display for BinaryOp {
@@ -401,7 +428,7 @@ impl FromStr for BinaryOp {
     /// Accepts the canonical name or the reference name, ASCII case-insensitively.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        Self::ALL
+        Self::NAMED
             .iter()
             .copied()
             .find(|op| {
@@ -452,6 +479,12 @@ pub enum OpError {
         /// Shape of the right operand.
         right: Vec<usize>,
     },
+    /// A set-level join (`rank_add`) asked for on one architecture's items.
+    #[error(
+        "`{0}` ranks across a set of architectures: it has no value on one architecture (it is \
+         computed over a scored set, as the root of an expression)"
+    )]
+    SetLevel(BinaryOp),
 }
 
 /// Applies a binary operation to two arrays and returns a new array.
@@ -483,6 +516,7 @@ pub fn apply_binary(op: BinaryOp, a: &Array, b: &Array) -> Result<Array, OpError
                 right: b.shape().to_vec(),
             })
         }
+        BinaryOp::RankAdd => Err(OpError::SetLevel(op)),
     }
 }
 

@@ -120,7 +120,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
 fn unknown_name(pos: usize, name: &str) -> ParseError {
     let inputs: Vec<&str> = Input::ALL.iter().map(|i| i.name()).collect();
     let unary: Vec<&str> = UnaryOp::ALL.iter().map(|o| o.name()).collect();
-    let binary: Vec<&str> = BinaryOp::ALL.iter().map(|o| o.name()).collect();
+    let binary: Vec<&str> = BinaryOp::NAMED.iter().map(|o| o.name()).collect();
     perr(
         pos,
         format!(
@@ -177,6 +177,15 @@ fn parse_expr(c: &mut Cursor<'_>, depth: usize) -> Result<Expr, ParseError> {
         };
     }
     if let Ok(op) = name.parse::<BinaryOp>() {
+        if op.is_set_level() && depth > 0 {
+            return Err(perr(
+                start,
+                format!(
+                    "`{op}` ranks across a set of architectures, so it can only be the outermost \
+                     call of an expression"
+                ),
+            ));
+        }
         let left = parse_expr(c, depth + 1)?;
         c.skip_ws();
         match c.peek() {

@@ -17,6 +17,7 @@ use super::rps::{RpsOptions, Rule};
 use crate::proxy::eval::Memo;
 use crate::proxy::eval::{EvalError, InputSource};
 use crate::proxy::expr::Expr;
+use crate::proxy::set::{rank_add, rank_join};
 use crate::rng::Rng;
 use crate::stats::{kendall_tau_b, spearman};
 
@@ -119,13 +120,26 @@ impl<'a> FitnessSet<'a> {
         self.probes
     }
 
-    /// The proxy's value on every architecture, through the memo (no pruning).
+    /// The proxy's value on every architecture, through the memo (no pruning). A rank join
+    /// ([`crate::proxy::set`]) is joined across the set, NaN where an operand has no value.
     pub fn values(&self, expr: &Expr, memo: &mut Memo) -> Vec<Result<f64, EvalError>> {
-        self.probes
-            .iter()
-            .enumerate()
-            .map(|(i, p)| memo.value(i, expr, *p))
-            .collect()
+        let mut part = |e: &Expr| -> Vec<Result<f64, EvalError>> {
+            self.probes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| memo.value(i, e, *p))
+                .collect()
+        };
+        match rank_join(expr) {
+            None => part(expr),
+            Some([a, b]) => {
+                let finite = |v: Vec<Result<f64, EvalError>>| -> Vec<f64> {
+                    v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect()
+                };
+                let (a, b) = (finite(part(a)), finite(part(b)));
+                rank_add(&a, &b).into_iter().map(Ok).collect()
+            }
+        }
     }
 
     /// The fitness with the mandatory rules only: `Some(ρ)` when the proxy has a value on every
@@ -198,7 +212,6 @@ impl<'a> FitnessSet<'a> {
         let n = self.len();
         let k = rps.predictive_k;
         let predictive = predictive_threshold.filter(|_| rps.is_on(Rule::Predictive) && k < n);
-        let mut values = Vec::with_capacity(n);
         let reject = |rule: Rule, done: usize| Evaluation {
             fitness: None,
             rule: Some(rule),
@@ -207,36 +220,52 @@ impl<'a> FitnessSet<'a> {
             negated: false,
             ranking: 0,
         };
+        // A rank join is held to the rules operand by operand (each is a proxy of its own);
+        // its values are the join of the operands' values over the architectures so far.
+        let parts: Vec<&Expr> = match rank_join(expr) {
+            Some([a, b]) => vec![a, b],
+            None => vec![expr],
+        };
+        let mut part_values: Vec<Vec<f64>> = vec![Vec::with_capacity(n); parts.len()];
+        let joined = |part_values: &[Vec<f64>]| -> Vec<f64> {
+            match part_values {
+                [a, b] => rank_add(a, b),
+                [v] => v.clone(),
+                _ => unreachable!("one expression or the two operands of a rank join"),
+            }
+        };
         // The predictive rule needs the first k values before the rest are worth computing.
         let split = if predictive.is_some() { k } else { n };
         for block in [0..split, split..n].into_iter().filter(|b| !b.is_empty()) {
             let first = block.start;
-            for (j, v) in self
-                .block_values(expr, memos, block)
-                .into_iter()
-                .enumerate()
-            {
+            let columns: Vec<Vec<Result<f64, EvalError>>> = parts
+                .iter()
+                .map(|e| self.block_values(e, memos, block.clone()))
+                .collect();
+            for j in 0..block.len() {
                 let i = first + j;
-                let v = match v {
-                    Ok(v) => v,
-                    Err(_) => return reject(Rule::EvalError, i + 1),
-                };
-                if !v.is_finite() && rps.is_on(Rule::NonFinite) {
-                    return reject(Rule::NonFinite, i + 1);
-                }
-                if v == 0.0 && rps.is_on(Rule::ZeroValue) {
-                    return reject(Rule::ZeroValue, i + 1);
-                }
-                values.push(v);
-                if values.len() > 3
-                    && rps.is_on(Rule::ConstantOutput)
-                    && values.iter().all(|x| x.to_bits() == values[0].to_bits())
-                {
-                    return reject(Rule::ConstantOutput, i + 1);
+                for (values, column) in part_values.iter_mut().zip(&columns) {
+                    let v = match column[j] {
+                        Ok(v) => v,
+                        Err(_) => return reject(Rule::EvalError, i + 1),
+                    };
+                    if !v.is_finite() && rps.is_on(Rule::NonFinite) {
+                        return reject(Rule::NonFinite, i + 1);
+                    }
+                    if v == 0.0 && rps.is_on(Rule::ZeroValue) {
+                        return reject(Rule::ZeroValue, i + 1);
+                    }
+                    values.push(v);
+                    if values.len() > 3
+                        && rps.is_on(Rule::ConstantOutput)
+                        && values.iter().all(|x| x.to_bits() == values[0].to_bits())
+                    {
+                        return reject(Rule::ConstantOutput, i + 1);
+                    }
                 }
                 if let Some(threshold) = predictive {
-                    if values.len() == k {
-                        let rho = spearman(&self.truth[..k], &values);
+                    if i + 1 == k {
+                        let rho = spearman(&self.truth[..k], &joined(&part_values));
                         let rho = if self.either_sign { rho.abs() } else { rho };
                         if rho.is_nan() || rho < threshold {
                             return reject(Rule::Predictive, k);
@@ -245,6 +274,7 @@ impl<'a> FitnessSet<'a> {
                 }
             }
         }
+        let values = joined(&part_values);
         let rho = self.score(&values);
         if rho.is_nan() {
             return reject(Rule::DegenerateCorrelation, n);
@@ -396,5 +426,57 @@ mod tests {
         let perfect = set.with_measure(FitnessMeasure::Robust).score(&s.truth);
         assert!((perfect - 1.0).abs() < 1e-12, "{perfect}");
         assert!(FitnessSet::new(&probes, &s.truth[..3]).is_err());
+    }
+
+    #[test]
+    fn a_rank_join_is_ranked_across_the_set_and_ruled_operand_by_operand() {
+        let s = Synthetic::new(30, 2);
+        let probes = s.sources();
+        let set = FitnessSet::new(&probes, &s.truth).unwrap();
+        let mut memo = Memo::new();
+        let on = RpsOptions::default();
+        let value = |t: &str, memo: &mut Memo| -> Vec<f64> {
+            set.values(&c(t), memo)
+                .into_iter()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let a = value("mean(pow2(head))", &mut memo);
+        let b = value("mean(abs(weight))", &mut memo);
+        let joined = c("rank_add(mean(pow2(head)), mean(abs(weight)))");
+        assert_eq!(value(&joined.to_string(), &mut memo), rank_add(&a, &b));
+        let e = set.evaluate(&joined, std::slice::from_mut(&mut memo), &on, Some(-1.0));
+        let rho = spearman(&s.truth, &rank_add(&a, &b));
+        assert_eq!(e.fitness, Some(rho));
+        assert_eq!(e.archs_evaluated, 30);
+        // The same with two memos (the operands' blocks are computed in parallel).
+        let mut memos = [Memo::new(), Memo::new()];
+        assert_eq!(
+            set.evaluate(&joined, &mut memos, &on, Some(-1.0)).fitness,
+            Some(rho)
+        );
+        // An operand without a value, or constant, rejects the join like a proxy of its own.
+        let cases = [
+            ("rank_add(mean(softmax), mean(head))", Rule::EvalError),
+            (
+                "rank_add(mean(softmax(mean(head))), mean(head))",
+                Rule::ConstantOutput,
+            ),
+        ];
+        for (t, rule) in cases {
+            let e = set.evaluate(&c(t), std::slice::from_mut(&mut memo), &on, None);
+            assert_eq!(e.rule, Some(rule), "{t}: {e:?}");
+        }
+        // The predictive rule ranks within the first k architectures.
+        let fail = set.evaluate(
+            &c("rank_add(neg(mean(pow2(head))), neg(mean(abs(head))))"),
+            std::slice::from_mut(&mut memo),
+            &on,
+            Some(0.0),
+        );
+        assert_eq!(
+            (fail.rule, fail.archs_evaluated),
+            (Some(Rule::Predictive), 10)
+        );
     }
 }

@@ -72,6 +72,9 @@ pub struct GenomeSpec {
     /// ([`ElementwisePair`]) instead of one input; 0 (the default) draws nothing for it, so
     /// searches without pairs are draw for draw what they were before pairs existed.
     pub pairs: f64,
+    /// Probability that a freshly drawn extended join is the rank join `rank_add`; 0 (the
+    /// default) draws nothing for it.
+    pub rank_join: f64,
 }
 
 /// One individual's heritable material (serde: tagged by `structure`).
@@ -189,6 +192,16 @@ pub const EXTENDED_BINARY: [(BinaryOp, f64); 3] = [
     (BinaryOp::Mul, 0.25),
 ];
 
+/// The join of an extended genotype's branches: the rank join `rank_add` with probability
+/// `rank_join` (nothing drawn for it when 0), else one of [`EXTENDED_BINARY`].
+pub fn sample_join(rank_join: f64, rng: &mut Rng) -> BinaryOp {
+    if rank_join > 0.0 && rng.bernoulli(rank_join) {
+        BinaryOp::RankAdd
+    } else {
+        sample_from(&EXTENDED_BINARY, rng)
+    }
+}
+
 /// Probability that a freshly drawn extended branch is summed over its items.
 pub const EXTENDED_TOTAL_P: f64 = 0.5;
 
@@ -206,8 +219,9 @@ pub fn sample_from<T: Copy>(table: &[(T, f64)], rng: &mut Rng) -> T {
 
 impl ExtendedGenotype {
     /// A random extended genotype with `n_unary` item-wise ops per branch, each branch with an
-    /// element-wise pair with probability `pairs` (drawn after the rest, nothing drawn at 0).
-    pub fn random(n_unary: usize, pairs: f64, rng: &mut Rng) -> Self {
+    /// element-wise pair with probability `pairs`, and joined by rank (`rank_add`) with
+    /// probability `rank_join` (both drawn after the rest, nothing drawn at 0).
+    pub fn random(n_unary: usize, pairs: f64, rank_join: f64, rng: &mut Rng) -> Self {
         let branch = |rng: &mut Rng| {
             (
                 sample_input(rng),
@@ -219,11 +233,14 @@ impl ExtendedGenotype {
         };
         let (i0, u0, r0, t0, p0) = branch(rng);
         let (i1, u1, r1, t1, p1) = branch(rng);
-        let binary = sample_from(&EXTENDED_BINARY, rng);
+        let mut binary = sample_from(&EXTENDED_BINARY, rng);
         let pair = [
             ElementwisePair::maybe_random(pairs, i0, rng),
             ElementwisePair::maybe_random(pairs, i1, rng),
         ];
+        if rank_join > 0.0 && rng.bernoulli(rank_join) {
+            binary = BinaryOp::RankAdd;
+        }
         Self {
             inputs: [i0, i1],
             unary: [u0, u1],
@@ -337,9 +354,12 @@ impl Genome {
             Structure::Free => Genome::Free {
                 expr: grow_expr(spec.max_depth, true, rng),
             },
-            Structure::Extended => {
-                Genome::Extended(ExtendedGenotype::random(spec.n_unary, spec.pairs, rng))
-            }
+            Structure::Extended => Genome::Extended(ExtendedGenotype::random(
+                spec.n_unary,
+                spec.pairs,
+                spec.rank_join,
+                rng,
+            )),
         }
     }
 
@@ -488,6 +508,7 @@ mod tests {
             linear_length: 4,
             max_depth: 5,
             pairs: 0.0,
+            rank_join: 0.0,
         }
     }
 
@@ -561,7 +582,7 @@ mod tests {
         );
         let mut rng = Rng::new(3);
         let totals = (0..400)
-            .map(|_| ExtendedGenotype::random(2, 0.0, &mut rng))
+            .map(|_| ExtendedGenotype::random(2, 0.0, 0.0, &mut rng))
             .filter(|g| g.total[0])
             .count();
         assert!((150..250).contains(&totals), "{totals}");

@@ -104,6 +104,12 @@ pub struct SearchOptions {
     /// extended template as it was, draw for draw.
     #[serde(skip_serializing_if = "super::variation::is_zero")]
     pub pairs: f64,
+    /// Extended structure: probability that a freshly drawn join of the two branches is the
+    /// rank join `rank_add` (the sum of the branches' ranks across the scored architectures,
+    /// [`crate::proxy::set`]) instead of a value-level `add`, `sub` or `mul`. 0 (left out of
+    /// files) keeps the extended template as it was, draw for draw.
+    #[serde(skip_serializing_if = "super::variation::is_zero")]
+    pub rank_join: f64,
     /// Seed of the one RNG that drives sampling, selection and variation.
     pub seed: u64,
     /// Number of best distinct proxies (by canonical key) kept in the hall of fame.
@@ -173,6 +179,7 @@ impl SearchOptions {
             linear_length: 4,
             max_depth: 5,
             pairs: 0.0,
+            rank_join: 0.0,
             seed: 0,
             hall_of_fame: 10,
             checkpoint_every: 50,
@@ -309,6 +316,20 @@ impl SearchOptions {
                 self.structure
             );
         }
+        if !(0.0..=1.0).contains(&self.rank_join) {
+            bail!(
+                "rank_join must be a probability in [0, 1], got {}",
+                self.rank_join
+            );
+        }
+        if self.rank_join > 0.0 && self.structure != Structure::Extended {
+            bail!(
+                "rank_join is {} but the structure is {}: the rank join is a join of the \
+                 extended structure's two branches only",
+                self.rank_join,
+                self.structure
+            );
+        }
         if self.mutation.pair > 0.0 && self.pairs == 0.0 {
             bail!(
                 "mutation weight `pair` is {} but pairs is 0: there are no element-wise pairs \
@@ -336,6 +357,7 @@ impl SearchOptions {
             linear_length: self.linear_length,
             max_depth: self.max_depth,
             pairs: self.pairs,
+            rank_join: self.rank_join,
         }
     }
 }
@@ -452,6 +474,15 @@ mod tests {
                 },
                 ..Default::default()
             },
+            SearchOptions {
+                rank_join: -0.1,
+                ..Default::default()
+            },
+            SearchOptions {
+                rank_join: 0.5,
+                structure: Structure::Tree,
+                ..Default::default()
+            },
         ];
         for o in bad {
             assert!(o.validate().is_err(), "{o:?}");
@@ -473,5 +504,17 @@ mod tests {
         );
         let json = serde_json::to_string(&SearchOptions::default()).unwrap();
         assert!(!json.contains("pair"), "{json}");
+        assert!(!json.contains("rank_join"), "{json}");
+        let joined = SearchOptions {
+            rank_join: 0.5,
+            structure: Structure::Extended,
+            ..Default::default()
+        };
+        joined.validate().unwrap();
+        let json = serde_json::to_string(&joined).unwrap();
+        assert_eq!(
+            serde_json::from_str::<SearchOptions>(&json).unwrap(),
+            joined
+        );
     }
 }

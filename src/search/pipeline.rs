@@ -23,8 +23,9 @@ use crate::probe::spill::{SpillFile, Spilled};
 use crate::probe::{Probe, ProbeOptions};
 use crate::proxy::builtin::Orientation;
 use crate::proxy::eval::list_bytes;
-use crate::proxy::eval::{self, InputSource};
+use crate::proxy::eval::InputSource;
 use crate::proxy::expr::Expr;
+use crate::proxy::set::{set_values, SetPlan};
 use crate::scoring::Proxy;
 use crate::stats;
 
@@ -292,12 +293,7 @@ pub fn fitness_phase(
         job.resume.as_deref(),
         &|i| progress(Phase::Search, i, iterations),
     )?;
-    let values_of = |e: &Expr| -> Vec<f64> {
-        sources
-            .iter()
-            .map(|p| eval::eval(e, *p).unwrap_or(f64::NAN))
-            .collect()
-    };
+    let values_of = |e: &Expr| -> Vec<f64> { set_values(e, &sources) };
     let fitness_spearman = stats::spearman(&truth, &stats::sanitize(&values_of(&outcome.best)).0);
     let hall_values = outcome
         .hall_of_fame
@@ -321,13 +317,30 @@ pub fn fitness_phase(
 }
 
 /// One probe per architecture of `archs`: the values of `exprs` followed by those of
-/// `baselines`, one row per architecture (in `archs` order). `on_done` ticks per architecture.
+/// `baselines`, one row per architecture (in `archs` order); a rank join among `exprs` is
+/// joined across `archs` ([`SetPlan`]). `on_done` ticks per architecture.
 pub fn heldout_values(
     bench: &Benchmark,
     archs: &[usize],
     probe: &ProbeOptions,
     threads: usize,
     exprs: &[Expr],
+    baselines: &[Proxy],
+    on_done: impl Fn() + Sync,
+) -> Result<Vec<Vec<f64>>> {
+    let plan = SetPlan::new(exprs);
+    let rows = part_values(bench, archs, probe, threads, &plan, baselines, on_done)?;
+    Ok(plan.join_rows(&rows))
+}
+
+/// Like [`heldout_values`] but before the join: each row holds the values of `plan`'s parts,
+/// then the baselines' (for a caller that joins over subsets of `archs`, as the study does).
+pub fn part_values(
+    bench: &Benchmark,
+    archs: &[usize],
+    probe: &ProbeOptions,
+    threads: usize,
+    plan: &SetPlan,
     baselines: &[Proxy],
     on_done: impl Fn() + Sync,
 ) -> Result<Vec<Vec<f64>>> {
@@ -340,11 +353,9 @@ pub fn heldout_values(
         probe,
         threads,
         |_, p| {
-            Ok(exprs
-                .iter()
-                .map(|e| eval::eval(e, &p).unwrap_or(f64::NAN))
-                .chain(crate::scoring::compute_all(baselines, &p))
-                .collect())
+            let mut row = plan.part_values(&p);
+            row.extend(crate::scoring::compute_all(baselines, &p));
+            Ok(row)
         },
         on_done,
     )
@@ -502,7 +513,7 @@ pub fn summarize(
         (
             members,
             fit_rho,
-            Corr::of(&held_truth, &compare::rank_sum(&refs)),
+            Corr::of(&held_truth, &stats::rank_sum(&refs)),
         )
     });
     // The combined ensemble: the hall-of-fame ensemble's members and the pair's two baselines.
@@ -523,7 +534,7 @@ pub fn summarize(
             }
             let sum = |cols: &[Vec<f64>]| {
                 let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-                compare::rank_sum(&refs)
+                stats::rank_sum(&refs)
             };
             let held_corr = Corr::of(&held_truth, &sum(&held));
             let searched: Vec<Expr> = members

@@ -40,8 +40,8 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::genome::{
-    grow_expr, sample_binary, sample_free_unary, sample_from, sample_input, sample_unary,
-    ElementwisePair, ExtendedGenotype, Genome, GenomeSpec, EXTENDED_BINARY, EXTENDED_POST_OPS,
+    grow_expr, sample_binary, sample_free_unary, sample_from, sample_input, sample_join,
+    sample_unary, ElementwisePair, ExtendedGenotype, Genome, GenomeSpec, EXTENDED_POST_OPS,
     EXTENDED_REDUCTIONS, EXTENDED_TOTAL_P, GRAPH_EDGES,
 };
 use crate::proxy::expr::Expr;
@@ -469,7 +469,7 @@ pub fn mutate(g: &Genome, spec: &GenomeSpec, weights: &MutationWeights, rng: &mu
             let (i0, u0, r0, t0, p0) = branch(0, rng);
             let (i1, u1, r1, t1, p1) = branch(1, rng);
             let binary = keep_or(x.binary, redraw.binary, rng, |rng| {
-                sample_from(&EXTENDED_BINARY, rng)
+                sample_join(spec.rank_join, rng)
             });
             // Without pairs in the search nothing is drawn (a pair read from a file is kept).
             let pair_redraw = redraw.pair && spec.pairs > 0.0;
@@ -600,6 +600,7 @@ mod tests {
             linear_length: 4,
             max_depth: 5,
             pairs: 0.0,
+            rank_join: 0.0,
         }
     }
 
@@ -732,7 +733,7 @@ mod tests {
         assert!(from_a > 60, "{from_a}");
         // Without pairs in the search, mutation keeps a pair read from a file as it is.
         s.pairs = 0.0;
-        let g = ExtendedGenotype::random(2, 1.0, &mut rng);
+        let g = ExtendedGenotype::random(2, 1.0, 0.0, &mut rng);
         let a = Genome::Extended(g.clone());
         let w = MutationWeights::default();
         for _ in 0..20 {

@@ -131,6 +131,7 @@ pub fn run(
     on_done: impl Fn() + Sync,
 ) -> Result<ShardReport> {
     let start = Instant::now();
+    scoring::refuse_rank_joins(job.proxies, "a sharded run (one architecture at a time)")?;
     let header = job.header(shard)?;
     let opened = ShardFile::open(out, &header)?;
     if opened.discarded_bytes > 0 {
