@@ -167,6 +167,9 @@ pub fn compute_all_timed(proxies: &[Proxy], probe: &Probe) -> Vec<(f64, f64)> {
                     .find(|(q, _)| matches!(q, Proxy::Builtin(c) if c.name == base))
                     .map(|(_, (v, _))| v / divisor(probe))
             }),
+            // A rank join has no value on one probe: its scorer joins its operands over the
+            // set ([`score`]); nothing is computed for it here.
+            Proxy::Expr { .. } if p.rank_join().is_some() => Some(f64::NAN),
             Proxy::Expr { .. } => None,
         };
         let v = known.unwrap_or_else(|| p.compute(probe));
@@ -406,7 +409,7 @@ pub fn score(
                 .filter(|p| matches!(p, Proxy::Builtin(b) if matches!(b.name, "synflow" | "logsynflow")))
                 .count()
                 .max(1) as f64;
-            let timed: Vec<(f64, f64)> = proxies
+            let mut timed: Vec<(f64, f64)> = proxies
                 .iter()
                 .zip(compute_all_timed(proxies, &probe))
                 .map(|(p, (v, mut secs))| {
@@ -422,12 +425,15 @@ pub fn score(
                     (v, secs)
                 })
                 .collect();
-            let operands: Vec<f64> = proxies
-                .iter()
-                .filter_map(Proxy::rank_join)
-                .flatten()
-                .map(|e| eval(e, &probe).unwrap_or(f64::NAN))
-                .collect();
+            // A rank join's operands, two per join in proxy order (joined after every probe).
+            let mut operands = Vec::new();
+            for (p, proxy) in proxies.iter().enumerate() {
+                if let Some(pair) = proxy.rank_join() {
+                    let start = Instant::now();
+                    operands.extend(pair.map(|e| eval(e, &probe).unwrap_or(f64::NAN)));
+                    timed[p].1 = start.elapsed().as_secs_f64();
+                }
+            }
             Ok((probe_secs.max(0.0), timed, operands))
         },
         on_done,

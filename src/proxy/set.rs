@@ -11,17 +11,23 @@
 //!
 //! Ranks average ties; a value that is not finite (an operand without a value on that
 //! architecture) ties with the other such values below every finite one, as in the rank-sum
-//! ensembles of [`crate::compare`].
+//! ensembles of [`crate::compare`], and the join has no value there (NaN).
 
 use super::eval::{eval, InputSource};
 use super::expr::Expr;
 use crate::stats;
 
 /// The operands of `expr` when it is a rank join (`rank_add(a, b)` at its root); `None` for an
-/// expression with a value per architecture.
+/// expression with a value per architecture. A join with a disconnected operand is its other
+/// operand (the same ranking, and what its canonical form is), which has a value per
+/// architecture: `None` too.
 pub fn rank_join(expr: &Expr) -> Option<[&Expr; 2]> {
     match expr {
-        Expr::Binary(op, a, b) if op.is_set_level() => Some([a, b]),
+        Expr::Binary(op, a, b)
+            if op.is_set_level() && !a.is_disconnected() && !b.is_disconnected() =>
+        {
+            Some([a, b])
+        }
         _ => None,
     }
 }
@@ -36,12 +42,20 @@ pub fn has_rank_join(expr: &Expr) -> bool {
 }
 
 /// The rank join of two operands' values over one set: per architecture, its rank by `a` plus
-/// its rank by `b` (ties averaged, non-finite values tied below every finite one).
+/// its rank by `b` (ties averaged; a non-finite value ranks below every finite one), and NaN
+/// where either operand has no finite value (like any expression whose operand has none; the
+/// scorers then rank it last and count it as non-finite).
 ///
 /// # Panics
 /// If the two slices differ in length.
 pub fn rank_add(a: &[f64], b: &[f64]) -> Vec<f64> {
-    stats::rank_sum(&[&stats::sanitize(a).0, &stats::sanitize(b).0])
+    let mut out = stats::rank_sum(&[&stats::sanitize(a).0, &stats::sanitize(b).0]);
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        if !(x.is_finite() && y.is_finite()) {
+            *o = f64::NAN;
+        }
+    }
+    out
 }
 
 /// The values of `expr` on every source of a set, NaN where it has none: per architecture for
@@ -174,11 +188,12 @@ mod tests {
             rank_add(&[1.0, 2.0, 1e9], &[3.0, 2.0, 1.0]),
             vec![4.0, 4.0, 4.0]
         );
-        // A missing value ranks below every finite one; two missing values tie.
-        assert_eq!(
-            rank_add(&[f64::NAN, 1.0, f64::INFINITY], &[1.0, 2.0, 3.0]),
-            vec![2.5, 5.0, 4.5]
-        );
+        // A missing value ranks below every finite one (two missing values tie), and the
+        // join has no value where an operand has none.
+        let j = rank_add(&[f64::NAN, 1.0, f64::INFINITY, 2.0], &[1.0, 2.0, 3.0, 4.0]);
+        assert!(j[0].is_nan() && j[2].is_nan(), "{j:?}");
+        assert_eq!(&j[1..2], &[5.0]);
+        assert_eq!(j[3], 8.0);
     }
 
     #[test]
@@ -211,6 +226,9 @@ mod tests {
         assert_eq!(joined[2][0], 5.0);
         assert_eq!(joined[1][1], 7.0);
         assert!(joined[0][2].is_nan(), "softmax is missing");
+        let missing = SetPlan::new(&[Expr::parse("rank_add(mean(head), mean(softmax))").unwrap()]);
+        let rows: Vec<Vec<f64>> = refs.iter().map(|s| missing.part_values(*s)).collect();
+        assert!(missing.join_rows(&rows).iter().all(|r| r[0].is_nan()));
         assert!(joined.iter().all(|r| r.len() == 4 && r[3] == 42.0));
         assert_eq!(
             set_values(&exprs[0], &refs),
@@ -220,6 +238,10 @@ mod tests {
         let err = eval(&exprs[0], &sources[0]).unwrap_err().to_string();
         assert!(err.contains("rank_add") && err.contains("set"), "{err}");
         assert!(!SetPlan::new(&exprs[1..]).is_set_level());
+        // A disconnected operand leaves the other one, valued per architecture.
+        let half = Expr::parse("rank_add(mean(disconnect(act)), mean(head))").unwrap();
+        assert!(rank_join(&half).is_none());
+        assert_eq!(set_values(&half, &refs), vec![1.0, 2.0, 3.0]);
     }
 
     #[test]

@@ -401,6 +401,21 @@ impl Genome {
                 spec.structure
             ));
         }
+        // A rank join is only an extended genome's join, and only in a search that draws it.
+        let rank_join_ok = match self {
+            Genome::Tree(g) => !g.binary.is_set_level(),
+            Genome::Extended(g) => !g.binary.is_set_level() || spec.rank_join > 0.0,
+            Genome::Free { expr } => !crate::proxy::set::has_rank_join(expr),
+            Genome::Linear { .. } | Genome::Graph { .. } => true,
+        };
+        if !rank_join_ok {
+            return Err(format!(
+                "a {} genome holding `{}`: the rank join is only the join of an extended genome, \
+                 in a search with rank_join above 0",
+                self.structure(),
+                BinaryOp::RankAdd
+            ));
+        }
         let (what, found, expected) = match self {
             Genome::Tree(g) => {
                 let bad = g.unary.iter().find(|c| c.len() != spec.n_unary);
@@ -586,6 +601,34 @@ mod tests {
             .filter(|g| g.total[0])
             .count();
         assert!((150..250).contains(&totals), "{totals}");
+    }
+
+    #[test]
+    fn rank_joins_are_drawn_only_when_asked_and_checked_as_extended_joins() {
+        let mut rng = Rng::new(5);
+        let joined = (0..400)
+            .map(|_| ExtendedGenotype::random(2, 0.0, 0.5, &mut rng))
+            .filter(|g| g.binary == BinaryOp::RankAdd)
+            .count();
+        assert!((150..250).contains(&joined), "{joined}");
+        let mut rng = Rng::new(5);
+        assert!((0..400)
+            .map(|_| ExtendedGenotype::random(2, 0.0, 0.0, &mut rng))
+            .all(|g| g.binary != BinaryOp::RankAdd));
+        let mut rng = Rng::new(6);
+        let mut g = ExtendedGenotype::random(2, 0.0, 0.0, &mut rng);
+        g.binary = BinaryOp::RankAdd;
+        assert!(g.to_expr().to_string().starts_with("rank_add("));
+        let on = GenomeSpec {
+            rank_join: 0.5,
+            ..spec(Structure::Extended)
+        };
+        assert!(Genome::Extended(g.clone()).check(&on).is_ok());
+        let off = Genome::Extended(g).check(&spec(Structure::Extended));
+        assert!(off.unwrap_err().contains("rank_join"));
+        let mut t = TreeGenotype::from_indices([0, 1], [&[2, 3], &[4, 5]], 0).unwrap();
+        t.binary = BinaryOp::RankAdd;
+        assert!(Genome::Tree(t).check(&on).is_err());
     }
 
     #[test]

@@ -330,6 +330,13 @@ impl SearchOptions {
                 self.structure
             );
         }
+        if self.rank_join > 0.0 && self.either_sign {
+            bail!(
+                "rank_join goes with the oriented fitness only: under either_sign a backward \
+                 proxy is reported as its negation, and `neg(rank_add(…))` is not an expression \
+                 (a rank join is only ever the root)"
+            );
+        }
         if self.mutation.pair > 0.0 && self.pairs == 0.0 {
             bail!(
                 "mutation weight `pair` is {} but pairs is 0: there are no element-wise pairs \
@@ -481,6 +488,12 @@ mod tests {
             SearchOptions {
                 rank_join: 0.5,
                 structure: Structure::Tree,
+                ..Default::default()
+            },
+            SearchOptions {
+                rank_join: 0.5,
+                structure: Structure::Extended,
+                either_sign: true,
                 ..Default::default()
             },
         ];
