@@ -185,8 +185,8 @@ pub fn refuse_rank_joins(proxies: &[Proxy], job: &str) -> Result<()> {
     if let Some(p) = proxies.iter().find(|p| p.rank_join().is_some()) {
         bail!(
             "`{}` is a rank join (a sum of ranks across the architectures scored together), which \
-             {job} cannot score: score its two operands and join them with `lpzero score \
-             --rank-sum` over the whole set",
+             {job} cannot score: score it over the whole set with `lpzero score`, which joins it \
+             there (`lpzero nas --scores` reads that table)",
             clip(&p.name())
         );
     }
