@@ -204,26 +204,32 @@ fn bad_input_gives_clear_errors() {
 fn expressions_and_genotypes_score() {
     let dir = common::fixture_data_dir("expr", &common::fixture_records());
     let d = dir.to_str().unwrap();
-    let out = lpzero(&[
+    let v = fixture_score(
+        d,
+        &[
+            "--proxy",
+            "lpzero_bert;add(mean(pow2(head)), mean(abs(act)))",
+        ],
+    );
+    assert_eq!(v["proxies"].as_array().unwrap().len(), 2);
+    assert_eq!(v["proxies"][0]["non_finite"], 0);
+}
+
+/// The JSON of `score --data-dir d --batch 1 --seq-len 16 --json ARGS` (which must succeed) on
+/// a fixture of small records.
+fn fixture_score(d: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec![
         "score",
         "--data-dir",
         d,
-        "--proxy",
-        "lpzero_bert;add(mean(pow2(head)), mean(abs(act)))",
         "--batch",
         "1",
         "--seq-len",
         "16",
         "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["proxies"].as_array().unwrap().len(), 2);
-    assert_eq!(v["proxies"][0]["non_finite"], 0);
+    ];
+    all.extend(args);
+    serde_json::from_str(&common::stdout_of(&lpzero(&all))).unwrap()
 }
 
 /// Eight small records: the fixture's four plus variations, for searches.
@@ -351,26 +357,7 @@ fn a_rank_join_search_is_scored_over_its_held_out_set() {
     let best = v["best"].as_str().unwrap();
     assert!(best.starts_with("rank_add("), "{best}");
     // `score` over the same held-out architectures ranks within them, as the search did.
-    let out = lpzero(&[
-        "score",
-        "--data-dir",
-        d,
-        "--proxy",
-        best,
-        "--archs",
-        "4..8",
-        "--batch",
-        "1",
-        "--seq-len",
-        "16",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scored = fixture_score(d, &["--proxy", best, "--archs", "4..8"]);
     assert!(v["heldout_spearman"].is_number(), "{v}");
     assert_eq!(scored["spearman"], v["heldout_spearman"]);
     // A rank join is no function of one network: export and sharded runs refuse it by name.
@@ -388,10 +375,7 @@ fn a_rank_join_search_is_scored_over_its_held_out_set() {
             "x.jsonl",
         ],
     ] {
-        let out = lpzero(&args);
-        assert!(!out.status.success(), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("rank join"), "{args:?}: {err}");
+        common::assert_fails(&lpzero(&args), &["rank join"]);
     }
 }
 

@@ -340,7 +340,7 @@ pub enum BinaryOp {
     /// `rank_add` (lpzero's, not in the reference space; index 4): a *set-level* join, the sum
     /// of the two operands' ranks across the architectures scored together (the rank sum of a
     /// pair ensemble, inside one expression). It has no value on one architecture alone, so
-    /// it may only be the root of an expression ([`crate::proxy::eval::rank_join`]);
+    /// it may only be the root of an expression ([`crate::proxy::set::rank_join`]);
     /// [`apply_binary`] refuses it.
     RankAdd,
 }

@@ -13,6 +13,8 @@
 //! architecture) ties with the other such values below every finite one, as in the rank-sum
 //! ensembles of [`crate::compare`], and the join has no value there (NaN).
 
+use std::ops::Range;
+
 use super::eval::{eval, InputSource};
 use super::expr::Expr;
 use crate::stats;
@@ -58,56 +60,70 @@ pub fn rank_add(a: &[f64], b: &[f64]) -> Vec<f64> {
     out
 }
 
+/// What is computed on every architecture for `expr`: the two operands of a rank join, else
+/// `expr` itself. [`join`] makes `expr`'s values from theirs.
+pub fn operands(expr: &Expr) -> Vec<&Expr> {
+    match rank_join(expr) {
+        Some(pair) => pair.to_vec(),
+        None => vec![expr],
+    }
+}
+
+/// An expression's values over a set from those of its [`operands`], one column per operand in
+/// their order: the rank join of two columns ([`rank_add`]), one column as it is.
+///
+/// # Panics
+/// If there are not one or two columns, or two columns differ in length.
+pub fn join(columns: &[Vec<f64>]) -> Vec<f64> {
+    match columns {
+        [v] => v.clone(),
+        [a, b] => rank_add(a, b),
+        _ => panic!(
+            "an expression's values join one or two operand columns, got {}",
+            columns.len()
+        ),
+    }
+}
+
 /// The values of `expr` on every source of a set, NaN where it has none: per architecture for
 /// an ordinary expression, joined across the set for a rank join.
 pub fn set_values(expr: &Expr, sources: &[&dyn InputSource]) -> Vec<f64> {
-    let plan = SetPlan::new(std::slice::from_ref(expr));
-    let rows: Vec<Vec<f64>> = sources.iter().map(|s| plan.part_values(*s)).collect();
-    plan.join_columns(&transpose(&rows, plan.parts().len()))
-        .pop()
-        .expect("one expression gives one column")
+    let columns: Vec<Vec<f64>> = operands(expr)
+        .into_iter()
+        .map(|e| {
+            sources
+                .iter()
+                .map(|s| eval(e, *s).unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    join(&columns)
 }
 
 /// How a list of expressions is scored over a set: the per-architecture expressions to compute
-/// on every architecture ([`SetPlan::parts`]: each ordinary expression, and both operands of
-/// each rank join), then how their values make the list's values ([`SetPlan::join_rows`],
+/// on every architecture ([`SetPlan::parts`]: the [`operands`] of each expression of the list,
+/// in order), then how their values make the list's values ([`SetPlan::join_rows`],
 /// [`SetPlan::join_columns`]).
 #[derive(Debug, Clone)]
 pub struct SetPlan {
     parts: Vec<Expr>,
-    slots: Vec<Slot>,
-}
-
-/// Where an expression of the list takes its values from.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    /// Part `k` itself.
-    Value(usize),
-    /// The rank join of parts `k` and `l`.
-    RankAdd(usize, usize),
+    /// The parts of each expression of the list.
+    spans: Vec<Range<usize>>,
 }
 
 impl SetPlan {
     /// The plan of `exprs`.
     pub fn new(exprs: &[Expr]) -> Self {
         let mut parts = Vec::new();
-        let mut push = |e: &Expr| {
-            parts.push(e.clone());
-            parts.len() - 1
-        };
-        let slots = exprs
+        let spans = exprs
             .iter()
-            .map(|e| match rank_join(e) {
-                Some([a, b]) => Slot::RankAdd(push(a), push(b)),
-                None => Slot::Value(push(e)),
+            .map(|e| {
+                let start = parts.len();
+                parts.extend(operands(e).into_iter().cloned());
+                start..parts.len()
             })
             .collect();
-        Self { parts, slots }
-    }
-
-    /// True when some expression of the list is a rank join (its values depend on the set).
-    pub fn is_set_level(&self) -> bool {
-        self.slots.iter().any(|s| matches!(s, Slot::RankAdd(..)))
+        Self { parts, spans }
     }
 
     /// The expressions to compute on every architecture.
@@ -126,12 +142,9 @@ impl SetPlan {
     /// The list's values from the parts' values, both as columns: `parts[k][a]` is part `k` on
     /// architecture `a`; the result's `[e][a]` is expression `e` on architecture `a`.
     pub fn join_columns(&self, parts: &[Vec<f64>]) -> Vec<Vec<f64>> {
-        self.slots
+        self.spans
             .iter()
-            .map(|slot| match *slot {
-                Slot::Value(k) => parts[k].clone(),
-                Slot::RankAdd(k, l) => rank_add(&parts[k], &parts[l]),
-            })
+            .map(|span| join(&parts[span.clone()]))
             .collect()
     }
 
@@ -207,7 +220,6 @@ mod tests {
         .map(|t| Expr::parse(t).unwrap())
         .collect();
         let plan = SetPlan::new(&exprs);
-        assert!(plan.is_set_level());
         assert_eq!(plan.parts().len(), 4);
         let sources = [source(1.0, 5.0), source(2.0, 7.0), source(3.0, 6.0)];
         let refs: Vec<&dyn InputSource> = sources.iter().map(|s| s as &dyn InputSource).collect();
@@ -237,7 +249,7 @@ mod tests {
         // On one architecture a rank join has no value, and says why.
         let err = eval(&exprs[0], &sources[0]).unwrap_err().to_string();
         assert!(err.contains("rank_add") && err.contains("set"), "{err}");
-        assert!(!SetPlan::new(&exprs[1..]).is_set_level());
+        assert_eq!(SetPlan::new(&exprs[1..]).parts(), &exprs[1..]);
         // A disconnected operand leaves the other one, valued per architecture.
         let half = Expr::parse("rank_add(mean(disconnect(act)), mean(head))").unwrap();
         assert!(rank_join(&half).is_none());

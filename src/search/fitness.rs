@@ -17,7 +17,7 @@ use super::rps::{RpsOptions, Rule};
 use crate::proxy::eval::Memo;
 use crate::proxy::eval::{EvalError, InputSource};
 use crate::proxy::expr::Expr;
-use crate::proxy::set::{rank_add, rank_join};
+use crate::proxy::set::{join, operands, rank_add, rank_join};
 use crate::rng::Rng;
 use crate::stats::{kendall_tau_b, spearman};
 
@@ -222,18 +222,8 @@ impl<'a> FitnessSet<'a> {
         };
         // A rank join is held to the rules operand by operand (each is a proxy of its own);
         // its values are the join of the operands' values over the architectures so far.
-        let parts: Vec<&Expr> = match rank_join(expr) {
-            Some([a, b]) => vec![a, b],
-            None => vec![expr],
-        };
+        let parts = operands(expr);
         let mut part_values: Vec<Vec<f64>> = vec![Vec::with_capacity(n); parts.len()];
-        let joined = |part_values: &[Vec<f64>]| -> Vec<f64> {
-            match part_values {
-                [a, b] => rank_add(a, b),
-                [v] => v.clone(),
-                _ => unreachable!("one expression or the two operands of a rank join"),
-            }
-        };
         // The predictive rule needs the first k values before the rest are worth computing.
         let split = if predictive.is_some() { k } else { n };
         for block in [0..split, split..n].into_iter().filter(|b| !b.is_empty()) {
@@ -265,7 +255,7 @@ impl<'a> FitnessSet<'a> {
                 }
                 if let Some(threshold) = predictive {
                     if i + 1 == k {
-                        let rho = spearman(&self.truth[..k], &joined(&part_values));
+                        let rho = spearman(&self.truth[..k], &join(&part_values));
                         let rho = if self.either_sign { rho.abs() } else { rho };
                         if rho.is_nan() || rho < threshold {
                             return reject(Rule::Predictive, k);
@@ -274,7 +264,7 @@ impl<'a> FitnessSet<'a> {
                 }
             }
         }
-        let values = joined(&part_values);
+        let values = join(&part_values);
         let rho = self.score(&values);
         if rho.is_nan() {
             return reject(Rule::DegenerateCorrelation, n);
