@@ -235,6 +235,7 @@ impl ProbeArgs {
             corpus: self.corpus.clone(),
             extra_passes: false,
             storage: self.probe_storage.into(),
+            pass: Default::default(),
         };
         family
             .validate(&opts)
@@ -530,9 +531,32 @@ struct BenchArgs {
     /// them to the probes.
     #[arg(long, default_value = "all")]
     proxy: String,
+    /// How each probe's forward and backward pass runs (the same values either way): by
+    /// blocks where the family can (GPT-2 without dropout; the default of every command), or
+    /// the whole graph at once (to measure the difference).
+    #[arg(long, value_enum, default_value_t = PassArg::ByBlocks)]
+    pass: PassArg,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// `lpzero bench --pass`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PassArg {
+    /// Block by block, each block recomputed for its backward (less memory).
+    ByBlocks,
+    /// The whole graph at once.
+    Whole,
+}
+
+impl From<PassArg> for lpzero::probe::PassMode {
+    fn from(p: PassArg) -> Self {
+        match p {
+            PassArg::ByBlocks => Self::ByBlocks,
+            PassArg::Whole => Self::Whole,
+        }
+    }
 }
 
 /// Runs the parsed command.
@@ -778,10 +802,14 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
 fn bench_cmd(a: BenchArgs) -> Result<()> {
     let bench = load(&a.data)?;
     let selection = bench::parse_selection(&a.archs, bench.len()).context("--archs")?;
-    let opts = a.probe.options(bench.kind)?;
+    let opts = ProbeOptions {
+        pass: a.pass.into(),
+        ..a.probe.options(bench.kind)?
+    };
     let threads = a.probe.threads()?;
     let mut result = serde_json::json!({
         "bench": bench.kind.name(), "threads": threads,
+        "pass": a.pass.to_possible_value().map(|v| v.get_name().to_string()),
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
     if a.calibration || a.calibration_only {

@@ -11,7 +11,7 @@ use lpzero::models::flexibert::SizeMode;
 use lpzero::models::gpt2_flex::{Config, Gpt2Flex, FAMILY};
 use lpzero::models::Family;
 use lpzero::nn::Build;
-use lpzero::probe::{Probe, ProbeOptions};
+use lpzero::probe::{PassMode, Probe, ProbeOptions};
 use lpzero::proxy::builtin;
 use lpzero::proxy::eval::eval;
 use lpzero::proxy::genotype::builtin_genotype;
@@ -721,4 +721,84 @@ fn compute_all_equals_each_proxy_on_its_own() {
         assert_eq!(all, each);
         proxies.reverse();
     }
+}
+
+/// Everything a probe holds that proxies read, as exact bits: the loss, the captures, every
+/// linear's weight and gradient, the position table's gradient and the extra-pass values.
+fn probe_bits(p: &Probe) -> Vec<u64> {
+    let mut bits = vec![p.loss.to_bits()];
+    let arrays = p
+        .act
+        .iter()
+        .chain(&p.softmax)
+        .chain(p.linears.iter().flat_map(|l| [&l.weight, &l.grad]))
+        .chain([&p.position_grad]);
+    for a in arrays {
+        bits.extend(a.data().iter().map(|x| x.to_bits() as u64));
+    }
+    if let Some(e) = &p.extras {
+        let values = [
+            e.fisher,
+            e.attention_confidence,
+            e.jacob_cov,
+            e.grasp,
+            e.synflow,
+            e.logsynflow,
+        ];
+        bits.extend(values.iter().map(|v| v.to_bits()));
+    }
+    bits
+}
+
+/// A probe run block by block (the default: each block's forward recomputed for its backward)
+/// holds the same values, bit for bit, as the whole pass: with and without the extra passes (taps,
+/// GraSP's second pass, Synflow), for both embedding layouts; with dropout it runs whole.
+#[test]
+fn a_pass_by_blocks_gives_the_whole_pass_values_bit_for_bit() {
+    let mut records = vec![tiny_record()];
+    let mut single = tiny_record();
+    single.div_val = 1;
+    records.push(single);
+    for r in &records {
+        for extra_passes in [false, true] {
+            let whole = ProbeOptions {
+                batch: 3,
+                seq_len: 8,
+                extra_passes,
+                pass: PassMode::Whole,
+                ..FAMILY.probe_options()
+            };
+            let by_blocks = ProbeOptions {
+                pass: PassMode::ByBlocks,
+                ..whole.clone()
+            };
+            let (a, b) = (probe(r, 1, &whole), probe(r, 1, &by_blocks));
+            assert_eq!(a.extras.is_some(), extra_passes);
+            assert_eq!(b.extras.is_some(), extra_passes);
+            let (a, b) = (probe_bits(&a), probe_bits(&b));
+            assert_eq!(a.len(), b.len());
+            let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+            assert_eq!(
+                differing, 0,
+                "div_val {}, extra passes {extra_passes}",
+                r.div_val
+            );
+        }
+    }
+    let dropout = ProbeOptions {
+        batch: 2,
+        seq_len: 8,
+        dropout: true,
+        pass: PassMode::Whole,
+        ..FAMILY.probe_options()
+    };
+    let by_blocks = ProbeOptions {
+        pass: PassMode::ByBlocks,
+        ..dropout.clone()
+    };
+    let r = tiny_record();
+    assert_eq!(
+        probe_bits(&probe(&r, 2, &dropout)),
+        probe_bits(&probe(&r, 2, &by_blocks))
+    );
 }

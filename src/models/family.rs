@@ -136,6 +136,7 @@ pub trait Family: Sync {
             corpus: None,
             extra_passes: false,
             storage: Default::default(),
+            pass: Default::default(),
         }
     }
 

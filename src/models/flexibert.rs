@@ -936,6 +936,7 @@ impl Family for FlexibertFamily {
         Ok(ModelSize {
             parameters: config.parameter_count(),
             activation_floats_per_token: config.activation_floats_per_token(opts.seq_len),
+            by_blocks_floats_per_token: None,
         })
     }
 }

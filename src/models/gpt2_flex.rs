@@ -19,7 +19,8 @@
 //! the custom ops of [`crate::nn::ops`], to keep memory and time down on the 16 × 192-token
 //! probe.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 use super::family::{Counted, Family, FamilyInfo};
@@ -28,8 +29,8 @@ use crate::bench::Arch;
 use crate::nn::{dropout, ops, Build, Init, LayerNorm, Linear, LinearRole, Params, TapSite, Taps};
 use crate::probe::memory::ModelSize;
 use crate::probe::{
-    self, Aggregate, Batch, Captures, FisherWidth, Network, Pass, Probe, ProbeModel, ProbeOptions,
-    Semantics,
+    self, passes, Aggregate, Backward, Batch, Captures, FisherWidth, Network, Pass, PassMode,
+    Probe, ProbeModel, ProbeOptions, Semantics,
 };
 use crate::rng::Rng;
 
@@ -174,6 +175,27 @@ impl Config {
             .sum();
         let head_logits = (self.cutoffs[0] + self.n_clusters() - 1) as f64;
         blocks + 4.0 * head_logits
+    }
+}
+
+impl Config {
+    /// The same for a pass by blocks ([`Gpt2Flex::forward_backward_by_blocks`]): 1.25 × the
+    /// captures of every block (kept, then converted), the largest block's graph as
+    /// [`Config::activation_floats_per_token`] counts a block, each block's input and 4 × the
+    /// head's logits. On the largest benchmark decoder (`config_4_j9`, 16 × 192) a probe
+    /// peaked at 2.30 GB, 3.10 GB with the extra passes, against estimates of 2.87 and 3.82 GB.
+    pub fn by_blocks_floats_per_token(&self, seq_len: usize) -> f64 {
+        let (d, t) = (self.record.d_model as f64, seq_len as f64);
+        let layers = self.record.n_head.iter().zip(&self.record.d_inner);
+        let captures: f64 = layers
+            .clone()
+            .map(|(&h, &inner)| 5.0 * d + inner as f64 + h as f64 * t)
+            .sum();
+        let block = layers
+            .map(|(&h, &inner)| 20.0 * d + 5.0 * inner as f64 + 4.0 * h as f64 * t)
+            .fold(0.0, f64::max);
+        let head_logits = (self.cutoffs[0] + self.n_clusters() - 1) as f64;
+        1.25 * captures + block + d * self.n_layer() as f64 + 4.0 * head_logits
     }
 }
 
@@ -617,23 +639,7 @@ impl Gpt2Flex {
         let c = &self.config;
         let device = self.wpe.device().clone();
         let n = rows * cols;
-        if inputs.len() != n || targets.len() != n || n == 0 {
-            return Err(candle_core::Error::Msg(format!(
-                "expected {rows} × {cols} inputs and targets, got {} and {}",
-                inputs.len(),
-                targets.len()
-            )));
-        }
-        if let Some(&bad) = inputs
-            .iter()
-            .chain(targets)
-            .find(|&&t| t as usize >= c.record.n_token)
-        {
-            return Err(candle_core::Error::Msg(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                c.record.n_token
-            )));
-        }
+        self.check_batch(inputs, targets, (rows, cols))?;
         let emb = self
             .embed(inputs, &device)?
             .reshape((rows, cols, c.record.d_model))?;
@@ -667,33 +673,199 @@ impl Gpt2Flex {
                 c.record.tgt_len
             )));
         }
-        let p = c.record.dropout;
-        let emb = self.taps.tap(TapSite::Embedding, emb)?;
-        let pos = self.wpe.as_tensor().narrow(0, 0, cols)?;
-        let mut h = emb.broadcast_add(&pos)?;
+        let mut h = self.block_input(emb)?;
         let mut conv_outputs = Vec::with_capacity(4 * self.blocks.len());
         let mut attention = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let u = block.ln_1.forward(&h)?;
-            let qkv = self.taps.linear(&block.c_attn, &u)?;
-            let (ctx, probs) = causal_attention(&qkv, block.heads)?;
-            let a = self.taps.linear(&block.attn_proj, &ctx)?;
-            conv_outputs.push(qkv.detach());
-            attention.push(probs.detach());
-            conv_outputs.push(a.detach());
-            h = (h + dropout(&a, p, dropout_rng.as_deref_mut())?)?;
-            let m = block.ln_2.forward(&h)?;
-            let f = self.taps.linear(&block.c_fc, &m)?;
-            let o = self.taps.linear(&block.mlp_proj, &ops::gelu_new(&f)?)?;
-            conv_outputs.push(f.detach());
-            conv_outputs.push(o.detach());
-            h = (h + dropout(&o, p, dropout_rng.as_deref_mut())?)?;
+            let out = self.block_forward(block, &h, dropout_rng.as_deref_mut())?;
+            out.capture(&mut conv_outputs, &mut attention);
+            h = out.h;
         }
         let hidden = self.ln_f.forward(&h)?;
         Ok(Decoded {
             hidden,
             conv_outputs,
             attention,
+        })
+    }
+
+    /// Checks that `inputs` and `targets` hold `rows × cols` ids of the vocabulary.
+    fn check_batch(
+        &self,
+        inputs: &[u32],
+        targets: &[u32],
+        (rows, cols): (usize, usize),
+    ) -> candle_core::Result<()> {
+        let n = rows * cols;
+        if inputs.len() != n || targets.len() != n || n == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "expected {rows} × {cols} inputs and targets, got {} and {}",
+                inputs.len(),
+                targets.len()
+            )));
+        }
+        let vocab = self.config.record.n_token;
+        if let Some(&bad) = inputs.iter().chain(targets).find(|&&t| t as usize >= vocab) {
+            return Err(candle_core::Error::Msg(format!(
+                "token id {bad} is outside the vocabulary of {vocab} tokens"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The first block's input: the word embeddings `emb` (B × T × D, scaled) through the
+    /// embedding tap, plus the positions.
+    fn block_input(&self, emb: Tensor) -> candle_core::Result<Tensor> {
+        let cols = emb.dim(1)?;
+        let emb = self.taps.tap(TapSite::Embedding, emb)?;
+        let pos = self.wpe.as_tensor().narrow(0, 0, cols)?;
+        emb.broadcast_add(&pos)
+    }
+
+    /// One pre-LN block on `h` (B × T × D), residual dropout from `dropout_rng` when given.
+    fn block_forward(
+        &self,
+        block: &Block,
+        h: &Tensor,
+        mut dropout_rng: Option<&mut Rng>,
+    ) -> candle_core::Result<BlockOut> {
+        let p = self.config.record.dropout;
+        let u = block.ln_1.forward(h)?;
+        let qkv = self.taps.linear(&block.c_attn, &u)?;
+        let (ctx, probs) = causal_attention(&qkv, block.heads)?;
+        let a = self.taps.linear(&block.attn_proj, &ctx)?;
+        let h = (h + dropout(&a, p, dropout_rng.as_deref_mut())?)?;
+        let m = block.ln_2.forward(&h)?;
+        let f = self.taps.linear(&block.c_fc, &m)?;
+        let o = self.taps.linear(&block.mlp_proj, &ops::gelu_new(&f)?)?;
+        let h = (h + dropout(&o, p, dropout_rng)?)?;
+        Ok(BlockOut {
+            h,
+            qkv,
+            probs,
+            a,
+            f,
+            o,
+        })
+    }
+
+    /// One forward and one backward pass block by block, without dropout: the same loss,
+    /// captures and gradients of the linears and of the position table as [`Gpt2Flex::forward`]
+    /// and a backward of its loss, bit for bit, in the memory of one block's graph.
+    ///
+    /// The forward runs each block on its input, keeps the captures and the input, and drops
+    /// the block's graph. The loss is differentiated from a leaf on the last block's output;
+    /// then, from the top, each block runs again on its kept input with the graph (and the taps,
+    /// when they are on) and is differentiated through `Σ out ⊙ ∂ℒ/∂out`, whose gradient with
+    /// respect to `out` is `∂ℒ/∂out` exactly; its input's gradient goes to the block below. The
+    /// gradient of a block's input is the sum of two terms (its LayerNorm and its residual),
+    /// which is the same in either order, so the whole pass's values come out. Tied output
+    /// tables, reached from the head and from the embedding, sum their terms in another
+    /// order: no probe reads their gradients. The taps' terms are read block by block and
+    /// handed over in forward order.
+    pub fn forward_backward_by_blocks(
+        &self,
+        inputs: &[u32],
+        targets: &[u32],
+        (rows, cols): (usize, usize),
+        captures: bool,
+    ) -> Result<Backward> {
+        let c = &self.config;
+        let device = self.wpe.device().clone();
+        let n = rows * cols;
+        self.check_batch(inputs, targets, (rows, cols))?;
+        let taps_on = self.taps.is_enabled();
+        let mut params_grads = GradStore::default();
+        let add_grads = |store: &mut GradStore, from: &GradStore| -> candle_core::Result<()> {
+            for (_, var) in self.params.vars() {
+                if let Some(g) = from.get(var.as_tensor()) {
+                    let g = match store.remove(var.as_tensor()) {
+                        Some(prev) => (prev + g)?,
+                        None => g.clone(),
+                    };
+                    store.insert(var.as_tensor(), g.detach());
+                }
+            }
+            Ok(())
+        };
+        if cols > c.record.tgt_len {
+            bail!(
+                "sequence length {cols} exceeds the {} positions of the model",
+                c.record.tgt_len
+            );
+        }
+        // The bottom (embeddings, positions, the embedding tap) keeps its small graph.
+        let emb = self
+            .embed(inputs, &device)?
+            .reshape((rows, cols, c.record.d_model))?;
+        let h0 = self.block_input(emb)?;
+        let bottom_taps = self.taps.take();
+        // Forward, block by block: only the inputs and the captures stay.
+        self.taps.set_enabled(false);
+        let mut kept_inputs = Vec::with_capacity(self.blocks.len());
+        let mut conv_outputs = Vec::with_capacity(4 * self.blocks.len());
+        let mut attention = Vec::with_capacity(self.blocks.len());
+        let mut h = h0.detach();
+        for block in &self.blocks {
+            let out = self.block_forward(block, &h, None)?;
+            if captures {
+                out.capture(&mut conv_outputs, &mut attention);
+            }
+            kept_inputs.push(h);
+            h = out.h.detach();
+        }
+        // The head: the loss and the gradient of the last block's output.
+        let top = Var::from_tensor(&h)?;
+        drop(h);
+        let hidden = self.ln_f.forward(top.as_tensor())?;
+        let loss = self
+            .nll_sum(&hidden.reshape((n, c.record.d_model))?, targets)?
+            .affine(1.0 / n as f64, 0.0)?;
+        let loss_value = loss.to_scalar::<f32>()?;
+        let head_grads = loss.backward()?;
+        drop((loss, hidden));
+        add_grads(&mut params_grads, &head_grads)?;
+        let mut upstream = head_grads
+            .get(top.as_tensor())
+            .context("internal error: the backward did not reach the last block")?
+            .detach();
+        drop(head_grads);
+        // Backward, from the top block down, each block recomputed with its graph.
+        let mut block_terms = Vec::with_capacity(self.blocks.len());
+        for (block, input) in self.blocks.iter().zip(kept_inputs).rev() {
+            let x = Var::from_tensor(&input)?;
+            drop(input);
+            self.taps.set_enabled(taps_on);
+            let out = self.block_forward(block, x.as_tensor(), None);
+            self.taps.set_enabled(false);
+            let recorded = self.taps.take();
+            let grads = (out?.h * &upstream)?.sum_all()?.backward()?;
+            block_terms.push(passes::tap_terms(&recorded, &grads)?);
+            drop(recorded);
+            add_grads(&mut params_grads, &grads)?;
+            upstream = grads
+                .get(x.as_tensor())
+                .context("internal error: the backward did not reach a block's input")?
+                .detach();
+        }
+        // The bottom.
+        let grads = (h0 * &upstream)?.sum_all()?.backward()?;
+        let mut terms = passes::tap_terms(&bottom_taps, &grads)?;
+        drop(bottom_taps);
+        add_grads(&mut params_grads, &grads)?;
+        drop(grads);
+        terms.extend(block_terms.into_iter().rev().flatten());
+        self.taps.set_enabled(taps_on);
+        Ok(Backward {
+            loss: loss_value,
+            captures: captures.then(|| Captures {
+                act: conv_outputs,
+                head: None,
+                softmax: attention,
+                mixer_outputs: None,
+            }),
+            grads: params_grads,
+            taps: taps_on.then_some(terms),
         })
     }
 }
@@ -706,6 +878,28 @@ pub struct Decoded {
     pub conv_outputs: Vec<Tensor>,
     /// As [`Forward::attention`].
     pub attention: Vec<Tensor>,
+}
+
+/// What one block's forward pass computed: its output and what the probe captures of it.
+struct BlockOut {
+    h: Tensor,
+    qkv: Tensor,
+    probs: Tensor,
+    a: Tensor,
+    f: Tensor,
+    o: Tensor,
+}
+
+impl BlockOut {
+    /// Appends the block's captures, detached: the four Conv1D outputs (q|k|v, attention
+    /// projection, MLP in, MLP out) and the attention probabilities.
+    fn capture(&self, conv_outputs: &mut Vec<Tensor>, attention: &mut Vec<Tensor>) {
+        conv_outputs.push(self.qkv.detach());
+        attention.push(self.probs.detach());
+        conv_outputs.push(self.a.detach());
+        conv_outputs.push(self.f.detach());
+        conv_outputs.push(self.o.detach());
+    }
 }
 
 /// `Σ_e x[n,e] w[c_n,e] + b[c_n]` for each row n: the logit of column `c_n`, without
@@ -892,6 +1086,8 @@ impl Family for Gpt2Family {
         Ok(ModelSize {
             parameters: config.parameter_count(),
             activation_floats_per_token: config.activation_floats_per_token(opts.seq_len),
+            by_blocks_floats_per_token: (!opts.dropout)
+                .then(|| config.by_blocks_floats_per_token(opts.seq_len)),
         })
     }
 }
@@ -942,6 +1138,25 @@ impl ProbeModel for Probed {
                 mixer_outputs: None,
             },
         })
+    }
+
+    /// By blocks ([`Gpt2Flex::forward_backward_by_blocks`]) unless the whole pass is asked for
+    /// or dropout is on.
+    fn forward_backward(
+        &self,
+        dropout: Option<&mut Rng>,
+        mode: PassMode,
+        captures: bool,
+    ) -> Result<Backward> {
+        match (mode, dropout) {
+            (PassMode::ByBlocks, None) => self.model.forward_backward_by_blocks(
+                &self.inputs,
+                &self.targets,
+                self.shape,
+                captures,
+            ),
+            (_, dropout) => probe::whole_pass(self, dropout, captures),
+        }
     }
 
     /// Σ of the head-cluster logits of the decoder on an all-ones embedding row.

@@ -538,6 +538,11 @@ impl Taps {
         self.on.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether tapping is on.
+    pub fn is_enabled(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Returns `x` (plus a recorded zero variable when taps are on).
     pub fn tap(&self, site: TapSite, x: Tensor) -> candle_core::Result<Tensor> {
         if !self.on.load(std::sync::atomic::Ordering::Relaxed) {

@@ -12,7 +12,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::ProbeOptions;
+use super::{PassMode, ProbeOptions};
 use crate::bench::{Benchmark, Entry};
 use crate::report::{available_memory_bytes, format_bytes};
 
@@ -162,6 +162,19 @@ pub struct ModelSize {
     /// the batch's tokens per row; calibrated on measured peaks, meant to reject what cannot
     /// fit, not to predict exactly.
     pub activation_floats_per_token: f64,
+    /// The same for a pass by blocks ([`PassMode::ByBlocks`]), whose graph is one block's;
+    /// `None` when the family does not run one for these options (then it runs whole).
+    pub by_blocks_floats_per_token: Option<f64>,
+}
+
+impl ModelSize {
+    /// The floats per token of a pass run as `pass` asks.
+    fn floats_per_token(&self, pass: PassMode) -> f64 {
+        match (pass, self.by_blocks_floats_per_token) {
+            (PassMode::ByBlocks, Some(f)) => f,
+            _ => self.activation_floats_per_token,
+        }
+    }
 }
 
 /// Share of the estimate a probe without the extra passes is counted at: since the forward
@@ -176,7 +189,7 @@ const PLAIN_PROBE_SHARE: f64 = 0.75;
 pub fn probe_bytes(size: &ModelSize, opts: &ProbeOptions) -> f64 {
     let tokens = opts.batch as f64 * opts.seq_len as f64;
     let full = VALUE_BYTES
-        * (PARAMETER_COPIES * size.parameters + tokens * size.activation_floats_per_token);
+        * (PARAMETER_COPIES * size.parameters + tokens * size.floats_per_token(opts.pass));
     if opts.extra_passes {
         full
     } else {

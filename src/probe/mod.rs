@@ -106,6 +106,25 @@ pub struct ProbeOptions {
     /// expression reads them as kept. bf16 halves the memory a search's fitness set holds.
     #[serde(default)]
     pub storage: Storage,
+    /// How the forward and backward pass runs ([`PassMode`]): the values are the same either
+    /// way, so it is not part of a run's recorded options.
+    #[serde(skip)]
+    pub pass: PassMode,
+}
+
+/// How a probe runs its one forward and backward pass. Both give the same values, bit for bit;
+/// they differ in memory and time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PassMode {
+    /// Block by block where the family has such a pass ([`ProbeModel::forward_backward`];
+    /// GPT-2 without dropout), else whole. The forward keeps only each block's input and the
+    /// captures; the backward runs each block again, one at a time, with its graph. On GPT-2
+    /// at 16 × 192 this halves a probe's peak memory and is no slower (the extra forward
+    /// costs about what the whole graph's memory traffic did).
+    #[default]
+    ByBlocks,
+    /// The whole network's graph at once.
+    Whole,
 }
 
 /// Most rows a probe batch may have (far beyond any useful probe; the memory check of
@@ -474,6 +493,19 @@ pub struct Captures {
     pub mixer_outputs: Option<Vec<Tensor>>,
 }
 
+impl Captures {
+    /// The same captures detached from the autograd graph (sharing their storage).
+    pub fn detached(self) -> Self {
+        let detach = |ts: Vec<Tensor>| -> Vec<Tensor> { ts.iter().map(Tensor::detach).collect() };
+        Self {
+            act: detach(self.act),
+            head: self.head.map(detach),
+            softmax: detach(self.softmax),
+            mixer_outputs: self.mixer_outputs.map(detach),
+        }
+    }
+}
+
 /// The parts of a built network the probe reads.
 pub struct Network<'a> {
     /// Every trainable tensor.
@@ -489,6 +521,20 @@ pub struct Network<'a> {
     pub position_table: &'a Var,
 }
 
+/// What one forward and backward pass hands to the probe.
+pub struct Backward {
+    /// The loss's value.
+    pub loss: f32,
+    /// The forward pass's captures (detached), when asked for.
+    pub captures: Option<Captures>,
+    /// The gradients of every variable the backward reached (the taps' too). A store from a
+    /// whole pass still references the forward graph: [`run`] keeps only the parameters'.
+    pub grads: GradStore,
+    /// The terms of the gradient taps the pass recorded, in forward order; `None` when it
+    /// recorded none (taps off).
+    pub taps: Option<Vec<passes::TapTerm>>,
+}
+
 /// The family-specific part of a probe: a model built for one architecture and one batch,
 /// which names its parts and runs its forward pass. Everything else (streams, backward,
 /// capture, extra passes) is [`run`]'s.
@@ -499,9 +545,52 @@ pub trait ProbeModel {
     /// One forward pass on the model's batch, with dropout masks from `dropout` when given.
     fn forward(&self, dropout: Option<&mut Rng>) -> candle_core::Result<Pass>;
 
+    /// One forward and one backward pass, keeping the captures when `captures`. `mode` asks
+    /// for a pass by blocks ([`PassMode::ByBlocks`]), which a family may run (with the same
+    /// values) or not; the default runs [`whole_pass`].
+    fn forward_backward(
+        &self,
+        dropout: Option<&mut Rng>,
+        mode: PassMode,
+        captures: bool,
+    ) -> Result<Backward> {
+        let _ = mode;
+        whole_pass(self, dropout, captures)
+    }
+
     /// Synflow's readout: the scalar to differentiate after a forward pass on an all-ones
     /// input row (the network's parameters are absolute-valued by then).
     fn readout(&self) -> candle_core::Result<Tensor>;
+}
+
+/// [`ProbeModel::forward_backward`] on the whole graph: `model`'s forward pass, its captures
+/// detached (they share their storage but not the autograd graph, which the loss alone then
+/// holds), one backward from the loss, and the terms of the taps the pass recorded.
+pub fn whole_pass<M: ProbeModel + ?Sized>(
+    model: &M,
+    dropout: Option<&mut Rng>,
+    captures: bool,
+) -> Result<Backward> {
+    let Pass {
+        loss,
+        captures: taken,
+    } = model.forward(dropout)?;
+    let captures = captures.then(|| taken.detached());
+    let value = loss.to_scalar::<f32>()?;
+    let grads = loss.backward()?;
+    drop(loss);
+    let recorded = model.network().taps.take();
+    let taps = if recorded.is_empty() {
+        None
+    } else {
+        Some(passes::tap_terms(&recorded, &grads)?)
+    };
+    Ok(Backward {
+        loss: value,
+        captures,
+        grads,
+        taps,
+    })
 }
 
 /// The weight and dropout streams of the architecture at `index`: derived from the seed and
@@ -558,19 +647,17 @@ pub fn run<M: ProbeModel>(
     let network = model.network();
     network.taps.set_enabled(opts.extra_passes);
     let masks = dropout_rng.clone();
-    let Pass { loss, captures } = model.forward(opts.dropout.then_some(&mut dropout_rng))?;
-    // Detached captures share their storage but not the autograd graph, which the loss alone
-    // then holds.
-    let detach = |ts: Vec<Tensor>| -> Vec<Tensor> { ts.iter().map(Tensor::detach).collect() };
-    let act = detach(captures.act);
-    let head = captures.head.map(detach);
-    let softmax = detach(captures.softmax);
-    let mixer_outputs = captures.mixer_outputs.map(detach);
-    let loss_value = loss.to_scalar::<f32>()? as f64;
-    let grads = loss.backward()?;
-    // Free the autograd graph before the captures are converted and before any extra pass.
-    drop(loss);
-    let tapped = tapped_extras(network.taps, &grads, semantics.fisher_width)?;
+    let Backward {
+        loss,
+        captures,
+        grads,
+        taps,
+    } = model.forward_backward(opts.dropout.then_some(&mut dropout_rng), opts.pass, true)?;
+    network.taps.set_enabled(false);
+    let captures = captures.context("internal error: the forward pass handed over no captures")?;
+    let tapped = taps.map(|terms| passes::from_terms(&terms, semantics.fisher_width));
+    // Free the autograd graph (which the gradients' history holds) before the captures are
+    // converted and before any extra pass.
     let grads = parameter_grads(grads, &network);
     let linears = network
         .linears
@@ -578,13 +665,13 @@ pub fn run<M: ProbeModel>(
         .map(|lin| LinearProbe::new(&grads, lin))
         .collect::<Result<Vec<_>>>()?;
     let position_grad = grad_array(&grads, network.position_table.as_tensor())?;
-    let act = Arc::new(to_arrays(act)?);
-    let head = match head {
+    let act = Arc::new(to_arrays(captures.act)?);
+    let head = match captures.head {
         Some(h) => Arc::new(to_arrays(h)?),
         None => Arc::clone(&act),
     };
-    let softmax = to_arrays(softmax)?;
-    let mixer_outputs = match mixer_outputs {
+    let softmax = to_arrays(captures.softmax)?;
+    let mixer_outputs = match captures.mixer_outputs {
         Some(m) => Arc::new(to_arrays(m)?),
         None => Arc::clone(&act),
     };
@@ -594,7 +681,9 @@ pub fn run<M: ProbeModel>(
         None => None,
         Some(ex) => {
             let masks = opts.dropout.then_some(&masks);
-            Some(passes_after_backward(&model, &network, ex, grads, masks)?)
+            Some(passes_after_backward(
+                &model, &network, ex, grads, masks, opts.pass,
+            )?)
         }
     };
     let inputs = || {
@@ -618,7 +707,7 @@ pub fn run<M: ProbeModel>(
         grad,
         linears,
         position_grad,
-        loss: loss_value,
+        loss: loss as f64,
         extras,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -633,33 +722,35 @@ pub fn run<M: ProbeModel>(
 pub fn extra_passes<M: ProbeModel>(model: &M, fisher_width: FisherWidth) -> Result<passes::Extras> {
     let network = model.network();
     network.taps.set_enabled(true);
-    let Pass { loss, captures } = model.forward(None)?;
-    drop(captures);
-    let grads = loss.backward()?;
-    drop(loss);
-    let tapped = tapped_extras(network.taps, &grads, fisher_width)?
-        .context("internal error: the model's forward pass recorded no gradient tap")?;
+    let pass = model.forward_backward(None, PassMode::Whole, false);
+    network.taps.set_enabled(false);
+    let Backward { grads, taps, .. } = pass?;
+    let terms =
+        taps.context("internal error: the model's forward pass recorded no gradient tap")?;
+    let tapped = passes::from_terms(&terms, fisher_width);
     let grads = parameter_grads(grads, &network);
-    passes_after_backward(model, &network, tapped, grads, None)
+    passes_after_backward(model, &network, tapped, grads, None, PassMode::Whole)
 }
 
 /// Completes the tapped values `tapped` of a pass of `model` whose gradients are `grads` with
 /// GraSP's and Synflow's passes over the network's linears ([`passes::run`]); GraSP's fresh
-/// forward draws its dropout masks from a copy of `masks` (the pass's own masks), none without.
+/// pass (run as `mode` asks) draws its dropout masks from a copy of `masks` (the pass's own
+/// masks), none without.
 fn passes_after_backward<M: ProbeModel>(
     model: &M,
     network: &Network<'_>,
     tapped: passes::Extras,
     grads: GradStore,
     masks: Option<&Rng>,
+    mode: PassMode,
 ) -> Result<passes::Extras> {
     let weights: Vec<&Var> = network.linears.iter().map(|l| &l.weight).collect();
-    let loss = || {
+    let gradients = || {
         let mut masks = masks.cloned();
-        Ok(model.forward(masks.as_mut())?.loss)
+        Ok(model.forward_backward(masks.as_mut(), mode, false)?.grads)
     };
     let readout = || model.readout();
-    passes::run(tapped, network.params, &weights, grads, loss, readout)
+    passes::run(tapped, network.params, &weights, grads, gradients, readout)
 }
 
 /// The gradients of the network's parameters (every variable, every linear's weight, the
@@ -685,21 +776,4 @@ fn parameter_grads(mut grads: GradStore, network: &Network<'_>) -> GradStore {
         }
     }
     kept
-}
-
-/// The tap-based extra values (Fisher, attention confidence, Jacob-Cov) when the model's taps
-/// were on. The taps' gradients (as large as the activations) are not parameters: the
-/// callers' [`parameter_grads`], right after, drops them with the rest of the store and the
-/// graph (which holds the fused layers' gradient slots).
-fn tapped_extras(
-    taps: &Taps,
-    grads: &GradStore,
-    fisher_width: FisherWidth,
-) -> Result<Option<passes::Extras>> {
-    let recorded = taps.take();
-    taps.set_enabled(false);
-    if recorded.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(passes::from_taps(&recorded, grads, fisher_width)?))
 }

@@ -46,53 +46,113 @@ pub struct Extras {
     pub synflow_seconds: f64,
 }
 
-/// Fisher, attention confidence and Jacob-Cov from the taps of the probe's pass and the
-/// gradients of its backward; `fisher_width` is the family's Fisher multiplier.
-pub fn from_taps(taps: &[Tap], grads: &GradStore, fisher_width: FisherWidth) -> Result<Extras> {
-    let mut out = Extras::default();
+/// What one gradient tap contributes to the tap-based extras ([`from_terms`]), read as soon as
+/// its gradient exists: a pass run block by block drops each block's gradients right after
+/// that block's backward.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TapTerm {
+    /// A linear layer's output.
+    Linear {
+        /// Input width (Fisher's multiplier for [`FisherWidth::Input`]).
+        in_dim: usize,
+        /// Output width (Fisher's multiplier for [`FisherWidth::Output`]).
+        out_dim: usize,
+        /// `Σ (a ∂ℒ/∂a)²` over every entry.
+        squared_sum: f64,
+        /// Rows of the output (entries over the width).
+        rows: usize,
+        /// Mean over (batch, channel) of the max over the sequence; `None` for a 2-d output.
+        confidence: Option<f64>,
+    },
+    /// Jacob-Cov of the word-embedding tap.
+    JacobCov(f64),
+}
+
+/// The terms of `taps` (in their order) with the gradients `grads` of the backward that
+/// reached them; a tap the backward did not reach gives none.
+pub fn tap_terms(taps: &[Tap], grads: &GradStore) -> Result<Vec<TapTerm>> {
+    let mut terms = Vec::with_capacity(taps.len());
     for tap in taps {
         let Some(g) = tap.grad(grads)? else {
             continue;
         };
-        match tap.site {
+        terms.push(match tap.site {
             TapSite::Linear {
                 in_dim, out_dim, ..
             } => {
                 let width = *tap.value.dims().last().unwrap_or(&1);
-                let rows = tap.value.elem_count() / width.max(1);
                 let prod = (tap.value.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?)?;
-                let per_channel_sum = prod.sqr()?.sum_all()?.to_scalar::<f64>()?;
-                let mult = match fisher_width {
-                    FisherWidth::Input => in_dim,
-                    FisherWidth::Output => out_dim,
+                let confidence = if tap.value.rank() >= 3 {
+                    Some(
+                        tap.value
+                            .max(1)?
+                            .to_dtype(DType::F64)?
+                            .mean_all()?
+                            .to_scalar::<f64>()?,
+                    )
+                } else {
+                    None
                 };
-                out.fisher += mult as f64 * 0.5 * per_channel_sum / rows.max(1) as f64;
-                if tap.value.rank() >= 3 {
-                    out.attention_confidence += tap
-                        .value
-                        .max(1)?
-                        .to_dtype(DType::F64)?
-                        .mean_all()?
-                        .to_scalar::<f64>()?;
+                TapTerm::Linear {
+                    in_dim,
+                    out_dim,
+                    squared_sum: prod.sqr()?.sum_all()?.to_scalar::<f64>()?,
+                    rows: tap.value.elem_count() / width.max(1),
+                    confidence,
                 }
             }
             TapSite::Embedding => {
                 let b = tap.value.dims()[0];
                 let j = g.flatten_all()?.to_vec1::<f32>()?;
                 let cols = j.len() / b.max(1);
-                out.jacob_cov = linalg::log_eigen_score(&linalg::corrcoef_rows(&j, b, cols));
+                TapTerm::JacobCov(linalg::log_eigen_score(&linalg::corrcoef_rows(&j, b, cols)))
             }
-        }
+        });
     }
-    Ok(out)
+    Ok(terms)
 }
 
-/// GraSP's `Σ −W ⊙ (H g)` over `weights`, with `g` their gradients in `grads` and `loss` a
-/// fresh forward of the same signal (same batch, same dropout masks). Weights are restored.
+/// Fisher, attention confidence and Jacob-Cov from the terms of the probe's taps, in the
+/// order the forward pass recorded them; `fisher_width` is the family's Fisher multiplier.
+pub fn from_terms(terms: &[TapTerm], fisher_width: FisherWidth) -> Extras {
+    let mut out = Extras::default();
+    for term in terms {
+        match *term {
+            TapTerm::Linear {
+                in_dim,
+                out_dim,
+                squared_sum,
+                rows,
+                confidence,
+            } => {
+                let mult = match fisher_width {
+                    FisherWidth::Input => in_dim,
+                    FisherWidth::Output => out_dim,
+                };
+                out.fisher += mult as f64 * 0.5 * squared_sum / rows.max(1) as f64;
+                if let Some(c) = confidence {
+                    out.attention_confidence += c;
+                }
+            }
+            TapTerm::JacobCov(v) => out.jacob_cov = v,
+        }
+    }
+    out
+}
+
+/// Fisher, attention confidence and Jacob-Cov from the taps of the probe's pass and the
+/// gradients of its backward ([`tap_terms`], then [`from_terms`]).
+pub fn from_taps(taps: &[Tap], grads: &GradStore, fisher_width: FisherWidth) -> Result<Extras> {
+    Ok(from_terms(&tap_terms(taps, grads)?, fisher_width))
+}
+
+/// GraSP's `Σ −W ⊙ (H g)` over `weights`, with `g` their gradients in `grads` and
+/// `gradients` a fresh forward and backward of the same signal (same batch, same dropout
+/// masks) at the weights as they then are. Weights are restored.
 pub fn grasp(
     weights: &[&Var],
     grads: &GradStore,
-    loss: impl FnOnce() -> candle_core::Result<Tensor>,
+    gradients: impl FnOnce() -> Result<GradStore>,
 ) -> Result<f64> {
     let g: Vec<Tensor> = weights
         .iter()
@@ -125,7 +185,7 @@ pub fn grasp(
     for (w, gi) in weights.iter().zip(&g) {
         w.set(&(w.as_tensor() + gi.affine(eps, 0.0)?)?)?;
     }
-    let perturbed = loss().and_then(|l| l.backward());
+    let perturbed = gradients();
     for (w, orig) in weights.iter().zip(&originals) {
         w.set(orig)?;
     }
@@ -169,19 +229,19 @@ pub fn synflow(
     Ok((syn, logsyn))
 }
 
-/// Completes `ex` (from [`from_taps`]) with the GraSP pass (`loss`: a fresh forward of the
-/// probe's signal) and then the Synflow pass (`readout`), timing each. `grads` (the probe's)
+/// Completes `ex` (from [`from_terms`]) with the GraSP pass (`gradients`: a fresh forward and
+/// backward of the probe's signal) and then the Synflow pass (`readout`), timing each. `grads` (the probe's)
 /// are dropped between the two; the weights end absolute-valued.
 pub fn run(
     mut ex: Extras,
     params: &Params,
     weights: &[&Var],
     grads: GradStore,
-    loss: impl FnOnce() -> candle_core::Result<Tensor>,
+    gradients: impl FnOnce() -> Result<GradStore>,
     readout: impl FnOnce() -> candle_core::Result<Tensor>,
 ) -> Result<Extras> {
     let start = Instant::now();
-    ex.grasp = grasp(weights, &grads, loss)?;
+    ex.grasp = grasp(weights, &grads, gradients)?;
     ex.grasp_seconds = start.elapsed().as_secs_f64();
     drop(grads);
     let start = Instant::now();
@@ -202,7 +262,7 @@ mod tests {
         let w = Var::from_vec(vec![1f32, -2.0, 3.0], 3, &Device::Cpu).unwrap();
         let loss = || w.as_tensor().sqr()?.sum_all()?.affine(0.25, 0.0);
         let grads = loss().unwrap().backward().unwrap();
-        let v = grasp(&[&w], &grads, loss).unwrap();
+        let v = grasp(&[&w], &grads, || Ok(loss()?.backward()?)).unwrap();
         assert!((v + 3.5).abs() < 1e-3, "{v}");
         // The weights are restored.
         assert_eq!(

@@ -124,6 +124,7 @@ impl Family for Llama {
             parameters: count.total as f64,
             activation_floats_per_token: (2 * per_layer * c.num_hidden_layers + 2 * c.vocab_size)
                 as f64,
+            by_blocks_floats_per_token: None,
         })
     }
 }

@@ -465,6 +465,7 @@ fn graph_probe(model: &LlamaModel, sub: &Subnet, batch: &Batch, extra_passes: bo
         corpus: None,
         extra_passes,
         storage: Default::default(),
+        pass: Default::default(),
     };
     crate::probe::run("graph".into(), 0, &opts, &SEMANTICS, |_| {
         graph::Graph::new(&model.with(sub), batch)
