@@ -802,3 +802,38 @@ fn a_pass_by_blocks_gives_the_whole_pass_values_bit_for_bit() {
         probe_bits(&probe(&r, 2, &by_blocks))
     );
 }
+
+/// `lpzero bench --pass`: both modes run and are reported in the JSON; any other value is
+/// refused with the flag and the accepted values named.
+#[test]
+fn bench_pass_flag_is_reported_and_checked() {
+    let data = write("cli-pass", &fixture());
+    let bench = |pass: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lpzero"))
+            .args([
+                "bench", "--bench", "gpt2", "--archs", "0", "--proxy", "params",
+            ])
+            .args(["--batch", "2", "--seq-len", "8", "--threads", "1", "--json"])
+            .args(["--pass", pass, "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    for pass in ["by-blocks", "whole"] {
+        let out = bench(pass);
+        assert!(
+            out.status.success(),
+            "{pass}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["pass"], pass);
+        assert_eq!(v["n"], 1);
+    }
+    let out = bench("sideways");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in ["--pass", "sideways", "by-blocks", "whole"] {
+        assert!(err.contains(part), "stderr `{err}` should mention `{part}`");
+    }
+}

@@ -165,20 +165,26 @@ impl Config {
     /// tail cluster). Calibrated on measured peaks (4–16 rows of 192 tokens); meant to reject
     /// what cannot fit, not to predict exactly.
     pub fn activation_floats_per_token(&self, seq_len: usize) -> f64 {
+        let blocks: f64 = self.block_graph_floats(seq_len).sum();
+        blocks + self.head_floats()
+    }
+
+    /// Per block, the floats per token [`Config::activation_floats_per_token`] counts for its
+    /// graph: 20 × D, 5 × the MLP width and 4 × the attention row of every head (T values).
+    fn block_graph_floats(&self, seq_len: usize) -> impl Iterator<Item = f64> + '_ {
         let (d, t) = (self.record.d_model as f64, seq_len as f64);
-        let blocks: f64 = self
-            .record
+        self.record
             .n_head
             .iter()
             .zip(&self.record.d_inner)
-            .map(|(&h, &inner)| 20.0 * d + 5.0 * inner as f64 + 4.0 * h as f64 * t)
-            .sum();
-        let head_logits = (self.cutoffs[0] + self.n_clusters() - 1) as f64;
-        blocks + 4.0 * head_logits
+            .map(move |(&h, &inner)| 20.0 * d + 5.0 * inner as f64 + 4.0 * h as f64 * t)
     }
-}
 
-impl Config {
+    /// 4 × the head cluster's logits (shortlist and one per tail cluster), per token.
+    fn head_floats(&self) -> f64 {
+        4.0 * (self.cutoffs[0] + self.n_clusters() - 1) as f64
+    }
+
     /// The same for a pass by blocks ([`Gpt2Flex::forward_backward_by_blocks`]): 1.25 × the
     /// captures of every block (kept, then converted), the largest block's graph as
     /// [`Config::activation_floats_per_token`] counts a block, each block's input and 4 × the
@@ -186,16 +192,11 @@ impl Config {
     /// peaked at 2.30 GB, 3.10 GB with the extra passes, against estimates of 2.87 and 3.82 GB.
     pub fn by_blocks_floats_per_token(&self, seq_len: usize) -> f64 {
         let (d, t) = (self.record.d_model as f64, seq_len as f64);
-        let layers = self.record.n_head.iter().zip(&self.record.d_inner);
-        let captures: f64 = layers
-            .clone()
+        let captures: f64 = (self.record.n_head.iter().zip(&self.record.d_inner))
             .map(|(&h, &inner)| 5.0 * d + inner as f64 + h as f64 * t)
             .sum();
-        let block = layers
-            .map(|(&h, &inner)| 20.0 * d + 5.0 * inner as f64 + 4.0 * h as f64 * t)
-            .fold(0.0, f64::max);
-        let head_logits = (self.cutoffs[0] + self.n_clusters() - 1) as f64;
-        1.25 * captures + block + d * self.n_layer() as f64 + 4.0 * head_logits
+        let block = self.block_graph_floats(seq_len).fold(0.0, f64::max);
+        1.25 * captures + block + d * self.n_layer() as f64 + self.head_floats()
     }
 }
 
@@ -665,14 +666,6 @@ impl Gpt2Flex {
         emb: Tensor,
         mut dropout_rng: Option<&mut Rng>,
     ) -> candle_core::Result<Decoded> {
-        let c = &self.config;
-        let (_, cols, _) = emb.dims3()?;
-        if cols > c.record.tgt_len {
-            return Err(candle_core::Error::Msg(format!(
-                "sequence length {cols} exceeds the {} positions of the model",
-                c.record.tgt_len
-            )));
-        }
         let mut h = self.block_input(emb)?;
         let mut conv_outputs = Vec::with_capacity(4 * self.blocks.len());
         let mut attention = Vec::with_capacity(self.blocks.len());
@@ -714,9 +707,15 @@ impl Gpt2Flex {
     }
 
     /// The first block's input: the word embeddings `emb` (B × T × D, scaled) through the
-    /// embedding tap, plus the positions.
+    /// embedding tap, plus the positions; an error for more tokens per row than positions.
     fn block_input(&self, emb: Tensor) -> candle_core::Result<Tensor> {
         let cols = emb.dim(1)?;
+        let positions = self.config.record.tgt_len;
+        if cols > positions {
+            return Err(candle_core::Error::Msg(format!(
+                "sequence length {cols} exceeds the {positions} positions of the model"
+            )));
+        }
         let emb = self.taps.tap(TapSite::Embedding, emb)?;
         let pos = self.wpe.as_tensor().narrow(0, 0, cols)?;
         emb.broadcast_add(&pos)
@@ -788,12 +787,6 @@ impl Gpt2Flex {
             }
             Ok(())
         };
-        if cols > c.record.tgt_len {
-            bail!(
-                "sequence length {cols} exceeds the {} positions of the model",
-                c.record.tgt_len
-            );
-        }
         // The bottom (embeddings, positions, the embedding tap) keeps its small graph.
         let emb = self
             .embed(inputs, &device)?

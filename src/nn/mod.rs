@@ -545,7 +545,7 @@ impl Taps {
 
     /// Returns `x` (plus a recorded zero variable when taps are on).
     pub fn tap(&self, site: TapSite, x: Tensor) -> candle_core::Result<Tensor> {
-        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.is_enabled() {
             return Ok(x);
         }
         let var = Var::zeros(x.dims(), x.dtype(), x.device())?;
@@ -557,7 +557,7 @@ impl Taps {
     /// `lin` applied to `x`, through a tap on its output (the fused layer's own when it
     /// [`Linear::fuses`], the same values and gradients).
     pub fn linear(&self, lin: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.is_enabled() {
             return lin.forward(x);
         }
         if !lin.fuses(x) {

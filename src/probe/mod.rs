@@ -527,8 +527,8 @@ pub struct Backward {
     pub loss: f32,
     /// The forward pass's captures (detached), when asked for.
     pub captures: Option<Captures>,
-    /// The gradients of every variable the backward reached (the taps' too). A store from a
-    /// whole pass still references the forward graph: [`run`] keeps only the parameters'.
+    /// The gradients of every parameter the backward reached (a whole pass's store also holds
+    /// the taps' and still references the forward graph: [`run`] keeps only the parameters').
     pub grads: GradStore,
     /// The terms of the gradient taps the pass recorded, in forward order; `None` when it
     /// recorded none (taps off).
@@ -551,10 +551,9 @@ pub trait ProbeModel {
     fn forward_backward(
         &self,
         dropout: Option<&mut Rng>,
-        mode: PassMode,
+        _mode: PassMode,
         captures: bool,
     ) -> Result<Backward> {
-        let _ = mode;
         whole_pass(self, dropout, captures)
     }
 

@@ -140,12 +140,6 @@ pub fn from_terms(terms: &[TapTerm], fisher_width: FisherWidth) -> Extras {
     out
 }
 
-/// Fisher, attention confidence and Jacob-Cov from the taps of the probe's pass and the
-/// gradients of its backward ([`tap_terms`], then [`from_terms`]).
-pub fn from_taps(taps: &[Tap], grads: &GradStore, fisher_width: FisherWidth) -> Result<Extras> {
-    Ok(from_terms(&tap_terms(taps, grads)?, fisher_width))
-}
-
 /// GraSP's `Σ −W ⊙ (H g)` over `weights`, with `g` their gradients in `grads` and
 /// `gradients` a fresh forward and backward of the same signal (same batch, same dropout
 /// masks) at the weights as they then are. Weights are restored.
@@ -316,7 +310,7 @@ mod tests {
                 .unwrap()
                 .expect("the tap has a gradient");
             assert_eq!(g.dims(), &[2, 5, 4]);
-            let ex = from_taps(&taps, &grads, FisherWidth::Output).unwrap();
+            let ex = from_terms(&tap_terms(&taps, &grads).unwrap(), FisherWidth::Output);
             let dx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
             (
                 g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
@@ -345,9 +339,9 @@ mod tests {
             .backward()
             .unwrap();
         let taps = taps.take();
-        let gpt2 = from_taps(&taps, &grads, FisherWidth::Output).unwrap();
+        let gpt2 = from_terms(&tap_terms(&taps, &grads).unwrap(), FisherWidth::Output);
         assert!((gpt2.fisher - 2.0 * 88.5).abs() < 1e-9, "{}", gpt2.fisher);
-        let bert = from_taps(&taps, &grads, FisherWidth::Input).unwrap();
+        let bert = from_terms(&tap_terms(&taps, &grads).unwrap(), FisherWidth::Input);
         assert!((bert.fisher - 3.0 * 88.5).abs() < 1e-9);
     }
 }

@@ -191,7 +191,7 @@ pub fn layer(
 
 /// [`layer`] with each linear's output passed through `taps` (a gradient tap when they are
 /// on, [`TapSite::Linear`] with the linear's role from [`ROLES`]): what Fisher and attention
-/// confidence read ([`crate::probe::passes::from_taps`]).
+/// confidence read ([`crate::probe::passes::tap_terms`]).
 pub fn tapped_layer(
     x: &Tensor,
     w: &LayerWeights,
