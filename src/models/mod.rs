@@ -70,7 +70,8 @@ pub fn load_bench_file(path: &Path) -> Result<Benchmark> {
 ///
 /// Before anything is built, fails when an architecture needs more memory than probing may
 /// use ([`memory::check_fits`]); while probing, runs probes at once only while their
-/// estimated needs fit in that limit together ([`memory::Gate`]), so a low
+/// estimated needs, with an allowance each, fit in that limit together ([`memory::Gate`],
+/// less what the process holds already when the limit is set), so a low
 /// `$LPZERO_PROBE_MEMORY_GB` makes large architectures take turns.
 pub fn probe_map<T: Send>(
     bench: &Benchmark,
@@ -86,7 +87,15 @@ pub fn probe_map<T: Send>(
     let size_of = |entry: &crate::bench::Entry| family.size(&entry.arch, opts);
     let work = memory::Work::Probe;
     memory::check_fits(bench, selection, opts, limit, work, &size_of)?;
-    let gate = memory::Gate::new(limit.as_ref());
+    // A set limit is for the whole process: what it holds already is not the probes'. (The
+    // memory available, the other limit, leaves it out already.)
+    let own = match limit {
+        Some(l) if l.source == memory::LimitSource::Environment => {
+            crate::report::rss_mib().map_or(0.0, |mib| mib * (1u64 << 20) as f64)
+        }
+        _ => 0.0,
+    };
+    let gate = memory::Gate::new(limit.as_ref(), own);
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel();
     let threads = threads.clamp(1, selection.len().max(1));
