@@ -11,33 +11,19 @@ column's Spearman against the ground truth. Standard library only.
 import csv
 import json
 import math
+import os
 import sys
 
-
-def ranks(xs):
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    r = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2.0
-        i = j + 1
-    return r
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from rankstats import spearman as rank_spearman  # noqa: E402
 
 
 def spearman(a, b):
+    """Spearman ρ over the items where both values are finite (NaN below three)."""
     keep = [i for i in range(len(a)) if math.isfinite(a[i]) and math.isfinite(b[i])]
     if len(keep) < 3:
         return float("nan")
-    ra, rb = ranks([a[i] for i in keep]), ranks([b[i] for i in keep])
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    va = sum((x - ma) ** 2 for x in ra)
-    vb = sum((y - mb) ** 2 for y in rb)
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else float("nan")
+    return rank_spearman([a[i] for i in keep], [b[i] for i in keep])
 
 
 def read(path):
