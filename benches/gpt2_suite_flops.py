@@ -8,8 +8,10 @@ head the shortlist's logits (2 x tokens x E x (shortlist + tail clusters), with 
 projection when there is one). The tail clusters' logits, element-wise work, layer norms and
 the proxies' own maths are left out, so the true work is larger.
 
-A probe is one forward and its backward (twice the forward's FLOPs) plus, by blocks, every
-decoder block's forward once more; the GraSP pass (part of `baselines`) is as much again.
+A probe is one forward and its backward plus, by blocks, every decoder block's forward once
+more. The blocks' backward is twice their forward (input and weight gradients); the head's is
+once (its input's gradient only: no probe reads the embedding and softmax tables' gradients,
+so lpzero does not compute them). The GraSP pass (part of `baselines`) is as much again.
 Prints the total and how long it takes at the FLOP rates given (GFLOP/s for the whole
 machine, e.g. what PyTorch reaches on the calibration encoder: 84 GFLOP / its seconds).
 
@@ -81,7 +83,7 @@ def main():
     largest = (0.0, "")
     for name in names:
         blocks, head = forward_flops(read_config(os.path.join(CONFIGS, name)), a.batch, a.seq_len)
-        one = 3 * (blocks + head) + blocks  # forward, backward, blocks again
+        one = 3 * blocks + 2 * head + blocks  # forward, backward, blocks again
         probe += one
         grasp += one
         largest = max(largest, (one, name[: -len(".yaml")]))

@@ -231,6 +231,9 @@ pub struct Gpt2Flex {
     /// Per cluster, an output projection of its own (untied clusters that need one).
     out_projs: Vec<Option<Var>>,
     taps: Taps,
+    /// Whether a backward pass computes the gradients of the adaptive embedding and softmax
+    /// parameters (see [`Gpt2Flex::without_table_gradients`]).
+    table_gradients: bool,
 }
 
 /// What one forward pass exposes to a probe (engine tensors; the probe converts them).
@@ -421,11 +424,35 @@ impl Build for Gpt2Flex {
             out_biases,
             out_projs,
             taps: Taps::default(),
+            table_gradients: true,
         })
     }
 }
 
 impl Gpt2Flex {
+    /// The same model whose adaptive embedding and softmax parameters (tables, projections,
+    /// biases, cluster weight) enter every pass as constants: a backward pass still reaches
+    /// the hidden states, the embedded tokens (through the embedding tap) and every block, with
+    /// the same values, but computes no gradient for those parameters. No probe reads them
+    /// (its gradients are the Conv1Ds' and the position table's), and they are the most
+    /// expensive part of a small decoder's backward: the softmax weights' gradient is a
+    /// product as large as the head's forward (N × E × shortlist), and each table's gradient
+    /// a vocabulary-sized buffer.
+    pub fn without_table_gradients(mut self) -> Self {
+        self.table_gradients = false;
+        self
+    }
+
+    /// `v`'s tensor as a pass uses a table parameter: itself, or detached (a constant) when
+    /// the model computes no table gradients.
+    fn table_param(&self, v: &Var) -> Tensor {
+        if self.table_gradients {
+            v.as_tensor().clone()
+        } else {
+            v.as_tensor().detach()
+        }
+    }
+
     /// The configuration the model was built from.
     pub fn config(&self) -> &Config {
         &self.config
@@ -465,7 +492,7 @@ impl Gpt2Flex {
 
     /// Output projection of cluster `i` (`D × e_i`, used as `z · Q`), or `None` when the
     /// cluster has none (k = 1 with E = D).
-    fn out_proj(&self, i: usize) -> Option<&Var> {
+    fn out_proj(&self, i: usize) -> Option<Tensor> {
         if self.config.tie_projs[i] {
             let j = if self.config.record.div_val == 1 {
                 0
@@ -476,6 +503,7 @@ impl Gpt2Flex {
         } else {
             self.out_projs[i].as_ref()
         }
+        .map(|q| self.table_param(q))
     }
 
     /// Output table rows of cluster `i` (`size_i × e_i`).
@@ -487,9 +515,9 @@ impl Gpt2Flex {
         };
         if self.config.record.div_val == 1 {
             let (lo, hi) = self.config.cluster_range(i);
-            tables[0].as_tensor().narrow(0, lo, hi - lo)
+            self.table_param(&tables[0]).narrow(0, lo, hi - lo)
         } else {
-            Ok(tables[i].as_tensor().clone())
+            Ok(self.table_param(&tables[i]))
         }
     }
 
@@ -497,9 +525,9 @@ impl Gpt2Flex {
     fn out_bias(&self, i: usize) -> candle_core::Result<Tensor> {
         if self.config.record.div_val == 1 {
             let (lo, hi) = self.config.cluster_range(i);
-            self.out_biases[0].as_tensor().narrow(0, lo, hi - lo)
+            self.table_param(&self.out_biases[0]).narrow(0, lo, hi - lo)
         } else {
-            Ok(self.out_biases[i].as_tensor().clone())
+            Ok(self.table_param(&self.out_biases[i]))
         }
     }
 
@@ -508,8 +536,8 @@ impl Gpt2Flex {
         let (w0, b0) = (self.out_weight(0)?, self.out_bias(0)?);
         match &self.cluster {
             Some((cw, cb)) => Ok((
-                Tensor::cat(&[&w0, cw.as_tensor()], 0)?,
-                Tensor::cat(&[&b0, cb.as_tensor()], 0)?,
+                Tensor::cat(&[&w0, &self.table_param(cw)], 0)?,
+                Tensor::cat(&[&b0, &self.table_param(cb)], 0)?,
             )),
             None => Ok((w0, b0)),
         }
@@ -518,7 +546,7 @@ impl Gpt2Flex {
     /// `z` (N × D) through the output projection of cluster `i`.
     fn project_out(&self, z: &Tensor, i: usize) -> candle_core::Result<Tensor> {
         match self.out_proj(i) {
-            Some(q) => z.matmul(q.as_tensor()),
+            Some(q) => z.matmul(&q),
             None => Ok(z.clone()),
         }
     }
@@ -529,9 +557,11 @@ impl Gpt2Flex {
         let n = ids.len();
         let emb = if c.record.div_val == 1 {
             let idx = Tensor::from_slice(ids, n, device)?;
-            let rows = self.emb_tables[0].as_tensor().index_select(&idx, 0)?;
+            let rows = self
+                .table_param(&self.emb_tables[0])
+                .index_select(&idx, 0)?;
             match &self.emb_projs[0] {
-                Some(p) => rows.matmul(&p.as_tensor().t()?)?,
+                Some(p) => rows.matmul(&self.table_param(p).t()?)?,
                 None => rows,
             }
         } else {
@@ -549,11 +579,13 @@ impl Gpt2Flex {
                 }
                 let local: Vec<u32> = positions.iter().map(|&p| ids[p] - lo as u32).collect();
                 let idx = Tensor::from_vec(local, positions.len(), device)?;
-                let rows = self.emb_tables[i].as_tensor().index_select(&idx, 0)?;
+                let rows = self
+                    .table_param(&self.emb_tables[i])
+                    .index_select(&idx, 0)?;
                 let proj = self.emb_projs[i]
                     .as_ref()
                     .expect("every cluster has a projection when div_val > 1");
-                parts.push(rows.matmul(&proj.as_tensor().t()?)?);
+                parts.push(rows.matmul(&self.table_param(proj).t()?)?);
                 order.extend(positions);
             }
             let stacked = Tensor::cat(&parts, 0)?;
@@ -563,7 +595,14 @@ impl Gpt2Flex {
             }
             stacked.index_select(&Tensor::from_vec(inverse, n, device)?, 0)?
         };
-        emb.affine((c.record.d_model as f64).sqrt(), 0.0)
+        let emb = emb.affine((c.record.d_model as f64).sqrt(), 0.0)?;
+        if self.table_gradients {
+            Ok(emb)
+        } else {
+            // A leaf of its own, so that the backward still reaches the embedded tokens (the
+            // embedding tap reads their gradient) and stops there.
+            Ok(Var::from_tensor(&emb)?.as_tensor().clone())
+        }
     }
 
     /// Sum over rows of the adaptive-softmax NLL of `targets` given final hidden states `z`
@@ -1105,7 +1144,7 @@ impl Probed {
         }
         let (inputs, targets) = batch.shifted();
         Ok(Probed {
-            model: Gpt2Flex::new(config, rng, &Device::Cpu)?,
+            model: Gpt2Flex::new(config, rng, &Device::Cpu)?.without_table_gradients(),
             inputs,
             targets,
             shape: (batch.rows, batch.cols - 1),
@@ -1264,6 +1303,45 @@ mod tests {
                 missing.is_empty(),
                 "k={k} E={e}: no gradient reached {missing:?}"
             );
+        }
+    }
+
+    /// Without table gradients the embedding and softmax parameters get none, and every
+    /// other parameter the same gradient, bit for bit, with the same loss.
+    #[test]
+    fn without_table_gradients_only_the_tables_lose_theirs() {
+        for (k, e) in [(1, 16), (1, 8), (2, 16), (4, 16)] {
+            let config = tiny(k, e);
+            let full = Gpt2Flex::new(&config, &mut Rng::new(3), &Device::Cpu).unwrap();
+            let lean = Gpt2Flex::new(&config, &mut Rng::new(3), &Device::Cpu)
+                .unwrap()
+                .without_table_gradients();
+            let (x, y) = batch(3, 10, 1);
+            let pass = |m: &Gpt2Flex| {
+                let loss = m.forward(&x, &y, (3, 10), None).unwrap().loss;
+                (loss.to_scalar::<f32>().unwrap(), loss.backward().unwrap())
+            };
+            let ((loss_full, g_full), (loss_lean, g_lean)) = (pass(&full), pass(&lean));
+            assert_eq!(loss_full.to_bits(), loss_lean.to_bits(), "k={k} E={e}");
+            let vars = full.network().params.vars().iter();
+            let lean_vars = lean.network().params.vars().iter();
+            let mut tables = 0;
+            for ((name, v_full), (_, v_lean)) in vars.zip(lean_vars) {
+                let got = g_lean.get(v_lean.as_tensor());
+                if name.starts_with("word_emb.") || name.starts_with("crit.") {
+                    tables += 1;
+                    assert!(got.is_none(), "k={k} E={e}: {name} got a gradient");
+                    continue;
+                }
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    v.into_iter().map(f32::to_bits).collect()
+                };
+                let want = g_full.get(v_full.as_tensor()).expect("full gradient");
+                let got = got.unwrap_or_else(|| panic!("k={k} E={e}: {name} lost its gradient"));
+                assert_eq!(bits(want), bits(got), "k={k} E={e}: {name}");
+            }
+            assert!(tables >= 3, "k={k} E={e}: only {tables} table parameters");
         }
     }
 

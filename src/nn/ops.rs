@@ -194,20 +194,32 @@ impl CustomOp3 for LinearOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         if let Some(slot) = &self.tap {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(grad.clone());
         }
-        let (dx, dw) = if self.w_out_in {
-            (grad.matmul(w)?, x.t()?.matmul(grad)?.t()?)
-        } else {
-            (grad.matmul(&w.t()?)?, x.t()?.matmul(grad)?)
+        // An input outside the autograd graph (a constant, such as a detached weight) gets no
+        // gradient: nothing could read it, and the weight's is a product as large as the
+        // forward's.
+        let dx = match (x.track_op(), self.w_out_in) {
+            (false, _) => None,
+            (true, true) => Some(grad.matmul(w)?),
+            (true, false) => Some(grad.matmul(&w.t()?)?),
         };
-        let db = grad.sum_keepdim(0)?.squeeze(0)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let dw = match (w.track_op(), self.w_out_in) {
+            (false, _) => None,
+            (true, true) => Some(x.t()?.matmul(grad)?.t()?),
+            (true, false) => Some(x.t()?.matmul(grad)?),
+        };
+        let db = if b.track_op() {
+            Some(grad.sum_keepdim(0)?.squeeze(0)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
     }
 }
 
