@@ -360,6 +360,11 @@ struct GpArgs {
     /// by value (0: never).
     #[arg(long, default_value_t = SearchOptions::default().rank_join)]
     rank_join: f64,
+    /// Complement search: a candidate's fitness is that of the rank sum of its values and the
+    /// two baselines of the pair ensemble (chosen on the same fitness set), so the search looks
+    /// for what the pair misses; `complement_ensemble` in the summary is the result.
+    #[arg(long)]
+    complement: bool,
     /// Which proxies count as good: `oriented` (fitness ρ against the ground truth, higher is
     /// better) or `either` (fitness |ρ|; a backward proxy enters the hall of fame as `neg(…)`).
     #[arg(long, value_enum, default_value_t = if SearchOptions::default().either_sign { FitnessSign::Either } else { FitnessSign::Oriented })]
@@ -407,6 +412,7 @@ impl GpArgs {
             n_unary: self.n_unary,
             pairs: self.pairs,
             rank_join: self.rank_join,
+            complement: self.complement,
             seed,
             checkpoint_every: self.checkpoint_every,
             threads,
@@ -1093,6 +1099,20 @@ fn search_report(summary: &SearchSummary, dir: Option<&std::path::Path>) -> Stri
             "{verdict}: the combined ensemble's held-out ρ is {:.4}, {:+.4} against the same; \
              score it with `lpzero score --bench {} --rank-sum --proxy '{}'` and this search's probe \
              options",
+            c.spearman, c.margin, summary.bench, c.proxy_list
+        );
+    }
+    if let Some(c) = &summary.complement_ensemble {
+        let verdict = if summary.complement_won() {
+            "WON"
+        } else {
+            "LOST"
+        };
+        let _ = writeln!(
+            s,
+            "{verdict}: the complement ensemble (searched proxy + pair) has held-out ρ {:.4}, \
+             {:+.4} against the same; score it with `lpzero score --bench {} --rank-sum --proxy \
+             '{}'`",
             c.spearman, c.margin, summary.bench, c.proxy_list
         );
     }

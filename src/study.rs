@@ -87,6 +87,11 @@ pub struct Aggregate {
     pub combined_wins_over_best_baseline: usize,
     /// Splits where the combined ensemble beat the pair ensemble.
     pub combined_wins_over_pair_ensemble: usize,
+    /// Splits where the complement ensemble (searched proxy + pair ensemble members) beat the
+    /// best baseline (single or pair, chosen on held-out ρ).
+    pub complement_wins_over_best_baseline: usize,
+    /// Splits where the complement ensemble beat the pair ensemble.
+    pub complement_wins_over_pair_ensemble: usize,
     /// Number of splits.
     pub splits: usize,
 }
@@ -114,10 +119,11 @@ pub struct StudyJob<'a> {
 pub use crate::search::pipeline::{Phase, Progress};
 
 /// The rows of the per-split comparison that every study reports.
-const HEADLINE: [&str; 5] = [
+const HEADLINE: [&str; 6] = [
     "searched",
     "hall_of_fame_ensemble",
     "combined_ensemble",
+    "complement_ensemble",
     "pair_ensemble",
     "best_single_baseline",
 ];
@@ -258,6 +264,7 @@ pub fn run(
 fn split_rows(summary: &SearchSummary) -> Vec<(String, f64, f64)> {
     let ensemble = summary.hall_of_fame_ensemble.as_ref();
     let combined = summary.combined_ensemble.as_ref();
+    let complement = summary.complement_ensemble.as_ref();
     let mut out = vec![
         (
             "searched".to_string(),
@@ -273,6 +280,11 @@ fn split_rows(summary: &SearchSummary) -> Vec<(String, f64, f64)> {
             "combined_ensemble".to_string(),
             combined.map_or(f64::NAN, |e| e.spearman),
             combined.map_or(f64::NAN, |e| e.kendall),
+        ),
+        (
+            "complement_ensemble".to_string(),
+            complement.map_or(f64::NAN, |e| e.spearman),
+            complement.map_or(f64::NAN, |e| e.kendall),
         ),
     ];
     // With restarts, the first run alone: what a single-run search would have reported.
@@ -355,6 +367,14 @@ fn aggregate(summaries: &[SearchSummary]) -> Aggregate {
                 matches!((combined, s.pair_spearman()), (Some(c), Some(p)) if c > p)
             })
             .count(),
+        complement_wins_over_best_baseline: summaries.iter().filter(|s| s.complement_won()).count(),
+        complement_wins_over_pair_ensemble: summaries
+            .iter()
+            .filter(|s| {
+                let complement = s.complement_ensemble.as_ref().map(|c| c.spearman);
+                matches!((complement, s.pair_spearman()), (Some(c), Some(p)) if c > p)
+            })
+            .count(),
         splits: summaries.len(),
     }
 }
@@ -414,6 +434,15 @@ pub fn markdown(study: &StudyReport) -> String {
         agg.combined_wins_over_best_baseline,
         agg.splits,
         agg.combined_wins_over_pair_ensemble,
+        agg.splits
+    );
+    let _ = writeln!(
+        s,
+        "The complement ensemble (the searched proxy and the pair ensemble's two baselines, ranks \
+         summed) beat the best baseline in {} of {} splits and the pair ensemble in {} of {}.\n",
+        agg.complement_wins_over_best_baseline,
+        agg.splits,
+        agg.complement_wins_over_pair_ensemble,
         agg.splits
     );
     let _ = writeln!(
@@ -550,9 +579,21 @@ mod tests {
                     std::slice::from_ref(&head),
                     &["a".into(), "b".into()],
                 ),
-                searched: vec![head],
+                searched: vec![head.clone()],
                 baselines: vec!["a".into(), "b".into()],
                 margin: ours + 0.2 - pair.max(single),
+            }),
+            complement_ensemble: Some(CombinedEnsemble {
+                spearman: ours + 0.05,
+                kendall: 0.35,
+                fitness_spearman: 0.65,
+                proxy_list: CombinedEnsemble::list_of(
+                    std::slice::from_ref(&head),
+                    &["a".into(), "b".into()],
+                ),
+                searched: vec![head],
+                baselines: vec!["a".into(), "b".into()],
+                margin: ours + 0.05 - pair.max(single),
             }),
             restarts: Vec::new(),
             chosen_restart: 0,
@@ -576,6 +617,10 @@ mod tests {
         assert_eq!(a.combined_wins_over_best_baseline, 2);
         assert_eq!(a.combined_wins_over_pair_ensemble, 2);
         assert!((a.rows["combined_ensemble"].spearman_mean - 1.0).abs() < 1e-12);
+        // The complement ensemble (0.05 above) wins the first split only.
+        assert_eq!(a.complement_wins_over_best_baseline, 1);
+        assert_eq!(a.complement_wins_over_pair_ensemble, 1);
+        assert!((a.rows["complement_ensemble"].spearman_mean - 0.85).abs() < 1e-12);
         let r = &a.rows["searched"];
         assert!((r.spearman_mean - 0.8).abs() < 1e-12);
         assert!((r.spearman_sd - 0.1).abs() < 1e-12);
@@ -597,7 +642,7 @@ mod tests {
         assert!(md.contains("1 of 2 splits"), "{md}");
         assert!(md.contains("| searched | 0.8000 ± 0.1000"), "{md}");
         assert!(md.contains("pair ensemble in 2 of 2"), "{md}");
-        assert_eq!(csv(&study.per_split).lines().count(), 1 + 2 * 7);
+        assert_eq!(csv(&study.per_split).lines().count(), 1 + 2 * 8);
         assert!(chart(&study).contains("searched"));
         // The JSON keeps the names scripts read.
         let v = serde_json::to_value(&study).unwrap();

@@ -474,6 +474,50 @@ fn search_writes_run_directory_and_summary() {
         proxies[n_searched].name(),
         pair["members"][0].as_str().unwrap()
     );
+    // The complement ensemble: the searched proxy and the same pair.
+    let complement = &v["complement_ensemble"];
+    assert_eq!(
+        complement["searched"],
+        serde_json::json!([v["best"]]),
+        "{v}"
+    );
+    assert_eq!(complement["baselines"], pair["members"], "{v}");
+    assert!(complement["spearman"].is_number(), "{v}");
+    // A complement search's fitness is that rank sum's correlation on the fitness set.
+    let out = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--fitness-archs",
+        "0..6",
+        "--population",
+        "6",
+        "--iterations",
+        "5",
+        "--restarts",
+        "1",
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--fitness",
+        "spearman",
+        "--complement",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let joined = c["complement_ensemble"]["fitness_spearman"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (c["fitness"].as_f64().unwrap() - joined).abs() < 1e-12,
+        "{c}"
+    );
     // The default search runs 3 GP restarts: the search folder holds the summary, plots and
     // merged hall of fame; each restart folder a complete run folder.
     for file in [

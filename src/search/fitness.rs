@@ -28,6 +28,7 @@ pub struct FitnessSet<'a> {
     truth: &'a [f64],
     either_sign: bool,
     measure: FitnessMeasure,
+    companion: Option<&'a [Vec<f64>]>,
 }
 
 /// The result of evaluating one candidate on a [`FitnessSet`].
@@ -77,6 +78,7 @@ impl<'a> FitnessSet<'a> {
             truth,
             either_sign: false,
             measure: FitnessMeasure::Spearman,
+            companion: None,
         })
     }
 
@@ -85,10 +87,48 @@ impl<'a> FitnessSet<'a> {
         Self { measure, ..self }
     }
 
+    /// The same set scoring a candidate together with `columns` (complement search,
+    /// [`crate::search::SearchOptions::complement`]): the fitness is the measure of the rank sum
+    /// of the candidate's values and every column (each higher-is-better, one value per
+    /// architecture). Fails when a column's length is not the set's.
+    pub fn with_companion(self, columns: &'a [Vec<f64>]) -> Result<Self> {
+        if let Some(c) = columns.iter().find(|c| c.len() != self.len()) {
+            bail!(
+                "fitness set: a companion column has {} values for {} architectures",
+                c.len(),
+                self.len()
+            );
+        }
+        Ok(Self {
+            companion: Some(columns),
+            ..self
+        })
+    }
+
     /// The fitness of a candidate's values (one per architecture, all finite or not): the
     /// set's measure against the ground truth, NaN when undefined (e.g. constant values).
+    /// With companion columns, the measure of their rank sum with the values (NaN when the
+    /// values alone are degenerate, so a constant candidate does not ride on the companion).
     pub fn score(&self, values: &[f64]) -> f64 {
-        measure(self.measure, self.truth, values)
+        self.prefix_score(values, |t, v| measure(self.measure, t, v))
+    }
+
+    /// `correlate` of the ground truth with the values of the first `values.len()`
+    /// architectures, or with their rank sum with the companion columns over those
+    /// architectures.
+    fn prefix_score(&self, values: &[f64], correlate: impl Fn(&[f64], &[f64]) -> f64) -> f64 {
+        let n = values.len();
+        let truth = &self.truth[..n];
+        let own = correlate(truth, values);
+        match self.companion {
+            None => own,
+            Some(_) if own.is_nan() => own,
+            Some(columns) => {
+                let mut refs: Vec<&[f64]> = vec![values];
+                refs.extend(columns.iter().map(|c| &c[..n]));
+                correlate(truth, &crate::stats::rank_sum(&refs))
+            }
+        }
     }
 
     /// The same set scoring |ρ| when `on` (see [`crate::search::SearchOptions::either_sign`]);
@@ -255,7 +295,7 @@ impl<'a> FitnessSet<'a> {
                 }
                 if let Some(threshold) = predictive {
                     if i + 1 == k {
-                        let rho = spearman(&self.truth[..k], &join(&part_values));
+                        let rho = self.prefix_score(&join(&part_values), spearman);
                         let rho = if self.either_sign { rho.abs() } else { rho };
                         if rho.is_nan() || rho < threshold {
                             return reject(Rule::Predictive, k);
@@ -416,6 +456,57 @@ mod tests {
         let perfect = set.with_measure(FitnessMeasure::Robust).score(&s.truth);
         assert!((perfect - 1.0).abs() < 1e-12, "{perfect}");
         assert!(FitnessSet::new(&probes, &s.truth[..3]).is_err());
+    }
+
+    #[test]
+    fn a_companion_is_ranked_with_the_candidate() {
+        let s = Synthetic::new(30, 5);
+        let probes = s.sources();
+        let mut memo = Memo::new();
+        // A weak companion column: the truth with large noise.
+        let mut rng = Rng::new(9);
+        let weak: Vec<f64> = s.truth.iter().map(|t| t + 2.0 * rng.normal()).collect();
+        let columns = vec![weak.clone()];
+        let plain = FitnessSet::new(&probes, &s.truth)
+            .unwrap()
+            .with_measure(FitnessMeasure::Kendall);
+        let set = plain.with_companion(&columns).unwrap();
+        let expr = c("mean(pow2(head))");
+        let vals: Vec<f64> = set
+            .values(&expr, &mut memo)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let joined = crate::stats::rank_sum(&[&vals, &weak]);
+        let want = kendall_tau_b(&s.truth, &joined);
+        assert_eq!(set.score(&vals), want);
+        assert_ne!(want, plain.score(&vals));
+        let on = RpsOptions::default();
+        let e = set.evaluate(&expr, std::slice::from_mut(&mut memo), &on, None);
+        assert_eq!(e.fitness, Some(want));
+        // The ranking hash is the candidate's own: the same as without the companion.
+        let p = plain.evaluate(&expr, std::slice::from_mut(&mut memo), &on, None);
+        assert_eq!(e.ranking, p.ranking);
+        // The predictive rule reads the joined prefix: the anti-correlated candidate joined
+        // with the companion.
+        let anti = c("neg(mean(pow2(head)))");
+        let k = on.predictive_k;
+        let anti_vals: Vec<f64> = vals.iter().map(|v| -v).collect();
+        let prefix = spearman(
+            &s.truth[..k],
+            &crate::stats::rank_sum(&[&anti_vals[..k], &weak[..k]]),
+        );
+        let mut at = |threshold: f64| {
+            set.evaluate(&anti, std::slice::from_mut(&mut memo), &on, Some(threshold))
+                .rule
+        };
+        assert_eq!(at(prefix - 1e-9), None);
+        assert_eq!(at(prefix + 1e-9), Some(Rule::Predictive));
+        // A constant candidate has no fitness, companion or not.
+        assert!(set.score(&vec![1.0; 30]).is_nan());
+        // Columns must have one value per architecture.
+        let short = vec![weak[..29].to_vec()];
+        assert!(plain.with_companion(&short).is_err());
     }
 
     #[test]

@@ -537,6 +537,7 @@ pub fn run(
         probes: fitness_probes,
         truth: fitness_truth,
         settings: &serde_json::Value::Null,
+        companion: None,
     };
     run_with_inputs(opts, &fitness, out_dir, resume, on_iteration)
 }
@@ -551,6 +552,9 @@ pub struct FitnessData<'a> {
     /// [`crate::models::Family::settings`]; `null` when unknown): checkpoints record it
     /// and a resume must match it, so a run never mixes inputs made in different ways.
     pub settings: &'a serde_json::Value,
+    /// Companion columns for a complement search ([`SearchOptions::complement`]): per column
+    /// one higher-is-better value per fitness architecture. Ignored by a plain search.
+    pub companion: Option<&'a [Vec<f64>]>,
 }
 
 /// [`run`] on a fitness set whose inputs are described ([`FitnessData::settings`]): a resume
@@ -565,9 +569,18 @@ pub fn run_with_inputs(
     let (fitness_probes, fitness_truth, inputs) = (fitness.probes, fitness.truth, fitness.settings);
     let started = Instant::now();
     opts.validate()?;
-    let set = FitnessSet::new(fitness_probes, fitness_truth)?
+    let mut set = FitnessSet::new(fitness_probes, fitness_truth)?
         .with_either_sign(opts.either_sign)
         .with_measure(opts.fitness);
+    if opts.complement {
+        match fitness.companion {
+            Some(columns) if !columns.is_empty() => set = set.with_companion(columns)?,
+            _ => bail!(
+                "a complement search needs companion columns on its fitness set (a benchmark \
+                 search uses the pair ensemble's two baselines)"
+            ),
+        }
+    }
     let ctx = StaticContext::from_source(fitness_probes[0]);
     let (state, resumed_from) = match resume {
         Some(path) => {

@@ -110,6 +110,14 @@ pub struct SearchOptions {
     /// files) keeps the extended template as it was, draw for draw.
     #[serde(skip_serializing_if = "super::variation::is_zero")]
     pub rank_join: f64,
+    /// Complement search: the fitness of a candidate is the fitness of the rank sum of its
+    /// values and the companion columns the fitness set comes with
+    /// ([`crate::search::FitnessData::companion`]; in a benchmark search, the two baselines of
+    /// the pair ensemble chosen on the same fitness set). The search then looks for what the
+    /// best simple combination of hand-designed proxies misses, instead of for a proxy that
+    /// beats it alone. false (left out of files) is the plain search.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub complement: bool,
     /// Seed of the one RNG that drives sampling, selection and variation.
     pub seed: u64,
     /// Number of best distinct proxies (by canonical key) kept in the hall of fame.
@@ -180,6 +188,7 @@ impl SearchOptions {
             max_depth: 5,
             pairs: 0.0,
             rank_join: 0.0,
+            complement: false,
             seed: 0,
             hall_of_fame: 10,
             checkpoint_every: 50,
@@ -335,6 +344,12 @@ impl SearchOptions {
                 "rank_join goes with the oriented fitness only: under either_sign a backward \
                  proxy is reported as its negation, and `neg(rank_add(…))` is not an expression \
                  (a rank join is only ever the root)"
+            );
+        }
+        if self.complement && self.either_sign {
+            bail!(
+                "complement goes with the oriented fitness only: the companion columns rank \
+                 higher-is-better, so a backward candidate cannot complement them"
             );
         }
         if self.mutation.pair > 0.0 && self.pairs == 0.0 {

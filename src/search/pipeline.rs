@@ -198,6 +198,8 @@ pub struct FitnessPhase {
     /// `hall_values[h][a]`: hall-of-fame entry `h` on fitness architecture `a` (what the
     /// hall-of-fame ensemble is chosen on).
     pub hall_values: Vec<Vec<f64>>,
+    /// The best proxy's values on the fitness set.
+    pub best_values: Vec<f64>,
 }
 
 impl FitnessPhase {
@@ -281,10 +283,16 @@ pub fn fitness_phase(
     let probe_seconds = start.elapsed().as_secs_f64();
     let sources: Vec<&dyn InputSource> = probes.iter().map(Held::source).collect();
     let iterations = opts.iterations * opts.restarts;
+    let companion = if opts.complement {
+        Some(complement_columns(baselines, &fitness_baselines, &truth)?)
+    } else {
+        None
+    };
     let fitness = FitnessData {
         probes: &sources,
         truth: &truth,
         settings: &settings,
+        companion: companion.as_deref(),
     };
     let outcome = restarts::run_restarts(
         opts,
@@ -294,7 +302,8 @@ pub fn fitness_phase(
         &|i| progress(Phase::Search, i, iterations),
     )?;
     let values_of = |e: &Expr| -> Vec<f64> { set_values(e, &sources) };
-    let fitness_spearman = stats::spearman(&truth, &stats::sanitize(&values_of(&outcome.best)).0);
+    let best_values = values_of(&outcome.best);
+    let fitness_spearman = stats::spearman(&truth, &stats::sanitize(&best_values).0);
     let hall_values = outcome
         .hall_of_fame
         .iter()
@@ -313,7 +322,33 @@ pub fn fitness_phase(
         spilled_bytes,
         fitness_spearman,
         hall_values,
+        best_values,
     })
+}
+
+/// The companion columns of a complement search: the two baselines of the pair ensemble chosen
+/// on the fitness set (as [`Comparison::new`] chooses it), oriented higher-is-better, one value
+/// per fitness architecture (`rows[i]` holds architecture `i`'s values of `baselines`).
+fn complement_columns(
+    baselines: &[Proxy],
+    rows: &[Vec<f64>],
+    truth: &[f64],
+) -> Result<Vec<Vec<f64>>> {
+    let columns: Vec<Vec<f64>> = baselines
+        .iter()
+        .enumerate()
+        .map(|(b, proxy)| {
+            let raw: Vec<f64> = rows.iter().map(|r| r[b]).collect();
+            compare::oriented(&raw, proxy.orientation())
+        })
+        .collect();
+    match compare::best_pair(truth, &columns) {
+        Some((i, j, _)) => Ok(vec![columns[i].clone(), columns[j].clone()]),
+        None => anyhow::bail!(
+            "complement search: no pair of baselines has a defined rank correlation on the \
+             fitness set"
+        ),
+    }
 }
 
 /// One probe per architecture of `archs`: the values of `exprs` followed by those of
@@ -516,46 +551,69 @@ pub fn summarize(
             Corr::of(&held_truth, &stats::rank_sum(&refs)),
         )
     });
-    // The combined ensemble: the hall-of-fame ensemble's members and the pair's two baselines.
-    let combined = match (
-        &hof_ensemble,
-        comparison.as_ref().and_then(|c| c.pair_ensemble.as_ref()),
-    ) {
-        (Some((members, _, _)), Some(pair)) if !members.is_empty() => {
-            let oriented_baseline =
-                |b: usize, values: Vec<f64>| compare::oriented(&values, baselines[b].orientation());
-            let mut fit: Vec<Vec<f64>> = members.iter().map(|&h| hall_fit[h].clone()).collect();
-            let mut held: Vec<Vec<f64>> = members.iter().map(|&h| hall_held(h)).collect();
-            // The comparison's columns are the baselines, in order.
-            for &b in &pair.columns {
-                let f = phase.fitness_baselines.iter().map(|r| r[b]).collect();
-                fit.push(oriented_baseline(b, f));
-                held.push(oriented_baseline(b, column(first_baseline + b)));
-            }
-            let sum = |cols: &[Vec<f64>]| {
-                let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-                stats::rank_sum(&refs)
-            };
-            let held_corr = Corr::of(&held_truth, &sum(&held));
-            let searched: Vec<Expr> = members
-                .iter()
-                .map(|&h| outcome.hall_of_fame[h].expr.clone())
-                .collect();
-            let names = pair.members.to_vec();
-            Some(CombinedEnsemble {
-                spearman: held_corr.spearman,
-                kendall: held_corr.kendall,
-                fitness_spearman: crate::stats::spearman(&bench.truths(&job.fitness), &sum(&fit)),
-                proxy_list: CombinedEnsemble::list_of(&searched, &names),
-                searched,
-                baselines: names,
-                margin: comparison
-                    .as_ref()
-                    .map_or(f64::NAN, |c| c.margin(held_corr.spearman)),
-            })
+    let pair = comparison.as_ref().and_then(|c| c.pair_ensemble.as_ref());
+    // The rank sum of searched proxies (each with its fitness-set and held-out values) and the
+    // pair's two baselines.
+    let with_pair = |searched: Vec<(Vec<f64>, Vec<f64>, Expr)>| -> Option<CombinedEnsemble> {
+        let pair = pair?;
+        if searched.is_empty() {
+            return None;
         }
-        _ => None,
+        let oriented_baseline =
+            |b: usize, values: Vec<f64>| compare::oriented(&values, baselines[b].orientation());
+        let mut fit = Vec::new();
+        let mut held = Vec::new();
+        let mut exprs = Vec::new();
+        for (f, h, e) in searched {
+            fit.push(f);
+            held.push(h);
+            exprs.push(e);
+        }
+        // The comparison's columns are the baselines, in order.
+        for &b in &pair.columns {
+            let f = phase.fitness_baselines.iter().map(|r| r[b]).collect();
+            fit.push(oriented_baseline(b, f));
+            held.push(oriented_baseline(b, column(first_baseline + b)));
+        }
+        let sum = |cols: &[Vec<f64>]| {
+            let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+            stats::rank_sum(&refs)
+        };
+        let held_corr = Corr::of(&held_truth, &sum(&held));
+        let names = pair.members.to_vec();
+        Some(CombinedEnsemble {
+            spearman: held_corr.spearman,
+            kendall: held_corr.kendall,
+            fitness_spearman: crate::stats::spearman(&bench.truths(&job.fitness), &sum(&fit)),
+            proxy_list: CombinedEnsemble::list_of(&exprs, &names),
+            searched: exprs,
+            baselines: names,
+            margin: comparison
+                .as_ref()
+                .map_or(f64::NAN, |c| c.margin(held_corr.spearman)),
+        })
     };
+    // The combined ensemble: the hall-of-fame ensemble's members and the pair's two baselines.
+    let combined = hof_ensemble.as_ref().and_then(|(members, _, _)| {
+        with_pair(
+            members
+                .iter()
+                .map(|&h| {
+                    let expr = outcome.hall_of_fame[h].expr.clone();
+                    (hall_fit[h].clone(), hall_held(h), expr)
+                })
+                .collect(),
+        )
+    });
+    // The complement ensemble: the searched proxy and the pair's two baselines (what a
+    // complement search optimises on the fitness set).
+    let complement = (n_held > 0)
+        .then(|| {
+            let fit = compare::oriented(&phase.best_values, Orientation::HigherIsBetter);
+            let held = compare::oriented(&column(best_column), Orientation::HigherIsBetter);
+            with_pair(vec![(fit, held, outcome.best.clone())])
+        })
+        .flatten();
     if let (Some(dir), Some(cmp)) = (&job.out, &comparison) {
         write(
             &dir.join("heldout.svg"),
@@ -610,6 +668,7 @@ pub fn summarize(
             fitness_spearman: fit_rho,
         }),
         combined_ensemble: combined,
+        complement_ensemble: complement,
         restarts,
         chosen_restart: outcome.chosen_restart,
         seed: opts.seed,

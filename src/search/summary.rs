@@ -79,6 +79,10 @@ pub struct SearchSummary {
     /// baselines, held out: what the search recommends for ranking (every member chosen on the
     /// fitness set).
     pub combined_ensemble: Option<CombinedEnsemble>,
+    /// The rank sum of the searched proxy and the pair ensemble's two baselines, held out:
+    /// what a complement search (`--complement`) optimises on the fitness set, reported for
+    /// every search.
+    pub complement_ensemble: Option<CombinedEnsemble>,
     /// Every GP restart: seed, fitness, best proxy and that proxy's held-out correlations
     /// (one entry for a single run).
     pub restarts: Vec<RestartSummary>,
@@ -247,6 +251,13 @@ impl SearchSummary {
     /// Whether the combined ensemble beat the best baseline held out.
     pub fn combined_won(&self) -> bool {
         self.combined_ensemble
+            .as_ref()
+            .is_some_and(|c| c.margin > 0.0)
+    }
+
+    /// Whether the complement ensemble beat the best baseline (single or pair) held out.
+    pub fn complement_won(&self) -> bool {
+        self.complement_ensemble
             .as_ref()
             .is_some_and(|c| c.margin > 0.0)
     }

@@ -322,6 +322,7 @@ fn restarts_report_the_fittest_run_and_merge_the_halls() {
         probes: &probes,
         truth: &s.truth,
         settings: &serde_json::Value::Null,
+        companion: None,
     };
     let base = small(Structure::Tree, 3, 25);
     // One restart is the plain search.
@@ -403,4 +404,47 @@ fn restarts_report_the_fittest_run_and_merge_the_halls() {
     rundir::claim(&dir, true).unwrap();
     assert!(!restarts::restart_dir(&dir, 0).exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_complement_search_scores_every_candidate_with_its_companion() {
+    let s = Synthetic::new(30, 6);
+    let probes = s.sources();
+    let mut rng = crate::rng::Rng::new(3);
+    let columns: Vec<Vec<f64>> = (0..2)
+        .map(|_| s.truth.iter().map(|t| t + 1.5 * rng.normal()).collect())
+        .collect();
+    let opts = SearchOptions {
+        complement: true,
+        ..small(Structure::Tree, 2, 30)
+    };
+    // Without companion columns a complement search refuses to run.
+    let err = run(&opts, &probes, &s.truth, None, None, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("companion"), "{err}");
+    // With them every hall-of-fame entry's fitness is that of its rank sum with the columns.
+    let fitness = FitnessData {
+        probes: &probes,
+        truth: &s.truth,
+        settings: &serde_json::Value::Null,
+        companion: Some(&columns),
+    };
+    let out = run_restarts(&opts, &fitness, None, None, &|_| {}).unwrap();
+    assert!(!out.hall_of_fame.is_empty());
+    for h in &out.hall_of_fame {
+        let values: Vec<f64> = s.archs.iter().map(|a| eval(&h.expr, a).unwrap()).collect();
+        let joined = crate::stats::rank_sum(&[&values, &columns[0], &columns[1]]);
+        let rho = crate::stats::spearman(&s.truth, &joined);
+        assert!(
+            (rho - h.fitness).abs() < 1e-12,
+            "{}: {rho} vs {}",
+            h.expr,
+            h.fitness
+        );
+    }
+    // Only with the oriented fitness.
+    let either = SearchOptions {
+        either_sign: true,
+        ..opts.clone()
+    };
+    assert!(either.validate().is_err());
 }
