@@ -12,7 +12,8 @@ ties keep the first pair in column order). Every column that is not a hall-of-fa
 some split is a baseline. When the table holds a split's whole hall of fame
 (`split_S/hall_of_fame.json`), the hall-of-fame ensemble (entries taken greedily on the
 fitness set, at most 5, as lpzero does) and the combined ensemble (its members and the pair's
-two baselines) are judged too.
+two baselines) are judged too. The complement ensemble (the searched proxy and the pair's two
+baselines, ranks summed) is judged always.
 
 Usage: python3 scripts/heldout_from_scores.py SCORES.csv STUDY_DIR [--lower NAME ...]
   --lower: baselines where a lower value is better (default: lpzero_gpt2 grasp).
@@ -92,8 +93,8 @@ def main():
     names = list(baselines)
     pick = lambda v, idx: [v[i] for i in idx]  # noqa: E731
     print("| split | searched ρ / τ | best single baseline ρ | pair ensemble (members) | its ρ / τ "
-          "| hall-of-fame ensemble ρ / τ | combined ρ / τ |")
-    print("|---|---|---|---|---|---|---|")
+          "| hall-of-fame ensemble ρ / τ | combined ρ / τ | complement ρ / τ |")
+    print("|---|---|---|---|---|---|---|---|")
     sums = {}
     for s in splits:
         fitness, best_expr, hall = studies[s]
@@ -113,6 +114,8 @@ def main():
         judged = {
             "searched": pick(values[best_expr], held),
             "pair": rank_sum([pick(baselines[m1], held), pick(baselines[m2], held)]),
+            "complement": rank_sum([oriented(pick(values[best_expr], held), False),
+                                    pick(baselines[m1], held), pick(baselines[m2], held)]),
         }
         if all(h in values for h in hall):
             hall_cols = [oriented(values[h], False) for h in hall]
@@ -128,12 +131,13 @@ def main():
             sums.setdefault(k, []).append((rho, tau))
         show = lambda k: "–" if k not in corr else f"{corr[k][0]:.4f} / {corr[k][1]:.4f}"  # noqa: E731
         print(f"| {s} | {show('searched')} | {single:.4f} ({single_name}) | {m1} + {m2} | "
-              f"{show('pair')} | {show('hall')} | {show('combined')} |")
+              f"{show('pair')} | {show('hall')} | {show('combined')} | {show('complement')} |")
     print()
     pair = [r for r, _ in sums["pair"]]
     single = [r for r, _ in sums["single"]]
     for k, label in [("searched", "searched proxy"), ("hall", "hall-of-fame ensemble"),
-                     ("combined", "combined ensemble"), ("pair", "pair ensemble"),
+                     ("combined", "combined ensemble"), ("complement", "complement ensemble"),
+                     ("pair", "pair ensemble"),
                      ("single", "best single baseline")]:
         if len(sums.get(k, [])) != len(splits):
             continue
