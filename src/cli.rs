@@ -1088,31 +1088,20 @@ fn search_report(summary: &SearchSummary, dir: Option<&std::path::Path>) -> Stri
          baseline ({best}, ρ {:.4})",
         summary.best_baseline_spearman.unwrap_or(f64::NAN)
     );
-    if let Some(c) = &summary.combined_ensemble {
-        let verdict = if summary.combined_won() {
-            "WON"
-        } else {
-            "LOST"
-        };
+    let ensembles = [
+        ("the combined ensemble", &summary.combined_ensemble),
+        (
+            "the complement ensemble (searched proxy + pair)",
+            &summary.complement_ensemble,
+        ),
+    ];
+    for (what, c) in ensembles {
+        let Some(c) = c else { continue };
+        let verdict = if c.won() { "WON" } else { "LOST" };
         let _ = writeln!(
             s,
-            "{verdict}: the combined ensemble's held-out ρ is {:.4}, {:+.4} against the same; \
-             score it with `lpzero score --bench {} --rank-sum --proxy '{}'` and this search's probe \
-             options",
-            c.spearman, c.margin, summary.bench, c.proxy_list
-        );
-    }
-    if let Some(c) = &summary.complement_ensemble {
-        let verdict = if summary.complement_won() {
-            "WON"
-        } else {
-            "LOST"
-        };
-        let _ = writeln!(
-            s,
-            "{verdict}: the complement ensemble (searched proxy + pair) has held-out ρ {:.4}, \
-             {:+.4} against the same; score it with `lpzero score --bench {} --rank-sum --proxy \
-             '{}'`",
+            "{verdict}: {what} has held-out ρ {:.4}, {:+.4} against the same; score it with \
+             `lpzero score --bench {} --rank-sum --proxy '{}'` and this search's probe options",
             c.spearman, c.margin, summary.bench, c.proxy_list
         );
     }

@@ -24,7 +24,7 @@ use crate::bench::{self, Benchmark};
 use crate::probe::ProbeOptions;
 use crate::proxy::set::SetPlan;
 use crate::search::pipeline::{self, FitnessPhase, SearchJob};
-use crate::search::summary::SearchSummary;
+use crate::search::summary::{CombinedEnsemble, SearchSummary};
 use crate::search::SearchOptions;
 
 /// The result of a study: what `study.json` holds.
@@ -352,6 +352,8 @@ fn aggregate(summaries: &[SearchSummary]) -> Aggregate {
             (name, stats)
         })
         .collect();
+    let combined = ensemble_wins(summaries, |s| s.combined_ensemble.as_ref());
+    let complement = ensemble_wins(summaries, |s| s.complement_ensemble.as_ref());
     Aggregate {
         rows,
         wins_over_best_baseline: summaries.iter().filter(|s| s.won()).count(),
@@ -359,24 +361,29 @@ fn aggregate(summaries: &[SearchSummary]) -> Aggregate {
             .iter()
             .filter(|s| s.pair_spearman().is_some_and(|p| s.heldout_spearman > p))
             .count(),
-        combined_wins_over_best_baseline: summaries.iter().filter(|s| s.combined_won()).count(),
-        combined_wins_over_pair_ensemble: summaries
-            .iter()
-            .filter(|s| {
-                let combined = s.combined_ensemble.as_ref().map(|c| c.spearman);
-                matches!((combined, s.pair_spearman()), (Some(c), Some(p)) if c > p)
-            })
-            .count(),
-        complement_wins_over_best_baseline: summaries.iter().filter(|s| s.complement_won()).count(),
-        complement_wins_over_pair_ensemble: summaries
-            .iter()
-            .filter(|s| {
-                let complement = s.complement_ensemble.as_ref().map(|c| c.spearman);
-                matches!((complement, s.pair_spearman()), (Some(c), Some(p)) if c > p)
-            })
-            .count(),
+        combined_wins_over_best_baseline: combined.0,
+        combined_wins_over_pair_ensemble: combined.1,
+        complement_wins_over_best_baseline: complement.0,
+        complement_wins_over_pair_ensemble: complement.1,
         splits: summaries.len(),
     }
+}
+
+/// Over `summaries`, how often the ensemble `of` picks beat the best baseline, and how often
+/// it beat the pair ensemble (a split without the ensemble counts as a loss).
+fn ensemble_wins(
+    summaries: &[SearchSummary],
+    of: impl Fn(&SearchSummary) -> Option<&CombinedEnsemble>,
+) -> (usize, usize) {
+    let over_best = summaries
+        .iter()
+        .filter(|s| of(s).is_some_and(CombinedEnsemble::won))
+        .count();
+    let over_pair = summaries
+        .iter()
+        .filter(|s| matches!((of(s), s.pair_spearman()), (Some(c), Some(p)) if c.spearman > p))
+        .count();
+    (over_best, over_pair)
 }
 
 /// `study.md`: the per-split table and the mean ± sd of every row.

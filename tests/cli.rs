@@ -518,6 +518,24 @@ fn search_writes_run_directory_and_summary() {
         (c["fitness"].as_f64().unwrap() - joined).abs() < 1e-12,
         "{c}"
     );
+    // It ranks with higher-is-better companions, so a backward fitness is refused up front.
+    let out = lpzero(&[
+        "search",
+        "--data-dir",
+        d,
+        "--fitness-archs",
+        "0..6",
+        "--complement",
+        "--fitness-sign",
+        "either",
+    ]);
+    common::assert_fails(
+        &out,
+        &[
+            "invalid search options",
+            "complement goes with the oriented fitness",
+        ],
+    );
     // The default search runs 3 GP restarts: the search folder holds the summary, plots and
     // merged hall of fame; each restart folder a complete run folder.
     for file in [

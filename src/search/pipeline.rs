@@ -334,13 +334,8 @@ fn complement_columns(
     rows: &[Vec<f64>],
     truth: &[f64],
 ) -> Result<Vec<Vec<f64>>> {
-    let columns: Vec<Vec<f64>> = baselines
-        .iter()
-        .enumerate()
-        .map(|(b, proxy)| {
-            let raw: Vec<f64> = rows.iter().map(|r| r[b]).collect();
-            compare::oriented(&raw, proxy.orientation())
-        })
+    let columns: Vec<Vec<f64>> = (0..baselines.len())
+        .map(|b| fitness_column(baselines, rows, b))
         .collect();
     match compare::best_pair(truth, &columns) {
         Some((i, j, _)) => Ok(vec![columns[i].clone(), columns[j].clone()]),
@@ -349,6 +344,13 @@ fn complement_columns(
              fitness set"
         ),
     }
+}
+
+/// Baseline `b`'s values on the fitness set, oriented higher-is-better (`rows[i]` holds
+/// architecture `i`'s values of `baselines`).
+fn fitness_column(baselines: &[Proxy], rows: &[Vec<f64>], b: usize) -> Vec<f64> {
+    let raw: Vec<f64> = rows.iter().map(|r| r[b]).collect();
+    compare::oriented(&raw, baselines[b].orientation())
 }
 
 /// One probe per architecture of `archs`: the values of `exprs` followed by those of
@@ -559,8 +561,6 @@ pub fn summarize(
         if searched.is_empty() {
             return None;
         }
-        let oriented_baseline =
-            |b: usize, values: Vec<f64>| compare::oriented(&values, baselines[b].orientation());
         let mut fit = Vec::new();
         let mut held = Vec::new();
         let mut exprs = Vec::new();
@@ -571,9 +571,11 @@ pub fn summarize(
         }
         // The comparison's columns are the baselines, in order.
         for &b in &pair.columns {
-            let f = phase.fitness_baselines.iter().map(|r| r[b]).collect();
-            fit.push(oriented_baseline(b, f));
-            held.push(oriented_baseline(b, column(first_baseline + b)));
+            fit.push(fitness_column(baselines, &phase.fitness_baselines, b));
+            held.push(compare::oriented(
+                &column(first_baseline + b),
+                baselines[b].orientation(),
+            ));
         }
         let sum = |cols: &[Vec<f64>]| {
             let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
@@ -607,13 +609,12 @@ pub fn summarize(
     });
     // The complement ensemble: the searched proxy and the pair's two baselines (what a
     // complement search optimises on the fitness set).
-    let complement = (n_held > 0)
-        .then(|| {
-            let fit = compare::oriented(&phase.best_values, Orientation::HigherIsBetter);
-            let held = compare::oriented(&column(best_column), Orientation::HigherIsBetter);
-            with_pair(vec![(fit, held, outcome.best.clone())])
-        })
-        .flatten();
+    // (`with_pair` gives none without a held-out set: there is no pair then.)
+    let complement = with_pair(vec![(
+        compare::oriented(&phase.best_values, Orientation::HigherIsBetter),
+        compare::oriented(&column(best_column), Orientation::HigherIsBetter),
+        outcome.best.clone(),
+    )]);
     if let (Some(dir), Some(cmp)) = (&job.out, &comparison) {
         write(
             &dir.join("heldout.svg"),

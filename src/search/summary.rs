@@ -212,6 +212,11 @@ pub struct CombinedEnsemble {
 }
 
 impl CombinedEnsemble {
+    /// Whether it beat the best baseline (single or pair) held out.
+    pub fn won(&self) -> bool {
+        self.margin > 0.0
+    }
+
     /// The `--proxy` list of `searched` then `baselines`, `;`-separated.
     pub fn list_of(searched: &[Expr], baselines: &[String]) -> String {
         let mut items: Vec<String> = searched.iter().map(Expr::to_string).collect();
@@ -246,20 +251,6 @@ impl SearchSummary {
     /// held-out set).
     pub fn won(&self) -> bool {
         self.margin.is_some_and(|m| m > 0.0)
-    }
-
-    /// Whether the combined ensemble beat the best baseline held out.
-    pub fn combined_won(&self) -> bool {
-        self.combined_ensemble
-            .as_ref()
-            .is_some_and(|c| c.margin > 0.0)
-    }
-
-    /// Whether the complement ensemble beat the best baseline (single or pair) held out.
-    pub fn complement_won(&self) -> bool {
-        self.complement_ensemble
-            .as_ref()
-            .is_some_and(|c| c.margin > 0.0)
     }
 
     /// The held-out ρ of the pair ensemble, if there is one.
