@@ -107,9 +107,11 @@ struct ProbeArgs {
     #[arg(long)]
     corpus: Option<PathBuf>,
     /// How each probe's arrays are kept once computed: f32, or bf16 (half the memory of a
-    /// search's fitness set; every proxy and expression then reads the rounded values).
-    #[arg(long, value_enum, default_value_t = Storage::default().into())]
-    probe_storage: StorageArg,
+    /// search's fitness set; every proxy and expression then reads the rounded values)
+    /// [default: f32; a search or study whose fitness set in f32 would need more than twice
+    /// --memory-budget: bf16].
+    #[arg(long, value_enum)]
+    probe_storage: Option<StorageArg>,
     /// Worker threads (architectures probed in parallel; `search` also evaluates each candidate
     /// on the fitness architectures with this many threads); default: all cores.
     #[arg(long)]
@@ -234,7 +236,7 @@ impl ProbeArgs {
             dropout: self.dropout == OnOff::On,
             corpus: self.corpus.clone(),
             extra_passes: false,
-            storage: self.probe_storage.into(),
+            storage: self.probe_storage.map_or_else(Storage::default, Into::into),
             pass: Default::default(),
         };
         family
@@ -485,6 +487,57 @@ struct SpillArgs {
     /// RAM-backed tmpfs). The file is removed when the search ends.
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
+    /// Memory the search aims to stay within, in GB (10⁹ bytes), or `none`. Fitness probes
+    /// stay in memory while they fit in it less the memo budget and 2 GiB; the others go to a
+    /// spill file (in --spill-dir, else the system's temporary folder; the same values). When
+    /// the fitness set in f32 would need more than twice the budget (GPT-2 at 16 × 192), it is
+    /// kept as bf16 unless --probe-storage says otherwise. Probes take turns within it.
+    #[arg(long, value_name = "GB", default_value = "6", value_parser = parse_budget)]
+    memory_budget: BudgetArg,
+}
+
+/// `--memory-budget`: a budget, or none.
+#[derive(Clone, Copy)]
+struct BudgetArg(Option<lpzero::search::budget::MemoryBudget>);
+
+fn parse_budget(text: &str) -> Result<BudgetArg, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(BudgetArg(None));
+    }
+    let gb: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of GB (such as 6) or `none`, got `{text}`"))?;
+    lpzero::search::budget::MemoryBudget::gb(gb)
+        .map(|b| BudgetArg(Some(b)))
+        .map_err(|e| e.to_string())
+}
+
+impl SpillArgs {
+    /// The probe options of a search or study of `n` fitness architectures: `probe` with the
+    /// storage the budget implies when --probe-storage was not given.
+    fn fitness_probe(
+        &self,
+        bench: &Benchmark,
+        n: usize,
+        given: Option<StorageArg>,
+        probe: ProbeOptions,
+    ) -> Result<ProbeOptions> {
+        let storage = match given {
+            Some(s) => s.into(),
+            None => {
+                lpzero::search::budget::fitness_storage(bench, n, &probe, self.memory_budget.0)?
+            }
+        };
+        if given.is_none() && storage != probe.storage {
+            eprintln!(
+                "note: the fitness set would need more than twice the memory budget as f32; its \
+                 probes are kept as {} (--probe-storage f32 keeps them as computed)",
+                storage.name()
+            );
+        }
+        Ok(ProbeOptions { storage, ..probe })
+    }
 }
 
 #[derive(Args)]
@@ -887,6 +940,9 @@ fn search(a: SearchArgs) -> Result<()> {
     };
     let fitness = bench::parse_sample(&a.fitness_archs, bench.len(), seed)
         .with_context(|| "--fitness-archs".to_string())?;
+    let probe = a
+        .spill
+        .fitness_probe(&bench, fitness.len(), a.probe.probe_storage, probe)?;
     let heldout: Vec<usize> = match a.heldout {
         OnOff::On => (0..bench.len()).filter(|i| !fitness.contains(i)).collect(),
         OnOff::Off => Vec::new(),
@@ -925,6 +981,7 @@ fn search(a: SearchArgs) -> Result<()> {
         out: out.clone(),
         resume: a.resume.clone(),
         spill_dir: a.spill.spill_dir.clone(),
+        budget: a.spill.memory_budget.0,
     };
     let summary = pipeline::search_benchmark(&job, &opts, &|phase, done, _total| {
         let bar = match phase {
@@ -950,6 +1007,9 @@ fn study(a: StudyArgs) -> Result<()> {
         seed: a.probe_seed,
         ..a.probe.options(bench.kind)?
     };
+    let probe = a
+        .spill
+        .fitness_probe(&bench, a.fitness_n, a.probe.probe_storage, probe)?;
     let threads = a.probe.threads()?;
     let opts = a.gp.options(a.probe.seed, threads)?;
     set_engine_threads(threads);
@@ -962,6 +1022,7 @@ fn study(a: StudyArgs) -> Result<()> {
         threads,
         out: a.out.clone(),
         spill_dir: a.spill.spill_dir.clone(),
+        budget: a.spill.memory_budget.0,
     };
     let split = std::sync::Mutex::new(0usize);
     let bars = [
@@ -1012,6 +1073,22 @@ fn search_report(summary: &SearchSummary, dir: Option<&std::path::Path>) -> Stri
         s,
         "fitness {:.4} ({}) on {} architectures; {:.0} s in total",
         summary.fitness, summary.fitness_measure, summary.fitness_n, summary.seconds
+    );
+    let bytes = |b: u64| report::format_bytes(b as f64);
+    let _ = writeln!(
+        s,
+        "fitness probes as {}: {} in memory, {} in a spill file; peak RSS {}{}",
+        summary.probe.storage.name(),
+        bytes(summary.fitness_probe_bytes),
+        bytes(summary.fitness_spilled_bytes),
+        summary
+            .peak_rss_mib
+            .map_or("unknown".into(), |m| report::format_bytes(
+                m * (1u64 << 20) as f64
+            )),
+        summary
+            .memory_budget_gb
+            .map_or(String::new(), |gb| format!(" (memory budget {gb} GB)")),
     );
     if summary.restarts.len() > 1 {
         let fits: Vec<String> = summary

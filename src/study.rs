@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::bench::{self, Benchmark};
 use crate::probe::ProbeOptions;
 use crate::proxy::set::SetPlan;
+use crate::search::budget::MemoryBudget;
 use crate::search::pipeline::{self, FitnessPhase, SearchJob};
 use crate::search::summary::{CombinedEnsemble, SearchSummary};
 use crate::search::SearchOptions;
@@ -114,6 +115,9 @@ pub struct StudyJob<'a> {
     pub out: Option<PathBuf>,
     /// Where each split keeps its fitness probes ([`SearchJob::spill_dir`]).
     pub spill_dir: Option<PathBuf>,
+    /// Memory each split's search and the held-out pass aim to stay within
+    /// ([`SearchJob::budget`]).
+    pub budget: Option<MemoryBudget>,
 }
 
 pub use crate::search::pipeline::{Phase, Progress};
@@ -171,6 +175,7 @@ pub fn run(
             out: job.out.as_ref().map(|d| d.join(format!("split_{seed}"))),
             resume: None,
             spill_dir: job.spill_dir.clone(),
+            budget: job.budget,
         };
         let split_opts = SearchOptions {
             seed,
@@ -194,18 +199,11 @@ pub fn run(
     // Parts, not values: a rank join ranks within each split's held-out set, as its search's
     // own held-out pass does.
     let plan = SetPlan::new(&all_exprs);
-    let rows = pipeline::part_values(
-        bench,
-        &archs,
-        &job.probe,
-        job.threads,
-        &plan,
-        &baselines,
-        || {
-            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            progress(Phase::Heldout, d, n);
-        },
-    )?;
+    // Every split's job probes the benchmark the same way (options, threads, budget).
+    let rows = pipeline::part_values(&jobs[0].0, &archs, &plan, &baselines, || {
+        let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress(Phase::Heldout, d, n);
+    })?;
     let heldout_seconds = heldout_start.elapsed().as_secs_f64();
     // 3. Per split: its hall of fame's columns and the baselines, on its held-out rows.
     let mut summaries = Vec::with_capacity(job.splits);
@@ -559,6 +557,7 @@ mod tests {
             probe_seconds: 0.0,
             fitness_probe_bytes: 0,
             fitness_spilled_bytes: 0,
+            memory_budget_gb: None,
             search_seconds: 0.0,
             heldout_seconds: 0.0,
             evaluated: 0,

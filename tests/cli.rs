@@ -320,6 +320,65 @@ fn a_spilled_fitness_set_gives_the_same_search() {
     }
     // The spill file is gone once the search ends.
     assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0);
+    // Under a memory budget whose share holds about half of the probes, the others go to a
+    // spill file in the temporary folder, and the search is the same again.
+    let memory = run("f32", None);
+    let held = memory["fitness_probe_bytes"].as_u64().unwrap();
+    let room = (3u64 << 30) as f64; // the memo's default budget (1 GiB) and 2 GiB for probing
+    let budget = format!("{:.9}", (room + held as f64 / 2.0) / 1e9);
+    let mut args = vec![
+        "search",
+        "--data-dir",
+        d,
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--json",
+        "--fitness-archs",
+        "0..6",
+        "--population",
+        "6",
+        "--iterations",
+        "15",
+        "--threads",
+        "2",
+        "--memory-budget",
+        &budget,
+    ];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lpzero"))
+        .args(&args)
+        .env("TMPDIR", &spill)
+        .output()
+        .unwrap();
+    let split: serde_json::Value = serde_json::from_str(&common::stdout_of(&out)).unwrap();
+    for key in [
+        "best",
+        "fitness_spearman",
+        "heldout_spearman",
+        "evaluated",
+        "hall_of_fame",
+    ] {
+        assert_eq!(memory[key], split[key], "budget {budget}: {key}");
+    }
+    let in_memory = split["fitness_probe_bytes"].as_u64().unwrap();
+    assert!(
+        in_memory > 0 && in_memory <= held / 2 + 1,
+        "{in_memory} of {held}"
+    );
+    assert!(split["fitness_spilled_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        (split["memory_budget_gb"].as_f64().unwrap() - budget.parse::<f64>().unwrap()).abs() < 1e-9
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spill file in"));
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0);
+    // Without a budget every probe stays in memory, and the summary says there was none.
+    args.pop();
+    args.push("none");
+    let none: serde_json::Value = serde_json::from_str(&common::stdout_of(&lpzero(&args))).unwrap();
+    assert_eq!(none["fitness_probe_bytes"].as_u64().unwrap(), held);
+    assert!(none["memory_budget_gb"].is_null());
+    assert_eq!(memory["memory_budget_gb"], 6.0);
     // A directory that does not exist is named in the error.
     let out = lpzero(&[
         "search",

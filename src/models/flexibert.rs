@@ -937,6 +937,7 @@ impl Family for FlexibertFamily {
             parameters: config.parameter_count(),
             activation_floats_per_token: config.activation_floats_per_token(opts.seq_len),
             by_blocks_floats_per_token: None,
+            input_floats: None,
         })
     }
 }

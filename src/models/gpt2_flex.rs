@@ -185,6 +185,23 @@ impl Config {
         4.0 * (self.cutoffs[0] + self.n_clusters() - 1) as f64
     }
 
+    /// The `f32` values of a probe's expression inputs for `batch` rows of `seq_len` tokens
+    /// (exact, from the shapes): per block the Conv1D outputs (`act`, which `head` shares:
+    /// 3D, D, the MLP width and D per token), the attention probabilities (`softmax`: T per
+    /// head and token) and the four Conv1D weights twice (`weight` and `grad`), plus the
+    /// position table's gradient.
+    pub fn input_floats(&self, batch: usize, seq_len: usize) -> f64 {
+        let (d, t) = (self.record.d_model as f64, seq_len as f64);
+        let tokens = batch as f64 * t;
+        let blocks: f64 = (self.record.n_head.iter().zip(&self.record.d_inner))
+            .map(|(&h, &inner)| {
+                let inner = inner as f64;
+                tokens * (5.0 * d + inner + h as f64 * t) + 2.0 * (4.0 * d * d + 2.0 * d * inner)
+            })
+            .sum();
+        blocks + self.record.tgt_len as f64 * d
+    }
+
     /// The same for a pass by blocks ([`Gpt2Flex::forward_backward_by_blocks`]): 1.25 × the
     /// captures of every block (kept, then converted), the largest block's graph as
     /// [`Config::activation_floats_per_token`] counts a block, each block's input and 4 × the
@@ -1120,6 +1137,7 @@ impl Family for Gpt2Family {
             activation_floats_per_token: config.activation_floats_per_token(opts.seq_len),
             by_blocks_floats_per_token: (!opts.dropout)
                 .then(|| config.by_blocks_floats_per_token(opts.seq_len)),
+            input_floats: Some(config.input_floats(opts.batch, opts.seq_len)),
         })
     }
 }
@@ -1283,6 +1301,30 @@ mod tests {
         }
         let config = tiny(2, 16);
         assert!(config.activation_floats_per_token(12) > 20.0 * 16.0 * 2.0);
+    }
+
+    /// The estimate a search weighs against its memory budget is the probe's exact count of
+    /// input values, for both layouts of the head and a batch of other shapes.
+    #[test]
+    fn input_floats_from_shapes_count_the_probe_inputs() {
+        for (k, e, rows, tokens) in [(1, 16, 3, 10), (2, 16, 2, 7), (1, 8, 1, 12)] {
+            let record = tiny_record(k, e);
+            let config = Config::from_record(&record).unwrap();
+            let opts = ProbeOptions {
+                batch: rows,
+                seq_len: tokens,
+                ..FAMILY.probe_options()
+            };
+            let ids = Batch::synthetic_zipf(rows, tokens + 1, 60, 4).unwrap();
+            let probe = FAMILY.probe(&Arch::new(record), 0, &opts, &ids).unwrap();
+            assert_eq!(
+                config.input_floats(rows, tokens),
+                probe.input_values() as f64,
+                "k {k} e {e}, {rows} × {tokens}"
+            );
+            let size = FAMILY.size(&Arch::new(tiny_record(k, e)), &opts).unwrap();
+            assert_eq!(size.input_floats, Some(probe.input_values() as f64));
+        }
     }
 
     #[test]

@@ -81,16 +81,31 @@ pub fn probe_map<T: Send>(
     f: impl Fn(usize, Probe) -> Result<T> + Sync,
     on_done: impl Fn() + Sync,
 ) -> Result<Vec<T>> {
+    probe_map_within(bench, selection, opts, threads, None, f, on_done)
+}
+
+/// [`probe_map`] with the probes also taking turns within `turns` (for the whole process, such
+/// as a search's memory budget) when that is below probing's own limit. Only the turns follow
+/// it: an architecture is refused only when it cannot fit probing's limit.
+pub fn probe_map_within<T: Send>(
+    bench: &Benchmark,
+    selection: &[usize],
+    opts: &ProbeOptions,
+    threads: usize,
+    turns: Option<memory::MemoryLimit>,
+    f: impl Fn(usize, Probe) -> Result<T> + Sync,
+    on_done: impl Fn() + Sync,
+) -> Result<Vec<T>> {
     let family = family(bench.kind);
     let batch = family.batch(opts)?;
     let limit = memory::MemoryLimit::current()?;
     let size_of = |entry: &crate::bench::Entry| family.size(&entry.arch, opts);
     let work = memory::Work::Probe;
     memory::check_fits(bench, selection, opts, limit, work, &size_of)?;
-    // A set limit is for the whole process: what it holds already is not the probes'. (The
-    // memory available, the other limit, leaves it out already.)
+    let limit = memory::MemoryLimit::min(limit, turns);
+    // A limit for the whole process: what it holds already is not the probes'.
     let own = match limit {
-        Some(l) if l.source == memory::LimitSource::Environment => {
+        Some(l) if l.includes_the_process() => {
             crate::report::rss_mib().map_or(0.0, |mib| mib * (1u64 << 20) as f64)
         }
         _ => 0.0,
@@ -111,7 +126,7 @@ pub fn probe_map<T: Send>(
                 let index = selection[pos];
                 let entry = &bench.entries[index];
                 // Hand back what this thread's last probe freed before waiting for room.
-                memory::release_freed_memory();
+                memory::release_freed_memory_within(limit.as_ref());
                 let need = size_of(entry).map_or(0.0, |s| memory::probe_bytes(&s, opts));
                 let pass = gate.enter(need);
                 let result = family

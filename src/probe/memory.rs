@@ -53,12 +53,15 @@ const RELEASE_ABOVE_MIB: f64 = 2048.0;
 /// [`Gate`] counts. Does nothing on other C libraries or where the resident size cannot be
 /// read.
 pub fn release_freed_memory() {
+    release_freed_memory_within(MemoryLimit::current().ok().flatten().as_ref());
+}
+
+/// [`release_freed_memory`] under a given limit (a caller's own, such as a search's budget);
+/// `None`: no limit, the 2 GiB threshold.
+pub fn release_freed_memory_within(limit: Option<&MemoryLimit>) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let limit_mib = MemoryLimit::current()
-            .ok()
-            .flatten()
-            .map_or(f64::INFINITY, |l| l.bytes / (1u64 << 20) as f64);
+        let limit_mib = limit.map_or(f64::INFINITY, |l| l.bytes / (1u64 << 20) as f64);
         let above = RELEASE_ABOVE_MIB.min(limit_mib / 4.0);
         if crate::report::rss_mib().is_some_and(|mib| mib > above) {
             // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe
@@ -86,6 +89,8 @@ pub enum LimitSource {
     Environment,
     /// The memory the system reported available.
     Available,
+    /// A search's memory budget (`--memory-budget`, [`crate::search::budget`]).
+    Budget,
 }
 
 /// The memory probing may use.
@@ -133,7 +138,26 @@ impl MemoryLimit {
                 "{} (the memory available; set {MEMORY_ENV} to choose another limit)",
                 format_bytes(self.bytes)
             ),
+            LimitSource::Budget => format!(
+                "{} (the search's memory budget; --memory-budget chooses another)",
+                format_bytes(self.bytes)
+            ),
         }
+    }
+
+    /// The smaller of two limits, either of which may be unknown.
+    pub fn min(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.bytes < a.bytes { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the limit is for the whole process, so that what the process holds already
+    /// counts against it (a set limit or a budget; the memory available leaves it out
+    /// already).
+    pub fn includes_the_process(&self) -> bool {
+        self.source != LimitSource::Available
     }
 }
 
@@ -176,6 +200,11 @@ pub struct ModelSize {
     /// The same for a pass by blocks ([`PassMode::ByBlocks`]), whose graph is one block's;
     /// `None` when the family does not run one for these options (then it runs whole).
     pub by_blocks_floats_per_token: Option<f64>,
+    /// `f32` values of the expression inputs a probe keeps once slimmed for a search's fitness
+    /// set (`act`, `head` when it is a list of its own, `softmax`, `grad`, `weight` and the
+    /// position gradient), from the shapes; `None` when the family does not say. What a search
+    /// weighs against its memory budget (`crate::search::budget`).
+    pub input_floats: Option<f64>,
 }
 
 impl ModelSize {
@@ -390,6 +419,21 @@ mod tests {
             source: LimitSource::Environment,
         };
         assert_eq!(limit.describe(), "1.00 kB (set by LPZERO_PROBE_MEMORY_GB)");
+        // The smaller of two limits wins; a budget, like a set limit, covers the whole process.
+        let budget = MemoryLimit {
+            bytes: 600.0,
+            source: LimitSource::Budget,
+        };
+        assert_eq!(MemoryLimit::min(Some(limit), Some(budget)), Some(budget));
+        assert_eq!(MemoryLimit::min(None, Some(limit)), Some(limit));
+        assert_eq!(MemoryLimit::min(None, None), None);
+        assert!(budget.describe().contains("--memory-budget"));
+        assert!(budget.includes_the_process() && limit.includes_the_process());
+        let available = MemoryLimit {
+            source: LimitSource::Available,
+            ..limit
+        };
+        assert!(!available.includes_the_process());
         assert_eq!(limit.less(1500.0).bytes, 0.0);
     }
 }

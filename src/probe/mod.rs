@@ -27,6 +27,7 @@ use candle_core::{Device, Tensor, Var};
 
 use crate::array::Array;
 use crate::nn::{to_array, Linear, LinearRole, Params, Taps};
+use crate::proxy::eval::list_bytes;
 use crate::rng::Rng;
 
 /// Which scalar is back-propagated to obtain gradients, in families that offer a choice
@@ -377,6 +378,35 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// The expression input lists, each once (`head` is left out when it is `act`'s list, as
+    /// in GPT-2), with the position gradient last.
+    fn input_lists(&self) -> Vec<&[Array]> {
+        let mut lists: Vec<&[Array]> = vec![&self.act];
+        if !Arc::ptr_eq(&self.head, &self.act) {
+            lists.push(&self.head);
+        }
+        lists.extend([&self.softmax[..], &self.grad, &self.weight]);
+        lists.push(std::slice::from_ref(&self.position_grad));
+        lists
+    }
+
+    /// Bytes the expression inputs hold (values and array headers; see [`Self::input_lists`]):
+    /// what a search keeps of a fitness probe.
+    pub fn input_bytes(&self) -> u64 {
+        self.input_lists().into_iter().map(list_bytes).sum()
+    }
+
+    /// Number of values of the expression inputs (what [`ModelSize::input_floats`] estimates
+    /// from the shapes).
+    ///
+    /// [`ModelSize::input_floats`]: memory::ModelSize::input_floats
+    pub fn input_values(&self) -> usize {
+        self.input_lists()
+            .into_iter()
+            .flat_map(|l| l.iter().map(Array::len))
+            .sum()
+    }
+
     /// The probe with its arrays stored as `storage` says ([`ProbeOptions::storage`]): with
     /// [`Storage::Bf16`] each array of `act`, `head`, `softmax`, `mixer_outputs`, `linears`,
     /// `weight` and `grad` is rounded to bfloat16, and arrays or lists that shared their

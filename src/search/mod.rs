@@ -42,6 +42,7 @@
 //! architectures for every fitness call; here the fitness set is fixed (and values are cached),
 //! which is what makes fitness deterministic.
 
+pub mod budget;
 pub mod checkpoint;
 pub mod fitness;
 pub mod genome;

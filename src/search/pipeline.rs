@@ -11,18 +11,18 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use super::budget::{MemoryBudget, PROBING_ROOM_BYTES};
 use super::summary::{
     self, CombinedEnsemble, EnsembleResult, HallSummary, RestartSummary, SearchSummary,
 };
 use super::{checkpoint, restarts, FitnessData, SearchOptions, SearchOutcome};
 use crate::bench::Benchmark;
 use crate::compare::{self, BaselineColumns, Comparison, Corr};
-use crate::models::{self, probe_map};
+use crate::models::{self, probe_map_within};
 use crate::probe::memory::{LimitSource, MemoryLimit};
 use crate::probe::spill::{SpillFile, Spilled};
 use crate::probe::{Probe, ProbeOptions};
 use crate::proxy::builtin::Orientation;
-use crate::proxy::eval::list_bytes;
 use crate::proxy::eval::InputSource;
 use crate::proxy::expr::Expr;
 use crate::proxy::set::{set_values, SetPlan};
@@ -46,8 +46,14 @@ pub struct SearchJob<'a> {
     /// Run directory or checkpoint to resume from.
     pub resume: Option<PathBuf>,
     /// Keep the fitness probes' inputs in a spill file in this directory instead of memory
-    /// ([`crate::probe::spill`]: the same values, read back per evaluation); `None`: memory.
+    /// ([`crate::probe::spill`]: the same values, read back per evaluation); `None`: memory,
+    /// as far as `budget` allows.
     pub spill_dir: Option<PathBuf>,
+    /// Memory the search aims to stay within ([`super::budget`]): fitness probes beyond its
+    /// share go to a spill file in the system's temporary folder (when `spill_dir` is not
+    /// given), and probes take turns within it; `None`: no budget (probes in memory up to
+    /// what the system has available).
+    pub budget: Option<MemoryBudget>,
 }
 
 /// The parts of a search a progress callback hears about.
@@ -80,6 +86,101 @@ impl Held {
     }
 }
 
+/// Where the fitness probes go: with `--spill-dir`, all into a spill file there; under a
+/// memory budget, into memory while those held fit in its share
+/// ([`MemoryBudget::in_memory_share`]) and the rest into a spill file made in the system's
+/// temporary folder when first needed; otherwise all into memory. Which probes land where
+/// changes no value (a spilled probe reads back bit for bit).
+struct Placement {
+    /// The spill file, made at the start for `--spill-dir`, else when first needed.
+    file: std::sync::OnceLock<std::sync::Arc<SpillFile>>,
+    /// Where a spill file made when needed goes.
+    dir: PathBuf,
+    /// Bytes the probes may hold in memory (`None`: as much as the [`MemoryGuard`] allows).
+    share: Option<f64>,
+    /// Bytes placed in memory so far.
+    placed: std::sync::Mutex<f64>,
+    /// The limit probes take turns within ([`probe_map_within`]).
+    turns: Option<MemoryLimit>,
+}
+
+impl Placement {
+    fn new(job: &SearchJob<'_>, memo_budget: u64) -> Result<Self> {
+        let file = std::sync::OnceLock::new();
+        let (dir, share, turns) = match (&job.spill_dir, job.budget) {
+            (Some(dir), budget) => {
+                // Made now, so that a folder that cannot take it fails before any probing.
+                let _ = file.set(SpillFile::create_in(dir)?);
+                (dir.clone(), Some(0.0), budget.map(|b| b.limit()))
+            }
+            (None, Some(budget)) => (
+                std::env::temp_dir(),
+                Some(budget.in_memory_share(memo_budget)),
+                Some(budget.probing_limit(memo_budget)),
+            ),
+            (None, None) => (std::env::temp_dir(), None, None),
+        };
+        Ok(Self {
+            file,
+            dir,
+            share,
+            placed: std::sync::Mutex::new(0.0),
+            turns,
+        })
+    }
+
+    /// Keeps `p` in memory (counted by `guard`) or in the spill file.
+    fn place(&self, p: Probe, guard: &MemoryGuard) -> Result<Held> {
+        let in_memory = match self.share {
+            None => true,
+            Some(share) => {
+                let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+                let bytes = p.input_bytes() as f64;
+                let fits = *placed + bytes <= share;
+                if fits {
+                    *placed += bytes;
+                }
+                fits
+            }
+        };
+        if in_memory {
+            guard.add(&p)?;
+            return Ok(Held::Memory(p));
+        }
+        let file = match self.file.get() {
+            Some(file) => file,
+            None => {
+                let made = SpillFile::create_in(&self.dir)?;
+                if self.file.set(made).is_ok() {
+                    eprintln!(
+                        "note: the fitness probes need more memory than the budget leaves them \
+                         ({}); the others go to a spill file in {} (the same values, read \
+                         back as needed; --spill-dir chooses the folder, --memory-budget the \
+                         budget)",
+                        crate::report::format_bytes(self.share.unwrap_or(0.0)),
+                        self.dir.display()
+                    );
+                }
+                self.file.get().expect("the spill file was just set")
+            }
+        };
+        Ok(Held::Disk(file.spill(&p)?))
+    }
+
+    /// Bytes the spill file holds (0 without one).
+    fn spilled_bytes(&self) -> u64 {
+        self.file.get().map_or(0, |f| f.bytes())
+    }
+
+    /// Fails when a read from the spill file failed.
+    fn check(&self) -> Result<()> {
+        match self.file.get() {
+            Some(file) => file.check(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Keeps only what expressions read, so a fitness set of many architectures fits in memory.
 fn slim(mut p: Probe) -> Probe {
     p.linears = Default::default();
@@ -87,29 +188,11 @@ fn slim(mut p: Probe) -> Probe {
     p
 }
 
-/// Bytes of the expression inputs a slimmed probe holds (`head` once when it is `act`'s list).
-fn input_bytes(p: &Probe) -> u64 {
-    let head = if std::sync::Arc::ptr_eq(&p.head, &p.act) {
-        0
-    } else {
-        list_bytes(&p.head)
-    };
-    list_bytes(&p.act)
-        + head
-        + list_bytes(&p.softmax)
-        + list_bytes(&p.grad)
-        + list_bytes(&p.weight)
-        + list_bytes(std::slice::from_ref(&p.position_grad))
-}
-
-/// Room left for the fitness probes besides the memo and the GP loop.
-const PROBE_SLACK_BYTES: u64 = 2 << 30;
-
 /// Keeps a running total of the fitness probes' inputs and stops the search before the
 /// system runs out of memory (which would kill it without a word).
 struct MemoryGuard {
     /// Bytes the probes may hold: `$LPZERO_PROBE_MEMORY_GB`, else the memory available at the
-    /// start less the memo budget and [`PROBE_SLACK_BYTES`] (`None`: unknown, no check).
+    /// start less the memo budget and [`PROBING_ROOM_BYTES`] (`None`: unknown, no check).
     limit: Option<MemoryLimit>,
     held: std::sync::atomic::AtomicU64,
     done: std::sync::atomic::AtomicUsize,
@@ -122,8 +205,8 @@ impl MemoryGuard {
     /// containers, whose `MemAvailable` is the host's), else derived from the free memory.
     fn new(memo_budget: u64, total: usize) -> Result<Self> {
         let limit = MemoryLimit::current()?.map(|l| match l.source {
-            LimitSource::Environment => l,
-            LimitSource::Available => l.less((memo_budget + PROBE_SLACK_BYTES) as f64),
+            LimitSource::Available => l.less((memo_budget + PROBING_ROOM_BYTES) as f64),
+            _ => l,
         });
         Ok(Self {
             limit,
@@ -138,7 +221,7 @@ impl MemoryGuard {
     /// on stderr (once) when the average so far projects past it.
     fn add(&self, p: &Probe) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        let bytes = input_bytes(p);
+        let bytes = p.input_bytes();
         let held = self.held.fetch_add(bytes, Relaxed) + bytes;
         let done = self.done.fetch_add(1, Relaxed) + 1;
         let Some(limit) = self.limit else {
@@ -146,8 +229,8 @@ impl MemoryGuard {
         };
         let gb = |b: u64| crate::report::format_bytes(b as f64);
         let reserved = match limit.source {
-            LimitSource::Environment => "",
             LimitSource::Available => ", less the memo budget and 2 GiB",
+            _ => "",
         };
         if held as f64 > limit.bytes {
             anyhow::bail!(
@@ -250,26 +333,16 @@ pub fn fitness_phase(
     let total = job.fitness.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let guard = MemoryGuard::new(opts.memo_budget_bytes, total)?;
-    let spill = job
-        .spill_dir
-        .as_deref()
-        .map(SpillFile::create_in)
-        .transpose()?;
-    let fitted = probe_map(
+    let placement = Placement::new(job, opts.memo_budget_bytes)?;
+    let fitted = probe_map_within(
         bench,
         &job.fitness,
         &job.probe,
         job.threads,
+        placement.turns,
         |_, p| {
             let values = crate::scoring::compute_all(baselines, &p);
-            let p = slim(p);
-            let held = match &spill {
-                Some(file) => Held::Disk(file.spill(&p)?),
-                None => {
-                    guard.add(&p)?;
-                    Held::Memory(p)
-                }
-            };
+            let held = placement.place(slim(p), &guard)?;
             Ok((held, values))
         },
         || {
@@ -279,7 +352,7 @@ pub fn fitness_phase(
     )?;
     let (probes, fitness_baselines): (Vec<Held>, Vec<Vec<f64>>) = fitted.into_iter().unzip();
     let probe_bytes = guard.held.into_inner();
-    let spilled_bytes = spill.as_ref().map_or(0, |f| f.bytes());
+    let spilled_bytes = placement.spilled_bytes();
     let probe_seconds = start.elapsed().as_secs_f64();
     let sources: Vec<&dyn InputSource> = probes.iter().map(Held::source).collect();
     let iterations = opts.iterations * opts.restarts;
@@ -309,10 +382,8 @@ pub fn fitness_phase(
         .iter()
         .map(|h| values_of(&h.expr))
         .collect();
-    if let Some(file) = &spill {
-        // A failed read served "no list": the search must not stand on it.
-        file.check()?;
-    }
+    // A failed read served "no list": the search must not stand on it.
+    placement.check()?;
     Ok(FitnessPhase {
         outcome,
         fitness_baselines,
@@ -353,30 +424,27 @@ fn fitness_column(baselines: &[Proxy], rows: &[Vec<f64>], b: usize) -> Vec<f64> 
     compare::oriented(&raw, baselines[b].orientation())
 }
 
-/// One probe per architecture of `archs`: the values of `exprs` followed by those of
-/// `baselines`, one row per architecture (in `archs` order); a rank join among `exprs` is
-/// joined across `archs` ([`SetPlan`]). `on_done` ticks per architecture.
+/// One probe per architecture of `archs` (of `job`'s benchmark, probed as `job` says, taking
+/// turns within its budget): the values of `exprs` followed by those of `baselines`, one row
+/// per architecture (in `archs` order); a rank join among `exprs` is joined across `archs`
+/// ([`SetPlan`]). `on_done` ticks per architecture.
 pub fn heldout_values(
-    bench: &Benchmark,
+    job: &SearchJob<'_>,
     archs: &[usize],
-    probe: &ProbeOptions,
-    threads: usize,
     exprs: &[Expr],
     baselines: &[Proxy],
     on_done: impl Fn() + Sync,
 ) -> Result<Vec<Vec<f64>>> {
     let plan = SetPlan::new(exprs);
-    let rows = part_values(bench, archs, probe, threads, &plan, baselines, on_done)?;
+    let rows = part_values(job, archs, &plan, baselines, on_done)?;
     Ok(plan.join_rows(&rows))
 }
 
 /// Like [`heldout_values`] but before the join: each row holds the values of `plan`'s parts,
 /// then the baselines' (for a caller that joins over subsets of `archs`, as the study does).
 pub fn part_values(
-    bench: &Benchmark,
+    job: &SearchJob<'_>,
     archs: &[usize],
-    probe: &ProbeOptions,
-    threads: usize,
     plan: &SetPlan,
     baselines: &[Proxy],
     on_done: impl Fn() + Sync,
@@ -384,11 +452,12 @@ pub fn part_values(
     if archs.is_empty() {
         return Ok(Vec::new());
     }
-    probe_map(
-        bench,
+    probe_map_within(
+        job.bench,
         archs,
-        probe,
-        threads,
+        &job.probe,
+        job.threads,
+        job.budget.map(|b| b.limit()),
         |_, p| {
             let mut row = plan.part_values(&p);
             row.extend(crate::scoring::compute_all(baselines, &p));
@@ -411,18 +480,10 @@ pub fn search_benchmark(
     let heldout_start = Instant::now();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let n_held = job.heldout.len();
-    let rows = heldout_values(
-        job.bench,
-        &job.heldout,
-        &job.probe,
-        job.threads,
-        &hall,
-        &baselines,
-        || {
-            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            progress(Phase::Heldout, n, n_held);
-        },
-    )?;
+    let rows = heldout_values(job, &job.heldout, &hall, &baselines, || {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress(Phase::Heldout, n, n_held);
+    })?;
     let heldout_seconds = heldout_start.elapsed().as_secs_f64();
     let mut summary = summarize(job, opts, &phase, &baselines, &rows)?;
     summary.heldout_seconds = heldout_seconds;
@@ -646,6 +707,7 @@ pub fn summarize(
         probe_seconds: phase.probe_seconds,
         fitness_probe_bytes: phase.probe_bytes,
         fitness_spilled_bytes: phase.spilled_bytes,
+        memory_budget_gb: job.budget.map(|b| b.bytes / 1e9),
         search_seconds: phase.search_seconds,
         heldout_seconds: 0.0,
         evaluated: outcome.evaluated,

@@ -44,9 +44,13 @@ pub struct SearchSummary {
     pub probe_seconds: f64,
     /// Bytes the fitness probes held in memory (0 when they were kept in a spill file).
     pub fitness_probe_bytes: u64,
-    /// Bytes the fitness probes took in the spill file (`--spill-dir`; 0 when in memory).
+    /// Bytes the fitness probes took in the spill file (`--spill-dir`, or those beyond the
+    /// memory budget's share; 0 when all were in memory).
     #[serde(default)]
     pub fitness_spilled_bytes: u64,
+    /// The memory budget the search ran under, in GB (`None`: no budget).
+    #[serde(default)]
+    pub memory_budget_gb: Option<f64>,
     /// Seconds of the GP loop.
     pub search_seconds: f64,
     /// Seconds of the held-out pass.

@@ -125,6 +125,7 @@ impl Family for Llama {
             activation_floats_per_token: (2 * per_layer * c.num_hidden_layers + 2 * c.vocab_size)
                 as f64,
             by_blocks_floats_per_token: None,
+            input_floats: None,
         })
     }
 }
