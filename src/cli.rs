@@ -285,6 +285,8 @@ struct ScoreArgs {
     data: DataArgs,
     #[command(flatten)]
     probe: ProbeArgs,
+    #[command(flatten)]
+    budget: ScoringBudgetArgs,
     /// Proxy name, expression, or a list of them separated by `,` or `;` (outside
     /// parentheses); `all` (also as a list item) = every single-pass built-in and the family's
     /// published genotypes.
@@ -316,6 +318,8 @@ struct BaselinesArgs {
     data: DataArgs,
     #[command(flatten)]
     probe: ProbeArgs,
+    #[command(flatten)]
+    budget: ScoringBudgetArgs,
     /// Architectures (e.g. `0..50`, `0..10,42`, `all`).
     #[arg(long, default_value = "all")]
     archs: String,
@@ -494,6 +498,26 @@ struct SpillArgs {
     /// kept as bf16 unless --probe-storage says otherwise. Probes take turns within it.
     #[arg(long, value_name = "GB", default_value = "6", value_parser = parse_budget)]
     memory_budget: BudgetArg,
+}
+
+/// The memory budget of a command that only scores (`score`, `baselines`): nothing is held
+/// between probes, so the budget is all the probes' turns.
+#[derive(Args)]
+struct ScoringBudgetArgs {
+    /// Memory probing aims to stay within, in GB (10⁹ bytes), or `none`: architectures are
+    /// probed at the same time only while their estimated needs fit in it together (the
+    /// largest first, smaller ones beside it); one that needs more runs alone. Values do not
+    /// depend on it, only how many probes run at once (a GPT-2 probe at 16 × 192 with the
+    /// extra passes needs 1.2–3.5 GB; a FlexiBERT probe well under 1 GB).
+    #[arg(long, value_name = "GB", default_value = "4", value_parser = parse_budget)]
+    memory_budget: BudgetArg,
+}
+
+impl ScoringBudgetArgs {
+    /// The limit the probes take turns within, if any.
+    fn turns(&self) -> Option<lpzero::probe::memory::MemoryLimit> {
+        self.memory_budget.0.map(|b| b.limit())
+    }
 }
 
 /// `--memory-budget`: a budget, or none.
@@ -731,11 +755,18 @@ fn score(a: ScoreArgs) -> Result<()> {
                  table's columns, or score without --shard"
             );
         }
-        let what = Scoring::new("score", &bench, &selection, &proxies, &opts, threads);
+        let what = Scoring {
+            turns: a.budget.turns(),
+            ..Scoring::new("score", &bench, &selection, &proxies, &opts, threads)
+        };
         return shard::score_shard(&what, s, a.out.as_deref(), a.json);
     }
     let bar = report::progress(selection.len(), "probing", a.json);
-    let mut table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
+    let turns = a.budget.turns();
+    let mut table =
+        scoring::score_within(&bench, &selection, &proxies, &opts, threads, turns, || {
+            bar.inc(1)
+        })?;
     bar.finish_and_clear();
     if a.rank_sum {
         table.add_rank_sum(&proxies).context("--rank-sum")?;
@@ -833,11 +864,17 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
     if let Some(s) = sharded {
-        let what = Scoring::new("baselines", &bench, &selection, &proxies, &opts, threads);
+        let what = Scoring {
+            turns: a.budget.turns(),
+            ..Scoring::new("baselines", &bench, &selection, &proxies, &opts, threads)
+        };
         return shard::score_shard(&what, s, a.out.as_deref(), a.json);
     }
     let bar = report::progress(selection.len(), "probing", a.json);
-    let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
+    let turns = a.budget.turns();
+    let table = scoring::score_within(&bench, &selection, &proxies, &opts, threads, turns, || {
+        bar.inc(1)
+    })?;
     bar.finish_and_clear();
     let agreement = lpzero::baselines::reference_agreement(&bench, &table)?;
     let dir = a

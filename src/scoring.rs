@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use crate::bench::{BenchKind, Benchmark};
-use crate::models::{self, probe_map};
+use crate::models;
 use crate::probe::{Probe, ProbeOptions};
 use crate::proxy::builtin::{self, Builtin, Orientation};
 use crate::proxy::eval::eval;
@@ -365,6 +365,21 @@ pub fn score(
     threads: usize,
     on_done: impl Fn() + Sync,
 ) -> Result<ScoreTable> {
+    score_within(bench, selection, proxies, opts, threads, None, on_done)
+}
+
+/// [`score`] with the probes taking turns within `turns` (a memory budget for the whole
+/// process, such as `baselines --memory-budget`; see [`models::probe_map_within`]). The turns
+/// change no value, only which probes run at the same time.
+pub fn score_within(
+    bench: &Benchmark,
+    selection: &[usize],
+    proxies: &[Proxy],
+    opts: &ProbeOptions,
+    threads: usize,
+    turns: Option<crate::probe::memory::MemoryLimit>,
+    on_done: impl Fn() + Sync,
+) -> Result<ScoreTable> {
     let start = Instant::now();
     // Validate the batch options even when no probe runs, so bad input always errors.
     models::family(bench.kind).batch(opts)?;
@@ -396,11 +411,12 @@ pub fn score(
         extra_passes: opts.extra_passes || proxies.iter().any(Proxy::needs_extra_passes),
         ..opts.clone()
     };
-    let rows = probe_map(
+    let rows = models::probe_map_within(
         bench,
         selection,
         opts,
         threads,
+        turns,
         |_, probe| {
             let mut probe_secs = probe.seconds;
             // The Synflow pass is shared by the requested proxies that read it.

@@ -92,6 +92,28 @@ fn score_json_is_one_object_and_deterministic() {
     // Same seed, same values; another seed, other values.
     assert!(lpzero(&args).status.success());
     assert_eq!(std::fs::read_to_string(&csv).unwrap(), first);
+    // The memory budget decides only which probes run at once: a budget smaller than any
+    // probe (one at a time, the largest first) and none give the same values.
+    for budget in ["0.000001", "none"] {
+        let mut within = args.to_vec();
+        within.extend(["--threads", "2", "--memory-budget", budget]);
+        let out = lpzero(&within);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read_to_string(&csv).unwrap(), first, "{budget}");
+    }
+    let mut bad = args.to_vec();
+    bad.extend(["--memory-budget", "0"]);
+    let out = lpzero(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--memory-budget") && err.contains("positive number of GB"),
+        "{err}"
+    );
     let mut other = args.to_vec();
     other.extend(["--seed", "1"]);
     assert!(lpzero(&other).status.success());

@@ -20,7 +20,6 @@ pub mod llama;
 pub use family::{Counted, Family, FamilyInfo, Reference};
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use anyhow::{anyhow, Context, Result};
@@ -69,10 +68,10 @@ pub fn load_bench_file(path: &Path) -> Result<Benchmark> {
 /// order; `on_done` is called after each architecture (for progress).
 ///
 /// Before anything is built, fails when an architecture needs more memory than probing may
-/// use ([`memory::check_fits`]); while probing, runs probes at once only while their
-/// estimated needs, with an allowance each, fit in that limit together ([`memory::Gate`],
-/// less what the process holds already when the limit is set), so a low
-/// `$LPZERO_PROBE_MEMORY_GB` makes large architectures take turns.
+/// use ([`memory::check_fits`]); while probing, hands the architectures out through
+/// [`probe_gate`]: probes run at once only while their estimated needs fit in that limit
+/// together (less what the process holds already when the limit is set), largest first, so a
+/// low `$LPZERO_PROBE_MEMORY_GB` makes large architectures take turns beside small ones.
 pub fn probe_map<T: Send>(
     bench: &Benchmark,
     selection: &[usize],
@@ -85,7 +84,7 @@ pub fn probe_map<T: Send>(
 }
 
 /// [`probe_map`] with the probes also taking turns within `turns` (for the whole process, such
-/// as a search's memory budget) when that is below probing's own limit. Only the turns follow
+/// as a `--memory-budget`) when that is below probing's own limit. Only the turns follow
 /// it: an architecture is refused only when it cannot fit probing's limit.
 pub fn probe_map_within<T: Send>(
     bench: &Benchmark,
@@ -98,37 +97,20 @@ pub fn probe_map_within<T: Send>(
 ) -> Result<Vec<T>> {
     let family = family(bench.kind);
     let batch = family.batch(opts)?;
-    let limit = memory::MemoryLimit::current()?;
-    let size_of = |entry: &crate::bench::Entry| family.size(&entry.arch, opts);
-    let work = memory::Work::Probe;
-    memory::check_fits(bench, selection, opts, limit, work, &size_of)?;
-    let limit = memory::MemoryLimit::min(limit, turns);
-    // A limit for the whole process: what it holds already is not the probes'.
-    let own = match limit {
-        Some(l) if l.includes_the_process() => {
-            crate::report::rss_mib().map_or(0.0, |mib| mib * (1u64 << 20) as f64)
-        }
-        _ => 0.0,
-    };
-    let gate = memory::Gate::new(limit.as_ref(), own);
-    let next = AtomicUsize::new(0);
+    let gate = probe_gate(bench, selection, opts, turns)?;
     let (tx, rx) = mpsc::channel();
     let threads = threads.clamp(1, selection.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let tx = tx.clone();
-            let (next, batch, f, on_done, gate) = (&next, &batch, &f, &on_done, &gate);
+            let (batch, f, on_done, gate) = (&batch, &f, &on_done, &gate);
             scope.spawn(move || loop {
-                let pos = next.fetch_add(1, Ordering::Relaxed);
-                if pos >= selection.len() {
+                let Some(pass) = gate.next() else {
                     break;
-                }
+                };
+                let pos = pass.item();
                 let index = selection[pos];
                 let entry = &bench.entries[index];
-                // Hand back what this thread's last probe freed before waiting for room.
-                memory::release_freed_memory_within(limit.as_ref());
-                let need = size_of(entry).map_or(0.0, |s| memory::probe_bytes(&s, opts));
-                let pass = gate.enter(need);
                 let result = family
                     .probe(&entry.arch, index, opts, batch)
                     .and_then(|p| f(index, p.stored_as(opts.storage)))
@@ -138,7 +120,7 @@ pub fn probe_map_within<T: Send>(
                 on_done();
                 if tx.send((pos, result)).is_err() || failed {
                     // Stop early on the first error: the receiver reports it.
-                    next.store(selection.len(), Ordering::Relaxed);
+                    gate.stop();
                     break;
                 }
             });
@@ -152,4 +134,33 @@ pub fn probe_map_within<T: Send>(
     out.into_iter()
         .map(|o| o.ok_or_else(|| anyhow!("internal error: an architecture was not probed")))
         .collect()
+}
+
+/// The [`memory::Gate`] through which the probes of `selection` (items are positions in it)
+/// take turns: within the smaller of probing's limit ([`memory::MemoryLimit::current`]) and
+/// `turns`, less what the process holds already when that limit is for the whole process.
+/// Fails before anything is built when an architecture needs more memory than probing may
+/// use ([`memory::check_fits`]; `turns` never refuses one: a probe larger than it runs alone).
+pub fn probe_gate(
+    bench: &Benchmark,
+    selection: &[usize],
+    opts: &ProbeOptions,
+    turns: Option<memory::MemoryLimit>,
+) -> Result<memory::Gate> {
+    let family = family(bench.kind);
+    let limit = memory::MemoryLimit::current()?;
+    let size_of = |entry: &crate::bench::Entry| family.size(&entry.arch, opts);
+    memory::check_fits(bench, selection, opts, limit, memory::Work::Probe, &size_of)?;
+    let limit = memory::MemoryLimit::min(limit, turns);
+    let own = match limit {
+        Some(l) if l.includes_the_process() => {
+            crate::report::rss_mib().map_or(0.0, |mib| mib * (1u64 << 20) as f64)
+        }
+        _ => 0.0,
+    };
+    let needs: Vec<f64> = selection
+        .iter()
+        .map(|&i| size_of(&bench.entries[i]).map_or(0.0, |s| memory::probe_bytes(&s, opts)))
+        .collect();
+    Ok(memory::Gate::new(limit.as_ref(), own, &needs))
 }

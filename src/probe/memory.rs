@@ -89,7 +89,8 @@ pub enum LimitSource {
     Environment,
     /// The memory the system reported available.
     Available,
-    /// A search's memory budget (`--memory-budget`, [`crate::search::budget`]).
+    /// A command's memory budget (`--memory-budget` of a search, [`crate::search::budget`], or
+    /// of `score` and `baselines`).
     Budget,
 }
 
@@ -139,7 +140,7 @@ impl MemoryLimit {
                 format_bytes(self.bytes)
             ),
             LimitSource::Budget => format!(
-                "{} (the search's memory budget; --memory-budget chooses another)",
+                "{} (the memory budget; --memory-budget chooses another)",
                 format_bytes(self.bytes)
             ),
         }
@@ -243,67 +244,119 @@ pub fn parameter_bytes(size: &ModelSize) -> f64 {
     VALUE_BYTES * size.parameters
 }
 
-/// Share of a probe's estimate the [`Gate`] adds to it for what no estimate counts: the
-/// memory allocators hold between a probe's operations and each worker's own. The estimates
-/// with the extra passes are about a probe's own need, and whole-process peaks of one GPT-2
-/// probe at 16 × 192 were 1.12–1.25 times them (`config_0_j0` 1.49 GiB of 1.19,
-/// `config_4_j9` 3.54 of 3.15); two threads under a limit of 4 GB counting the bare
-/// estimates peaked at 4.67 GB over the whole GPT-2 suite.
-pub const CONCURRENT_ALLOWANCE: f64 = 0.25;
-
-/// Lets probes run at the same time only while their estimated needs ([`probe_bytes`]), each
-/// with its [`CONCURRENT_ALLOWANCE`], fit together in the limit less the memory the process
-/// held when the gate was made (its own data, outside every probe): a worker about to probe
-/// waits for others to finish when its probe would take the sum past it. One probe may always
-/// run (a probe larger than the limit alone is refused before, by [`check_fits`]). Which probes
-/// overlap changes no value: each probe depends only on its architecture and the options.
+/// Hands out the architectures to probe so that probes run at the same time only while their
+/// estimated needs ([`probe_bytes`]) fit together in the limit less the memory the process
+/// held when the gate was made (its own data, outside every probe). The estimates need no
+/// margin: measured whole-process peaks of single GPT-2 probes with every extra pass were
+/// below them (`config_0_j0` 1.19 GiB of 1.49, `config_4_j9` 3.15 of 3.54), and the whole
+/// GPT-2 baseline suite on two threads within 4 GB peaked at 3.68 GiB. Under a limit the largest waiting probe goes first and a worker takes the
+/// largest one that fits beside those in flight, waiting only when none does; so large probes
+/// pair with small ones instead of waiting in line for each other. One probe may always run
+/// alone (a probe larger than the limit alone is refused before, by [`check_fits`]). Without a
+/// limit probes go in order and nobody waits. Which probes overlap, and in what order they
+/// run, changes no value: each probe depends only on its architecture and the options.
 pub struct Gate {
     /// Bytes that may be in flight at once (`None`: no limit known, nobody waits).
     limit: Option<u64>,
-    /// Counted bytes and number of probes in flight.
-    held: std::sync::Mutex<(u64, usize)>,
+    /// The limit the gate was made for, for [`release_freed_memory_within`].
+    whole: Option<MemoryLimit>,
+    state: std::sync::Mutex<GateState>,
     freed: std::sync::Condvar,
 }
 
-/// A probe let through a [`Gate`]; what it was counted at is given back when dropped.
+/// What a [`Gate`] counts: bytes and probes in flight, and the items not yet handed out
+/// with their counted bytes, in the order they are offered.
+struct GateState {
+    held: u64,
+    in_flight: usize,
+    waiting: Vec<(usize, u64)>,
+}
+
+/// An item let through a [`Gate`]; what it was counted at is given back when dropped.
 pub struct Pass<'a> {
     gate: &'a Gate,
     bytes: u64,
+    item: usize,
+}
+
+impl Pass<'_> {
+    /// The item to probe: an index into the `needs` the gate was made with.
+    pub fn item(&self) -> usize {
+        self.item
+    }
 }
 
 impl Gate {
-    /// A gate for `limit` (`None`: every probe goes at once), of which `reserved` bytes are
-    /// already in use outside the probes (the process's resident size when probing starts).
-    pub fn new(limit: Option<&MemoryLimit>, reserved: f64) -> Self {
+    /// A gate handing out items `0..needs.len()`, item `i` estimated at `needs[i]` bytes, for
+    /// `limit` (`None`: in order, all at once), of which `reserved` bytes are already in use
+    /// outside the probes (the process's resident size when probing starts).
+    pub fn new(limit: Option<&MemoryLimit>, reserved: f64, needs: &[f64]) -> Self {
+        let whole = limit.copied();
+        let limit = limit.map(|l| l.less(reserved).bytes as u64);
+        let mut waiting: Vec<(usize, u64)> = needs
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (i, n.max(0.0) as u64))
+            .collect();
+        if limit.is_some() {
+            // Largest first (a stable sort: equal needs keep their order).
+            waiting.sort_by_key(|&(_, bytes)| std::cmp::Reverse(bytes));
+        }
         Self {
-            limit: limit.map(|l| l.less(reserved).bytes as u64),
-            held: std::sync::Mutex::new((0, 0)),
+            limit,
+            whole,
+            state: std::sync::Mutex::new(GateState {
+                held: 0,
+                in_flight: 0,
+                waiting,
+            }),
             freed: std::sync::Condvar::new(),
         }
     }
 
-    /// Waits until a probe estimated at `bytes`, counted with its [`CONCURRENT_ALLOWANCE`],
-    /// fits beside those in flight (or none is in flight), then counts it until the pass is
-    /// dropped.
-    pub fn enter(&self, bytes: f64) -> Pass<'_> {
-        let bytes = (bytes.max(0.0) * (1.0 + CONCURRENT_ALLOWANCE)) as u64;
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(limit) = self.limit {
-            while held.1 > 0 && held.0.saturating_add(bytes) > limit {
-                held = self.freed.wait(held).unwrap_or_else(|e| e.into_inner());
+    /// The next item to probe: the first waiting one that fits beside those in flight (any
+    /// when none is in flight or there is no limit), waiting until one does; `None` once every
+    /// item has been handed out or the gate was stopped. First hands back what the calling
+    /// thread's last probe freed ([`release_freed_memory_within`]), so that it is not held
+    /// beside the next one.
+    pub fn next(&self) -> Option<Pass<'_>> {
+        release_freed_memory_within(self.whole.as_ref());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if state.waiting.is_empty() {
+                return None;
             }
+            let room = match self.limit {
+                Some(limit) if state.in_flight > 0 => limit.saturating_sub(state.held),
+                _ => u64::MAX,
+            };
+            if let Some(at) = state.waiting.iter().position(|&(_, b)| b <= room) {
+                let (item, bytes) = state.waiting.remove(at);
+                state.held += bytes;
+                state.in_flight += 1;
+                return Some(Pass {
+                    gate: self,
+                    bytes,
+                    item,
+                });
+            }
+            state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        held.0 += bytes;
-        held.1 += 1;
-        Pass { gate: self, bytes }
+    }
+
+    /// Hands out nothing more (after an error): every later [`Gate::next`] returns `None`.
+    pub fn stop(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.waiting.clear();
+        self.freed.notify_all();
     }
 }
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        let mut held = self.gate.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.0 -= self.bytes;
-        held.1 -= 1;
+        let mut state = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.held -= self.bytes;
+        state.in_flight -= 1;
         self.gate.freed.notify_all();
     }
 }
@@ -377,33 +430,49 @@ mod tests {
             bytes: 10.0,
             source: LimitSource::Environment,
         };
-        let gate = Gate::new(Some(&limit), 0.0);
-        // Each probe counts at 1.25 × its estimate: 5 + 5 fit in 10 at once.
-        let big = gate.enter(4.0);
-        drop(gate.enter(4.0));
+        let gate = Gate::new(Some(&limit), 0.0, &[5.0, 5.0, 6.0, 1.0, 5.0]);
+        // The largest goes first; beside it (6 of 10) only the small one fits, not the next
+        // in line (5).
+        let big = gate.next().unwrap();
+        assert_eq!(big.item(), 2);
+        let small = gate.next().unwrap();
+        assert_eq!(small.item(), 3);
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
             let gate = &gate;
             s.spawn(move || {
-                let _p = gate.enter(4.8);
-                tx.send(()).unwrap();
+                let p = gate.next().unwrap();
+                tx.send(p.item()).unwrap();
             });
-            // 5 + 6 > 10 (the bare estimates, 4 + 4.8, would fit): the second waits while
-            // the first is in flight...
+            // Nothing else fits beside 6 + 1: the third waits while the large one is in
+            // flight...
             assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
             drop(big);
-            // ...and goes once it is done.
-            rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            // ...and goes once it is done, with the largest waiting (equal needs in order).
+            assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), 0);
         });
+        drop(small);
+        // Items 1 and 4 (5 each) fit together.
+        let (a, b) = (gate.next().unwrap(), gate.next().unwrap());
+        assert_eq!((a.item(), b.item()), (1, 4));
+        assert!(gate.next().is_none());
         // Alone, a probe over the limit still goes (check_fits refuses those before).
-        drop(gate.enter(50.0));
+        let huge = Gate::new(Some(&limit), 0.0, &[50.0]);
+        assert_eq!(huge.next().map(|p| p.item()), Some(0));
         // What the process held at the start is kept out of the limit.
-        assert_eq!(Gate::new(Some(&limit), 2.0).limit, Some(8));
-        assert_eq!(Gate::new(Some(&limit), 20.0).limit, Some(0));
-        // Without a known limit nobody waits.
-        let open = Gate::new(None, 0.0);
-        let _a = open.enter(1e12);
-        let _b = open.enter(1e12);
+        assert_eq!(Gate::new(Some(&limit), 2.0, &[]).limit, Some(8));
+        assert_eq!(Gate::new(Some(&limit), 20.0, &[]).limit, Some(0));
+        // Without a known limit the items go in order and nobody waits.
+        let open = Gate::new(None, 0.0, &[1.0, 1e12, 1e12]);
+        let passes: Vec<Pass> = std::iter::from_fn(|| open.next()).collect();
+        let items: Vec<usize> = passes.iter().map(Pass::item).collect();
+        assert_eq!(items, [0, 1, 2]);
+        // A stopped gate hands out nothing more.
+        let stopped = Gate::new(None, 0.0, &[1.0, 1.0]);
+        let first = stopped.next().unwrap();
+        stopped.stop();
+        assert!(stopped.next().is_none());
+        drop(first);
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! (`score`, `baselines`, and later ones) needs only a [`Scoring`] and [`run`].
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -17,6 +16,7 @@ use anyhow::Result;
 use super::file::{fingerprint, Header, Record, RunOptions, ShardFile, Source};
 use super::Shard;
 use crate::bench::Benchmark;
+use crate::probe::memory::MemoryLimit;
 use crate::probe::ProbeOptions;
 use crate::report::{csv_number, peak_rss_mib};
 use crate::scoring::{self, Proxy, ScoreTable};
@@ -35,6 +35,9 @@ pub struct Scoring<'a> {
     pub opts: &'a ProbeOptions,
     /// Worker threads (architectures probed at once).
     pub threads: usize,
+    /// A memory budget the probes take turns within ([`crate::models::probe_gate`]); `None`:
+    /// only probing's own limit.
+    pub turns: Option<MemoryLimit>,
     /// Where the benchmark comes from, when [`Source::of`] cannot tell (sampled
     /// architectures).
     pub source: Option<Source>,
@@ -59,6 +62,7 @@ impl<'a> Scoring<'a> {
             proxies,
             opts,
             threads,
+            turns: None,
             source: None,
             task: None,
         }
@@ -150,23 +154,22 @@ pub fn run(
         .filter(|i| !done.contains(i))
         .collect();
     let file = &opened.file;
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
+    let gate = crate::models::probe_gate(job.bench, &pending, job.opts, job.turns)?;
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let workers = job.threads.clamp(1, pending.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= pending.len() || stop.load(Ordering::Relaxed) {
+                let Some(pass) = gate.next() else {
                     break;
-                }
-                let index = pending[k];
+                };
+                let index = pending[pass.item()];
                 let result = scoring::score(job.bench, &[index], job.proxies, job.opts, 1, || {})
                     .and_then(|table| file.append(&record(&table, index, job.bench)));
+                drop(pass);
                 on_done();
                 if let Err(e) = result {
-                    stop.store(true, Ordering::Relaxed);
+                    gate.stop();
                     let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
                     slot.get_or_insert(e);
                     break;
