@@ -249,11 +249,13 @@ pub fn parameter_bytes(size: &ModelSize) -> f64 {
 /// held when the gate was made (its own data, outside every probe). The estimates need no
 /// margin: measured whole-process peaks of single GPT-2 probes with every extra pass were
 /// below them (`config_0_j0` 1.19 GiB of 1.49, `config_4_j9` 3.15 of 3.54), and the whole
-/// GPT-2 baseline suite on two threads within 4 GB peaked at 3.68 GiB. Under a limit the largest waiting probe goes first and a worker takes the
-/// largest one that fits beside those in flight, waiting only when none does; so large probes
-/// pair with small ones instead of waiting in line for each other. One probe may always run
-/// alone (a probe larger than the limit alone is refused before, by [`check_fits`]). Without a
-/// limit probes go in order and nobody waits. Which probes overlap, and in what order they
+/// GPT-2 baseline suite on two threads within 4 GB peaked at 3.68 GiB.
+///
+/// Under a limit the largest waiting probe goes first and a worker takes the largest one that
+/// fits beside those in flight, waiting only when none does; so large probes pair with small
+/// ones instead of waiting in line for each other. One probe may always run alone (a probe
+/// larger than the limit alone is refused before, by [`check_fits`]). Without a limit probes
+/// go in order and nobody waits. Which probes overlap, and in what order they
 /// run, changes no value: each probe depends only on its architecture and the options.
 pub struct Gate {
     /// Bytes that may be in flight at once (`None`: no limit known, nobody waits).
