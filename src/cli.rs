@@ -500,8 +500,8 @@ struct SpillArgs {
     memory_budget: BudgetArg,
 }
 
-/// The memory budget of a command that only scores (`score`, `baselines`): nothing is held
-/// between probes, so the budget is all the probes' turns.
+/// The memory budget of a command that only scores (`score`, `baselines`, `nas`): nothing is
+/// held between probes, so the budget is all the probes' turns.
 #[derive(Args)]
 struct ScoringBudgetArgs {
     /// Memory probing aims to stay within, in GB (10⁹ bytes), or `none`: architectures are
@@ -747,6 +747,8 @@ fn score(a: ScoreArgs) -> Result<()> {
     let opts = a.probe.options(bench.kind)?;
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
+    let job = Scoring::new("score", &bench, &selection, &proxies, &opts, threads)
+        .within(a.budget.turns());
     if let Some(s) = sharded {
         if a.rank_sum {
             bail!(
@@ -755,18 +757,10 @@ fn score(a: ScoreArgs) -> Result<()> {
                  table's columns, or score without --shard"
             );
         }
-        let what = Scoring {
-            turns: a.budget.turns(),
-            ..Scoring::new("score", &bench, &selection, &proxies, &opts, threads)
-        };
-        return shard::score_shard(&what, s, a.out.as_deref(), a.json);
+        return shard::score_shard(&job, s, a.out.as_deref(), a.json);
     }
     let bar = report::progress(selection.len(), "probing", a.json);
-    let turns = a.budget.turns();
-    let mut table =
-        scoring::score_within(&bench, &selection, &proxies, &opts, threads, turns, || {
-            bar.inc(1)
-        })?;
+    let mut table = job.score(|| bar.inc(1))?;
     bar.finish_and_clear();
     if a.rank_sum {
         table.add_rank_sum(&proxies).context("--rank-sum")?;
@@ -863,18 +857,13 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
     };
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
+    let job = Scoring::new("baselines", &bench, &selection, &proxies, &opts, threads)
+        .within(a.budget.turns());
     if let Some(s) = sharded {
-        let what = Scoring {
-            turns: a.budget.turns(),
-            ..Scoring::new("baselines", &bench, &selection, &proxies, &opts, threads)
-        };
-        return shard::score_shard(&what, s, a.out.as_deref(), a.json);
+        return shard::score_shard(&job, s, a.out.as_deref(), a.json);
     }
     let bar = report::progress(selection.len(), "probing", a.json);
-    let turns = a.budget.turns();
-    let table = scoring::score_within(&bench, &selection, &proxies, &opts, threads, turns, || {
-        bar.inc(1)
-    })?;
+    let table = job.score(|| bar.inc(1))?;
     bar.finish_and_clear();
     let agreement = lpzero::baselines::reference_agreement(&bench, &table)?;
     let dir = a

@@ -405,6 +405,9 @@ pub enum Scorer<'a> {
         probe: &'a ProbeOptions,
         /// Worker threads.
         threads: usize,
+        /// A memory budget the probes take turns within (`None`: only probing's own limit;
+        /// see [`scoring::score_within`]).
+        turns: Option<crate::probe::memory::MemoryLimit>,
     },
     /// Read them from a score table.
     Table(&'a ScoreColumn),
@@ -438,10 +441,18 @@ impl Pool {
                 proxy,
                 probe,
                 threads,
+                turns,
             } => {
                 let proxies = [Proxy::parse(&proxy.name())?];
-                let table =
-                    scoring::score(&self.bench, selection, &proxies, probe, *threads, on_done)?;
+                let table = scoring::score_within(
+                    &self.bench,
+                    selection,
+                    &proxies,
+                    probe,
+                    *threads,
+                    *turns,
+                    on_done,
+                )?;
                 table.values.into_iter().next().unwrap_or_default()
             }
             Scorer::Table(column) => {

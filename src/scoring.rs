@@ -381,77 +381,14 @@ pub fn score_within(
     on_done: impl Fn() + Sync,
 ) -> Result<ScoreTable> {
     let start = Instant::now();
-    // Validate the batch options even when no probe runs, so bad input always errors.
-    models::family(bench.kind).batch(opts)?;
-    if proxies
-        .iter()
-        .all(|p| matches!(p, Proxy::Builtin(b) if b.name == "params"))
-    {
-        // Parameter counts need the model's tensors but no forward pass.
-        let counts = crate::params::count(bench, selection, opts.sizes)?;
-        let truth = bench.truths(selection);
-        let vals: Vec<f64> = counts.iter().map(|(_, c)| *c as f64).collect();
-        let summaries = proxies
-            .iter()
-            .map(|p| summarize(&p.name(), p.orientation(), &truth, &vals))
-            .collect();
-        return Ok(ScoreTable {
-            keys: counts.into_iter().map(|(k, _)| k).collect(),
-            truth,
-            names: proxies.iter().map(|p| p.name()).collect(),
-            values: vec![vals; proxies.len()],
-            summaries,
-            probe_seconds: 0.0,
-            arch_probe_seconds: vec![0.0; selection.len()],
-            proxy_seconds: vec![0.0; proxies.len()],
-            seconds: start.elapsed().as_secs_f64(),
-        });
-    }
-    let opts = &ProbeOptions {
-        extra_passes: opts.extra_passes || proxies.iter().any(Proxy::needs_extra_passes),
-        ..opts.clone()
-    };
-    let rows = models::probe_map_within(
+    let rows = score_each(
         bench,
         selection,
+        proxies,
         opts,
         threads,
         turns,
-        |_, probe| {
-            let mut probe_secs = probe.seconds;
-            // The Synflow pass is shared by the requested proxies that read it.
-            let synflow_users = proxies
-                .iter()
-                .filter(|p| matches!(p, Proxy::Builtin(b) if matches!(b.name, "synflow" | "logsynflow")))
-                .count()
-                .max(1) as f64;
-            let mut timed: Vec<(f64, f64)> = proxies
-                .iter()
-                .zip(compute_all_timed(proxies, &probe))
-                .map(|(p, (v, mut secs))| {
-                    if let (Some(ex), Proxy::Builtin(b)) = (&probe.extras, p) {
-                        let pass = match b.name {
-                            "grasp" => ex.grasp_seconds,
-                            "synflow" | "logsynflow" => ex.synflow_seconds / synflow_users,
-                            _ => 0.0,
-                        };
-                        secs += pass;
-                        probe_secs -= pass;
-                    }
-                    (v, secs)
-                })
-                .collect();
-            // A rank join's operands, two per join in proxy order (joined after every probe).
-            let mut operands = Vec::new();
-            for (p, proxy) in proxies.iter().enumerate() {
-                if let Some(pair) = proxy.rank_join() {
-                    let start = Instant::now();
-                    operands.extend(pair.map(|e| eval(e, &probe).unwrap_or(f64::NAN)));
-                    timed[p].1 = start.elapsed().as_secs_f64();
-                }
-            }
-            Ok((probe_secs.max(0.0), timed, operands))
-        },
+        |_, _| Ok(()),
         on_done,
     )?;
     let truth = bench.truths(selection);
@@ -459,10 +396,10 @@ pub fn score_within(
     let mut proxy_seconds = vec![0.0; proxies.len()];
     let mut probe_seconds = 0.0;
     let mut arch_probe_seconds = Vec::with_capacity(rows.len());
-    for (secs, row, _) in &rows {
-        probe_seconds += secs;
-        arch_probe_seconds.push(*secs);
-        for (p, (v, t)) in row.iter().enumerate() {
+    for row in &rows {
+        probe_seconds += row.probe_seconds;
+        arch_probe_seconds.push(row.probe_seconds);
+        for (p, (v, t)) in row.proxies.iter().enumerate() {
             values[p].push(*v);
             proxy_seconds[p] += t;
         }
@@ -472,7 +409,7 @@ pub fn score_within(
         .enumerate()
         .filter(|(_, p)| p.rank_join().is_some());
     for (j, (p, _)) in joins.enumerate() {
-        let operand = |k: usize| -> Vec<f64> { rows.iter().map(|(_, _, o)| o[k]).collect() };
+        let operand = |k: usize| -> Vec<f64> { rows.iter().map(|r| r.operands[k]).collect() };
         values[p] = crate::proxy::set::rank_add(&operand(2 * j), &operand(2 * j + 1));
     }
     let summaries = proxies
@@ -494,6 +431,118 @@ pub fn score_within(
         proxy_seconds,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// What one architecture's probe gave [`score_each`].
+#[derive(Clone, Debug)]
+pub struct ArchScores {
+    /// Seconds of probing (building, forward, backward, capture), extra passes excluded.
+    pub probe_seconds: f64,
+    /// Per proxy, in the order given: its value and the seconds it took (an extra pass it
+    /// alone reads counted in; a shared one divided among its readers). A rank join's value
+    /// is NaN here: it exists only across architectures ([`score`] joins it).
+    pub proxies: Vec<(f64, f64)>,
+    /// The operands of the rank joins among the proxies, two per join in proxy order.
+    pub operands: Vec<f64>,
+}
+
+/// Probes the selected architectures (taking turns within `turns`, as [`score_within`]) and
+/// computes every proxy on each probe, calling `each(index, scores)` (`index`: the
+/// architecture's position in the benchmark) on the worker as soon as an architecture is
+/// done, so a caller can keep it (a shard file) before the others finish. Returns the scores
+/// in selection order; stops at the first error, of probing or of `each`.
+#[allow(clippy::too_many_arguments)]
+pub fn score_each(
+    bench: &Benchmark,
+    selection: &[usize],
+    proxies: &[Proxy],
+    opts: &ProbeOptions,
+    threads: usize,
+    turns: Option<crate::probe::memory::MemoryLimit>,
+    each: impl Fn(usize, &ArchScores) -> Result<()> + Sync,
+    on_done: impl Fn() + Sync,
+) -> Result<Vec<ArchScores>> {
+    // Validate the batch options even when no probe runs, so bad input always errors.
+    models::family(bench.kind).batch(opts)?;
+    if proxies
+        .iter()
+        .all(|p| matches!(p, Proxy::Builtin(b) if b.name == "params"))
+    {
+        // Parameter counts need the model's tensors but no forward pass.
+        let counts = crate::params::count(bench, selection, opts.sizes)?;
+        return selection
+            .iter()
+            .zip(counts)
+            .map(|(&index, (_, count))| {
+                let scores = ArchScores {
+                    probe_seconds: 0.0,
+                    proxies: vec![(count as f64, 0.0); proxies.len()],
+                    operands: Vec::new(),
+                };
+                each(index, &scores)?;
+                on_done();
+                Ok(scores)
+            })
+            .collect();
+    }
+    let opts = &ProbeOptions {
+        extra_passes: opts.extra_passes || proxies.iter().any(Proxy::needs_extra_passes),
+        ..opts.clone()
+    };
+    models::probe_map_within(
+        bench,
+        selection,
+        opts,
+        threads,
+        turns,
+        |index, probe| {
+            let scores = score_probe(proxies, &probe);
+            each(index, &scores)?;
+            Ok(scores)
+        },
+        on_done,
+    )
+}
+
+/// Every proxy of `proxies` on one probe, timed ([`ArchScores`]).
+fn score_probe(proxies: &[Proxy], probe: &Probe) -> ArchScores {
+    let mut probe_seconds = probe.seconds;
+    // The Synflow pass is shared by the requested proxies that read it.
+    let synflow_users = proxies
+        .iter()
+        .filter(|p| matches!(p, Proxy::Builtin(b) if matches!(b.name, "synflow" | "logsynflow")))
+        .count()
+        .max(1) as f64;
+    let mut timed: Vec<(f64, f64)> = proxies
+        .iter()
+        .zip(compute_all_timed(proxies, probe))
+        .map(|(p, (v, mut secs))| {
+            if let (Some(ex), Proxy::Builtin(b)) = (&probe.extras, p) {
+                let pass = match b.name {
+                    "grasp" => ex.grasp_seconds,
+                    "synflow" | "logsynflow" => ex.synflow_seconds / synflow_users,
+                    _ => 0.0,
+                };
+                secs += pass;
+                probe_seconds -= pass;
+            }
+            (v, secs)
+        })
+        .collect();
+    // A rank join's operands, two per join in proxy order (joined after every probe).
+    let mut operands = Vec::new();
+    for (p, proxy) in proxies.iter().enumerate() {
+        if let Some(pair) = proxy.rank_join() {
+            let start = Instant::now();
+            operands.extend(pair.map(|e| eval(e, probe).unwrap_or(f64::NAN)));
+            timed[p].1 = start.elapsed().as_secs_f64();
+        }
+    }
+    ArchScores {
+        probe_seconds: probe_seconds.max(0.0),
+        proxies: timed,
+        operands,
+    }
 }
 
 /// Correlates one proxy's values with the ground truth. Values are first oriented (negated

@@ -159,6 +159,45 @@ fn a_benchmark_subset_respects_the_budget_and_evolves() {
     assert!(csv.lines().any(|l| l.contains(",g1_0,1,")), "{csv}");
 }
 
+#[test]
+fn probes_taking_turns_within_a_memory_budget_rank_alike() {
+    // A budget far below one probe makes every probe run alone; the values cannot move.
+    let run = |name: &str, budget: &str| {
+        let out = tmp(name);
+        stdout_of(&nas(&[
+            "--bench",
+            "flexibert",
+            "--proxy",
+            "grad_norm",
+            "--space",
+            "sample:3",
+            "--seed",
+            "2",
+            "--threads",
+            "2",
+            "--memory-budget",
+            budget,
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        candidates_without_latency(&out)
+    };
+    let whole = run("budget_default", "4");
+    assert_eq!(whole.len(), 4, "header and 3 candidates: {whole:?}");
+    assert_eq!(whole, run("budget_tiny", "0.000001"));
+    assert_eq!(whole, run("budget_none", "none"));
+    let refused = nas(&[
+        "--bench",
+        "flexibert",
+        "--proxy",
+        "grad_norm",
+        "--memory-budget",
+        "0",
+    ]);
+    assert_fails(&refused, &["--memory-budget"]);
+}
+
 /// Runs `nas` with `common` unsharded and as two shards merged; both write the same
 /// candidates (latency aside). Returns the merged output folder.
 fn sharded_equals_whole(name: &str, common: &[&str]) -> PathBuf {

@@ -17,7 +17,7 @@ use lpzero::shard::file::Source;
 use lpzero::shard::merge::Merged;
 use lpzero::shard::run::Scoring;
 
-use super::{load, shard, DataArgs, ProbeArgs};
+use super::{load, shard, DataArgs, ProbeArgs, ScoringBudgetArgs};
 use crate::out;
 
 /// `lpzero nas --pareto`.
@@ -36,6 +36,8 @@ pub struct NasArgs {
     data: DataArgs,
     #[command(flatten)]
     probe: ProbeArgs,
+    #[command(flatten)]
+    budget: ScoringBudgetArgs,
     /// The proxy that ranks the architectures (a name, a genotype or an expression); with
     /// --scores also `rank_sum`, the ensemble column `score --rank-sum` writes; with
     /// --validate, a list as for `score --proxy`.
@@ -217,6 +219,7 @@ pub fn nas(a: NasArgs) -> Result<()> {
             .clone()
             .map(|sampling| Source::Sampled { sampling });
         let what = Scoring::new("nas", &pool.bench, &selection, &proxies, &probe, threads)
+            .within(a.budget.turns())
             .with(source, serde_json::to_value(&task)?);
         return shard::score_shard(&what, s, a.out.as_deref(), a.json);
     }
@@ -236,6 +239,7 @@ pub fn nas(a: NasArgs) -> Result<()> {
             proxy,
             probe: &probe,
             threads,
+            turns: a.budget.turns(),
         },
         (None, None) => bail!("--proxy {RANK_SUM} is read from a score table: give --scores"),
     };
@@ -358,8 +362,9 @@ fn validate(a: &NasArgs, bench: &Benchmark, probe: &ProbeOptions, threads: usize
             .collect::<Result<_>>()?,
         None => {
             let bar = report::progress(all.len(), "probing", a.json);
-            let table: ScoreTable =
-                lpzero::scoring::score(bench, &all, &proxies, probe, threads, || bar.inc(1))?;
+            let table: ScoreTable = Scoring::new("nas", bench, &all, &proxies, probe, threads)
+                .within(a.budget.turns())
+                .score(|| bar.inc(1))?;
             bar.finish_and_clear();
             table.values
         }

@@ -1,14 +1,14 @@
-//! The sharded form of [`scoring::score`]: score this shard's share of the selection, one
-//! architecture at a time on each worker thread, and append each architecture's line to the
+//! The sharded form of [`scoring::score_within`]: score this shard's share of the selection
+//! (the architectures its file does not hold yet) and append each architecture's line to the
 //! shard file as soon as it is done.
 //!
-//! Each architecture goes through [`scoring::score`] on its own, so a shard computes every
-//! value exactly as the unsharded command does (the probe of an architecture depends only on
+//! A shard scores through [`scoring::score_each`], the path of the unsharded command, so it
+//! computes every value exactly as that does (the probe of an architecture depends only on
 //! the settings and on its position in the benchmark). A command that scores architectures
-//! (`score`, `baselines`, and later ones) needs only a [`Scoring`] and [`run`].
+//! (`score`, `baselines`, `nas`) describes the job as a [`Scoring`]; [`Scoring::score`] runs
+//! it whole and [`run`] one shard of it.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -19,7 +19,7 @@ use crate::bench::Benchmark;
 use crate::probe::memory::MemoryLimit;
 use crate::probe::ProbeOptions;
 use crate::report::{csv_number, peak_rss_mib};
-use crate::scoring::{self, Proxy, ScoreTable};
+use crate::scoring::{self, ArchScores, Proxy, ScoreTable};
 
 /// What a scoring command scores (all of it; [`run`] takes one shard's share).
 pub struct Scoring<'a> {
@@ -66,6 +66,26 @@ impl<'a> Scoring<'a> {
             source: None,
             task: None,
         }
+    }
+
+    /// The same scoring, its probes taking turns within `turns` (see the field).
+    pub fn within(mut self, turns: Option<MemoryLimit>) -> Self {
+        self.turns = turns;
+        self
+    }
+
+    /// Runs the whole scoring, unsharded ([`scoring::score_within`]); `on_done` after each
+    /// architecture.
+    pub fn score(&self, on_done: impl Fn() + Sync) -> Result<ScoreTable> {
+        scoring::score_within(
+            self.bench,
+            self.selection,
+            self.proxies,
+            self.opts,
+            self.threads,
+            self.turns,
+            on_done,
+        )
     }
 
     /// The same scoring, recorded with its benchmark's `source` and the command's `task`
@@ -154,30 +174,17 @@ pub fn run(
         .filter(|i| !done.contains(i))
         .collect();
     let file = &opened.file;
-    let gate = crate::models::probe_gate(job.bench, &pending, job.opts, job.turns)?;
-    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let workers = job.threads.clamp(1, pending.len().max(1));
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let Some(pass) = gate.next() else {
-                    break;
-                };
-                let index = pending[pass.item()];
-                let result = scoring::score(job.bench, &[index], job.proxies, job.opts, 1, || {})
-                    .and_then(|table| file.append(&record(&table, index, job.bench)));
-                drop(pass);
-                on_done();
-                if let Err(e) = result {
-                    gate.stop();
-                    let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
-                    slot.get_or_insert(e);
-                    break;
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    let scored = scoring::score_each(
+        job.bench,
+        &pending,
+        job.proxies,
+        job.opts,
+        job.threads,
+        job.turns,
+        |index, scores| file.append(&record(job, index, scores)),
+        on_done,
+    );
+    if let Err(e) = scored {
         return Err(e.context(format!(
             "shard {} stopped; the architectures written to {} are kept, and a re-run \
              continues from there",
@@ -197,25 +204,28 @@ pub fn run(
     })
 }
 
-/// The line of the one architecture (`index`) that `table` scored.
-fn record(table: &ScoreTable, index: usize, bench: &Benchmark) -> Record {
-    let one = |v: &[f64]| v.first().copied().unwrap_or(f64::NAN);
+/// The line of architecture `index` (its position in the benchmark), scored as `scores`.
+fn record(job: &Scoring, index: usize, scores: &ArchScores) -> Record {
+    let entry = &job.bench.entries[index];
     Record {
-        id: table.keys.first().cloned().unwrap_or_default(),
+        id: entry.key.clone(),
         index,
-        truth: bench.has_truth().then(|| csv_number(one(&table.truth))),
-        values: table
-            .names
+        truth: job
+            .bench
+            .has_truth()
+            .then(|| csv_number(job.bench.truths(&[index])[0])),
+        values: job
+            .proxies
             .iter()
-            .zip(&table.values)
-            .map(|(name, v)| (name.clone(), csv_number(one(v))))
+            .zip(&scores.proxies)
+            .map(|(p, (v, _))| (p.name(), csv_number(*v)))
             .collect(),
-        probe_seconds: one(&table.arch_probe_seconds),
-        proxy_seconds: table
-            .names
+        probe_seconds: scores.probe_seconds,
+        proxy_seconds: job
+            .proxies
             .iter()
-            .cloned()
-            .zip(table.proxy_seconds.iter().copied())
+            .zip(&scores.proxies)
+            .map(|(p, (_, secs))| (p.name(), *secs))
             .collect(),
         peak_rss_mib: peak_rss_mib(),
     }
