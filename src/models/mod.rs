@@ -63,7 +63,9 @@ pub fn load_bench_file(path: &Path) -> Result<Benchmark> {
 }
 
 /// Probes the selected architectures of `bench` on `threads` worker threads (one architecture
-/// per thread at a time, each single-threaded inside the engine) and maps each probe with `f`
+/// per thread at a time, each single-threaded inside the engine, except that the large
+/// products of a dense layer use the cores no other probe holds: [`crate::nn::matmul`]) and
+/// maps each probe with `f`
 /// as soon as it exists, so probes are never all held at once. Results come back in selection
 /// order; `on_done` is called after each architecture (for progress).
 ///
@@ -99,6 +101,7 @@ pub fn probe_map_within<T: Send>(
     let batch = family.batch(opts)?;
     let gate = probe_gate(bench, selection, opts, turns)?;
     let (tx, rx) = mpsc::channel();
+    let cores = threads.max(1);
     let threads = threads.clamp(1, selection.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -111,10 +114,13 @@ pub fn probe_map_within<T: Send>(
                 let pos = pass.item();
                 let index = selection[pos];
                 let entry = &bench.entries[index];
+                // The probe's large products may use the given cores no other probe holds.
+                let lease = crate::nn::matmul::Lease::new(cores);
                 let result = family
                     .probe(&entry.arch, index, opts, batch)
                     .and_then(|p| f(index, p.stored_as(opts.storage)))
                     .with_context(|| format!("{} architecture {}", bench.kind, entry.key));
+                drop(lease);
                 drop(pass);
                 let failed = result.is_err();
                 on_done();

@@ -8,7 +8,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
 use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
 
@@ -166,18 +165,12 @@ impl CustomOp3 for LinearOp {
                 l3.dims()
             )));
         }
-        if !matches!((s1, s2), (CpuStorage::F32(_), CpuStorage::F32(_))) {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
             return Err(candle_core::Error::Msg("linear: expects f32".into()));
-        }
-        // candle's own product (what `Tensor::matmul` calls, zeros when nothing is summed).
-        let mut out = if rows * n == 0 || k == 0 {
-            vec![0f32; rows * n]
-        } else {
-            match s1.matmul(s2, (1, rows, n, k), l1, &wl)? {
-                CpuStorage::F32(v) => v,
-                _ => return Err(candle_core::Error::Msg("linear: expects f32".into())),
-            }
         };
+        // candle's own product (what `Tensor::matmul` calls, zeros when nothing is summed),
+        // on the cores the probe has to spare.
+        let mut out = super::matmul::product(x, l1, w, &wl)?;
         if n > 0 {
             for row in out.chunks_exact_mut(n) {
                 for (y, &bj) in row.iter_mut().zip(bias) {
@@ -204,15 +197,17 @@ impl CustomOp3 for LinearOp {
         // An input outside the autograd graph (a constant, such as a detached weight) gets no
         // gradient: nothing could read it, and the weight's is a product as large as the
         // forward's.
+        // The products are candle's, on the cores the probe has to spare.
+        use super::matmul::matmul;
         let dx = match (x.track_op(), self.w_out_in) {
             (false, _) => None,
-            (true, true) => Some(grad.matmul(w)?),
-            (true, false) => Some(grad.matmul(&w.t()?)?),
+            (true, true) => Some(matmul(grad, w)?),
+            (true, false) => Some(matmul(grad, &w.t()?)?),
         };
         let dw = match (w.track_op(), self.w_out_in) {
             (false, _) => None,
-            (true, true) => Some(x.t()?.matmul(grad)?.t()?),
-            (true, false) => Some(x.t()?.matmul(grad)?),
+            (true, true) => Some(matmul(&x.t()?, grad)?.t()?),
+            (true, false) => Some(matmul(&x.t()?, grad)?),
         };
         let db = if b.track_op() {
             Some(grad.sum_keepdim(0)?.squeeze(0)?)

@@ -1,0 +1,334 @@
+//! The dense layers' matrix products, on the cores a probe has to spare.
+//!
+//! A command probing on `--threads N` runs N architectures at once, each single-threaded in
+//! the engine. When fewer probes are in flight than cores were given (a large probe running
+//! alone within a memory budget, or the last probes of a run), the idle cores would wait. A
+//! probe holds a [`Lease`] for the cores given to probing; a large product of a dense layer
+//! ([`product`], [`matmul`]) then splits its rows between the cores that are free: the
+//! given cores shared among the probes in flight. A product that is not split is candle's
+//! call exactly, with candle's own thread setting (which the commands set to one thread
+//! when they probe side by side, and leave alone for `--threads 1`).
+//!
+//! The values do not depend on the split. Each half is the same gemm call as candle's own
+//! product (the one `Tensor::matmul` makes), and gemm's order of additions for an element
+//! depends only on `k` (its depth blocking comes from `k` and the cache sizes, never from
+//! the row count) as long as no half falls to its small-matrix paths, which [`MIN_ROWS`] and
+//! [`MIN_WORK`] keep them from. Test `a_split_product_is_the_whole_one_bit_for_bit`.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{CpuStorage, Layout, Storage, Tensor};
+
+/// Probes in flight in this process (holding a [`Lease`]).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Cores given to the probing of this thread's current lease (1 without one).
+    static GIVEN: Cell<usize> = const { Cell::new(1) };
+}
+
+/// Fewest multiply-adds (`m · n · k`) worth a second core: below this the thread's start
+/// costs about what it saves.
+pub const MIN_WORK: usize = 1 << 26;
+
+/// Fewest rows of each part of a split product (gemm takes other paths for small matrices,
+/// with another depth blocking).
+pub const MIN_ROWS: usize = 128;
+
+/// A probe in flight on this thread, out of `cores` given to probing: while it lives, the
+/// thread's large products may use the given cores that no other probe holds.
+pub struct Lease {
+    before: usize,
+}
+
+impl Lease {
+    /// Takes a lease for a probe on this thread; `cores`: the cores given to probing (the
+    /// command's `--threads`).
+    pub fn new(cores: usize) -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        let before = GIVEN.with(|g| g.replace(cores.max(1)));
+        Self { before }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        GIVEN.with(|g| g.set(self.before));
+    }
+}
+
+/// Cores a product on this thread may use now: the cores of its lease shared among the
+/// probes in flight (1 without a lease).
+pub fn free_cores() -> usize {
+    let given = GIVEN.with(Cell::get);
+    if given <= 1 {
+        return 1;
+    }
+    (given / IN_FLIGHT.load(Ordering::SeqCst).max(1)).max(1)
+}
+
+/// `lhs · rhs` of two 2-D f32 arrays with any strides (their layouts), as a new row-major
+/// `m × n` array: candle's own product, split by rows over [`free_cores`] when it is large.
+pub fn product(
+    lhs: &[f32],
+    lhs_l: &Layout,
+    rhs: &[f32],
+    rhs_l: &Layout,
+) -> candle_core::Result<Vec<f32>> {
+    product_in(free_cores(), lhs, lhs_l, rhs, rhs_l)
+}
+
+/// [`product`] on up to `cores` cores (fewer when it is small: [`MIN_WORK`], [`MIN_ROWS`]).
+fn product_in(
+    cores: usize,
+    lhs: &[f32],
+    lhs_l: &Layout,
+    rhs: &[f32],
+    rhs_l: &Layout,
+) -> candle_core::Result<Vec<f32>> {
+    let ((m, k), (k2, n)) = (lhs_l.shape().dims2()?, rhs_l.shape().dims2()?);
+    if k != k2 {
+        return Err(candle_core::Error::Msg(format!(
+            "matmul: {:?} by {:?} do not fit",
+            lhs_l.dims(),
+            rhs_l.dims()
+        )));
+    }
+    let mut dst = vec![0f32; m * n];
+    if m * n == 0 || k == 0 {
+        return Ok(dst);
+    }
+    let parts = if m * n * k >= MIN_WORK && n > 64 {
+        cores.min(m / MIN_ROWS).max(1)
+    } else {
+        1
+    };
+    let lhs = &lhs[lhs_l.start_offset()..];
+    let rhs = &rhs[rhs_l.start_offset()..];
+    let (ls, rs) = (lhs_l.stride(), rhs_l.stride());
+    let gemm = Gemm {
+        n,
+        k,
+        lhs_rs: ls[0] as isize,
+        lhs_cs: ls[1] as isize,
+        rhs: rhs.as_ptr(),
+        rhs_rs: rs[0] as isize,
+        rhs_cs: rs[1] as isize,
+    };
+    if parts == 1 {
+        // Unsplit: candle's call exactly, with the parallelism candle itself would choose
+        // (its thread setting: one thread when the command runs probes side by side).
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the layouts are the inputs' own, addressing inside their storage (as
+        // candle's product relies on too); `dst` holds `m × n` values.
+        unsafe { gemm.rows(lhs.as_ptr(), &mut dst, m, parallelism) };
+        return Ok(dst);
+    }
+    // Contiguous blocks of rows, one per part; the calling thread computes the first.
+    let per = m.div_ceil(parts);
+    std::thread::scope(|scope| {
+        let mut blocks = dst.chunks_mut(per * n).enumerate();
+        let (_, first) = blocks.next().expect("m > 0");
+        for (i, block) in blocks {
+            // SAFETY: row `i · per` of lhs lies `i · per · lhs_rs` values from row 0, inside
+            // the storage as every row of the layout is.
+            let start = SendPtr(unsafe { lhs.as_ptr().offset((i * per) as isize * gemm.lhs_rs) });
+            let gemm = &gemm;
+            scope.spawn(move || {
+                let start = start;
+                let rows = block.len() / n;
+                // SAFETY: the block's rows of lhs and of dst, and all of rhs (see `rows`).
+                unsafe { gemm.rows(start.0, block, rows, gemm::Parallelism::None) }
+            });
+        }
+        let rows = first.len() / n;
+        // SAFETY: the layouts are the inputs' own, addressing inside their storage (as
+        // candle's product relies on too); `first` holds `rows × n` values.
+        unsafe { gemm.rows(lhs.as_ptr(), first, rows, gemm::Parallelism::None) };
+    });
+    Ok(dst)
+}
+
+/// A const pointer that may cross to the helper thread (it reads, and only while the scope
+/// that spawned it lives).
+struct SendPtr(*const f32);
+// SAFETY: the pointee is read only, by scoped threads that end before the data is freed.
+unsafe impl Send for SendPtr {}
+
+/// One product's fixed arguments: everything but the first row of lhs and the rows of dst.
+struct Gemm {
+    n: usize,
+    k: usize,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+}
+
+// SAFETY: `rhs` is read only, by scoped threads that end before its storage is freed.
+unsafe impl Sync for Gemm {}
+
+impl Gemm {
+    /// `dst = lhs[rows] · rhs`, the gemm call candle's product makes, for `rows` rows of lhs
+    /// starting at `lhs`, on `parallelism`.
+    ///
+    /// # Safety
+    /// `lhs` with the strides must address `rows × k` readable values, `rhs` `k × n`, and
+    /// `dst` must hold `rows × n`.
+    unsafe fn rows(
+        &self,
+        lhs: *const f32,
+        dst: &mut [f32],
+        rows: usize,
+        parallelism: gemm::Parallelism,
+    ) {
+        debug_assert_eq!(dst.len(), rows * self.n);
+        gemm::gemm(
+            rows,
+            self.n,
+            self.k,
+            dst.as_mut_ptr(),
+            1,
+            self.n as isize,
+            false,
+            lhs,
+            self.lhs_cs,
+            self.lhs_rs,
+            self.rhs,
+            self.rhs_cs,
+            self.rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// `a · b` of two 2-D f32 tensors on the CPU through [`product`], as a tensor outside the
+/// autograd graph (for the backward of a custom op, whose results nothing differentiates);
+/// any other tensors through candle's `matmul`.
+pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if a.rank() != 2 || b.rank() != 2 {
+        return a.matmul(b);
+    }
+    let (m, n) = (a.dim(0)?, b.dim(1)?);
+    let values = {
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        match (&*sa, &*sb) {
+            (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) => {
+                product(va, la, vb, lb)?
+            }
+            _ => {
+                drop((sa, sb));
+                return a.matmul(b);
+            }
+        }
+    };
+    Tensor::from_vec(values, (m, n), a.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::Rng::new(seed);
+        rng.normal_vec(len, 1.0)
+    }
+
+    #[test]
+    fn a_split_product_is_the_whole_one_bit_for_bit() {
+        // Shapes of the dense layers (3072 tokens) and of their gradients, odd sizes
+        // included; lhs contiguous and transposed, rhs contiguous and transposed.
+        let shapes = [
+            (3072, 768, 256),
+            (1000, 300, 700),
+            (513, 129, 1025),
+            (256, 1536, 3072),
+        ];
+        for (i, &(m, n, k)) in shapes.iter().enumerate() {
+            let a = Tensor::from_vec(values(m * k, i as u64), (m, k), &candle_core::Device::Cpu)
+                .unwrap();
+            let b = Tensor::from_vec(
+                values(k * n, 10 + i as u64),
+                (k, n),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
+            let at = a.t().unwrap().contiguous().unwrap().t().unwrap();
+            let bt = b.t().unwrap().contiguous().unwrap().t().unwrap();
+            for (x, y) in [(&a, &b), (&at, &b), (&a, &bt), (&at, &bt)] {
+                let whole = x
+                    .matmul(y)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let (sx, lx) = x.storage_and_layout();
+                let (sy, ly) = y.storage_and_layout();
+                let (Storage::Cpu(CpuStorage::F32(vx)), Storage::Cpu(CpuStorage::F32(vy))) =
+                    (&*sx, &*sy)
+                else {
+                    panic!("f32 on the CPU");
+                };
+                for cores in [1, 2, 3] {
+                    let split = product_in(cores, vx, lx, vy, ly).unwrap();
+                    let same = whole
+                        .iter()
+                        .zip(&split)
+                        .all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(
+                        same,
+                        "{m}×{n}×{k} in {cores} parts differs from candle's product"
+                    );
+                }
+            }
+        }
+        // Through the tensor entry point, with a lease of two cores.
+        let _lease = Lease::new(2);
+        let (a, b) = (
+            Tensor::from_vec(values(600 * 400, 7), (600, 400), &candle_core::Device::Cpu).unwrap(),
+            Tensor::from_vec(values(400 * 300, 8), (400, 300), &candle_core::Device::Cpu).unwrap(),
+        );
+        let whole = a
+            .matmul(&b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let ours = matmul(&a, &b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn the_given_cores_are_shared_among_the_probes_in_flight() {
+        assert_eq!(free_cores(), 1, "no lease, one core");
+        let lease = Lease::new(4);
+        // Other tests may hold leases too; alone this lease has all 4.
+        assert!((1..=4).contains(&free_cores()));
+        drop(lease);
+        assert_eq!(free_cores(), 1);
+    }
+}
