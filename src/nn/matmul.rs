@@ -1,11 +1,7 @@
 //! The dense layers' matrix products, on the cores a probe has to spare.
 //!
-//! A command probing on `--threads N` runs N architectures at once, each single-threaded in
-//! the engine. When fewer probes are in flight than cores were given (a large probe running
-//! alone within a memory budget, or the last probes of a run), the idle cores would wait. A
-//! probe holds a [`Lease`] for the cores given to probing; a large product of a dense layer
-//! ([`product`], [`matmul`]) then splits its rows between the cores that are free: the
-//! given cores shared among the probes in flight. A product that is not split is candle's
+//! A large product of a dense layer ([`product`], [`matmul`]) splits its rows between the
+//! cores its probe has to spare ([`super::cores`]). A product that is not split is candle's
 //! call exactly, with candle's own thread setting (which the commands set to one thread
 //! when they probe side by side, and leave alone for `--threads 1`).
 //!
@@ -15,18 +11,9 @@
 //! the row count) as long as no half falls to its small-matrix paths, which [`MIN_ROWS`] and
 //! [`MIN_WORK`] keep them from. Test `a_split_product_is_the_whole_one_bit_for_bit`.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
-/// Probes in flight in this process (holding a [`Lease`]).
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Cores given to the probing of this thread's current lease (1 without one).
-    static GIVEN: Cell<usize> = const { Cell::new(1) };
-}
+use super::cores::free_cores;
 
 /// Fewest multiply-adds (`m · n · k`) worth a second core: below this the thread's start
 /// costs about what it saves.
@@ -35,39 +22,6 @@ pub const MIN_WORK: usize = 1 << 26;
 /// Fewest rows of each part of a split product (gemm takes other paths for small matrices,
 /// with another depth blocking).
 pub const MIN_ROWS: usize = 128;
-
-/// A probe in flight on this thread, out of `cores` given to probing: while it lives, the
-/// thread's large products may use the given cores that no other probe holds.
-pub struct Lease {
-    before: usize,
-}
-
-impl Lease {
-    /// Takes a lease for a probe on this thread; `cores`: the cores given to probing (the
-    /// command's `--threads`).
-    pub fn new(cores: usize) -> Self {
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-        let before = GIVEN.with(|g| g.replace(cores.max(1)));
-        Self { before }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-        GIVEN.with(|g| g.set(self.before));
-    }
-}
-
-/// Cores a product on this thread may use now: the cores of its lease shared among the
-/// probes in flight (1 without a lease).
-pub fn free_cores() -> usize {
-    let given = GIVEN.with(Cell::get);
-    if given <= 1 {
-        return 1;
-    }
-    (given / IN_FLIGHT.load(Ordering::SeqCst).max(1)).max(1)
-}
 
 /// `lhs · rhs` of two 2-D f32 arrays with any strides (their layouts), as a new row-major
 /// `m × n` array: candle's own product, split by rows over [`free_cores`] when it is large.
@@ -298,7 +252,7 @@ mod tests {
             }
         }
         // Through the tensor entry point, with a lease of two cores.
-        let _lease = Lease::new(2);
+        let _lease = super::super::cores::Lease::new(2);
         let (a, b) = (
             Tensor::from_vec(values(600 * 400, 7), (600, 400), &candle_core::Device::Cpu).unwrap(),
             Tensor::from_vec(values(400 * 300, 8), (400, 300), &candle_core::Device::Cpu).unwrap(),
@@ -320,15 +274,5 @@ mod tests {
             whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
-    }
-
-    #[test]
-    fn the_given_cores_are_shared_among_the_probes_in_flight() {
-        assert_eq!(free_cores(), 1, "no lease, one core");
-        let lease = Lease::new(4);
-        // Other tests may hold leases too; alone this lease has all 4.
-        assert!((1..=4).contains(&free_cores()));
-        drop(lease);
-        assert_eq!(free_cores(), 1);
     }
 }

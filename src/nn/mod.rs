@@ -5,6 +5,7 @@
 //! The engine (candle) stays inside `nn`, the family models (`models`) and `probe`; a family's
 //! model file builds its network from these blocks.
 
+pub mod cores;
 pub mod matmul;
 pub mod ops;
 

@@ -369,9 +369,12 @@ fn nuclear(a: &Array) -> f64 {
 
 /// Over the linears the probe's family names: FlexiBERT mixer-block linears (mixer linears and
 /// the output dense), GPT-2 every Conv1D.
+/// The linears' nuclear norms (the costly part: an eigenvalue problem per matrix) use the
+/// cores the probe has to spare; the sum runs in the linears' order.
 fn synaptic_diversity(p: &Probe) -> f64 {
-    p.diversity_linears()
-        .map(|l| nuclear(&l.weight) * nuclear(&l.grad))
+    let linears: Vec<_> = p.diversity_linears().collect();
+    crate::nn::cores::map_free(&linears, |l| nuclear(&l.weight) * nuclear(&l.grad))
+        .into_iter()
         .sum()
 }
 
