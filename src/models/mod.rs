@@ -65,9 +65,8 @@ pub fn load_bench_file(path: &Path) -> Result<Benchmark> {
 /// Probes the selected architectures of `bench` on `threads` worker threads (one architecture
 /// per thread at a time, each single-threaded inside the engine, except that the large
 /// products of a dense layer and the proxies' per-layer maths use the cores no other probe
-/// holds: [`crate::nn::cores`]) and
-/// maps each probe with `f`
-/// as soon as it exists, so probes are never all held at once. Results come back in selection
+/// holds: [`crate::nn::cores`]) and maps each probe with `f` as soon as it exists, so probes
+/// are never all held at once. Results come back in selection
 /// order; `on_done` is called after each architecture (for progress).
 ///
 /// Before anything is built, fails when an architecture needs more memory than probing may
@@ -115,7 +114,7 @@ pub fn probe_map_within<T: Send>(
                 let pos = pass.item();
                 let index = selection[pos];
                 let entry = &bench.entries[index];
-                // The probe's large products may use the given cores no other probe holds.
+                // The probe's work may use the given cores no other probe holds.
                 let lease = crate::nn::cores::Lease::new(cores);
                 let result = family
                     .probe(&entry.arch, index, opts, batch)

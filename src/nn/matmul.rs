@@ -11,6 +11,7 @@
 //! the row count) as long as no half falls to its small-matrix paths, which [`MIN_ROWS`] and
 //! [`MIN_WORK`] keep them from. Test `a_split_product_is_the_whole_one_bit_for_bit`.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
 use super::cores::free_cores;
@@ -26,9 +27,9 @@ pub const MIN_ROWS: usize = 128;
 /// `lhs · rhs` of two 2-D f32 arrays with any strides (their layouts), as a new row-major
 /// `m × n` array: candle's own product, split by rows over [`free_cores`] when it is large.
 pub fn product(
-    lhs: &[f32],
+    lhs: &CpuStorage,
     lhs_l: &Layout,
-    rhs: &[f32],
+    rhs: &CpuStorage,
     rhs_l: &Layout,
 ) -> candle_core::Result<Vec<f32>> {
     product_in(free_cores(), lhs, lhs_l, rhs, rhs_l)
@@ -37,9 +38,9 @@ pub fn product(
 /// [`product`] on up to `cores` cores (fewer when it is small: [`MIN_WORK`], [`MIN_ROWS`]).
 fn product_in(
     cores: usize,
-    lhs: &[f32],
+    lhs_s: &CpuStorage,
     lhs_l: &Layout,
-    rhs: &[f32],
+    rhs_s: &CpuStorage,
     rhs_l: &Layout,
 ) -> candle_core::Result<Vec<f32>> {
     let ((m, k), (k2, n)) = (lhs_l.shape().dims2()?, rhs_l.shape().dims2()?);
@@ -50,15 +51,25 @@ fn product_in(
             rhs_l.dims()
         )));
     }
-    let mut dst = vec![0f32; m * n];
+    let (CpuStorage::F32(lhs), CpuStorage::F32(rhs)) = (lhs_s, rhs_s) else {
+        return Err(candle_core::Error::Msg("matmul: expects f32".into()));
+    };
     if m * n == 0 || k == 0 {
-        return Ok(dst);
+        // What `Tensor::matmul` gives when nothing is summed.
+        return Ok(vec![0f32; m * n]);
     }
     let parts = if m * n * k >= MIN_WORK && n > 64 {
         cores.min(m / MIN_ROWS).max(1)
     } else {
         1
     };
+    if parts == 1 {
+        // Unsplit: candle's own product, with its own thread setting.
+        return match lhs_s.matmul(rhs_s, (1, m, n, k), lhs_l, rhs_l)? {
+            CpuStorage::F32(v) => Ok(v),
+            _ => Err(candle_core::Error::Msg("matmul: expects f32".into())),
+        };
+    }
     let lhs = &lhs[lhs_l.start_offset()..];
     let rhs = &rhs[rhs_l.start_offset()..];
     let (ls, rs) = (lhs_l.stride(), rhs_l.stride());
@@ -71,20 +82,7 @@ fn product_in(
         rhs_rs: rs[0] as isize,
         rhs_cs: rs[1] as isize,
     };
-    if parts == 1 {
-        // Unsplit: candle's call exactly, with the parallelism candle itself would choose
-        // (its thread setting: one thread when the command runs probes side by side).
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: the layouts are the inputs' own, addressing inside their storage (as
-        // candle's product relies on too); `dst` holds `m × n` values.
-        unsafe { gemm.rows(lhs.as_ptr(), &mut dst, m, parallelism) };
-        return Ok(dst);
-    }
+    let mut dst = vec![0f32; m * n];
     // Contiguous blocks of rows, one per part; the calling thread computes the first.
     let per = m.div_ceil(parts);
     std::thread::scope(|scope| {
@@ -99,13 +97,13 @@ fn product_in(
                 let start = start;
                 let rows = block.len() / n;
                 // SAFETY: the block's rows of lhs and of dst, and all of rhs (see `rows`).
-                unsafe { gemm.rows(start.0, block, rows, gemm::Parallelism::None) }
+                unsafe { gemm.rows(start.0, block, rows) }
             });
         }
         let rows = first.len() / n;
         // SAFETY: the layouts are the inputs' own, addressing inside their storage (as
         // candle's product relies on too); `first` holds `rows × n` values.
-        unsafe { gemm.rows(lhs.as_ptr(), first, rows, gemm::Parallelism::None) };
+        unsafe { gemm.rows(lhs.as_ptr(), first, rows) };
     });
     Ok(dst)
 }
@@ -131,19 +129,13 @@ struct Gemm {
 unsafe impl Sync for Gemm {}
 
 impl Gemm {
-    /// `dst = lhs[rows] · rhs`, the gemm call candle's product makes, for `rows` rows of lhs
-    /// starting at `lhs`, on `parallelism`.
+    /// `dst = lhs[rows] · rhs`, the gemm call candle's product makes (on one thread), for
+    /// `rows` rows of lhs starting at `lhs`.
     ///
     /// # Safety
     /// `lhs` with the strides must address `rows × k` readable values, `rhs` `k × n`, and
     /// `dst` must hold `rows × n`.
-    unsafe fn rows(
-        &self,
-        lhs: *const f32,
-        dst: &mut [f32],
-        rows: usize,
-        parallelism: gemm::Parallelism,
-    ) {
+    unsafe fn rows(&self, lhs: *const f32, dst: &mut [f32], rows: usize) {
         debug_assert_eq!(dst.len(), rows * self.n);
         gemm::gemm(
             rows,
@@ -164,7 +156,7 @@ impl Gemm {
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         )
     }
 }
@@ -181,8 +173,8 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         let (sa, la) = a.storage_and_layout();
         let (sb, lb) = b.storage_and_layout();
         match (&*sa, &*sb) {
-            (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) => {
-                product(va, la, vb, lb)?
+            (Storage::Cpu(ca @ CpuStorage::F32(_)), Storage::Cpu(cb @ CpuStorage::F32(_))) => {
+                product(ca, la, cb, lb)?
             }
             _ => {
                 drop((sa, sb));
@@ -233,13 +225,11 @@ mod tests {
                     .unwrap();
                 let (sx, lx) = x.storage_and_layout();
                 let (sy, ly) = y.storage_and_layout();
-                let (Storage::Cpu(CpuStorage::F32(vx)), Storage::Cpu(CpuStorage::F32(vy))) =
-                    (&*sx, &*sy)
-                else {
-                    panic!("f32 on the CPU");
+                let (Storage::Cpu(cx), Storage::Cpu(cy)) = (&*sx, &*sy) else {
+                    panic!("on the CPU");
                 };
                 for cores in [1, 2, 3] {
-                    let split = product_in(cores, vx, lx, vy, ly).unwrap();
+                    let split = product_in(cores, cx, lx, cy, ly).unwrap();
                     let same = whole
                         .iter()
                         .zip(&split)

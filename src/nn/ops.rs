@@ -165,12 +165,12 @@ impl CustomOp3 for LinearOp {
                 l3.dims()
             )));
         }
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
+        if !matches!((s1, s2), (CpuStorage::F32(_), CpuStorage::F32(_))) {
             return Err(candle_core::Error::Msg("linear: expects f32".into()));
-        };
+        }
         // candle's own product (what `Tensor::matmul` calls, zeros when nothing is summed),
         // on the cores the probe has to spare.
-        let mut out = super::matmul::product(x, l1, w, &wl)?;
+        let mut out = super::matmul::product(s1, l1, s2, &wl)?;
         if n > 0 {
             for row in out.chunks_exact_mut(n) {
                 for (y, &bj) in row.iter_mut().zip(bias) {
