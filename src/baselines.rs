@@ -2,7 +2,7 @@
 //! computed from one probe per architecture (plus the extra passes some definitions need),
 //! in one table: what a discovered proxy is compared against.
 //!
-//! `lpzero baselines` runs [`crate::scoring::score`] on [`suite`] and writes the files of
+//! `lpzero baselines` runs a [`crate::scoring::Job`] on [`suite`] and writes the files of
 //! [`write()`]. When the benchmark's family has a table of reference proxy values
 //! ([`crate::models::Family::reference`]; FlexiBERT's `flexibert/reference_proxy_scores.csv`)
 //! and the benchmark's data source holds it (the shipped data does), each proxy with a column

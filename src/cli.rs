@@ -12,7 +12,7 @@ use lpzero::models;
 use lpzero::models::flexibert::SizeMode;
 use lpzero::probe::{GradSignal, ProbeOptions, Storage, MAX_THREADS};
 use lpzero::report;
-use lpzero::scoring::{self, Proxy};
+use lpzero::scoring::{self, Job, Proxy};
 use lpzero::search::pipeline::Phase;
 use lpzero::search::summary::SearchSummary;
 use lpzero::search::SearchOptions;
@@ -747,8 +747,7 @@ fn score(a: ScoreArgs) -> Result<()> {
     let opts = a.probe.options(bench.kind)?;
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
-    let job = Scoring::new("score", &bench, &selection, &proxies, &opts, threads)
-        .within(a.budget.turns());
+    let job = Job::new(&bench, &selection, &proxies, &opts, threads).within(a.budget.turns());
     if let Some(s) = sharded {
         if a.rank_sum {
             bail!(
@@ -757,7 +756,7 @@ fn score(a: ScoreArgs) -> Result<()> {
                  table's columns, or score without --shard"
             );
         }
-        return shard::score_shard(&job, s, a.out.as_deref(), a.json);
+        return shard::score_shard(&Scoring::new("score", job), s, a.out.as_deref(), a.json);
     }
     let bar = report::progress(selection.len(), "probing", a.json);
     let mut table = job.score(|| bar.inc(1))?;
@@ -857,10 +856,10 @@ fn baselines(a: BaselinesArgs) -> Result<()> {
     };
     let threads = a.probe.threads()?;
     set_engine_threads(threads);
-    let job = Scoring::new("baselines", &bench, &selection, &proxies, &opts, threads)
-        .within(a.budget.turns());
+    let job = Job::new(&bench, &selection, &proxies, &opts, threads).within(a.budget.turns());
     if let Some(s) = sharded {
-        return shard::score_shard(&job, s, a.out.as_deref(), a.json);
+        let what = Scoring::new("baselines", job);
+        return shard::score_shard(&what, s, a.out.as_deref(), a.json);
     }
     let bar = report::progress(selection.len(), "probing", a.json);
     let table = job.score(|| bar.inc(1))?;
@@ -919,7 +918,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     let proxies = Proxy::parse_list(&a.proxy, bench.kind).context("--proxy")?;
     let bar = report::progress(selection.len(), "probing", a.json);
     let start = Instant::now();
-    let table = scoring::score(&bench, &selection, &proxies, &opts, threads, || bar.inc(1))?;
+    let table = Job::new(&bench, &selection, &proxies, &opts, threads).score(|| bar.inc(1))?;
     bar.finish_and_clear();
     let wall = start.elapsed().as_secs_f64();
     result["wall_seconds"] = serde_json::json!(wall);

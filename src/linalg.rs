@@ -25,7 +25,7 @@ pub fn gram<T: Copy + Default + 'static + GemmScalar>(a: &[T], rows: usize, cols
 }
 
 /// The lower triangle and diagonal of [`gram`] (what [`psd_log_det`] reads); most entries
-/// above the diagonal are left 0. Computed in bands of [`GRAM_BAND`] rows, each only against
+/// above the diagonal are left 0. Computed in bands of `GRAM_BAND` rows, each only against
 /// the rows up to its own last one: about half the products of the whole matrix. Exact for the
 /// same small-integer entries as [`gram`], where it gives the same values.
 pub fn gram_lower(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -119,10 +119,10 @@ impl GemmScalar for f64 {
 /// `slogdet` reports as `ln|det|` for a zero determinant. Only the lower triangle and the
 /// diagonal of `a` are read.
 ///
-/// Row by row (L's row j from the rows above it), taken [`CHOLESKY_ROWS`] rows at a time: the
+/// Row by row (L's row j from the rows above it), taken `CHOLESKY_ROWS` rows at a time: the
 /// block's rows meet each finished row above in turn, so a finished row is read from memory
 /// once per block instead of once per row (the whole factor of a 3 072 × 3 072 matrix is far
-/// larger than the caches). Every entry is the same [`dot`] of the same operands as in the
+/// larger than the caches). Every entry is the same `dot` of the same operands as in the
 /// plain row-by-row order, so the result is bit for bit the plain algorithm's.
 pub fn psd_log_det(mut a: Vec<f64>, n: usize) -> f64 {
     assert_eq!(a.len(), n * n, "psd_log_det: data does not match {n} × {n}");

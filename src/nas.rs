@@ -406,7 +406,7 @@ pub enum Scorer<'a> {
         /// Worker threads.
         threads: usize,
         /// A memory budget the probes take turns within (`None`: only probing's own limit;
-        /// see [`scoring::score_within`]).
+        /// see [`scoring::Job::turns`]).
         turns: Option<crate::probe::memory::MemoryLimit>,
     },
     /// Read them from a score table.
@@ -444,15 +444,9 @@ impl Pool {
                 turns,
             } => {
                 let proxies = [Proxy::parse(&proxy.name())?];
-                let table = scoring::score_within(
-                    &self.bench,
-                    selection,
-                    &proxies,
-                    probe,
-                    *threads,
-                    *turns,
-                    on_done,
-                )?;
+                let table = scoring::Job::new(&self.bench, selection, &proxies, probe, *threads)
+                    .within(*turns)
+                    .score(on_done)?;
                 table.values.into_iter().next().unwrap_or_default()
             }
             Scorer::Table(column) => {

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 
 use crate::bench::{BenchKind, Benchmark};
 use crate::models;
+use crate::probe::memory::MemoryLimit;
 use crate::probe::{Probe, ProbeOptions};
 use crate::proxy::builtin::{self, Builtin, Orientation};
 use crate::proxy::eval::eval;
@@ -168,7 +169,7 @@ pub fn compute_all_timed(proxies: &[Proxy], probe: &Probe) -> Vec<(f64, f64)> {
                     .map(|(_, (v, _))| v / divisor(probe))
             }),
             // A rank join has no value on one probe: its scorer joins its operands over the
-            // set ([`score`]); nothing is computed for it here.
+            // set ([`Job::score`]); nothing is computed for it here.
             Proxy::Expr { .. } if p.rank_join().is_some() => Some(f64::NAN),
             Proxy::Expr { .. } => None,
         };
@@ -354,154 +355,177 @@ impl ScoreTable {
     }
 }
 
-/// Probes the selected architectures once each and computes every proxy in `proxies`. A rank
-/// join (`rank_add(a, b)`) is joined across `selection`: its operands are computed on every
-/// probe, then their ranks over the selection are added.
-pub fn score(
-    bench: &Benchmark,
-    selection: &[usize],
-    proxies: &[Proxy],
-    opts: &ProbeOptions,
-    threads: usize,
-    on_done: impl Fn() + Sync,
-) -> Result<ScoreTable> {
-    score_within(bench, selection, proxies, opts, threads, None, on_done)
+/// One scoring job: the architectures to probe, the proxies to compute from each probe, and
+/// how to probe (settings, worker threads, a memory budget to take turns within). Every
+/// command that scores architectures (`score`, `baselines`, `bench`, `nas`, a shard of any
+/// of them) describes its work as a `Job` and runs it through [`Job::score`] or
+/// [`Job::score_each`], so they all compute the same values the same way.
+#[derive(Clone, Copy)]
+pub struct Job<'a> {
+    /// The benchmark.
+    pub bench: &'a Benchmark,
+    /// The architectures (positions in the benchmark), in output order.
+    pub selection: &'a [usize],
+    /// The proxies, in output order.
+    pub proxies: &'a [Proxy],
+    /// The probe settings.
+    pub opts: &'a ProbeOptions,
+    /// Worker threads (architectures probed at once).
+    pub threads: usize,
+    /// A memory budget for the whole process the probes take turns within (such as
+    /// `baselines --memory-budget`; see [`models::probe_map_within`]); `None`: only probing's
+    /// own limit. The turns change no value, only which probes run at the same time.
+    pub turns: Option<MemoryLimit>,
 }
 
-/// [`score`] with the probes taking turns within `turns` (a memory budget for the whole
-/// process, such as `baselines --memory-budget`; see [`models::probe_map_within`]). The turns
-/// change no value, only which probes run at the same time.
-pub fn score_within(
-    bench: &Benchmark,
-    selection: &[usize],
-    proxies: &[Proxy],
-    opts: &ProbeOptions,
-    threads: usize,
-    turns: Option<crate::probe::memory::MemoryLimit>,
-    on_done: impl Fn() + Sync,
-) -> Result<ScoreTable> {
-    let start = Instant::now();
-    let rows = score_each(
-        bench,
-        selection,
-        proxies,
-        opts,
-        threads,
-        turns,
-        |_, _| Ok(()),
-        on_done,
-    )?;
-    let truth = bench.truths(selection);
-    let mut values = vec![Vec::with_capacity(rows.len()); proxies.len()];
-    let mut proxy_seconds = vec![0.0; proxies.len()];
-    let mut probe_seconds = 0.0;
-    let mut arch_probe_seconds = Vec::with_capacity(rows.len());
-    for row in &rows {
-        probe_seconds += row.probe_seconds;
-        arch_probe_seconds.push(row.probe_seconds);
-        for (p, (v, t)) in row.proxies.iter().enumerate() {
-            values[p].push(*v);
-            proxy_seconds[p] += t;
+impl<'a> Job<'a> {
+    /// Scoring `proxies` on the `selection` of `bench`, probed with `opts` on `threads`
+    /// workers, without a memory budget of its own.
+    pub fn new(
+        bench: &'a Benchmark,
+        selection: &'a [usize],
+        proxies: &'a [Proxy],
+        opts: &'a ProbeOptions,
+        threads: usize,
+    ) -> Self {
+        Self {
+            bench,
+            selection,
+            proxies,
+            opts,
+            threads,
+            turns: None,
         }
     }
-    let joins = proxies
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.rank_join().is_some());
-    for (j, (p, _)) in joins.enumerate() {
-        let operand = |k: usize| -> Vec<f64> { rows.iter().map(|r| r.operands[k]).collect() };
-        values[p] = crate::proxy::set::rank_add(&operand(2 * j), &operand(2 * j + 1));
+
+    /// The same job, its probes taking turns within `turns` (see the field).
+    pub fn within(self, turns: Option<MemoryLimit>) -> Self {
+        Self { turns, ..self }
     }
-    let summaries = proxies
-        .iter()
-        .zip(&values)
-        .map(|(proxy, vals)| summarize(&proxy.name(), proxy.orientation(), &truth, vals))
-        .collect();
-    Ok(ScoreTable {
-        keys: selection
+
+    /// The same job on other architectures of the same benchmark (a shard's pending share).
+    pub fn on<'s>(&self, selection: &'s [usize]) -> Job<'s>
+    where
+        'a: 's,
+    {
+        Job { selection, ..*self }
+    }
+
+    /// Probes the selected architectures once each and computes every proxy; `on_done` after
+    /// each architecture. A rank join (`rank_add(a, b)`) is joined across the selection: its
+    /// operands are computed on every probe, then their ranks over the selection are added.
+    pub fn score(&self, on_done: impl Fn() + Sync) -> Result<ScoreTable> {
+        let start = Instant::now();
+        let rows = self.score_each(|_, _| Ok(()), on_done)?;
+        let (bench, selection, proxies) = (self.bench, self.selection, self.proxies);
+        let truth = bench.truths(selection);
+        let mut values = vec![Vec::with_capacity(rows.len()); proxies.len()];
+        let mut proxy_seconds = vec![0.0; proxies.len()];
+        let mut probe_seconds = 0.0;
+        let mut arch_probe_seconds = Vec::with_capacity(rows.len());
+        for row in &rows {
+            probe_seconds += row.probe_seconds;
+            arch_probe_seconds.push(row.probe_seconds);
+            for (p, (v, t)) in row.proxies.iter().enumerate() {
+                values[p].push(*v);
+                proxy_seconds[p] += t;
+            }
+        }
+        let joins = proxies
             .iter()
-            .map(|&i| bench.entries[i].key.clone())
-            .collect(),
-        truth,
-        names: proxies.iter().map(|p| p.name()).collect(),
-        values,
-        summaries,
-        probe_seconds,
-        arch_probe_seconds,
-        proxy_seconds,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+            .enumerate()
+            .filter(|(_, p)| p.rank_join().is_some());
+        for (j, (p, _)) in joins.enumerate() {
+            let operand = |k: usize| -> Vec<f64> { rows.iter().map(|r| r.operands[k]).collect() };
+            values[p] = crate::proxy::set::rank_add(&operand(2 * j), &operand(2 * j + 1));
+        }
+        let summaries = proxies
+            .iter()
+            .zip(&values)
+            .map(|(proxy, vals)| summarize(&proxy.name(), proxy.orientation(), &truth, vals))
+            .collect();
+        Ok(ScoreTable {
+            keys: selection
+                .iter()
+                .map(|&i| bench.entries[i].key.clone())
+                .collect(),
+            truth,
+            names: proxies.iter().map(|p| p.name()).collect(),
+            values,
+            summaries,
+            probe_seconds,
+            arch_probe_seconds,
+            proxy_seconds,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Probes the selected architectures and computes every proxy on each probe, calling
+    /// `each(index, scores)` (`index`: the architecture's position in the benchmark) on the
+    /// worker as soon as an architecture is done, so a caller can keep it (a shard file)
+    /// before the others finish; `on_done` after each architecture. Returns the scores in
+    /// selection order (a rank join's value NaN, see [`ArchScores`]); stops at the first
+    /// error, of probing or of `each`.
+    pub fn score_each(
+        &self,
+        each: impl Fn(usize, &ArchScores) -> Result<()> + Sync,
+        on_done: impl Fn() + Sync,
+    ) -> Result<Vec<ArchScores>> {
+        let (bench, selection, proxies) = (self.bench, self.selection, self.proxies);
+        // Validate the batch options even when no probe runs, so bad input always errors.
+        models::family(bench.kind).batch(self.opts)?;
+        if proxies
+            .iter()
+            .all(|p| matches!(p, Proxy::Builtin(b) if b.name == "params"))
+        {
+            // Parameter counts need the model's tensors but no forward pass.
+            let counts = crate::params::count(bench, selection, self.opts.sizes)?;
+            return selection
+                .iter()
+                .zip(counts)
+                .map(|(&index, (_, count))| {
+                    let scores = ArchScores {
+                        probe_seconds: 0.0,
+                        proxies: vec![(count as f64, 0.0); proxies.len()],
+                        operands: Vec::new(),
+                    };
+                    each(index, &scores)?;
+                    on_done();
+                    Ok(scores)
+                })
+                .collect();
+        }
+        let opts = &ProbeOptions {
+            extra_passes: self.opts.extra_passes || proxies.iter().any(Proxy::needs_extra_passes),
+            ..self.opts.clone()
+        };
+        models::probe_map_within(
+            bench,
+            selection,
+            opts,
+            self.threads,
+            self.turns,
+            |index, probe| {
+                let scores = score_probe(proxies, &probe);
+                each(index, &scores)?;
+                Ok(scores)
+            },
+            on_done,
+        )
+    }
 }
 
-/// What one architecture's probe gave [`score_each`].
+/// What one architecture's probe gave [`Job::score_each`].
 #[derive(Clone, Debug)]
 pub struct ArchScores {
     /// Seconds of probing (building, forward, backward, capture), extra passes excluded.
     pub probe_seconds: f64,
     /// Per proxy, in the order given: its value and the seconds it took (an extra pass it
     /// alone reads counted in; a shared one divided among its readers). A rank join's value
-    /// is NaN here: it exists only across architectures ([`score`] joins it).
+    /// is NaN here: it exists only across architectures ([`Job::score`] joins it).
     pub proxies: Vec<(f64, f64)>,
     /// The operands of the rank joins among the proxies, two per join in proxy order.
     pub operands: Vec<f64>,
-}
-
-/// Probes the selected architectures (taking turns within `turns`, as [`score_within`]) and
-/// computes every proxy on each probe, calling `each(index, scores)` (`index`: the
-/// architecture's position in the benchmark) on the worker as soon as an architecture is
-/// done, so a caller can keep it (a shard file) before the others finish. Returns the scores
-/// in selection order; stops at the first error, of probing or of `each`.
-#[allow(clippy::too_many_arguments)]
-pub fn score_each(
-    bench: &Benchmark,
-    selection: &[usize],
-    proxies: &[Proxy],
-    opts: &ProbeOptions,
-    threads: usize,
-    turns: Option<crate::probe::memory::MemoryLimit>,
-    each: impl Fn(usize, &ArchScores) -> Result<()> + Sync,
-    on_done: impl Fn() + Sync,
-) -> Result<Vec<ArchScores>> {
-    // Validate the batch options even when no probe runs, so bad input always errors.
-    models::family(bench.kind).batch(opts)?;
-    if proxies
-        .iter()
-        .all(|p| matches!(p, Proxy::Builtin(b) if b.name == "params"))
-    {
-        // Parameter counts need the model's tensors but no forward pass.
-        let counts = crate::params::count(bench, selection, opts.sizes)?;
-        return selection
-            .iter()
-            .zip(counts)
-            .map(|(&index, (_, count))| {
-                let scores = ArchScores {
-                    probe_seconds: 0.0,
-                    proxies: vec![(count as f64, 0.0); proxies.len()],
-                    operands: Vec::new(),
-                };
-                each(index, &scores)?;
-                on_done();
-                Ok(scores)
-            })
-            .collect();
-    }
-    let opts = &ProbeOptions {
-        extra_passes: opts.extra_passes || proxies.iter().any(Proxy::needs_extra_passes),
-        ..opts.clone()
-    };
-    models::probe_map_within(
-        bench,
-        selection,
-        opts,
-        threads,
-        turns,
-        |index, probe| {
-            let scores = score_probe(proxies, &probe);
-            each(index, &scores)?;
-            Ok(scores)
-        },
-        on_done,
-    )
 }
 
 /// Every proxy of `proxies` on one probe, timed ([`ArchScores`]).

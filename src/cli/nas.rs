@@ -12,7 +12,7 @@ use lpzero::nas::{self, CostAxis, NasOptions, NasResult, Pool, ScoreColumn, Scor
 use lpzero::probe::ProbeOptions;
 use lpzero::proxy::builtin::Orientation;
 use lpzero::report;
-use lpzero::scoring::{Proxy, ScoreTable, RANK_SUM};
+use lpzero::scoring::{Job, Proxy, ScoreTable, RANK_SUM};
 use lpzero::shard::file::Source;
 use lpzero::shard::merge::Merged;
 use lpzero::shard::run::Scoring;
@@ -218,9 +218,9 @@ pub fn nas(a: NasArgs) -> Result<()> {
             .sampling
             .clone()
             .map(|sampling| Source::Sampled { sampling });
-        let what = Scoring::new("nas", &pool.bench, &selection, &proxies, &probe, threads)
-            .within(a.budget.turns())
-            .with(source, serde_json::to_value(&task)?);
+        let job =
+            Job::new(&pool.bench, &selection, &proxies, &probe, threads).within(a.budget.turns());
+        let what = Scoring::new("nas", job).with(source, serde_json::to_value(&task)?);
         return shard::score_shard(&what, s, a.out.as_deref(), a.json);
     }
     if a.scores.is_some() && opts.evolve > 0 {
@@ -362,7 +362,7 @@ fn validate(a: &NasArgs, bench: &Benchmark, probe: &ProbeOptions, threads: usize
             .collect::<Result<_>>()?,
         None => {
             let bar = report::progress(all.len(), "probing", a.json);
-            let table: ScoreTable = Scoring::new("nas", bench, &all, &proxies, probe, threads)
+            let table: ScoreTable = Job::new(bench, &all, &proxies, probe, threads)
                 .within(a.budget.turns())
                 .score(|| bar.inc(1))?;
             bar.finish_and_clear();

@@ -59,7 +59,7 @@ pub fn score_shard(what: &Scoring, shard: Shard, out: Option<&Path>, json: bool)
             shard.index
         );
     };
-    let share = shard.share(what.selection).len();
+    let share = shard.share(what.job.selection).len();
     let bar = report::progress(share, &format!("shard {shard}"), json);
     let done = run::run(what, shard, out, || bar.inc(1))?;
     bar.finish_and_clear();

@@ -557,7 +557,7 @@ impl Taps {
     }
 
     /// `lin` applied to `x`, through a tap on its output (the fused layer's own when it
-    /// [`Linear::fuses`], the same values and gradients).
+    /// `Linear::fuses`, the same values and gradients).
     pub fn linear(&self, lin: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
         if !self.is_enabled() {
             return lin.forward(x);

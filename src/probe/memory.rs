@@ -226,7 +226,7 @@ impl ModelSize {
 const PLAIN_PROBE_SHARE: f64 = 0.75;
 
 /// Estimated peak bytes of probing a model of `size` with `opts` (see the module docs):
-/// [`PLAIN_PROBE_SHARE`] of it without the extra passes.
+/// `PLAIN_PROBE_SHARE` of it without the extra passes.
 pub fn probe_bytes(size: &ModelSize, opts: &ProbeOptions) -> f64 {
     let tokens = opts.batch as f64 * opts.seq_len as f64;
     let full = VALUE_BYTES

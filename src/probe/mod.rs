@@ -390,7 +390,7 @@ impl Probe {
         lists
     }
 
-    /// Bytes the expression inputs hold (values and array headers; see [`Self::input_lists`]):
+    /// Bytes the expression inputs hold (values and array headers; see `Self::input_lists`):
     /// what a search keeps of a fitness probe.
     pub fn input_bytes(&self) -> u64 {
         self.input_lists().into_iter().map(list_bytes).sum()

@@ -412,7 +412,7 @@ const DERIVED: &[(&str, &str, Divisor)] = &[
     ),
 ];
 
-/// For a built-in that is another's value divided by a count ([`DERIVED`]): the base's name
+/// For a built-in that is another's value divided by a count (`DERIVED`): the base's name
 /// and the divisor, so a caller that computes both derives this one from the base's value
 /// (the same bits) instead of repeating the work (for `synaptic_diversity_normalized`, every
 /// nuclear norm a second time).

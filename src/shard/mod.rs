@@ -10,7 +10,7 @@
 //! * [`file`](mod@file): the shard file: a header line that records everything that decides the values,
 //!   then one line per architecture, appended and synced as each one finishes; a re-run
 //!   resumes it (after a kill or a preemption) and scores only what is not there yet.
-//! * [`run`]: the sharded form of [`crate::scoring::score`], used by `score`, `baselines` and
+//! * [`run`]: the sharded form of [`crate::scoring::Job::score`], used by `score`, `baselines` and
 //!   `nas`; a later command that scores architectures one by one can use it as it is.
 //! * [`merge`]: reads shard files, checks that they belong to one run, reports missing and
 //!   duplicate architectures, and rebuilds the unsharded run's [`crate::scoring::ScoreTable`].

@@ -1,12 +1,13 @@
-//! The sharded form of [`scoring::score_within`]: score this shard's share of the selection
+//! The sharded form of [`scoring::Job::score`]: score this shard's share of the selection
 //! (the architectures its file does not hold yet) and append each architecture's line to the
 //! shard file as soon as it is done.
 //!
-//! A shard scores through [`scoring::score_each`], the path of the unsharded command, so it
-//! computes every value exactly as that does (the probe of an architecture depends only on
-//! the settings and on its position in the benchmark). A command that scores architectures
-//! (`score`, `baselines`, `nas`) describes the job as a [`Scoring`]; [`Scoring::score`] runs
-//! it whole and [`run`] one shard of it.
+//! A command that scores architectures (`score`, `baselines`, `nas`) describes its work as a
+//! [`scoring::Job`]; [`scoring::Job::score`] runs it whole, and [`run`] one shard of it (the
+//! job with the command's name, a [`Scoring`]). A shard scores through
+//! [`scoring::Job::score_each`], the path of the unsharded command, so it computes every value
+//! exactly as that does (the probe of an architecture depends only on the settings and on its
+//! position in the benchmark).
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,29 +16,15 @@ use anyhow::Result;
 
 use super::file::{fingerprint, Header, Record, RunOptions, ShardFile, Source};
 use super::Shard;
-use crate::bench::Benchmark;
-use crate::probe::memory::MemoryLimit;
-use crate::probe::ProbeOptions;
 use crate::report::{csv_number, peak_rss_mib};
-use crate::scoring::{self, ArchScores, Proxy, ScoreTable};
+use crate::scoring::{self, ArchScores, Job, Proxy};
 
 /// What a scoring command scores (all of it; [`run`] takes one shard's share).
 pub struct Scoring<'a> {
     /// The command whose output the shards add up to (`score`, `baselines`, `nas`).
     pub command: &'a str,
-    /// The benchmark.
-    pub bench: &'a Benchmark,
-    /// The whole run's selection (positions in the benchmark), in output order.
-    pub selection: &'a [usize],
-    /// The proxies, in output order.
-    pub proxies: &'a [Proxy],
-    /// The probe settings.
-    pub opts: &'a ProbeOptions,
-    /// Worker threads (architectures probed at once).
-    pub threads: usize,
-    /// A memory budget the probes take turns within ([`crate::models::probe_gate`]); `None`:
-    /// only probing's own limit.
-    pub turns: Option<MemoryLimit>,
+    /// The scoring itself: architectures, proxies, probe settings, threads, memory budget.
+    pub job: Job<'a>,
     /// Where the benchmark comes from, when [`Source::of`] cannot tell (sampled
     /// architectures).
     pub source: Option<Source>,
@@ -46,46 +33,14 @@ pub struct Scoring<'a> {
 }
 
 impl<'a> Scoring<'a> {
-    /// The scoring of `proxies` on the `selection` of `bench` by `command`.
-    pub fn new(
-        command: &'a str,
-        bench: &'a Benchmark,
-        selection: &'a [usize],
-        proxies: &'a [Proxy],
-        opts: &'a ProbeOptions,
-        threads: usize,
-    ) -> Self {
+    /// The scoring `job` as run by `command`.
+    pub fn new(command: &'a str, job: Job<'a>) -> Self {
         Self {
             command,
-            bench,
-            selection,
-            proxies,
-            opts,
-            threads,
-            turns: None,
+            job,
             source: None,
             task: None,
         }
-    }
-
-    /// The same scoring, its probes taking turns within `turns` (see the field).
-    pub fn within(mut self, turns: Option<MemoryLimit>) -> Self {
-        self.turns = turns;
-        self
-    }
-
-    /// Runs the whole scoring, unsharded ([`scoring::score_within`]); `on_done` after each
-    /// architecture.
-    pub fn score(&self, on_done: impl Fn() + Sync) -> Result<ScoreTable> {
-        scoring::score_within(
-            self.bench,
-            self.selection,
-            self.proxies,
-            self.opts,
-            self.threads,
-            self.turns,
-            on_done,
-        )
     }
 
     /// The same scoring, recorded with its benchmark's `source` and the command's `task`
@@ -98,28 +53,26 @@ impl<'a> Scoring<'a> {
 
     /// The header that `shard` writes (and that a resumed file must carry).
     pub fn header(&self, shard: Shard) -> Result<Header> {
-        let mut probe = crate::models::family(self.bench.kind).settings(self.opts)?;
-        probe["extra_passes"] = self.opts.extra_passes.into();
+        let job = &self.job;
+        let mut probe = crate::models::family(job.bench.kind).settings(job.opts)?;
+        probe["extra_passes"] = job.opts.extra_passes.into();
         let options = RunOptions {
             lpzero: env!("CARGO_PKG_VERSION").to_string(),
             command: self.command.to_string(),
-            bench: self.bench.kind.name().to_string(),
-            data: fingerprint(self.bench, self.selection),
+            bench: job.bench.kind.name().to_string(),
+            data: fingerprint(job.bench, job.selection),
             probe,
-            proxies: self.proxies.iter().map(Proxy::name).collect(),
-            selection: self.selection.to_vec(),
-            keys: self
+            proxies: job.proxies.iter().map(Proxy::name).collect(),
+            selection: job.selection.to_vec(),
+            keys: job
                 .selection
                 .iter()
-                .map(|&i| self.bench.entries[i].key.clone())
+                .map(|&i| job.bench.entries[i].key.clone())
                 .collect(),
-            has_truth: self.bench.has_truth(),
+            has_truth: job.bench.has_truth(),
             task: self.task.clone(),
         };
-        let source = self
-            .source
-            .clone()
-            .unwrap_or_else(|| Source::of(self.bench));
+        let source = self.source.clone().unwrap_or_else(|| Source::of(job.bench));
         Header::new(shard, options, source)
     }
 }
@@ -149,14 +102,17 @@ pub struct ShardReport {
 /// per architecture as it finishes; `on_done` is called after each one (for progress). On an
 /// error the lines written so far stay, so a re-run continues from there.
 pub fn run(
-    job: &Scoring,
+    what: &Scoring,
     shard: Shard,
     out: &Path,
     on_done: impl Fn() + Sync,
 ) -> Result<ShardReport> {
     let start = Instant::now();
-    scoring::refuse_rank_joins(job.proxies, "a sharded run (one architecture at a time)")?;
-    let header = job.header(shard)?;
+    scoring::refuse_rank_joins(
+        what.job.proxies,
+        "a sharded run (one architecture at a time)",
+    )?;
+    let header = what.header(shard)?;
     let opened = ShardFile::open(out, &header)?;
     if opened.discarded_bytes > 0 {
         eprintln!(
@@ -166,7 +122,7 @@ pub fn run(
             opened.discarded_bytes
         );
     }
-    let share = shard.share(job.selection);
+    let share = shard.share(what.job.selection);
     let done: std::collections::HashSet<usize> = opened.done.iter().copied().collect();
     let pending: Vec<usize> = share
         .iter()
@@ -174,14 +130,8 @@ pub fn run(
         .filter(|i| !done.contains(i))
         .collect();
     let file = &opened.file;
-    let scored = scoring::score_each(
-        job.bench,
-        &pending,
-        job.proxies,
-        job.opts,
-        job.threads,
-        job.turns,
-        |index, scores| file.append(&record(job, index, scores)),
+    let scored = what.job.on(&pending).score_each(
+        |index, scores| file.append(&record(&what.job, index, scores)),
         on_done,
     );
     if let Err(e) = scored {
@@ -193,7 +143,7 @@ pub fn run(
         )));
     }
     Ok(ShardReport {
-        command: job.command.to_string(),
+        command: what.command.to_string(),
         shard: shard.to_string(),
         out: out.to_path_buf(),
         share: share.len(),
@@ -205,7 +155,7 @@ pub fn run(
 }
 
 /// The line of architecture `index` (its position in the benchmark), scored as `scores`.
-fn record(job: &Scoring, index: usize, scores: &ArchScores) -> Record {
+fn record(job: &Job, index: usize, scores: &ArchScores) -> Record {
     let entry = &job.bench.entries[index];
     Record {
         id: entry.key.clone(),
