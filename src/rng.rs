@@ -6,6 +6,17 @@
 
 use std::ops::Range;
 
+/// Pairs of uniforms [`Rng::normal_vec_in`] draws before it transforms them.
+const NORMAL_CHUNK_PAIRS: usize = 1 << 16;
+
+/// Both halves of a Box–Muller pair from uniforms `u1` (above 0) and `u2`, scaled by `std`:
+/// one `ln`, one `sqrt` and one `sincos`.
+fn box_muller(u1: f64, u2: f64, std: f64) -> [f32; 2] {
+    let r = (-2.0 * u1.ln()).sqrt() * std;
+    let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+    [(r * c) as f32, (r * s) as f32]
+}
+
 /// A xoshiro256++ generator seeded through SplitMix64.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rng {
@@ -118,26 +129,43 @@ impl Rng {
         let mut out = vec![0f32; n];
         let mut next = 0;
         let mut i = 0;
+        // The uniforms are drawn in stream order, a chunk of pairs at a time; their logarithms
+        // and sines (most of the cost) are then taken on the cores the probe has to spare.
+        let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(NORMAL_CHUNK_PAIRS);
         while i < n {
-            let u1 = self.uniform();
-            if u1 <= 0.0 {
-                continue;
+            let start = i;
+            pairs.clear();
+            while i < n && pairs.len() < NORMAL_CHUNK_PAIRS {
+                let u1 = self.uniform();
+                if u1 <= 0.0 {
+                    continue;
+                }
+                let u2 = self.uniform();
+                // The pair fills out[i] and, when there is room, out[i + 1].
+                let end = (i + 2).min(n);
+                while next < wanted.len() && wanted[next].end <= i {
+                    next += 1;
+                }
+                let read = next < wanted.len() && wanted[next].start < end;
+                // A pair nobody reads is marked by u1 = 0 (drawn values are above 0).
+                pairs.push(if read { (u1, u2) } else { (0.0, 0.0) });
+                i = end;
             }
-            let u2 = self.uniform();
-            // The pair fills out[i] and, when there is room, out[i + 1].
-            let end = (i + 2).min(n);
-            while next < wanted.len() && wanted[next].end <= i {
-                next += 1;
+            let chunk = &mut out[start..i];
+            let whole = chunk.len() / 2 * 2;
+            let (full, half) = chunk.split_at_mut(whole);
+            crate::nn::cores::for_rows(full, 2, |first, block| {
+                for (o, &(u1, u2)) in block.chunks_exact_mut(2).zip(&pairs[first..]) {
+                    if u1 > 0.0 {
+                        o.copy_from_slice(&box_muller(u1, u2, std));
+                    }
+                }
+            });
+            if let (Some(o), Some(&(u1, u2))) = (half.first_mut(), pairs.get(whole / 2)) {
+                if u1 > 0.0 {
+                    *o = box_muller(u1, u2, std)[0];
+                }
             }
-            if next < wanted.len() && wanted[next].start < end {
-                let r = (-2.0 * u1.ln()).sqrt() * std;
-                let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
-                // Both halves are computed either way, so that the sine and cosine stay one
-                // `sincos` call.
-                let pair = [(r * c) as f32, (r * s) as f32];
-                out[i..end].copy_from_slice(&pair[..end - i]);
-            }
-            i = end;
         }
         out
     }
@@ -202,6 +230,35 @@ mod tests {
         let var: f64 = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
         assert!(mean.abs() < 2e-4, "{mean}");
         assert!((var.sqrt() - 0.02).abs() < 2e-4, "{}", var.sqrt());
+    }
+
+    #[test]
+    fn normal_vec_is_the_stream_of_box_muller_pairs_on_any_number_of_cores() {
+        // More than two chunks of pairs, odd: the last pair gives one value.
+        let n = 2 * (2 * NORMAL_CHUNK_PAIRS) + 2 * 37 + 1;
+        let mut stream = Rng::new(5);
+        let mut expected = Vec::with_capacity(n);
+        while expected.len() < n {
+            let u1 = stream.uniform();
+            if u1 <= 0.0 {
+                continue;
+            }
+            let u2 = stream.uniform();
+            let r = (-2.0 * u1.ln()).sqrt() * 0.25;
+            let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+            expected.push((r * c) as f32);
+            if expected.len() < n {
+                expected.push((r * s) as f32);
+            }
+        }
+        let one = Rng::new(5).normal_vec(n, 0.25);
+        let _lease = crate::nn::cores::Lease::new(3);
+        let mut rng = Rng::new(5);
+        let split = rng.normal_vec(n, 0.25);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one), bits(&expected));
+        assert_eq!(bits(&split), bits(&expected));
+        assert_eq!(rng, stream, "the generator ends where the pairs did");
     }
 
     #[test]

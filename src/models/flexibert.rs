@@ -1020,6 +1020,8 @@ pub fn calibration_seconds(reps: usize) -> Result<f64> {
         ..FAMILY.probe_options()
     };
     let batch = FAMILY.batch(&opts)?;
+    // One probe at a time, on every core the engine has.
+    let _lease = crate::nn::cores::Lease::new(crate::nn::cores::engine_cores());
     let mut times: Vec<f64> = Vec::new();
     for _ in 0..reps.max(1) {
         times.push(FAMILY.probe(&arch, 0, &opts, &batch)?.seconds);

@@ -101,7 +101,9 @@ pub fn probe_map_within<T: Send>(
     let batch = family.batch(opts)?;
     let gate = probe_gate(bench, selection, opts, turns)?;
     let (tx, rx) = mpsc::channel();
-    let cores = threads.max(1);
+    // The cores given to probing: one per worker, or the engine's own threads when a single
+    // worker keeps them (`--threads 1` leaves candle's thread count alone).
+    let cores = threads.max(crate::nn::cores::engine_cores());
     let threads = threads.clamp(1, selection.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {

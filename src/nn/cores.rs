@@ -4,11 +4,14 @@
 //! the engine. When fewer probes are in flight than cores were given (a large probe running
 //! alone within a memory budget, or the last probes of a run), the idle cores would wait. A
 //! probe holds a [`Lease`] for the cores given to probing (`models::probe_map` takes one per
-//! probe), and the work of a probe that splits into independent parts (the dense layers'
-//! products, [`super::matmul`]; the proxies' per-layer maths, [`map_free`]) uses the given
-//! cores shared among the probes in flight ([`free_cores`]). Each part is computed as it
-//! would be on one core and the parts are put together in their order, so no value depends
-//! on how many cores there were.
+//! probe: `--threads`, or the engine's own cores, [`engine_cores`], for a single worker), and
+//! the work of a probe that splits into independent parts uses the given cores shared among
+//! the probes in flight ([`free_cores`]): the dense layers' products ([`super::matmul`]), the
+//! element-wise and row-wise passes of the engine's own ops ([`fill_rows`], [`for_rows`]:
+//! GELU, LayerNorm, softmax, log-sum-exp, their gradients, the dense layer's bias), the
+//! weights' Box–Muller transform (`Rng::normal_vec_in`) and the proxies' per-layer maths
+//! ([`map_free`]). Each part is computed as it would be on one core and the parts are put
+//! together in their order, so no value depends on how many cores there were.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +45,13 @@ impl Drop for Lease {
         IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
         GIVEN.with(|g| g.set(self.before));
     }
+}
+
+/// The cores the engine itself uses inside one model: candle's thread count (the
+/// `RAYON_NUM_THREADS` setting, or every core; the commands set it to 1 when they probe side
+/// by side). A probe that runs alone is given these ([`Lease::new`]).
+pub fn engine_cores() -> usize {
+    candle_core::utils::get_num_threads().max(1)
 }
 
 /// Cores this thread's work may use now: the cores of its lease shared among the
@@ -91,6 +101,96 @@ pub fn map_free<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
         .collect()
 }
 
+/// Fewest values an element-wise pass ([`fill_rows`], [`for_rows`]) splits between cores
+/// for: below this a helper thread's start costs about what it saves.
+pub const MIN_SPLIT_VALUES: usize = 1 << 17;
+
+/// `f(first_row, block)` for contiguous blocks of whole rows (of `width`) of `data`, the
+/// blocks on up to [`free_cores`] threads (the calling one among them) when `work` (the values
+/// the pass reads and writes) is at least [`MIN_SPLIT_VALUES`].
+fn split_rows<T: Send>(
+    data: &mut [T],
+    width: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let width = width.max(1);
+    let rows = data.len() / width;
+    assert_eq!(
+        rows * width,
+        data.len(),
+        "{} values are not rows of {width}",
+        data.len()
+    );
+    let parts = if work >= MIN_SPLIT_VALUES {
+        free_cores().min(rows).max(1)
+    } else {
+        1
+    };
+    if parts == 1 {
+        f(0, data);
+        return;
+    }
+    let per = rows.div_ceil(parts) * width;
+    std::thread::scope(|scope| {
+        let mut blocks = data.chunks_mut(per).enumerate();
+        let first = blocks.next().map(|(_, b)| b);
+        for (i, block) in blocks {
+            let f = &f;
+            scope.spawn(move || f(i * per / width, block));
+        }
+        if let Some(block) = first {
+            f(0, block);
+        }
+    });
+}
+
+/// `f(first_row, block)` over `data` (whole rows of `width`) in place, block by block, on
+/// the cores the probe has to spare (see [`fill_rows`]). A row's new values must depend only
+/// on the row, so the result is the same on any number of cores.
+pub fn for_rows(data: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let work = data.len();
+    split_rows(data, width, work, f);
+}
+
+/// A new array of `len` values (whole rows of `width`), filled block by block:
+/// `f(first_row, block)` gets a contiguous block of whole rows, zeroed, and writes them. The
+/// blocks go to up to [`free_cores`] threads (the calling one among them) when the array holds
+/// at least [`MIN_SPLIT_VALUES`]. A row's values must depend only on the row (its index and
+/// the inputs), never on the block, so the result is the same on any number of cores. The
+/// zeroing is done by the thread that then writes the block, so it is split too.
+pub fn fill_rows(len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    fill_rows_for(len, len, width, f)
+}
+
+/// [`fill_rows`] for a pass whose work is not its output's size: `work` values read and
+/// written (a sum over many rows into a few, say) decide the split.
+pub fn fill_rows_for(
+    work: usize,
+    len: usize,
+    width: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    use std::mem::MaybeUninit;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    split_rows(
+        &mut out.spare_capacity_mut()[..len],
+        width,
+        work,
+        |first_row, block| {
+            block.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `block` was initialised just above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let block = unsafe { &mut *(block as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            f(first_row, block);
+        },
+    );
+    // SAFETY: the blocks cover the spare capacity's first `len` values, each initialised
+    // above; a panic in `f` propagates before this line.
+    unsafe { out.set_len(len) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +214,28 @@ mod tests {
         let _lease = Lease::new(3);
         assert_eq!(map_free(&items, square), alone);
         assert!(map_free(&[] as &[u64], square).is_empty());
+    }
+
+    #[test]
+    fn fill_rows_is_the_same_on_any_number_of_cores() {
+        // Rows of 7, enough values to split; each value from its row and column only.
+        let (rows, width) = (MIN_SPLIT_VALUES / 7 + 3, 7);
+        let f = |first: usize, block: &mut [f32]| {
+            for (r, row) in block.chunks_exact_mut(width).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = ((first + r) * 31 + j) as f32 * 0.5;
+                }
+            }
+        };
+        let alone = fill_rows(rows * width, width, f);
+        assert_eq!(alone.len(), rows * width);
+        assert_eq!(alone[width * 5 + 2], (5 * 31 + 2) as f32 * 0.5);
+        let _lease = Lease::new(3);
+        assert_eq!(fill_rows(rows * width, width, f), alone);
+        // A block that writes nothing leaves zeros; an empty array is fine.
+        assert!(fill_rows(rows * width, width, |_, _| {})
+            .iter()
+            .all(|&v| v == 0.0));
+        assert!(fill_rows(0, width, f).is_empty());
     }
 }

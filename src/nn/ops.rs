@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
 
+use super::cores::{fill_rows, fill_rows_for};
+
 /// Where a dense layer's backward leaves the gradient of its output (see [`linear`]): empty
 /// until the backward pass reaches the layer.
 pub type GradSlot = Arc<Mutex<Option<Tensor>>>;
@@ -95,38 +97,97 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(GeluErf)
 }
 
-/// The values of a tensor as a row-major vector.
-fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
+/// Runs `f` on the f32 values of `t`, row-major, read in place (a contiguous copy first when
+/// `t` is strided); fails naming `op` unless `t` is an f32 tensor on the CPU.
+fn with_values<R>(
+    t: &Tensor,
+    op: &'static str,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => f(contiguous_f32(s, layout, op)?),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{op}: expects a CPU tensor"
+        ))),
+    }
 }
 
-/// The forward of an element-wise op: `f` of every element of the contiguous f32 input.
+/// The forward of an element-wise op: `f` of every element of the contiguous f32 input, the
+/// elements split between the cores the probe has to spare ([`fill_rows`]).
 fn map_elements(
     s: &CpuStorage,
     l: &Layout,
     op: &'static str,
-    f: impl Fn(f32) -> f32,
+    f: impl Fn(f32) -> f32 + Sync,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    let out = contiguous_f32(s, l, op)?.iter().map(|&v| f(v)).collect();
+    let x = contiguous_f32(s, l, op)?;
+    let out = fill_rows(x.len(), 1, |start, block| {
+        for (o, &v) in block.iter_mut().zip(&x[start..]) {
+            *o = f(v);
+        }
+    });
     Ok((CpuStorage::F32(out), l.shape().clone()))
 }
 
 /// The backward of an element-wise op: `f(x, y, g)` per element, from the input `x`, the
-/// forward's result `y` and the incoming gradient `g`, shaped as `x`.
+/// forward's result `y` and the incoming gradient `g`, shaped as `x` ([`ElementGrad`]).
 fn element_grad(
     x: &Tensor,
     res: &Tensor,
     grad: &Tensor,
-    f: impl Fn(f32, f32, f32) -> f32,
+    name: &'static str,
+    f: fn(f32, f32, f32) -> f32,
 ) -> candle_core::Result<Option<Tensor>> {
-    let (xs, ys, gs) = (values(x)?, values(res)?, values(grad)?);
-    let dx: Vec<f32> = xs
-        .iter()
-        .zip(&ys)
-        .zip(&gs)
-        .map(|((&v, &y), &g)| f(v, y, g))
-        .collect();
-    Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+    let [x, res, grad] = contiguous_all([x, res, grad])?;
+    Ok(Some(x.apply_op3_no_bwd(
+        &res,
+        &grad,
+        &ElementGrad { name, f },
+    )?))
+}
+
+/// The gradient op of an element-wise op ([`element_grad`]): reads the three arrays in place
+/// and splits the elements between the cores the probe has to spare.
+struct ElementGrad {
+    name: &'static str,
+    f: fn(f32, f32, f32) -> f32,
+}
+
+impl CustomOp3 for ElementGrad {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [x, y, g] = f32_inputs(self.name, [(s1, l1), (s2, l2), (s3, l3)])?;
+        if y.len() != x.len() || g.len() != x.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: input {:?}, result {:?} and gradient {:?} differ in size",
+                self.name,
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )));
+        }
+        let f = self.f;
+        let out = fill_rows(x.len(), 1, |start, block| {
+            let (x, y, g) = (&x[start..], &y[start..], &g[start..]);
+            for (i, o) in block.iter_mut().enumerate() {
+                *o = f(x[i], y[i], g[i]);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
 }
 
 /// The custom op of [`linear`].
@@ -172,11 +233,13 @@ impl CustomOp3 for LinearOp {
         // on the cores the probe has to spare.
         let mut out = super::matmul::product(s1, l1, s2, &wl)?;
         if n > 0 {
-            for row in out.chunks_exact_mut(n) {
-                for (y, &bj) in row.iter_mut().zip(bias) {
-                    *y += bj;
+            super::cores::for_rows(&mut out, n, |_, block| {
+                for row in block.chunks_exact_mut(n) {
+                    for (y, &bj) in row.iter_mut().zip(bias) {
+                        *y += bj;
+                    }
                 }
-            }
+            });
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
     }
@@ -255,13 +318,15 @@ impl CustomOp3 for LayerNormOp {
                 l1.dims()
             )));
         }
-        let mut out = vec![0f32; x.len()];
-        for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            let (mean, rstd) = self.moments(row);
-            for j in 0..d {
-                o[j] = (row[j] - mean) * rstd * gamma[j] + beta[j];
+        let out = fill_rows(x.len(), d, |first, block| {
+            let x = &x[first * d..];
+            for (row, o) in x.chunks_exact(d).zip(block.chunks_exact_mut(d)) {
+                let (mean, rstd) = self.moments(row);
+                for j in 0..d {
+                    o[j] = (row[j] - mean) * rstd * gamma[j] + beta[j];
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -273,40 +338,77 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (xs, gs, gamma_v) = (values(x)?, values(grad)?, values(gamma)?);
-        let d = gamma_v.len();
-        let mut dx = vec![0f32; xs.len()];
-        let mut dgamma = vec![0f64; d];
-        let mut dbeta = vec![0f64; d];
-        let mut xhat = vec![0f32; d];
-        let mut gg = vec![0f32; d];
-        for ((row, g), out) in xs
-            .chunks_exact(d)
-            .zip(gs.chunks_exact(d))
-            .zip(dx.chunks_exact_mut(d))
-        {
-            let (mean, rstd) = self.moments(row);
-            let (mut a, mut b) = (0f64, 0f64);
-            for j in 0..d {
-                xhat[j] = (row[j] - mean) * rstd;
-                gg[j] = g[j] * gamma_v[j];
-                a += gg[j] as f64;
-                b += (gg[j] * xhat[j]) as f64;
-                dgamma[j] += (g[j] * xhat[j]) as f64;
-                dbeta[j] += g[j] as f64;
-            }
-            let (a, b) = ((a / d as f64) as f32, (b / d as f64) as f32);
-            for j in 0..d {
-                out[j] = rstd * (gg[j] - a - xhat[j] * b);
-            }
-        }
+        let name = self.name();
+        let (dx, dgamma, dbeta) = with_values(x, name, |xs| {
+            with_values(grad, name, |gs| {
+                with_values(gamma, name, |gamma_v| Ok(self.gradients(xs, gs, gamma_v)))
+            })
+        })?;
+        let d = dgamma.len();
         let device = x.device();
-        let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
         Ok((
             Some(Tensor::from_vec(dx, x.dims(), device)?),
-            Some(Tensor::from_vec(to_f32(dgamma), d, device)?),
-            Some(Tensor::from_vec(to_f32(dbeta), d, device)?),
+            Some(Tensor::from_vec(dgamma, d, device)?),
+            Some(Tensor::from_vec(dbeta, d, device)?),
         ))
+    }
+}
+
+impl LayerNormOp {
+    /// ∂ℒ/∂x, ∂ℒ/∂γ and ∂ℒ/∂β from the input rows `xs`, the incoming gradient `gs` and `γ`.
+    /// The rows' gradients are split between the cores the probe has to spare, and so are
+    /// γ's and β's columns, each summed over the rows in their order, as on one core.
+    fn gradients(&self, xs: &[f32], gs: &[f32], gamma: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let d = gamma.len();
+        let rows = xs.len() / d.max(1);
+        // Each row's mean and 1/σ, then (stored as rows of 2) read by both passes below.
+        let moments = fill_rows(2 * rows, 2, |first, block| {
+            for (r, m) in block.chunks_exact_mut(2).enumerate() {
+                let row = first + r;
+                let (mean, rstd) = self.moments(&xs[row * d..(row + 1) * d]);
+                (m[0], m[1]) = (mean, rstd);
+            }
+        });
+        let dx = fill_rows(xs.len(), d, |first, block| {
+            let mut xhat = vec![0f32; d];
+            let mut gg = vec![0f32; d];
+            for (r, out) in block.chunks_exact_mut(d).enumerate() {
+                let row = first + r;
+                let (x, g) = (&xs[row * d..(row + 1) * d], &gs[row * d..(row + 1) * d]);
+                let (mean, rstd) = (moments[2 * row], moments[2 * row + 1]);
+                let (mut a, mut b) = (0f64, 0f64);
+                for j in 0..d {
+                    xhat[j] = (x[j] - mean) * rstd;
+                    gg[j] = g[j] * gamma[j];
+                    a += gg[j] as f64;
+                    b += (gg[j] * xhat[j]) as f64;
+                }
+                let (a, b) = ((a / d as f64) as f32, (b / d as f64) as f32);
+                for j in 0..d {
+                    out[j] = rstd * (gg[j] - a - xhat[j] * b);
+                }
+            }
+        });
+        // γ's and β's gradients, column by column (as rows of 2: γ, β), over every row.
+        let dgamma_beta = fill_rows_for(2 * xs.len(), 2 * d, 2, |first, block| {
+            let cols = first..first + block.len() / 2;
+            let mut sums = vec![(0f64, 0f64); cols.len()];
+            for row in 0..rows {
+                let (mean, rstd) = (moments[2 * row], moments[2 * row + 1]);
+                let (x, g) = (&xs[row * d..(row + 1) * d], &gs[row * d..(row + 1) * d]);
+                for (s, j) in sums.iter_mut().zip(cols.clone()) {
+                    let xhat = (x[j] - mean) * rstd;
+                    s.0 += (g[j] * xhat) as f64;
+                    s.1 += g[j] as f64;
+                }
+            }
+            for (o, s) in block.chunks_exact_mut(2).zip(sums) {
+                (o[0], o[1]) = (s.0 as f32, s.1 as f32);
+            }
+        });
+        let dgamma = dgamma_beta.iter().step_by(2).copied().collect();
+        let dbeta = dgamma_beta.iter().skip(1).step_by(2).copied().collect();
+        (dx, dgamma, dbeta)
     }
 }
 
@@ -343,7 +445,7 @@ impl CustomOp1 for GeluNew {
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        element_grad(x, res, grad, |v, y, g| {
+        element_grad(x, res, grad, "gelu-new-grad", |v, y, g| {
             // The forward's tanh, recovered from y = ½x(1 + t) away from x = 0.
             let t = if v.abs() > 1e-2 {
                 2.0 * y / v - 1.0
@@ -404,21 +506,25 @@ impl CustomOp1 for Softmax {
                 self.name()
             )));
         }
-        let mut out = vec![0f32; x.len()];
-        for (r, (row, o)) in x.chunks_exact(t).zip(out.chunks_exact_mut(t)).enumerate() {
-            let i = if self.causal { r % t } else { t - 1 };
-            let window = &row[..=i];
-            let max = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (oj, &xj) in o[..=i].iter_mut().zip(window) {
-                *oj = ((xj - max) * self.scale).exp();
-                sum += *oj;
+        let out = fill_rows(x.len(), t, |first, block| {
+            let rows = x[first * t..]
+                .chunks_exact(t)
+                .zip(block.chunks_exact_mut(t));
+            for (r, (row, o)) in rows.enumerate() {
+                let i = if self.causal { (first + r) % t } else { t - 1 };
+                let window = &row[..=i];
+                let max = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (oj, &xj) in o[..=i].iter_mut().zip(window) {
+                    *oj = ((xj - max) * self.scale).exp();
+                    sum += *oj;
+                }
+                let inv = 1.0 / sum;
+                for oj in &mut o[..=i] {
+                    *oj *= inv;
+                }
             }
-            let inv = 1.0 / sum;
-            for oj in &mut o[..=i] {
-                *oj *= inv;
-            }
-        }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -456,7 +562,7 @@ impl CustomOp1 for GeluErf {
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         // d/dx ½x(1 + erf(x/√2)) = Φ(x) + x φ(x), with Φ(x) = y/x recovered from the forward
         // away from x = 0.
-        element_grad(x, res, grad, |v, y, g| {
+        element_grad(x, res, grad, "gelu-erf-grad", |v, y, g| {
             let cdf = if v.abs() > 1e-2 {
                 y / v
             } else {
@@ -486,17 +592,19 @@ impl CustomOp2 for SoftmaxGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let [p, g] = f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         let t = *l1.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; p.len()];
-        for ((pr, gr), o) in p
-            .chunks_exact(t)
-            .zip(g.chunks_exact(t))
-            .zip(out.chunks_exact_mut(t))
-        {
-            let dot: f32 = pr.iter().zip(gr).map(|(a, b)| a * b).sum();
-            for ((oj, &pj), &gj) in o.iter_mut().zip(pr).zip(gr) {
-                *oj = self.scale * pj * (gj - dot);
+        let out = fill_rows(p.len(), t, |first, block| {
+            let (p, g) = (&p[first * t..], &g[first * t..]);
+            for ((pr, gr), o) in p
+                .chunks_exact(t)
+                .zip(g.chunks_exact(t))
+                .zip(block.chunks_exact_mut(t))
+            {
+                let dot: f32 = pr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for ((oj, &pj), &gj) in o.iter_mut().zip(pr).zip(gr) {
+                    *oj = self.scale * pj * (gj - dot);
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -512,12 +620,13 @@ impl CustomOp1 for LogSumExpRows {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
         let (n, cols) = l.shape().dims2()?;
-        let mut out = Vec::with_capacity(n);
-        for row in x.chunks_exact(cols) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
-            out.push(max + sum.ln() as f32);
-        }
+        let out = fill_rows_for(x.len(), n, 1, |first, block| {
+            for (o, row) in block.iter_mut().zip(x[first * cols..].chunks_exact(cols)) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
+                *o = max + sum.ln() as f32;
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
@@ -551,17 +660,18 @@ impl CustomOp3 for LogSumExpGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let [x, lse, g] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (_, cols) = l1.shape().dims2()?;
-        let mut out = vec![0f32; x.len()];
-        for (((row, o), &m), &gn) in x
-            .chunks_exact(cols)
-            .zip(out.chunks_exact_mut(cols))
-            .zip(lse)
-            .zip(g)
-        {
-            for (oj, &v) in o.iter_mut().zip(row) {
-                *oj = (v - m).exp() * gn;
+        let out = fill_rows(x.len(), cols, |first, block| {
+            for (((row, o), &m), &gn) in x[first * cols..]
+                .chunks_exact(cols)
+                .zip(block.chunks_exact_mut(cols))
+                .zip(&lse[first..])
+                .zip(&g[first..])
+            {
+                for (oj, &v) in o.iter_mut().zip(row) {
+                    *oj = (v - m).exp() * gn;
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -569,6 +679,11 @@ impl CustomOp3 for LogSumExpGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The values of a tensor as a row-major vector.
+    fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+        t.flatten_all()?.to_vec1::<f32>()
+    }
     use crate::rng::Rng;
     use candle_core::Device;
 
@@ -719,6 +834,49 @@ mod tests {
     }
 
     /// The custom LayerNorm and GELU agree with their composed definitions.
+    #[test]
+    fn custom_ops_give_the_same_bits_on_any_number_of_cores() {
+        // Large enough to be split (8 192 rows of 64, 128 blocks of 64 × 64 causal scores), in
+        // blocks that do not start at a multiple of 64 rows.
+        let dev = Device::Cpu;
+        let (rows, d) = (128 * 64, 64);
+        let run = || -> Vec<Vec<u32>> {
+            let x = Var::from_vec(Rng::new(8).normal_vec(rows * d, 1.5), (rows, d), &dev).unwrap();
+            let gamma = Var::from_vec(Rng::new(9).normal_vec(d, 1.0), d, &dev).unwrap();
+            let beta = Var::from_vec(Rng::new(10).normal_vec(d, 1.0), d, &dev).unwrap();
+            let ln = layer_norm(x.as_tensor(), &gamma, &beta, 1e-5).unwrap();
+            let scores = ln.reshape((rows / d, d, d)).unwrap();
+            let p = causal_softmax(&scores, 0.3)
+                .unwrap()
+                .reshape((rows, d))
+                .unwrap();
+            let outs = [
+                gelu_new(&p).unwrap(),
+                gelu_erf(&ln).unwrap(),
+                softmax_last(&ln, 0.7).unwrap(),
+                logsumexp_rows(&ln).unwrap().unsqueeze(1).unwrap(),
+            ];
+            let loss = outs
+                .iter()
+                .map(weighted_sum)
+                .reduce(|a, b| (a + b).unwrap())
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let mut all: Vec<&Tensor> = outs.iter().collect();
+            let g: Vec<Tensor> = [&x, &gamma, &beta]
+                .iter()
+                .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+                .collect();
+            all.extend(&g);
+            all.iter()
+                .map(|t| values(t).unwrap().iter().map(|v| v.to_bits()).collect())
+                .collect()
+        };
+        let alone = run();
+        let _lease = crate::nn::cores::Lease::new(3);
+        assert_eq!(run(), alone);
+    }
+
     #[test]
     fn custom_ops_match_composed_forms() {
         let dev = Device::Cpu;
