@@ -103,7 +103,11 @@ pub fn probe_map_within<T: Send>(
     let (tx, rx) = mpsc::channel();
     // The cores given to probing: one per worker, or the engine's own threads when a single
     // worker keeps them (`--threads 1` leaves candle's thread count alone).
-    let cores = threads.max(crate::nn::cores::engine_cores());
+    let cores = if threads <= 1 {
+        crate::nn::cores::engine_cores()
+    } else {
+        threads
+    };
     let threads = threads.clamp(1, selection.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {

@@ -22,6 +22,10 @@ static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     /// Cores given to the probing of this thread's current lease (1 without one).
     static GIVEN: Cell<usize> = const { Cell::new(1) };
+    /// Tests only: what [`free_cores`] says on this thread, whatever the leases in flight
+    /// (other tests hold leases at the same time).
+    #[cfg(test)]
+    static FORCED: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// A probe in flight on this thread, out of `cores` given to probing: while it lives, the
@@ -32,7 +36,7 @@ pub struct Lease {
 
 impl Lease {
     /// Takes a lease for a probe on this thread; `cores`: the cores given to probing (the
-    /// command's `--threads`).
+    /// command's `--threads`, or [`engine_cores`] for a single worker).
     pub fn new(cores: usize) -> Self {
         IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         let before = GIVEN.with(|g| g.replace(cores.max(1)));
@@ -48,8 +52,8 @@ impl Drop for Lease {
 }
 
 /// The cores the engine itself uses inside one model: candle's thread count (the
-/// `RAYON_NUM_THREADS` setting, or every core; the commands set it to 1 when they probe side
-/// by side). A probe that runs alone is given these ([`Lease::new`]).
+/// `RAYON_NUM_THREADS` setting, or else the cores this process may run on; the commands set
+/// it to 1 when they probe side by side). A single worker is given these ([`Lease::new`]).
 pub fn engine_cores() -> usize {
     candle_core::utils::get_num_threads().max(1)
 }
@@ -57,6 +61,10 @@ pub fn engine_cores() -> usize {
 /// Cores this thread's work may use now: the cores of its lease shared among the
 /// probes in flight (1 without a lease).
 pub fn free_cores() -> usize {
+    #[cfg(test)]
+    if let Some(cores) = FORCED.with(Cell::get) {
+        return cores;
+    }
     let given = GIVEN.with(Cell::get);
     if given <= 1 {
         return 1;
@@ -135,14 +143,31 @@ fn split_rows<T: Send>(
     std::thread::scope(|scope| {
         let mut blocks = data.chunks_mut(per).enumerate();
         let first = blocks.next().map(|(_, b)| b);
-        for (i, block) in blocks {
-            let f = &f;
-            scope.spawn(move || f(i * per / width, block));
-        }
+        let helpers: Vec<_> = blocks
+            .map(|(i, block)| {
+                let f = &f;
+                scope.spawn(move || f(i * per / width, block))
+            })
+            .collect();
         if let Some(block) = first {
             f(0, block);
         }
+        // A helper's panic goes on with its own message.
+        for helper in helpers {
+            helper
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        }
     });
+}
+
+/// Tests only: runs `f` with [`free_cores`] saying `cores` on this thread.
+#[cfg(test)]
+pub(crate) fn with_cores<R>(cores: usize, f: impl FnOnce() -> R) -> R {
+    FORCED.with(|c| c.set(Some(cores)));
+    let result = f();
+    FORCED.with(|c| c.set(None));
+    result
 }
 
 /// `f(first_row, block)` over `data` (whole rows of `width`) in place, block by block, on
@@ -153,12 +178,24 @@ pub fn for_rows(data: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + 
     split_rows(data, width, work, f);
 }
 
+/// [`for_rows`] for a pass whose work is not the array's size: `work` (in element-wise
+/// values' worth) decides the split.
+pub fn for_rows_for(
+    work: usize,
+    data: &mut [f32],
+    width: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    split_rows(data, width, work, f);
+}
+
 /// A new array of `len` values (whole rows of `width`), filled block by block:
 /// `f(first_row, block)` gets a contiguous block of whole rows, zeroed, and writes them. The
 /// blocks go to up to [`free_cores`] threads (the calling one among them) when the array holds
 /// at least [`MIN_SPLIT_VALUES`]. A row's values must depend only on the row (its index and
 /// the inputs), never on the block, so the result is the same on any number of cores. The
-/// zeroing is done by the thread that then writes the block, so it is split too.
+/// zeroing is done by the thread that then writes the block, so it is split too (only the
+/// causal softmax relies on the zeros; every other op writes each value).
 pub fn fill_rows(len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     fill_rows_for(len, len, width, f)
 }
@@ -227,11 +264,15 @@ mod tests {
                 }
             }
         };
-        let alone = fill_rows(rows * width, width, f);
+        let alone = with_cores(1, || fill_rows(rows * width, width, f));
         assert_eq!(alone.len(), rows * width);
         assert_eq!(alone[width * 5 + 2], (5 * 31 + 2) as f32 * 0.5);
-        let _lease = Lease::new(3);
-        assert_eq!(fill_rows(rows * width, width, f), alone);
+        for cores in 2..=5 {
+            assert_eq!(
+                with_cores(cores, || fill_rows(rows * width, width, f)),
+                alone
+            );
+        }
         // A block that writes nothing leaves zeros; an empty array is fine.
         assert!(fill_rows(rows * width, width, |_, _| {})
             .iter()

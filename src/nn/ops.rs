@@ -362,7 +362,7 @@ impl LayerNormOp {
         let d = gamma.len();
         let rows = xs.len() / d.max(1);
         // Each row's mean and 1/σ, then (stored as rows of 2) read by both passes below.
-        let moments = fill_rows(2 * rows, 2, |first, block| {
+        let moments = fill_rows_for(xs.len(), 2 * rows, 2, |first, block| {
             for (r, m) in block.chunks_exact_mut(2).enumerate() {
                 let row = first + r;
                 let (mean, rstd) = self.moments(&xs[row * d..(row + 1) * d]);
@@ -679,13 +679,13 @@ impl CustomOp3 for LogSumExpGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
+    use candle_core::Device;
 
     /// The values of a tensor as a row-major vector.
     fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
         t.flatten_all()?.to_vec1::<f32>()
     }
-    use crate::rng::Rng;
-    use candle_core::Device;
 
     fn weighted_sum(out: &Tensor) -> Tensor {
         let w = Rng::new(99).normal_vec(out.elem_count(), 1.0);
@@ -833,7 +833,6 @@ mod tests {
         );
     }
 
-    /// The custom LayerNorm and GELU agree with their composed definitions.
     #[test]
     fn custom_ops_give_the_same_bits_on_any_number_of_cores() {
         // Large enough to be split (8 192 rows of 64, 128 blocks of 64 × 64 causal scores), in
@@ -872,11 +871,17 @@ mod tests {
                 .map(|t| values(t).unwrap().iter().map(|v| v.to_bits()).collect())
                 .collect()
         };
-        let alone = run();
-        let _lease = crate::nn::cores::Lease::new(3);
-        assert_eq!(run(), alone);
+        let alone = crate::nn::cores::with_cores(1, run);
+        for cores in [2, 3] {
+            assert_eq!(
+                crate::nn::cores::with_cores(cores, run),
+                alone,
+                "{cores} cores"
+            );
+        }
     }
 
+    /// The custom LayerNorm and GELU agree with their composed definitions.
     #[test]
     fn custom_ops_match_composed_forms() {
         let dev = Device::Cpu;
