@@ -122,6 +122,23 @@ fn split_rows<T: Send>(
     work: usize,
     f: impl Fn(usize, &mut [T]) + Sync,
 ) {
+    let parts = if work >= MIN_SPLIT_VALUES {
+        free_cores()
+    } else {
+        1
+    };
+    in_blocks(parts, data, width, f);
+}
+
+/// `f(first_row, block)` for `parts` contiguous blocks of whole rows (of `width`) of `data`
+/// (fewer when there are fewer rows), each on its own thread, the calling one taking the
+/// first: how every split pass here, and [`super::matmul`]'s split products, share out rows.
+pub fn in_blocks<T: Send>(
+    parts: usize,
+    data: &mut [T],
+    width: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
     let width = width.max(1);
     let rows = data.len() / width;
     assert_eq!(
@@ -130,11 +147,7 @@ fn split_rows<T: Send>(
         "{} values are not rows of {width}",
         data.len()
     );
-    let parts = if work >= MIN_SPLIT_VALUES {
-        free_cores().min(rows).max(1)
-    } else {
-        1
-    };
+    let parts = parts.min(rows).max(1);
     if parts == 1 {
         f(0, data);
         return;

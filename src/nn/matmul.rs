@@ -84,35 +84,17 @@ fn product_in(
     };
     let mut dst = vec![0f32; m * n];
     // Contiguous blocks of rows, one per part; the calling thread computes the first.
-    let per = m.div_ceil(parts);
-    std::thread::scope(|scope| {
-        let mut blocks = dst.chunks_mut(per * n).enumerate();
-        let (_, first) = blocks.next().expect("m > 0");
-        for (i, block) in blocks {
-            // SAFETY: row `i · per` of lhs lies `i · per · lhs_rs` values from row 0, inside
-            // the storage as every row of the layout is.
-            let start = SendPtr(unsafe { lhs.as_ptr().offset((i * per) as isize * gemm.lhs_rs) });
-            let gemm = &gemm;
-            scope.spawn(move || {
-                let start = start;
-                let rows = block.len() / n;
-                // SAFETY: the block's rows of lhs and of dst, and all of rhs (see `rows`).
-                unsafe { gemm.rows(start.0, block, rows) }
-            });
-        }
-        let rows = first.len() / n;
+    super::cores::in_blocks(parts, &mut dst, n, |first_row, block| {
         // SAFETY: the layouts are the inputs' own, addressing inside their storage (as
-        // candle's product relies on too); `first` holds `rows × n` values.
-        unsafe { gemm.rows(lhs.as_ptr(), first, rows) };
+        // candle's product relies on too): row `first_row` of lhs lies `first_row · lhs_rs`
+        // values from row 0, and the block holds whole rows of dst.
+        unsafe {
+            let start = lhs.as_ptr().offset(first_row as isize * gemm.lhs_rs);
+            gemm.rows(start, block, block.len() / n)
+        }
     });
     Ok(dst)
 }
-
-/// A const pointer that may cross to the helper thread (it reads, and only while the scope
-/// that spawned it lives).
-struct SendPtr(*const f32);
-// SAFETY: the pointee is read only, by scoped threads that end before the data is freed.
-unsafe impl Send for SendPtr {}
 
 /// One product's fixed arguments: everything but the first row of lhs and the rows of dst.
 struct Gemm {
