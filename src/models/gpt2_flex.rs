@@ -26,7 +26,9 @@ use candle_core::{Device, Tensor, Var};
 use super::family::{Counted, Family, FamilyInfo};
 use crate::bench::gpt2::{Record, KIND};
 use crate::bench::Arch;
-use crate::nn::{dropout, ops, Build, Init, LayerNorm, Linear, LinearRole, Params, TapSite, Taps};
+use crate::nn::{
+    dropout, ops, Build, Init, LayerNorm, Linear, LinearGrads, LinearRole, Params, TapSite, Taps,
+};
 use crate::probe::memory::ModelSize;
 use crate::probe::{
     self, passes, Aggregate, Backward, Batch, Captures, FisherWidth, Network, Pass, PassMode,
@@ -726,9 +728,9 @@ impl Gpt2Flex {
         let mut conv_outputs = Vec::with_capacity(4 * self.blocks.len());
         let mut attention = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let out = self.block_forward(block, &h, dropout_rng.as_deref_mut())?;
+            let (next, out) = self.block_forward(block, &h, dropout_rng.as_deref_mut())?;
             out.capture(&mut conv_outputs, &mut attention);
-            h = out.h;
+            h = next;
         }
         let hidden = self.ln_f.forward(&h)?;
         Ok(Decoded {
@@ -783,25 +785,152 @@ impl Gpt2Flex {
         block: &Block,
         h: &Tensor,
         mut dropout_rng: Option<&mut Rng>,
-    ) -> candle_core::Result<BlockOut> {
+    ) -> candle_core::Result<(Tensor, BlockOut)> {
         let p = self.config.record.dropout;
         let u = block.ln_1.forward(h)?;
         let qkv = self.taps.linear(&block.c_attn, &u)?;
-        let (ctx, probs) = causal_attention(&qkv, block.heads)?;
-        let a = self.taps.linear(&block.attn_proj, &ctx)?;
-        let h = (h + dropout(&a, p, dropout_rng.as_deref_mut())?)?;
-        let m = block.ln_2.forward(&h)?;
+        let attention = causal_attention(&qkv, block.heads)?;
+        let a = self.taps.linear(&block.attn_proj, &attention.ctx)?;
+        let mid = (h + dropout(&a, p, dropout_rng.as_deref_mut())?)?;
+        let m = block.ln_2.forward(&mid)?;
         let f = self.taps.linear(&block.c_fc, &m)?;
-        let o = self.taps.linear(&block.mlp_proj, &ops::gelu_new(&f)?)?;
-        let h = (h + dropout(&o, p, dropout_rng)?)?;
-        Ok(BlockOut {
-            h,
+        let g = ops::gelu_new(&f)?;
+        let o = self.taps.linear(&block.mlp_proj, &g)?;
+        let h = (&mid + dropout(&o, p, dropout_rng)?)?;
+        let out = BlockOut {
             qkv,
-            probs,
             a,
             f,
             o,
+            u,
+            attention,
+            mid,
+            m,
+            g,
+        };
+        Ok((h, out))
+    }
+
+    /// What [`Gpt2Flex::block_forward`] (without dropout) computes on `x`, from its captures
+    /// (`conv`: the block's four linear outputs, q|k|v, attention projection, MLP in, MLP
+    /// out; `probs`: its attention probabilities) and the cheap steps between them, run
+    /// again: the LayerNorms, the heads' copy, the attention's context, the residual sum and
+    /// `gelu_new`, the same values as the block's forward. The products of the four linears
+    /// and of q·kᵀ are not made again.
+    fn block_replay(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        conv: &[Tensor],
+        probs: &Tensor,
+    ) -> Result<BlockOut> {
+        let [qkv, a, f, o] = conv else {
+            bail!("internal error: a block's captures are not its four linear outputs");
+        };
+        let u = block.ln_1.forward(x)?;
+        let heads = split_heads(qkv, block.heads)?;
+        let ctx = attend(probs, &heads)?;
+        let mid = (x + a)?;
+        let m = block.ln_2.forward(&mid)?;
+        let g = ops::gelu_new(f)?;
+        Ok(BlockOut {
+            qkv: qkv.clone(),
+            a: a.clone(),
+            f: f.clone(),
+            o: o.clone(),
+            u,
+            attention: Attention {
+                ctx,
+                probs: probs.clone(),
+                heads,
+            },
+            mid,
+            m,
+            g,
         })
+    }
+
+    /// The backward of one block without dropout, by hand: from its forward `out` on `x` and
+    /// ∂ℒ/∂(output) `upstream` (B × T × D), ∂ℒ/∂x and the gradients of the block's parameters.
+    /// Each step makes the calls candle's backward makes through the block's graph (the
+    /// custom ops' own gradients, the same products on the same layouts), so the values are
+    /// the same bit for bit; what it skips is candle's bookkeeping: a zero-filled tensor and
+    /// a sum for every node a gradient reaches, and the padded copies that carry q, k and v's
+    /// gradients back to the fused q|k|v output. Each of `out`'s tensors is dropped once read
+    /// (top down, as the graph holds them). When `terms` is given, the gradient taps' terms of
+    /// the block's four linears are appended to it in forward order.
+    fn block_backward(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        out: BlockOut,
+        upstream: &Tensor,
+        terms: Option<&mut Vec<passes::TapTerm>>,
+    ) -> Result<(Tensor, GradStore)> {
+        let BlockOut {
+            qkv,
+            a,
+            f,
+            o,
+            u,
+            attention,
+            mid,
+            m,
+            g,
+        } = out;
+        let mut grads = GradStore::default();
+        let mut keep = |lin: &Linear, g: LinearGrads| -> Tensor {
+            grads.insert(lin.weight.as_tensor(), g.weight);
+            if let Some(b) = &lin.bias {
+                grads.insert(b.as_tensor(), g.bias);
+            }
+            g.input
+        };
+        // Tap terms, in backward order (c_attn's last); put in forward order at the end.
+        let mut reversed = Vec::with_capacity(4);
+        let mut term = |lin: &Linear, value: Tensor, grad: &Tensor| -> Result<()> {
+            if terms.is_some() {
+                reversed.push(passes::tap_term(lin.tap_site(), &value, grad)?);
+            }
+            Ok(())
+        };
+        // out = mid + o, o = mlp_proj(g), g = gelu_new(f), f = c_fc(m), m = ln_2(mid).
+        term(&block.mlp_proj, o, upstream)?;
+        let dg = keep(&block.mlp_proj, block.mlp_proj.backward(&g, upstream)?);
+        let df = ops::gelu_new_grad(&f, &g, &dg)?;
+        drop((dg, g));
+        term(&block.c_fc, f, &df)?;
+        let dm = keep(&block.c_fc, block.c_fc.backward(&m, &df)?);
+        drop((df, m));
+        let [d_mid_ln, d_gamma_2, d_beta_2] = block.ln_2.backward(&mid, &dm)?;
+        drop((dm, mid));
+        let d_mid = (upstream + d_mid_ln)?;
+        // mid = x + a, a = attn_proj(ctx), ctx = attention(qkv), qkv = c_attn(u), u = ln_1(x).
+        term(&block.attn_proj, a, &d_mid)?;
+        let d_ctx = keep(
+            &block.attn_proj,
+            block.attn_proj.backward(&attention.ctx, &d_mid)?,
+        );
+        let d_qkv = causal_attention_backward(&attention, &d_ctx)?;
+        drop((d_ctx, attention));
+        term(&block.c_attn, qkv, &d_qkv)?;
+        let du = keep(&block.c_attn, block.c_attn.backward(&u, &d_qkv)?);
+        drop((d_qkv, u));
+        let [dx_ln, d_gamma_1, d_beta_1] = block.ln_1.backward(x, &du)?;
+        drop(du);
+        let dx = (d_mid + dx_ln)?;
+        for (var, grad) in [
+            (&block.ln_1.gamma, d_gamma_1),
+            (&block.ln_1.beta, d_beta_1),
+            (&block.ln_2.gamma, d_gamma_2),
+            (&block.ln_2.beta, d_beta_2),
+        ] {
+            grads.insert(var.as_tensor(), grad);
+        }
+        if let Some(terms) = terms {
+            terms.extend(reversed.into_iter().rev());
+        }
+        Ok((dx, grads))
     }
 
     /// One forward and one backward pass block by block, without dropout: the same loss,
@@ -810,11 +939,11 @@ impl Gpt2Flex {
     ///
     /// The forward runs each block on its input, keeps the captures and the input, and drops
     /// the block's graph. The loss is differentiated from a leaf on the last block's output;
-    /// then, from the top, each block runs again on its kept input with the graph (and the taps,
-    /// when they are on) and is differentiated through `Σ out ⊙ ∂ℒ/∂out`, whose gradient with
-    /// respect to `out` is `∂ℒ/∂out` exactly; its input's gradient goes to the block below. The
-    /// gradient of a block's input is the sum of two terms (its LayerNorm and its residual),
-    /// which is the same in either order, so the whole pass's values come out. Tied output
+    /// then, from the top, each block runs again on its kept input and is differentiated by
+    /// hand ([`Gpt2Flex::block_backward`], the same calls as candle's backward through the
+    /// block's graph, without its bookkeeping); its input's gradient goes to the block below.
+    /// The gradient of a block's input is the sum of two terms (its LayerNorm and its
+    /// residual), which is the same in either order, so the whole pass's values come out. Tied output
     /// tables, reached from the head and from the embedding, sum their terms in another
     /// order: no probe reads their gradients. The taps' terms are read block by block and
     /// handed over in forward order.
@@ -856,12 +985,12 @@ impl Gpt2Flex {
         let mut attention = Vec::with_capacity(self.blocks.len());
         let mut h = h0.detach();
         for block in &self.blocks {
-            let out = self.block_forward(block, &h, None)?;
+            let (next, out) = self.block_forward(block, &h, None)?;
             if captures {
                 out.capture(&mut conv_outputs, &mut attention);
             }
             kept_inputs.push(h);
-            h = out.h.detach();
+            h = next.detach();
         }
         // The head: the loss and the gradient of the last block's output.
         let top = Var::from_tensor(&h)?;
@@ -881,21 +1010,25 @@ impl Gpt2Flex {
         drop(head_grads);
         // Backward, from the top block down, each block recomputed with its graph.
         let mut block_terms = Vec::with_capacity(self.blocks.len());
-        for (block, input) in self.blocks.iter().zip(kept_inputs).rev() {
-            let x = Var::from_tensor(&input)?;
+        for (i, (block, input)) in self.blocks.iter().zip(kept_inputs).enumerate().rev() {
+            // The captured outputs spare the block's products; without them it runs again.
+            let out = if captures {
+                self.block_replay(
+                    block,
+                    &input,
+                    &conv_outputs[4 * i..4 * i + 4],
+                    &attention[i],
+                )?
+            } else {
+                self.block_forward(block, &input, None)?.1
+            };
+            let mut terms = Vec::with_capacity(4);
+            let (dx, grads) =
+                self.block_backward(block, &input, out, &upstream, taps_on.then_some(&mut terms))?;
             drop(input);
-            self.taps.set_enabled(taps_on);
-            let out = self.block_forward(block, x.as_tensor(), None);
-            self.taps.set_enabled(false);
-            let recorded = self.taps.take();
-            let grads = (out?.h * &upstream)?.sum_all()?.backward()?;
-            block_terms.push(passes::tap_terms(&recorded, &grads)?);
-            drop(recorded);
+            block_terms.push(terms);
             add_grads(&mut params_grads, &grads)?;
-            upstream = grads
-                .get(x.as_tensor())
-                .context("internal error: the backward did not reach a block's input")?
-                .detach();
+            upstream = dx;
         }
         // The bottom.
         let grads = (h0 * &upstream)?.sum_all()?.backward()?;
@@ -929,14 +1062,27 @@ pub struct Decoded {
     pub attention: Vec<Tensor>,
 }
 
-/// What one block's forward pass computed: its output and what the probe captures of it.
+/// What one block's forward pass computed besides its output: what the probe captures of it
+/// and what its backward by hand reads ([`Gpt2Flex::block_backward`]).
 struct BlockOut {
-    h: Tensor,
+    /// The fused q|k|v output of `c_attn`, B × T × 3D.
     qkv: Tensor,
-    probs: Tensor,
+    /// The attention's output projection.
     a: Tensor,
+    /// `c_fc`'s output (before `gelu_new`).
     f: Tensor,
+    /// The MLP's output projection.
     o: Tensor,
+    /// `ln_1`'s output (the input of `c_attn`).
+    u: Tensor,
+    /// The attention on `qkv`.
+    attention: Attention,
+    /// The residual stream between the attention and the MLP.
+    mid: Tensor,
+    /// `ln_2`'s output (the input of `c_fc`).
+    m: Tensor,
+    /// `gelu_new(f)` (the input of the MLP's projection).
+    g: Tensor,
 }
 
 impl BlockOut {
@@ -944,7 +1090,7 @@ impl BlockOut {
     /// projection, MLP in, MLP out) and the attention probabilities.
     fn capture(&self, conv_outputs: &mut Vec<Tensor>, attention: &mut Vec<Tensor>) {
         conv_outputs.push(self.qkv.detach());
-        attention.push(self.probs.detach());
+        attention.push(self.attention.probs.detach());
         conv_outputs.push(self.a.detach());
         conv_outputs.push(self.f.detach());
         conv_outputs.push(self.o.detach());
@@ -965,23 +1111,84 @@ fn picked_logits(
     (x * w.index_select(&idx, 0)?)?.sum(1)? + b.index_select(&idx, 0)?
 }
 
-/// Multi-head causal self-attention on the fused q|k|v output (B × T × 3D): the merged
-/// context (B × T × D) and the probabilities (B × h × T × T).
-fn causal_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<(Tensor, Tensor)> {
+/// One multi-head causal self-attention and what its backward reads.
+struct Attention {
+    /// The merged context, B × T × D.
+    ctx: Tensor,
+    /// The probabilities, B × h × T × T.
+    probs: Tensor,
+    /// q, k and v, heads first: 3 × B × h × T × dh.
+    heads: Tensor,
+}
+
+impl Attention {
+    /// The number of heads and the softmax's scale, 1/√dh.
+    fn heads_and_scale(&self) -> candle_core::Result<(usize, f32)> {
+        let (_, _, heads, _, dh) = self.heads.dims5()?;
+        Ok((heads, 1.0 / (dh as f32).sqrt()))
+    }
+}
+
+/// Multi-head causal self-attention on the fused q|k|v output (B × T × 3D).
+fn causal_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Attention> {
+    let heads = split_heads(qkv, heads)?;
+    let (q, k) = (heads.get(0)?, heads.get(1)?);
+    let scores = q.matmul(&k.t()?)?.contiguous()?;
+    let dh = q.dim(3)?;
+    let probs = ops::causal_softmax(&scores, 1.0 / (dh as f32).sqrt())?;
+    let ctx = attend(&probs, &heads)?;
+    Ok(Attention { ctx, probs, heads })
+}
+
+/// q, k and v of the fused q|k|v output (B × T × 3D) with their heads first, 3 × B × h × T ×
+/// dh, in one copy.
+fn split_heads(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (b, t, w3) = qkv.dims3()?;
     let d = w3 / 3;
-    let dh = d / heads;
-    // One copy: B × T × (3 · h · dh) → 3 × B × h × T × dh.
-    let heads_first = qkv
-        .reshape((b, t, 3, heads, dh))?
+    qkv.reshape((b, t, 3, heads, d / heads))?
         .permute((2, 0, 3, 1, 4))?
-        .contiguous()?;
-    let part = |i: usize| heads_first.get(i);
+        .contiguous()
+}
+
+/// The merged context (B × T × D) of the probabilities `probs` (B × h × T × T) over v of
+/// `heads` ([`split_heads`]).
+fn attend(probs: &Tensor, heads: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, b, h, t, dh) = heads.dims5()?;
+    probs
+        .matmul(&heads.get(2)?)?
+        .transpose(1, 2)?
+        .reshape((b, t, h * dh))
+}
+
+/// ∂ℒ/∂(q|k|v) (B × T × 3D) of [`causal_attention`] from ∂ℒ/∂(context) `d_ctx` (B × T × D): the
+/// products candle's backward makes through the attention's graph, on the same layouts, and
+/// the softmax's own gradient; q's, k's and v's gradients are laid out as the fused output in
+/// one copy.
+fn causal_attention_backward(att: &Attention, d_ctx: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t, d) = d_ctx.dims3()?;
+    let (heads, scale) = att.heads_and_scale()?;
+    let part = |i: usize| att.heads.get(i);
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-    let scores = q.matmul(&k.t()?)?.contiguous()?;
-    let probs = ops::causal_softmax(&scores, 1.0 / (dh as f32).sqrt())?;
-    let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-    Ok((ctx, probs))
+    // Through the merge of the heads: B × T × D → B × h × T × dh.
+    let g = d_ctx
+        .reshape((b, t, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    // context = probs · v.
+    let d_probs = g.matmul(&v.t()?)?;
+    let dv = att.probs.t()?.matmul(&g)?;
+    drop(g);
+    let d_scores = ops::softmax_grad(&att.probs, &d_probs, scale)?;
+    drop(d_probs);
+    // scores = q · kᵀ.
+    let kt = k.t()?;
+    let dq = d_scores.matmul(&kt.t()?)?;
+    let dk = q.t()?.matmul(&d_scores)?.t()?.contiguous()?;
+    drop(d_scores);
+    Tensor::stack(&[dq, dk, dv], 0)?
+        .permute((1, 3, 0, 2, 4))?
+        .contiguous()?
+        .reshape((b, t, 3 * d))
 }
 
 /// `layer_norm` registered under `name` with GPT-2's `weight`/`bias` suffixes and

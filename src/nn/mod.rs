@@ -417,6 +417,45 @@ impl Linear {
     }
 }
 
+/// The gradients of a dense layer from one backward step ([`Linear::backward`]).
+pub struct LinearGrads {
+    /// ∂ℒ/∂(input), shaped as the input.
+    pub input: Tensor,
+    /// ∂ℒ/∂(weight), shaped as the weight.
+    pub weight: Tensor,
+    /// ∂ℒ/∂(bias).
+    pub bias: Tensor,
+}
+
+impl Linear {
+    /// The gradients of [`Linear::forward`] on `x` from ∂ℒ/∂(output) `grad` (shaped as the
+    /// output), computed by hand: the same values as candle's backward through the layer, for
+    /// a model that differentiates a block itself. Needs a layer and input that
+    /// [`Linear::fuses`].
+    pub fn backward(&self, x: &Tensor, grad: &Tensor) -> candle_core::Result<LinearGrads> {
+        if !self.fuses(x) {
+            return Err(candle_core::Error::Msg(format!(
+                "linear {}: a backward by hand needs an f32 layer with a bias",
+                self.name
+            )));
+        }
+        let in_dim = self.in_dim();
+        let rows = x.elem_count() / in_dim.max(1);
+        let flat = x.reshape((rows, in_dim))?;
+        let g = grad.reshape((rows, self.out_dim()))?;
+        let w = self.weight.as_tensor();
+        let (dx, dw, db) =
+            ops::linear_grads(&flat, w, self.layout == Layout::OutIn, &g, [true; 3])?;
+        let missing =
+            || candle_core::Error::Msg("internal error: a gradient was not computed".into());
+        Ok(LinearGrads {
+            input: dx.ok_or_else(missing)?.reshape(x.dims())?,
+            weight: dw.ok_or_else(missing)?.contiguous()?,
+            bias: db.ok_or_else(missing)?,
+        })
+    }
+}
+
 /// A LayerNorm over the last axis with its `(γ, β)` pair and epsilon (biased variance,
 /// `eps` inside the square root).
 ///
@@ -455,6 +494,12 @@ impl LayerNorm {
     /// The custom-op evaluation ([`ops::layer_norm`]).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::layer_norm(x, &self.gamma, &self.beta, self.eps)
+    }
+
+    /// The gradients of [`LayerNorm::forward`] on `x` with respect to `x`, γ and β (in that
+    /// order) from ∂ℒ/∂(output) `grad`, computed by hand: what its backward computes.
+    pub fn backward(&self, x: &Tensor, grad: &Tensor) -> candle_core::Result<[Tensor; 3]> {
+        ops::layer_norm_grads(&x.contiguous()?, self.gamma.as_tensor(), self.eps, grad)
     }
 
     /// The evaluation composed of differentiable candle primitives.

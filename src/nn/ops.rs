@@ -139,13 +139,9 @@ fn element_grad(
     grad: &Tensor,
     name: &'static str,
     f: fn(f32, f32, f32) -> f32,
-) -> candle_core::Result<Option<Tensor>> {
+) -> candle_core::Result<Tensor> {
     let [x, res, grad] = contiguous_all([x, res, grad])?;
-    Ok(Some(x.apply_op3_no_bwd(
-        &res,
-        &grad,
-        &ElementGrad { name, f },
-    )?))
+    x.apply_op3_no_bwd(&res, &grad, &ElementGrad { name, f })
 }
 
 /// The gradient op of an element-wise op ([`element_grad`]): reads the three arrays in place
@@ -244,8 +240,7 @@ impl CustomOp3 for LinearOp {
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
     }
 
-    /// The calls candle's backward makes for `matmul` (through the transpose for an out × in
-    /// weight) and for the broadcast bias.
+    /// [`linear_grads`] for the inputs in the autograd graph, and the tap's gradient.
     fn bwd(
         &self,
         x: &Tensor,
@@ -260,25 +255,40 @@ impl CustomOp3 for LinearOp {
         // An input outside the autograd graph (a constant, such as a detached weight) gets no
         // gradient: nothing could read it, and the weight's is a product as large as the
         // forward's.
-        // The products are candle's, on the cores the probe has to spare.
-        use super::matmul::matmul;
-        let dx = match (x.track_op(), self.w_out_in) {
-            (false, _) => None,
-            (true, true) => Some(matmul(grad, w)?),
-            (true, false) => Some(matmul(grad, &w.t()?)?),
-        };
-        let dw = match (w.track_op(), self.w_out_in) {
-            (false, _) => None,
-            (true, true) => Some(matmul(&x.t()?, grad)?.t()?),
-            (true, false) => Some(matmul(&x.t()?, grad)?),
-        };
-        let db = if b.track_op() {
-            Some(grad.sum_keepdim(0)?.squeeze(0)?)
-        } else {
-            None
-        };
-        Ok((dx, dw, db))
+        let want = [x.track_op(), w.track_op(), b.track_op()];
+        linear_grads(x, w, self.w_out_in, grad, want)
     }
+}
+
+/// The gradients of [`linear`] with respect to its input `x` (N × in), weight `w` and bias,
+/// from ∂ℒ/∂(output) `grad` (N × out), each only where `want` (input, weight, bias) asks:
+/// the calls candle's backward makes for `matmul` (through the transpose for an out × in
+/// weight) and for the broadcast bias, the products on the cores the probe has to spare. The
+/// weight's gradient of an out × in layer is a transposed view.
+pub(crate) fn linear_grads(
+    x: &Tensor,
+    w: &Tensor,
+    w_out_in: bool,
+    grad: &Tensor,
+    [want_x, want_w, want_b]: [bool; 3],
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    use super::matmul::matmul;
+    let dx = match (want_x, w_out_in) {
+        (false, _) => None,
+        (true, true) => Some(matmul(grad, w)?),
+        (true, false) => Some(matmul(grad, &w.t()?)?),
+    };
+    let dw = match (want_w, w_out_in) {
+        (false, _) => None,
+        (true, true) => Some(matmul(&x.t()?, grad)?.t()?),
+        (true, false) => Some(matmul(&x.t()?, grad)?),
+    };
+    let db = if want_b {
+        Some(grad.sum_keepdim(0)?.squeeze(0)?)
+    } else {
+        None
+    };
+    Ok((dx, dw, db))
 }
 
 /// The custom op of [`layer_norm`].
@@ -338,20 +348,33 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let name = self.name();
-        let (dx, dgamma, dbeta) = with_values(x, name, |xs| {
-            with_values(grad, name, |gs| {
-                with_values(gamma, name, |gamma_v| Ok(self.gradients(xs, gs, gamma_v)))
-            })
-        })?;
-        let d = dgamma.len();
-        let device = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.dims(), device)?),
-            Some(Tensor::from_vec(dgamma, d, device)?),
-            Some(Tensor::from_vec(dbeta, d, device)?),
-        ))
+        let [dx, dgamma, dbeta] = layer_norm_grads(x, gamma, self.eps, grad)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
+}
+
+/// The gradients of [`layer_norm`] with respect to `x`, `γ` and `β` (in that order) from
+/// ∂ℒ/∂(output) `grad`, shaped as `x`: what its backward computes.
+pub(crate) fn layer_norm_grads(
+    x: &Tensor,
+    gamma: &Tensor,
+    eps: f64,
+    grad: &Tensor,
+) -> candle_core::Result<[Tensor; 3]> {
+    let op = LayerNormOp { eps };
+    let name = op.name();
+    let (dx, dgamma, dbeta) = with_values(x, name, |xs| {
+        with_values(grad, name, |gs| {
+            with_values(gamma, name, |gamma_v| Ok(op.gradients(xs, gs, gamma_v)))
+        })
+    })?;
+    let d = dgamma.len();
+    let device = x.device();
+    Ok([
+        Tensor::from_vec(dx, x.dims(), device)?,
+        Tensor::from_vec(dgamma, d, device)?,
+        Tensor::from_vec(dbeta, d, device)?,
+    ])
 }
 
 impl LayerNormOp {
@@ -445,18 +468,28 @@ impl CustomOp1 for GeluNew {
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        element_grad(x, res, grad, "gelu-new-grad", |v, y, g| {
-            // The forward's tanh, recovered from y = ½x(1 + t) away from x = 0.
-            let t = if v.abs() > 1e-2 {
-                2.0 * y / v - 1.0
-            } else {
-                fast_tanh(GELU_K * (v + GELU_C * v * v * v))
-            };
-            let slope =
-                0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * v * v);
-            g * slope
-        })
+        gelu_new_grad(x, res, grad).map(Some)
     }
+}
+
+/// ∂ℒ/∂x of [`gelu_new`] at `x`, from its result `res` and ∂ℒ/∂(result) `grad`: what its
+/// backward computes.
+pub(crate) fn gelu_new_grad(
+    x: &Tensor,
+    res: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<Tensor> {
+    element_grad(x, res, grad, "gelu-new-grad", |v, y, g| {
+        // The forward's tanh, recovered from y = ½x(1 + t) away from x = 0.
+        let t = if v.abs() > 1e-2 {
+            2.0 * y / v - 1.0
+        } else {
+            fast_tanh(GELU_K * (v + GELU_C * v * v * v))
+        };
+        let slope =
+            0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * v * v);
+        g * slope
+    })
 }
 
 /// Softmax over the last axis of `scale · scores` (`… × T × T`, contiguous) where entry
@@ -534,12 +567,16 @@ impl CustomOp1 for Softmax {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let [res, grad] = contiguous_all([res, grad])?;
-        Ok(Some(res.apply_op2_no_bwd(
-            &grad,
-            &SoftmaxGrad { scale: self.scale },
-        )?))
+        softmax_grad(res, grad, self.scale).map(Some)
     }
+}
+
+/// ∂ℒ/∂x of [`softmax_last`] or [`causal_softmax`] (either: masked entries have probability 0
+/// and get 0) with `scale`, from its result `res` and ∂ℒ/∂(result) `grad`: what their backward
+/// computes.
+pub(crate) fn softmax_grad(res: &Tensor, grad: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
+    let [res, grad] = contiguous_all([res, grad])?;
+    res.apply_op2_no_bwd(&grad, &SoftmaxGrad { scale })
 }
 
 /// The custom op of [`gelu_erf`].
@@ -570,6 +607,7 @@ impl CustomOp1 for GeluErf {
             };
             g * (cdf + v * INV_SQRT_TAU * (-0.5 * v * v).exp())
         })
+        .map(Some)
     }
 }
 

@@ -73,43 +73,48 @@ pub enum TapTerm {
 pub fn tap_terms(taps: &[Tap], grads: &GradStore) -> Result<Vec<TapTerm>> {
     let mut terms = Vec::with_capacity(taps.len());
     for tap in taps {
-        let Some(g) = tap.grad(grads)? else {
-            continue;
-        };
-        terms.push(match tap.site {
-            TapSite::Linear {
-                in_dim, out_dim, ..
-            } => {
-                let width = *tap.value.dims().last().unwrap_or(&1);
-                let prod = (tap.value.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?)?;
-                let confidence = if tap.value.rank() >= 3 {
-                    Some(
-                        tap.value
-                            .max(1)?
-                            .to_dtype(DType::F64)?
-                            .mean_all()?
-                            .to_scalar::<f64>()?,
-                    )
-                } else {
-                    None
-                };
-                TapTerm::Linear {
-                    in_dim,
-                    out_dim,
-                    squared_sum: prod.sqr()?.sum_all()?.to_scalar::<f64>()?,
-                    rows: tap.value.elem_count() / width.max(1),
-                    confidence,
-                }
-            }
-            TapSite::Embedding => {
-                let b = tap.value.dims()[0];
-                let j = g.flatten_all()?.to_vec1::<f32>()?;
-                let cols = j.len() / b.max(1);
-                TapTerm::JacobCov(linalg::log_eigen_score(&linalg::corrcoef_rows(&j, b, cols)))
-            }
-        });
+        if let Some(g) = tap.grad(grads)? {
+            terms.push(tap_term(tap.site, &tap.value, &g)?);
+        }
     }
     Ok(terms)
+}
+
+/// The term of a tap at `site` on the activation `value` whose gradient is `g` (shaped as
+/// `value`).
+pub fn tap_term(site: TapSite, value: &Tensor, g: &Tensor) -> Result<TapTerm> {
+    Ok(match site {
+        TapSite::Linear {
+            in_dim, out_dim, ..
+        } => {
+            let width = *value.dims().last().unwrap_or(&1);
+            let prod = (value.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?)?;
+            let confidence = if value.rank() >= 3 {
+                Some(
+                    value
+                        .max(1)?
+                        .to_dtype(DType::F64)?
+                        .mean_all()?
+                        .to_scalar::<f64>()?,
+                )
+            } else {
+                None
+            };
+            TapTerm::Linear {
+                in_dim,
+                out_dim,
+                squared_sum: prod.sqr()?.sum_all()?.to_scalar::<f64>()?,
+                rows: value.elem_count() / width.max(1),
+                confidence,
+            }
+        }
+        TapSite::Embedding => {
+            let b = value.dims()[0];
+            let j = g.flatten_all()?.to_vec1::<f32>()?;
+            let cols = j.len() / b.max(1);
+            TapTerm::JacobCov(linalg::log_eigen_score(&linalg::corrcoef_rows(&j, b, cols)))
+        }
+    })
 }
 
 /// Fisher, attention confidence and Jacob-Cov from the terms of the probe's taps, in the
