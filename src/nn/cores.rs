@@ -208,7 +208,8 @@ pub fn for_rows_for(
 /// at least [`MIN_SPLIT_VALUES`]. A row's values must depend only on the row (its index and
 /// the inputs), never on the block, so the result is the same on any number of cores. The
 /// zeroing is done by the thread that then writes the block, so it is split too (only the
-/// causal softmax relies on the zeros; every other op writes each value).
+/// causal softmax and the column sums of a dense layer's bias gradient rely on the zeros;
+/// every other op writes each value).
 pub fn fill_rows(len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     fill_rows_for(len, len, width, f)
 }
