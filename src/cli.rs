@@ -615,7 +615,7 @@ struct BenchArgs {
     #[arg(long, default_value = "all")]
     proxy: String,
     /// How each probe's forward and backward pass runs (the same values either way): by
-    /// blocks where the family can (GPT-2 without dropout; the default of every command), or
+    /// blocks where the family can (GPT-2 and FlexiBERT without dropout; the default of every command), or
     /// the whole graph at once (to measure the difference).
     #[arg(long, value_enum, default_value_t = PassArg::ByBlocks)]
     pass: PassArg,

@@ -7,17 +7,21 @@
 //! stack of GELU FFN denses. SA and DSC mixers get an output dense with a residual and
 //! LayerNorm; LT mixers have none (their raw transform feeds the FFN, as in the reference).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var, D};
 
 use super::family::{Counted, Family, FamilyInfo, Reference};
 use crate::bench::flexibert::{Layer, Mixer, Record, KIND, REFERENCE_FILE};
 use crate::bench::Arch;
-use crate::nn::{dropout, ops, Build, Init, LayerNorm, Linear, LinearRole, Params, TapSite, Taps};
+use crate::nn::{
+    dropout, ops, Build, Init, LayerNorm, Linear, LinearGrads, LinearRole, Params, Tap, TapSite,
+    Taps,
+};
 use crate::probe::memory::ModelSize;
 use crate::probe::{
-    self, Aggregate, Batch, Captures, FisherWidth, GradSignal, Network, Pass, Probe, ProbeModel,
-    ProbeOptions, Semantics,
+    self, passes, Aggregate, Backward, Batch, Captures, FisherWidth, GradSignal, Network, Pass,
+    PassMode, Probe, ProbeModel, ProbeOptions, Semantics,
 };
 use crate::rng::Rng;
 
@@ -516,17 +520,20 @@ impl FlexiBert {
         ids: &Tensor,
         dropout_rng: Option<&mut Rng>,
     ) -> candle_core::Result<Forward> {
+        self.forward_words(self.words(ids)?, dropout_rng)
+    }
+
+    /// The word embeddings of `ids` (B × T), outside the autograd graph: the word table gets
+    /// no gradient. No proxy reads one (they read the linears and the position table), and
+    /// with 30 522 rows it was the largest tensor of the backward pass (zero-filled, scattered
+    /// into, then added). Every other gradient is unchanged.
+    fn words(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        // The word table gets no gradient: no proxy reads one (they read the linears and the
-        // position table), and with 30 522 rows it was the largest tensor of the backward pass
-        // (zero-filled, scattered into, then added). Every other gradient is unchanged.
-        let words = self
-            .word
+        self.word
             .as_tensor()
             .detach()
             .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.config.embedding_size))?;
-        self.forward_words(words, dropout_rng)
+            .reshape((b, t, self.config.embedding_size))
     }
 
     /// The forward pass from word embeddings `words` (B × T × embedding width) instead of
@@ -536,19 +543,7 @@ impl FlexiBert {
         words: Tensor,
         mut dropout_rng: Option<&mut Rng>,
     ) -> candle_core::Result<Forward> {
-        let (_, t, _) = words.dims3()?;
-        let c = &self.config;
-        let p = c.dropout;
-        let words = self.taps.tap(TapSite::Embedding, words)?;
-        let pos = self.position.as_tensor().narrow(0, 0, t)?;
-        let typ = self.token_type.as_tensor().narrow(0, 0, 1)?;
-        let e = words.broadcast_add(&pos.broadcast_add(&typ)?)?;
-        let e = self.emb_ln.forward(&e)?;
-        let e = dropout(&e, p, dropout_rng.as_deref_mut())?;
-        let mut x = match &self.projection {
-            Some(proj) => self.taps.linear(proj, &e)?,
-            None => e,
-        };
+        let mut x = self.embed(words, dropout_rng.as_deref_mut())?;
         let mut fwd = Forward {
             last_hidden: x.clone(),
             act: Vec::new(),
@@ -557,32 +552,284 @@ impl FlexiBert {
             mixer_outputs: Vec::new(),
         };
         for layer in &self.layers {
-            let mixed = self.mixer_forward(layer, &x, &mut fwd, dropout_rng.as_deref_mut())?;
-            let a = match &layer.output {
-                Some((dense, ln)) => {
-                    let y = dropout(
-                        &self.taps.linear(dense, &mixed)?,
-                        p,
-                        dropout_rng.as_deref_mut(),
-                    )?;
-                    ln.forward(&(y + &x)?)?
-                }
-                None => mixed,
-            };
-            let mut z = a.clone();
-            for dense in &layer.ffn {
-                z = ops::gelu_erf(&self.taps.linear(dense, &z)?)?;
-                fwd.act.push(z.clone());
-            }
-            let y = dropout(
-                &self.taps.linear(&layer.ffn_out, &z)?,
-                p,
-                dropout_rng.as_deref_mut(),
-            )?;
-            x = layer.ffn_ln.forward(&(y + &a)?)?;
+            x = self
+                .layer_forward(layer, &x, &mut fwd, dropout_rng.as_deref_mut())?
+                .0;
         }
         fwd.last_hidden = x;
         Ok(fwd)
+    }
+
+    /// The embeddings below the first layer, from word embeddings `words`: positions and
+    /// token types added, LayerNorm, dropout, the projection to the hidden size when there is
+    /// one.
+    fn embed(&self, words: Tensor, dropout_rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
+        let (_, t, _) = words.dims3()?;
+        let words = self.taps.tap(TapSite::Embedding, words)?;
+        let pos = self.position.as_tensor().narrow(0, 0, t)?;
+        let typ = self.token_type.as_tensor().narrow(0, 0, 1)?;
+        let e = words.broadcast_add(&pos.broadcast_add(&typ)?)?;
+        let e = self.emb_ln.forward(&e)?;
+        let e = dropout(&e, self.config.dropout, dropout_rng)?;
+        match &self.projection {
+            Some(proj) => self.taps.linear(proj, &e),
+            None => Ok(e),
+        }
+    }
+
+    /// One encoder layer on `x` (B × T × H): its output, with its captures appended to `fwd`
+    /// and what its backward by hand reads.
+    fn layer_forward(
+        &self,
+        layer: &EncoderLayer,
+        x: &Tensor,
+        fwd: &mut Forward,
+        mut dropout_rng: Option<&mut Rng>,
+    ) -> candle_core::Result<(Tensor, LayerTape)> {
+        let p = self.config.dropout;
+        let (mixed, attention) = self.mixer_forward(layer, x, fwd, dropout_rng.as_deref_mut())?;
+        let (a, output) = match &layer.output {
+            Some((dense, ln)) => {
+                let y = self.taps.linear(dense, &mixed)?;
+                let s = (dropout(&y, p, dropout_rng.as_deref_mut())? + x)?;
+                (ln.forward(&s)?, Some((y, s)))
+            }
+            None => (mixed.clone(), None),
+        };
+        let mut z = a.clone();
+        let mut ffn = Vec::with_capacity(layer.ffn.len());
+        for dense in &layer.ffn {
+            let f = self.taps.linear(dense, &z)?;
+            z = ops::gelu_erf(&f)?;
+            fwd.act.push(z.clone());
+            ffn.push((f, z.clone()));
+        }
+        let y = self.taps.linear(&layer.ffn_out, &z)?;
+        let s = (dropout(&y, p, dropout_rng)? + &a)?;
+        let out = layer.ffn_ln.forward(&s)?;
+        let tape = LayerTape {
+            attention,
+            mixed,
+            output,
+            a,
+            ffn,
+            ffn_out: (y, s),
+        };
+        Ok((out, tape))
+    }
+
+    /// The backward of one SA-SDP layer without dropout ([`LayerTape::attention`] and an
+    /// output dense present), by hand: from its forward `tape` on `x` and ∂ℒ/∂(output)
+    /// `upstream`, ∂ℒ/∂x and the gradients of the layer's parameters. Each step makes the
+    /// calls candle's backward makes through the layer's graph, and the four gradients `x`
+    /// receives (its residual, then v, k and q's dense layers) are summed in the order
+    /// candle's backward adds them, so the values are the same bit for bit; what it skips is
+    /// candle's bookkeeping (a zero-filled tensor and a sum for every node a gradient
+    /// reaches). Each of the tape's tensors is dropped once read. When `terms` is given, the
+    /// gradient taps' terms of the layer's linears are appended to it in forward order.
+    fn sdp_backward(
+        &self,
+        layer: &EncoderLayer,
+        x: &Tensor,
+        tape: LayerTape,
+        upstream: &Tensor,
+        terms: Option<&mut Vec<passes::TapTerm>>,
+    ) -> Result<(Tensor, GradStore)> {
+        let (
+            MixerParams::Attention { q, k, v, ww: None },
+            Some((dense, ln)),
+            Some(([qo, ko, vo], attention)),
+            Some((y, s1)),
+        ) = (&layer.mixer, &layer.output, tape.attention, tape.output)
+        else {
+            bail!("internal error: a backward by hand of a layer that is not SA-SDP");
+        };
+        let mut grads = GradStore::default();
+        let mut keep = |lin: &Linear, g: LinearGrads| -> Tensor {
+            grads.insert(lin.weight.as_tensor(), g.weight);
+            if let Some(b) = &lin.bias {
+                grads.insert(b.as_tensor(), g.bias);
+            }
+            g.input
+        };
+        // Tap terms in backward order, put in forward order at the end.
+        let mut reversed = Vec::new();
+        let mut term = |lin: &Linear, value: Tensor, grad: &Tensor| -> Result<()> {
+            if terms.is_some() {
+                reversed.push(passes::tap_term(lin.tap_site(), &value, grad)?);
+            }
+            Ok(())
+        };
+        // out = ffn_ln(s2), s2 = ffn_out(z) + a, z = the GELU FFN stack on a.
+        let (y2, s2) = tape.ffn_out;
+        let [ds2, d_gamma_ffn, d_beta_ffn] = layer.ffn_ln.backward(&s2, upstream)?;
+        drop(s2);
+        term(&layer.ffn_out, y2, &ds2)?;
+        let mut ffn = tape.ffn;
+        let last = ffn.last().map_or(&tape.a, |(_, z)| z);
+        let mut dz = keep(&layer.ffn_out, layer.ffn_out.backward(last, &ds2)?);
+        while let Some((f, z)) = ffn.pop() {
+            let dense = &layer.ffn[ffn.len()];
+            let df = ops::gelu_erf_grad(&f, &z, &dz)?;
+            drop((z, dz));
+            term(dense, f, &df)?;
+            let input = ffn.last().map_or(&tape.a, |(_, z)| z);
+            dz = keep(dense, dense.backward(input, &df)?);
+        }
+        drop(tape.a);
+        let da = (ds2 + dz)?;
+        // a = ln(s1), s1 = dense(ctx) + x, ctx = attention(q(x), k(x), v(x)).
+        let [ds1, d_gamma, d_beta] = ln.backward(&s1, &da)?;
+        drop((da, s1));
+        term(dense, y, &ds1)?;
+        let d_ctx = keep(dense, dense.backward(&tape.mixed, &ds1)?);
+        drop(tape.mixed);
+        let [dq, dk, dv] = attention_backward(&attention, &d_ctx)?;
+        drop((d_ctx, attention));
+        term(v, vo, &dv)?;
+        term(k, ko, &dk)?;
+        term(q, qo, &dq)?;
+        let dv_x = keep(v, v.backward(x, &dv)?);
+        let dk_x = keep(k, k.backward(x, &dk)?);
+        let dq_x = keep(q, q.backward(x, &dq)?);
+        let dx = (((ds1 + dv_x)? + dk_x)? + dq_x)?;
+        for (var, grad) in [
+            (&ln.gamma, d_gamma),
+            (&ln.beta, d_beta),
+            (&layer.ffn_ln.gamma, d_gamma_ffn),
+            (&layer.ffn_ln.beta, d_beta_ffn),
+        ] {
+            grads.insert(var.as_tensor(), grad);
+        }
+        if let Some(terms) = terms {
+            terms.extend(reversed.into_iter().rev());
+        }
+        Ok((dx, grads))
+    }
+
+    /// One forward and one backward pass layer by layer, without dropout: the same loss
+    /// (`loss_of` the last hidden state), captures and gradients as a backward of
+    /// [`FlexiBert::forward`], bit for bit, faster.
+    ///
+    /// The forward runs each layer on its input and keeps what its backward reads: an SA-SDP
+    /// layer its tape, any other its graph (from a leaf on its input, with the taps it
+    /// recorded). The loss is differentiated from a leaf on the last layer's output; then,
+    /// from the top, each layer is differentiated: an SA-SDP layer by hand
+    /// ([`FlexiBert::sdp_backward`]), any other through candle's backward of its graph and
+    /// `Σ out ⊙ ∂ℒ/∂out` (whose gradient with respect to `out` is `∂ℒ/∂out` exactly); its
+    /// input's gradient goes to the layer below, and the embeddings below the first layer
+    /// keep their small graph. The taps' terms are handed over in forward order. Nothing runs
+    /// twice, and the memory is at most the whole pass's.
+    pub fn forward_backward_by_layers(
+        &self,
+        ids: &Tensor,
+        loss_of: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+        captures: bool,
+    ) -> Result<Backward> {
+        /// What the forward keeps of one layer for its backward.
+        enum Kept {
+            /// An SA-SDP layer's input and tape.
+            ByHand(Tensor, LayerTape),
+            /// Any other layer's input (a leaf), output (with its graph) and taps.
+            Graph(Var, Tensor, Vec<Tap>),
+        }
+        let taps_on = self.taps.is_enabled();
+        let mut params_grads = GradStore::default();
+        let x0 = self.embed(self.words(ids)?, None)?;
+        let bottom_taps = self.taps.take();
+        let mut fwd = Forward {
+            last_hidden: x0.clone(),
+            act: Vec::new(),
+            head: Vec::new(),
+            softmax: Vec::new(),
+            mixer_outputs: Vec::new(),
+        };
+        let mut kept = Vec::with_capacity(self.layers.len());
+        let mut x = x0.detach();
+        for layer in &self.layers {
+            let by_hand = matches!(layer.mixer, MixerParams::Attention { ww: None, .. })
+                && layer.output.is_some();
+            if by_hand {
+                self.taps.set_enabled(false);
+                let (out, tape) = self.layer_forward(layer, &x, &mut fwd, None)?;
+                kept.push(Kept::ByHand(x, tape));
+                x = out.detach();
+            } else {
+                let input = Var::from_tensor(&x)?;
+                self.taps.set_enabled(taps_on);
+                let out = self.layer_forward(layer, input.as_tensor(), &mut fwd, None);
+                let recorded = self.taps.take();
+                let out = out?.0;
+                x = out.detach();
+                kept.push(Kept::Graph(input, out, recorded));
+            }
+        }
+        self.taps.set_enabled(false);
+        let captured = captures.then(|| {
+            Captures {
+                act: std::mem::take(&mut fwd.act),
+                head: Some(std::mem::take(&mut fwd.head)),
+                softmax: std::mem::take(&mut fwd.softmax),
+                mixer_outputs: Some(std::mem::take(&mut fwd.mixer_outputs)),
+            }
+            .detached()
+        });
+        drop(fwd);
+        // The head: the loss and the gradient of the last layer's output.
+        let top = Var::from_tensor(&x)?;
+        drop(x);
+        let loss = loss_of(top.as_tensor())?;
+        let loss_value = loss.to_scalar::<f32>()?;
+        let head_grads = loss.backward()?;
+        drop(loss);
+        let mut upstream = head_grads
+            .get(top.as_tensor())
+            .context("internal error: the backward did not reach the last layer")?
+            .detach();
+        drop(head_grads);
+        // Backward, from the top layer down.
+        let mut layer_terms = Vec::with_capacity(self.layers.len());
+        for (layer, kept) in self.layers.iter().zip(kept).rev() {
+            let mut terms = Vec::new();
+            match kept {
+                Kept::ByHand(input, tape) => {
+                    let (dx, grads) = self.sdp_backward(
+                        layer,
+                        &input,
+                        tape,
+                        &upstream,
+                        taps_on.then_some(&mut terms),
+                    )?;
+                    self.params.add_grads(&mut params_grads, &grads)?;
+                    upstream = dx;
+                }
+                Kept::Graph(input, out, recorded) => {
+                    let grads = (out * &upstream)?.sum_all()?.backward()?;
+                    terms = passes::tap_terms(&recorded, &grads)?;
+                    drop(recorded);
+                    self.params.add_grads(&mut params_grads, &grads)?;
+                    upstream = grads
+                        .get(input.as_tensor())
+                        .context("internal error: the backward did not reach a layer's input")?
+                        .detach();
+                }
+            }
+            layer_terms.push(terms);
+        }
+        // The embeddings.
+        let grads = (x0 * &upstream)?.sum_all()?.backward()?;
+        let mut terms = passes::tap_terms(&bottom_taps, &grads)?;
+        drop(bottom_taps);
+        self.params.add_grads(&mut params_grads, &grads)?;
+        drop(grads);
+        terms.extend(layer_terms.into_iter().rev().flatten());
+        self.taps.set_enabled(taps_on);
+        Ok(Backward {
+            loss: loss_value,
+            captures: captured,
+            grads: params_grads,
+            taps: taps_on.then_some(terms),
+        })
     }
 
     fn mixer_forward(
@@ -591,7 +838,7 @@ impl FlexiBert {
         x: &Tensor,
         fwd: &mut Forward,
         mut dropout_rng: Option<&mut Rng>,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<(Tensor, Option<SdpTape>)> {
         let p = self.config.dropout;
         let heads = layer.heads;
         match &layer.mixer {
@@ -605,16 +852,18 @@ impl FlexiBert {
                         fwd.mixer_outputs.push(w.clone());
                         w
                     }
-                    None => qo,
+                    None => qo.clone(),
                 };
                 let ko = self.taps.linear(k, x)?;
                 let vo = self.taps.linear(v, x)?;
                 fwd.mixer_outputs.push(ko.clone());
                 fwd.mixer_outputs.push(vo.clone());
-                let (ctx, probs) =
-                    attention(&query, &ko, &vo, heads, p, dropout_rng.as_deref_mut())?;
-                fwd.softmax.push(probs);
-                Ok(ctx)
+                let att = attention(&query, &ko, &vo, heads, p, dropout_rng.as_deref_mut())?;
+                fwd.softmax.push(att.probs.clone());
+                let ctx = att.ctx.clone();
+                // The tape of an SA-SDP mixer (SA-WMA's query is not q's output).
+                let tape = ww.is_none().then_some(([qo, ko, vo], att));
+                Ok((ctx, tape))
             }
             MixerParams::Transform { input, dct } => {
                 let u = self.taps.linear(input, x)?;
@@ -627,7 +876,7 @@ impl FlexiBert {
                 let f = if *dct { dct2(&u)? } else { dft2_real(&u)? };
                 fwd.softmax
                     .push(candle_nn::ops::softmax(&f.detach(), D::Minus1)?);
-                f.transpose(1, 2)?.reshape((b, t, h))
+                Ok((f.transpose(1, 2)?.reshape((b, t, h))?, None))
             }
             MixerParams::Dsc {
                 q,
@@ -677,16 +926,47 @@ impl FlexiBert {
                     conv = (conv + window.broadcast_mul(&cw.narrow(3, u, 1)?)?)?;
                 }
                 let conv = conv.reshape((b, t, a))?;
-                let (ctx, probs) = attention(&qo, &ko, &vo, heads_a, p, dropout_rng)?;
-                fwd.softmax.push(probs);
-                Tensor::cat(&[&ctx, &conv], 2)
+                let att = attention(&qo, &ko, &vo, heads_a, p, dropout_rng)?;
+                fwd.softmax.push(att.probs);
+                Ok((Tensor::cat(&[&att.ctx, &conv], 2)?, None))
             }
         }
     }
 }
 
-/// Multi-head scaled dot-product attention without mask; returns the merged context
-/// (B × T × width) and the attention probabilities before dropout (B × h × T × T).
+/// What one encoder layer's forward computed besides its output
+/// ([`FlexiBert::layer_forward`]): what the backward by hand of an SA-SDP layer reads
+/// ([`FlexiBert::sdp_backward`]).
+struct LayerTape {
+    /// q's, k's and v's outputs and the attention on them (SA-SDP only).
+    attention: Option<SdpTape>,
+    /// The mixer's output.
+    mixed: Tensor,
+    /// The output dense's output and the sum its LayerNorm normalises (SA and DSC).
+    output: Option<(Tensor, Tensor)>,
+    /// The FFN's input.
+    a: Tensor,
+    /// Each FFN dense's output and its GELU.
+    ffn: Vec<(Tensor, Tensor)>,
+    /// The FFN output dense's output and the sum its LayerNorm normalises.
+    ffn_out: (Tensor, Tensor),
+}
+
+/// An SA-SDP mixer's part of a [`LayerTape`]: q's, k's and v's outputs (B × T × width each)
+/// and the attention on them.
+type SdpTape = ([Tensor; 3], Attention);
+
+/// One multi-head scaled dot-product attention and what its backward reads.
+struct Attention {
+    /// The merged context, B × T × width.
+    ctx: Tensor,
+    /// The probabilities before dropout, B × h × T × T.
+    probs: Tensor,
+    /// q, k and v with their heads first, B × h × T × d each.
+    heads: [Tensor; 3],
+}
+
+/// Multi-head scaled dot-product attention without mask.
 fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -694,7 +974,7 @@ fn attention(
     heads: usize,
     p: f64,
     dropout_rng: Option<&mut Rng>,
-) -> candle_core::Result<(Tensor, Tensor)> {
+) -> candle_core::Result<Attention> {
     let (b, t, w) = q.dims3()?;
     let d = w / heads;
     let split = |x: &Tensor| -> candle_core::Result<Tensor> {
@@ -704,7 +984,38 @@ fn attention(
     let probs = ops::softmax_last(&qh.matmul(&kh.t()?)?, 1.0 / (d as f32).sqrt())?;
     let dropped = dropout(&probs, p, dropout_rng)?;
     let ctx = dropped.matmul(&vh)?.transpose(1, 2)?.reshape((b, t, w))?;
-    Ok((ctx, probs))
+    Ok(Attention {
+        ctx,
+        probs,
+        heads: [qh, kh, vh],
+    })
+}
+
+/// ∂ℒ/∂q, ∂ℒ/∂k and ∂ℒ/∂v (B × T × width each) of [`attention`] without dropout, from
+/// ∂ℒ/∂(context) `d_ctx`: the products candle's backward makes through the attention's
+/// graph, on the same layouts, and the softmax's own gradient.
+fn attention_backward(att: &Attention, d_ctx: &Tensor) -> candle_core::Result<[Tensor; 3]> {
+    let (b, t, w) = d_ctx.dims3()?;
+    let [qh, kh, vh] = &att.heads;
+    let (_, heads, _, d) = qh.dims4()?;
+    // Through the merge of the heads: B × T × width → B × h × T × d.
+    let g = d_ctx
+        .reshape((b, t, heads, d))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    // context = probs · v.
+    let d_probs = g.matmul(&vh.t()?)?;
+    let dvh = att.probs.t()?.matmul(&g)?;
+    drop(g);
+    let d_scores = ops::softmax_grad(&att.probs, &d_probs, 1.0 / (d as f32).sqrt())?;
+    drop(d_probs);
+    // scores = q · kᵀ.
+    let dqh = d_scores.matmul(&kh.t()?.t()?)?;
+    let dkh = qh.t()?.matmul(&d_scores)?.t()?.contiguous()?;
+    drop(d_scores);
+    // Through each split of the heads.
+    let merge = |x: Tensor| x.transpose(1, 2)?.contiguous()?.reshape((b, t, w));
+    Ok([merge(dqh)?, merge(dkh)?, merge(dvh)?])
 }
 
 /// Applies `m` (n × n, as `out[a] = Σ_i m[a,i] x[i]`) along axis 2 (T) and `md` along axis 3
@@ -988,6 +1299,27 @@ impl ProbeModel for Probed<'_> {
         })
     }
 
+    /// Layer by layer ([`FlexiBert::forward_backward_by_layers`]) unless the whole pass is
+    /// asked for or dropout is on.
+    fn forward_backward(
+        &self,
+        dropout: Option<&mut Rng>,
+        mode: PassMode,
+        captures: bool,
+    ) -> Result<Backward> {
+        match (mode, dropout) {
+            (PassMode::ByBlocks, None) => {
+                let hidden = self.model.config().hidden_size;
+                self.model.forward_backward_by_layers(
+                    &self.ids,
+                    |top| signal(top, self.opts, hidden, false),
+                    captures,
+                )
+            }
+            (_, dropout) => probe::whole_pass(self, dropout, captures),
+        }
+    }
+
     /// The positive projection signal of the encoder on an all-ones row of word embeddings.
     fn readout(&self) -> candle_core::Result<Tensor> {
         let config = self.model.config();
@@ -1204,6 +1536,98 @@ mod tests {
             ],
             scores: Default::default(),
         }
+    }
+
+    /// Everything a probe holds that proxies read, as exact bits: the loss, the captures,
+    /// every linear's weight and gradient, the position table's gradient and the extra-pass
+    /// values.
+    fn probe_bits(p: &Probe) -> Vec<u64> {
+        let mut bits = vec![p.loss.to_bits()];
+        let arrays = p
+            .act
+            .iter()
+            .chain(p.head.iter())
+            .chain(p.mixer_outputs.iter())
+            .chain(&p.softmax)
+            .chain(p.linears.iter().flat_map(|l| [&l.weight, &l.grad]))
+            .chain([&p.position_grad]);
+        for a in arrays {
+            bits.extend(a.data().iter().map(|x| x.to_bits() as u64));
+        }
+        if let Some(e) = &p.extras {
+            let values = [
+                e.fisher,
+                e.attention_confidence,
+                e.jacob_cov,
+                e.grasp,
+                e.synflow,
+                e.logsynflow,
+            ];
+            bits.extend(values.iter().map(|v| v.to_bits()));
+        }
+        bits
+    }
+
+    /// A probe run layer by layer (the default: SA-SDP layers differentiated by hand, the
+    /// others through candle's backward of their own graph) holds the same values, bit for
+    /// bit, as the whole pass: every mixer, with and without the extra passes (taps, GraSP's
+    /// second pass, Synflow), both backward signals and both sizes (the faithful sizes add
+    /// the embedding projection); with dropout it runs whole.
+    #[test]
+    fn a_pass_by_layers_gives_the_whole_pass_values_bit_for_bit() {
+        let mut sdp = every_mixer();
+        sdp.layers.retain(|l| l.mixer == Mixer::Sdp);
+        sdp.layers[1].ffn_layers = 3;
+        for record in [every_mixer(), sdp] {
+            let arch = Arch::new(record);
+            for (extra_passes, grad_signal, sizes) in [
+                (false, GradSignal::Projection, SizeMode::Intended),
+                (true, GradSignal::Projection, SizeMode::Intended),
+                (true, GradSignal::Faithful, SizeMode::Faithful),
+            ] {
+                let whole = ProbeOptions {
+                    batch: 2,
+                    seq_len: 8,
+                    extra_passes,
+                    grad_signal,
+                    sizes,
+                    pass: PassMode::Whole,
+                    ..FAMILY.probe_options()
+                };
+                let by_layers = ProbeOptions {
+                    pass: PassMode::ByBlocks,
+                    ..whole.clone()
+                };
+                let batch = FAMILY.batch(&whole).unwrap();
+                let a = FAMILY.probe(&arch, 3, &whole, &batch).unwrap();
+                let b = FAMILY.probe(&arch, 3, &by_layers, &batch).unwrap();
+                assert_eq!(b.extras.is_some(), extra_passes);
+                let (a, b) = (probe_bits(&a), probe_bits(&b));
+                assert_eq!(a.len(), b.len());
+                let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+                assert_eq!(
+                    differing, 0,
+                    "extra passes {extra_passes}, {grad_signal:?}, {sizes:?}"
+                );
+            }
+        }
+        let arch = Arch::new(every_mixer());
+        let dropout = ProbeOptions {
+            batch: 2,
+            seq_len: 8,
+            dropout: true,
+            pass: PassMode::Whole,
+            ..FAMILY.probe_options()
+        };
+        let by_layers = ProbeOptions {
+            pass: PassMode::ByBlocks,
+            ..dropout.clone()
+        };
+        let batch = FAMILY.batch(&dropout).unwrap();
+        assert_eq!(
+            probe_bits(&FAMILY.probe(&arch, 1, &dropout, &batch).unwrap()),
+            probe_bits(&FAMILY.probe(&arch, 1, &by_layers, &batch).unwrap())
+        );
     }
 
     /// Every trainable tensor receives a non-zero gradient from the projection signal, except

@@ -960,18 +960,6 @@ impl Gpt2Flex {
         self.check_batch(inputs, targets, (rows, cols))?;
         let taps_on = self.taps.is_enabled();
         let mut params_grads = GradStore::default();
-        let add_grads = |store: &mut GradStore, from: &GradStore| -> candle_core::Result<()> {
-            for (_, var) in self.params.vars() {
-                if let Some(g) = from.get(var.as_tensor()) {
-                    let g = match store.remove(var.as_tensor()) {
-                        Some(prev) => (prev + g)?,
-                        None => g.clone(),
-                    };
-                    store.insert(var.as_tensor(), g.detach());
-                }
-            }
-            Ok(())
-        };
         // The bottom (embeddings, positions, the embedding tap) keeps its small graph.
         let emb = self
             .embed(inputs, &device)?
@@ -1002,7 +990,7 @@ impl Gpt2Flex {
         let loss_value = loss.to_scalar::<f32>()?;
         let head_grads = loss.backward()?;
         drop((loss, hidden));
-        add_grads(&mut params_grads, &head_grads)?;
+        self.params.add_grads(&mut params_grads, &head_grads)?;
         let mut upstream = head_grads
             .get(top.as_tensor())
             .context("internal error: the backward did not reach the last block")?
@@ -1027,14 +1015,14 @@ impl Gpt2Flex {
                 self.block_backward(block, &input, out, &upstream, taps_on.then_some(&mut terms))?;
             drop(input);
             block_terms.push(terms);
-            add_grads(&mut params_grads, &grads)?;
+            self.params.add_grads(&mut params_grads, &grads)?;
             upstream = dx;
         }
         // The bottom.
         let grads = (h0 * &upstream)?.sum_all()?.backward()?;
         let mut terms = passes::tap_terms(&bottom_taps, &grads)?;
         drop(bottom_taps);
-        add_grads(&mut params_grads, &grads)?;
+        self.params.add_grads(&mut params_grads, &grads)?;
         drop(grads);
         terms.extend(block_terms.into_iter().rev().flatten());
         self.taps.set_enabled(taps_on);

@@ -201,6 +201,22 @@ impl Params {
     pub fn count(&self) -> usize {
         self.vars.iter().map(|(_, v)| v.elem_count()).sum()
     }
+
+    /// Adds the gradients `from` holds for these variables to `store` (a variable's first
+    /// gradient is taken as is), detached: how a pass run part by part (a model's blocks, its
+    /// head, its bottom, each with a backward of its own) gathers its parameters' gradients.
+    pub fn add_grads(&self, store: &mut GradStore, from: &GradStore) -> candle_core::Result<()> {
+        for (_, var) in &self.vars {
+            if let Some(g) = from.get(var.as_tensor()) {
+                let g = match store.remove(var.as_tensor()) {
+                    Some(prev) => (prev + g)?,
+                    None => g.clone(),
+                };
+                store.insert(var.as_tensor(), g.detach());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A model built from a config into a parameter registry: `new` draws the weights, and

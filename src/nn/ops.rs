@@ -619,18 +619,27 @@ impl CustomOp1 for GeluErf {
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // d/dx ½x(1 + erf(x/√2)) = Φ(x) + x φ(x), with Φ(x) = y/x recovered from the forward
-        // away from x = 0.
-        element_grad(x, res, grad, "gelu-erf-grad", |v, y, g| {
-            let cdf = if v.abs() > 1e-2 {
-                y / v
-            } else {
-                0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
-            };
-            g * (cdf + v * INV_SQRT_TAU * (-0.5 * v * v).exp())
-        })
-        .map(Some)
+        gelu_erf_grad(x, res, grad).map(Some)
     }
+}
+
+/// ∂ℒ/∂x of [`gelu_erf`] at `x`, from its result `res` and ∂ℒ/∂(result) `grad`: what its
+/// backward computes.
+pub(crate) fn gelu_erf_grad(
+    x: &Tensor,
+    res: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<Tensor> {
+    // d/dx ½x(1 + erf(x/√2)) = Φ(x) + x φ(x), with Φ(x) = y/x recovered from the forward
+    // away from x = 0.
+    element_grad(x, res, grad, "gelu-erf-grad", |v, y, g| {
+        let cdf = if v.abs() > 1e-2 {
+            y / v
+        } else {
+            0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+        };
+        g * (cdf + v * INV_SQRT_TAU * (-0.5 * v * v).exp())
+    })
 }
 
 /// Backward of `softmax(scale · x)` over the last axis: `scale · p ⊙ (g − Σ_j g_j p_j)`.

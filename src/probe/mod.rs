@@ -118,10 +118,11 @@ pub struct ProbeOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PassMode {
     /// Block by block where the family has such a pass ([`ProbeModel::forward_backward`];
-    /// GPT-2 without dropout), else whole. The forward keeps only each block's input and the
-    /// captures; the backward runs each block again, one at a time, with its graph. On GPT-2
-    /// at 16 × 192 this halves a probe's peak memory and is no slower (the extra forward
-    /// costs about what the whole graph's memory traffic did).
+    /// without dropout), else whole. GPT-2: the forward keeps only each block's input and the
+    /// captures; the backward replays each block from them (or runs it again, when nothing
+    /// is captured) and differentiates it by hand, one at a time; at 16 × 192 this halves a
+    /// probe's peak memory and is faster than the whole graph. FlexiBERT: layer by layer,
+    /// SA-SDP layers differentiated by hand, nothing run twice.
     #[default]
     ByBlocks,
     /// The whole network's graph at once.
