@@ -99,7 +99,7 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// Runs `f` on the f32 values of `t`, row-major, read in place (a contiguous copy first when
 /// `t` is strided); fails naming `op` unless `t` is an f32 tensor on the CPU.
-fn with_values<R>(
+pub fn with_values<R>(
     t: &Tensor,
     op: &'static str,
     f: impl FnOnce(&[f32]) -> candle_core::Result<R>,

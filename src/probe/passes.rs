@@ -21,7 +21,7 @@ use candle_core::{DType, Tensor, Var};
 
 use super::FisherWidth;
 use crate::linalg;
-use crate::nn::{Params, Tap, TapSite};
+use crate::nn::{ops, Params, Tap, TapSite};
 
 /// Values of the extra-pass baselines of one architecture, with the time their passes took.
 #[derive(Clone, Debug, Default)]
@@ -82,28 +82,43 @@ pub fn tap_terms(taps: &[Tap], grads: &GradStore) -> Result<Vec<TapTerm>> {
 
 /// The term of a tap at `site` on the activation `value` whose gradient is `g` (shaped as
 /// `value`).
+///
+/// A linear's term is read in place in one pass: `Σ (a ∂ℒ/∂a)²` with each product and square
+/// in f64 and the sum running over the entries in order from zero, and the confidence (the
+/// maximum over axis 1, the first entry kept unless a later one is larger, then the mean of
+/// the maxima in f64 as a sum times its reciprocal count): the values of the composition of
+/// candle ops (conversions to f64, products, `max(1)`, `sum_all`, `mean_all`) it replaces,
+/// bit for bit, without its f64 copies of every activation.
 pub fn tap_term(site: TapSite, value: &Tensor, g: &Tensor) -> Result<TapTerm> {
     Ok(match site {
         TapSite::Linear {
             in_dim, out_dim, ..
         } => {
-            let width = *value.dims().last().unwrap_or(&1);
-            let prod = (value.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?)?;
-            let confidence = if value.rank() >= 3 {
-                Some(
-                    value
-                        .max(1)?
-                        .to_dtype(DType::F64)?
-                        .mean_all()?
-                        .to_scalar::<f64>()?,
-                )
-            } else {
-                None
-            };
+            let dims = value.dims().to_vec();
+            let width = *dims.last().unwrap_or(&1);
+            let (value, g) = (value.to_dtype(DType::F32)?, g.to_dtype(DType::F32)?);
+            let (squared_sum, confidence) = ops::with_values(&value, "tap", |v| {
+                let squared_sum = ops::with_values(&g, "tap", |gs| {
+                    if gs.len() != v.len() {
+                        return Err(candle_core::Error::Msg(format!(
+                            "tap: activation {dims:?} and gradient {:?} differ in size",
+                            g.dims()
+                        )));
+                    }
+                    let mut sum = 0f64;
+                    for (&a, &b) in v.iter().zip(gs) {
+                        let p = a as f64 * b as f64;
+                        sum += p * p;
+                    }
+                    Ok(sum)
+                })?;
+                let confidence = (dims.len() >= 3).then(|| confidence(v, &dims));
+                Ok((squared_sum, confidence))
+            })?;
             TapTerm::Linear {
                 in_dim,
                 out_dim,
-                squared_sum: prod.sqr()?.sum_all()?.to_scalar::<f64>()?,
+                squared_sum,
                 rows: value.elem_count() / width.max(1),
                 confidence,
             }
@@ -115,6 +130,35 @@ pub fn tap_term(site: TapSite, value: &Tensor, g: &Tensor) -> Result<TapTerm> {
             TapTerm::JacobCov(linalg::log_eigen_score(&linalg::corrcoef_rows(&j, b, cols)))
         }
     })
+}
+
+/// The mean over (axis 0, axes 2…) of the maximum over axis 1 of the values `v` of an array
+/// of `dims` (rank 3 or more): each maximum starts at the first entry and takes a later one
+/// only when it is larger (a NaN first stays; a NaN later is passed over), the maxima are
+/// summed in f64 in order from zero, and the sum is multiplied by the reciprocal of their
+/// count: candle's `max(1)` then `mean_all` in f64.
+fn confidence(v: &[f32], dims: &[usize]) -> f64 {
+    let (outer, mid) = (dims[0], dims[1]);
+    let inner: usize = dims[2..].iter().product();
+    if outer * mid * inner == 0 {
+        return f64::NAN;
+    }
+    let mut sum = 0f64;
+    let mut maxima = vec![0f32; inner];
+    for block in v.chunks_exact(mid * inner).take(outer) {
+        maxima.copy_from_slice(&block[..inner]);
+        for row in block.chunks_exact(inner) {
+            for (m, &x) in maxima.iter_mut().zip(row) {
+                if *m < x {
+                    *m = x;
+                }
+            }
+        }
+        for &m in &maxima {
+            sum += m as f64;
+        }
+    }
+    sum * (1.0 / (outer * inner) as f64) + 0.0
 }
 
 /// Fisher, attention confidence and Jacob-Cov from the terms of the probe's taps, in the
@@ -148,6 +192,12 @@ pub fn from_terms(terms: &[TapTerm], fisher_width: FisherWidth) -> Extras {
 /// GraSP's `Σ −W ⊙ (H g)` over `weights`, with `g` their gradients in `grads` and
 /// `gradients` a fresh forward and backward of the same signal (same batch, same dropout
 /// masks) at the weights as they then are. Weights are restored.
+///
+/// Every sum reads the tensors in place, in f64, each tensor's entries in order from zero and
+/// the tensors' sums added in order: the values of the composition of candle ops (f64 copies,
+/// squares or products, `sum_all`, the perturbation as `affine` and a sum in f32, the
+/// difference quotient as a division by ε) it replaces, bit for bit, without its f64 copies of
+/// every weight and gradient.
 pub fn grasp(
     weights: &[&Var],
     grads: &GradStore,
@@ -160,45 +210,71 @@ pub fn grasp(
             None => w.as_tensor().zeros_like(),
         })
         .collect::<candle_core::Result<_>>()?;
-    let sq = |ts: &mut dyn Iterator<Item = &Tensor>| -> candle_core::Result<f64> {
-        let mut s = 0f64;
-        for t in ts {
-            s += t
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+    // Σ over the tensors of (Σ over a tensor's entries of x·y in f64).
+    let dot = |xs: &[Tensor], ys: &[Tensor], f: &dyn Fn(f32, f32) -> f64| -> Result<f64> {
+        let mut total = 0f64;
+        for (x, y) in xs.iter().zip(ys) {
+            total += ops::with_values(x, "grasp", |a| {
+                ops::with_values(y, "grasp", |b| {
+                    let mut s = 0f64;
+                    for (&p, &q) in a.iter().zip(b) {
+                        s += f(p, q);
+                    }
+                    Ok(s)
+                })
+            })?;
         }
-        Ok(s)
+        Ok(total)
     };
-    let w_norm = sq(&mut weights.iter().map(|w| w.as_tensor()))?.sqrt();
-    let g_norm = sq(&mut g.iter())?.sqrt();
-    if g_norm == 0.0 || !g_norm.is_finite() {
-        return Ok(f64::NAN);
-    }
-    let eps = 1e-3 * w_norm / g_norm;
+    let square = |x: f32, _: f32| (x as f64) * (x as f64);
+    // Copies: setting a variable writes into its storage.
     let originals: Vec<Tensor> = weights
         .iter()
         .map(|w| w.as_tensor().copy())
         .collect::<candle_core::Result<_>>()?;
-    for (w, gi) in weights.iter().zip(&g) {
-        w.set(&(w.as_tensor() + gi.affine(eps, 0.0)?)?)?;
+    let w_norm = dot(&originals, &originals, &square)?.sqrt();
+    let g_norm = dot(&g, &g, &square)?.sqrt();
+    if g_norm == 0.0 || !g_norm.is_finite() {
+        return Ok(f64::NAN);
+    }
+    let eps = 1e-3 * w_norm / g_norm;
+    let step = eps as f32;
+    for ((w, orig), gi) in weights.iter().zip(&originals).zip(&g) {
+        let moved = ops::with_values(orig, "grasp", |a| {
+            ops::with_values(gi, "grasp", |b| {
+                Ok(a.iter()
+                    .zip(b)
+                    .map(|(&w, &d)| w + (d * step + 0.0))
+                    .collect::<Vec<_>>())
+            })
+        })?;
+        w.set(&Tensor::from_vec(moved, orig.dims(), orig.device())?)?;
     }
     let perturbed = gradients();
     for (w, orig) in weights.iter().zip(&originals) {
         w.set(orig)?;
     }
     let g2 = perturbed?;
+    let inv = 1.0 / eps;
     let mut total = 0f64;
     for ((w, gi), orig) in weights.iter().zip(&g).zip(&originals) {
         let g2i = match g2.get(w.as_tensor()) {
             Some(t) => t.clone(),
             None => gi.zeros_like()?,
         };
-        let hg = ((g2i.to_dtype(DType::F64)? - gi.to_dtype(DType::F64)?)? / eps)?;
-        total -= (orig.to_dtype(DType::F64)? * hg)?
-            .sum_all()?
-            .to_scalar::<f64>()?;
+        // Σ W ⊙ (g₂ − g)/ε, the quotient as candle's division by ε (a product with 1/ε).
+        let wh = ops::with_values(orig, "grasp", |o| {
+            ops::with_values(&g2i, "grasp", |a| {
+                ops::with_values(gi, "grasp", |b| {
+                    let mut s = 0f64;
+                    for ((&w, &p), &q) in o.iter().zip(a).zip(b) {
+                        s += w as f64 * ((p as f64 - q as f64) * inv + 0.0);
+                    }
+                    Ok(s)
+                })
+            })
+        })?;
+        total -= wh;
     }
     Ok(total)
 }
@@ -270,6 +346,86 @@ mod tests {
         );
     }
 
+    /// GraSP read in place gives the values of the candle composition it replaced (f64
+    /// copies, `sum_all`, `affine`), bit for bit, and restores the weights.
+    #[test]
+    fn grasp_in_place_is_the_candle_composition_bit_for_bit() {
+        let dev = Device::Cpu;
+        let draw = |n: usize, seed: u64| crate::rng::Rng::new(seed).normal_vec(n, 0.7);
+        let w1 = Var::from_vec(draw(1200, 1), (30, 40), &dev).unwrap();
+        let w2 = Var::from_vec(draw(800, 2), (40, 20), &dev).unwrap();
+        let x = Tensor::from_vec(draw(750, 3), (25, 30), &dev).unwrap();
+        let loss = || -> candle_core::Result<Tensor> {
+            let h = x.matmul(w1.as_tensor())?.tanh()?;
+            h.matmul(w2.as_tensor())?.sqr()?.sum_all()
+        };
+        let grads = loss().unwrap().backward().unwrap();
+        let ours = grasp(&[&w1, &w2], &grads, || Ok(loss()?.backward()?)).unwrap();
+        // The composition, as it was written before.
+        let weights = [&w1, &w2];
+        let g: Vec<Tensor> = weights
+            .iter()
+            .map(|w| grads.get(w.as_tensor()).unwrap().clone())
+            .collect();
+        let sq = |ts: &mut dyn Iterator<Item = &Tensor>| -> f64 {
+            let mut s = 0f64;
+            for t in ts {
+                s += t
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+            }
+            s
+        };
+        let w_norm = sq(&mut weights.iter().map(|w| w.as_tensor())).sqrt();
+        let g_norm = sq(&mut g.iter()).sqrt();
+        let eps = 1e-3 * w_norm / g_norm;
+        let originals: Vec<Tensor> = weights
+            .iter()
+            .map(|w| w.as_tensor().copy().unwrap())
+            .collect();
+        for (w, gi) in weights.iter().zip(&g) {
+            w.set(&(w.as_tensor() + gi.affine(eps, 0.0).unwrap()).unwrap())
+                .unwrap();
+        }
+        let g2 = loss().unwrap().backward().unwrap();
+        for (w, orig) in weights.iter().zip(&originals) {
+            w.set(orig).unwrap();
+        }
+        let mut composed = 0f64;
+        for ((w, gi), orig) in weights.iter().zip(&g).zip(&originals) {
+            let g2i = g2.get(w.as_tensor()).unwrap();
+            let hg = ((g2i.to_dtype(DType::F64).unwrap() - gi.to_dtype(DType::F64).unwrap())
+                .unwrap()
+                / eps)
+                .unwrap();
+            composed -= (orig.to_dtype(DType::F64).unwrap() * hg)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+        }
+        assert_eq!(
+            ours.to_bits(),
+            composed.to_bits(),
+            "{ours} against {composed}"
+        );
+        assert_eq!(
+            w1.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            draw(1200, 1)
+        );
+    }
+
     #[test]
     fn synflow_uses_absolute_weights() {
         let mut params = Params::default();
@@ -325,6 +481,63 @@ mod tests {
             )
         };
         assert_eq!(run(true), run(false));
+    }
+
+    /// A linear tap's term read in place is the composition of candle ops it replaces, bit
+    /// for bit: ranks 2, 3 and 4, a NaN first along axis 1 and one later.
+    #[test]
+    fn tap_term_is_the_candle_composition_bit_for_bit() {
+        let dev = Device::Cpu;
+        let site = TapSite::Linear {
+            role: crate::nn::LinearRole::Mixer,
+            in_dim: 3,
+            out_dim: 5,
+        };
+        for dims in [vec![6, 5], vec![3, 7, 5], vec![2, 4, 3, 5]] {
+            let n: usize = dims.iter().product();
+            let mut v = crate::rng::Rng::new(n as u64).normal_vec(n, 2.0);
+            let g = crate::rng::Rng::new(n as u64 + 1).normal_vec(n, 0.5);
+            v[1] = f32::NAN;
+            v[n - 1] = f32::NAN;
+            let value = Tensor::from_vec(v, dims.as_slice(), &dev).unwrap();
+            let grad = Tensor::from_vec(g, dims.as_slice(), &dev).unwrap();
+            let TapTerm::Linear {
+                squared_sum,
+                confidence,
+                rows,
+                ..
+            } = tap_term(site, &value, &grad).unwrap()
+            else {
+                panic!("a linear's tap gives a linear's term");
+            };
+            let prod =
+                (value.to_dtype(DType::F64).unwrap() * grad.to_dtype(DType::F64).unwrap()).unwrap();
+            let composed = prod
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert_eq!(squared_sum.to_bits(), composed.to_bits(), "{dims:?}");
+            assert_eq!(rows, n / 5);
+            let composed = (dims.len() >= 3).then(|| {
+                value
+                    .max(1)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            });
+            assert_eq!(
+                confidence.map(f64::to_bits),
+                composed.map(f64::to_bits),
+                "{dims:?}"
+            );
+        }
     }
 
     #[test]

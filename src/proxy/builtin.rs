@@ -305,13 +305,17 @@ fn mean_of_max_over_axis1(a: &Array) -> f64 {
     let inner: usize = shape[2..].iter().product();
     let data = a.data();
     let mut total = 0f64;
-    for o in 0..outer {
-        let block = &data[o * mid * inner..(o + 1) * mid * inner];
-        for i in 0..inner {
-            let mut m = f32::NEG_INFINITY;
-            for t in 0..mid {
-                m = m.max(block[t * inner + i]);
+    // The maxima of one outer block, row by row (each over axis 1 in its order, as a walk
+    // down each column would take them, but reading the rows in place).
+    let mut maxima = vec![f32::NEG_INFINITY; inner];
+    for block in data.chunks_exact(mid * inner).take(outer) {
+        maxima.fill(f32::NEG_INFINITY);
+        for row in block.chunks_exact(inner) {
+            for (m, &v) in maxima.iter_mut().zip(row) {
+                *m = m.max(v);
             }
+        }
+        for &m in &maxima {
             total += m as f64;
         }
     }
@@ -323,7 +327,12 @@ fn head_confidence(p: &Probe) -> f64 {
 }
 
 fn head_confidence_normalized(p: &Probe) -> f64 {
-    head_confidence(p) / p.mixer_outputs.len() as f64
+    head_confidence(p) / mixer_output_count(p)
+}
+
+/// The number of arrays `head_confidence` sums over.
+fn mixer_output_count(p: &Probe) -> f64 {
+    p.mixer_outputs.len() as f64
 }
 
 fn head_softmax_confidence(p: &Probe) -> f64 {
@@ -331,7 +340,12 @@ fn head_softmax_confidence(p: &Probe) -> f64 {
 }
 
 fn head_softmax_confidence_normalized(p: &Probe) -> f64 {
-    head_softmax_confidence(p) / p.softmax.len() as f64
+    head_softmax_confidence(p) / softmax_count(p)
+}
+
+/// The number of arrays `head_softmax_confidence` sums over.
+fn softmax_count(p: &Probe) -> f64 {
+    p.softmax.len() as f64
 }
 
 /// `Σ_u n_u² + (T − n_u)²` for batch row 0 of a B × T × W activation, `n_u` the number of
@@ -392,9 +406,20 @@ pub type Divisor = fn(&Probe) -> f64;
 
 /// Built-ins whose value is another built-in's divided by a count read from the probe:
 /// `(name, base, divisor)`, with `compute(p) == base.compute(p) / divisor(p)` bit for bit.
-/// Each divisor counts linears, so it is a sum over any split of the linears (the streaming
-/// pass of a large model adds it up layer by layer).
+/// Each divisor counts linears or captured arrays, so it is a sum over any split of the layers
+/// (the streaming pass of a large model adds up a sum over linears and its count layer by
+/// layer; a proxy of the captures it computes at the end).
 const DERIVED: &[(&str, &str, Divisor)] = &[
+    (
+        "head_confidence_normalized",
+        "head_confidence",
+        mixer_output_count,
+    ),
+    (
+        "head_softmax_confidence_normalized",
+        "head_softmax_confidence",
+        softmax_count,
+    ),
     (
         "synaptic_diversity_normalized",
         "synaptic_diversity",
@@ -690,6 +715,41 @@ mod tests {
 
     fn arr(shape: &[usize], data: &[f32]) -> Array {
         Array::new(shape.to_vec(), data.to_vec()).unwrap()
+    }
+
+    /// The mean of the maxima over axis 1 read row by row is the walk down each column's,
+    /// bit for bit (NaN and −∞ included, 3-d and 4-d).
+    #[test]
+    fn mean_of_max_reads_rows_and_keeps_the_column_walk_values() {
+        let column_walk = |a: &Array| -> f64 {
+            let shape = a.shape();
+            let (outer, mid) = (shape[0], shape[1]);
+            let inner: usize = shape[2..].iter().product();
+            let data = a.data();
+            let mut total = 0f64;
+            for o in 0..outer {
+                for i in 0..inner {
+                    let mut m = f32::NEG_INFINITY;
+                    for t in 0..mid {
+                        m = m.max(data[(o * mid + t) * inner + i]);
+                    }
+                    total += m as f64;
+                }
+            }
+            total / (outer * inner) as f64
+        };
+        for shape in [vec![3, 7, 5], vec![2, 4, 3, 6], vec![1, 1, 9]] {
+            let n: usize = shape.iter().product();
+            let mut data = crate::rng::Rng::new(n as u64).normal_vec(n, 2.0);
+            data[n / 2] = f32::NAN;
+            data[n - 1] = f32::NEG_INFINITY;
+            let a = arr(&shape, &data);
+            assert_eq!(
+                mean_of_max_over_axis1(&a).to_bits(),
+                column_walk(&a).to_bits(),
+                "{shape:?}"
+            );
+        }
     }
 
     fn lin(role: LinearRole, weight: Array, grad: Array) -> LinearProbe {
