@@ -715,7 +715,7 @@ impl FlexiBert {
     /// layer its tape, any other its graph (from a leaf on its input, with the taps it
     /// recorded). The loss is differentiated from a leaf on the last layer's output; then,
     /// from the top, each layer is differentiated: an SA-SDP layer by hand
-    /// ([`FlexiBert::sdp_backward`]), any other through candle's backward of its graph and
+    /// (`FlexiBert::sdp_backward`), any other through candle's backward of its graph and
     /// `Σ out ⊙ ∂ℒ/∂out` (whose gradient with respect to `out` is `∂ℒ/∂out` exactly); its
     /// input's gradient goes to the layer below, and the embeddings below the first layer
     /// keep their small graph. The taps' terms are handed over in forward order. Nothing runs

@@ -940,7 +940,7 @@ impl Gpt2Flex {
     /// The forward runs each block on its input, keeps the captures and the input, and drops
     /// the block's graph. The loss is differentiated from a leaf on the last block's output;
     /// then, from the top, each block runs again on its kept input and is differentiated by
-    /// hand ([`Gpt2Flex::block_backward`], the same calls as candle's backward through the
+    /// hand (`Gpt2Flex::block_backward`, the same calls as candle's backward through the
     /// block's graph, without its bookkeeping); its input's gradient goes to the block below.
     /// The gradient of a block's input is the sum of two terms (its LayerNorm and its
     /// residual), which is the same in either order, so the whole pass's values come out. Tied output

@@ -446,8 +446,8 @@ pub struct LinearGrads {
 impl Linear {
     /// The gradients of [`Linear::forward`] on `x` from ∂ℒ/∂(output) `grad` (shaped as the
     /// output), computed by hand: the same values as candle's backward through the layer, for
-    /// a model that differentiates a block itself. Needs a layer and input that
-    /// [`Linear::fuses`].
+    /// a model that differentiates a block itself. Needs an f32 layer with a bias on an f32
+    /// input on the CPU (the fused op's case).
     pub fn backward(&self, x: &Tensor, grad: &Tensor) -> candle_core::Result<LinearGrads> {
         if !self.fuses(x) {
             return Err(candle_core::Error::Msg(format!(
