@@ -992,8 +992,7 @@ fn attention(
 }
 
 /// ∂ℒ/∂q, ∂ℒ/∂k and ∂ℒ/∂v (B × T × width each) of [`attention`] without dropout, from
-/// ∂ℒ/∂(context) `d_ctx`: the products candle's backward makes through the attention's
-/// graph, on the same layouts, and the softmax's own gradient.
+/// ∂ℒ/∂(context) `d_ctx`: [`ops::attention_grads`] on the heads, then back through each split.
 fn attention_backward(att: &Attention, d_ctx: &Tensor) -> candle_core::Result<[Tensor; 3]> {
     let (b, t, w) = d_ctx.dims3()?;
     let [qh, kh, vh] = &att.heads;
@@ -1003,16 +1002,9 @@ fn attention_backward(att: &Attention, d_ctx: &Tensor) -> candle_core::Result<[T
         .reshape((b, t, heads, d))?
         .transpose(1, 2)?
         .contiguous()?;
-    // context = probs · v.
-    let d_probs = g.matmul(&vh.t()?)?;
-    let dvh = att.probs.t()?.matmul(&g)?;
+    let [dqh, dkh, dvh] =
+        ops::attention_grads([qh, kh, vh], &att.probs, &g, 1.0 / (d as f32).sqrt())?;
     drop(g);
-    let d_scores = ops::softmax_grad(&att.probs, &d_probs, 1.0 / (d as f32).sqrt())?;
-    drop(d_probs);
-    // scores = q · kᵀ.
-    let dqh = d_scores.matmul(&kh.t()?.t()?)?;
-    let dkh = qh.t()?.matmul(&d_scores)?.t()?.contiguous()?;
-    drop(d_scores);
     // Through each split of the heads.
     let merge = |x: Tensor| x.transpose(1, 2)?.contiguous()?.reshape((b, t, w));
     Ok([merge(dqh)?, merge(dkh)?, merge(dvh)?])

@@ -1148,10 +1148,8 @@ fn attend(probs: &Tensor, heads: &Tensor) -> candle_core::Result<Tensor> {
         .reshape((b, t, h * dh))
 }
 
-/// ∂ℒ/∂(q|k|v) (B × T × 3D) of [`causal_attention`] from ∂ℒ/∂(context) `d_ctx` (B × T × D): the
-/// products candle's backward makes through the attention's graph, on the same layouts, and
-/// the softmax's own gradient; q's, k's and v's gradients are laid out as the fused output in
-/// one copy.
+/// ∂ℒ/∂(q|k|v) (B × T × 3D) of [`causal_attention`] from ∂ℒ/∂(context) `d_ctx` (B × T × D):
+/// [`ops::attention_grads`] on the heads, laid out as the fused output in one copy.
 fn causal_attention_backward(att: &Attention, d_ctx: &Tensor) -> candle_core::Result<Tensor> {
     let (b, t, d) = d_ctx.dims3()?;
     let (heads, scale) = att.heads_and_scale()?;
@@ -1162,17 +1160,8 @@ fn causal_attention_backward(att: &Attention, d_ctx: &Tensor) -> candle_core::Re
         .reshape((b, t, heads, d / heads))?
         .transpose(1, 2)?
         .contiguous()?;
-    // context = probs · v.
-    let d_probs = g.matmul(&v.t()?)?;
-    let dv = att.probs.t()?.matmul(&g)?;
+    let [dq, dk, dv] = ops::attention_grads([&q, &k, &v], &att.probs, &g, scale)?;
     drop(g);
-    let d_scores = ops::softmax_grad(&att.probs, &d_probs, scale)?;
-    drop(d_probs);
-    // scores = q · kᵀ.
-    let kt = k.t()?;
-    let dq = d_scores.matmul(&kt.t()?)?;
-    let dk = q.t()?.matmul(&d_scores)?.t()?.contiguous()?;
-    drop(d_scores);
     Tensor::stack(&[dq, dk, dv], 0)?
         .permute((1, 3, 0, 2, 4))?
         .contiguous()?

@@ -291,6 +291,29 @@ pub(crate) fn linear_grads(
     Ok((dx, dw, db))
 }
 
+/// The gradients ∂ℒ/∂q, ∂ℒ/∂k and ∂ℒ/∂v of scaled dot-product attention `probs · v`, with
+/// `probs` = [`softmax_last`] or [`causal_softmax`] of `q · kᵀ` with `scale`, heads first
+/// (… × T × d each), from ∂ℒ/∂(probs · v) `g` (contiguous, as `q`): the products candle's
+/// backward makes through `q.matmul(&k.t())`, the softmax and `probs.matmul(&v)`, on the same
+/// layouts, and the softmax's own gradient, so the same values bit for bit. ∂ℒ/∂k comes
+/// contiguous, as candle's backward leaves it.
+pub(crate) fn attention_grads(
+    [q, k, v]: [&Tensor; 3],
+    probs: &Tensor,
+    g: &Tensor,
+    scale: f32,
+) -> candle_core::Result<[Tensor; 3]> {
+    // context = probs · v.
+    let d_probs = g.matmul(&v.t()?)?;
+    let dv = probs.t()?.matmul(g)?;
+    let d_scores = softmax_grad(probs, &d_probs, scale)?;
+    drop(d_probs);
+    // scores = q · kᵀ (the gradient of kᵀ's own transpose is k's layout).
+    let dq = d_scores.matmul(&k.t()?.t()?)?;
+    let dk = q.t()?.matmul(&d_scores)?.t()?.contiguous()?;
+    Ok([dq, dk, dv])
+}
+
 /// The sum over the rows of an N × C matrix, per column: the values of candle's
 /// `sum_keepdim(0)` (each column summed over the rows in their order, from zero), read in
 /// place and the columns split between the cores the probe has to spare, where candle walks
