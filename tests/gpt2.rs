@@ -723,33 +723,6 @@ fn compute_all_equals_each_proxy_on_its_own() {
     }
 }
 
-/// Everything a probe holds that proxies read, as exact bits: the loss, the captures, every
-/// linear's weight and gradient, the position table's gradient and the extra-pass values.
-fn probe_bits(p: &Probe) -> Vec<u64> {
-    let mut bits = vec![p.loss.to_bits()];
-    let arrays = p
-        .act
-        .iter()
-        .chain(&p.softmax)
-        .chain(p.linears.iter().flat_map(|l| [&l.weight, &l.grad]))
-        .chain([&p.position_grad]);
-    for a in arrays {
-        bits.extend(a.data().iter().map(|x| x.to_bits() as u64));
-    }
-    if let Some(e) = &p.extras {
-        let values = [
-            e.fisher,
-            e.attention_confidence,
-            e.jacob_cov,
-            e.grasp,
-            e.synflow,
-            e.logsynflow,
-        ];
-        bits.extend(values.iter().map(|v| v.to_bits()));
-    }
-    bits
-}
-
 /// A probe run block by block (the default: each block's forward recomputed for its backward)
 /// holds the same values, bit for bit, as the whole pass: with and without the extra passes (taps,
 /// GraSP's second pass, Synflow), for both embedding layouts; with dropout it runs whole.
@@ -775,7 +748,7 @@ fn a_pass_by_blocks_gives_the_whole_pass_values_bit_for_bit() {
             let (a, b) = (probe(r, 1, &whole), probe(r, 1, &by_blocks));
             assert_eq!(a.extras.is_some(), extra_passes);
             assert_eq!(b.extras.is_some(), extra_passes);
-            let (a, b) = (probe_bits(&a), probe_bits(&b));
+            let (a, b) = (a.value_bits(), b.value_bits());
             assert_eq!(a.len(), b.len());
             let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
             assert_eq!(
@@ -798,8 +771,8 @@ fn a_pass_by_blocks_gives_the_whole_pass_values_bit_for_bit() {
     };
     let r = tiny_record();
     assert_eq!(
-        probe_bits(&probe(&r, 2, &dropout)),
-        probe_bits(&probe(&r, 2, &by_blocks))
+        probe(&r, 2, &dropout).value_bits(),
+        probe(&r, 2, &by_blocks).value_bits()
     );
 }
 

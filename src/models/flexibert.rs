@@ -15,13 +15,12 @@ use super::family::{Counted, Family, FamilyInfo, Reference};
 use crate::bench::flexibert::{Layer, Mixer, Record, KIND, REFERENCE_FILE};
 use crate::bench::Arch;
 use crate::nn::{
-    dropout, ops, Build, Init, LayerNorm, Linear, LinearGrads, LinearRole, Params, Tap, TapSite,
-    Taps,
+    dropout, ops, Build, Init, LayerNorm, Linear, LinearRole, Params, Tap, TapSite, Taps,
 };
 use crate::probe::memory::ModelSize;
 use crate::probe::{
-    self, passes, Aggregate, Backward, Batch, Captures, FisherWidth, GradSignal, Network, Pass,
-    PassMode, Probe, ProbeModel, ProbeOptions, Semantics,
+    self, passes, Aggregate, Backward, Batch, ByHand, Captures, FisherWidth, GradSignal, Network,
+    Pass, PassMode, Probe, ProbeModel, ProbeOptions, Semantics,
 };
 use crate::rng::Rng;
 
@@ -644,67 +643,35 @@ impl FlexiBert {
         else {
             bail!("internal error: a backward by hand of a layer that is not SA-SDP");
         };
-        let mut grads = GradStore::default();
-        let mut keep = |lin: &Linear, g: LinearGrads| -> Tensor {
-            grads.insert(lin.weight.as_tensor(), g.weight);
-            if let Some(b) = &lin.bias {
-                grads.insert(b.as_tensor(), g.bias);
-            }
-            g.input
-        };
-        // Tap terms in backward order, put in forward order at the end.
-        let mut reversed = Vec::new();
-        let mut term = |lin: &Linear, value: Tensor, grad: &Tensor| -> Result<()> {
-            if terms.is_some() {
-                reversed.push(passes::tap_term(lin.tap_site(), &value, grad)?);
-            }
-            Ok(())
-        };
+        let mut by_hand = ByHand::new(terms.is_some());
         // out = ffn_ln(s2), s2 = ffn_out(z) + a, z = the GELU FFN stack on a.
         let (y2, s2) = tape.ffn_out;
-        let [ds2, d_gamma_ffn, d_beta_ffn] = layer.ffn_ln.backward(&s2, upstream)?;
+        let ds2 = by_hand.layer_norm(&layer.ffn_ln, &s2, upstream)?;
         drop(s2);
-        term(&layer.ffn_out, y2, &ds2)?;
         let mut ffn = tape.ffn;
         let last = ffn.last().map_or(&tape.a, |(_, z)| z);
-        let mut dz = keep(&layer.ffn_out, layer.ffn_out.backward(last, &ds2)?);
+        let mut dz = by_hand.linear(&layer.ffn_out, last, y2, &ds2)?;
         while let Some((f, z)) = ffn.pop() {
             let dense = &layer.ffn[ffn.len()];
             let df = ops::gelu_erf_grad(&f, &z, &dz)?;
             drop((z, dz));
-            term(dense, f, &df)?;
             let input = ffn.last().map_or(&tape.a, |(_, z)| z);
-            dz = keep(dense, dense.backward(input, &df)?);
+            dz = by_hand.linear(dense, input, f, &df)?;
         }
         drop(tape.a);
         let da = (ds2 + dz)?;
         // a = ln(s1), s1 = dense(ctx) + x, ctx = attention(q(x), k(x), v(x)).
-        let [ds1, d_gamma, d_beta] = ln.backward(&s1, &da)?;
+        let ds1 = by_hand.layer_norm(ln, &s1, &da)?;
         drop((da, s1));
-        term(dense, y, &ds1)?;
-        let d_ctx = keep(dense, dense.backward(&tape.mixed, &ds1)?);
+        let d_ctx = by_hand.linear(dense, &tape.mixed, y, &ds1)?;
         drop(tape.mixed);
         let [dq, dk, dv] = attention_backward(&attention, &d_ctx)?;
         drop((d_ctx, attention));
-        term(v, vo, &dv)?;
-        term(k, ko, &dk)?;
-        term(q, qo, &dq)?;
-        let dv_x = keep(v, v.backward(x, &dv)?);
-        let dk_x = keep(k, k.backward(x, &dk)?);
-        let dq_x = keep(q, q.backward(x, &dq)?);
+        let dv_x = by_hand.linear(v, x, vo, &dv)?;
+        let dk_x = by_hand.linear(k, x, ko, &dk)?;
+        let dq_x = by_hand.linear(q, x, qo, &dq)?;
         let dx = (((ds1 + dv_x)? + dk_x)? + dq_x)?;
-        for (var, grad) in [
-            (&ln.gamma, d_gamma),
-            (&ln.beta, d_beta),
-            (&layer.ffn_ln.gamma, d_gamma_ffn),
-            (&layer.ffn_ln.beta, d_beta_ffn),
-        ] {
-            grads.insert(var.as_tensor(), grad);
-        }
-        if let Some(terms) = terms {
-            terms.extend(reversed.into_iter().rev());
-        }
-        Ok((dx, grads))
+        Ok((dx, by_hand.finish(terms)))
     }
 
     /// One forward and one backward pass layer by layer, without dropout: the same loss
@@ -1530,36 +1497,6 @@ mod tests {
         }
     }
 
-    /// Everything a probe holds that proxies read, as exact bits: the loss, the captures,
-    /// every linear's weight and gradient, the position table's gradient and the extra-pass
-    /// values.
-    fn probe_bits(p: &Probe) -> Vec<u64> {
-        let mut bits = vec![p.loss.to_bits()];
-        let arrays = p
-            .act
-            .iter()
-            .chain(p.head.iter())
-            .chain(p.mixer_outputs.iter())
-            .chain(&p.softmax)
-            .chain(p.linears.iter().flat_map(|l| [&l.weight, &l.grad]))
-            .chain([&p.position_grad]);
-        for a in arrays {
-            bits.extend(a.data().iter().map(|x| x.to_bits() as u64));
-        }
-        if let Some(e) = &p.extras {
-            let values = [
-                e.fisher,
-                e.attention_confidence,
-                e.jacob_cov,
-                e.grasp,
-                e.synflow,
-                e.logsynflow,
-            ];
-            bits.extend(values.iter().map(|v| v.to_bits()));
-        }
-        bits
-    }
-
     /// A probe run layer by layer (the default: SA-SDP layers differentiated by hand, the
     /// others through candle's backward of their own graph) holds the same values, bit for
     /// bit, as the whole pass: every mixer, with and without the extra passes (taps, GraSP's
@@ -1594,7 +1531,7 @@ mod tests {
                 let a = FAMILY.probe(&arch, 3, &whole, &batch).unwrap();
                 let b = FAMILY.probe(&arch, 3, &by_layers, &batch).unwrap();
                 assert_eq!(b.extras.is_some(), extra_passes);
-                let (a, b) = (probe_bits(&a), probe_bits(&b));
+                let (a, b) = (a.value_bits(), b.value_bits());
                 assert_eq!(a.len(), b.len());
                 let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
                 assert_eq!(
@@ -1617,8 +1554,14 @@ mod tests {
         };
         let batch = FAMILY.batch(&dropout).unwrap();
         assert_eq!(
-            probe_bits(&FAMILY.probe(&arch, 1, &dropout, &batch).unwrap()),
-            probe_bits(&FAMILY.probe(&arch, 1, &by_layers, &batch).unwrap())
+            FAMILY
+                .probe(&arch, 1, &dropout, &batch)
+                .unwrap()
+                .value_bits(),
+            FAMILY
+                .probe(&arch, 1, &by_layers, &batch)
+                .unwrap()
+                .value_bits()
         );
     }
 

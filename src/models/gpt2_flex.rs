@@ -26,13 +26,11 @@ use candle_core::{Device, Tensor, Var};
 use super::family::{Counted, Family, FamilyInfo};
 use crate::bench::gpt2::{Record, KIND};
 use crate::bench::Arch;
-use crate::nn::{
-    dropout, ops, Build, Init, LayerNorm, Linear, LinearGrads, LinearRole, Params, TapSite, Taps,
-};
+use crate::nn::{dropout, ops, Build, Init, LayerNorm, Linear, LinearRole, Params, TapSite, Taps};
 use crate::probe::memory::ModelSize;
 use crate::probe::{
-    self, passes, Aggregate, Backward, Batch, Captures, FisherWidth, Network, Pass, PassMode,
-    Probe, ProbeModel, ProbeOptions, Semantics,
+    self, passes, Aggregate, Backward, Batch, ByHand, Captures, FisherWidth, Network, Pass,
+    PassMode, Probe, ProbeModel, ProbeOptions, Semantics,
 };
 use crate::rng::Rng;
 
@@ -878,59 +876,26 @@ impl Gpt2Flex {
             m,
             g,
         } = out;
-        let mut grads = GradStore::default();
-        let mut keep = |lin: &Linear, g: LinearGrads| -> Tensor {
-            grads.insert(lin.weight.as_tensor(), g.weight);
-            if let Some(b) = &lin.bias {
-                grads.insert(b.as_tensor(), g.bias);
-            }
-            g.input
-        };
-        // Tap terms, in backward order (c_attn's last); put in forward order at the end.
-        let mut reversed = Vec::with_capacity(4);
-        let mut term = |lin: &Linear, value: Tensor, grad: &Tensor| -> Result<()> {
-            if terms.is_some() {
-                reversed.push(passes::tap_term(lin.tap_site(), &value, grad)?);
-            }
-            Ok(())
-        };
+        let mut by_hand = ByHand::new(terms.is_some());
         // out = mid + o, o = mlp_proj(g), g = gelu_new(f), f = c_fc(m), m = ln_2(mid).
-        term(&block.mlp_proj, o, upstream)?;
-        let dg = keep(&block.mlp_proj, block.mlp_proj.backward(&g, upstream)?);
+        let dg = by_hand.linear(&block.mlp_proj, &g, o, upstream)?;
         let df = ops::gelu_new_grad(&f, &g, &dg)?;
         drop((dg, g));
-        term(&block.c_fc, f, &df)?;
-        let dm = keep(&block.c_fc, block.c_fc.backward(&m, &df)?);
+        let dm = by_hand.linear(&block.c_fc, &m, f, &df)?;
         drop((df, m));
-        let [d_mid_ln, d_gamma_2, d_beta_2] = block.ln_2.backward(&mid, &dm)?;
+        let d_mid_ln = by_hand.layer_norm(&block.ln_2, &mid, &dm)?;
         drop((dm, mid));
         let d_mid = (upstream + d_mid_ln)?;
         // mid = x + a, a = attn_proj(ctx), ctx = attention(qkv), qkv = c_attn(u), u = ln_1(x).
-        term(&block.attn_proj, a, &d_mid)?;
-        let d_ctx = keep(
-            &block.attn_proj,
-            block.attn_proj.backward(&attention.ctx, &d_mid)?,
-        );
+        let d_ctx = by_hand.linear(&block.attn_proj, &attention.ctx, a, &d_mid)?;
         let d_qkv = causal_attention_backward(&attention, &d_ctx)?;
         drop((d_ctx, attention));
-        term(&block.c_attn, qkv, &d_qkv)?;
-        let du = keep(&block.c_attn, block.c_attn.backward(&u, &d_qkv)?);
+        let du = by_hand.linear(&block.c_attn, &u, qkv, &d_qkv)?;
         drop((d_qkv, u));
-        let [dx_ln, d_gamma_1, d_beta_1] = block.ln_1.backward(x, &du)?;
+        let dx_ln = by_hand.layer_norm(&block.ln_1, x, &du)?;
         drop(du);
         let dx = (d_mid + dx_ln)?;
-        for (var, grad) in [
-            (&block.ln_1.gamma, d_gamma_1),
-            (&block.ln_1.beta, d_beta_1),
-            (&block.ln_2.gamma, d_gamma_2),
-            (&block.ln_2.beta, d_beta_2),
-        ] {
-            grads.insert(var.as_tensor(), grad);
-        }
-        if let Some(terms) = terms {
-            terms.extend(reversed.into_iter().rev());
-        }
-        Ok((dx, grads))
+        Ok((dx, by_hand.finish(terms)))
     }
 
     /// One forward and one backward pass block by block, without dropout: the same loss,

@@ -26,7 +26,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 use crate::array::Array;
-use crate::nn::{to_array, Linear, LinearRole, Params, Taps};
+use crate::nn::{to_array, LayerNorm, Linear, LinearRole, Params, Taps};
 use crate::proxy::eval::list_bytes;
 use crate::rng::Rng;
 
@@ -379,6 +379,43 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// Everything a proxy reads, as exact bits: the loss, the captures (each list once), every
+    /// linear's weight and gradient, the position table's gradient and the extra passes'
+    /// values. Two ways of probing give the same probe when these agree.
+    pub fn value_bits(&self) -> Vec<u64> {
+        let mut bits = vec![self.loss.to_bits()];
+        let mut lists: Vec<&[Array]> = vec![&self.act];
+        if !Arc::ptr_eq(&self.head, &self.act) {
+            lists.push(&self.head);
+        }
+        if !Arc::ptr_eq(&self.mixer_outputs, &self.act)
+            && !Arc::ptr_eq(&self.mixer_outputs, &self.head)
+        {
+            lists.push(&self.mixer_outputs);
+        }
+        lists.push(&self.softmax);
+        let arrays = lists
+            .into_iter()
+            .flatten()
+            .chain(self.linears.iter().flat_map(|l| [&l.weight, &l.grad]))
+            .chain([&self.position_grad]);
+        for a in arrays {
+            bits.extend(a.data().iter().map(|x| x.to_bits() as u64));
+        }
+        if let Some(e) = &self.extras {
+            let values = [
+                e.fisher,
+                e.attention_confidence,
+                e.jacob_cov,
+                e.grasp,
+                e.synflow,
+                e.logsynflow,
+            ];
+            bits.extend(values.iter().map(|v| v.to_bits()));
+        }
+        bits
+    }
+
     /// The expression input lists, each once (`head` is left out when it is `act`'s list, as
     /// in GPT-2), with the position gradient last.
     fn input_lists(&self) -> Vec<&[Array]> {
@@ -550,6 +587,66 @@ pub struct Network<'a> {
     /// without one (Llama) gives a zero offset added to the input embeddings per position,
     /// whose gradient is the same per-position gradient.
     pub position_table: &'a Var,
+}
+
+/// What a block differentiated by hand gathers on its way down (a family's pass by blocks):
+/// its parameters' gradients and, when the taps are on, its linears' tap terms, met from the
+/// top and handed over in forward order ([`ByHand::finish`]).
+pub struct ByHand {
+    grads: GradStore,
+    taps: bool,
+    reversed: Vec<passes::TapTerm>,
+}
+
+impl ByHand {
+    /// Nothing gathered yet; `taps`: whether the linears' tap terms are read.
+    pub fn new(taps: bool) -> Self {
+        Self {
+            grads: GradStore::default(),
+            taps,
+            reversed: Vec::new(),
+        }
+    }
+
+    /// Back through `lin` applied to `x`, whose output `out` has the gradient `grad`: the
+    /// tap's term (when the taps are on; `out` is dropped once read), the weight's and the
+    /// bias's gradients kept ([`Linear::backward`]); returns ∂ℒ/∂x.
+    pub fn linear(
+        &mut self,
+        lin: &Linear,
+        x: &Tensor,
+        out: Tensor,
+        grad: &Tensor,
+    ) -> Result<Tensor> {
+        if self.taps {
+            self.reversed
+                .push(passes::tap_term(lin.tap_site(), &out, grad)?);
+        }
+        drop(out);
+        let g = lin.backward(x, grad)?;
+        self.grads.insert(lin.weight.as_tensor(), g.weight);
+        if let Some(b) = &lin.bias {
+            self.grads.insert(b.as_tensor(), g.bias);
+        }
+        Ok(g.input)
+    }
+
+    /// Back through `ln` applied to `x`, whose output has the gradient `grad`: γ's and β's
+    /// gradients kept ([`LayerNorm::backward`]); returns ∂ℒ/∂x.
+    pub fn layer_norm(&mut self, ln: &LayerNorm, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let [dx, d_gamma, d_beta] = ln.backward(x, grad)?;
+        self.grads.insert(ln.gamma.as_tensor(), d_gamma);
+        self.grads.insert(ln.beta.as_tensor(), d_beta);
+        Ok(dx)
+    }
+
+    /// The gradients gathered; the tap terms are appended to `terms` in forward order.
+    pub fn finish(self, terms: Option<&mut Vec<passes::TapTerm>>) -> GradStore {
+        if let Some(terms) = terms {
+            terms.extend(self.reversed.into_iter().rev());
+        }
+        self.grads
+    }
 }
 
 /// What one forward and backward pass hands to the probe.

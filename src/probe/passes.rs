@@ -210,30 +210,27 @@ pub fn grasp(
             None => w.as_tensor().zeros_like(),
         })
         .collect::<candle_core::Result<_>>()?;
-    // Σ over the tensors of (Σ over a tensor's entries of x·y in f64).
-    let dot = |xs: &[Tensor], ys: &[Tensor], f: &dyn Fn(f32, f32) -> f64| -> Result<f64> {
+    // Σ over the tensors of (Σ over a tensor's entries of x² in f64).
+    let squares = |ts: &[Tensor]| -> Result<f64> {
         let mut total = 0f64;
-        for (x, y) in xs.iter().zip(ys) {
-            total += ops::with_values(x, "grasp", |a| {
-                ops::with_values(y, "grasp", |b| {
-                    let mut s = 0f64;
-                    for (&p, &q) in a.iter().zip(b) {
-                        s += f(p, q);
-                    }
-                    Ok(s)
-                })
+        for t in ts {
+            total += ops::with_values(t, "grasp", |a| {
+                let mut s = 0f64;
+                for &x in a {
+                    s += x as f64 * x as f64;
+                }
+                Ok(s)
             })?;
         }
         Ok(total)
     };
-    let square = |x: f32, _: f32| (x as f64) * (x as f64);
     // Copies: setting a variable writes into its storage.
     let originals: Vec<Tensor> = weights
         .iter()
         .map(|w| w.as_tensor().copy())
         .collect::<candle_core::Result<_>>()?;
-    let w_norm = dot(&originals, &originals, &square)?.sqrt();
-    let g_norm = dot(&g, &g, &square)?.sqrt();
+    let w_norm = squares(&originals)?.sqrt();
+    let g_norm = squares(&g)?.sqrt();
     if g_norm == 0.0 || !g_norm.is_finite() {
         return Ok(f64::NAN);
     }
