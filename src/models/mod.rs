@@ -166,6 +166,8 @@ pub fn probe_gate(
     let limit = memory::MemoryLimit::min(limit, turns);
     let own = match limit {
         Some(l) if l.includes_the_process() => {
+            // What the process holds, without what it freed and keeps for reuse.
+            memory::release_all_freed_memory();
             crate::report::rss_mib().map_or(0.0, |mib| mib * (1u64 << 20) as f64)
         }
         _ => 0.0,

@@ -17,14 +17,24 @@ use crate::bench::{Benchmark, Entry};
 use crate::report::{available_memory_bytes, format_bytes};
 
 /// Makes the C allocator keep freed memory for reuse instead of handing it back to the
-/// system (glibc: no `mmap` for blocks under 32 MiB, no trimming of the heap top).
+/// system (glibc: no `mmap` for blocks under 32 MiB, no trimming of the heap top, one arena
+/// for every thread).
 ///
 /// A probe allocates a fresh buffer for almost every engine operation; by default glibc maps
 /// each large one anew and unmaps it on free, so every operation paid for page faults and for
 /// the kernel clearing its pages (about a fifth of a probe's time). Reusing the freed memory
 /// made the calibration probe about 20 % faster; the peak resident size is unchanged (the
-/// memory kept is what the previous operation freed). A process-wide setting: the binary
-/// calls it once at start. Does nothing on other C libraries.
+/// memory kept is what the previous operation freed).
+///
+/// One arena: by default each thread allocates from an arena of its own, which keeps what
+/// that thread freed for that thread alone (with two workers and large probes each kept as
+/// much as its largest probe ever needed) and unmaps a heap of it whenever the heap empties,
+/// so the next buffer was mapped and cleared again. Sharing the main arena, what one probe
+/// frees any thread's next probe reuses, the resident size is the most that probes held at
+/// once, and nothing needs handing back between probes ([`release_freed_memory_within`]): the
+/// 31 largest GPT-2 decoders' baselines took 131–134 s instead of 147–149 s on two threads,
+/// at the same peak (2.9 GB). A process-wide setting: the binary calls it once at start.
+/// Does nothing on other C libraries.
 pub fn reuse_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before any thread
@@ -32,44 +42,43 @@ pub fn reuse_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
-/// Resident size (MiB) above which [`release_freed_memory`] hands freed memory back, at most:
-/// with a limit below 8 GiB the threshold is a quarter of it.
-const RELEASE_ABOVE_MIB: f64 = 2048.0;
-
 /// Hands the memory freed so far back to the system (glibc `malloc_trim`) when the process
-/// holds more than 2 GiB (or a quarter of the [`MemoryLimit`], when that is less); called
-/// before each probe.
+/// holds more than the [`MemoryLimit`] allows; called before each probe.
 ///
-/// [`reuse_freed_memory`] has each worker thread keep what it freed for its next
-/// allocations. With several threads and large probes (GPT-2 at 16 × 192: up to 6 GB for
-/// one probe with the extra passes) every thread then kept as much as its largest probe ever
-/// needed, and the peak was the sum of those, not of what ran at the same time. Returning it
-/// once per probe costs page faults on the next probe's first touch, which is why small
-/// processes (a FlexiBERT probe needs well under 1 GB) skip it. Under a low limit the
-/// threshold follows the limit: an idle thread's kept memory is not in any estimate the
-/// [`Gate`] counts. Does nothing on other C libraries or where the resident size cannot be
-/// read.
+/// With [`reuse_freed_memory`]'s one arena, the memory the process keeps is what its probes
+/// held at the same time, which a [`Gate`] keeps within the limit; what a finished probe
+/// freed is reused by the next one, on whichever thread. Handing it back before every probe
+/// (as was done while each thread had an arena of its own) made every probe fault in and
+/// clear its pages again: 11 % of the time of the largest GPT-2 decoders' baselines. So
+/// memory is handed back only when the process holds more than the limit (the limit is an
+/// estimate's and the allocator's pieces can be scattered). Does nothing on other C
+/// libraries or where the resident size cannot be read.
 pub fn release_freed_memory() {
     release_freed_memory_within(MemoryLimit::current().ok().flatten().as_ref());
 }
 
 /// [`release_freed_memory`] under a given limit (a caller's own, such as a search's budget);
-/// `None`: no limit, the 2 GiB threshold.
+/// `None`: no limit, nothing handed back.
 pub fn release_freed_memory_within(limit: Option<&MemoryLimit>) {
+    let limit_mib = limit.map_or(f64::INFINITY, |l| l.bytes / (1u64 << 20) as f64);
+    if crate::report::rss_mib().is_some_and(|mib| mib > limit_mib) {
+        release_all_freed_memory();
+    }
+}
+
+/// Hands every freed piece of memory back to the system now (glibc `malloc_trim`), whatever
+/// the process holds: before the resident size is read as what the process needs (a
+/// [`Gate`]'s reserve). Does nothing on other C libraries.
+pub fn release_all_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let limit_mib = limit.map_or(f64::INFINITY, |l| l.bytes / (1u64 << 20) as f64);
-        let above = RELEASE_ABOVE_MIB.min(limit_mib / 4.0);
-        if crate::report::rss_mib().is_some_and(|mib| mib > above) {
-            // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe
-            // (it locks each arena in turn).
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        }
+    // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe (it locks
+    // each arena in turn).
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -318,9 +327,8 @@ impl Gate {
 
     /// The next item to probe: the first waiting one that fits beside those in flight (any
     /// when none is in flight or there is no limit), waiting until one does; `None` once every
-    /// item has been handed out or the gate was stopped. First hands back what the calling
-    /// thread's last probe freed ([`release_freed_memory_within`]), so that it is not held
-    /// beside the next one.
+    /// item has been handed out or the gate was stopped. First hands freed memory back if the
+    /// process holds more than the limit ([`release_freed_memory_within`]).
     pub fn next(&self) -> Option<Pass<'_>> {
         release_freed_memory_within(self.whole.as_ref());
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
