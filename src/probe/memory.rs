@@ -64,10 +64,14 @@ pub fn release_freed_memory() {
 /// [`release_freed_memory`] under a given limit (a caller's own, such as a search's budget);
 /// `None`: no limit, nothing handed back.
 pub fn release_freed_memory_within(limit: Option<&MemoryLimit>) {
-    let limit_mib = limit.map_or(f64::INFINITY, |l| l.bytes / (1u64 << 20) as f64);
-    if crate::report::rss_mib().is_some_and(|mib| mib > limit_mib) {
+    if crate::report::rss_mib().is_some_and(|mib| holds_more_than(mib, limit)) {
         release_all_freed_memory();
     }
+}
+
+/// Whether a process resident at `rss_mib` MiB holds more than `limit` (never without one).
+fn holds_more_than(rss_mib: f64, limit: Option<&MemoryLimit>) -> bool {
+    limit.is_some_and(|l| rss_mib * (1u64 << 20) as f64 > l.bytes)
 }
 
 /// Hands every freed piece of memory back to the system now (glibc `malloc_trim`), whatever
@@ -483,6 +487,20 @@ mod tests {
         stopped.stop();
         assert!(stopped.next().is_none());
         drop(first);
+    }
+
+    #[test]
+    fn freed_memory_is_handed_back_only_above_the_limit() {
+        let limit = MemoryLimit {
+            bytes: 4e9,
+            source: LimitSource::Budget,
+        };
+        // 3 000 MiB is 3.15 GB, under 4 GB: kept for the next probe (a quarter of the limit
+        // used to be enough to hand it back), 4 000 MiB (4.19 GB) is over it.
+        assert!(!holds_more_than(3000.0, Some(&limit)));
+        assert!(holds_more_than(4000.0, Some(&limit)));
+        // Without a limit nothing is handed back, whatever the process holds.
+        assert!(!holds_more_than(1e6, None));
     }
 
     #[test]
