@@ -32,7 +32,7 @@ use crate::report::{available_memory_bytes, format_bytes};
 /// so the next buffer was mapped and cleared again. Sharing the main arena, what one probe
 /// frees any thread's next probe reuses, the resident size is the most that probes held at
 /// once, and nothing needs handing back between probes ([`release_freed_memory_within`]): the
-/// 31 largest GPT-2 decoders' baselines took 131–134 s instead of 147–149 s on two threads,
+/// 31 largest GPT-2 decoders' baselines took 134 s instead of 147–149 s on two threads,
 /// at the same peak (2.9 GB). A process-wide setting: the binary calls it once at start.
 /// Does nothing on other C libraries.
 pub fn reuse_freed_memory() {
