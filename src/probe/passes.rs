@@ -343,6 +343,19 @@ mod tests {
         );
     }
 
+    /// `Σ x²` of `t` as candle ops compose it (an f64 copy, `sqr`, `sum_all`): the reference
+    /// the sums read in place are compared with.
+    fn candle_square_sum(t: &Tensor) -> f64 {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
     /// GraSP read in place gives the values of the candle composition it replaced (f64
     /// copies, `sum_all`, `affine`), bit for bit, and restores the weights.
     #[test]
@@ -367,15 +380,7 @@ mod tests {
         let sq = |ts: &mut dyn Iterator<Item = &Tensor>| -> f64 {
             let mut s = 0f64;
             for t in ts {
-                s += t
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
+                s += candle_square_sum(t);
             }
             s
         };
@@ -509,13 +514,7 @@ mod tests {
             };
             let prod =
                 (value.to_dtype(DType::F64).unwrap() * grad.to_dtype(DType::F64).unwrap()).unwrap();
-            let composed = prod
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let composed = candle_square_sum(&prod);
             assert_eq!(squared_sum.to_bits(), composed.to_bits(), "{dims:?}");
             assert_eq!(rows, n / 5);
             let composed = (dims.len() >= 3).then(|| {
