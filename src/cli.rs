@@ -238,6 +238,7 @@ impl ProbeArgs {
             extra_passes: false,
             storage: self.probe_storage.map_or_else(Storage::default, Into::into),
             pass: Default::default(),
+            diversity_ahead: false,
         };
         family
             .validate(&opts)

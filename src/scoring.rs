@@ -142,6 +142,11 @@ impl Proxy {
         matches!(self, Proxy::Builtin(b) if b.extra_passes())
     }
 
+    /// True when the proxy sums `synaptic_diversity`'s terms ([`Builtin::reads_diversity_terms`]).
+    pub fn reads_diversity_terms(&self) -> bool {
+        matches!(self, Proxy::Builtin(b) if b.reads_diversity_terms())
+    }
+
     /// The proxy's value on a probe (may be NaN or infinite: a handled outcome).
     pub fn compute(&self, probe: &Probe) -> f64 {
         match self {
@@ -152,7 +157,8 @@ impl Proxy {
     }
 }
 
-/// Every proxy's value on one probe, in order, each with the seconds it took: what
+/// Every proxy's value on one probe, in order, each with the seconds it took (with the CPU
+/// seconds of work the probe did for it ahead, [`Probe::diversity_seconds_ahead`]): what
 /// [`Proxy::compute`] gives for each, bit for bit, except that a built-in that is another
 /// listed built-in's value divided by a count ([`builtin::derived_from`]) is derived from that
 /// value once it is known instead of being computed again.
@@ -173,8 +179,14 @@ pub fn compute_all_timed(proxies: &[Proxy], probe: &Probe) -> Vec<(f64, f64)> {
             Proxy::Expr { .. } if p.rank_join().is_some() => Some(f64::NAN),
             Proxy::Expr { .. } => None,
         };
+        let computed = known.is_none();
         let v = known.unwrap_or_else(|| p.compute(probe));
-        out.push((v, start.elapsed().as_secs_f64()));
+        let mut seconds = start.elapsed().as_secs_f64();
+        if computed && p.reads_diversity_terms() {
+            // The part of the work done ahead, during the probe, counts too.
+            seconds += probe.diversity_seconds_ahead();
+        }
+        out.push((v, seconds));
     }
     out
 }
@@ -497,6 +509,8 @@ impl<'a> Job<'a> {
         }
         let opts = &ProbeOptions {
             extra_passes: self.opts.extra_passes || proxies.iter().any(Proxy::needs_extra_passes),
+            diversity_ahead: self.opts.diversity_ahead
+                || proxies.iter().any(Proxy::reads_diversity_terms),
             ..self.opts.clone()
         };
         models::probe_map_within(

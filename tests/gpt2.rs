@@ -409,6 +409,61 @@ fn tiny_record() -> gpt2::Record {
     r
 }
 
+/// `synaptic_diversity`'s terms started ahead of need (on a thread of idle priority while the
+/// extra passes run) are the terms computed after the probe, bit for bit; with bf16 storage
+/// nothing is started ahead and the proxy reads the stored (rounded) arrays, which gives
+/// another value.
+#[test]
+fn diversity_terms_started_ahead_are_those_computed_after() {
+    let r = tiny_record();
+    let base = ProbeOptions {
+        batch: 2,
+        seq_len: 8,
+        extra_passes: true,
+        ..FAMILY.probe_options()
+    };
+    let ahead = ProbeOptions {
+        diversity_ahead: true,
+        ..base.clone()
+    };
+    let diversity = builtin::find("synaptic_diversity").unwrap();
+    // Work starts ahead only for a probe with cores to spare: this thread is given many (other
+    // tests' probes in flight share them).
+    let _lease = lpzero::nn::cores::Lease::new(64);
+    let after = probe(&r, 3, &base);
+    assert!(after.diversity_ahead.is_none());
+    let early = probe(&r, 3, &ahead);
+    assert!(early.diversity_ahead.is_some());
+    let terms = early.diversity_terms();
+    assert_eq!(terms.len(), 8, "one term per Conv1D");
+    assert!(terms.iter().all(|t| t.is_finite() && *t > 0.0));
+    assert_eq!(
+        terms.iter().map(|t| t.to_bits()).collect::<Vec<_>>(),
+        after
+            .diversity_terms()
+            .iter()
+            .map(|t| t.to_bits())
+            .collect::<Vec<_>>()
+    );
+    let value = (diversity.compute)(&after);
+    assert_eq!((diversity.compute)(&early).to_bits(), value.to_bits());
+    // Read twice (the normalised form reads the same terms): the same.
+    assert_eq!((diversity.compute)(&early).to_bits(), value.to_bits());
+
+    let bf16 = ProbeOptions {
+        storage: lpzero::probe::Storage::Bf16,
+        ..ahead.clone()
+    };
+    let stored = probe(&r, 3, &bf16).stored_as(bf16.storage);
+    assert!(stored.diversity_ahead.is_none());
+    let rounded = (diversity.compute)(&stored);
+    assert!(rounded.is_finite() && rounded != value);
+    assert_eq!(
+        rounded.to_bits(),
+        (diversity.compute)(&after.stored_as(bf16.storage)).to_bits()
+    );
+}
+
 /// Probes of a small model: captures have the documented shapes, the loss starts near a
 /// uniform guess, every Conv1D weight and `wpe` row inside the window gets a
 /// gradient (rows past the sequence cannot), and a seed fully determines the probe.

@@ -137,6 +137,7 @@ pub trait Family: Sync {
             extra_passes: false,
             storage: Default::default(),
             pass: Default::default(),
+            diversity_ahead: false,
         }
     }
 

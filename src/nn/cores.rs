@@ -12,9 +12,14 @@
 //! weights' Box–Muller transform (`Rng::normal_vec_in`) and the proxies' per-layer maths
 //! ([`map_free`]). Each part is computed as it would be on one core and the parts are put
 //! together in their order, so no value depends on how many cores there were.
+//!
+//! Even a probe alone keeps its cores busy only part of the time (its serial stretches leave
+//! the other cores idle); work whose inputs exist before it is needed can start [`Ahead`] on a
+//! thread of idle priority, which the system runs only on a core that would otherwise wait.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Probes in flight in this process (holding a [`Lease`]).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -107,6 +112,156 @@ pub fn map_free<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
         .into_iter()
         .map(|r| r.expect("every item was taken once"))
         .collect()
+}
+
+/// A list of independent items of work started before anyone needs it: a thread of idle
+/// priority ([`lower_to_idle_priority`]) computes the items in order, one at a time, from the
+/// moment the list is made, and [`Ahead::results`] computes on the [`free_cores`] whatever it
+/// has not finished by then (an item in progress on the idle thread too: nobody waits on a
+/// thread that may not get a core). Each item's result is `job(i)` whichever thread
+/// computes it, so nothing depends on how far the work got ahead. Once the results are read,
+/// or the last handle is dropped, the thread stops after its current item.
+#[derive(Clone)]
+pub struct Ahead<R> {
+    /// Dropped with the last handle, which stops the thread.
+    owner: Arc<AheadOwner<R>>,
+}
+
+/// What the handles of one [`Ahead`] share; its drop stops the work left.
+struct AheadOwner<R> {
+    work: Arc<AheadWork<R>>,
+}
+
+/// The state of an [`Ahead`], shared with its thread.
+struct AheadWork<R> {
+    /// Set when nobody will read the thread's results any more.
+    stopped: AtomicBool,
+    /// The work of one item.
+    job: Box<dyn Fn(usize) -> R + Send + Sync>,
+    /// Results by item, `None` until computed.
+    results: Mutex<Vec<Option<R>>>,
+    /// CPU seconds the idle thread spent on the items whose results it stored.
+    spent: Mutex<f64>,
+}
+
+impl<R> std::fmt::Debug for Ahead<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let results = self.owner.work.lock();
+        f.debug_struct("Ahead")
+            .field("items", &results.len())
+            .field("done", &results.iter().filter(|r| r.is_some()).count())
+            .finish()
+    }
+}
+
+impl<R: Send + Sync + Clone + 'static> Ahead<R> {
+    /// Starts `job` on the items `0..len` on a thread of idle priority. Should the thread not
+    /// start, [`Ahead::results`] does all the work.
+    pub fn start(len: usize, job: impl Fn(usize) -> R + Send + Sync + 'static) -> Self {
+        let work = Arc::new(AheadWork {
+            stopped: AtomicBool::new(false),
+            job: Box::new(job),
+            results: Mutex::new((0..len).map(|_| None).collect()),
+            spent: Mutex::new(0.0),
+        });
+        let theirs = Arc::clone(&work);
+        let started = std::thread::Builder::new()
+            .name("lpzero-ahead".into())
+            .spawn(move || {
+                lower_to_idle_priority();
+                for i in 0..len {
+                    if theirs.stopped.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let start = thread_cpu_seconds();
+                    let r = (theirs.job)(i);
+                    let first = theirs.lock()[i].replace(r).is_none();
+                    if first {
+                        let spent = thread_cpu_seconds() - start;
+                        *theirs.spent.lock().unwrap_or_else(|e| e.into_inner()) += spent;
+                    }
+                }
+            });
+        drop(started);
+        Self {
+            owner: Arc::new(AheadOwner { work }),
+        }
+    }
+
+    /// Every item's result, in order: the idle thread is stopped, and the items it has not
+    /// finished are computed now on up to [`free_cores`] threads ([`map_free`]).
+    pub fn results(&self) -> Vec<R> {
+        let work = &self.owner.work;
+        work.stopped.store(true, Ordering::SeqCst);
+        let missing: Vec<usize> = (work.lock().iter().enumerate())
+            .filter(|(_, r)| r.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        let computed = map_free(&missing, |&i| (work.job)(i));
+        let mut results = work.lock();
+        for (i, r) in missing.into_iter().zip(computed) {
+            results[i] = Some(r);
+        }
+        results
+            .iter()
+            .map(|r| r.clone().expect("every item was computed"))
+            .collect()
+    }
+}
+
+impl<R> Ahead<R> {
+    /// CPU seconds the idle thread spent on the items whose results it delivered (what the
+    /// work cost before anyone asked for it, for reporting a proxy's time in full).
+    pub fn seconds_ahead(&self) -> f64 {
+        *self
+            .owner
+            .work
+            .spent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// CPU seconds the calling thread has used (0 where it cannot be read).
+fn thread_cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into the valid struct it is given.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9;
+        }
+    }
+    0.0
+}
+
+impl<R> AheadWork<R> {
+    /// The results, whatever a panicking thread left.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<R>>> {
+        self.results.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<R> Drop for AheadOwner<R> {
+    fn drop(&mut self) {
+        self.work.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Gives the calling thread the system's lowest scheduling class (Linux `SCHED_IDLE`): it
+/// then runs only on a core no ordinary thread wants, so work started [`Ahead`] does not
+/// slow the probe it runs beside. Elsewhere, or if refused, the thread keeps its priority.
+fn lower_to_idle_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: sched_setscheduler with pid 0 changes only the calling thread's policy; the
+    // parameter is a valid, initialised struct (priority 0, the only one SCHED_IDLE takes).
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+    }
 }
 
 /// Fewest values an element-wise pass ([`fill_rows`], [`for_rows`]) splits between cores
@@ -245,6 +400,47 @@ pub fn fill_rows_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Work started ahead gives `job(i)` for every item in order, whether read at once or
+    /// after the idle thread had time to work, and reading it never waits on an item the idle
+    /// thread is stuck in: that item is computed again by the reader.
+    #[test]
+    fn work_ahead_gives_every_item_in_order_without_waiting_on_the_idle_thread() {
+        use std::sync::atomic::AtomicBool;
+        let job = |i: usize| (i * i) as f64 + 0.5;
+        let want: Vec<f64> = (0..40).map(job).collect();
+        assert_eq!(Ahead::start(40, job).results(), want);
+        let ahead = Ahead::start(40, job);
+        let again = ahead.clone();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(ahead.results(), want);
+        assert_eq!(again.results(), want, "read twice: the same");
+        assert_eq!(Ahead::start(0, job).results(), Vec::<f64>::new());
+
+        // The idle thread holds item 0 until released; the reader must not wait for it.
+        let release = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(false));
+        let (r, h) = (Arc::clone(&release), Arc::clone(&held));
+        let stuck = Ahead::start(3, move |i| {
+            if std::thread::current().name() == Some("lpzero-ahead") && i == 0 {
+                h.store(true, Ordering::SeqCst);
+                let start = std::time::Instant::now();
+                while !r.load(Ordering::SeqCst) && start.elapsed().as_secs() < 30 {
+                    std::thread::yield_now();
+                }
+            }
+            job(i)
+        });
+        while !held.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        assert_eq!(stuck.results(), want[..3]);
+        assert!(
+            !release.load(Ordering::SeqCst),
+            "the results came while the idle thread still held its item"
+        );
+        release.store(true, Ordering::SeqCst);
+    }
 
     #[test]
     fn the_given_cores_are_shared_among_the_probes_in_flight() {

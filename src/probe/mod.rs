@@ -26,6 +26,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 use crate::array::Array;
+use crate::nn::cores::Ahead;
 use crate::nn::{to_array, LayerNorm, Linear, LinearRole, Params, Taps};
 use crate::proxy::eval::list_bytes;
 use crate::rng::Rng;
@@ -111,6 +112,16 @@ pub struct ProbeOptions {
     /// way, so it is not part of a run's recorded options.
     #[serde(skip)]
     pub pass: PassMode,
+    /// Start `synaptic_diversity`'s terms ([`Probe::diversity_terms`], an eigenvalue problem
+    /// per matrix) as soon as the weights and gradients exist, on a thread of idle priority
+    /// ([`crate::nn::cores::Ahead`]), so that cores the rest of the probe leaves idle (its
+    /// serial stretches, the extra passes) do that work. Jobs that compute the proxy set it;
+    /// a probe starts the work only when it has cores to spare ([`crate::nn::cores::free_cores`]
+    /// above 1: no other probe in flight) and keeps its arrays in full precision (with bf16
+    /// the proxy reads the stored arrays). Changes no value, so it is not part of a run's
+    /// recorded options.
+    #[serde(skip)]
+    pub diversity_ahead: bool,
 }
 
 /// How a probe runs its one forward and backward pass. Both give the same values, bit for bit;
@@ -240,7 +251,25 @@ pub struct LinearProbe {
     pub grad: Array,
 }
 
+/// The linears of `linears` whose role is among `roles`, in their order.
+fn linears_in<'a>(
+    linears: &'a [LinearProbe],
+    roles: &'static [LinearRole],
+) -> impl Iterator<Item = &'a LinearProbe> + 'a {
+    linears.iter().filter(move |l| roles.contains(&l.role))
+}
+
 impl LinearProbe {
+    /// `synaptic_diversity`'s term of this layer: the product of the nuclear norms (sums of
+    /// singular values) of its weight and of its gradient.
+    pub fn diversity_term(&self) -> f64 {
+        let nuclear = |a: &Array| {
+            let (r, c) = a.dims2().expect("linear weights are matrices");
+            crate::linalg::nuclear_norm(&a.data(), r, c)
+        };
+        nuclear(&self.weight) * nuclear(&self.grad)
+    }
+
     /// The probe of one linear layer: its weight and that weight's gradient in `grads`.
     fn new(grads: &GradStore, lin: &Linear) -> Result<Self> {
         Ok(Self {
@@ -376,6 +405,8 @@ pub struct Probe {
     pub extras: Option<passes::Extras>,
     /// Seconds spent building and running the model (extra passes included).
     pub seconds: f64,
+    /// `synaptic_diversity`'s terms started ahead ([`ProbeOptions::diversity_ahead`]).
+    pub diversity_ahead: Option<Ahead<f64>>,
 }
 
 impl Probe {
@@ -487,6 +518,8 @@ impl Probe {
             lin.weight = compact(&lin.weight);
             lin.grad = compact(&lin.grad);
         }
+        // Terms started ahead read the full-precision arrays.
+        self.diversity_ahead = None;
         self
     }
 
@@ -517,12 +550,33 @@ impl Probe {
         &'a self,
         roles: &'static [LinearRole],
     ) -> impl Iterator<Item = &'a LinearProbe> + 'a {
-        self.linears.iter().filter(move |l| roles.contains(&l.role))
+        linears_in(&self.linears, roles)
     }
 
     /// The linears `synaptic_diversity` reads ([`Semantics::diversity`]).
     pub fn diversity_linears(&self) -> impl Iterator<Item = &LinearProbe> + '_ {
         self.linears_in(self.semantics.diversity)
+    }
+
+    /// CPU seconds spent on [`Probe::diversity_terms`] ahead of need (0 when nothing was
+    /// started ahead): with the time the terms take once asked for, their whole cost.
+    pub fn diversity_seconds_ahead(&self) -> f64 {
+        self.diversity_ahead
+            .as_ref()
+            .map_or(0.0, Ahead::seconds_ahead)
+    }
+
+    /// `synaptic_diversity`'s term of each of [`Probe::diversity_linears`], in order
+    /// ([`LinearProbe::diversity_term`]): what was started ahead, finished now, or else
+    /// computed now on the cores the probe has to spare.
+    pub fn diversity_terms(&self) -> Vec<f64> {
+        match &self.diversity_ahead {
+            Some(ahead) => ahead.results(),
+            None => {
+                let linears: Vec<_> = self.diversity_linears().collect();
+                crate::nn::cores::map_free(&linears, |l| l.diversity_term())
+            }
+        }
     }
 
     /// The linears `synaptic_saliency` reads ([`Semantics::saliency`]).
@@ -791,6 +845,16 @@ pub fn run<M: ProbeModel>(
         .iter()
         .map(|lin| LinearProbe::new(&grads, lin))
         .collect::<Result<Vec<_>>>()?;
+    // Only a probe with cores to spare starts work ahead: beside another probe no core is
+    // idle, and there the idle thread's work, preempted and resumed, slowed the rest more
+    // than it saved (measured on the GPT-2 baselines).
+    let start_ahead =
+        opts.diversity_ahead && opts.storage == Storage::F32 && crate::nn::cores::free_cores() > 1;
+    let diversity_ahead = start_ahead.then(|| {
+        let diversity: Vec<LinearProbe> =
+            linears_in(&linears, semantics.diversity).cloned().collect();
+        Ahead::start(diversity.len(), move |i| diversity[i].diversity_term())
+    });
     let position_grad = grad_array(&grads, network.position_table.as_tensor())?;
     let act = Arc::new(to_arrays(captures.act)?);
     let head = match captures.head {
@@ -837,6 +901,7 @@ pub fn run<M: ProbeModel>(
         loss: loss as f64,
         extras,
         seconds: start.elapsed().as_secs_f64(),
+        diversity_ahead,
     })
 }
 

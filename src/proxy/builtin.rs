@@ -75,6 +75,16 @@ impl Builtin {
         self.reads == Reads::Extras
     }
 
+    /// True when the value is a sum of [`Probe::diversity_terms`] (`synaptic_diversity` and
+    /// its normalised form), which a probe can start ahead
+    /// ([`crate::probe::ProbeOptions::diversity_ahead`]).
+    pub fn reads_diversity_terms(&self) -> bool {
+        matches!(
+            self.name,
+            "synaptic_diversity" | "synaptic_diversity_normalized"
+        )
+    }
+
     /// True when the proxy is defined for the registered family `kind`.
     pub fn applies_to(&self, kind: BenchKind) -> bool {
         (self.applies)(crate::models::family(kind).semantics())
@@ -376,20 +386,12 @@ fn activation_distance(p: &Probe) -> f64 {
     }
 }
 
-fn nuclear(a: &Array) -> f64 {
-    let (r, c) = a.dims2().expect("linear weights are matrices");
-    linalg::nuclear_norm(&a.data(), r, c)
-}
-
-/// Over the linears the probe's family names: FlexiBERT mixer-block linears (mixer linears and
-/// the output dense), GPT-2 every Conv1D.
-/// The linears' nuclear norms (the costly part: an eigenvalue problem per matrix) use the
-/// cores the probe has to spare; the sum runs in the linears' order.
+/// Σ ‖W‖_* ‖∇W‖_* over the linears the probe's family names: FlexiBERT mixer-block linears
+/// (mixer linears and the output dense), GPT-2 every Conv1D. The terms
+/// ([`Probe::diversity_terms`]: an eigenvalue problem per matrix, the costly part) may have
+/// been started while the probe ran; the sum runs in the linears' order.
 fn synaptic_diversity(p: &Probe) -> f64 {
-    let linears: Vec<_> = p.diversity_linears().collect();
-    crate::nn::cores::map_free(&linears, |l| nuclear(&l.weight) * nuclear(&l.grad))
-        .into_iter()
-        .sum()
+    p.diversity_terms().into_iter().sum()
 }
 
 fn synaptic_diversity_normalized(p: &Probe) -> f64 {
@@ -816,6 +818,7 @@ mod tests {
             loss: 0.0,
             extras: None,
             seconds: 0.0,
+            diversity_ahead: None,
         }
     }
 

@@ -247,6 +247,7 @@ fn partial_probe(linears: Vec<LinearProbe>) -> Probe {
         loss: f64::NAN,
         extras: None,
         seconds: 0.0,
+        diversity_ahead: None,
     }
 }
 
@@ -285,6 +286,7 @@ fn assemble(
         loss: summary.loss,
         extras: None,
         seconds,
+        diversity_ahead: None,
     })
 }
 

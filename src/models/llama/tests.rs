@@ -466,6 +466,7 @@ fn graph_probe(model: &LlamaModel, sub: &Subnet, batch: &Batch, extra_passes: bo
         extra_passes,
         storage: Default::default(),
         pass: Default::default(),
+        diversity_ahead: false,
     };
     crate::probe::run("graph".into(), 0, &opts, &SEMANTICS, |_| {
         graph::Graph::new(&model.with(sub), batch)
