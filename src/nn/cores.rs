@@ -115,7 +115,7 @@ pub fn map_free<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
 }
 
 /// A list of independent items of work started before anyone needs it: a thread of idle
-/// priority ([`lower_to_idle_priority`]) computes the items in order, one at a time, from the
+/// priority (Linux `SCHED_IDLE`) computes the items in order, one at a time, from the
 /// moment the list is made, and [`Ahead::results`] computes on the [`free_cores`] whatever it
 /// has not finished by then (an item in progress on the idle thread too: nobody waits on a
 /// thread that may not get a core). Each item's result is `job(i)` whichever thread
