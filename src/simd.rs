@@ -4,6 +4,10 @@
 //! the x86-64 baseline) and picks the widest the running CPU supports. Rust never fuses a
 //! multiply and an add into one rounding, so the three give identical results: only how many
 //! lanes a loop handles per instruction changes, not the order of any sum.
+//!
+//! [`exp_in_place`] is the exponential of a slice with the bits of glibc's `expf`, on the
+//! vector units: the element-wise and row-wise ops that take exponentials (softmax,
+//! log-sum-exp and its gradient, `gelu_new`) spent much of their time in the scalar libm call.
 
 /// Defines `fn name(args) -> ret` that runs `body` compiled for AVX-512F or AVX2 when the CPU
 /// has them (so its loops use 512- or 256-bit vectors), else compiled for the baseline. All
@@ -36,4 +40,246 @@ macro_rules! vectorised {
             generic($($arg),*)
         }
     };
+}
+
+/// Values per block of [`exp_in_place`] (a block's inputs are kept on the stack for the
+/// values outside the fast path).
+const EXP_BLOCK: usize = 256;
+
+/// `32 / ln 2`, rounded to f64: the scale that turns `x` into steps of 1/32 octave.
+const EXP_INV_LN2_N: f64 = f64::from_bits(0x4047_1547_652b_82fe);
+/// `1.5 · 2^52`: adding it rounds a value below 2^51 to an integer, kept in the low bits.
+const EXP_SHIFT: f64 = f64::from_bits(0x4338_0000_0000_0000);
+/// The cubic's coefficients of `2^(r/32)` on `|r| ≤ 1/2`: `C0 r³ + C1 r² + C2 r + 1`.
+const EXP_POLY: [f64; 3] = [
+    f64::from_bits(0x3ebc_6af8_4b91_2394),
+    f64::from_bits(0x3f2e_bfce_50fa_c4f3),
+    f64::from_bits(0x3f96_2e42_ff0c_52d6),
+];
+/// Bits of `2^(i/32)`, minus `i · 2^47` (what the scaled integer part adds back), `i < 32`.
+const EXP2_TABLE: [u64; 32] = [
+    0x3ff0000000000000,
+    0x3fefd9b0d3158574,
+    0x3fefb5586cf9890f,
+    0x3fef9301d0125b51,
+    0x3fef72b83c7d517b,
+    0x3fef54873168b9aa,
+    0x3fef387a6e756238,
+    0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715,
+    0x3feef1a7373aa9cb,
+    0x3feedea64c123422,
+    0x3feece086061892d,
+    0x3feebfdad5362a27,
+    0x3feeb42b569d4f82,
+    0x3feeab07dd485429,
+    0x3feea47eb03a5585,
+    0x3feea09e667f3bcd,
+    0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187,
+    0x3feea589994cce13,
+    0x3feeace5422aa0db,
+    0x3feeb737b0cdc5e5,
+    0x3feec49182a3f090,
+    0x3feed503b23e255d,
+    0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47,
+    0x3fef199bdd85529c,
+    0x3fef3720dcef9069,
+    0x3fef5818dcfba487,
+    0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da,
+    0x3fefd0765b6e4540,
+];
+
+/// `e^x` of every value of `xs`, in place, with the bits of glibc's `expf` (the algorithm of
+/// glibc 2.27 and later, as its FMA build computes it: a multiple of 1/32 octave from one
+/// fused multiply-add in f64, a table of `2^(i/32)` and a cubic, rounded once to f32), so
+/// every value is what `f32::exp` gives on the x86-64 Linux machines the committed tables were
+/// computed on, and the same on every CPU. The fast path runs on the vector units (AVX-512F or
+/// AVX2 with FMA; elsewhere the same fused operations through `f64::mul_add`, correctly
+/// rounded, so the same bits); the few values outside it (|x| ≥ 88, infinities, NaN) go through
+/// `f32::exp`. Test `exp_in_place_is_glibc_expf_bit_for_bit`.
+pub fn exp_in_place(xs: &mut [f32]) {
+    let mut kept = [0f32; EXP_BLOCK];
+    for block in xs.chunks_mut(EXP_BLOCK) {
+        let kept = &mut kept[..block.len()];
+        kept.copy_from_slice(block);
+        exp_fast(block);
+        for (y, &x) in block.iter_mut().zip(kept.iter()) {
+            // The exponent field of |x| at 88 and above (and infinities and NaN).
+            if (x.to_bits() >> 20) & 0x7ff >= 0x42b {
+                *y = x.exp();
+            }
+        }
+    }
+}
+
+/// The fast path of [`exp_in_place`] for every value (outside it the result is meaningless),
+/// compiled for the widest vector unit with FMA the CPU has.
+fn exp_fast(xs: &mut [f32]) {
+    #[inline(always)]
+    fn generic(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            *x = exp_fast_one(*x);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,fma")]
+        fn avx512(xs: &mut [f32]) {
+            generic(xs)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(xs: &mut [f32]) {
+            generic(xs)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX-512F and FMA (checked just above).
+            return unsafe { avx512(xs) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { avx2(xs) };
+        }
+    }
+    generic(xs)
+}
+
+/// `e^x` for `|x| < 88` (see [`exp_in_place`]): `x · 32/ln 2 = k + r` with `k` an integer and
+/// `|r| ≤ 1/2`, then `2^(k/32) · 2^(r/32)`, the first from the table and the exponent bits,
+/// the second from the cubic; every `mul_add` is one rounding, as glibc's FMA build computes.
+#[inline(always)]
+fn exp_fast_one(x: f32) -> f32 {
+    let xd = x as f64;
+    let kd = EXP_INV_LN2_N.mul_add(xd, EXP_SHIFT);
+    let ki = kd.to_bits();
+    let kd = kd - EXP_SHIFT;
+    let r = EXP_INV_LN2_N.mul_add(xd, -kd);
+    let s = f64::from_bits(EXP2_TABLE[(ki & 31) as usize].wrapping_add(ki << 47));
+    let [c0, c1, c2] = EXP_POLY;
+    let z = c0.mul_add(r, c1);
+    let r2 = r * r;
+    let y = c2.mul_add(r, 1.0);
+    (z.mul_add(r2, y) * s) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table holds the bits of 2^(i/32) less i · 2^47.
+    #[test]
+    fn exp_table_is_the_powers_of_two() {
+        for (i, &t) in EXP2_TABLE.iter().enumerate() {
+            let v = f64::from_bits(t + ((i as u64) << 47));
+            let want = (i as f64 / 32.0).exp2();
+            assert!(
+                (v - want).abs() <= want * f64::EPSILON,
+                "{i}: {v} against {want}"
+            );
+        }
+    }
+
+    /// [`exp_in_place`] gives `f32::exp`'s bits (glibc's `expf` on x86-64 Linux with FMA, what
+    /// the committed tables were computed with) on one in 61 of all f32 bit patterns (every
+    /// sign, exponent and the fast path's edges among them) and on the edges themselves;
+    /// elsewhere (another C library) within one unit in the last place of the f64 result.
+    #[test]
+    fn exp_in_place_is_glibc_expf_bit_for_bit() {
+        let glibc = cfg!(all(
+            target_os = "linux",
+            target_env = "gnu",
+            target_arch = "x86_64"
+        )) && {
+            #[cfg(target_arch = "x86_64")]
+            {
+                std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        };
+        let mut edges: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            88.0,
+            -88.0,
+            87.99999,
+            -87.99999,
+            88.72283,
+            88.72284,
+            -103.27893,
+            -103.97208,
+            -104.0,
+            1e-30,
+            -1e-30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+        ];
+        edges.extend((-2000..2000).map(|i| i as f32 * 0.0441));
+        let agrees = |x: f32, y: f32| {
+            let want = x.exp();
+            if y.is_nan() || want.is_nan() {
+                return y.is_nan() && want.is_nan();
+            }
+            if glibc {
+                y.to_bits() == want.to_bits()
+            } else {
+                let exact = (x as f64).exp();
+                y == want || (y as f64 - exact).abs() <= exact.abs() * f32::EPSILON as f64
+            }
+        };
+        let mut wrong = Vec::new();
+        let mut check = |inputs: &[f32]| {
+            let mut ours = inputs.to_vec();
+            exp_in_place(&mut ours);
+            for (&x, &y) in inputs.iter().zip(&ours) {
+                if !agrees(x, y) && wrong.len() < 5 {
+                    wrong.push(format!("exp({x:e}) = {y:e}, f32::exp {:e}", x.exp()));
+                }
+            }
+        };
+        check(&edges);
+        let patterns: Vec<u32> = (0..=u32::MAX).step_by(61).collect();
+        for chunk in patterns.chunks(1 << 20) {
+            let inputs: Vec<f32> = chunk.iter().map(|&b| f32::from_bits(b)).collect();
+            check(&inputs);
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// Every one of the 2^32 f32 bit patterns gives `f32::exp`'s bits (run on x86-64 Linux
+    /// with glibc, by hand: `cargo test --release -- --ignored every_f32`; about a minute).
+    #[test]
+    #[ignore = "all 2^32 values: run by hand on the machine whose tables are compared"]
+    fn exp_in_place_is_glibc_expf_on_every_f32() {
+        let mut buf = vec![0f32; 1 << 20];
+        let mut wrong = Vec::new();
+        for start in (0..=u32::MAX as u64).step_by(1 << 20) {
+            for (i, v) in buf.iter_mut().enumerate() {
+                *v = f32::from_bits((start + i as u64) as u32);
+            }
+            let mut ours = buf.clone();
+            exp_in_place(&mut ours);
+            for (&x, &y) in buf.iter().zip(&ours) {
+                let want = x.exp();
+                let same = y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan());
+                if !same && wrong.len() < 5 {
+                    wrong.push(format!("exp({x:e}) = {y:e}, f32::exp {want:e}"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
 }

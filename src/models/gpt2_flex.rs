@@ -160,13 +160,15 @@ impl Config {
 
     /// About how many `f32` values a probe keeps alive per input token at its peak (forward
     /// activations saved for the backward pass, their gradients and the probe's copies), for
-    /// `seq_len` tokens per row: per block 20 × D, 5 × the MLP width and 4 × the attention row
-    /// of every head (T values), plus 4 × the head cluster's logits (shortlist and one per
-    /// tail cluster). Calibrated on measured peaks (4–16 rows of 192 tokens); meant to reject
-    /// what cannot fit, not to predict exactly.
-    pub fn activation_floats_per_token(&self, seq_len: usize) -> f64 {
+    /// `batch` rows of `seq_len` tokens: per block 20 × D, 5 × the MLP width and 4 × the
+    /// attention row of every head (T values), plus the head's share: 4 × the head cluster's
+    /// logits of the rows it holds at once (at most 511: `nn::ops::linear_logsumexp` runs
+    /// them in chunks).
+    /// Calibrated on measured peaks (4–16 rows of 192 tokens); meant to reject what cannot
+    /// fit, not to predict exactly.
+    pub fn activation_floats_per_token(&self, batch: usize, seq_len: usize) -> f64 {
         let blocks: f64 = self.block_graph_floats(seq_len).sum();
-        blocks + self.head_floats()
+        blocks + self.head_floats(batch * seq_len)
     }
 
     /// Per block, the floats per token [`Config::activation_floats_per_token`] counts for its
@@ -180,9 +182,12 @@ impl Config {
             .map(move |(&h, &inner)| 20.0 * d + 5.0 * inner as f64 + 4.0 * h as f64 * t)
     }
 
-    /// 4 × the head cluster's logits (shortlist and one per tail cluster), per token.
-    fn head_floats(&self) -> f64 {
-        4.0 * (self.cutoffs[0] + self.n_clusters() - 1) as f64
+    /// The head's floats per token, for `tokens` in the batch: 4 × the head cluster's logits
+    /// (shortlist and one per tail cluster) of the rows it holds at once, which are at most
+    /// `2 · LOGSUMEXP_CHUNK_ROWS − 1` (`ops::linear_logsumexp` runs the rows in chunks).
+    fn head_floats(&self, tokens: usize) -> f64 {
+        let held = tokens.min(2 * ops::LOGSUMEXP_CHUNK_ROWS - 1);
+        4.0 * (self.cutoffs[0] + self.n_clusters() - 1) as f64 * held as f64 / tokens.max(1) as f64
     }
 
     /// The `f32` values of a probe's expression inputs for `batch` rows of `seq_len` tokens
@@ -204,16 +209,18 @@ impl Config {
 
     /// The same for a pass by blocks ([`Gpt2Flex::forward_backward_by_blocks`]): 1.25 × the
     /// captures of every block (kept, then converted), the largest block's graph as
-    /// [`Config::activation_floats_per_token`] counts a block, each block's input and 4 × the
-    /// head's logits. On the largest benchmark decoder (`config_4_j9`, 16 × 192) a probe
-    /// peaked at 2.30 GB, 3.10 GB with the extra passes, against estimates of 2.87 and 3.82 GB.
-    pub fn by_blocks_floats_per_token(&self, seq_len: usize) -> f64 {
+    /// [`Config::activation_floats_per_token`] counts a block, each block's input and the
+    /// head's share (as [`Config::activation_floats_per_token`] counts it). At 16 × 192 with the extra passes (whole-process
+    /// peak, one worker) the largest benchmark decoder (`config_4_j9`) peaked at 2.34 GB
+    /// against an estimate of 2.98 GB, `config_15_j0` at 1.50 of 1.86, `config_0_j0` at 0.44
+    /// of 0.78.
+    pub fn by_blocks_floats_per_token(&self, batch: usize, seq_len: usize) -> f64 {
         let (d, t) = (self.record.d_model as f64, seq_len as f64);
         let captures: f64 = (self.record.n_head.iter().zip(&self.record.d_inner))
             .map(|(&h, &inner)| 5.0 * d + inner as f64 + h as f64 * t)
             .sum();
         let block = self.block_graph_floats(seq_len).fold(0.0, f64::max);
-        1.25 * captures + block + d * self.n_layer() as f64 + self.head_floats()
+        1.25 * captures + block + d * self.n_layer() as f64 + self.head_floats(batch * seq_len)
     }
 }
 
@@ -626,13 +633,27 @@ impl Gpt2Flex {
     /// (N × D): `Σ_n lse(head_n) − head_n[c_n]` plus, for tail targets,
     /// `lse(tail_n) − tail_n[y_n − start]`, where `c_n` is the target (shortlist) or its
     /// cluster's column `shortlist + i − 1`.
-    fn nll_sum(&self, z: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    ///
+    /// Without table gradients the head's log-sum-exps run a few hundred rows at a time
+    /// ([`ops::linear_logsumexp`]: the N × shortlist logits never exist at once), and
+    /// `expected_grad`, the gradient the caller's backward will give each of them, lets that
+    /// op compute their backward while it holds the logits.
+    fn nll_sum(
+        &self,
+        z: &Tensor,
+        targets: &[u32],
+        expected_grad: Option<f32>,
+    ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let device = z.device();
         let shortlist = c.cutoffs[0];
         let (w_head, b_head) = self.head_weight()?;
         let hp = self.project_out(z, 0)?;
-        let logits = ops::linear(&hp, &w_head, &b_head, true, None)?;
+        let lse = if self.table_gradients {
+            ops::logsumexp_rows(&ops::linear(&hp, &w_head, &b_head, true, None)?)?
+        } else {
+            ops::linear_logsumexp(&hp, &w_head, &b_head, expected_grad)?
+        };
         let columns: Vec<u32> = targets
             .iter()
             .map(|&y| match c.cluster_of(y as usize) {
@@ -640,8 +661,8 @@ impl Gpt2Flex {
                 i => (shortlist + i - 1) as u32,
             })
             .collect();
-        let mut total = (ops::logsumexp_rows(&logits)?.sum_all()?
-            - picked_logits(&hp, &w_head, &b_head, columns, device)?.sum_all()?)?;
+        let mut total =
+            (lse.sum_all()? - picked_logits(&hp, &w_head, &b_head, columns, device)?.sum_all()?)?;
         for i in 1..c.n_clusters() {
             let (lo, _) = c.cluster_range(i);
             let rows: Vec<u32> = (0..targets.len() as u32)
@@ -706,7 +727,9 @@ impl Gpt2Flex {
             attention,
         } = self.decode(emb, dropout_rng)?;
         let z = hidden.reshape((n, c.record.d_model))?;
-        let loss = self.nll_sum(&z, targets)?.affine(1.0 / n as f64, 0.0)?;
+        let loss = self
+            .nll_sum(&z, targets, None)?
+            .affine(1.0 / n as f64, 0.0)?;
         Ok(Forward {
             loss,
             hidden,
@@ -949,9 +972,16 @@ impl Gpt2Flex {
         let top = Var::from_tensor(&h)?;
         drop(h);
         let hidden = self.ln_f.forward(top.as_tensor())?;
+        // The loss is the mean of the rows' NLL: the backward from it gives each row's
+        // log-sum-exp the gradient 1 · (1/N as f32) (the affine's backward).
+        let scale = 1.0 / n as f64;
         let loss = self
-            .nll_sum(&hidden.reshape((n, c.record.d_model))?, targets)?
-            .affine(1.0 / n as f64, 0.0)?;
+            .nll_sum(
+                &hidden.reshape((n, c.record.d_model))?,
+                targets,
+                Some(scale as f32),
+            )?
+            .affine(scale, 0.0)?;
         let loss_value = loss.to_scalar::<f32>()?;
         let head_grads = loss.backward()?;
         drop((loss, hidden));
@@ -1283,9 +1313,10 @@ impl Family for Gpt2Family {
         let config = Config::from_record(arch.of::<Record>()?)?;
         Ok(ModelSize {
             parameters: config.parameter_count(),
-            activation_floats_per_token: config.activation_floats_per_token(opts.seq_len),
+            activation_floats_per_token: config
+                .activation_floats_per_token(opts.batch, opts.seq_len),
             by_blocks_floats_per_token: (!opts.dropout)
-                .then(|| config.by_blocks_floats_per_token(opts.seq_len)),
+                .then(|| config.by_blocks_floats_per_token(opts.batch, opts.seq_len)),
             input_floats: Some(config.input_floats(opts.batch, opts.seq_len)),
         })
     }
@@ -1449,7 +1480,7 @@ mod tests {
             }
         }
         let config = tiny(2, 16);
-        assert!(config.activation_floats_per_token(12) > 20.0 * 16.0 * 2.0);
+        assert!(config.activation_floats_per_token(1, 12) > 20.0 * 16.0 * 2.0);
     }
 
     /// The estimate a search weighs against its memory budget is the probe's exact count of

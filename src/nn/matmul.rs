@@ -11,6 +11,8 @@
 //! the row count) as long as no half falls to its small-matrix paths, which [`MIN_ROWS`] and
 //! [`MIN_WORK`] keep them from. Test `a_split_product_is_the_whole_one_bit_for_bit`.
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
@@ -63,13 +65,25 @@ fn product_in(
     } else {
         1
     };
-    if parts == 1 {
-        // Unsplit: candle's own product, with its own thread setting.
+    if parts == 1 && candle_core::utils::get_num_threads() > 1 {
+        // Unsplit with candle's own threads: candle's product.
         return match lhs_s.matmul(rhs_s, (1, m, n, k), lhs_l, rhs_l)? {
             CpuStorage::F32(v) => Ok(v),
             _ => Err(candle_core::Error::Msg("matmul: expects f32".into())),
         };
     }
+    Ok(in_parts(parts, (lhs, lhs_l), (rhs, rhs_l), (m, n, k)))
+}
+
+/// `lhs · rhs` (`m × k` by `k × n`, any strides) in `parts` blocks of rows, each on its own
+/// thread: one part is the very gemm call candle's product makes on one thread (without
+/// zeroing the destination first, which gemm writes without reading).
+fn in_parts(
+    parts: usize,
+    (lhs, lhs_l): (&[f32], &Layout),
+    (rhs, rhs_l): (&[f32], &Layout),
+    (m, n, k): (usize, usize, usize),
+) -> Vec<f32> {
     let lhs = &lhs[lhs_l.start_offset()..];
     let rhs = &rhs[rhs_l.start_offset()..];
     let (ls, rs) = (lhs_l.stride(), rhs_l.stride());
@@ -82,18 +96,27 @@ fn product_in(
         rhs_rs: rs[0] as isize,
         rhs_cs: rs[1] as isize,
     };
-    let mut dst = vec![0f32; m * n];
+    // Not zeroed: gemm writes every value of dst without reading it (its `read_dst` is off).
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
     // Contiguous blocks of rows, one per part; the calling thread computes the first.
-    super::cores::in_blocks(parts, &mut dst, n, |first_row, block| {
-        // SAFETY: the layouts are the inputs' own, addressing inside their storage (as
-        // candle's product relies on too): row `first_row` of lhs lies `first_row · lhs_rs`
-        // values from row 0, and the block holds whole rows of dst.
-        unsafe {
-            let start = lhs.as_ptr().offset(first_row as isize * gemm.lhs_rs);
-            gemm.rows(start, block, block.len() / n)
-        }
-    });
-    Ok(dst)
+    super::cores::in_blocks(
+        parts,
+        &mut dst.spare_capacity_mut()[..m * n],
+        n,
+        |first_row, block| {
+            // SAFETY: the layouts are the inputs' own, addressing inside their storage (as
+            // candle's product relies on too): row `first_row` of lhs lies `first_row ·
+            // lhs_rs` values from row 0, and the block holds whole rows of dst.
+            unsafe {
+                let start = lhs.as_ptr().offset(first_row as isize * gemm.lhs_rs);
+                gemm.rows(start, block, block.len() / n)
+            }
+        },
+    );
+    // SAFETY: the blocks cover dst's first m · n values, and gemm wrote each of them (a panic
+    // inside propagates before this line).
+    unsafe { dst.set_len(m * n) };
+    dst
 }
 
 /// One product's fixed arguments: everything but the first row of lhs and the rows of dst.
@@ -112,18 +135,19 @@ unsafe impl Sync for Gemm {}
 
 impl Gemm {
     /// `dst = lhs[rows] · rhs`, the gemm call candle's product makes (on one thread), for
-    /// `rows` rows of lhs starting at `lhs`.
+    /// `rows` rows of lhs starting at `lhs`; dst is written, never read, so it may be
+    /// uninitialised.
     ///
     /// # Safety
     /// `lhs` with the strides must address `rows × k` readable values, `rhs` `k × n`, and
     /// `dst` must hold `rows × n`.
-    unsafe fn rows(&self, lhs: *const f32, dst: &mut [f32], rows: usize) {
+    unsafe fn rows(&self, lhs: *const f32, dst: &mut [MaybeUninit<f32>], rows: usize) {
         debug_assert_eq!(dst.len(), rows * self.n);
         gemm::gemm(
             rows,
             self.n,
             self.k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             self.n as isize,
             false,
@@ -210,18 +234,49 @@ mod tests {
                 let (Storage::Cpu(cx), Storage::Cpu(cy)) = (&*sx, &*sy) else {
                     panic!("on the CPU");
                 };
+                let (CpuStorage::F32(vx), CpuStorage::F32(vy)) = (cx, cy) else {
+                    panic!("f32");
+                };
                 for cores in [1, 2, 3] {
                     let split = product_in(cores, cx, lx, cy, ly).unwrap();
-                    let same = whole
-                        .iter()
-                        .zip(&split)
-                        .all(|(p, q)| p.to_bits() == q.to_bits());
-                    assert!(
-                        same,
-                        "{m}×{n}×{k} in {cores} parts differs from candle's product"
-                    );
+                    let parts = in_parts(cores, (vx, lx), (vy, ly), (m, n, k));
+                    for ours in [split, parts] {
+                        let same = whole
+                            .iter()
+                            .zip(&ours)
+                            .all(|(p, q)| p.to_bits() == q.to_bits());
+                        assert!(
+                            same,
+                            "{m}×{n}×{k} in {cores} parts differs from candle's product"
+                        );
+                    }
                 }
             }
+        }
+        // A small product in one part (gemm's small-matrix paths): candle's call exactly.
+        for (m, n, k) in [(37, 20, 50), (5, 3, 2), (1, 9, 4)] {
+            let a = Tensor::from_vec(values(m * k, 3), (m, k), &candle_core::Device::Cpu).unwrap();
+            let b = Tensor::from_vec(values(k * n, 4), (k, n), &candle_core::Device::Cpu).unwrap();
+            let whole = a
+                .matmul(&b)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let (sa, la) = a.storage_and_layout();
+            let (sb, lb) = b.storage_and_layout();
+            let (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) =
+                (&*sa, &*sb)
+            else {
+                panic!("f32 on the CPU");
+            };
+            let ours = in_parts(1, (va, la), (vb, lb), (m, n, k));
+            assert_eq!(
+                whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{m}×{n}×{k}"
+            );
         }
         // Through the tensor entry point, with a lease of two cores.
         let _lease = super::super::cores::Lease::new(2);

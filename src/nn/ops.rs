@@ -12,6 +12,7 @@ use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
 
 use super::cores::{fill_rows, fill_rows_for};
+use crate::simd::exp_in_place;
 
 /// Where a dense layer's backward leaves the gradient of its output (see [`linear`]): empty
 /// until the backward pass reaches the layer.
@@ -506,10 +507,21 @@ impl CustomOp1 for GeluNew {
         "gelu-new"
     }
 
+    /// `0.5 · v · (1 + fast_tanh(u))` with `u = GELU_K (v + GELU_C v³)`: the exponential
+    /// `e^{2u}` of [`fast_tanh`] for a whole block at once ([`exp_in_place`]).
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        map_elements(s, l, self.name(), |v| {
-            0.5 * v * (1.0 + fast_tanh(GELU_K * (v + GELU_C * v * v * v)))
-        })
+        let x = contiguous_f32(s, l, self.name())?;
+        let out = fill_rows(x.len(), 1, |start, block| {
+            let x = &x[start..start + block.len()];
+            for (o, &v) in block.iter_mut().zip(x) {
+                *o = 2.0 * (GELU_K * (v + GELU_C * v * v * v));
+            }
+            exp_in_place(block);
+            for (o, &v) in block.iter_mut().zip(x) {
+                *o = 0.5 * v * (1.0 + (1.0 - 2.0 / (*o + 1.0)));
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -592,10 +604,13 @@ impl CustomOp1 for Softmax {
                 let i = if self.causal { (first + r) % t } else { t - 1 };
                 let window = &row[..=i];
                 let max = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
                 for (oj, &xj) in o[..=i].iter_mut().zip(window) {
-                    *oj = ((xj - max) * self.scale).exp();
-                    sum += *oj;
+                    *oj = (xj - max) * self.scale;
+                }
+                exp_in_place(&mut o[..=i]);
+                let mut sum = 0f32;
+                for &oj in &o[..=i] {
+                    sum += oj;
                 }
                 let inv = 1.0 / sum;
                 for oj in &mut o[..=i] {
@@ -653,16 +668,58 @@ pub(crate) fn gelu_erf_grad(
     res: &Tensor,
     grad: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    // d/dx ½x(1 + erf(x/√2)) = Φ(x) + x φ(x), with Φ(x) = y/x recovered from the forward
-    // away from x = 0.
-    element_grad(x, res, grad, "gelu-erf-grad", |v, y, g| {
-        let cdf = if v.abs() > 1e-2 {
-            y / v
-        } else {
-            0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
-        };
-        g * (cdf + v * INV_SQRT_TAU * (-0.5 * v * v).exp())
-    })
+    let [x, res, grad] = contiguous_all([x, res, grad])?;
+    x.apply_op3_no_bwd(&res, &grad, &GeluErfGrad)
+}
+
+/// The gradient op of [`gelu_erf_grad`]: d/dx ½x(1 + erf(x/√2)) = Φ(x) + x φ(x), with Φ(x) =
+/// y/x recovered from the forward away from x = 0, the density's exponentials `e^{−x²/2}` of
+/// a block at once ([`exp_in_place`]).
+struct GeluErfGrad;
+
+impl CustomOp3 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [x, y, g] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
+        if y.len() != x.len() || g.len() != x.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: input {:?}, result {:?} and gradient {:?} differ in size",
+                self.name(),
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )));
+        }
+        let out = fill_rows(x.len(), 1, |start, block| {
+            let end = start + block.len();
+            let (x, y, g) = (&x[start..end], &y[start..end], &g[start..end]);
+            for (o, &v) in block.iter_mut().zip(x) {
+                *o = -0.5 * v * v;
+            }
+            exp_in_place(block);
+            for (i, o) in block.iter_mut().enumerate() {
+                let v = x[i];
+                let cdf = if v.abs() > 1e-2 {
+                    y[i] / v
+                } else {
+                    0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+                };
+                *o = g[i] * (cdf + v * INV_SQRT_TAU * *o);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
 }
 
 /// Backward of `softmax(scale · x)` over the last axis: `scale · p ⊙ (g − Σ_j g_j p_j)`.
@@ -714,9 +771,7 @@ impl CustomOp1 for LogSumExpRows {
         let (n, cols) = l.shape().dims2()?;
         let out = fill_rows_for(x.len(), n, 1, |first, block| {
             for (o, row) in block.iter_mut().zip(x[first * cols..].chunks_exact(cols)) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
-                *o = max + sum.ln() as f32;
+                *o = logsumexp_row(row);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from(n)))
@@ -759,12 +814,290 @@ impl CustomOp3 for LogSumExpGrad {
                 .zip(&lse[first..])
                 .zip(&g[first..])
             {
-                for (oj, &v) in o.iter_mut().zip(row) {
-                    *oj = (v - m).exp() * gn;
-                }
+                o.copy_from_slice(row);
+                logsumexp_grad_row(o, m, gn);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// The log-sum-exp of one row: the maximum, plus the log of the sum of `exp(v − max)`
+/// accumulated in f64 in order.
+fn logsumexp_row(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut shifted = [0f32; ROW_PART];
+    let mut sum = 0f64;
+    for part in row.chunks(ROW_PART) {
+        let shifted = &mut shifted[..part.len()];
+        for (e, &v) in shifted.iter_mut().zip(part) {
+            *e = v - max;
+        }
+        exp_in_place(shifted);
+        for &e in shifted.iter() {
+            sum += e as f64;
+        }
+    }
+    max + sum.ln() as f32
+}
+
+/// Values of a row handled at a time by the row-wise passes that take exponentials
+/// ([`exp_in_place`] on a stack buffer).
+const ROW_PART: usize = 256;
+
+/// The gradient of a row's log-sum-exp `lse` at each entry of `row` (overwritten), for the
+/// gradient `g` of the log-sum-exp: `exp(v − lse) · g`.
+fn logsumexp_grad_row(row: &mut [f32], lse: f32, g: f32) {
+    for v in row.iter_mut() {
+        *v -= lse;
+    }
+    exp_in_place(row);
+    for v in row.iter_mut() {
+        *v *= g;
+    }
+}
+
+/// Rows of the logits [`linear_logsumexp`] holds at once: 256 rows of GPT-2's head (20 003
+/// columns: the shortlist and the tail clusters) are 20 MB, where the composed ops held
+/// arrays of all the batch's rows (246 MB each at 16 × 192 tokens: the logits, their gradient
+/// and the sum the backward adds it to).
+pub const LOGSUMEXP_CHUNK_ROWS: usize = 256;
+
+/// Row-wise log-sum-exp of the logits `x wᵀ + b` (x: N × E, w: C × E, stored out × in, b: C):
+/// N values, those of [`logsumexp_rows`] of [`linear`] (with `w_out_in`) bit for bit, computed
+/// [`LOGSUMEXP_CHUNK_ROWS`] rows at a time, so that the N × C logits never exist at once. A
+/// row's values depend on that row alone: its logits are gemm's, whose order of additions for
+/// an entry depends only on the depth E, whatever the number of rows (see [`super::matmul`]).
+///
+/// The backward gives ∂ℒ/∂x only (`w` and `b` must be constants, as the GPT-2 head's tables
+/// are in a probe): `(exp(logits − lse) · g) · w` per row, the calls the composition's backward
+/// makes. `expected_grad`: the gradient ∂ℒ/∂lse every row will get, when the caller knows it
+/// (a loss that is a fixed multiple of the sum of the rows): then the forward also computes
+/// ∂ℒ/∂x, chunk by chunk from the logits it holds anyway, and the backward hands it over when
+/// the gradient it receives is that value in every row, bit for bit; any other gradient (or
+/// `None`) makes the backward compute the logits again.
+pub fn linear_logsumexp(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    expected_grad: Option<f32>,
+) -> candle_core::Result<Tensor> {
+    x.apply_op3(
+        w,
+        b,
+        LinearLogSumExp {
+            expected: expected_grad,
+            ready: Mutex::new(None),
+        },
+    )
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests only: backward passes of [`linear_logsumexp`] on this thread that computed the
+    /// logits again.
+    static LOGSUMEXP_RECOMPUTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The custom op of [`linear_logsumexp`].
+struct LinearLogSumExp {
+    expected: Option<f32>,
+    /// ∂ℒ/∂x for the expected gradient, computed by the forward; taken by the backward.
+    ready: Mutex<Option<Vec<f32>>>,
+}
+
+/// The inputs of a [`LinearLogSumExp`] as the chunks read them.
+struct LogitsInputs<'a> {
+    x: &'a CpuStorage,
+    x_layout: &'a Layout,
+    w: &'a CpuStorage,
+    w_layout: &'a Layout,
+    bias: &'a [f32],
+}
+
+impl LogitsInputs<'_> {
+    /// `(N, E, C)`, checked against each other.
+    fn dims(&self) -> candle_core::Result<(usize, usize, usize)> {
+        let (n, e) = self.x_layout.shape().dims2()?;
+        let (c, e2) = self.w_layout.shape().dims2()?;
+        if e2 != e || self.bias.len() != c {
+            return Err(candle_core::Error::Msg(format!(
+                "linear-logsumexp: input {:?}, weight {:?} and bias of {} do not fit",
+                self.x_layout.dims(),
+                self.w_layout.dims(),
+                self.bias.len()
+            )));
+        }
+        if !matches!((self.x, self.w), (CpuStorage::F32(_), CpuStorage::F32(_))) {
+            return Err(candle_core::Error::Msg(
+                "linear-logsumexp: expects f32".into(),
+            ));
+        }
+        Ok((n, e, c))
+    }
+
+    /// The logits of `rows` rows from `first` (rows × C): [`linear`]'s forward.
+    fn logits(&self, first: usize, rows: usize) -> candle_core::Result<Vec<f32>> {
+        let x_rows = self.x_layout.narrow(0, first, rows)?;
+        let w_t = self.w_layout.transpose(0, 1)?;
+        let mut out = super::matmul::product(self.x, &x_rows, self.w, &w_t)?;
+        let c = self.bias.len();
+        if c > 0 {
+            super::cores::for_rows(&mut out, c, |_, block| {
+                for row in block.chunks_exact_mut(c) {
+                    for (y, &bj) in row.iter_mut().zip(self.bias) {
+                        *y += bj;
+                    }
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// ∂ℒ/∂x of `rows` rows (rows × E) from their `logits` (overwritten by their gradient),
+    /// their log-sum-exps `lse` and the gradients `g` of those: [`LogSumExpGrad`] in place,
+    /// then [`linear_grads`]' product with the weight.
+    fn input_grad(
+        &self,
+        mut logits: Vec<f32>,
+        lse: &[f32],
+        g: &[f32],
+    ) -> candle_core::Result<Vec<f32>> {
+        let c = self.bias.len();
+        let rows = lse.len();
+        if c > 0 {
+            super::cores::for_rows(&mut logits, c, |first, block| {
+                for ((row, &m), &gn) in block
+                    .chunks_exact_mut(c)
+                    .zip(&lse[first..])
+                    .zip(&g[first..])
+                {
+                    logsumexp_grad_row(row, m, gn);
+                }
+            });
+        }
+        super::matmul::product(
+            &CpuStorage::F32(logits),
+            &Layout::contiguous((rows, c)),
+            self.w,
+            self.w_layout,
+        )
+    }
+
+    /// The chunks of `n` rows, `(first, rows)`: `n / LOGSUMEXP_CHUNK_ROWS` chunks (one when
+    /// fewer), their sizes differing by at most one row. Every chunk has at least
+    /// [`LOGSUMEXP_CHUNK_ROWS`] rows unless it is the whole: gemm takes another depth blocking
+    /// for products of at most 64 rows and 64 columns, so a small last chunk could change
+    /// bits.
+    fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+        let count = (n / LOGSUMEXP_CHUNK_ROWS).max(1);
+        let (base, extra) = (n / count, n % count);
+        (0..count).map(move |i| (i * base + i.min(extra), base + usize::from(i < extra)))
+    }
+}
+
+impl CustomOp3 for LinearLogSumExp {
+    fn name(&self) -> &'static str {
+        "linear-logsumexp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let inputs = LogitsInputs {
+            x: s1,
+            x_layout: l1,
+            w: s2,
+            w_layout: l2,
+            bias: contiguous_f32(s3, l3, self.name())?,
+        };
+        let (n, e, c) = inputs.dims()?;
+        let mut lse = vec![0f32; n];
+        let mut dx = self.expected.map(|_| Vec::with_capacity(n * e));
+        for (first, rows) in LogitsInputs::chunks(n) {
+            let logits = inputs.logits(first, rows)?;
+            let lse_rows = &mut lse[first..first + rows];
+            super::cores::for_rows_for(rows * c, lse_rows, 1, |start, block| {
+                for (o, row) in block.iter_mut().zip(logits[start * c..].chunks_exact(c)) {
+                    *o = logsumexp_row(row);
+                }
+            });
+            if let (Some(dx), Some(g)) = (dx.as_mut(), self.expected) {
+                let g = vec![g; rows];
+                dx.extend(inputs.input_grad(logits, &lse[first..first + rows], &g)?);
+            }
+        }
+        *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = dx;
+        Ok((CpuStorage::F32(lse), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if w.track_op() || b.track_op() {
+            return Err(candle_core::Error::Msg(
+                "linear-logsumexp: gives no gradient for its weight or bias; use linear and \
+                 logsumexp_rows"
+                    .into(),
+            ));
+        }
+        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if !x.track_op() {
+            return Ok((None, None, None));
+        }
+        let g = with_values(grad, self.name(), |g| Ok(g.to_vec()))?;
+        let expected = self
+            .expected
+            .is_some_and(|e| g.iter().all(|v| v.to_bits() == e.to_bits()));
+        let (n, e) = x.dims2()?;
+        let dx = match ready {
+            Some(dx) if expected => dx,
+            _ => {
+                #[cfg(test)]
+                LOGSUMEXP_RECOMPUTED.with(|c| c.set(c.get() + 1));
+                let lse = with_values(res, self.name(), |v| Ok(v.to_vec()))?;
+                let (x_s, x_l) = x.storage_and_layout();
+                let (w_s, w_l) = w.storage_and_layout();
+                let (b, b_l) = b.storage_and_layout();
+                let (
+                    candle_core::Storage::Cpu(x_s),
+                    candle_core::Storage::Cpu(w_s),
+                    candle_core::Storage::Cpu(b),
+                ) = (&*x_s, &*w_s, &*b)
+                else {
+                    return Err(candle_core::Error::Msg(
+                        "linear-logsumexp: expects CPU tensors".into(),
+                    ));
+                };
+                let inputs = LogitsInputs {
+                    x: x_s,
+                    x_layout: x_l,
+                    w: w_s,
+                    w_layout: w_l,
+                    bias: contiguous_f32(b, b_l, self.name())?,
+                };
+                inputs.dims()?;
+                let mut dx = Vec::with_capacity(n * e);
+                for (first, rows) in LogitsInputs::chunks(n) {
+                    let logits = inputs.logits(first, rows)?;
+                    let span = first..first + rows;
+                    dx.extend(inputs.input_grad(logits, &lse[span.clone()], &g[span])?);
+                }
+                dx
+            }
+        };
+        Ok((Some(Tensor::from_vec(dx, (n, e), x.device())?), None, None))
     }
 }
 
@@ -993,6 +1326,53 @@ mod tests {
                 bits(&column_sums(&xt).unwrap()),
                 bits(&xt.sum_keepdim(0).unwrap().squeeze(0).unwrap())
             );
+        }
+    }
+
+    /// The head's log-sum-exps in chunks of rows are those of the composition (`linear`, then
+    /// `logsumexp_rows`) bit for bit, and so is the input's gradient of a loss that is their
+    /// mean: handed over from the forward when the expected gradient is the one that comes,
+    /// computed again otherwise (a wrong guess, none, or a loss of another scale), on one core
+    /// and on two, for a row count that splits into uneven chunks and one below a chunk.
+    #[test]
+    fn linear_logsumexp_is_the_composition_bit_for_bit() {
+        let dev = Device::Cpu;
+        let bits =
+            |t: &Tensor| -> Vec<u32> { values(t).unwrap().iter().map(|v| v.to_bits()).collect() };
+        let recomputed = || LOGSUMEXP_RECOMPUTED.with(std::cell::Cell::get);
+        for (n, e, c) in [(3 * LOGSUMEXP_CHUNK_ROWS + 77, 128, 2100), (100, 40, 130)] {
+            let x = Var::from_vec(Rng::new(n as u64).normal_vec(n * e, 1.0), (n, e), &dev).unwrap();
+            let w = Tensor::from_vec(Rng::new(2).normal_vec(c * e, 0.3), (c, e), &dev).unwrap();
+            let b = Tensor::from_vec(Rng::new(3).normal_vec(c, 0.5), c, &dev).unwrap();
+            for scale in [1.0 / n as f64, 0.37] {
+                let mean = |lse: &Tensor| lse.sum_all().unwrap().affine(scale, 0.0).unwrap();
+                let composed =
+                    logsumexp_rows(&linear(x.as_tensor(), &w, &b, true, None).unwrap()).unwrap();
+                let want_grad = mean(&composed).backward().unwrap();
+                let want_grad = bits(want_grad.get(x.as_tensor()).unwrap());
+                for (expected, hit) in [
+                    (Some((1.0 / n as f64) as f32), scale != 0.37),
+                    (Some(0.5), false),
+                    (None, false),
+                ] {
+                    for cores in [1, 2] {
+                        crate::nn::cores::with_cores(cores, || {
+                            let before = recomputed();
+                            let ours = linear_logsumexp(x.as_tensor(), &w, &b, expected).unwrap();
+                            assert_eq!(bits(&ours), bits(&composed), "{n} rows, {cores} cores");
+                            let grads = mean(&ours).backward().unwrap();
+                            let grad = bits(grads.get(x.as_tensor()).unwrap());
+                            assert_eq!(grad, want_grad, "{n} rows, {expected:?}, {cores} cores");
+                            assert_eq!(recomputed() - before, usize::from(!hit), "{expected:?}");
+                        });
+                    }
+                }
+            }
+            // The weight must be a constant.
+            let wv = Var::from_tensor(&w).unwrap();
+            let lse = linear_logsumexp(x.as_tensor(), wv.as_tensor(), &b, None).unwrap();
+            let err = lse.sum_all().unwrap().backward().unwrap_err().to_string();
+            assert!(err.contains("linear-logsumexp"), "{err}");
         }
     }
 
