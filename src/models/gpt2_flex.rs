@@ -1567,6 +1567,60 @@ mod tests {
         }
     }
 
+    /// GPT-2's pass by blocks gets the head's input gradient from its forward (the gradient
+    /// it expects each row's log-sum-exp to get, 1/N, is the one that comes): the head's
+    /// logits are computed once; the whole pass, which expects none, computes them again in
+    /// its backward. Both give the gradients of the composed ops (a model with table
+    /// gradients keeps those).
+    #[test]
+    fn the_pass_by_blocks_computes_the_head_logits_once() {
+        use crate::nn::ops::logsumexp_recomputed;
+        let config = tiny(2, 16);
+        let build = || Gpt2Flex::new(&config, &mut Rng::new(3), &Device::Cpu).unwrap();
+        let (full, lean) = (build(), build().without_table_gradients());
+        let (x, y) = batch(3, 10, 1);
+        let before = logsumexp_recomputed();
+        let by_blocks = lean
+            .forward_backward_by_blocks(&x, &y, (3, 10), false)
+            .unwrap();
+        assert_eq!(
+            logsumexp_recomputed(),
+            before,
+            "the pass by blocks recomputed"
+        );
+        let loss = full.forward(&x, &y, (3, 10), None).unwrap().loss;
+        assert_eq!(
+            by_blocks.loss.to_bits(),
+            loss.to_scalar::<f32>().unwrap().to_bits()
+        );
+        let composed = loss.backward().unwrap();
+        let whole = lean
+            .forward(&x, &y, (3, 10), None)
+            .unwrap()
+            .loss
+            .backward()
+            .unwrap();
+        assert_eq!(
+            logsumexp_recomputed(),
+            before + 1,
+            "the whole pass did not recompute"
+        );
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        for ((lin_full, lin_lean), what) in full.linears().iter().zip(lean.linears()).zip(0..) {
+            let want = bits(composed.get(lin_full.weight.as_tensor()).unwrap());
+            let w = lin_lean.weight.as_tensor();
+            assert_eq!(
+                bits(by_blocks.grads.get(w).unwrap()),
+                want,
+                "linear {what}, by blocks"
+            );
+            assert_eq!(bits(whole.get(w).unwrap()), want, "linear {what}, whole");
+        }
+    }
+
     #[test]
     fn key_bias_gets_no_gradient() {
         let config = tiny(2, 16);

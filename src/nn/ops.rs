@@ -899,6 +899,13 @@ thread_local! {
     static LOGSUMEXP_RECOMPUTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// Tests only: how many backward passes of [`linear_logsumexp`] on this thread computed the
+/// logits again (so far).
+#[cfg(test)]
+pub(crate) fn logsumexp_recomputed() -> usize {
+    LOGSUMEXP_RECOMPUTED.with(std::cell::Cell::get)
+}
+
 /// The custom op of [`linear_logsumexp`].
 struct LinearLogSumExp {
     expected: Option<f32>,
@@ -1339,7 +1346,7 @@ mod tests {
         let dev = Device::Cpu;
         let bits =
             |t: &Tensor| -> Vec<u32> { values(t).unwrap().iter().map(|v| v.to_bits()).collect() };
-        let recomputed = || LOGSUMEXP_RECOMPUTED.with(std::cell::Cell::get);
+        let recomputed = logsumexp_recomputed;
         for (n, e, c) in [(3 * LOGSUMEXP_CHUNK_ROWS + 77, 128, 2100), (100, 40, 130)] {
             let x = Var::from_vec(Rng::new(n as u64).normal_vec(n * e, 1.0), (n, e), &dev).unwrap();
             let w = Tensor::from_vec(Rng::new(2).normal_vec(c * e, 0.3), (c, e), &dev).unwrap();
