@@ -183,10 +183,10 @@ impl Config {
     }
 
     /// The head's floats per token, for `tokens` in the batch: 4 × the head cluster's logits
-    /// (shortlist and one per tail cluster) of the rows it holds at once, which are at most
-    /// `2 · LOGSUMEXP_CHUNK_ROWS − 1` (`ops::linear_logsumexp` runs the rows in chunks).
+    /// (shortlist and one per tail cluster) of the rows it holds at once
+    /// (`ops::linear_logsumexp` runs the rows in chunks).
     fn head_floats(&self, tokens: usize) -> f64 {
-        let held = tokens.min(2 * ops::LOGSUMEXP_CHUNK_ROWS - 1);
+        let held = ops::linear_logsumexp_rows_held(tokens);
         4.0 * (self.cutoffs[0] + self.n_clusters() - 1) as f64 * held as f64 / tokens.max(1) as f64
     }
 

@@ -132,24 +132,29 @@ fn map_elements(
     Ok((CpuStorage::F32(out), l.shape().clone()))
 }
 
-/// The backward of an element-wise op: `f(x, y, g)` per element, from the input `x`, the
-/// forward's result `y` and the incoming gradient `g`, shaped as `x` ([`ElementGrad`]).
+/// The backward of an element-wise op: `f(x, y, g, out)` writes ∂ℒ/∂x of a block of
+/// elements from their input `x`, the forward's result `y` and the incoming gradient `g`
+/// ([`ElementGrad`]); the result is shaped as `x`. A block's values must depend only on its
+/// own elements (the blocks are split between the cores the probe has to spare).
 fn element_grad(
     x: &Tensor,
     res: &Tensor,
     grad: &Tensor,
     name: &'static str,
-    f: fn(f32, f32, f32) -> f32,
+    f: ElementGradFn,
 ) -> candle_core::Result<Tensor> {
     let [x, res, grad] = contiguous_all([x, res, grad])?;
     x.apply_op3_no_bwd(&res, &grad, &ElementGrad { name, f })
 }
 
+/// The block function of an [`ElementGrad`]: `(x, y, g, out)`, all of one block's length.
+type ElementGradFn = fn(&[f32], &[f32], &[f32], &mut [f32]);
+
 /// The gradient op of an element-wise op ([`element_grad`]): reads the three arrays in place
 /// and splits the elements between the cores the probe has to spare.
 struct ElementGrad {
     name: &'static str,
-    f: fn(f32, f32, f32) -> f32,
+    f: ElementGradFn,
 }
 
 impl CustomOp3 for ElementGrad {
@@ -178,10 +183,8 @@ impl CustomOp3 for ElementGrad {
         }
         let f = self.f;
         let out = fill_rows(x.len(), 1, |start, block| {
-            let (x, y, g) = (&x[start..], &y[start..], &g[start..]);
-            for (i, o) in block.iter_mut().enumerate() {
-                *o = f(x[i], y[i], g[i]);
-            }
+            let span = start..start + block.len();
+            f(&x[span.clone()], &y[span.clone()], &g[span], block);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -536,16 +539,19 @@ pub(crate) fn gelu_new_grad(
     res: &Tensor,
     grad: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    element_grad(x, res, grad, "gelu-new-grad", |v, y, g| {
-        // The forward's tanh, recovered from y = ½x(1 + t) away from x = 0.
-        let t = if v.abs() > 1e-2 {
-            2.0 * y / v - 1.0
-        } else {
-            fast_tanh(GELU_K * (v + GELU_C * v * v * v))
-        };
-        let slope =
-            0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * v * v);
-        g * slope
+    element_grad(x, res, grad, "gelu-new-grad", |x, y, g, out| {
+        for (i, o) in out.iter_mut().enumerate() {
+            let v = x[i];
+            // The forward's tanh, recovered from y = ½x(1 + t) away from x = 0.
+            let t = if v.abs() > 1e-2 {
+                2.0 * y[i] / v - 1.0
+            } else {
+                fast_tanh(GELU_K * (v + GELU_C * v * v * v))
+            };
+            let slope =
+                0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * v * v);
+            *o = g[i] * slope;
+        }
     })
 }
 
@@ -668,58 +674,23 @@ pub(crate) fn gelu_erf_grad(
     res: &Tensor,
     grad: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let [x, res, grad] = contiguous_all([x, res, grad])?;
-    x.apply_op3_no_bwd(&res, &grad, &GeluErfGrad)
-}
-
-/// The gradient op of [`gelu_erf_grad`]: d/dx ½x(1 + erf(x/√2)) = Φ(x) + x φ(x), with Φ(x) =
-/// y/x recovered from the forward away from x = 0, the density's exponentials `e^{−x²/2}` of
-/// a block at once ([`exp_in_place`]).
-struct GeluErfGrad;
-
-impl CustomOp3 for GeluErfGrad {
-    fn name(&self) -> &'static str {
-        "gelu-erf-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let [x, y, g] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
-        if y.len() != x.len() || g.len() != x.len() {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: input {:?}, result {:?} and gradient {:?} differ in size",
-                self.name(),
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            )));
+    // d/dx ½x(1 + erf(x/√2)) = Φ(x) + x φ(x), with Φ(x) = y/x recovered from the forward
+    // away from x = 0; the density's exponentials e^{−x²/2} of a block at once.
+    element_grad(x, res, grad, "gelu-erf-grad", |x, y, g, out| {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = -0.5 * v * v;
         }
-        let out = fill_rows(x.len(), 1, |start, block| {
-            let end = start + block.len();
-            let (x, y, g) = (&x[start..end], &y[start..end], &g[start..end]);
-            for (o, &v) in block.iter_mut().zip(x) {
-                *o = -0.5 * v * v;
-            }
-            exp_in_place(block);
-            for (i, o) in block.iter_mut().enumerate() {
-                let v = x[i];
-                let cdf = if v.abs() > 1e-2 {
-                    y[i] / v
-                } else {
-                    0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
-                };
-                *o = g[i] * (cdf + v * INV_SQRT_TAU * *o);
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
+        exp_in_place(out);
+        for (i, o) in out.iter_mut().enumerate() {
+            let v = x[i];
+            let cdf = if v.abs() > 1e-2 {
+                y[i] / v
+            } else {
+                0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+            };
+            *o = g[i] * (cdf + v * INV_SQRT_TAU * *o);
+        }
+    })
 }
 
 /// Backward of `softmax(scale · x)` over the last axis: `scale · p ⊙ (g − Σ_j g_j p_j)`.
@@ -862,6 +833,13 @@ fn logsumexp_grad_row(row: &mut [f32], lse: f32, g: f32) {
 /// arrays of all the batch's rows (246 MB each at 16 × 192 tokens: the logits, their gradient
 /// and the sum the backward adds it to).
 pub const LOGSUMEXP_CHUNK_ROWS: usize = 256;
+
+/// A bound on the rows of logits [`linear_logsumexp`] holds at once for `n` rows: `n`, or
+/// `2 · LOGSUMEXP_CHUNK_ROWS − 1`, above every chunk its chunking makes (what a memory
+/// estimate counts).
+pub fn linear_logsumexp_rows_held(n: usize) -> usize {
+    n.min(2 * LOGSUMEXP_CHUNK_ROWS - 1)
+}
 
 /// Row-wise log-sum-exp of the logits `x wᵀ + b` (x: N × E, w: C × E, stored out × in, b: C):
 /// N values, those of [`logsumexp_rows`] of [`linear`] (with `w_out_in`) bit for bit, computed
@@ -1375,6 +1353,11 @@ mod tests {
                     }
                 }
             }
+            let most = LogitsInputs::chunks(n).map(|(_, rows)| rows).max().unwrap();
+            assert!(
+                most <= linear_logsumexp_rows_held(n),
+                "{n} rows: a chunk of {most}"
+            );
             // The weight must be a constant.
             let wv = Var::from_tensor(&w).unwrap();
             let lse = linear_logsumexp(x.as_tensor(), wv.as_tensor(), &b, None).unwrap();
