@@ -929,7 +929,8 @@ struct Attention {
     ctx: Tensor,
     /// The probabilities before dropout, B × h × T × T.
     probs: Tensor,
-    /// q, k and v with their heads first, B × h × T × d each.
+    /// q, k and v with their heads first, B × h × T × d each: views of their B × T × width
+    /// arrays, not copies.
     heads: [Tensor; 3],
 }
 
@@ -944,13 +945,17 @@ fn attention(
 ) -> candle_core::Result<Attention> {
     let (b, t, w) = q.dims3()?;
     let d = w / heads;
+    // Views, no copies: the products read any strides.
     let split = |x: &Tensor| -> candle_core::Result<Tensor> {
-        x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
+        x.reshape((b, t, heads, d))?.transpose(1, 2)
     };
     let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
-    let probs = ops::softmax_last(&qh.matmul(&kh.t()?)?, 1.0 / (d as f32).sqrt())?;
+    let scores = ops::batched_matmul(&qh, &kh.t()?)?;
+    let probs = ops::softmax_last(&scores, 1.0 / (d as f32).sqrt())?;
     let dropped = dropout(&probs, p, dropout_rng)?;
-    let ctx = dropped.matmul(&vh)?.transpose(1, 2)?.reshape((b, t, w))?;
+    let ctx = ops::batched_matmul(&dropped, &vh)?
+        .transpose(1, 2)?
+        .reshape((b, t, w))?;
     Ok(Attention {
         ctx,
         probs,
@@ -965,10 +970,7 @@ fn attention_backward(att: &Attention, d_ctx: &Tensor) -> candle_core::Result<[T
     let [qh, kh, vh] = &att.heads;
     let (_, heads, _, d) = qh.dims4()?;
     // Through the merge of the heads: B × T × width → B × h × T × d.
-    let g = d_ctx
-        .reshape((b, t, heads, d))?
-        .transpose(1, 2)?
-        .contiguous()?;
+    let g = d_ctx.reshape((b, t, heads, d))?.transpose(1, 2)?;
     let [dqh, dkh, dvh] =
         ops::attention_grads([qh, kh, vh], &att.probs, &g, 1.0 / (d as f32).sqrt())?;
     drop(g);

@@ -1116,7 +1116,7 @@ impl Attention {
 fn causal_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Attention> {
     let heads = split_heads(qkv, heads)?;
     let (q, k) = (heads.get(0)?, heads.get(1)?);
-    let scores = q.matmul(&k.t()?)?.contiguous()?;
+    let scores = ops::batched_matmul(&q, &k.t()?)?;
     let dh = q.dim(3)?;
     let probs = ops::causal_softmax(&scores, 1.0 / (dh as f32).sqrt())?;
     let ctx = attend(&probs, &heads)?;
@@ -1137,8 +1137,7 @@ fn split_heads(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 /// `heads` ([`split_heads`]).
 fn attend(probs: &Tensor, heads: &Tensor) -> candle_core::Result<Tensor> {
     let (_, b, h, t, dh) = heads.dims5()?;
-    probs
-        .matmul(&heads.get(2)?)?
+    ops::batched_matmul(probs, &heads.get(2)?)?
         .transpose(1, 2)?
         .reshape((b, t, h * dh))
 }

@@ -14,7 +14,7 @@
 use std::mem::MaybeUninit;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, Layout, Shape, Storage, Tensor};
 
 use super::cores::free_cores;
 
@@ -120,6 +120,7 @@ fn in_parts(
 }
 
 /// One product's fixed arguments: everything but the first row of lhs and the rows of dst.
+#[derive(Clone, Copy)]
 struct Gemm {
     n: usize,
     k: usize,
@@ -189,6 +190,98 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         }
     };
     Tensor::from_vec(values, (m, n), a.device())
+}
+
+/// The products of a batch, `lhs[i] · rhs[i]` for every item `i` of the leading dimensions
+/// (the same for both operands, no broadcasting; the last two are the matrices, any
+/// strides), as one contiguous array (items × m × n) with its shape: the gemm call candle's
+/// batched product makes for each item, the items split between the cores the probe has to
+/// spare, each item on one thread. Candle's own product runs the items one after the other,
+/// each split between its threads, which for the attention's many small products (B · h
+/// items of T × T) costs more in waiting than it saves.
+pub fn batched_product(
+    lhs_s: &CpuStorage,
+    lhs_l: &Layout,
+    rhs_s: &CpuStorage,
+    rhs_l: &Layout,
+) -> candle_core::Result<(Vec<f32>, Shape)> {
+    let (ld, rd) = (lhs_l.dims(), rhs_l.dims());
+    let rank = ld.len();
+    let fits = rank >= 2
+        && rd.len() == rank
+        && ld[..rank - 2] == rd[..rank - 2]
+        && ld[rank - 1] == rd[rank - 2];
+    if !fits {
+        return Err(candle_core::Error::Msg(format!(
+            "batched matmul: {ld:?} by {rd:?} do not fit"
+        )));
+    }
+    let (CpuStorage::F32(lhs), CpuStorage::F32(rhs)) = (lhs_s, rhs_s) else {
+        return Err(candle_core::Error::Msg(
+            "batched matmul: expects f32".into(),
+        ));
+    };
+    let (m, k, n) = (ld[rank - 2], ld[rank - 1], rd[rank - 1]);
+    let items: usize = ld[..rank - 2].iter().product();
+    let mut dims = ld[..rank - 2].to_vec();
+    dims.extend([m, n]);
+    let shape = Shape::from(dims);
+    if items * m * n == 0 || k == 0 {
+        return Ok((vec![0f32; items * m * n], shape));
+    }
+    let (ls, rs) = (lhs_l.stride(), rhs_l.stride());
+    let gemm = Gemm {
+        n,
+        k,
+        lhs_rs: ls[rank - 2] as isize,
+        lhs_cs: ls[rank - 1] as isize,
+        rhs: std::ptr::null(),
+        rhs_rs: rs[rank - 2] as isize,
+        rhs_cs: rs[rank - 1] as isize,
+    };
+    let (lhs, rhs) = (&lhs[lhs_l.start_offset()..], &rhs[rhs_l.start_offset()..]);
+    let parts = if items * m * n * k >= MIN_WORK {
+        free_cores()
+    } else {
+        1
+    };
+    let mut dst: Vec<f32> = Vec::with_capacity(items * m * n);
+    super::cores::in_blocks(
+        parts,
+        &mut dst.spare_capacity_mut()[..items * m * n],
+        m * n,
+        |first_item, block| {
+            for (i, item) in block.chunks_exact_mut(m * n).enumerate() {
+                let (a, b) = (
+                    item_offset(ld, ls, first_item + i),
+                    item_offset(rd, rs, first_item + i),
+                );
+                let gemm = Gemm {
+                    rhs: rhs[b..].as_ptr(),
+                    ..gemm
+                };
+                // SAFETY: the offsets and strides are the layouts' own, addressing inside
+                // their storage (as candle's product relies on too); `item` holds m × n.
+                unsafe { gemm.rows(lhs[a..].as_ptr(), item, m) }
+            }
+        },
+    );
+    // SAFETY: the blocks cover the m · n values of every item, each written by gemm (a
+    // panic inside propagates before this line).
+    unsafe { dst.set_len(items * m * n) };
+    Ok((dst, shape))
+}
+
+/// Where item `item` (its index over the leading dimensions, in order) of an operand with
+/// `dims` and `strides` starts, from the layout's start.
+fn item_offset(dims: &[usize], strides: &[usize], mut item: usize) -> usize {
+    let lead = dims.len() - 2;
+    let mut offset = 0;
+    for d in (0..lead).rev() {
+        offset += (item % dims[d]) * strides[d];
+        item /= dims[d];
+    }
+    offset
 }
 
 #[cfg(test)]

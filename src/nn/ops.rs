@@ -295,12 +295,75 @@ pub(crate) fn linear_grads(
     Ok((dx, dw, db))
 }
 
+/// `a · b` for every item of the leading dimensions (the same for both, at least one; the
+/// last two are the matrices, any strides): candle's `matmul` values and backward, the items
+/// split between the cores the probe has to spare ([`super::matmul::batched_product`]).
+/// Other tensors (another device or type, 2-D, broadcast batches) go through candle's
+/// `matmul`.
+pub fn batched_matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let ours = a.rank() >= 3
+        && a.rank() == b.rank()
+        && a.dims()[..a.rank() - 2] == b.dims()[..b.rank() - 2]
+        && a.device().is_cpu()
+        && b.device().is_cpu()
+        && a.dtype() == candle_core::DType::F32
+        && b.dtype() == candle_core::DType::F32;
+    if !ours {
+        return a.matmul(b);
+    }
+    if a.track_op() || b.track_op() {
+        a.apply_op2_arc(b, Arc::new(Box::new(BatchedMatmul)))
+    } else {
+        a.apply_op2_no_bwd(b, &BatchedMatmul)
+    }
+}
+
+/// The op of [`batched_matmul`].
+struct BatchedMatmul;
+
+impl CustomOp2 for BatchedMatmul {
+    fn name(&self) -> &'static str {
+        "batched-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (out, shape) = super::matmul::batched_product(s1, l1, s2, l2)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    /// The products candle's backward makes for `matmul`: ∂ℒ/∂a = g · bᵀ, ∂ℒ/∂b = aᵀ · g,
+    /// each only for an input in the autograd graph.
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let da = match a.track_op() {
+            true => Some(batched_matmul(grad, &b.t()?)?),
+            false => None,
+        };
+        let db = match b.track_op() {
+            true => Some(batched_matmul(&a.t()?, grad)?),
+            false => None,
+        };
+        Ok((da, db))
+    }
+}
+
 /// The gradients ∂ℒ/∂q, ∂ℒ/∂k and ∂ℒ/∂v of scaled dot-product attention `probs · v`, with
 /// `probs` = [`softmax_last`] or [`causal_softmax`] of `q · kᵀ` with `scale`, heads first
-/// (… × T × d each), from ∂ℒ/∂(probs · v) `g` (contiguous, as `q`): the products candle's
-/// backward makes through `q.matmul(&k.t())`, the softmax and `probs.matmul(&v)`, on the same
-/// layouts, and the softmax's own gradient, so the same values bit for bit. ∂ℒ/∂k comes
-/// contiguous, as candle's backward leaves it.
+/// (… × T × d each, any strides), from ∂ℒ/∂(probs · v) `g` (any strides): the products
+/// candle's backward makes through `q.matmul(&k.t())`, the softmax and `probs.matmul(&v)`
+/// ([`batched_matmul`], whose values do not depend on the strides), and the softmax's own
+/// gradient, so the same values bit for bit. The three come contiguous, heads first.
 pub(crate) fn attention_grads(
     [q, k, v]: [&Tensor; 3],
     probs: &Tensor,
@@ -308,13 +371,15 @@ pub(crate) fn attention_grads(
     scale: f32,
 ) -> candle_core::Result<[Tensor; 3]> {
     // context = probs · v.
-    let d_probs = g.matmul(&v.t()?)?;
-    let dv = probs.t()?.matmul(g)?;
+    let d_probs = batched_matmul(g, &v.t()?)?;
+    let dv = batched_matmul(&probs.t()?, g)?;
     let d_scores = softmax_grad(probs, &d_probs, scale)?;
     drop(d_probs);
     // scores = q · kᵀ (the gradient of kᵀ's own transpose is k's layout).
-    let dq = d_scores.matmul(&k.t()?.t()?)?;
-    let dk = q.t()?.matmul(&d_scores)?.t()?.contiguous()?;
+    let dq = batched_matmul(&d_scores, &k.t()?.t()?)?;
+    // candle's backward computes (qᵀ · d_scores)ᵀ; d_scoresᵀ · q makes the same fused
+    // multiply-adds in the same order (the product's depth is T in both), without the copy.
+    let dk = batched_matmul(&d_scores.t()?, q)?;
     Ok([dq, dk, dv])
 }
 
@@ -1289,6 +1354,77 @@ mod tests {
                 "{cores} cores"
             );
         }
+    }
+
+    /// The batched product is candle's `matmul` bit for bit, values and gradients, for the
+    /// attention's layouts (contiguous heads, heads as views of a B × T × width array, either
+    /// operand transposed, rank 3 and 4), on 1 to 3 cores; the reference is candle's product
+    /// of contiguous copies (gemm's values do not depend on the strides).
+    #[test]
+    fn batched_matmul_is_candles_matmul_bit_for_bit() {
+        let dev = Device::Cpu;
+        // Large enough (2^26 multiply-adds) for the first two to split between cores.
+        let (b, t, heads, d) = (4, 256, 4, 64);
+        let var = |seed: u64, shape: (usize, usize, usize)| {
+            let v = Rng::new(seed).normal_vec(shape.0 * shape.1 * shape.2, 1.0);
+            Var::from_tensor(&Tensor::from_vec(v, shape, &dev).unwrap()).unwrap()
+        };
+        let (q, k) = (var(1, (b, t, heads * d)), var(2, (b, t, heads * d)));
+        let split = |x: &Tensor| {
+            x.reshape((b, t, heads, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+        };
+        let flat = |x: &Tensor| x.reshape((b * heads, t, d)).unwrap();
+        let cases: Vec<(Tensor, Tensor)> = vec![
+            // Heads as views: q · kᵀ, then (q · kᵀ) · v's view.
+            (split(&q), split(&k).t().unwrap()),
+            (
+                split(&q)
+                    .contiguous()
+                    .unwrap()
+                    .matmul(&split(&k).contiguous().unwrap().t().unwrap())
+                    .unwrap(),
+                split(&k),
+            ),
+            // Contiguous heads, rank 3, the left operand transposed.
+            (
+                flat(&split(&q).contiguous().unwrap()).t().unwrap(),
+                flat(&split(&k).contiguous().unwrap()),
+            ),
+        ];
+        let bits =
+            |x: &Tensor| -> Vec<u32> { values(x).unwrap().iter().map(|v| v.to_bits()).collect() };
+        for (i, (x, y)) in cases.iter().enumerate() {
+            let theirs = x
+                .contiguous()
+                .unwrap()
+                .matmul(&y.contiguous().unwrap())
+                .unwrap();
+            let their_grads = weighted_sum(&theirs).backward().unwrap();
+            for cores in [1, 2, 3] {
+                let ours = crate::nn::cores::with_cores(cores, || batched_matmul(x, y).unwrap());
+                assert_eq!(
+                    bits(&ours),
+                    bits(&theirs),
+                    "case {i}, {cores} cores: values"
+                );
+                let our_grads =
+                    crate::nn::cores::with_cores(cores, || weighted_sum(&ours).backward().unwrap());
+                for input in [&q, &k] {
+                    assert_eq!(
+                        bits(our_grads.get(input.as_tensor()).unwrap()),
+                        bits(their_grads.get(input.as_tensor()).unwrap()),
+                        "case {i}, {cores} cores: gradients"
+                    );
+                }
+            }
+        }
+        // Batches that differ, or a 2-D product, go through candle's matmul.
+        let a = Tensor::ones((2, 3, 4), candle_core::DType::F32, &dev).unwrap();
+        let c = Tensor::ones((3, 4, 5), candle_core::DType::F32, &dev).unwrap();
+        assert!(batched_matmul(&a, &c).is_err());
     }
 
     /// A bias gradient's column sums are candle's `sum_keepdim(0)` bit for bit, on any number
