@@ -8,6 +8,7 @@
 //! [`exp_in_place`] is the exponential of a slice with the bits of glibc's `expf`, on the
 //! vector units: the element-wise and row-wise ops that take exponentials (softmax,
 //! log-sum-exp and its gradient, `gelu_new`) spent much of their time in the scalar libm call.
+//! [`erf_in_place`] is the error function with the bits of libm's `erff`, for the exact GELU.
 
 /// Defines `fn name(args) -> ret` that runs `body` compiled for AVX-512F or AVX2 when the CPU
 /// has them (so its loops use 512- or 256-bit vectors), else compiled for the baseline. All
@@ -167,6 +168,226 @@ fn exp_fast_one(x: f32) -> f32 {
     (z.mul_add(r2, y) * s) as f32
 }
 
+/// The error function of every value of a slice, in place, with the bits of libm's `erff`
+/// (FreeBSD's algorithm, what candle's `erf_f32` and so the exact GELU use): the same
+/// piecewise rational approximations and exponentials in the same f32 operations, every
+/// branch computed for a vector of values and the right one kept per value, so the loop runs on
+/// the vector units. The values outside the fast path (|x| < 2^-28, infinities, NaN) go
+/// through `erf_f32` itself. Test `erf_in_place_is_libm_erff_bit_for_bit`.
+pub fn erf_in_place(xs: &mut [f32]) {
+    let mut kept = [0f32; EXP_BLOCK];
+    for block in xs.chunks_mut(EXP_BLOCK) {
+        let kept = &mut kept[..block.len()];
+        kept.copy_from_slice(block);
+        erf_fast(block);
+        for (y, &x) in block.iter_mut().zip(kept.iter()) {
+            let ix = x.to_bits() & 0x7fff_ffff;
+            if !(0x3180_0000..0x7f80_0000).contains(&ix) {
+                *y = candle_core::cpu::erf::erf_f32(x);
+            }
+        }
+    }
+}
+
+vectorised! {
+    /// The fast path of [`erf_in_place`] for every value (outside it the result is
+    /// meaningless), 64 values at a time: where all are below 0.84375 in magnitude (at
+    /// initialisation nearly every GELU input), only that range's polynomial.
+    fn erf_fast(xs: &mut [f32]) {
+        for group in xs.chunks_mut(64) {
+            let largest = group
+                .iter()
+                .fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff));
+            if largest < ERF_SMALL_BELOW {
+                for x in group.iter_mut() {
+                    *x = erf_small(*x);
+                }
+            } else {
+                for x in group.iter_mut() {
+                    *x = erf_fast_one(*x);
+                }
+            }
+        }
+    }
+}
+
+/// Bits of 0.84375: below it `erff` is `x + x · P(x²)/Q(x²)`.
+const ERF_SMALL_BELOW: u32 = 0x3f58_0000;
+
+/// libm's `erff` coefficients of `P` and `Q` for |x| < 0.84375 (lowest degree first; `Q`'s
+/// constant term is 1).
+#[allow(clippy::excessive_precision)]
+const ERF_PP: [f32; 5] = [
+    1.2837916613e-01,
+    -3.2504209876e-01,
+    -2.8481749818e-02,
+    -5.7702702470e-03,
+    -2.3763017452e-05,
+];
+#[allow(clippy::excessive_precision)]
+const ERF_QQ: [f32; 6] = [
+    1.0,
+    3.9791721106e-01,
+    6.5022252500e-02,
+    5.0813062117e-03,
+    1.3249473704e-04,
+    -3.9602282413e-06,
+];
+
+/// `erf(x)` for `2^-28 ≤ |x| < 0.84375`: `x + x · P(x²)/Q(x²)`.
+#[inline(always)]
+fn erf_small(x: f32) -> f32 {
+    let z = x * x;
+    x + x * (horner(z, &ERF_PP) / horner(z, &ERF_QQ))
+}
+
+/// `c[0] + z · (c[1] + z · (… + z · c[n]))`, innermost first: the nesting of libm's
+/// polynomials, one rounding per operation.
+#[inline(always)]
+fn horner(z: f32, c: &[f32]) -> f32 {
+    let mut acc = c[c.len() - 1];
+    for &ci in c[..c.len() - 1].iter().rev() {
+        acc = ci + z * acc;
+    }
+    acc
+}
+
+/// `erf(x)` for finite `|x| ≥ 2^-28` (see [`erf_in_place`]), without branches: the four
+/// ranges of libm's `erff` (below 0.84375, below 1.25, below 6, beyond) all computed, one
+/// chosen.
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+fn erf_fast_one(x: f32) -> f32 {
+    const ERX: f32 = 8.4506291151e-01;
+    const PA: [f32; 7] = [
+        -2.3621185683e-03,
+        4.1485610604e-01,
+        -3.7220788002e-01,
+        3.1834661961e-01,
+        -1.1089469492e-01,
+        3.5478305072e-02,
+        -2.1663755178e-03,
+    ];
+    const QA: [f32; 7] = [
+        1.0,
+        1.0642088205e-01,
+        5.4039794207e-01,
+        7.1828655899e-02,
+        1.2617121637e-01,
+        1.3637083583e-02,
+        1.1984500103e-02,
+    ];
+    const RA: [f32; 8] = [
+        -9.8649440333e-03,
+        -6.9385856390e-01,
+        -1.0558626175e+01,
+        -6.2375331879e+01,
+        -1.6239666748e+02,
+        -1.8460508728e+02,
+        -8.1287437439e+01,
+        -9.8143291473e+00,
+    ];
+    const SA: [f32; 9] = [
+        1.0,
+        1.9651271820e+01,
+        1.3765776062e+02,
+        4.3456588745e+02,
+        6.4538726807e+02,
+        4.2900814819e+02,
+        1.0863500214e+02,
+        6.5702495575e+00,
+        -6.0424413532e-02,
+    ];
+    const RB: [f32; 7] = [
+        -9.8649431020e-03,
+        -7.9928326607e-01,
+        -1.7757955551e+01,
+        -1.6063638306e+02,
+        -6.3756646729e+02,
+        -1.0250950928e+03,
+        -4.8351919556e+02,
+    ];
+    const SB: [f32; 8] = [
+        1.0,
+        3.0338060379e+01,
+        3.2579251099e+02,
+        1.5367296143e+03,
+        3.1998581543e+03,
+        2.5530502930e+03,
+        4.7452853394e+02,
+        -2.2440952301e+01,
+    ];
+    let ix = x.to_bits() & 0x7fff_ffff;
+    let ax = f32::from_bits(ix);
+    let small = erf_small(x);
+    // |x| < 1.25: 1 − erfc, erfc = 1 − erx − P(|x| − 1)/Q(|x| − 1).
+    let s = ax - 1.0;
+    let mid = 1.0 - (1.0 - ERX - horner(s, &PA) / horner(s, &QA));
+    // |x| < 6: 1 − erfc, erfc = e^(−z² − 0.5625) · e^((z − |x|)(z + |x|) + R/S) / |x|, z =
+    // |x| with its 13 low bits cleared, R and S of 1/x² (two sets, split at 1/0.35).
+    let s = 1.0 / (ax * ax);
+    let near = ix < 0x4036_db6d;
+    let r = if near { horner(s, &RA) } else { horner(s, &RB) };
+    let big_s = if near { horner(s, &SA) } else { horner(s, &SB) };
+    let z = f32::from_bits(ix & 0xffff_e000);
+    let erfc = libm_expf(-z * z - 0.5625) * libm_expf((z - ax) * (z + ax) + r / big_s) / ax;
+    let big = 1.0 - erfc;
+    // Beyond: 1 − 2^-120.
+    let huge = 1.0 - f32::from_bits(0x0380_0000);
+    let y = if ix < 0x3fa0_0000 {
+        mid
+    } else if ix < 0x40c0_0000 {
+        big
+    } else {
+        huge
+    };
+    let signed = if x.is_sign_negative() { -y } else { y };
+    if ix < ERF_SMALL_BELOW {
+        small
+    } else {
+        signed
+    }
+}
+
+/// libm's `expf` (FreeBSD's: reduction by k · ln 2 in two parts, a rational approximation, a
+/// scaling by 2^k) without branches, for `|v| < 87` (the arguments `erff` gives it).
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+fn libm_expf(v: f32) -> f32 {
+    const LN2_HI: f32 = 6.9314575195e-01;
+    const LN2_LO: f32 = 1.4286067653e-06;
+    const INV_LN2: f32 = 1.4426950216e+00;
+    const P1: f32 = 1.6666625440e-1;
+    const P2: f32 = -2.7667332906e-3;
+    let hx = v.to_bits() & 0x7fff_ffff;
+    let negative = v.is_sign_negative();
+    // k: the nearest integer to v / ln 2 beyond 1.5 ln 2, ±1 beyond 0.5 ln 2, else 0.
+    let rounded = (INV_LN2 * v + if negative { -0.5 } else { 0.5 }).trunc();
+    let one = if negative { -1.0 } else { 1.0 };
+    let reduced = hx > 0x3eb1_7218;
+    let kf = if hx > 0x3f85_1592 {
+        rounded
+    } else if reduced {
+        one
+    } else {
+        0.0
+    };
+    let hi = if reduced { v - kf * LN2_HI } else { v };
+    let lo = if reduced { kf * LN2_LO } else { 0.0 };
+    let r = if reduced { hi - lo } else { v };
+    let rr = r * r;
+    let c = r - rr * (P1 + rr * P2);
+    let y = 1.0 + (r * c / (2.0 - c) - lo + hi);
+    // 2^k from the bits of k (an integer of at most 23 bits read off 1.5 · 2^23 + k).
+    let k = ((kf + 12_582_912.0).to_bits() as i32).wrapping_sub(0x4b40_0000);
+    let scale = f32::from_bits((k.wrapping_add(127) as u32) << 23);
+    if hx <= 0x3900_0000 {
+        1.0 + v
+    } else {
+        y * scale
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +476,75 @@ mod tests {
         for chunk in patterns.chunks(1 << 20) {
             let inputs: Vec<f32> = chunk.iter().map(|&b| f32::from_bits(b)).collect();
             check(&inputs);
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// [`erf_in_place`] gives libm's `erff` bits (candle's `erf_f32`) on one in 61 of all
+    /// f32 bit patterns and on the edges of its ranges.
+    #[test]
+    fn erf_in_place_is_libm_erff_bit_for_bit() {
+        let erff = candle_core::cpu::erf::erf_f32;
+        let mut inputs: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+        ];
+        for edge in [
+            0x3180_0000u32,
+            0x3f58_0000,
+            0x3fa0_0000,
+            0x4036_db6d,
+            0x40c0_0000,
+        ] {
+            for b in edge - 3..edge + 3 {
+                inputs.push(f32::from_bits(b));
+                inputs.push(-f32::from_bits(b));
+            }
+        }
+        inputs.extend((-4000..4000).map(|i| i as f32 * 0.00173));
+        inputs.extend((0..=u32::MAX).step_by(61).map(f32::from_bits));
+        let mut ours = inputs.clone();
+        erf_in_place(&mut ours);
+        let wrong: Vec<String> = inputs
+            .iter()
+            .zip(&ours)
+            .filter(|(&x, &y)| {
+                let want = erff(x);
+                y.to_bits() != want.to_bits() && !(y.is_nan() && want.is_nan())
+            })
+            .take(5)
+            .map(|(x, y)| format!("erf({x:e}) = {y:e}, erff {:e}", erff(*x)))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// Every one of the 2^32 f32 bit patterns gives libm's `erff` bits (by hand:
+    /// `cargo test --release -- --ignored every_f32`).
+    #[test]
+    #[ignore = "all 2^32 values: run by hand"]
+    fn erf_in_place_is_libm_erff_on_every_f32() {
+        let erff = candle_core::cpu::erf::erf_f32;
+        let mut buf = vec![0f32; 1 << 20];
+        let mut wrong = Vec::new();
+        for start in (0..=u32::MAX as u64).step_by(1 << 20) {
+            for (i, v) in buf.iter_mut().enumerate() {
+                *v = f32::from_bits((start + i as u64) as u32);
+            }
+            let mut ours = buf.clone();
+            erf_in_place(&mut ours);
+            for (&x, &y) in buf.iter().zip(&ours) {
+                let want = erff(x);
+                let same = y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan());
+                if !same && wrong.len() < 5 {
+                    wrong.push(format!("erf({x:e}) = {y:e}, erff {want:e}"));
+                }
+            }
         }
         assert!(wrong.is_empty(), "{wrong:#?}");
     }

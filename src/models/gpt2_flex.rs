@@ -835,7 +835,7 @@ impl Gpt2Flex {
     /// What [`Gpt2Flex::block_forward`] (without dropout) computes on `x`, from its captures
     /// (`conv`: the block's four linear outputs, q|k|v, attention projection, MLP in, MLP
     /// out; `probs`: its attention probabilities) and the cheap steps between them, run
-    /// again: the LayerNorms, the heads' copy, the attention's context, the residual sum and
+    /// again: the LayerNorms, the heads' view, the attention's context, the residual sum and
     /// `gelu_new`, the same values as the block's forward. The products of the four linears
     /// and of q·kᵀ are not made again.
     fn block_replay(
@@ -1100,7 +1100,7 @@ struct Attention {
     ctx: Tensor,
     /// The probabilities, B × h × T × T.
     probs: Tensor,
-    /// q, k and v, heads first: 3 × B × h × T × dh.
+    /// q, k and v, heads first: 3 × B × h × T × dh (a view of the q|k|v output).
     heads: Tensor,
 }
 
@@ -1124,13 +1124,12 @@ fn causal_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Attention
 }
 
 /// q, k and v of the fused q|k|v output (B × T × 3D) with their heads first, 3 × B × h × T ×
-/// dh, in one copy.
+/// dh: a view of the output, no copy (the products read any strides).
 fn split_heads(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (b, t, w3) = qkv.dims3()?;
     let d = w3 / 3;
     qkv.reshape((b, t, 3, heads, d / heads))?
-        .permute((2, 0, 3, 1, 4))?
-        .contiguous()
+        .permute((2, 0, 3, 1, 4))
 }
 
 /// The merged context (B × T × D) of the probabilities `probs` (B × h × T × T) over v of
@@ -1150,10 +1149,7 @@ fn causal_attention_backward(att: &Attention, d_ctx: &Tensor) -> candle_core::Re
     let part = |i: usize| att.heads.get(i);
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
     // Through the merge of the heads: B × T × D → B × h × T × dh.
-    let g = d_ctx
-        .reshape((b, t, heads, d / heads))?
-        .transpose(1, 2)?
-        .contiguous()?;
+    let g = d_ctx.reshape((b, t, heads, d / heads))?.transpose(1, 2)?;
     let [dq, dk, dv] = ops::attention_grads([&q, &k, &v], &att.probs, &g, scale)?;
     drop(g);
     Tensor::stack(&[dq, dk, dv], 0)?

@@ -12,7 +12,7 @@ use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
 
 use super::cores::{fill_rows, fill_rows_for};
-use crate::simd::exp_in_place;
+use crate::simd::{erf_in_place, exp_in_place};
 
 /// Where a dense layer's backward leaves the gradient of its output (see [`linear`]): empty
 /// until the backward pass reaches the layer.
@@ -113,23 +113,6 @@ pub fn with_values<R>(
             "{op}: expects a CPU tensor"
         ))),
     }
-}
-
-/// The forward of an element-wise op: `f` of every element of the contiguous f32 input, the
-/// elements split between the cores the probe has to spare ([`fill_rows`]).
-fn map_elements(
-    s: &CpuStorage,
-    l: &Layout,
-    op: &'static str,
-    f: impl Fn(f32) -> f32 + Sync,
-) -> candle_core::Result<(CpuStorage, Shape)> {
-    let x = contiguous_f32(s, l, op)?;
-    let out = fill_rows(x.len(), 1, |start, block| {
-        for (o, &v) in block.iter_mut().zip(&x[start..]) {
-            *o = f(v);
-        }
-    });
-    Ok((CpuStorage::F32(out), l.shape().clone()))
 }
 
 /// The backward of an element-wise op: `f(x, y, g, out)` writes ∂ℒ/∂x of a block of
@@ -721,10 +704,21 @@ impl CustomOp1 for GeluErf {
         "gelu-erf"
     }
 
+    /// `(erf(x/√2) + 1) · ½ · x`, the error functions of a block at once on the vector units
+    /// ([`crate::simd::erf_in_place`], libm's bits).
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        map_elements(s, l, self.name(), |v| {
-            (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
-        })
+        let x = contiguous_f32(s, l, self.name())?;
+        let out = fill_rows(x.len(), 1, |start, block| {
+            let x = &x[start..start + block.len()];
+            for (o, &v) in block.iter_mut().zip(x) {
+                *o = v * std::f32::consts::FRAC_1_SQRT_2;
+            }
+            erf_in_place(block);
+            for (o, &v) in block.iter_mut().zip(x) {
+                *o = (*o + 1.) * 0.5 * v;
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -746,14 +740,19 @@ pub(crate) fn gelu_erf_grad(
             *o = -0.5 * v * v;
         }
         exp_in_place(out);
+        let cdf_near_zero = |v: f32| 0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+        // Φ(x) = y/x for every value first (a loop the vector units run), then again with
+        // the error function where |x| ≤ 0.01 (rare), each from its own exponential.
         for (i, o) in out.iter_mut().enumerate() {
             let v = x[i];
-            let cdf = if v.abs() > 1e-2 {
-                y[i] / v
-            } else {
-                0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
-            };
-            *o = g[i] * (cdf + v * INV_SQRT_TAU * *o);
+            *o = g[i] * (y[i] / v + v * INV_SQRT_TAU * *o);
+        }
+        for (i, &v) in x.iter().enumerate() {
+            if v.abs() <= 1e-2 {
+                let mut density = [-0.5 * v * v];
+                exp_in_place(&mut density);
+                out[i] = g[i] * (cdf_near_zero(v) + v * INV_SQRT_TAU * density[0]);
+            }
         }
     })
 }
