@@ -740,21 +740,29 @@ pub(crate) fn gelu_erf_grad(
             *o = -0.5 * v * v;
         }
         exp_in_place(out);
-        let cdf_near_zero = |v: f32| 0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
-        // Φ(x) = y/x for every value first (a loop the vector units run), then again with
-        // the error function where |x| ≤ 0.01 (rare), each from its own exponential.
-        for (i, o) in out.iter_mut().enumerate() {
+        // Φ(x) = y/x for every value first (on the vector units), then again with the error
+        // function where |x| ≤ 0.01 (a few in a hundred), from the densities kept for them.
+        let near_zero: Vec<(usize, f32)> = (x.iter().enumerate())
+            .filter(|(_, v)| v.abs() <= 1e-2)
+            .map(|(i, _)| (i, out[i]))
+            .collect();
+        gelu_erf_grad_terms(x, y, g, out);
+        for (i, density) in near_zero {
             let v = x[i];
-            *o = g[i] * (y[i] / v + v * INV_SQRT_TAU * *o);
-        }
-        for (i, &v) in x.iter().enumerate() {
-            if v.abs() <= 1e-2 {
-                let mut density = [-0.5 * v * v];
-                exp_in_place(&mut density);
-                out[i] = g[i] * (cdf_near_zero(v) + v * INV_SQRT_TAU * density[0]);
-            }
+            let cdf = 0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+            out[i] = g[i] * (cdf + v * INV_SQRT_TAU * density);
         }
     })
+}
+
+vectorised! {
+    /// `g · (y/x + x · φ(x))` of a block, with the density `e^{−x²/2}` in `out` (its
+    /// `1/√(2π)` applied here): the exact GELU's gradient away from x = 0.
+    fn gelu_erf_grad_terms(x: &[f32], y: &[f32], g: &[f32], out: &mut [f32]) {
+        for (((o, &v), &yv), &gv) in out.iter_mut().zip(x).zip(y).zip(g) {
+            *o = gv * (yv / v + v * INV_SQRT_TAU * *o);
+        }
+    }
 }
 
 /// Backward of `softmax(scale · x)` over the last axis: `scale · p ⊙ (g − Σ_j g_j p_j)`.
