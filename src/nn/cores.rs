@@ -6,7 +6,8 @@
 //! probe holds a [`Lease`] for the cores given to probing (`models::probe_map` takes one per
 //! probe: `--threads`, or the engine's own cores, [`engine_cores`], for a single worker), and
 //! the work of a probe that splits into independent parts uses the given cores shared among
-//! the probes in flight ([`free_cores`]): the dense layers' products ([`super::matmul`]), the
+//! the probes in flight ([`free_cores`]): the dense layers' products and the attention's
+//! batched ones ([`super::matmul`]), the
 //! element-wise and row-wise passes of the engine's own ops ([`fill_rows`], [`for_rows`]:
 //! GELU, LayerNorm, softmax, log-sum-exp, their gradients, the dense layer's bias), the
 //! weights' Box–Muller transform (`Rng::normal_vec_in`) and the proxies' per-layer maths

@@ -1,4 +1,5 @@
-//! The dense layers' matrix products, on the cores a probe has to spare.
+//! The dense layers' matrix products and the attention's batched ones, on the cores a probe
+//! has to spare.
 //!
 //! A large product of a dense layer ([`product`], [`matmul`]) splits its rows between the
 //! cores its probe has to spare ([`super::cores`]). A product that is not split is candle's
@@ -10,6 +11,9 @@
 //! depends only on `k` (its depth blocking comes from `k` and the cache sizes, never from
 //! the row count) as long as no half falls to its small-matrix paths, which [`MIN_ROWS`] and
 //! [`MIN_WORK`] keep them from. Test `a_split_product_is_the_whole_one_bit_for_bit`.
+//!
+//! A batched product ([`batched_product`]) splits its items instead: each item is gemm's call
+//! on one thread, as candle makes it, so the values do not depend on the split either.
 
 use std::mem::MaybeUninit;
 

@@ -329,13 +329,15 @@ impl CustomOp2 for BatchedMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let da = match a.track_op() {
-            true => Some(batched_matmul(grad, &b.t()?)?),
-            false => None,
+        let da = if a.track_op() {
+            Some(batched_matmul(grad, &b.t()?)?)
+        } else {
+            None
         };
-        let db = match b.track_op() {
-            true => Some(batched_matmul(&a.t()?, grad)?),
-            false => None,
+        let db = if b.track_op() {
+            Some(batched_matmul(&a.t()?, grad)?)
+        } else {
+            None
         };
         Ok((da, db))
     }
