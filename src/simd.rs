@@ -43,8 +43,8 @@ macro_rules! vectorised {
     };
 }
 
-/// Values per block of [`exp_in_place`] (a block's inputs are kept on the stack for the
-/// values outside the fast path).
+/// Values per block of [`exp_in_place`] and [`erf_in_place`] (a block's inputs are kept on
+/// the stack for the values outside the fast path).
 const EXP_BLOCK: usize = 256;
 
 /// `32 / ln 2`, rounded to f64: the scale that turns `x` into steps of 1/32 octave.
