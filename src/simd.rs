@@ -43,8 +43,8 @@ macro_rules! vectorised {
     };
 }
 
-/// Values per block of [`exp_in_place`] and [`erf_in_place`] (a block's inputs are kept on
-/// the stack for the values outside the fast path).
+/// Values per block of [`fast_then_slow`] (a block's inputs are kept on the stack for the
+/// values outside the fast path).
 const EXP_BLOCK: usize = 256;
 
 /// `32 / ln 2`, rounded to f64: the scale that turns `x` into steps of 1/32 octave.
@@ -102,15 +102,33 @@ const EXP2_TABLE: [u64; 32] = [
 /// rounded, so the same bits); the few values outside it (|x| ≥ 88, infinities, NaN) go through
 /// `f32::exp`. Test `exp_in_place_is_glibc_expf_bit_for_bit`.
 pub fn exp_in_place(xs: &mut [f32]) {
+    // Outside: the exponent field of |x| at 88 and above (and infinities and NaN).
+    fast_then_slow(
+        xs,
+        exp_fast,
+        |x| (x.to_bits() >> 20) & 0x7ff >= 0x42b,
+        f32::exp,
+    );
+}
+
+/// `fast` over `xs` in place, block by block, then `slow` of the input for each value
+/// `outside` its fast path (each block's inputs are kept on the stack for those): how
+/// [`exp_in_place`] and [`erf_in_place`] treat the few values their vector code does not.
+#[inline(always)]
+fn fast_then_slow(
+    xs: &mut [f32],
+    fast: fn(&mut [f32]),
+    outside: impl Fn(f32) -> bool,
+    slow: fn(f32) -> f32,
+) {
     let mut kept = [0f32; EXP_BLOCK];
     for block in xs.chunks_mut(EXP_BLOCK) {
         let kept = &mut kept[..block.len()];
         kept.copy_from_slice(block);
-        exp_fast(block);
+        fast(block);
         for (y, &x) in block.iter_mut().zip(kept.iter()) {
-            // The exponent field of |x| at 88 and above (and infinities and NaN).
-            if (x.to_bits() >> 20) & 0x7ff >= 0x42b {
-                *y = x.exp();
+            if outside(x) {
+                *y = slow(x);
             }
         }
     }
@@ -175,18 +193,12 @@ fn exp_fast_one(x: f32) -> f32 {
 /// the vector units. The values outside the fast path (|x| < 2^-28, infinities, NaN) go
 /// through `erf_f32` itself. Test `erf_in_place_is_libm_erff_bit_for_bit`.
 pub fn erf_in_place(xs: &mut [f32]) {
-    let mut kept = [0f32; EXP_BLOCK];
-    for block in xs.chunks_mut(EXP_BLOCK) {
-        let kept = &mut kept[..block.len()];
-        kept.copy_from_slice(block);
-        erf_fast(block);
-        for (y, &x) in block.iter_mut().zip(kept.iter()) {
-            let ix = x.to_bits() & 0x7fff_ffff;
-            if !(0x3180_0000..0x7f80_0000).contains(&ix) {
-                *y = candle_core::cpu::erf::erf_f32(x);
-            }
-        }
-    }
+    fast_then_slow(
+        xs,
+        erf_fast,
+        |x| !(0x3180_0000..0x7f80_0000).contains(&(x.to_bits() & 0x7fff_ffff)),
+        candle_core::cpu::erf::erf_f32,
+    );
 }
 
 vectorised! {
@@ -529,24 +541,30 @@ mod tests {
     #[test]
     #[ignore = "all 2^32 values: run by hand"]
     fn erf_in_place_is_libm_erff_on_every_f32() {
-        let erff = candle_core::cpu::erf::erf_f32;
+        let wrong = differences_on_every_f32(erf_in_place, candle_core::cpu::erf::erf_f32);
+        assert!(wrong.is_empty(), "erf against erff: {wrong:#?}");
+    }
+
+    /// The first few f32 bit patterns (of all 2^32) where `ours` (a slice in place) differs
+    /// from `want` (one value), NaN matching any NaN, as `f(x) = ours, want`.
+    fn differences_on_every_f32(ours: fn(&mut [f32]), want: fn(f32) -> f32) -> Vec<String> {
         let mut buf = vec![0f32; 1 << 20];
         let mut wrong = Vec::new();
         for start in (0..=u32::MAX as u64).step_by(1 << 20) {
             for (i, v) in buf.iter_mut().enumerate() {
                 *v = f32::from_bits((start + i as u64) as u32);
             }
-            let mut ours = buf.clone();
-            erf_in_place(&mut ours);
-            for (&x, &y) in buf.iter().zip(&ours) {
-                let want = erff(x);
-                let same = y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan());
+            let mut got = buf.clone();
+            ours(&mut got);
+            for (&x, &y) in buf.iter().zip(&got) {
+                let w = want(x);
+                let same = y.to_bits() == w.to_bits() || (y.is_nan() && w.is_nan());
                 if !same && wrong.len() < 5 {
-                    wrong.push(format!("erf({x:e}) = {y:e}, erff {want:e}"));
+                    wrong.push(format!("f({x:e}) = {y:e}, {w:e}"));
                 }
             }
         }
-        assert!(wrong.is_empty(), "{wrong:#?}");
+        wrong
     }
 
     /// Every one of the 2^32 f32 bit patterns gives `f32::exp`'s bits (run on x86-64 Linux
@@ -554,22 +572,7 @@ mod tests {
     #[test]
     #[ignore = "all 2^32 values: run by hand on the machine whose tables are compared"]
     fn exp_in_place_is_glibc_expf_on_every_f32() {
-        let mut buf = vec![0f32; 1 << 20];
-        let mut wrong = Vec::new();
-        for start in (0..=u32::MAX as u64).step_by(1 << 20) {
-            for (i, v) in buf.iter_mut().enumerate() {
-                *v = f32::from_bits((start + i as u64) as u32);
-            }
-            let mut ours = buf.clone();
-            exp_in_place(&mut ours);
-            for (&x, &y) in buf.iter().zip(&ours) {
-                let want = x.exp();
-                let same = y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan());
-                if !same && wrong.len() < 5 {
-                    wrong.push(format!("exp({x:e}) = {y:e}, f32::exp {want:e}"));
-                }
-            }
-        }
-        assert!(wrong.is_empty(), "{wrong:#?}");
+        let wrong = differences_on_every_f32(exp_in_place, f32::exp);
+        assert!(wrong.is_empty(), "exp against f32::exp: {wrong:#?}");
     }
 }

@@ -115,6 +115,30 @@ pub fn with_values<R>(
     }
 }
 
+/// The forward of an element-wise op around a function of a whole block of values: `before`
+/// of every element of the contiguous f32 input, `in_place` of the block (the vector units'
+/// exponential or error function), then `after(value, input)`; the elements split between the
+/// cores the probe has to spare ([`fill_rows`]).
+fn map_through(
+    (s, l, op): (&CpuStorage, &Layout, &'static str),
+    before: impl Fn(f32) -> f32 + Sync,
+    in_place: fn(&mut [f32]),
+    after: impl Fn(f32, f32) -> f32 + Sync,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = contiguous_f32(s, l, op)?;
+    let out = fill_rows(x.len(), 1, |start, block| {
+        let x = &x[start..start + block.len()];
+        for (o, &v) in block.iter_mut().zip(x) {
+            *o = before(v);
+        }
+        in_place(block);
+        for (o, &v) in block.iter_mut().zip(x) {
+            *o = after(*o, v);
+        }
+    });
+    Ok((CpuStorage::F32(out), l.shape().clone()))
+}
+
 /// The backward of an element-wise op: `f(x, y, g, out)` writes ∂ℒ/∂x of a block of
 /// elements from their input `x`, the forward's result `y` and the incoming gradient `g`
 /// ([`ElementGrad`]); the result is shaped as `x`. A block's values must depend only on its
@@ -563,18 +587,12 @@ impl CustomOp1 for GeluNew {
     /// `0.5 · v · (1 + fast_tanh(u))` with `u = GELU_K (v + GELU_C v³)`: the exponential
     /// `e^{2u}` of [`fast_tanh`] for a whole block at once ([`exp_in_place`]).
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        let out = fill_rows(x.len(), 1, |start, block| {
-            let x = &x[start..start + block.len()];
-            for (o, &v) in block.iter_mut().zip(x) {
-                *o = 2.0 * (GELU_K * (v + GELU_C * v * v * v));
-            }
-            exp_in_place(block);
-            for (o, &v) in block.iter_mut().zip(x) {
-                *o = 0.5 * v * (1.0 + (1.0 - 2.0 / (*o + 1.0)));
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        map_through(
+            (s, l, self.name()),
+            |v| 2.0 * (GELU_K * (v + GELU_C * v * v * v)),
+            exp_in_place,
+            |e, v| 0.5 * v * (1.0 + (1.0 - 2.0 / (e + 1.0))),
+        )
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -709,18 +727,12 @@ impl CustomOp1 for GeluErf {
     /// `(erf(x/√2) + 1) · ½ · x`, the error functions of a block at once on the vector units
     /// ([`crate::simd::erf_in_place`], libm's bits).
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        let out = fill_rows(x.len(), 1, |start, block| {
-            let x = &x[start..start + block.len()];
-            for (o, &v) in block.iter_mut().zip(x) {
-                *o = v * std::f32::consts::FRAC_1_SQRT_2;
-            }
-            erf_in_place(block);
-            for (o, &v) in block.iter_mut().zip(x) {
-                *o = (*o + 1.) * 0.5 * v;
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        map_through(
+            (s, l, self.name()),
+            |v| v * std::f32::consts::FRAC_1_SQRT_2,
+            erf_in_place,
+            |e, v| (e + 1.) * 0.5 * v,
+        )
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
